@@ -1,0 +1,262 @@
+"""Labs, studies, mice, time points, scans and annotations.
+
+Every query that serves a user goes through ``querysets.py`` (``visible_to(user)``), which scopes
+it to the labs the user belongs to. Files live in Django storage; rows point at them and are
+written last (see ``services.py``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from django.conf import settings
+from django.db import models
+
+from .querysets import LabScopedQuerySet
+
+
+class Lab(models.Model):
+    name = models.CharField(max_length=120, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="labs")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def role_of(self, user: object) -> str | None:
+        """The user's role in this lab, or None when they are not a member."""
+        membership = self.memberships.filter(user=user).first()
+        return membership.role if membership else None
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        MEMBER = "member", "Member"
+        REVIEWER = "reviewer", "Reviewer"
+        ADMIN = "admin", "Lab admin"
+
+    lab = models.ForeignKey(Lab, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["lab", "user"], name="unique_membership")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.lab} ({self.role})"
+
+    @property
+    def can_review(self) -> bool:
+        return self.role in (self.Role.REVIEWER, self.Role.ADMIN)
+
+
+class Study(models.Model):
+    lab = models.ForeignKey(Lab, on_delete=models.CASCADE, related_name="studies")
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = LabScopedQuerySet.as_manager(lab_path="lab")
+
+    class Meta:
+        ordering = ["lab__name", "name"]
+        verbose_name_plural = "studies"
+        constraints = [models.UniqueConstraint(fields=["lab", "name"], name="unique_study_name_in_lab")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Cohort(models.Model):
+    """A treatment arm or group of mice within a study."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="cohorts")
+    name = models.CharField(max_length=120)
+    treatment = models.CharField(max_length=200, blank=True)
+    description = models.TextField(blank=True)
+
+    objects = LabScopedQuerySet.as_manager(lab_path="study__lab")
+
+    class Meta:
+        ordering = ["study", "name"]
+        constraints = [models.UniqueConstraint(fields=["study", "name"], name="unique_cohort_in_study")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Mouse(models.Model):
+    class Sex(models.TextChoices):
+        FEMALE = "F", "Female"
+        MALE = "M", "Male"
+        UNKNOWN = "U", "Unknown"
+
+    lab = models.ForeignKey(Lab, on_delete=models.CASCADE, related_name="mice")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="mice")
+    identifier = models.CharField(max_length=64, help_text="Lab-unique identifier such as M02.")
+    strain = models.CharField(max_length=120, blank=True)
+    sex = models.CharField(max_length=1, choices=Sex.choices, default=Sex.UNKNOWN)
+    date_of_birth = models.DateField(null=True, blank=True)
+    cohort = models.ForeignKey(Cohort, on_delete=models.SET_NULL, null=True, blank=True, related_name="mice")
+    notes = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = LabScopedQuerySet.as_manager(lab_path="lab")
+
+    class Meta:
+        ordering = ["study", "identifier"]
+        verbose_name_plural = "mice"
+        constraints = [models.UniqueConstraint(fields=["lab", "identifier"], name="unique_mouse_in_lab")]
+
+    def __str__(self) -> str:
+        return self.identifier
+
+
+class BodyWeight(models.Model):
+    mouse = models.ForeignKey(Mouse, on_delete=models.CASCADE, related_name="body_weights")
+    measured_on = models.DateField()
+    weight_g = models.FloatField()
+
+    class Meta:
+        ordering = ["mouse", "measured_on"]
+
+
+class CaliperMeasurement(models.Model):
+    mouse = models.ForeignKey(Mouse, on_delete=models.CASCADE, related_name="caliper_measurements")
+    measured_on = models.DateField()
+    length_mm = models.FloatField()
+    width_mm = models.FloatField()
+
+    class Meta:
+        ordering = ["mouse", "measured_on"]
+
+    @property
+    def volume_mm3(self) -> float:
+        """The usual ellipsoid approximation, length x width^2 / 2."""
+        return self.length_mm * self.width_mm**2 / 2.0
+
+
+_OFFSET_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(min|m|h|d|w)\s*$", re.IGNORECASE)
+_UNIT_HOURS = {"min": 1 / 60, "m": 1 / 60, "h": 1.0, "d": 24.0, "w": 168.0}
+
+
+def parse_offset_hours(label: str) -> float:
+    """Hours since the mouse's first scan from a label such as ``0h``, ``3h``, ``8d`` or ``2w``.
+
+    Raises ``ValueError`` with a message a researcher understands.
+    """
+    match = _OFFSET_RE.match(label)
+    if not match:
+        raise ValueError(
+            f"time point {label!r} is not understood: use a number and a unit, such as 0h, 24h, 8d or 2w"
+        )
+    return float(match.group(1)) * _UNIT_HOURS[match.group(2).lower()]
+
+
+class TimePoint(models.Model):
+    mouse = models.ForeignKey(Mouse, on_delete=models.CASCADE, related_name="time_points")
+    label = models.CharField(max_length=32, help_text="Such as 0h, 3h, 24h or 8d.")
+    offset_hours = models.FloatField()
+    acquired_on = models.DateField(null=True, blank=True)
+
+    objects = LabScopedQuerySet.as_manager(lab_path="mouse__lab")
+
+    class Meta:
+        ordering = ["mouse", "offset_hours"]
+        constraints = [models.UniqueConstraint(fields=["mouse", "label"], name="unique_time_point")]
+
+    def __str__(self) -> str:
+        return f"{self.mouse} {self.label}"
+
+
+def scan_upload_path(instance: Scan, filename: str) -> str:
+    return f"labs/{instance.lab_id}/scans/{filename}"
+
+
+class Scan(models.Model):
+    class Modality(models.TextChoices):
+        NATIVE_CT = "native_ct", "Native CT"
+        CONTRAST_CT = "contrast_ct", "Contrast-enhanced CT"
+        LIGHT_SHEET = "light_sheet", "Light-sheet microscopy"
+        OTHER = "other", "Other"
+
+    lab = models.ForeignKey(Lab, on_delete=models.CASCADE, related_name="scans")
+    time_point = models.ForeignKey(TimePoint, on_delete=models.CASCADE, related_name="scans")
+    modality = models.CharField(max_length=16, choices=Modality.choices, default=Modality.NATIVE_CT)
+    file = models.FileField(max_length=500)
+    original_filename = models.CharField(max_length=255)
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.BigIntegerField()
+    shape = models.JSONField(help_text="Voxels per axis, in the file's own axis order.")
+    spacing_mm = models.JSONField(help_text="Voxel size per axis in mm, from the header zooms.")
+    affine = models.JSONField(help_text="4x4 voxel-to-world (RAS+ mm) matrix, as nibabel reads it.")
+    dtype = models.CharField(max_length=32)
+    orientation = models.CharField(max_length=3, help_text="Axis codes such as RAS or LPS.")
+    intensity_min = models.FloatField()
+    intensity_max = models.FloatField()
+    intensity_mean = models.FloatField()
+    intensity_std = models.FloatField()
+    thumbnail = models.FileField(max_length=500, blank=True)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    uploaded_at = models.DateTimeField(auto_now_add=True)
+
+    objects = LabScopedQuerySet.as_manager(lab_path="lab")
+
+    class Meta:
+        ordering = ["-uploaded_at"]
+        constraints = [models.UniqueConstraint(fields=["lab", "sha256"], name="unique_scan_per_lab")]
+
+    def __str__(self) -> str:
+        return f"{self.time_point} ({self.get_modality_display()})"
+
+    @property
+    def mouse(self) -> Mouse:
+        return self.time_point.mouse
+
+    @property
+    def study(self) -> Study:
+        return self.time_point.mouse.study
+
+
+class Annotation(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        SUBMITTED = "submitted", "Submitted"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+
+    scan = models.ForeignKey(Scan, on_delete=models.CASCADE, related_name="annotations")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="annotations"
+    )
+    annotator_name = models.CharField(
+        max_length=120, help_text="The annotator's name; for imported files the name in the file (A, B, C)."
+    )
+    file = models.FileField(max_length=500)
+    original_filename = models.CharField(max_length=255)
+    sha256 = models.CharField(max_length=64)
+    structures = models.JSONField(
+        default=dict, help_text="Canonical structure name -> label value used in this file."
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.SUBMITTED)
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    review_note = models.TextField(blank=True)
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = LabScopedQuerySet.as_manager(lab_path="scan__lab")
+
+    class Meta:
+        ordering = ["scan", "annotator_name", "created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.annotator_name} on {self.scan}"

@@ -1,0 +1,37 @@
+"""Fixtures shared by every test folder.
+
+Tests run on real PostgreSQL and Redis (``make test`` sets DATABASE_URL and CELERY_BROKER_URL).
+Every test gets its own MEDIA_ROOT so that "storage unchanged" can be checked exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+REALDATA = SHARED / "realdata" / "mouse_ct_atlas"
+
+
+@pytest.fixture(autouse=True)
+def media_root(tmp_path: Path, settings) -> Path:  # type: ignore[no-untyped-def]
+    root = tmp_path / "media"
+    root.mkdir()
+    settings.MEDIA_ROOT = root
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(root), "base_url": "/media/"},
+        },
+    }
+    return root
+
+
+@pytest.fixture
+def realdata() -> Path:
+    if not REALDATA.exists():
+        pytest.fail(f"the real mouse micro-CT files are missing: expected {REALDATA}")
+    return REALDATA
