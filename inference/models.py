@@ -1,0 +1,201 @@
+"""Model registry, segmentation jobs and their immutable outputs.
+
+``ModelVersion`` mirrors one model folder (``inference/models/<name>/<version>/``); every
+``Prediction`` points at the exact version that made it. ``InferenceJob`` is the truth about a
+piece of background work (the broker only carries its id); a job is claimed with a
+compare-and-set on its ``state`` (see ``services.claim_job``). Files are written to storage first
+and the rows that point at them last.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from scans.querysets import LabScopedQuerySet
+
+
+class ModelVersion(models.Model):
+    """One registered model folder: what it segments, its weights' sha256 and its model card."""
+
+    class Task(models.TextChoices):
+        ORGANS = "organs", "Organs"
+        TUMOR = "tumor", "Tumor and metastases"
+
+    name = models.CharField(max_length=120)
+    version = models.CharField(max_length=40)
+    task = models.CharField(max_length=16, choices=Task.choices)
+    sha256 = models.CharField(max_length=64, help_text="sha256 of model.onnx, from model.json.")
+    structures = models.JSONField(help_text="Canonical structure id per output channel (0 = background).")
+    metrics = models.JSONField(default=dict, blank=True)
+    card = models.JSONField(help_text="The whole model.json as registered.")
+    folder = models.CharField(max_length=500, help_text="The model folder at registration time.")
+    is_default = models.BooleanField(default=False, help_text="The model used for its task unless asked.")
+    registered_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["task", "name", "-registered_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["name", "version"], name="unique_model_version"),
+            models.UniqueConstraint(
+                fields=["task"], condition=models.Q(is_default=True), name="one_default_model_per_task"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.label
+
+    @property
+    def label(self) -> str:
+        """``name@version``, the source name used in exports."""
+        return f"{self.name}@{self.version}"
+
+
+class InferenceJobQuerySet(LabScopedQuerySet):
+    def active(self) -> InferenceJobQuerySet:
+        return self.filter(state__in=(InferenceJob.State.QUEUED, InferenceJob.State.RUNNING))
+
+
+class InferenceJob(models.Model):
+    """One segmentation of one scan by one model version; the database is the truth about it."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    scan = models.ForeignKey("scans.Scan", on_delete=models.CASCADE, related_name="inference_jobs")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="jobs")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
+    progress = models.PositiveSmallIntegerField(default=0, help_text="0-100, within the current attempt.")
+    stage = models.CharField(max_length=64, blank=True, help_text="The pipeline stage now running.")
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="How many times a worker claimed it.")
+    worker_host = models.CharField(max_length=255, blank=True)
+    queue = models.CharField(max_length=16, default="cpu")
+    celery_task_id = models.CharField(max_length=64, blank=True)
+    # A fresh token per claim: a worker only writes to the row while the token is still its own,
+    # so a worker that was presumed lost (and whose job was re-claimed) cannot overwrite the new run.
+    claim_token = models.CharField(max_length=32, blank=True)
+    queued_at = models.DateTimeField(default=timezone.now)
+    enqueued_at = models.DateTimeField(null=True, blank=True, help_text="Last time a message was sent.")
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    stage_seconds = models.JSONField(default=dict, blank=True, help_text="Seconds per pipeline stage.")
+    error = models.TextField(blank=True, help_text="What went wrong, in words a researcher can act on.")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    objects = InferenceJobQuerySet.as_manager(lab_path="scan__lab")
+
+    class Meta:
+        ordering = ["-queued_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["scan", "model_version"], name="unique_job_per_scan_and_model")
+        ]
+        indexes = [models.Index(fields=["state", "heartbeat_at"], name="job_state_heartbeat")]
+
+    def __str__(self) -> str:
+        return f"job {self.pk}: scan {self.scan_id} with {self.model_version} ({self.state})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in (self.State.SUCCEEDED, self.State.FAILED, self.State.CANCELLED)
+
+
+class Prediction(models.Model):
+    """The immutable output of one job: label map, uncertainty map and run manifest."""
+
+    job = models.OneToOneField(InferenceJob, on_delete=models.PROTECT, related_name="prediction")
+    scan = models.ForeignKey("scans.Scan", on_delete=models.CASCADE, related_name="predictions")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="predictions")
+    # Paths are chosen by services.run_job (one folder per attempt), so no upload_to here.
+    labels = models.FileField(max_length=500, help_text="uint8 NIfTI label map on the scan's grid.")
+    uncertainty = models.FileField(max_length=500, help_text="uint8 NIfTI, 0-255 = probability x 255.")
+    manifest = models.JSONField(help_text="Versions, model sha256, provider, seconds per stage.")
+    metastasis_counts = models.JSONField(default=dict, help_text="Organ name -> metastases in it.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = LabScopedQuerySet.as_manager(lab_path="scan__lab")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["scan", "model_version"], name="unique_prediction_per_scan_and_model"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"prediction {self.pk}: scan {self.scan_id} by {self.model_version}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Predictions are model output: written once, never edited (corrections are annotations).
+        if self.pk is not None and not self._state.adding:
+            raise ValueError("a prediction is immutable; run a new model version instead of editing it")
+        super().save(*args, **kwargs)
+
+
+class StructureVolume(models.Model):
+    """Volume of one structure in one prediction, with the range implied by the uncertainty map."""
+
+    prediction = models.ForeignKey(Prediction, on_delete=models.CASCADE, related_name="volumes")
+    structure_id = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=64)
+    voxels = models.BigIntegerField()
+    volume_mm3 = models.FloatField()
+    volume_low_mm3 = models.FloatField()
+    volume_high_mm3 = models.FloatField()
+
+    objects = LabScopedQuerySet.as_manager(lab_path="prediction__scan__lab")
+
+    class Meta:
+        ordering = ["prediction", "structure_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["prediction", "structure_id"], name="unique_volume_per_structure")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.volume_mm3:.3f} mm3"
+
+
+class Lesion(models.Model):
+    """One connected tumor or metastasis component and the organ it was allocated to."""
+
+    class Allocation(models.TextChoices):
+        CENTROID = "centroid", "Organ at the centroid"
+        OVERLAP = "overlap", "Organ overlapped most within 1 mm"
+        NONE = "none", "Outside every organ"
+        COORDINATES = "coordinates", "From coordinates"
+
+    prediction = models.ForeignKey(Prediction, on_delete=models.CASCADE, related_name="lesions")
+    index = models.PositiveIntegerField(help_text="1-based component number within the prediction.")
+    structure_id = models.PositiveSmallIntegerField()
+    centroid_x_mm = models.FloatField()
+    centroid_y_mm = models.FloatField()
+    centroid_z_mm = models.FloatField()
+    voxels = models.BigIntegerField()
+    volume_mm3 = models.FloatField()
+    max_diameter_mm = models.FloatField()
+    organ_id = models.PositiveSmallIntegerField(null=True, blank=True)
+    organ_name = models.CharField(max_length=64)
+    allocation = models.CharField(max_length=16, choices=Allocation.choices)
+
+    objects = LabScopedQuerySet.as_manager(lab_path="prediction__scan__lab")
+
+    class Meta:
+        ordering = ["prediction", "index"]
+        constraints = [models.UniqueConstraint(fields=["prediction", "index"], name="unique_lesion_index")]
+
+    def __str__(self) -> str:
+        return f"lesion {self.index} in {self.organ_name}"
+
+    @property
+    def centroid_mm(self) -> tuple[float, float, float]:
+        return (self.centroid_x_mm, self.centroid_y_mm, self.centroid_z_mm)

@@ -8,6 +8,7 @@ written last (see ``services.py``).
 from __future__ import annotations
 
 import re
+import uuid
 
 from django.conf import settings
 from django.db import models
@@ -260,3 +261,29 @@ class Annotation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.annotator_name} on {self.scan}"
+
+
+class UploadSession(models.Model):
+    """A resumable chunked upload in progress: bytes land in ``MEDIA_ROOT/tmp/chunks/<id>.part``.
+
+    ``offset`` is the number of bytes received so far; a chunk is accepted only when it starts
+    exactly there (compare-and-set on this column), so a client resumes by asking for the offset.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    filename = models.CharField(max_length=255)
+    size_bytes = models.BigIntegerField()
+    offset = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.filename} ({self.offset} of {self.size_bytes} bytes)"
+
+    @property
+    def complete(self) -> bool:
+        return self.offset == self.size_bytes

@@ -1,3 +1,37 @@
-from django.urls import path  # noqa: F401
+"""Segmentation REST endpoints (contract 6), mounted under ``/api/``."""
 
-urlpatterns: list = []
+from django.urls import path, re_path
+
+from . import views
+
+job_list = views.JobViewSet.as_view({"get": "list"})
+job_detail = views.JobViewSet.as_view({"get": "retrieve"})
+job_cancel = views.JobViewSet.as_view({"post": "cancel"})
+EXPORT_KINDS = r"(?P<kind>volumes|lesions|metastases)\.csv"
+
+urlpatterns = [
+    path("scans/<int:pk>/segment", views.SegmentScanView.as_view(), name="inference-scan-segment"),
+    path("scans/<int:pk>/segment/", views.SegmentScanView.as_view()),
+    path(
+        "scans/<int:pk>/predictions/", views.ScanPredictionsView.as_view(), name="inference-scan-predictions"
+    ),
+    re_path(
+        rf"^scans/(?P<pk>\d+)/{EXPORT_KINDS}$", views.ScanExportView.as_view(), name="inference-scan-export"
+    ),
+    re_path(
+        rf"^studies/(?P<pk>\d+)/{EXPORT_KINDS}$",
+        views.StudyExportView.as_view(),
+        name="inference-study-export",
+    ),
+    path("jobs/", job_list, name="inference-job-list"),
+    path("jobs/<int:pk>/", job_detail, name="inference-job-detail"),
+    path("jobs/<int:pk>/cancel", job_cancel, name="inference-job-cancel"),
+    path("jobs/<int:pk>/cancel/", job_cancel),
+    path("predictions/<int:pk>/", views.PredictionDetailView.as_view(), name="inference-prediction-detail"),
+    re_path(
+        r"^predictions/(?P<pk>\d+)/(?P<kind>labels|uncertainty)(?:\.nii\.gz)?$",
+        views.PredictionFileView.as_view(),
+        name="inference-prediction-file",
+    ),
+    path("models/", views.ModelVersionListView.as_view(), name="inference-model-list"),
+]

@@ -1,3 +1,42 @@
-from django.urls import path  # noqa: F401
+"""REST routes of the review app (mounted under /api/). Each route answers with or without a
+trailing slash, so ``POST /api/annotations/7/approve`` and ``.../approve/`` both work."""
 
-urlpatterns: list = []
+from __future__ import annotations
+
+from django.urls import URLPattern, re_path
+
+from . import views
+
+
+def route(pattern: str, view, name: str) -> URLPattern:  # type: ignore[no-untyped-def]
+    return re_path(rf"^{pattern}/?$", view, name=name)
+
+
+app_name = "review-api"
+
+urlpatterns = [
+    route(r"annotations/(?P<pk>\d+)/submit", views.submit_view, "submit"),
+    route(r"annotations/(?P<pk>\d+)/approve", views.approve_view, "approve"),
+    route(r"annotations/(?P<pk>\d+)/reject", views.reject_view, "reject"),
+    route(r"annotations/(?P<pk>\d+)/replace", views.replace_view, "replace"),
+    route(r"annotations/(?P<pk>\d+)/history", views.history_view, "history"),
+    route(r"predictions/(?P<pk>\d+)/promote", views.promote_view, "promote"),
+    route(r"scans/(?P<pk>\d+)/consensus", views.consensus_view, "consensus"),
+    re_path(
+        r"^consensus/(?P<pk>\d+)/(?P<kind>majority|staple|disagreement)\.nii\.gz$",
+        views.consensus_file_view,
+        name="consensus-file",
+    ),
+    re_path(r"^scans/(?P<pk>\d+)/agreement\.csv$", views.scan_agreement_csv_view, name="scan-agreement-csv"),
+    route(r"scans/(?P<pk>\d+)/agreement", views.agreement_view, "scan-agreement"),
+    re_path(
+        r"^studies/(?P<pk>\d+)/agreement\.csv$", views.study_agreement_csv_view, name="study-agreement-csv"
+    ),
+    re_path(
+        r"^studies/(?P<pk>\d+)/variability\.csv$",
+        views.study_variability_csv_view,
+        name="study-variability-csv",
+    ),
+    re_path(r"^studies/(?P<pk>\d+)/models\.csv$", views.study_models_csv_view, name="study-models-csv"),
+    re_path(r"^studies/(?P<pk>\d+)/qc\.png$", views.study_qc_png_view, name="study-qc-png"),
+]

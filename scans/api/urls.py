@@ -1,3 +1,24 @@
-from django.urls import path  # noqa: F401
+"""REST routes of the scans app (contracts 5 and 7), mounted under ``/api/``."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("scans/", views.ScanListCreate.as_view(), name="scan-list"),
+    path("scans/<int:pk>/", views.ScanDetail.as_view(), name="scan-detail"),
+    path("scans/<int:pk>/file", views.ScanFile.as_view(), name="scan-file"),
+    path("scans/<int:pk>/thumbnail.png", views.ScanThumbnail.as_view(), name="scan-thumbnail"),
+    path("scans/<int:pk>/annotations/", views.ScanAnnotations.as_view(), name="scan-annotations"),
+    path("annotations/<int:pk>/", views.AnnotationDetail.as_view(), name="annotation-detail"),
+    path("annotations/<int:pk>/file", views.AnnotationFile.as_view(), name="annotation-file"),
+    path("studies/", views.StudyList.as_view(), name="study-list"),
+    path("studies/<int:pk>/", views.StudyDetail.as_view(), name="study-detail"),
+    path("mice/", views.MouseList.as_view(), name="mouse-list"),
+    path("mice/<int:pk>/", views.MouseDetail.as_view(), name="mouse-detail"),
+    path("labs/", views.LabList.as_view(), name="lab-list"),
+    path("structures/", views.StructureList.as_view(), name="structure-list"),
+    path("uploads/", views.UploadCreate.as_view(), name="upload-create"),
+    path("uploads/<uuid:pk>/", views.UploadChunk.as_view(), name="upload-detail"),
+    path("uploads/<uuid:pk>/complete/", views.UploadComplete.as_view(), name="upload-complete"),
+]

@@ -1,0 +1,320 @@
+"""The viewer's layers (CT, prediction labels, uncertainty, annotations, consensus) as NIfTI files:
+previews cached in storage, full resolution of a small scan, and full-resolution regions.
+
+Layer keys: ``ct``; ``pred-<prediction id>`` (labels), ``unc-<prediction id>`` (uncertainty,
+uint8 0-255); ``ann-<annotation id>`` (relabelled to canonical ids); ``consensus`` (label chosen by
+more than half of the scan's non-rejected annotations). Label layers are uint8 .nii.gz with the
+NIfTI label intent. Previews live under ``previews/scan_<id>/`` in storage and are made on first
+request; they never change because predictions and uploaded files are immutable.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.db.models.fields.files import FieldFile
+from django.urls import reverse
+
+from frontend import previews, results
+from inference.models import Prediction
+from inference.structures import BY_NAME, LESION_NAMES, as_json
+from scans.models import Annotation, Scan
+
+LESION_IDS = tuple(BY_NAME[name].id for name in LESION_NAMES)
+
+#: Window presets in HU (low, high): soft tissue W400/L40, bone W1800/L400, lung W1500/L-600.
+WINDOWS = {
+    "soft": {"label": "Soft tissue", "low": -160.0, "high": 240.0},
+    "bone": {"label": "Bone", "low": -500.0, "high": 1300.0},
+    "lung": {"label": "Lung", "low": -1350.0, "high": 150.0},
+}
+
+
+class LayerNotFoundError(Exception):
+    """The layer does not exist for this scan (a plain message for the researcher)."""
+
+
+class RegionRefusedError(Exception):
+    """The requested full-resolution view is too large; the message says what to do instead."""
+
+
+def preview_max_voxels() -> int:
+    """Voxel budget of the viewer's first view (software WebGL draws about 2M voxels in ~1 s)."""
+    return int(getattr(settings, "LABSEG_PREVIEW_MAX_VOXELS", 2_500_000))
+
+
+def full_allowed(scan: Scan) -> bool:
+    """Whether the whole scan may be sent at full resolution (else only regions)."""
+    return int(scan.size_bytes) <= int(settings.LABSEG_PREVIEW_MAX_BYTES)
+
+
+def scan_factor(scan: Scan) -> int:
+    return previews.preview_factor(scan.shape, max_voxels=preview_max_voxels())
+
+
+@dataclass(frozen=True)
+class Layer:
+    key: str
+    kind: str  # ct | labels | uncertainty | annotation | consensus
+    title: str
+    files: tuple[FieldFile, ...]
+    is_label: bool
+    relabel: tuple[dict[int, int], ...] = ()
+
+
+def _annotation_mapping(annotation: Annotation) -> dict[int, int]:
+    """File value -> canonical id, from the annotation's ``structures`` (name -> file value)."""
+    mapping: dict[int, int] = {}
+    for name, value in (annotation.structures or {}).items():
+        structure = BY_NAME.get(str(name).strip().lower().replace(" ", "_").replace("-", "_"))
+        if structure is not None:
+            mapping[int(value)] = structure.id
+    if not mapping:
+        # An annotation that names no structure (a tumor database file): 1 is the tumor.
+        mapping = {1: BY_NAME["tumor"].id}
+    return mapping
+
+
+def _annotations(scan: Scan) -> list[Annotation]:
+    return list(scan.annotations.exclude(status=Annotation.Status.REJECTED).order_by("annotator_name", "pk"))
+
+
+def resolve_layer(scan: Scan, key: str) -> Layer:
+    """The layer ``key`` of ``scan``; raises LayerNotFoundError with a plain message."""
+    if key == "ct":
+        return Layer("ct", "ct", "CT", (scan.file,), is_label=False)
+    kind, _, ident = key.partition("-")
+    if kind in ("pred", "unc") and ident.isdigit():
+        prediction = (
+            Prediction.objects.filter(scan=scan, pk=int(ident)).select_related("model_version").first()
+        )
+        if prediction is None:
+            raise LayerNotFoundError(f"scan {scan.pk} has no prediction {ident}")
+        if kind == "pred":
+            title = f"{prediction.model_version.get_task_display()} ({prediction.model_version.label})"
+            return Layer(key, "labels", title, (prediction.labels,), is_label=True)
+        return Layer(key, "uncertainty", "Uncertainty", (prediction.uncertainty,), is_label=False)
+    if kind == "ann" and ident.isdigit():
+        annotation = scan.annotations.filter(pk=int(ident)).first()
+        if annotation is None:
+            raise LayerNotFoundError(f"scan {scan.pk} has no annotation {ident}")
+        mapping = _annotation_mapping(annotation)
+        title = f"Annotator {annotation.annotator_name}"
+        return Layer(key, "annotation", title, (annotation.file,), is_label=True, relabel=(mapping,))
+    if key == "consensus":
+        annotations = _annotations(scan)
+        if len(annotations) < 2:
+            raise LayerNotFoundError("a consensus needs at least two annotations of this scan")
+        return Layer(
+            key,
+            "consensus",
+            "Consensus (majority)",
+            tuple(a.file for a in annotations),
+            is_label=True,
+            relabel=tuple(_annotation_mapping(a) for a in annotations),
+        )
+    raise LayerNotFoundError(f"unknown layer {key!r}")
+
+
+@contextmanager
+def local_copy(field: FieldFile):  # type: ignore[no-untyped-def]
+    """A local path for a stored file: the file itself on disk storage, else a temporary copy."""
+    try:
+        yield Path(field.path)
+        return
+    except NotImplementedError:
+        pass
+    suffix = ".nii.gz" if field.name.endswith(".gz") else ".nii"
+    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
+        with field.open("rb") as source:
+            shutil.copyfileobj(source, tmp, 4 * 1024 * 1024)
+        tmp.flush()
+        yield Path(tmp.name)
+
+
+def _relabeller(mapping: dict[int, int]) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda data: previews.remap_labels(data, mapping)
+
+
+def _store(name: str, make: Callable[[Path], None]) -> str:
+    """Make the file ``name`` in storage with ``make(local_path)`` unless it is there already."""
+    if default_storage.exists(name):
+        return name
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "layer.nii.gz"
+        make(path)
+        if default_storage.exists(name):  # another request made it meanwhile
+            return name
+        with path.open("rb") as handle:
+            saved = default_storage.save(name, File(handle))
+    if saved != name:  # lost a race: keep the first one
+        default_storage.delete(saved)
+    return name
+
+
+def _consensus(layer: Layer, make_one: Callable[[Path, Path, Callable[[np.ndarray], np.ndarray]], None]):  # type: ignore[no-untyped-def]
+    """Build a majority map from the annotations, each written by ``make_one`` to a temp file."""
+    import nibabel as nib
+
+    def make(target: Path) -> None:
+        maps = []
+        affine = None
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, (field, mapping) in enumerate(zip(layer.files, layer.relabel, strict=True)):
+                part = Path(tmp) / f"{i}.nii.gz"
+                with local_copy(field) as source:
+                    make_one(source, part, _relabeller(mapping))
+                image = nib.load(str(part))
+                maps.append(np.asarray(image.dataobj).astype(np.uint8))
+                affine = image.affine
+        previews.write_nifti_gz(target, previews.majority_labels(maps), affine, is_label=True)
+
+    return make
+
+
+def preview_name(scan: Scan, layer: Layer, factor: int) -> str:
+    return f"previews/scan_{scan.pk}/{layer.key}.f{factor}.nii.gz"
+
+
+def preview_file(scan: Scan, layer: Layer) -> str:
+    """Storage name of the layer's preview (made on first request)."""
+    factor = scan_factor(scan)
+    name = preview_name(scan, layer, factor)
+
+    def make_one(source: Path, target: Path, relabel: Callable[[np.ndarray], np.ndarray] | None) -> None:
+        if layer.is_label:
+            previews.make_label_preview(source, target, factor=factor, keep_ids=LESION_IDS, relabel=relabel)
+        else:
+            previews.make_intensity_preview(source, target, max_voxels=preview_max_voxels())
+
+    if layer.kind == "consensus":
+        return _store(name, _consensus(layer, make_one))
+
+    def make(target: Path) -> None:
+        with local_copy(layer.files[0]) as source:
+            make_one(source, target, _relabeller(layer.relabel[0]) if layer.relabel else None)
+
+    return _store(name, make)
+
+
+def parse_region(scan: Scan, text: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``"i,j,k"`` (a voxel of the scan's own grid) -> a clamped full-resolution box around it."""
+    try:
+        centre = tuple(round(float(v)) for v in text.split(","))
+    except ValueError:
+        raise RegionRefusedError("the region centre must be three voxel indices such as 96,96,260") from None
+    if len(centre) != 3:
+        raise RegionRefusedError("the region centre must be three voxel indices such as 96,96,260")
+    shape = tuple(int(s) for s in scan.shape[:3])
+    return previews.clamp_region(shape, centre, max_voxels=preview_max_voxels())  # type: ignore[arg-type]
+
+
+def region_file(scan: Scan, layer: Layer, start: tuple[int, int, int], stop: tuple[int, int, int]) -> str:
+    """Storage name of the full-resolution box ``[start, stop)`` of the layer (cached)."""
+    box = "_".join(f"{a}-{b}" for a, b in zip(start, stop, strict=True))
+    name = f"previews/scan_{scan.pk}/{layer.key}.region_{box}.nii.gz"
+
+    def make_one(source: Path, target: Path, relabel: Callable[[np.ndarray], np.ndarray] | None) -> None:
+        previews.crop_volume(source, target, start=start, stop=stop, is_label=layer.is_label, relabel=relabel)
+
+    if layer.kind == "consensus":
+        return _store(name, _consensus(layer, make_one))
+
+    def make(target: Path) -> None:
+        with local_copy(layer.files[0]) as source:
+            make_one(source, target, _relabeller(layer.relabel[0]) if layer.relabel else None)
+
+    return _store(name, make)
+
+
+def full_file(scan: Scan, layer: Layer) -> str:
+    """Storage name of the layer at full resolution (the stored file itself when no relabelling)."""
+    if not full_allowed(scan):
+        raise RegionRefusedError(
+            f"this scan is {scan.size_bytes / 1024**2:.0f} MB, more than a browser can show whole; "
+            "use 'Full resolution of this region' instead"
+        )
+    if layer.kind in ("ct", "labels", "uncertainty"):
+        return layer.files[0].name
+    shape = tuple(int(s) for s in scan.shape[:3])
+    return region_file(scan, layer, (0, 0, 0), shape)  # type: ignore[arg-type]
+
+
+def _layer_url(scan: Scan, key: str) -> str:
+    return reverse("frontend:scan-layer", kwargs={"pk": scan.pk, "key": key})
+
+
+def _model_info(prediction: Prediction) -> dict[str, Any]:
+    job = prediction.job
+    manifest = prediction.manifest or {}
+    seconds = None
+    if job.started_at and job.finished_at:
+        seconds = round((job.finished_at - job.started_at).total_seconds(), 2)
+    elif job.stage_seconds:
+        seconds = round(sum(float(v) for v in job.stage_seconds.values()), 2)
+    return {
+        "label": prediction.model_version.label,
+        "task": prediction.model_version.get_task_display(),
+        "seconds": seconds,
+        "provider": manifest.get("provider") or manifest.get("execution_provider") or "",
+        "created": prediction.created_at.isoformat(),
+    }
+
+
+def viewer_config(scan: Scan, predictions: list[Prediction]) -> dict[str, Any]:
+    """Everything the viewer's ES module needs, as JSON-ready data."""
+    layer_rows: list[dict[str, Any]] = [{"key": "ct", "kind": "ct", "title": "CT"}]
+    for prediction in predictions:
+        layer_rows.append(
+            {
+                "key": f"pred-{prediction.pk}",
+                "kind": "labels",
+                "title": f"{prediction.model_version.get_task_display()} · {prediction.model_version.label}",
+            }
+        )
+    for prediction in predictions:
+        layer_rows.append(
+            {
+                "key": f"unc-{prediction.pk}",
+                "kind": "uncertainty",
+                "title": f"Uncertainty · {prediction.model_version.get_task_display()}",
+            }
+        )
+    annotations = _annotations(scan)
+    for annotation in annotations:
+        layer_rows.append(
+            {
+                "key": f"ann-{annotation.pk}",
+                "kind": "annotation",
+                "title": f"Annotator {annotation.annotator_name}",
+            }
+        )
+    if len(annotations) >= 2:
+        layer_rows.append({"key": "consensus", "kind": "consensus", "title": "Consensus (majority)"})
+    for row in layer_rows:
+        row["url"] = _layer_url(scan, row["key"])
+    return {
+        "scanId": scan.pk,
+        "shape": list(scan.shape)[:3],
+        "spacingMm": list(scan.spacing_mm)[:3],
+        "factor": scan_factor(scan),
+        "fullAllowed": full_allowed(scan),
+        "sizeBytes": scan.size_bytes,
+        "layers": layer_rows,
+        "structures": as_json(),
+        "windows": WINDOWS,
+        "volumes": results.scan_volumes(predictions),
+        "lesions": results.scan_lesions(predictions),
+        "metastasisCounts": results.metastasis_counts(predictions),
+        "models": [_model_info(p) for p in predictions],
+    }

@@ -1,0 +1,186 @@
+"""What the pages show about segmentation results, read from the service's rows.
+
+Predictions, structure volumes and lesions are engineer C2's rows (``inference.models``); this
+module only reads them and shapes them for templates and charts, so the pages never reach into
+those models directly. Volumes are in mm^3 (1 uL = 1 mm^3); time is hours or days since the mouse's
+first scan (``TimePoint.offset_hours``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from inference.models import InferenceJob, Lesion, Prediction, StructureVolume
+from inference.structures import BY_NAME, LESION_NAMES
+from scans.models import Annotation, Mouse, Scan, Study
+
+TUMOR_ID = BY_NAME["tumor"].id
+METASTASIS_ID = BY_NAME["metastasis"].id
+
+
+@dataclass
+class TumorPoint:
+    """Tumor volume of one scan: ``volume_mm3`` with its ``low``/``high`` range and its source."""
+
+    scan_id: int
+    time_point: str
+    days: float
+    volume_mm3: float
+    low_mm3: float
+    high_mm3: float
+    source: str
+
+
+@dataclass
+class MouseSeries:
+    mouse_id: int
+    identifier: str
+    cohort: str
+    tumor: list[TumorPoint] = field(default_factory=list)
+    #: organ name -> [(days, volume_mm3, low, high)]
+    organs: dict[str, list[tuple[float, float, float, float]]] = field(default_factory=dict)
+
+
+def latest_predictions(scan: Scan) -> list[Prediction]:
+    """The newest prediction per task for ``scan`` (organs first, then tumor)."""
+    newest: dict[str, Prediction] = {}
+    for prediction in Prediction.objects.filter(scan=scan).select_related("model_version", "job"):
+        newest.setdefault(prediction.model_version.task, prediction)
+    return [newest[t] for t in sorted(newest)]
+
+
+def jobs_of(scans: list[Scan]) -> dict[int, list[InferenceJob]]:
+    """Jobs per scan id, newest first."""
+    out: dict[int, list[InferenceJob]] = defaultdict(list)
+    for job in InferenceJob.objects.filter(scan__in=scans).select_related("model_version"):
+        out[job.scan_id].append(job)
+    return out
+
+
+def scan_volumes(predictions: list[Prediction]) -> list[dict[str, Any]]:
+    """One row per structure over the given predictions, by structure id."""
+    rows = StructureVolume.objects.filter(prediction__in=predictions).order_by("structure_id")
+    return [
+        {
+            "structure_id": v.structure_id,
+            "name": v.name,
+            "voxels": v.voxels,
+            "volume_mm3": v.volume_mm3,
+            "low_mm3": v.volume_low_mm3,
+            "high_mm3": v.volume_high_mm3,
+        }
+        for v in rows
+        if v.structure_id != 0
+    ]
+
+
+def scan_lesions(predictions: list[Prediction]) -> list[dict[str, Any]]:
+    rows = Lesion.objects.filter(prediction__in=predictions).order_by("prediction_id", "index")
+    return [
+        {
+            "index": lesion.index,
+            "structure_id": lesion.structure_id,
+            "centroid_mm": list(lesion.centroid_mm),
+            "voxels": lesion.voxels,
+            "volume_mm3": lesion.volume_mm3,
+            "max_diameter_mm": lesion.max_diameter_mm,
+            "organ_name": lesion.organ_name,
+            "allocation": lesion.allocation,
+        }
+        for lesion in rows
+    ]
+
+
+def metastasis_counts(predictions: list[Prediction]) -> dict[str, int]:
+    """Organ name -> number of metastases, summed over the predictions that count them."""
+    counts: dict[str, int] = defaultdict(int)
+    for prediction in predictions:
+        for organ, count in (prediction.metastasis_counts or {}).items():
+            counts[organ] += int(count)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _days(offset_hours: float) -> float:
+    return round(offset_hours / 24.0, 3)
+
+
+def mouse_series(mice: list[Mouse]) -> list[MouseSeries]:
+    """Tumor and organ volume over time per mouse.
+
+    Tumor volume per scan: the sum of the tumor structure over the scan's newest predictions, with
+    the uncertainty range; an approved annotation's tumor volume (its StructureVolume rows are not
+    stored, so it appears only when the review app records one) is not invented here. Days are
+    counted from the mouse's first time point.
+    """
+    series = {
+        m.pk: MouseSeries(m.pk, m.identifier, m.cohort.name if m.cohort_id else "No cohort") for m in mice
+    }
+    scans = (
+        Scan.objects.filter(time_point__mouse__in=mice)
+        .select_related("time_point", "time_point__mouse")
+        .order_by("time_point__offset_hours", "uploaded_at")
+    )
+    first_offset: dict[int, float] = {}
+    for scan in scans:
+        mouse_id = scan.time_point.mouse_id
+        first_offset.setdefault(mouse_id, scan.time_point.offset_hours)
+    volumes = (
+        StructureVolume.objects.filter(prediction__scan__in=scans)
+        .select_related("prediction__scan__time_point", "prediction__model_version")
+        .order_by("prediction__scan__time_point__offset_hours", "-prediction__created_at")
+    )
+    seen: set[tuple[int, str, int]] = set()
+    tumor: dict[int, tuple[int, TumorPoint]] = {}
+    for v in volumes:
+        scan = v.prediction.scan
+        task = v.prediction.model_version.task
+        key = (scan.pk, task, v.structure_id)
+        if key in seen or v.structure_id == 0:
+            continue  # an older prediction by the same task
+        seen.add(key)
+        mouse_id = scan.time_point.mouse_id
+        days = _days(scan.time_point.offset_hours - first_offset[mouse_id])
+        if v.name in LESION_NAMES:
+            if v.structure_id != TUMOR_ID:
+                continue
+            tumor[scan.pk] = (
+                mouse_id,
+                TumorPoint(
+                    scan.pk,
+                    scan.time_point.label,
+                    days,
+                    v.volume_mm3,
+                    v.volume_low_mm3,
+                    v.volume_high_mm3,
+                    v.prediction.model_version.label,
+                ),
+            )
+        else:
+            organs = series[mouse_id].organs.setdefault(v.name, [])
+            organs.append((days, v.volume_mm3, v.volume_low_mm3, v.volume_high_mm3))
+    for mouse_id, point in sorted(tumor.values(), key=lambda item: item[1].days):
+        series[mouse_id].tumor.append(point)
+    return list(series.values())
+
+
+def series_json(series: list[MouseSeries]) -> list[dict[str, Any]]:
+    return [
+        {
+            "mouse_id": s.mouse_id,
+            "mouse": s.identifier,
+            "cohort": s.cohort,
+            "tumor": [p.__dict__ for p in s.tumor],
+            "organs": {name: [list(p) for p in pts] for name, pts in sorted(s.organs.items())},
+        }
+        for s in series
+    ]
+
+
+def approved_annotations(scan: Scan) -> list[Annotation]:
+    return list(scan.annotations.filter(status=Annotation.Status.APPROVED))
+
+
+def study_mice(study: Study) -> list[Mouse]:
+    return list(study.mice.select_related("cohort").prefetch_related("time_points").order_by("identifier"))

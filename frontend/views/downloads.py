@@ -1,0 +1,152 @@
+"""CSV downloads per study, mouse or scan: tumor volumes over time (here), and organ volumetry,
+lesions and metastasis counts per organ (rows from the service's ``inference.exports``).
+
+Every CSV is streamed row by row, so a large study never sits in memory. Columns carry units.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from django.views.decorators.http import require_GET
+
+from frontend import results
+from frontend.views.base import lab_page
+from inference import exports
+from inference.models import StructureVolume
+from inference.structures import BY_NAME
+from scans.models import Lab, Mouse, Scan, Study
+
+TUMOR_ID = BY_NAME["tumor"].id
+
+SCAN_COLUMNS = ["lab", "study", "mouse", "cohort", "time_point", "offset_hours", "modality", "scan_id"]
+
+
+class _Echo:
+    """A file-like object whose ``write`` returns the line, for streaming csv.writer output."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def _stream(filename: str, header: list[str], rows: Iterable[list[Any]]) -> StreamingHttpResponse:
+    writer = csv.writer(_Echo())
+
+    def lines() -> Iterator[str]:
+        yield writer.writerow(header)
+        for row in rows:
+            yield writer.writerow(row)
+
+    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def _scope(request: HttpRequest, lab: Lab, scope: str, pk: int) -> tuple[QuerySet[Scan], str]:
+    """The scans of a study, mouse or scan visible to the user in the current lab, and a file stem."""
+    scans = Scan.objects.visible_to(request.user).in_lab(lab)
+    if scope == "study":
+        study = get_object_or_404(Study.objects.visible_to(request.user).in_lab(lab), pk=pk)
+        return scans.filter(time_point__mouse__study=study), f"study{study.pk}"
+    if scope == "mouse":
+        mouse = get_object_or_404(Mouse.objects.visible_to(request.user).in_lab(lab), pk=pk)
+        return scans.filter(time_point__mouse=mouse), f"mouse_{mouse.identifier}"
+    if scope == "scan":
+        scan = get_object_or_404(scans, pk=pk)
+        return scans.filter(pk=scan.pk), f"scan{scan.pk}"
+    raise Http404("unknown download scope")
+
+
+def _scan_cells(scan: Scan) -> list[Any]:
+    mouse = scan.time_point.mouse
+    return [
+        scan.lab.name,
+        mouse.study.name,
+        mouse.identifier,
+        mouse.cohort.name if mouse.cohort_id else "",
+        scan.time_point.label,
+        scan.time_point.offset_hours,
+        scan.modality,
+        scan.pk,
+    ]
+
+
+def _ordered(scans: QuerySet[Scan]) -> QuerySet[Scan]:
+    return scans.select_related("lab", "time_point__mouse__study", "time_point__mouse__cohort").order_by(
+        "time_point__mouse__identifier", "time_point__offset_hours", "pk"
+    )
+
+
+def _newest_volumes(scans: QuerySet[Scan]) -> Iterator[StructureVolume]:
+    """Volumes of each scan's newest prediction per task, streamed in scan order."""
+    for scan in _ordered(scans).iterator(chunk_size=200):
+        predictions = results.latest_predictions(scan)
+        for volume in StructureVolume.objects.filter(prediction__in=predictions).select_related(
+            "prediction__model_version"
+        ):
+            volume.prediction.scan = scan
+            yield volume
+
+
+@require_GET
+@lab_page
+def tumor_csv(request: HttpRequest, lab: Lab, scope: str, pk: int) -> HttpResponse:
+    scans, stem = _scope(request, lab, scope, pk)
+    header = [*SCAN_COLUMNS, "days", "source", "tumor_volume_mm3", "volume_low_mm3", "volume_high_mm3"]
+
+    def rows() -> Iterator[list[Any]]:
+        first: dict[int, float] = {}
+        for scan in _ordered(scans).order_by("time_point__mouse_id", "time_point__offset_hours"):
+            mouse_id = scan.time_point.mouse_id
+            first.setdefault(mouse_id, scan.time_point.offset_hours)
+        for volume in _newest_volumes(scans):
+            if volume.structure_id != TUMOR_ID:
+                continue
+            scan = volume.prediction.scan
+            days = round((scan.time_point.offset_hours - first[scan.time_point.mouse_id]) / 24.0, 3)
+            yield [
+                *_scan_cells(scan),
+                days,
+                volume.prediction.model_version.label,
+                volume.volume_mm3,
+                volume.volume_low_mm3,
+                volume.volume_high_mm3,
+            ]
+
+    return _stream(f"{stem}_tumor_volumes.csv", header, rows())
+
+
+def _export(request: HttpRequest, lab: Lab, scope: str, pk: int, kind: str) -> HttpResponse:
+    """The service's export ``kind`` (one generator for every scope, so every CSV agrees)."""
+    scans, stem = _scope(request, lab, scope, pk)
+    response = StreamingHttpResponse(
+        exports.export_lines(kind, scans), content_type="text/csv; charset=utf-8"
+    )
+    response["Content-Disposition"] = f'attachment; filename="{stem}_{kind}.csv"'
+    return response
+
+
+@require_GET
+@lab_page
+def metastases_csv(request: HttpRequest, lab: Lab, scope: str, pk: int) -> HttpResponse:
+    """Metastasis counts per organ, one row per scan, source and organ."""
+    return _export(request, lab, scope, pk, "metastases")
+
+
+@require_GET
+@lab_page
+def lesions_csv(request: HttpRequest, lab: Lab, scope: str, pk: int) -> HttpResponse:
+    """Every tumor and metastasis component with its centroid, size and organ."""
+    return _export(request, lab, scope, pk, "lesions")
+
+
+@require_GET
+@lab_page
+def volumes_csv(request: HttpRequest, lab: Lab, scope: str, pk: int) -> HttpResponse:
+    """Organ volumetry: one row per scan, source (model, annotator or consensus) and structure."""
+    return _export(request, lab, scope, pk, "volumes")

@@ -1,0 +1,63 @@
+"""Volumes for the viewer and pictures for the lists: NIfTI layers (preview, full, region) and the
+QC picture per scan."""
+
+from __future__ import annotations
+
+from django.core.files.storage import default_storage
+from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404
+from django.views.decorators.http import require_GET
+
+from frontend import layers, pictures
+from frontend.views.base import lab_page
+from scans.models import Lab, Scan
+
+
+def _scan(request: HttpRequest, lab: Lab, pk: int) -> Scan:
+    return get_object_or_404(Scan.objects.visible_to(request.user).in_lab(lab), pk=pk)
+
+
+def _nifti(name: str, filename: str) -> FileResponse:
+    response = FileResponse(default_storage.open(name, "rb"), content_type="application/octet-stream")
+    response["Content-Disposition"] = f'inline; filename="{filename}"'
+    # Stored layers never change (predictions and uploads are immutable): let the browser keep them.
+    response["Cache-Control"] = "private, max-age=86400"
+    return response
+
+
+@require_GET
+@lab_page
+def layer(request: HttpRequest, lab: Lab, pk: int, key: str) -> HttpResponse:
+    """``?level=preview`` (default), ``?level=full``, or ``?region=i,j,k`` (full resolution around a
+    voxel of the scan's own grid). Refusals are JSON ``{"detail": message}``."""
+    scan = _scan(request, lab, pk)
+    try:
+        the_layer = layers.resolve_layer(scan, key)
+        if "region" in request.GET:
+            start, stop = layers.parse_region(scan, request.GET["region"])
+            name = layers.region_file(scan, the_layer, start, stop)
+            response = _nifti(name, f"scan{scan.pk}_{key}_region.nii.gz")
+            response["X-Labseg-Region"] = ",".join(map(str, (*start, *stop)))
+            return response
+        if request.GET.get("level") == "full":
+            name = layers.full_file(scan, the_layer)
+        else:
+            name = layers.preview_file(scan, the_layer)
+    except layers.LayerNotFoundError as error:
+        return JsonResponse({"detail": str(error)}, status=404)
+    except layers.RegionRefusedError as error:
+        return JsonResponse({"detail": str(error)}, status=413)
+    suffix = ".nii.gz" if name.endswith(".gz") else ".nii"
+    return _nifti(name, f"scan{scan.pk}_{key}{suffix}")
+
+
+@require_GET
+@lab_page
+def qc_picture(request: HttpRequest, lab: Lab, pk: int) -> HttpResponse:
+    """The scan's QC picture (PNG): mean-intensity projection and mid-coronal slice with overlays.
+    ``?size=thumb`` gives the small projection used in lists."""
+    scan = _scan(request, lab, pk)
+    name = pictures.qc_picture(scan, thumbnail=request.GET.get("size") == "thumb")
+    response = FileResponse(default_storage.open(name, "rb"), content_type="image/png")
+    response["Cache-Control"] = "private, max-age=300"
+    return response

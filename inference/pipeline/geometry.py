@@ -1,0 +1,278 @@
+"""Geometry: reorient to closest canonical RAS, resample to a model's spacing, and undo both exactly.
+
+Every transform has its inverse beside it. Array contracts:
+
+- Scan arrays are 3D ``[i, j, k]`` in the file's own axis order; ``affine`` is the 4x4 voxel-to-world
+  (mm) matrix of the file.
+- Canonical arrays are ``[x, y, z]`` with x towards Right, y Anterior, z Superior (nibabel
+  ``as_closest_canonical``). Reorientation only permutes and flips axes, so it is lossless; an
+  oblique rotation stays in the affine and the output keeps the input affine unchanged.
+- Resampling uses the "voxel areas" convention: output voxel ``j`` of an axis with ``n_in`` input
+  and ``n_out`` output voxels sits at input index ``(j + 0.5) * n_in / n_out - 0.5``, so both grids
+  cover the same field of view and equal sizes give the identity.
+- Probability stacks are ``[K, x, y, z]`` float32, channel first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations
+
+Shape3 = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a scan's voxels are: everything needed to put a result back on its exact grid."""
+
+    shape: Shape3
+    affine: np.ndarray
+    axcodes: tuple[str, str, str]
+    canonical_shape: Shape3
+    canonical_affine: np.ndarray
+    #: Voxel size in mm along the canonical axes (x, y, z); oblique affines included.
+    spacing_mm: tuple[float, float, float]
+    _to_canonical: np.ndarray
+    _from_canonical: np.ndarray
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return float(abs(np.linalg.det(self.affine[:3, :3])))
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "shape": list(self.shape),
+            "affine": [[float(v) for v in row] for row in self.affine],
+            "orientation": "".join(self.axcodes),
+            "canonical_shape": list(self.canonical_shape),
+            "spacing_mm": list(self.spacing_mm),
+        }
+
+
+def record_geometry(shape: Sequence[int], affine: np.ndarray) -> Geometry:
+    """The geometry of a 3D scan of ``shape`` with voxel-to-world ``affine``."""
+    if len(shape) != 3:
+        raise ValueError(f"expected a 3D scan, got shape {tuple(shape)}")
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise ValueError("the scan's affine must be a finite 4x4 matrix")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ValueError("the scan's affine is singular (a voxel size is zero)")
+    source = orientations.io_orientation(affine)
+    target = orientations.axcodes2ornt(("R", "A", "S"))
+    forward = orientations.ornt_transform(source, target)
+    backward = orientations.ornt_transform(target, source)
+    shape3: Shape3 = (int(shape[0]), int(shape[1]), int(shape[2]))
+    canonical_affine = affine @ orientations.inv_ornt_aff(forward, shape3)
+    canonical_shape = tuple(int(shape3[int(axis)]) for axis in backward[:, 0])
+    spacing = np.sqrt(np.sum(canonical_affine[:3, :3] ** 2, axis=0))
+    return Geometry(
+        shape=shape3,
+        affine=affine,
+        axcodes=tuple(str(c) for c in nib.aff2axcodes(affine)),  # type: ignore[arg-type]
+        canonical_shape=(canonical_shape[0], canonical_shape[1], canonical_shape[2]),
+        canonical_affine=canonical_affine,
+        spacing_mm=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+        _to_canonical=forward,
+        _from_canonical=backward,
+    )
+
+
+def to_canonical(array: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Scan-grid array (spatial axes first) -> canonical RAS axes. Returns a view, no copy."""
+    if tuple(array.shape[:3]) != geometry.shape:
+        raise ValueError(f"array shape {array.shape[:3]} is not the scan's {geometry.shape}")
+    return orientations.apply_orientation(array, geometry._to_canonical)
+
+
+def from_canonical(array: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Inverse of :func:`to_canonical`: canonical array -> the scan's own axis order (a view)."""
+    if tuple(array.shape[:3]) != geometry.canonical_shape:
+        raise ValueError(f"array shape {array.shape[:3]} is not the canonical {geometry.canonical_shape}")
+    return orientations.apply_orientation(array, geometry._from_canonical)
+
+
+def resampled_shape(
+    shape: Sequence[int], spacing_mm: Sequence[float], target_spacing_mm: Sequence[float]
+) -> Shape3:
+    """Voxel counts covering the same field of view at ``target_spacing_mm`` (at least 1 each)."""
+    counts = [max(1, round(n * s / t)) for n, s, t in zip(shape, spacing_mm, target_spacing_mm, strict=True)]
+    return (counts[0], counts[1], counts[2])
+
+
+def resampled_affine(affine: np.ndarray, in_shape: Sequence[int], out_shape: Sequence[int]) -> np.ndarray:
+    """Affine of the resampled grid: output voxel j sits at input index (j + 0.5) * r - 0.5."""
+    ratio = np.array([n_in / n_out for n_in, n_out in zip(in_shape, out_shape, strict=True)])
+    index_map = np.eye(4)
+    index_map[:3, :3] = np.diag(ratio)
+    index_map[:3, 3] = (ratio - 1.0) / 2.0
+    return np.asarray(affine, dtype=np.float64) @ index_map
+
+
+@dataclass(frozen=True)
+class AxisMap:
+    """Linear interpolation along one axis: out[j] = in[lo[j]] * (1 - w[j]) + in[hi[j]] * w[j]."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    w: np.ndarray
+    nearest: np.ndarray
+
+    @property
+    def identity(self) -> bool:
+        return bool(self.lo.size == self.nearest.size and np.all(self.w == 0) and np.all(self.lo == self.nearest))
+
+
+def axis_map(n_in: int, n_out: int) -> AxisMap:
+    """The interpolation weights that map an axis of ``n_in`` voxels onto ``n_out`` voxels."""
+    position = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    position = np.clip(position, 0.0, n_in - 1)
+    lo = np.minimum(np.floor(position).astype(np.intp), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    w = (position - lo).astype(np.float32)
+    # floor(p + 0.5): halves round up, so an integer down-then-up round trip is voxel-exact.
+    nearest = np.minimum(np.floor(position + 0.5).astype(np.intp), n_in - 1)
+    if n_in == n_out:
+        lo = nearest = np.arange(n_in, dtype=np.intp)
+        hi = lo
+        w = np.zeros(n_in, dtype=np.float32)
+    return AxisMap(lo=lo, hi=hi, w=w, nearest=nearest)
+
+
+def _interpolate_axis(array: np.ndarray, amap: AxisMap, axis: int) -> np.ndarray:
+    shape = [1] * array.ndim
+    shape[axis] = amap.w.size
+    w = amap.w.reshape(shape)
+    low = np.take(array, amap.lo, axis=axis)
+    high = np.take(array, amap.hi, axis=axis)
+    low *= 1.0 - w
+    high *= w
+    low += high
+    return low
+
+
+def resample_linear(volume: np.ndarray, out_shape: Sequence[int], *, first_axis: int = 0) -> np.ndarray:
+    """Trilinear resampling of ``volume``'s three spatial axes (starting at ``first_axis``).
+
+    Separable: one axis at a time, shrinking axes first so intermediates stay small. Returns
+    float32; equal shapes return the input as float32 unchanged.
+    """
+    result = np.asarray(volume, dtype=np.float32)
+    axes = [first_axis + i for i in range(3)]
+    ratios = [out_shape[i] / result.shape[axes[i]] for i in range(3)]
+    for i in sorted(range(3), key=lambda i: ratios[i]):
+        axis = axes[i]
+        if result.shape[axis] != out_shape[i]:
+            result = _interpolate_axis(result, axis_map(result.shape[axis], int(out_shape[i])), axis)
+    return result
+
+
+def resample_nearest(labels: np.ndarray, out_shape: Sequence[int]) -> np.ndarray:
+    """Nearest-neighbour resampling of a 3D label map (keeps dtype)."""
+    result = labels
+    for axis in range(3):
+        if result.shape[axis] != out_shape[axis]:
+            result = np.take(result, axis_map(result.shape[axis], int(out_shape[axis])).nearest, axis=axis)
+    return result
+
+
+def _gather(array: np.ndarray, maps: Sequence[AxisMap], x_slice: slice) -> np.ndarray:
+    """``array[lo_x[x_slice]][:, lo_y][:, :, lo_z]``: the low-res cell of every output voxel."""
+    result = np.take(array, maps[0].lo[x_slice], axis=0)
+    result = np.take(result, maps[1].lo, axis=1)
+    return np.take(result, maps[2].lo, axis=2)
+
+
+def _cells_touching(mask: np.ndarray) -> np.ndarray:
+    """True at cell (i, j, k) when ``mask`` holds at any of its 8 corners (i..i+1, j..j+1, k..k+1)."""
+    padded = np.pad(mask, ((0, 1), (0, 1), (0, 1)), mode="edge")
+    nx, ny, nz = mask.shape
+    result = np.zeros_like(mask)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                result |= padded[dx : dx + nx, dy : dy + ny, dz : dz + nz]
+    return result
+
+
+def _trilinear_at(
+    values: np.ndarray, corner: tuple[np.ndarray, ...], weights: tuple[np.ndarray, ...]
+) -> np.ndarray:
+    x0, x1, y0, y1, z0, z1 = corner
+    wx, wy, wz = weights
+    c00 = values[x0, y0, z0] * (1 - wz) + values[x0, y0, z1] * wz
+    c01 = values[x0, y1, z0] * (1 - wz) + values[x0, y1, z1] * wz
+    c10 = values[x1, y0, z0] * (1 - wz) + values[x1, y0, z1] * wz
+    c11 = values[x1, y1, z0] * (1 - wz) + values[x1, y1, z1] * wz
+    return (c00 * (1 - wy) + c01 * wy) * (1 - wx) + (c10 * (1 - wy) + c11 * wy) * wx
+
+
+def upsample_argmax(
+    probabilities: np.ndarray,
+    out_shape: Sequence[int],
+    class_values: Sequence[int],
+    *,
+    chunk_voxels: int = 1 << 24,
+) -> np.ndarray:
+    """Label map on ``out_shape``: argmax over K of the trilinearly interpolated ``probabilities``.
+
+    ``probabilities`` is ``[K, x, y, z]`` on a coarser (or equal) grid with the same field of view;
+    the result is uint8 ``class_values[argmax]`` on ``out_shape``. The full ``K x out`` float array
+    is never built. Where all 8 corners of a voxel's cell share one argmax class, interpolation (a
+    convex combination with the same weights for every class) cannot change the winner, so that
+    label is copied. Elsewhere (near borders) the interpolated probability of every class that is
+    the argmax at one of the cell's corners is compared. Work is done in slabs along x of about
+    ``chunk_voxels`` output voxels.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    n_classes = probabilities.shape[0]
+    values = np.asarray(class_values, dtype=np.uint8)
+    if values.size != n_classes:
+        raise ValueError(f"{values.size} class values for {n_classes} probability channels")
+    low_res = probabilities.shape[1:]
+    maps = [axis_map(int(low_res[a]), int(out_shape[a])) for a in range(3)]
+    argmax = np.argmax(probabilities, axis=0).astype(np.uint8)
+    if all(m.identity for m in maps):
+        return values[argmax]
+    # A cell is mixed when any corner's class differs from another's: compare to each neighbour.
+    padded = np.pad(argmax, ((0, 1), (0, 1), (0, 1)), mode="edge")
+    nx, ny, nz = argmax.shape
+    mixed = np.zeros(argmax.shape, dtype=bool)
+    for dx, dy, dz in ((0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1)):
+        mixed |= padded[dx : dx + nx, dy : dy + ny, dz : dz + nz] != argmax
+    present = [k for k in range(n_classes) if np.any(argmax == k)]
+    touching = {k: _cells_touching(argmax == k) for k in present} if np.any(mixed) else {}
+
+    out = np.empty(tuple(int(s) for s in out_shape), dtype=np.uint8)
+    plane = int(out_shape[1]) * int(out_shape[2])
+    step = max(1, chunk_voxels // max(plane, 1))
+    for start in range(0, int(out_shape[0]), step):
+        x_slice = slice(start, min(start + step, int(out_shape[0])))
+        labels = _gather(argmax, maps, x_slice)
+        border = _gather(mixed, maps, x_slice)
+        if np.any(border):
+            ix, iy, iz = np.nonzero(border)
+            cx = maps[0].lo[x_slice][ix]
+            cy, cz = maps[1].lo[iy], maps[2].lo[iz]
+            corner = (cx, maps[0].hi[x_slice][ix], cy, maps[1].hi[iy], cz, maps[2].hi[iz])
+            weights = (maps[0].w[x_slice][ix], maps[1].w[iy], maps[2].w[iz])
+            best = np.full(ix.size, -np.inf, dtype=np.float32)
+            winner = np.zeros(ix.size, dtype=np.uint8)
+            for k in present:
+                candidate = touching[k][cx, cy, cz]
+                if not np.any(candidate):
+                    continue
+                sub_corner = tuple(c[candidate] for c in corner)
+                sub_weights = tuple(w[candidate] for w in weights)
+                value = _trilinear_at(probabilities[k], sub_corner, sub_weights)
+                index = np.nonzero(candidate)[0]
+                better = value > best[index]
+                best[index[better]] = value[better]
+                winner[index[better]] = k
+            labels[ix, iy, iz] = winner
+        out[x_slice] = values[labels]
+    return out

@@ -1,0 +1,138 @@
+"""Run one model on one normalised volume: a whole-volume pass when it fits, else sliding windows.
+
+Array contract: ``image`` is float32 ``[x, y, z]`` (canonical RAS, already at the model's spacing and
+normalised). The network takes ``[N, 1, x, y, z]`` and returns logits ``[N, K, x, y, z]`` and,
+optionally, a disagreement logit ``[N, 1, x, y, z]``. Results here are logits ``[K, x, y, z]`` and
+``[x, y, z]`` on the image's own grid (padding removed).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from inference.registry import ModelCard
+
+#: A volume up to this many voxels (after padding) goes through the network in one pass.
+DEFAULT_MAX_WHOLE_VOXELS = 12_000_000
+
+
+@dataclass
+class RawOutput:
+    """Network output on the image grid: logits ``[K, x, y, z]``, disagreement logit ``[x, y, z]``."""
+
+    logits: np.ndarray
+    disagreement_logit: np.ndarray | None
+    passes: int
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def _pad(image: np.ndarray, shape: tuple[int, ...], value: float) -> np.ndarray:
+    if image.shape == shape:
+        return np.ascontiguousarray(image, dtype=np.float32)
+    padded = np.full(shape, value, dtype=np.float32)
+    padded[: image.shape[0], : image.shape[1], : image.shape[2]] = image
+    return padded
+
+
+def _outputs(card: ModelCard) -> list[str]:
+    return [card.logits_name] + ([card.disagreement_name] if card.disagreement_name else [])
+
+
+def _whole(session: ort.InferenceSession, card: ModelCard, image: np.ndarray, pad_value: float) -> RawOutput:
+    k = card.divisible_by
+    shape = tuple(_round_up(n, k) for n in image.shape)
+    batch = _pad(image, shape, pad_value)[None, None]
+    results = session.run(_outputs(card), {card.input_name: batch})
+    nx, ny, nz = image.shape
+    logits = results[0][0, :, :nx, :ny, :nz]
+    disagreement = results[1][0, 0, :nx, :ny, :nz] if card.disagreement_name else None
+    return RawOutput(logits=logits, disagreement_logit=disagreement, passes=1)
+
+
+def gaussian_weights(patch: tuple[int, int, int], sigma_scale: float = 0.125) -> np.ndarray:
+    """Importance map for sliding windows: a Gaussian peaking at the patch centre (nnU-Net's 1/8)."""
+    grids = []
+    for n in patch:
+        centre = (n - 1) / 2.0
+        sigma = max(n * sigma_scale, 1e-3)
+        grids.append(np.exp(-0.5 * ((np.arange(n) - centre) / sigma) ** 2))
+    weights = grids[0][:, None, None] * grids[1][None, :, None] * grids[2][None, None, :]
+    weights /= weights.max()
+    # Never exactly zero, so voxels seen only at a patch edge still get a defined average.
+    return np.maximum(weights, 1e-3).astype(np.float32)
+
+
+def window_starts(length: int, patch: int, overlap: float) -> list[int]:
+    """Start indices of patches covering ``length`` with at least ``overlap`` between neighbours."""
+    if length <= patch:
+        return [0]
+    step = max(1, int(patch * (1.0 - overlap)))
+    count = math.ceil((length - patch) / step) + 1
+    return sorted({round(i * (length - patch) / (count - 1)) for i in range(count)})
+
+
+def _sliding(
+    session: ort.InferenceSession, card: ModelCard, image: np.ndarray, pad_value: float, batch_size: int
+) -> RawOutput:
+    k = card.divisible_by
+    wanted = card.patch_size or (128, 128, 128)
+    patch = tuple(min(_round_up(p, k), _round_up(n, k)) for p, n in zip(wanted, image.shape, strict=True))
+    shape = tuple(max(_round_up(n, k), p) for n, p in zip(image.shape, patch, strict=True))
+    padded = _pad(image, shape, pad_value)
+    weights = gaussian_weights((patch[0], patch[1], patch[2]))
+    starts = [
+        (x, y, z)
+        for x in window_starts(shape[0], patch[0], card.overlap)
+        for y in window_starts(shape[1], patch[1], card.overlap)
+        for z in window_starts(shape[2], patch[2], card.overlap)
+    ]
+    logits: np.ndarray | None = None
+    disagreement = np.zeros(shape, dtype=np.float32) if card.disagreement_name else None
+    norm = np.zeros(shape, dtype=np.float32)
+    for first in range(0, len(starts), batch_size):
+        group = starts[first : first + batch_size]
+        batch = np.stack(
+            [padded[x : x + patch[0], y : y + patch[1], z : z + patch[2]] for x, y, z in group]
+        )[:, None]
+        results = session.run(_outputs(card), {card.input_name: batch})
+        if logits is None:
+            logits = np.zeros((results[0].shape[1], *shape), dtype=np.float32)
+        for i, (x, y, z) in enumerate(group):
+            window = (slice(x, x + patch[0]), slice(y, y + patch[1]), slice(z, z + patch[2]))
+            logits[(slice(None), *window)] += results[0][i] * weights
+            if disagreement is not None:
+                disagreement[window] += results[1][i, 0] * weights
+            norm[window] += weights
+    assert logits is not None
+    nx, ny, nz = image.shape
+    logits = logits[:, :nx, :ny, :nz] / norm[None, :nx, :ny, :nz]
+    if disagreement is not None:
+        disagreement = disagreement[:nx, :ny, :nz] / norm[:nx, :ny, :nz]
+    return RawOutput(logits=logits, disagreement_logit=disagreement, passes=len(starts))
+
+
+def run_model(
+    session: ort.InferenceSession,
+    card: ModelCard,
+    image: np.ndarray,
+    *,
+    pad_value: float = 0.0,
+    max_whole_voxels: int = DEFAULT_MAX_WHOLE_VOXELS,
+    batch_size: int = 2,
+) -> RawOutput:
+    """Logits of ``card``'s network for ``image``: one pass when the padded volume has at most
+    ``max_whole_voxels`` voxels, else Gaussian-weighted sliding windows of the card's patch size."""
+    if image.ndim != 3:
+        raise ValueError(f"the network input must be 3D, got shape {image.shape}")
+    k = card.divisible_by
+    padded_voxels = math.prod(_round_up(n, k) for n in image.shape)
+    if padded_voxels <= max_whole_voxels:
+        return _whole(session, card, image, pad_value)
+    return _sliding(session, card, image, pad_value, max(1, batch_size))

@@ -1,0 +1,260 @@
+"""The model registry on disk: every trained model is a self-describing folder.
+
+``inference/models/<name>/<version>/`` holds ``model.onnx`` and ``model.json`` (contract 1 in the
+project notes). This module reads and checks those folders; it is pure Python (no Django, no numpy,
+no onnxruntime), so the command line, the worker, training and the database sync all share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inference.structures import BY_ID
+
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
+TASKS = ("organs", "tumor")
+ACTIVATIONS = ("softmax", "sigmoid")
+NORMALISATIONS = ("window", "zscore")
+
+_REQUIRED = (
+    "name",
+    "version",
+    "task",
+    "structures",
+    "activation",
+    "input_spacing_mm",
+    "normalisation",
+    "layout",
+    "input_name",
+    "output_names",
+    "sha256",
+)
+
+
+class ModelCardError(ValueError):
+    """A model folder is missing, malformed, or its weights do not match the recorded sha256."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """One model version as described by its ``model.json``; ``folder`` is where it lives."""
+
+    name: str
+    version: str
+    task: str
+    structures: tuple[int, ...]
+    activation: str
+    input_spacing_mm: tuple[float, float, float]
+    normalisation: dict[str, Any]
+    layout: dict[str, Any]
+    input_name: str
+    output_names: dict[str, str | None]
+    sha256: str
+    folder: Path
+    opset: int | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    default: bool = False
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.folder / "model.onnx"
+
+    @property
+    def key(self) -> str:
+        """``name@version``: how logs, manifests and the command line name a model."""
+        return f"{self.name}@{self.version}"
+
+    @property
+    def logits_name(self) -> str:
+        return str(self.output_names["logits"])
+
+    @property
+    def disagreement_name(self) -> str | None:
+        name = self.output_names.get("disagreement")
+        return str(name) if name else None
+
+    @property
+    def divisible_by(self) -> int:
+        return int(self.layout.get("divisible_by", 1))
+
+    @property
+    def patch_size(self) -> tuple[int, int, int] | None:
+        patch = self.layout.get("patch_size")
+        return (int(patch[0]), int(patch[1]), int(patch[2])) if patch else None
+
+    @property
+    def overlap(self) -> float:
+        return float(self.layout.get("overlap", 0.25))
+
+    def as_json(self) -> dict[str, Any]:
+        """The card as written in ``model.json`` plus its folder (for manifests and the database)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "task": self.task,
+            "structures": list(self.structures),
+            "activation": self.activation,
+            "input_spacing_mm": list(self.input_spacing_mm),
+            "normalisation": self.normalisation,
+            "layout": self.layout,
+            "input_name": self.input_name,
+            "output_names": self.output_names,
+            "opset": self.opset,
+            "sha256": self.sha256,
+            "training": self.training,
+            "metrics": self.metrics,
+            "default": self.default,
+            "folder": str(self.folder),
+        }
+
+
+# sha256 of model.onnx keyed by (path, size, mtime): a worker checks each file once, not per scan.
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def _problem(folder: Path, message: str) -> ModelCardError:
+    return ModelCardError(f"model folder {folder}: {message}")
+
+
+def _check_layout(folder: Path, raw: dict[str, Any]) -> None:
+    structures = raw["structures"]
+    if not isinstance(structures, list) or len(structures) < 2:
+        raise _problem(folder, "'structures' must list one structure id per output channel (at least 2)")
+    if structures[0] != 0:
+        raise _problem(folder, "output channel 0 must be structure 0 (background)")
+    unknown = [s for s in structures if s not in BY_ID]
+    if unknown:
+        raise _problem(folder, f"unknown structure ids {unknown}; see inference/structures.py")
+    if len(set(structures)) != len(structures):
+        raise _problem(folder, "a structure id appears twice in 'structures'")
+    if raw["task"] not in TASKS:
+        raise _problem(folder, f"task {raw['task']!r} is not one of {', '.join(TASKS)}")
+    if raw["activation"] not in ACTIVATIONS:
+        raise _problem(folder, f"activation {raw['activation']!r} is not one of {', '.join(ACTIVATIONS)}")
+    spacing = raw["input_spacing_mm"]
+    if not (isinstance(spacing, list) and len(spacing) == 3 and all(float(s) > 0 for s in spacing)):
+        raise _problem(folder, "'input_spacing_mm' must be three positive voxel sizes in mm")
+    kind = raw["normalisation"].get("kind")
+    if kind not in NORMALISATIONS:
+        raise _problem(folder, f"normalisation kind {kind!r} is not one of {', '.join(NORMALISATIONS)}")
+    if kind == "window" and not float(raw["normalisation"]["high_hu"]) > float(
+        raw["normalisation"]["low_hu"]
+    ):
+        raise _problem(folder, "window normalisation needs high_hu > low_hu")
+    if raw["layout"].get("kind", "3d") != "3d":
+        raise _problem(folder, f"layout kind {raw['layout'].get('kind')!r} is not supported (only '3d')")
+    if not raw["output_names"].get("logits"):
+        raise _problem(folder, "'output_names' must name the logits output")
+
+
+def load_card(folder: Path, *, verify_sha256: bool = True) -> ModelCard:
+    """Read and check ``folder/model.json``; with ``verify_sha256`` the weights must match it."""
+    folder = Path(folder).resolve()
+    card_path = folder / "model.json"
+    if not card_path.is_file():
+        raise _problem(folder, "no model.json")
+    try:
+        raw = json.loads(card_path.read_text())
+    except json.JSONDecodeError as error:
+        raise _problem(folder, f"model.json is not valid JSON ({error})") from None
+    missing = [key for key in _REQUIRED if key not in raw]
+    if missing:
+        raise _problem(folder, f"model.json lacks {', '.join(missing)}")
+    try:
+        _check_layout(folder, raw)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        if isinstance(error, ModelCardError):
+            raise
+        raise _problem(folder, f"model.json is malformed ({error!r})") from None
+    onnx_path = folder / "model.onnx"
+    if not onnx_path.is_file():
+        raise _problem(folder, "no model.onnx")
+    if verify_sha256:
+        actual = file_sha256(onnx_path)
+        if actual != raw["sha256"]:
+            raise _problem(
+                folder,
+                f"model.onnx has sha256 {actual} but model.json records {raw['sha256']}; "
+                "the weights were changed or the card is stale",
+            )
+    return ModelCard(
+        name=str(raw["name"]),
+        version=str(raw["version"]),
+        task=str(raw["task"]),
+        structures=tuple(int(s) for s in raw["structures"]),
+        activation=str(raw["activation"]),
+        input_spacing_mm=(
+            float(raw["input_spacing_mm"][0]),
+            float(raw["input_spacing_mm"][1]),
+            float(raw["input_spacing_mm"][2]),
+        ),
+        normalisation=dict(raw["normalisation"]),
+        layout=dict(raw["layout"]),
+        input_name=str(raw["input_name"]),
+        output_names=dict(raw["output_names"]),
+        sha256=str(raw["sha256"]),
+        folder=folder,
+        opset=int(raw["opset"]) if raw.get("opset") is not None else None,
+        training=dict(raw.get("training") or {}),
+        metrics=dict(raw.get("metrics") or {}),
+        default=bool(raw.get("default", False)),
+    )
+
+
+def _version_key(version: str) -> tuple[tuple[int, str], ...]:
+    """Natural order for versions: 1.10.0 after 1.9.2; numeric parts before text parts."""
+    return tuple((int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"[.\-_+]", version))
+
+
+def discover_models(root: Path = DEFAULT_MODELS_DIR) -> list[ModelCard]:
+    """Every ``<root>/<name>/<version>/model.json``, checked, sorted by task, name and version."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    cards = [load_card(path.parent) for path in sorted(root.glob("*/*/model.json"))]
+    return sorted(cards, key=lambda c: (c.task, c.name, _version_key(c.version)))
+
+
+def default_model(task: str, root: Path = DEFAULT_MODELS_DIR) -> ModelCard:
+    """The model a task uses unless told otherwise.
+
+    A card with ``"default": true`` wins (the newest such version); otherwise the newest version of
+    any model for the task.
+    """
+    if task not in TASKS:
+        raise ModelCardError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
+    cards = [card for card in discover_models(root) if card.task == task]
+    if not cards:
+        raise ModelCardError(
+            f"no model for the {task} task in {root}; add a model folder or pass one explicitly"
+        )
+    flagged = [card for card in cards if card.default] or cards
+    return max(flagged, key=lambda c: (_version_key(c.version), c.name))
+
+
+def find_model(name: str, version: str | None = None, root: Path = DEFAULT_MODELS_DIR) -> ModelCard:
+    """A model by name (and version; the newest when omitted)."""
+    cards = [c for c in discover_models(root) if c.name == name and (version is None or c.version == version)]
+    if not cards:
+        wanted = f"{name}@{version}" if version else name
+        raise ModelCardError(f"no model {wanted} in {root}")
+    return max(cards, key=lambda c: _version_key(c.version))

@@ -1,0 +1,177 @@
+"""Thin serializers: rows as JSON, and the plain fields of upload forms."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import reverse
+from rest_framework import serializers
+
+from scans.models import Annotation, Lab, Mouse, Scan, Study, TimePoint, UploadSession
+
+
+class LabSerializer(serializers.ModelSerializer):
+    role = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Lab
+        fields = ["id", "name", "role", "created_at"]
+
+    def get_role(self, lab: Lab) -> str | None:
+        request = self.context.get("request")
+        return lab.role_of(request.user) if request else None
+
+
+class StudySerializer(serializers.ModelSerializer):
+    lab_name = serializers.CharField(source="lab.name", read_only=True)
+    mouse_count = serializers.IntegerField(source="mice.count", read_only=True)
+
+    class Meta:
+        model = Study
+        fields = ["id", "lab", "lab_name", "name", "description", "mouse_count", "created_at"]
+
+
+class TimePointSerializer(serializers.ModelSerializer):
+    scan_ids = serializers.PrimaryKeyRelatedField(source="scans", many=True, read_only=True)
+
+    class Meta:
+        model = TimePoint
+        fields = ["id", "label", "offset_hours", "acquired_on", "scan_ids"]
+
+
+class MouseSerializer(serializers.ModelSerializer):
+    study_name = serializers.CharField(source="study.name", read_only=True)
+    cohort_name = serializers.CharField(source="cohort.name", read_only=True, default=None)
+    time_points = TimePointSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Mouse
+        fields = [
+            "id",
+            "lab",
+            "study",
+            "study_name",
+            "identifier",
+            "strain",
+            "sex",
+            "date_of_birth",
+            "cohort",
+            "cohort_name",
+            "notes",
+            "time_points",
+        ]
+
+
+class ScanSerializer(serializers.ModelSerializer):
+    study = serializers.IntegerField(source="time_point.mouse.study_id", read_only=True)
+    study_name = serializers.CharField(source="time_point.mouse.study.name", read_only=True)
+    mouse = serializers.IntegerField(source="time_point.mouse_id", read_only=True)
+    mouse_identifier = serializers.CharField(source="time_point.mouse.identifier", read_only=True)
+    time_point_label = serializers.CharField(source="time_point.label", read_only=True)
+    offset_hours = serializers.FloatField(source="time_point.offset_hours", read_only=True)
+    uploaded_by = serializers.CharField(source="uploaded_by.username", read_only=True, default=None)
+    file_url = serializers.SerializerMethodField()
+    thumbnail_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Scan
+        fields = [
+            "id",
+            "lab",
+            "study",
+            "study_name",
+            "mouse",
+            "mouse_identifier",
+            "time_point",
+            "time_point_label",
+            "offset_hours",
+            "modality",
+            "original_filename",
+            "sha256",
+            "size_bytes",
+            "shape",
+            "spacing_mm",
+            "affine",
+            "dtype",
+            "orientation",
+            "intensity_min",
+            "intensity_max",
+            "intensity_mean",
+            "intensity_std",
+            "uploaded_by",
+            "uploaded_at",
+            "file_url",
+            "thumbnail_url",
+        ]
+
+    def get_file_url(self, scan: Scan) -> str:
+        return reverse("scan-file", args=[scan.pk])
+
+    def get_thumbnail_url(self, scan: Scan) -> str | None:
+        return reverse("scan-thumbnail", args=[scan.pk]) if scan.thumbnail else None
+
+
+class AnnotationSerializer(serializers.ModelSerializer):
+    reviewer = serializers.CharField(source="reviewer.username", read_only=True, default=None)
+    file_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Annotation
+        fields = [
+            "id",
+            "scan",
+            "annotator",
+            "annotator_name",
+            "original_filename",
+            "sha256",
+            "structures",
+            "status",
+            "reviewer",
+            "review_note",
+            "reviewed_at",
+            "created_at",
+            "updated_at",
+            "file_url",
+        ]
+
+    def get_file_url(self, annotation: Annotation) -> str:
+        return reverse("annotation-file", args=[annotation.pk])
+
+
+class ScanFieldsSerializer(serializers.Serializer):
+    """The form fields that come with a scan (multipart upload or chunked-upload completion)."""
+
+    study = serializers.CharField(max_length=200)
+    lab = serializers.CharField(max_length=120, required=False, allow_blank=True)
+    mouse = serializers.CharField(max_length=64)
+    time_point = serializers.CharField(max_length=32)
+    modality = serializers.CharField(max_length=16, required=False, default=Scan.Modality.NATIVE_CT)
+
+
+class CompleteUploadSerializer(ScanFieldsSerializer):
+    sha256 = serializers.RegexField(
+        r"^[0-9a-fA-F]{64}$", error_messages={"invalid": "give the sha256 in hex"}
+    )
+
+
+class AnnotationFieldsSerializer(serializers.Serializer):
+    annotator = serializers.CharField(max_length=120, required=False, allow_blank=True)
+    structures = serializers.JSONField(required=False)
+
+    def validate_structures(self, value: Any) -> dict[str, int] | None:
+        if value in (None, "", {}):
+            return None
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("give a JSON object: structure name -> label value")
+        return value
+
+
+class UploadSessionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = UploadSession
+        fields = ["id", "filename", "size_bytes", "offset", "created_at"]
+
+
+class CreateUploadSerializer(serializers.Serializer):
+    filename = serializers.CharField(max_length=255)
+    size_bytes = serializers.IntegerField(min_value=1)

@@ -1,0 +1,299 @@
+"""REST views: validate the form, call one service, answer. Every lookup goes through ``visible_to``.
+
+A row of another lab answers 404 (not 403), so nobody learns that it exists.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db.models import QuerySet
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404
+from rest_framework import generics, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from inference import structures
+from scans import services, uploads
+from scans.files import HashedUploadedFile
+from scans.models import Annotation, Lab, Mouse, Scan, Study, UploadSession
+from scans.validation import ScanRejected
+
+from . import serializers
+
+#: Multipart framing (boundaries, form fields) on top of the file itself.
+MULTIPART_OVERHEAD_BYTES = 1024**2
+
+
+def refused(error: ScanRejected) -> Response:
+    body: dict[str, Any] = {"detail": error.message}
+    if isinstance(error, uploads.OffsetMismatch):
+        body["offset"] = error.expected_offset
+    return Response(body, status=error.status)
+
+
+def _scans_for(user: Any) -> QuerySet[Scan]:
+    return Scan.objects.visible_to(user).select_related("time_point__mouse__study", "uploaded_by", "lab")
+
+
+def _stream_stored(name: str, filename: str, content_type: str) -> FileResponse:
+    if not name or not default_storage.exists(name):
+        raise Http404("the stored file is missing")
+    return FileResponse(
+        default_storage.open(name, "rb"), as_attachment=True, filename=filename, content_type=content_type
+    )
+
+
+def _nifti_content_type(filename: str) -> str:
+    return "application/gzip" if filename.lower().endswith(".gz") else "application/octet-stream"
+
+
+class ScanListCreate(generics.ListAPIView):
+    """``GET /api/scans/`` (filters ``study``, ``mouse``, ``lab``); ``POST`` multipart upload."""
+
+    serializer_class = serializers.ScanSerializer
+
+    def get_queryset(self) -> QuerySet[Scan]:
+        scans = _scans_for(self.request.user)
+        for parameter, lookup in (
+            ("study", "time_point__mouse__study"),
+            ("mouse", "time_point__mouse"),
+            ("lab", "lab"),
+        ):
+            value = self.request.query_params.get(parameter)
+            if value and value.isdigit():
+                scans = scans.filter(**{lookup: int(value)})
+        return scans
+
+    def post(self, request: Request) -> Response:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+        if length > settings.LABSEG_MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES:
+            limit = settings.LABSEG_MAX_UPLOAD_BYTES / 1024**3
+            return Response(
+                {"detail": f"the file is larger than the upload limit of {limit:.1f} GiB"},
+                status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            )
+        fields = serializers.ScanFieldsSerializer(data=request.data)
+        fields.is_valid(raise_exception=True)
+        upload = request.FILES.get("file")
+        if upload is None:
+            return Response({"detail": "attach the scan as the multipart field 'file'"}, status=400)
+        if not isinstance(upload, HashedUploadedFile):
+            # Only reachable if FILE_UPLOAD_HANDLERS was changed; the service then copies and hashes.
+            upload.seek(0)
+        try:
+            target = services.resolve_upload_target(
+                user=request.user, study=fields.validated_data["study"], lab=fields.validated_data.get("lab")
+            )
+            scan = services.register_scan(
+                lab=target.lab,
+                uploaded_file_path_or_file=upload,
+                original_filename=upload.name or "",
+                study_name=target.study_name,
+                mouse_identifier=fields.validated_data["mouse"],
+                time_point_label=fields.validated_data["time_point"],
+                modality=fields.validated_data["modality"],
+                user=request.user,
+            )
+        except ScanRejected as error:
+            return refused(error)
+        return Response(serializers.ScanSerializer(scan).data, status=status.HTTP_201_CREATED)
+
+
+class ScanDetail(generics.RetrieveAPIView):
+    serializer_class = serializers.ScanSerializer
+
+    def get_queryset(self) -> QuerySet[Scan]:
+        return _scans_for(self.request.user)
+
+
+class ScanFile(APIView):
+    """The NIfTI file exactly as uploaded."""
+
+    def get(self, request: Request, pk: int) -> FileResponse:
+        scan = get_object_or_404(Scan.objects.visible_to(request.user), pk=pk)
+        return _stream_stored(
+            scan.file.name, scan.original_filename, _nifti_content_type(scan.original_filename)
+        )
+
+
+class ScanThumbnail(APIView):
+    def get(self, request: Request, pk: int) -> FileResponse:
+        scan = get_object_or_404(Scan.objects.visible_to(request.user), pk=pk)
+        response = _stream_stored(scan.thumbnail.name, f"scan-{scan.pk}.png", "image/png")
+        response["Content-Disposition"] = "inline"
+        return response
+
+
+class ScanAnnotations(generics.ListAPIView):
+    """``GET /api/scans/{id}/annotations/``; ``POST`` multipart ``file``, ``annotator``, ``structures``."""
+
+    serializer_class = serializers.AnnotationSerializer
+
+    def _scan(self) -> Scan:
+        return get_object_or_404(Scan.objects.visible_to(self.request.user), pk=self.kwargs["pk"])
+
+    def get_queryset(self) -> QuerySet[Annotation]:
+        return self._scan().annotations.select_related("reviewer")
+
+    def post(self, request: Request, pk: int) -> Response:
+        scan = self._scan()
+        data = request.data.copy() if hasattr(request.data, "copy") else dict(request.data)
+        raw_structures = data.get("structures")
+        if isinstance(raw_structures, str) and raw_structures.strip():
+            try:
+                data["structures"] = json.loads(raw_structures)
+            except json.JSONDecodeError:
+                return Response({"detail": 'structures must be JSON, such as {"tumor": 1}'}, status=400)
+        fields = serializers.AnnotationFieldsSerializer(data=data)
+        fields.is_valid(raise_exception=True)
+        upload = request.FILES.get("file")
+        if upload is None:
+            return Response({"detail": "attach the label map as the multipart field 'file'"}, status=400)
+        try:
+            annotation = services.register_annotation(
+                scan=scan,
+                file=upload,
+                original_filename=upload.name or "",
+                annotator_name=fields.validated_data.get("annotator", ""),
+                user=request.user,
+                structures=fields.validated_data.get("structures"),
+            )
+        except ScanRejected as error:
+            return refused(error)
+        return Response(serializers.AnnotationSerializer(annotation).data, status=status.HTTP_201_CREATED)
+
+
+class AnnotationDetail(generics.RetrieveAPIView):
+    serializer_class = serializers.AnnotationSerializer
+
+    def get_queryset(self) -> QuerySet[Annotation]:
+        return Annotation.objects.visible_to(self.request.user).select_related("reviewer")
+
+
+class AnnotationFile(APIView):
+    def get(self, request: Request, pk: int) -> FileResponse:
+        annotation = get_object_or_404(Annotation.objects.visible_to(request.user), pk=pk)
+        return _stream_stored(
+            annotation.file.name,
+            annotation.original_filename,
+            _nifti_content_type(annotation.original_filename),
+        )
+
+
+class StudyList(generics.ListAPIView):
+    serializer_class = serializers.StudySerializer
+
+    def get_queryset(self) -> QuerySet[Study]:
+        return Study.objects.visible_to(self.request.user).select_related("lab")
+
+
+class StudyDetail(generics.RetrieveAPIView):
+    serializer_class = serializers.StudySerializer
+
+    def get_queryset(self) -> QuerySet[Study]:
+        return Study.objects.visible_to(self.request.user).select_related("lab")
+
+
+class MouseList(generics.ListAPIView):
+    serializer_class = serializers.MouseSerializer
+
+    def get_queryset(self) -> QuerySet[Mouse]:
+        mice = Mouse.objects.visible_to(self.request.user).select_related("study", "cohort")
+        study = self.request.query_params.get("study")
+        if study and study.isdigit():
+            mice = mice.filter(study_id=int(study))
+        return mice.prefetch_related("time_points__scans")
+
+
+class MouseDetail(generics.RetrieveAPIView):
+    serializer_class = serializers.MouseSerializer
+
+    def get_queryset(self) -> QuerySet[Mouse]:
+        return Mouse.objects.visible_to(self.request.user).prefetch_related("time_points__scans")
+
+
+class LabList(generics.ListAPIView):
+    serializer_class = serializers.LabSerializer
+
+    def get_queryset(self) -> QuerySet[Lab]:
+        return Lab.objects.filter(memberships__user=self.request.user).distinct()
+
+
+class StructureList(APIView):
+    """The canonical structure table (id, name, colour): the only source of label numbers."""
+
+    def get(self, request: Request) -> Response:
+        return Response(structures.as_json())
+
+
+class UploadCreate(APIView):
+    """``POST /api/uploads/`` JSON ``{filename, size_bytes}`` opens a resumable upload."""
+
+    def post(self, request: Request) -> Response:
+        fields = serializers.CreateUploadSerializer(data=request.data)
+        fields.is_valid(raise_exception=True)
+        try:
+            session = uploads.create_upload(user=request.user, **fields.validated_data)
+        except ScanRejected as error:
+            return refused(error)
+        return Response(
+            {"id": str(session.pk), "offset": session.offset, "size_bytes": session.size_bytes},
+            status=status.HTTP_201_CREATED,
+        )
+
+
+def _session_for(request: Request, pk: str) -> UploadSession:
+    # Uploads belong to the user who opened them; anyone else gets 404.
+    return get_object_or_404(UploadSession.objects.filter(user=request.user), pk=pk)
+
+
+class UploadChunk(APIView):
+    """``GET`` the offset to resume from; ``PUT`` a raw chunk with ``Content-Range``."""
+
+    def get(self, request: Request, pk: str) -> Response:
+        session = _session_for(request, pk)
+        return Response({"offset": session.offset, "size_bytes": session.size_bytes})
+
+    def put(self, request: Request, pk: str) -> Response:
+        session = _session_for(request, pk)
+        try:
+            # Read the raw WSGI stream: the body is never parsed nor held whole in memory.
+            session = uploads.append_chunk(
+                session=session, content_range=request.META.get("HTTP_CONTENT_RANGE"), body=request._request
+            )
+        except ScanRejected as error:
+            return refused(error)
+        return Response({"offset": session.offset, "size_bytes": session.size_bytes})
+
+
+class UploadComplete(APIView):
+    """``POST /api/uploads/{id}/complete/`` JSON ``{sha256, study, mouse, time_point, modality[, lab]}``."""
+
+    def post(self, request: Request, pk: str) -> Response:
+        session = _session_for(request, pk)
+        fields = serializers.CompleteUploadSerializer(data=request.data)
+        fields.is_valid(raise_exception=True)
+        data = fields.validated_data
+        try:
+            target = services.resolve_upload_target(
+                user=request.user, study=data["study"], lab=data.get("lab")
+            )
+            scan = uploads.complete_upload(
+                session=session,
+                sha256=data["sha256"],
+                lab=target.lab,
+                study_name=target.study_name,
+                mouse_identifier=data["mouse"],
+                time_point_label=data["time_point"],
+                modality=data["modality"],
+                user=request.user,
+            )
+        except ScanRejected as error:
+            return refused(error)
+        return Response(serializers.ScanSerializer(scan).data, status=status.HTTP_201_CREATED)

@@ -1,0 +1,189 @@
+"""Receiving files: streamed to a temporary file under ``MEDIA_ROOT/tmp`` while their sha256 is computed.
+
+Nothing here holds a whole upload in memory: request bodies arrive through
+:class:`HashingUploadHandler` (installed for every request in ``settings.FILE_UPLOAD_HANDLERS``)
+in 1 MiB pieces, and local files are copied in 1 MiB pieces. The temporary file sits on the same
+disk as local storage, so storing an accepted scan is a rename, not a second copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from django.conf import settings
+from django.core.files import File
+from django.core.files.uploadedfile import UploadedFile
+from django.core.files.uploadhandler import FileUploadHandler
+
+from .validation import ScanRejected, nifti_suffix
+
+PIECE_BYTES = 1024**2
+
+
+def upload_tmp_dir() -> Path:
+    """Where uploads wait while they are checked (``MEDIA_ROOT/tmp``); created on demand."""
+    path = Path(settings.MEDIA_ROOT) / "tmp"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class IncomingFile:
+    """A received file waiting in ``upload_tmp_dir()``; ``owned`` files are deleted after use."""
+
+    path: Path
+    sha256: str
+    size_bytes: int
+    owned: bool = True
+
+    def discard(self) -> None:
+        if self.owned:
+            self.path.unlink(missing_ok=True)
+
+
+class HashedUploadedFile(UploadedFile):
+    """A request file streamed to disk, with its sha256 computed on the way in."""
+
+    def __init__(self, name: str, content_type: str, charset: str | None, extra: Any) -> None:
+        file = tempfile.NamedTemporaryFile(suffix=".upload", dir=upload_tmp_dir())  # noqa: SIM115
+        super().__init__(file, name, content_type, 0, charset, extra)
+        self.hasher = hashlib.sha256()
+
+    def temporary_file_path(self) -> str:
+        return self.file.name
+
+    @property
+    def sha256(self) -> str:
+        return self.hasher.hexdigest()
+
+    def close(self) -> None:
+        # Moved into storage or discarded before the tempfile could unlink it.
+        with contextlib.suppress(FileNotFoundError):
+            self.file.close()
+
+
+class HashingUploadHandler(FileUploadHandler):
+    """Streams every uploaded file to ``upload_tmp_dir()`` and hashes it as it arrives."""
+
+    chunk_size = PIECE_BYTES
+
+    def new_file(self, *args: Any, **kwargs: Any) -> None:
+        super().new_file(*args, **kwargs)
+        self.file = HashedUploadedFile(
+            self.file_name, self.content_type, self.charset, self.content_type_extra
+        )
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
+        self.file.hasher.update(raw_data)
+        self.file.write(raw_data)
+        return None
+
+    def file_complete(self, file_size: int) -> HashedUploadedFile:
+        self.file.flush()
+        self.file.seek(0)
+        self.file.size = file_size
+        return self.file
+
+    def upload_interrupted(self) -> None:
+        if hasattr(self, "file"):
+            path = self.file.temporary_file_path()
+            self.file.close()
+            Path(path).unlink(missing_ok=True)
+
+
+def copy_hashing(source: IO[bytes], *, limit_bytes: int | None = None) -> IncomingFile:
+    """Copy a readable stream into ``upload_tmp_dir()`` in 1 MiB pieces, hashing on the way."""
+    hasher = hashlib.sha256()
+    size = 0
+    handle, name = tempfile.mkstemp(suffix=".upload", dir=upload_tmp_dir())
+    path = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as target:
+            while piece := source.read(PIECE_BYTES):
+                size += len(piece)
+                if limit_bytes is not None and size > limit_bytes:
+                    raise ScanRejected(
+                        f"the file is larger than the upload limit of {limit_bytes / 1024**3:.1f} GiB",
+                        status=413,
+                    )
+                hasher.update(piece)
+                target.write(piece)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return IncomingFile(path=path, sha256=hasher.hexdigest(), size_bytes=size)
+
+
+def sha256_of(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as source:
+        while piece := source.read(PIECE_BYTES):
+            hasher.update(piece)
+    return hasher.hexdigest()
+
+
+def receive(source: Any) -> IncomingFile:
+    """An :class:`IncomingFile` from what a caller holds.
+
+    Accepts an ``IncomingFile`` (used as is), a request file from :class:`HashingUploadHandler`
+    (already on disk and hashed), a local path (copied: the original is never moved or altered),
+    or any readable binary stream (copied).
+    """
+    limit = settings.LABSEG_MAX_UPLOAD_BYTES
+    if isinstance(source, IncomingFile):
+        return source
+    if isinstance(source, HashedUploadedFile):
+        return IncomingFile(
+            path=Path(source.temporary_file_path()), sha256=source.sha256, size_bytes=source.size or 0
+        )
+    if isinstance(source, str | os.PathLike):
+        with open(source, "rb") as stream:
+            return copy_hashing(stream, limit_bytes=limit)
+    if hasattr(source, "read"):
+        if hasattr(source, "seek"):
+            source.seek(0)
+        return copy_hashing(source, limit_bytes=limit)
+    raise TypeError(f"cannot receive a file from {type(source).__name__}")
+
+
+_UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def safe_filename(original_filename: str) -> str:
+    """A storage-safe version of a plain file name; refuses names that reach into folders.
+
+    Folder parts (``../``, ``/``, ``\\``), control characters and hidden names are refused rather
+    than silently cut, so the researcher learns the name was not taken as given.
+    """
+    name = original_filename.strip()
+    if not name:
+        raise ScanRejected("the file has no name: give a file name ending in .nii or .nii.gz")
+    if "/" in name or "\\" in name or name.startswith(".") or "\x00" in name:
+        raise ScanRejected(
+            f"the file name {original_filename!r} contains folder parts or starts with a dot: give a "
+            "plain file name such as CT_M02_8d.nii.gz"
+        )
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        raise ScanRejected("the file name contains control characters: give a plain file name")
+    suffix = nifti_suffix(name)
+    stem = _UNSAFE_CHARACTERS.sub("_", name[: -len(suffix)]).strip("._") or "scan"
+    return stem[:150] + suffix
+
+
+class MovableFile(File):
+    """A local temporary file that Django's file storage may move (rename) instead of copying."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path.open("rb"), name=path.name)
+        self._path = path
+
+    def temporary_file_path(self) -> str:
+        return str(self._path)

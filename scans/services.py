@@ -1,0 +1,388 @@
+"""Workflows of the scans app, as keyword-only functions.
+
+Order of work in every upload: receive (stream + sha256) -> refuse duplicates -> validate with
+nibabel (header, then one bounded pass over the data) -> write the files to storage -> write the
+rows in one transaction. NIfTI reading never happens inside a transaction. On any refusal the
+files already stored are deleted and the temporary file is removed, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from inference import structures
+
+from .files import IncomingFile, MovableFile, receive, safe_filename
+from .models import Annotation, Lab, Membership, Mouse, Scan, Study, TimePoint, parse_offset_hours
+from .validation import ScanRejected, VolumeStats, check_same_grid, read_header, read_volume
+
+logger = logging.getLogger(__name__)
+
+MAX_IDENTIFIER_LENGTH = 64
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    """Where an upload goes: the lab, and the study name within it (created when new)."""
+
+    lab: Lab
+    study_name: str
+
+
+def resolve_upload_target(*, user: Any, study: str, lab: str | None = None) -> UploadTarget:
+    """Find the lab an upload goes to from the ``study`` (id or name) and optional ``lab`` (id or name).
+
+    An existing study of the user's labs decides the lab. A new study name needs ``lab`` when the
+    user belongs to several labs; otherwise it goes to the user's only lab.
+    """
+    study = (study or "").strip()
+    if not study:
+        raise ScanRejected("name the study the scan belongs to (field 'study')")
+    user_labs = Lab.objects.filter(memberships__user=user).distinct()
+    chosen_lab = _find_lab(user_labs, lab) if lab not in (None, "") else None
+    visible = Study.objects.visible_to(user)
+    if chosen_lab is not None:
+        visible = visible.filter(lab=chosen_lab)
+    if study.isdigit() and (by_id := visible.filter(pk=int(study)).first()):
+        return UploadTarget(lab=by_id.lab, study_name=by_id.name)
+    matches = list(visible.filter(name=study).select_related("lab"))
+    if len(matches) == 1:
+        return UploadTarget(lab=matches[0].lab, study_name=matches[0].name)
+    if len(matches) > 1:
+        names = ", ".join(m.lab.name for m in matches)
+        raise ScanRejected(f"several of your labs have a study named {study!r} ({names}): say which lab")
+    if chosen_lab is not None:
+        return UploadTarget(lab=chosen_lab, study_name=study)
+    labs = list(user_labs[:2])
+    if not labs:
+        raise ScanRejected("you are not a member of any lab yet: ask a lab admin to add you", status=403)
+    if len(labs) > 1:
+        raise ScanRejected(
+            f"study {study!r} does not exist yet and you belong to several labs: say which lab it goes to "
+            "(field 'lab')"
+        )
+    return UploadTarget(lab=labs[0], study_name=study)
+
+
+def _find_lab(user_labs: Any, lab: str | None) -> Lab:
+    text = str(lab).strip()
+    found = user_labs.filter(pk=int(text)).first() if text.isdigit() else None
+    found = found or user_labs.filter(name=text).first()
+    if found is None:
+        raise ScanRejected(f"you are not a member of a lab called {text!r}", status=404)
+    return found
+
+
+def _check_identifier(value: str, what: str) -> str:
+    value = (value or "").strip()
+    if not value:
+        raise ScanRejected(f"name the {what}")
+    if len(value) > MAX_IDENTIFIER_LENGTH or any(c in value for c in "/\\\x00"):
+        raise ScanRejected(f"the {what} {value!r} is not a usable name (at most 64 characters, no slashes)")
+    return value
+
+
+def _check_time_point(label: str) -> tuple[str, float]:
+    label = (label or "").strip()
+    try:
+        return label, parse_offset_hours(label)
+    except ValueError as error:
+        raise ScanRejected(str(error)) from None
+
+
+def _check_modality(modality: str) -> str:
+    if modality not in Scan.Modality.values:
+        choices = ", ".join(Scan.Modality.values)
+        raise ScanRejected(f"modality {modality!r} is not known; use one of {choices}")
+    return modality
+
+
+@contextmanager
+def _stored_files() -> Iterator[list[str]]:
+    """Names saved to storage inside the block are deleted again if the block raises."""
+    saved: list[str] = []
+    try:
+        yield saved
+    except BaseException:
+        for name in saved:
+            default_storage.delete(name)
+        raise
+
+
+def _save_incoming(incoming: IncomingFile, name: str, saved: list[str]) -> str:
+    movable = MovableFile(incoming.path)
+    try:
+        stored = default_storage.save(name, movable)
+    finally:
+        movable.close()
+    saved.append(stored)
+    return stored
+
+
+def register_scan(
+    *,
+    lab: Lab,
+    uploaded_file_path_or_file: Any,
+    original_filename: str,
+    study_name: str,
+    mouse_identifier: str,
+    time_point_label: str,
+    modality: str = Scan.Modality.NATIVE_CT,
+    user: Any = None,
+) -> Scan:
+    """Validate and store one scan; create the study, mouse and time point when new.
+
+    Raises :class:`ScanRejected` (400 bad file or fields, 409 duplicate, 413 too large) and leaves
+    nothing behind: no row, no stored file, no temporary file.
+    """
+    incoming: IncomingFile | None = None
+    try:
+        study_name = _check_identifier(study_name, "study")
+        mouse_identifier = _check_identifier(mouse_identifier, "mouse")
+        label, offset_hours = _check_time_point(time_point_label)
+        modality = _check_modality(modality)
+        stored_name = safe_filename(original_filename)
+        _check_mouse_study(lab=lab, mouse_identifier=mouse_identifier, study_name=study_name)
+        incoming = receive(uploaded_file_path_or_file)
+        _refuse_duplicate_scan(lab=lab, sha256=incoming.sha256)
+        header = read_header(incoming.path, original_filename)
+        stats = read_volume(incoming.path, header, preview=True)
+        thumbnail = _thumbnail_png(stats, header.affine)
+        folder = f"labs/{lab.pk}/scans/{uuid.uuid4().hex}"
+        with _stored_files() as saved:
+            file_name = _save_incoming(incoming, f"{folder}/{stored_name}", saved)
+            thumbnail_name = ""
+            if thumbnail is not None:
+                thumbnail_name = default_storage.save(f"{folder}/thumbnail.png", ContentFile(thumbnail))
+                saved.append(thumbnail_name)
+            try:
+                with transaction.atomic():
+                    time_point = _time_point(
+                        lab=lab,
+                        study_name=study_name,
+                        mouse_identifier=mouse_identifier,
+                        label=label,
+                        offset_hours=offset_hours,
+                    )
+                    scan = Scan.objects.create(
+                        lab=lab,
+                        time_point=time_point,
+                        modality=modality,
+                        file=file_name,
+                        original_filename=original_filename[:255],
+                        sha256=incoming.sha256,
+                        size_bytes=incoming.size_bytes,
+                        shape=list(header.shape),
+                        spacing_mm=list(header.spacing_mm),
+                        affine=header.affine.tolist(),
+                        dtype=str(header.dtype.newbyteorder("=")),
+                        orientation=header.orientation,
+                        intensity_min=stats.minimum,
+                        intensity_max=stats.maximum,
+                        intensity_mean=stats.mean,
+                        intensity_std=stats.std,
+                        thumbnail=thumbnail_name,
+                        uploaded_by=user if user is not None and user.is_authenticated else None,
+                    )
+            except IntegrityError:
+                # Two uploads of the same file raced past the duplicate check: the constraint decides.
+                _refuse_duplicate_scan(lab=lab, sha256=incoming.sha256)
+                raise
+    finally:
+        if incoming is not None:
+            incoming.discard()
+    logger.info("registered scan %s (%s) in lab %s", scan.pk, scan.original_filename, lab)
+    if settings.LABSEG_SEGMENT_ON_UPLOAD:
+        _request_segmentation(scan=scan, user=user)
+    return scan
+
+
+def _check_mouse_study(*, lab: Lab, mouse_identifier: str, study_name: str) -> None:
+    mouse = Mouse.objects.filter(lab=lab, identifier=mouse_identifier).select_related("study").first()
+    if mouse is not None and mouse.study.name != study_name:
+        raise ScanRejected(
+            f"mouse {mouse_identifier} already belongs to study {mouse.study.name!r} in this lab: upload "
+            "its scans to that study"
+        )
+
+
+def _time_point(
+    *, lab: Lab, study_name: str, mouse_identifier: str, label: str, offset_hours: float
+) -> TimePoint:
+    study, _ = Study.objects.get_or_create(lab=lab, name=study_name)
+    mouse, _ = Mouse.objects.get_or_create(lab=lab, identifier=mouse_identifier, defaults={"study": study})
+    if mouse.study_id != study.pk:
+        raise ScanRejected(f"mouse {mouse_identifier} already belongs to study {mouse.study.name!r}")
+    time_point, _ = TimePoint.objects.get_or_create(
+        mouse=mouse, label=label, defaults={"offset_hours": offset_hours}
+    )
+    return time_point
+
+
+def _refuse_duplicate_scan(*, lab: Lab, sha256: str) -> None:
+    existing = Scan.objects.filter(lab=lab, sha256=sha256).select_related("time_point__mouse__study").first()
+    if existing is not None:
+        raise ScanRejected(
+            f"this file was already uploaded to {lab.name} as scan {existing.pk} "
+            f"({existing.original_filename}: mouse {existing.time_point.mouse.identifier}, time point "
+            f"{existing.time_point.label}, study {existing.time_point.mouse.study.name!r})",
+            status=409,
+        )
+
+
+def _thumbnail_png(stats: VolumeStats, affine: np.ndarray) -> bytes | None:
+    """The projection thumbnail, drawn from the downsampled volume turned to RAS axis order."""
+    if stats.preview is None or stats.preview_spacing_mm is None:
+        return None
+    try:
+        from inference.pipeline.pictures import projection_png
+    except ImportError:
+        logger.warning("inference.pipeline.pictures is not available: the scan gets no thumbnail")
+        return None
+    orientation = nib.orientations.io_orientation(affine)
+    volume = nib.orientations.apply_orientation(stats.preview, orientation)
+    spacing = [0.0, 0.0, 0.0]
+    for axis, (target, _flip) in enumerate(orientation):
+        spacing[int(target)] = stats.preview_spacing_mm[axis]
+    return projection_png(np.ascontiguousarray(volume), tuple(spacing))
+
+
+def _request_segmentation(*, scan: Scan, user: Any) -> None:
+    try:
+        from inference.services import request_segmentation
+    except ImportError:
+        logger.warning("inference.services is not available: scan %s is not queued for segmentation", scan.pk)
+        return
+    try:
+        request_segmentation(scan=scan, user=user)
+    except Exception:
+        # The scan is safely stored; a failure to queue it must not undo the upload. The
+        # reconciler or a researcher can request the segmentation again.
+        logger.exception("could not queue segmentation for scan %s", scan.pk)
+
+
+def _structure_mapping(structures_given: dict[str, int] | None, label_values: set[int]) -> dict[str, int]:
+    """Canonical structure name -> label value, checked against the values present in the file."""
+    present = sorted(v for v in label_values if v != 0)
+    if structures_given is None:
+        unknown = [v for v in present if v not in structures.BY_ID or v == structures.BACKGROUND.id]
+        if unknown:
+            raise ScanRejected(
+                f"label values {', '.join(map(str, unknown))} are not structure ids of the canonical table: "
+                "give a structure mapping (structure name -> label value)"
+            )
+        return {structures.by_id(v).name: v for v in present}
+    mapping: dict[str, int] = {}
+    for name, value in structures_given.items():
+        try:
+            canonical = structures.by_name(str(name)).name
+        except KeyError as error:
+            raise ScanRejected(str(error.args[0])) from None
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ScanRejected(f"the label value of {name!r} must be a positive whole number, not {value!r}")
+        mapping[canonical] = value
+    unmapped = [v for v in present if v not in mapping.values()]
+    if unmapped:
+        raise ScanRejected(
+            f"label values {', '.join(map(str, unmapped))} appear in the file but not in the structure "
+            "mapping: map every label value to a structure"
+        )
+    return mapping
+
+
+def register_annotation(
+    *,
+    scan: Scan,
+    file: Any,
+    original_filename: str,
+    annotator_name: str = "",
+    user: Any = None,
+    structures: dict[str, int] | None = None,
+    status: str = Annotation.Status.SUBMITTED,
+) -> Annotation:
+    """Validate and store a label map drawn on ``scan``: integer values, on the scan's grid.
+
+    ``structures`` maps canonical structure names to the label values used in the file; without
+    it the file's values must be canonical structure ids. Same refusals and guarantees as
+    :func:`register_scan`.
+    """
+    incoming: IncomingFile | None = None
+    authenticated = user is not None and user.is_authenticated
+    annotator_name = (annotator_name or (user.get_username() if authenticated else "")).strip()
+    try:
+        annotator_name = _check_identifier(annotator_name, "annotator")
+        stored_name = safe_filename(original_filename)
+        incoming = receive(file)
+        existing = scan.annotations.filter(sha256=incoming.sha256).first()
+        if existing is not None:
+            raise ScanRejected(
+                f"this label file was already uploaded for this scan as annotation {existing.pk} "
+                f"(annotator {existing.annotator_name})",
+                status=409,
+            )
+        header = read_header(incoming.path, original_filename)
+        check_same_grid(header, tuple(scan.shape), np.asarray(scan.affine))
+        stats = read_volume(incoming.path, header, labels=True)
+        mapping = _structure_mapping(structures, stats.label_values)
+        folder = f"labs/{scan.lab_id}/annotations/{uuid.uuid4().hex}"
+        with _stored_files() as saved:
+            file_name = _save_incoming(incoming, f"{folder}/{stored_name}", saved)
+            annotation = Annotation.objects.create(
+                scan=scan,
+                annotator=user if authenticated else None,
+                annotator_name=annotator_name,
+                file=file_name,
+                original_filename=original_filename[:255],
+                sha256=incoming.sha256,
+                structures=mapping,
+                status=status,
+            )
+    finally:
+        if incoming is not None:
+            incoming.discard()
+    logger.info("registered annotation %s on scan %s", annotation.pk, scan.pk)
+    return annotation
+
+
+def review_annotation(*, annotation: Annotation, reviewer: Any, approve: bool, note: str = "") -> Annotation:
+    """Approve or reject an annotation with a note; only reviewers and lab admins of its lab may."""
+    membership = Membership.objects.filter(lab_id=annotation.scan.lab_id, user=reviewer).first()
+    if membership is None or not membership.can_review:
+        raise PermissionDenied(
+            f"{reviewer} is not a reviewer of {annotation.scan.lab}: only reviewers and lab admins may "
+            "approve or reject annotations"
+        )
+    annotation.status = Annotation.Status.APPROVED if approve else Annotation.Status.REJECTED
+    annotation.reviewer = reviewer
+    annotation.review_note = note
+    annotation.reviewed_at = timezone.now()
+    annotation.save(update_fields=["status", "reviewer", "review_note", "reviewed_at", "updated_at"])
+    return annotation
+
+
+def add_lab_member(*, lab: Lab, user: Any, role: str = Membership.Role.MEMBER) -> Membership:
+    """Add ``user`` to ``lab`` with ``role``, or change the role of an existing member."""
+    if role not in Membership.Role.values:
+        raise ValueError(f"role {role!r} is not known; use one of {', '.join(Membership.Role.values)}")
+    membership, _ = Membership.objects.update_or_create(lab=lab, user=user, defaults={"role": role})
+    return membership
+
+
+def open_stored(name: str) -> io.BufferedReader:
+    """Open a stored file for reading (the scan or annotation as uploaded, never altered)."""
+    return default_storage.open(name, "rb")

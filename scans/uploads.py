@@ -1,0 +1,149 @@
+"""Resumable chunked uploads (contract 5): create a session, PUT byte ranges in order, complete.
+
+The bytes accumulate in ``MEDIA_ROOT/tmp/chunks/<session id>.part``. A chunk must start at the
+session's current offset; the offset moves with a compare-and-set so two clients sending the
+same range cannot both win. Completion checks the sha256 the client computed, then hands the
+file to :func:`scans.services.register_scan`; the chunk file and the session are removed on
+completion or refusal.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import IO, Any
+
+from django.conf import settings
+
+from .files import PIECE_BYTES, IncomingFile, safe_filename, sha256_of, upload_tmp_dir
+from .models import Lab, Scan, UploadSession
+from .services import register_scan
+from .validation import ScanRejected
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+
+
+class OffsetMismatch(ScanRejected):
+    """A chunk that does not start where the upload stands; ``expected_offset`` says where."""
+
+    def __init__(self, expected_offset: int, start: int) -> None:
+        super().__init__(
+            f"this chunk starts at byte {start} but the upload stands at byte {expected_offset}: resume "
+            f"from byte {expected_offset}",
+            status=409,
+        )
+        self.expected_offset = expected_offset
+
+
+def chunk_path(session: UploadSession) -> Path:
+    folder = upload_tmp_dir() / "chunks"
+    folder.mkdir(exist_ok=True)
+    return folder / f"{session.pk}.part"
+
+
+def create_upload(*, user: Any, filename: str, size_bytes: int) -> UploadSession:
+    """Open a resumable upload of ``size_bytes`` bytes for a NIfTI file called ``filename``."""
+    safe_filename(filename)
+    if not isinstance(size_bytes, int) or isinstance(size_bytes, bool) or size_bytes <= 0:
+        raise ScanRejected("size_bytes must be the file size in bytes, a positive whole number")
+    limit = settings.LABSEG_MAX_UPLOAD_BYTES
+    if size_bytes > limit:
+        raise ScanRejected(
+            f"the file ({size_bytes / 1024**3:.2f} GiB) is larger than the upload limit of "
+            f"{limit / 1024**3:.1f} GiB",
+            status=413,
+        )
+    session = UploadSession.objects.create(user=user, filename=filename, size_bytes=size_bytes)
+    chunk_path(session).touch()
+    return session
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int]:
+    """``(start, end, total)`` from ``Content-Range: bytes START-END/TOTAL`` (END inclusive)."""
+    match = _CONTENT_RANGE.match((value or "").strip())
+    if not match:
+        raise ScanRejected("each chunk needs a header 'Content-Range: bytes START-END/TOTAL'")
+    start, end, total = (int(g) for g in match.groups())
+    if end < start:
+        raise ScanRejected(f"the Content-Range {value!r} ends before it starts")
+    return start, end, total
+
+
+def append_chunk(*, session: UploadSession, content_range: str | None, body: IO[bytes]) -> UploadSession:
+    """Write one chunk read from ``body`` at the session's offset and move the offset past it."""
+    start, end, total = parse_content_range(content_range)
+    if total != session.size_bytes:
+        raise ScanRejected(
+            f"the Content-Range total {total} differs from the announced size {session.size_bytes}"
+        )
+    if end >= session.size_bytes:
+        raise ScanRejected(
+            f"the chunk ends at byte {end}, beyond the end of the file ({session.size_bytes} bytes)"
+        )
+    if start != session.offset:
+        raise OffsetMismatch(session.offset, start)
+    expected = end - start + 1
+    received = 0
+    with chunk_path(session).open("r+b") as target:
+        target.seek(start)
+        while received < expected and (piece := body.read(min(PIECE_BYTES, expected - received))):
+            target.write(piece)
+            received += len(piece)
+        if received != expected:
+            # Keep the file consistent with the offset the database holds.
+            target.truncate(start)
+            raise ScanRejected(f"the chunk body holds {received} bytes but its Content-Range says {expected}")
+    # Compare-and-set: only the request that found the offset at ``start`` may move it.
+    moved = UploadSession.objects.filter(pk=session.pk, offset=start).update(offset=end + 1)
+    session.refresh_from_db()
+    if moved != 1:
+        raise OffsetMismatch(session.offset, start)
+    return session
+
+
+def discard_upload(session: UploadSession) -> None:
+    chunk_path(session).unlink(missing_ok=True)
+    session.delete()
+
+
+def complete_upload(
+    *,
+    session: UploadSession,
+    sha256: str,
+    lab: Lab,
+    study_name: str,
+    mouse_identifier: str,
+    time_point_label: str,
+    modality: str,
+    user: Any,
+) -> Scan:
+    """Check the assembled file against the client's sha256 and register it as a scan.
+
+    The chunk file and the session are gone afterwards, whether the scan was accepted or refused.
+    """
+    if not session.complete:
+        # Not a refusal of the file: the client may still send the rest, so the session stays.
+        raise ScanRejected(
+            f"the upload is incomplete: {session.offset} of {session.size_bytes} bytes received; send "
+            f"the rest from byte {session.offset}"
+        )
+    try:
+        path = chunk_path(session)
+        actual = sha256_of(path)
+        if actual != (sha256 or "").strip().lower():
+            raise ScanRejected(
+                "the file received differs from the file sent (sha256 mismatch): upload it again"
+            )
+        incoming = IncomingFile(path=path, sha256=actual, size_bytes=session.size_bytes)
+        return register_scan(
+            lab=lab,
+            uploaded_file_path_or_file=incoming,
+            original_filename=session.filename,
+            study_name=study_name,
+            mouse_identifier=mouse_identifier,
+            time_point_label=time_point_label,
+            modality=modality,
+            user=user,
+        )
+    finally:
+        discard_upload(session)
