@@ -177,7 +177,7 @@ def _consensus(layer: Layer, make_one: Callable[[Path, Path, Callable[[np.ndarra
                 image = nib.load(str(part))
                 maps.append(np.asarray(image.dataobj).astype(np.uint8))
                 affine = image.affine
-        previews.write_nifti_gz(target, previews.majority_labels(maps), affine, is_label=True)
+        previews.write_nifti_gz(target, previews.majority_labels(maps), affine)
 
     return make
 
@@ -193,7 +193,14 @@ def preview_file(scan: Scan, layer: Layer) -> str:
 
     def make_one(source: Path, target: Path, relabel: Callable[[np.ndarray], np.ndarray] | None) -> None:
         if layer.is_label:
-            previews.make_label_preview(source, target, factor=factor, keep_ids=LESION_IDS, relabel=relabel)
+            previews.make_label_preview(
+                source,
+                target,
+                factor=factor,
+                keep_ids=LESION_IDS,
+                relabel=relabel,
+                label_intent=layer.kind == "annotation",
+            )
         else:
             previews.make_intensity_preview(source, target, max_voxels=preview_max_voxels())
 
@@ -208,14 +215,18 @@ def preview_file(scan: Scan, layer: Layer) -> str:
 
 
 def parse_region(scan: Scan, text: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """``"i,j,k"`` (a voxel of the scan's own grid) -> a clamped full-resolution box around it."""
+    """``"x,y,z"`` (a point in world mm, RAS+) -> a clamped full-resolution box of the scan's own
+    voxel grid around it. The viewer sends mm because its preview voxels are not the scan's."""
+    message = "the region centre must be a point in mm such as 12.5,-3.0,40.2"
     try:
-        centre = tuple(round(float(v)) for v in text.split(","))
+        point_mm = [float(v) for v in text.split(",")]
     except ValueError:
-        raise RegionRefusedError("the region centre must be three voxel indices such as 96,96,260") from None
-    if len(centre) != 3:
-        raise RegionRefusedError("the region centre must be three voxel indices such as 96,96,260")
+        raise RegionRefusedError(message) from None
+    if len(point_mm) != 3 or not all(np.isfinite(point_mm)):
+        raise RegionRefusedError(message)
+    voxel = np.linalg.inv(np.asarray(scan.affine, dtype=float)) @ np.array([*point_mm, 1.0])
     shape = tuple(int(s) for s in scan.shape[:3])
+    centre = tuple(round(float(v)) for v in voxel[:3])
     return previews.clamp_region(shape, centre, max_voxels=preview_max_voxels())  # type: ignore[arg-type]
 
 
@@ -225,7 +236,15 @@ def region_file(scan: Scan, layer: Layer, start: tuple[int, int, int], stop: tup
     name = f"previews/scan_{scan.pk}/{layer.key}.region_{box}.nii.gz"
 
     def make_one(source: Path, target: Path, relabel: Callable[[np.ndarray], np.ndarray] | None) -> None:
-        previews.crop_volume(source, target, start=start, stop=stop, is_label=layer.is_label, relabel=relabel)
+        previews.crop_volume(
+            source,
+            target,
+            start=start,
+            stop=stop,
+            is_label=layer.is_label,
+            relabel=relabel,
+            label_intent=layer.kind == "annotation",
+        )
 
     if layer.kind == "consensus":
         return _store(name, _consensus(layer, make_one))
@@ -254,6 +273,16 @@ def _layer_url(scan: Scan, key: str) -> str:
     return reverse("frontend:scan-layer", kwargs={"pk": scan.pk, "key": key})
 
 
+def _provider(manifest: dict[str, Any]) -> str:
+    """The execution provider(s) named in the run manifest (``models[].provider``), if any."""
+    found = [
+        str(m.get("provider"))
+        for m in manifest.get("models", [])
+        if isinstance(m, dict) and m.get("provider")
+    ]
+    return ", ".join(dict.fromkeys(found)) or str(manifest.get("provider", ""))
+
+
 def _model_info(prediction: Prediction) -> dict[str, Any]:
     job = prediction.job
     manifest = prediction.manifest or {}
@@ -266,7 +295,7 @@ def _model_info(prediction: Prediction) -> dict[str, Any]:
         "label": prediction.model_version.label,
         "task": prediction.model_version.get_task_display(),
         "seconds": seconds,
-        "provider": manifest.get("provider") or manifest.get("execution_provider") or "",
+        "provider": _provider(manifest),
         "created": prediction.created_at.isoformat(),
     }
 
@@ -303,6 +332,12 @@ def viewer_config(scan: Scan, predictions: list[Prediction]) -> dict[str, Any]:
         layer_rows.append({"key": "consensus", "kind": "consensus", "title": "Consensus (majority)"})
     for row in layer_rows:
         row["url"] = _layer_url(scan, row["key"])
+    downloads = []
+    for prediction in predictions:
+        task = prediction.model_version.get_task_display()
+        for prefix, what in (("pred", "labels"), ("unc", "uncertainty")):
+            url = _layer_url(scan, f"{prefix}-{prediction.pk}") + "?download=1"
+            downloads.append({"title": f"{task} {what} (NIfTI)", "url": url})
     return {
         "scanId": scan.pk,
         "shape": list(scan.shape)[:3],
@@ -317,4 +352,5 @@ def viewer_config(scan: Scan, predictions: list[Prediction]) -> dict[str, Any]:
         "lesions": results.scan_lesions(predictions),
         "metastasisCounts": results.metastasis_counts(predictions),
         "models": [_model_info(p) for p in predictions],
+        "downloads": downloads,
     }

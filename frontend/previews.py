@@ -143,14 +143,15 @@ def intensity_dtype(source_dtype: np.dtype, low: float, high: float) -> np.dtype
     return np.dtype(np.float32)
 
 
-def write_nifti_gz(path: Path, data: np.ndarray, affine: np.ndarray, *, is_label: bool = False) -> None:
+def write_nifti_gz(path: Path, data: np.ndarray, affine: np.ndarray, *, label_intent: bool = False) -> None:
     """Write ``data`` on ``affine`` as .nii.gz (nibabel compresses at level 1: previews are cached
     and re-made on demand, so write speed matters more than the last few percent of size)."""
     image = nib.Nifti1Image(np.asarray(data), affine)
     image.header.set_qform(affine, code=1)
     image.header.set_sform(affine, code=1)
-    if is_label:
-        # NIFTI_INTENT_LABEL: NiiVue then treats the values as labels (and can outline them).
+    if label_intent:
+        # NIFTI_INTENT_LABEL: NiiVue draws such volumes as outlines when its atlasOutline is set,
+        # so the viewer's outlined layers (annotations) carry it and its filled ones do not.
         image.header.set_intent("label")
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed, so a reader never sees half a file.
@@ -179,6 +180,7 @@ def make_label_preview(
     factor: int,
     keep_ids: Iterable[int] = (),
     relabel: Callable[[np.ndarray], np.ndarray] | None = None,
+    label_intent: bool = False,
 ) -> None:
     """Write the uint8 preview of the label map ``source`` (same grid as its scan) to ``target``."""
     image = nib.load(str(source))
@@ -186,7 +188,7 @@ def make_label_preview(
     data = downsample_labels(image.dataobj, factor, keep_ids=keep_ids)
     if relabel is not None:
         data = relabel(data)
-    write_nifti_gz(target, data, preview_grid(grid, factor).affine, is_label=True)
+    write_nifti_gz(target, data, preview_grid(grid, factor).affine, label_intent=label_intent)
 
 
 def crop_volume(
@@ -197,6 +199,7 @@ def crop_volume(
     stop: tuple[int, int, int],
     is_label: bool = False,
     relabel: Callable[[np.ndarray], np.ndarray] | None = None,
+    label_intent: bool = False,
 ) -> None:
     """Write the full-resolution sub-volume ``[start, stop)`` of ``source`` to ``target``."""
     image = nib.load(str(source))
@@ -209,7 +212,7 @@ def crop_volume(
             data = relabel(data)
     elif np.issubdtype(image.get_data_dtype(), np.integer) and data.dtype.kind == "f":
         data = np.rint(data).astype(np.int16) if np.abs(data).max(initial=0) < 32767 else data
-    write_nifti_gz(target, data, crop_grid(grid, start, stop).affine, is_label=is_label)
+    write_nifti_gz(target, data, crop_grid(grid, start, stop).affine, label_intent=label_intent)
 
 
 def clamp_region(

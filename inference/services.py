@@ -32,7 +32,7 @@ from typing import Any
 from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
-from django.db import IntegrityError, InterfaceError, OperationalError, close_old_connections, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -593,7 +593,6 @@ def _is_unreadable_scan(exc: BaseException) -> bool:
 
 
 def _record_failure(job: InferenceJob, exc: BaseException) -> None:
-    close_old_connections()
     job.refresh_from_db(fields=["stage", "attempts"])
     if _is_transient(exc) and job.attempts < MAX_ATTEMPTS:
         requeued = InferenceJob.objects.filter(

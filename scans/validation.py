@@ -274,9 +274,15 @@ def _header_as_nibabel_reads_it(
         affine = np.asarray(image.affine, dtype=np.float64)
         full_header = image.header
         zooms = full_header.get_zooms()[:3]
-        slope, inter = full_header.get_slope_inter()
+        # The loaded image's header is a copy with offset and scaling reset; the data proxy keeps
+        # the values nibabel applies when it reads the voxels.
+        slope, inter = float(image.dataobj.slope), float(image.dataobj.inter)
     except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, ValueError) as error:
-        raise ScanRejected(f"nibabel cannot read the header: {error}") from None
+        # nibabel's own message names our temporary file; the researcher needs the cause instead.
+        reason = "truncated" if "work out file type" in str(error) else str(error).split(" of ")[0]
+        raise ScanRejected(
+            f"nibabel cannot read the header and its extensions ({reason}): the file is truncated or damaged"
+        ) from None
     finally:
         link.unlink()
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
@@ -294,9 +300,9 @@ def _header_as_nibabel_reads_it(
         spacing_mm=(float(zooms[0]), float(zooms[1]), float(zooms[2])),
         affine=affine,
         orientation="".join(nib.aff2axcodes(affine)),
-        vox_offset=int(full_header.get_data_offset()),
-        slope=None if slope is None else float(slope),
-        inter=None if inter is None else float(inter),
+        vox_offset=int(image.dataobj.offset),
+        slope=None if (slope, inter) == (1.0, 0.0) else slope,
+        inter=None if (slope, inter) == (1.0, 0.0) else inter,
     )
 
 
@@ -370,6 +376,42 @@ class _RunningStats:
         self.maximum = max(self.maximum, float(as_float.max()))
 
 
+class _Histogram:
+    """Exact statistics for 8- and 16-bit integer voxels from a histogram of all 2^8 / 2^16 values.
+
+    ``np.bincount`` over the unsigned view of a slab is about twice as fast as a float64 pass and
+    gives min, max, mean, std and the distinct label values exactly.
+    """
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.unsigned = np.dtype(f"u{dtype.itemsize}").newbyteorder(dtype.byteorder)
+        bins = 2 ** (8 * dtype.itemsize)
+        self.values = np.arange(bins, dtype=np.int64)
+        if dtype.kind == "i":
+            self.values = np.where(self.values >= bins // 2, self.values - bins, self.values)
+        self.counts = np.zeros(bins, dtype=np.int64)
+
+    def add(self, slab: np.ndarray) -> None:
+        raw = slab.ravel(order="K").view(self.unsigned)
+        if not raw.dtype.isnative:
+            raw = raw.astype(raw.dtype.newbyteorder("="))
+        self.counts += np.bincount(raw, minlength=self.counts.size)
+
+    def running(self) -> _RunningStats:
+        present = self.counts > 0
+        values = self.values[present].astype(np.float64)
+        counts = self.counts[present].astype(np.float64)
+        stats = _RunningStats()
+        stats.count = int(self.counts.sum())
+        stats.mean = float(np.dot(values, counts) / stats.count)
+        stats.m2 = float(np.dot(np.square(values - stats.mean), counts))
+        stats.minimum, stats.maximum = float(values.min()), float(values.max())
+        return stats
+
+    def label_values(self) -> set[int]:
+        return {int(v) for v in self.values[self.counts > 0]}
+
+
 def read_volume(
     path: Path, header: VolumeHeader, *, labels: bool = False, preview: bool = False
 ) -> VolumeStats:
@@ -381,17 +423,26 @@ def read_volume(
     running = _RunningStats()
     label_values: set[int] = set()
     is_float = header.dtype.kind == "f"
+    histogram = _Histogram(header.dtype) if header.dtype.kind in "ui" and header.dtype.itemsize <= 2 else None
     stride = max(1, math.ceil(max(header.shape) / THUMBNAIL_MAX_SIDE))
     preview_slabs: list[np.ndarray] = []
     for z0, slab in iter_slabs(path, header):
-        finite = slab[np.isfinite(slab)] if is_float else slab.ravel(order="K")
-        running.add(finite)
-        if labels:
-            _collect_labels(slab, finite, is_float, label_values)
+        if histogram is not None:
+            histogram.add(slab)
+        else:
+            finite = slab[np.isfinite(slab)] if is_float else slab.ravel(order="K")
+            running.add(finite)
+            if labels:
+                _collect_labels(slab, finite, is_float, label_values)
         if preview:
             keep = [z - z0 for z in range(z0, z0 + slab.shape[2]) if z % stride == 0]
             if keep:
                 preview_slabs.append(slab[::stride, ::stride, keep].astype(np.float32))
+    if histogram is not None:
+        running = histogram.running()
+        if labels:
+            label_values = histogram.label_values()
+            _check_label_count(label_values)
     if running.count == 0:
         raise ScanRejected("every voxel is NaN or infinite: the volume holds no image")
     if running.minimum == running.maximum and not labels:
@@ -419,6 +470,10 @@ def _collect_labels(slab: np.ndarray, finite: np.ndarray, is_float: bool, label_
                 "whole numbers, one per structure"
             )
     label_values.update(int(v) for v in np.unique(finite))
+    _check_label_count(label_values)
+
+
+def _check_label_count(label_values: set[int]) -> None:
     if len(label_values) > MAX_LABEL_VALUES:
         raise ScanRejected(
             f"the label file holds more than {MAX_LABEL_VALUES} distinct values: it looks like an image, "

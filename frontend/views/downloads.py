@@ -49,12 +49,13 @@ def _stream(filename: str, header: list[str], rows: Iterable[list[Any]]) -> Stre
 
 def _scope(request: HttpRequest, lab: Lab, scope: str, pk: int) -> tuple[QuerySet[Scan], str]:
     """The scans of a study, mouse or scan visible to the user in the current lab, and a file stem."""
-    scans = Scan.objects.visible_to(request.user).in_lab(lab)
+    # Scoped to the user's labs (not only the session's): a file link keeps working after a switch.
+    scans = Scan.objects.visible_to(request.user)
     if scope == "study":
-        study = get_object_or_404(Study.objects.visible_to(request.user).in_lab(lab), pk=pk)
+        study = get_object_or_404(Study.objects.visible_to(request.user), pk=pk)
         return scans.filter(time_point__mouse__study=study), f"study{study.pk}"
     if scope == "mouse":
-        mouse = get_object_or_404(Mouse.objects.visible_to(request.user).in_lab(lab), pk=pk)
+        mouse = get_object_or_404(Mouse.objects.visible_to(request.user), pk=pk)
         return scans.filter(time_point__mouse=mouse), f"mouse_{mouse.identifier}"
     if scope == "scan":
         scan = get_object_or_404(scans, pk=pk)

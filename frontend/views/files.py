@@ -14,7 +14,7 @@ from scans.models import Lab, Scan
 
 
 def _scan(request: HttpRequest, lab: Lab, pk: int) -> Scan:
-    return get_object_or_404(Scan.objects.visible_to(request.user).in_lab(lab), pk=pk)
+    return get_object_or_404(Scan.objects.visible_to(request.user), pk=pk)
 
 
 def _nifti(name: str, filename: str) -> FileResponse:
@@ -28,11 +28,20 @@ def _nifti(name: str, filename: str) -> FileResponse:
 @require_GET
 @lab_page
 def layer(request: HttpRequest, lab: Lab, pk: int, key: str) -> HttpResponse:
-    """``?level=preview`` (default), ``?level=full``, or ``?region=i,j,k`` (full resolution around a
-    voxel of the scan's own grid). Refusals are JSON ``{"detail": message}``."""
+    """``?level=preview`` (default), ``?level=full``, ``?region=x,y,z`` (full resolution around a
+    point in mm) or ``?download=1`` (the stored file as an attachment, any size). Refusals are
+    JSON ``{"detail": message}``."""
     scan = _scan(request, lab, pk)
     try:
         the_layer = layers.resolve_layer(scan, key)
+        if "download" in request.GET and the_layer.kind in ("ct", "labels", "uncertainty"):
+            stored = the_layer.files[0]
+            response = FileResponse(
+                stored.open("rb"), as_attachment=True, filename=f"scan{scan.pk}_{key}.nii.gz"
+            )
+            if not stored.name.endswith(".gz"):
+                response["Content-Disposition"] = f'attachment; filename="scan{scan.pk}_{key}.nii"'
+            return response
         if "region" in request.GET:
             start, stop = layers.parse_region(scan, request.GET["region"])
             name = layers.region_file(scan, the_layer, start, stop)

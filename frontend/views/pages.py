@@ -11,7 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.db.models import Count
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -44,6 +44,18 @@ def switch_lab_view(request: HttpRequest) -> HttpResponse:
     if lab is not None and not target.startswith(("/upload", "/?")):
         target = reverse("frontend:dashboard")
     return HttpResponseRedirect(target)
+
+
+def _follow_lab(request: HttpRequest, lab: Lab, row_lab_id: int) -> Lab:
+    """A link to a row of another of the user's labs switches the session to that lab (the row
+    was fetched through ``visible_to``), so the page still shows one lab's data."""
+    if row_lab_id == lab.pk:
+        return lab
+    switched = switch_lab(request, lab_id=row_lab_id)
+    if switched is None:
+        raise Http404("not in your labs")
+    messages.info(request, f"Switched to {switched.name}.")
+    return switched
 
 
 def _scan_rows(scans: list[Scan]) -> list[dict[str, Any]]:
@@ -84,6 +96,8 @@ def upload(request: HttpRequest, lab: Lab) -> HttpResponse:
     )
     config = {
         "uploadsUrl": "/api/uploads/",
+        # A new study goes to the session's lab (the upload service asks when the user has several).
+        "lab": str(lab.pk),
         "chunkBytes": getattr(settings, "LABSEG_UPLOAD_CHUNK_BYTES", 8 * 1024 * 1024),
         "studies": studies,
         "mice": [{"identifier": m, "study": s} for m, s in mice],
@@ -115,7 +129,8 @@ def _crossed(series: list[results.MouseSeries], endpoint_ul: float) -> list[dict
 
 @lab_page
 def study(request: HttpRequest, lab: Lab, pk: int) -> HttpResponse:
-    the_study = get_object_or_404(Study.objects.visible_to(request.user).in_lab(lab), pk=pk)
+    the_study = get_object_or_404(Study.objects.visible_to(request.user), pk=pk)
+    lab = _follow_lab(request, lab, the_study.lab_id)
     mice = results.study_mice(the_study)
     scans = list(
         Scan.objects.visible_to(request.user)
@@ -135,7 +150,7 @@ def study(request: HttpRequest, lab: Lab, pk: int) -> HttpResponse:
         mice=mice,
         cohorts=cohorts,
         scans=_scan_rows(scans),
-        series=results.series_json(series),
+        page_data={"endpoint_ul": endpoint, "series": results.series_json(series)},
         endpoint_ul=endpoint,
         crossed=_crossed(series, endpoint),
     )
@@ -144,8 +159,9 @@ def study(request: HttpRequest, lab: Lab, pk: int) -> HttpResponse:
 @lab_page
 def mouse(request: HttpRequest, lab: Lab, pk: int) -> HttpResponse:
     the_mouse = get_object_or_404(
-        Mouse.objects.visible_to(request.user).in_lab(lab).select_related("study", "cohort"), pk=pk
+        Mouse.objects.visible_to(request.user).select_related("study", "cohort"), pk=pk
     )
+    lab = _follow_lab(request, lab, the_mouse.lab_id)
     scans = list(
         Scan.objects.visible_to(request.user)
         .filter(time_point__mouse=the_mouse)
@@ -161,18 +177,18 @@ def mouse(request: HttpRequest, lab: Lab, pk: int) -> HttpResponse:
         nav="dashboard",
         mouse=the_mouse,
         scans=_scan_rows(scans),
-        series=results.series_json(series),
+        page_data={"endpoint_ul": endpoint, "series": results.series_json(series), "structures": as_json()},
         endpoint_ul=endpoint,
         crossed=_crossed(series, endpoint),
-        structures=as_json(),
     )
 
 
 @lab_page
 def scan(request: HttpRequest, lab: Lab, pk: int) -> HttpResponse:
     the_scan = get_object_or_404(
-        Scan.objects.visible_to(request.user).in_lab(lab).select_related("time_point__mouse__study"), pk=pk
+        Scan.objects.visible_to(request.user).select_related("time_point__mouse__study"), pk=pk
     )
+    lab = _follow_lab(request, lab, the_scan.lab_id)
     predictions = results.latest_predictions(the_scan)
     config = layers.viewer_config(the_scan, predictions)
     return page(

@@ -42,7 +42,8 @@ class SegmentScanView(APIView):
             jobs = services.request_segmentation(scan=scan, user=request.user, model_versions=versions)
         except services.NoModelAvailableError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-        jobs_data = InferenceJobSerializer(_jobs().filter(pk__in=[j.pk for j in jobs]), many=True).data
+        by_pk = {job.pk: job for job in _jobs().filter(pk__in=[j.pk for j in jobs])}
+        jobs_data = InferenceJobSerializer([by_pk[j.pk] for j in jobs], many=True).data
         return Response({"jobs": jobs_data}, status=status.HTTP_202_ACCEPTED)
 
 

@@ -21,8 +21,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     write_dataset(
-        args.out, n=args.n, seed=args.seed, spacing_mm=args.spacing, modality=args.modality,
-        layout=args.layout, n_annotators=args.annotators,
+        args.out,
+        n=args.n,
+        seed=args.seed,
+        spacing_mm=args.spacing,
+        modality=args.modality,
+        layout=args.layout,
+        n_annotators=args.annotators,
     )
 
 

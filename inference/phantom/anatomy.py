@@ -239,8 +239,14 @@ def paint_mouse(
         )
         for _ in range(4):
             tip = c + rng.normal(0, 1.0, 3) * np.array(blob.semi_axes_mm) * 0.45
-            _paint_tube(canvas, np.array([c, tip]), [0.3 * k, 0.12 * k], hu=tissues.airway, label=None,
-                        within=[ID[name]])
+            _paint_tube(
+                canvas,
+                np.array([c, tip]),
+                [0.3 * k, 0.12 * k],
+                hu=tissues.airway,
+                label=None,
+                within=[ID[name]],
+            )
     aorta = np.array([body.at(float(t), 0.05, -0.3) for t in np.linspace(0.36, 0.85, 12)])
     _paint_tube(canvas, aorta, 0.55 * k, hu=tissues.blood, label=None, within=inner)
 
@@ -257,7 +263,10 @@ def paint_mouse(
     gas_centre = (gas.centre_mm[0], gas.centre_mm[1] - 0.45 * stomach.semi_axes_mm[1], gas.centre_mm[2])
     if rng.random() < 0.8:
         _paint_blob(
-            canvas, Blob(gas_centre, gas.semi_axes_mm, gas.rot, ()), hu=tissues.air, label=None,
+            canvas,
+            Blob(gas_centre, gas.semi_axes_mm, gas.rot, ()),
+            hu=tissues.air,
+            label=None,
             within=[ID["stomach"]],
         )
     for t, fx, fy, axes in (
@@ -283,7 +292,9 @@ def _paint_intestine(canvas: Canvas, body: Body, tissues: Tissues, rng: np.rando
     centre = np.array(body.at(0.745, 0.0, 0.15))
     half = np.array([0.62 * body.half_width(0.745), 0.55 * body.half_height(0.745), 0.11 * body.length_mm])
     start = centre + rng.normal(0, 1.0, 3)
-    path = smooth_path(rng, start, n_steps=int(320 * k), step_mm=0.8 * k, centre_mm=centre, half_extent_mm=half)
+    path = smooth_path(
+        rng, start, n_steps=int(320 * k), step_mm=0.8 * k, centre_mm=centre, half_extent_mm=half
+    )
     lid = ID["intestine"]
     allowed = [BODY]
     _paint_tube(canvas, path, 1.25 * k, hu=tissues.gut_wall, label=lid, within=allowed)
@@ -349,8 +360,7 @@ def _paint_skeleton(
         paw = body.at(0.25 + wiggle[0], side * 0.85, 1.12)
         arm = np.array([shoulder, elbow, paw])
         _paint_tube(canvas, arm, [1.7 * k, 1.3 * k, 0.8 * k], hu=tissues.muscle, label=BODY, within=[0, SKIN])
-        _paint_tube(canvas, arm, [0.45 * k, 0.35 * k, 0.25 * k], hu=tissues.bone, label=bid,
-                    within=soft)
+        _paint_tube(canvas, arm, [0.45 * k, 0.35 * k, 0.25 * k], hu=tissues.bone, label=bid, within=soft)
         scapula = random_blob(rng, body.at(0.34, side * 0.6, -0.5), (0.45 * k, 2.3 * k, 3.3 * k), bumpiness=0)
         _paint_blob(canvas, scapula, hu=tissues.bone, label=bid, within=soft)
         hip = body.at(0.905, side * 0.55, 0.0)
@@ -398,8 +408,16 @@ def _paint_tumor(
 
 
 #: Where metastases seed, with relative frequency (lung and liver dominate, as in AIMOS' models).
-MET_HOSTS = {"lung_left": 0.22, "lung_right": 0.23, "liver": 0.3, "kidney_left": 0.05,
-             "kidney_right": 0.05, "spleen": 0.05, "brain": 0.05, "intestine": 0.05}
+MET_HOSTS = {
+    "lung_left": 0.22,
+    "lung_right": 0.23,
+    "liver": 0.3,
+    "kidney_left": 0.05,
+    "kidney_right": 0.05,
+    "spleen": 0.05,
+    "brain": 0.05,
+    "intestine": 0.05,
+}
 
 
 def _paint_metastases(
@@ -413,7 +431,7 @@ def _paint_metastases(
         host = hosts[int(rng.choice(len(hosts), p=weights / weights.sum()))]
         hid = ID[host]
         # A voxel of the host organ picked at random: sample a few candidate positions cheaply.
-        idx = np.flatnonzero(canvas.labels[:: 2, :: 2, :: 2] == hid)
+        idx = np.flatnonzero(canvas.labels[::2, ::2, ::2] == hid)
         if idx.size == 0:
             continue
         sub = np.array(np.unravel_index(int(rng.choice(idx)), canvas.labels[::2, ::2, ::2].shape)) * 2
@@ -428,11 +446,13 @@ def _paint_metastases(
             before = int(np.count_nonzero(canvas.labels[m[0]] == mid))
             canvas.paint(m[0], m[1], hu=host_hu + contrast, label=mid, within=[hid])
             voxels = int(np.count_nonzero(canvas.labels[m[0]] == mid)) - before
-        out.append({
-            "organ": host,
-            "organ_id": hid,
-            "centre_mm": [round(c, 3) for c in centre],
-            "diameter_mm": round(diameter, 3),
-            "voxels": voxels,
-        })
+        out.append(
+            {
+                "organ": host,
+                "organ_id": hid,
+                "centre_mm": [round(c, 3) for c in centre],
+                "diameter_mm": round(diameter, 3),
+                "voxels": voxels,
+            }
+        )
     return out

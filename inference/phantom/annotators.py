@@ -18,9 +18,21 @@ from inference.structures import BY_NAME
 #: How hard each boundary is to see in native CT (0 = crisp air/bone edge, 1 = soft tissue
 #: against soft tissue). Scales the boundary noise.
 DIFFICULTY = {
-    "heart": 0.6, "lung_left": 0.15, "lung_right": 0.15, "liver": 0.7, "kidney_left": 0.6,
-    "kidney_right": 0.6, "spleen": 1.0, "bladder": 0.5, "stomach": 0.6, "intestine": 0.9,
-    "bones": 0.1, "brain": 0.4, "spinal_cord": 0.8, "tumor": 0.45, "metastasis": 0.5,
+    "heart": 0.6,
+    "lung_left": 0.15,
+    "lung_right": 0.15,
+    "liver": 0.7,
+    "kidney_left": 0.6,
+    "kidney_right": 0.6,
+    "spleen": 1.0,
+    "bladder": 0.5,
+    "stomach": 0.6,
+    "intestine": 0.9,
+    "bones": 0.1,
+    "brain": 0.4,
+    "spinal_cord": 0.8,
+    "tumor": 0.45,
+    "metastasis": 0.5,
 }
 
 #: Structures an annotator can overlook entirely when they are small (mm^3 below which).
@@ -63,8 +75,13 @@ def _pad(sl: tuple[slice, ...], shape: tuple[int, ...], pad: int) -> tuple[slice
 
 
 def _draw(
-    mask: np.ndarray, annotator: Annotator, difficulty: float, z0: int, rng: np.random.Generator,
-    *, every_slice: bool,
+    mask: np.ndarray,
+    annotator: Annotator,
+    difficulty: float,
+    z0: int,
+    rng: np.random.Generator,
+    *,
+    every_slice: bool,
 ) -> np.ndarray:
     """One annotator's outline of ``mask`` (a padded box whose first z index is ``z0``)."""
     nz = mask.shape[2]
@@ -76,7 +93,9 @@ def _draw(
     smooth = ndimage.gaussian_filter(mask[:, :, keys].astype(np.float32), sigma=(1.5, 1.5, 0.0))
     # Smooth 2D wobble: coarse random field, upsampled, so the boundary error is spatially coherent.
     coarse = rng.standard_normal((max(mask.shape[0] // 6, 2), max(mask.shape[1] // 6, 2), len(keys)))
-    wobble = ndimage.zoom(coarse, (mask.shape[0] / coarse.shape[0], mask.shape[1] / coarse.shape[1], 1), order=1)
+    wobble = ndimage.zoom(
+        coarse, (mask.shape[0] / coarse.shape[0], mask.shape[1] / coarse.shape[1], 1), order=1
+    )
     wobble = wobble[: mask.shape[0], : mask.shape[1]]
     level = smooth - 0.5 + annotator.bias + annotator.wobble * difficulty * wobble.astype(np.float32)
     if len(keys) == nz:
@@ -120,7 +139,9 @@ def annotate(
             if lesion and piece is not None:
                 # Only this component, not a neighbour sharing the padded box.
                 only = np.zeros_like(sub)
-                inner = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(sl, box, strict=True))
+                inner = tuple(
+                    slice(s.start - b.start, s.stop - b.start) for s, b in zip(sl, box, strict=True)
+                )
                 only[inner] = piece
                 sub = only
             # Bones are drawn with a threshold tool on every slice; everything else by hand.

@@ -96,7 +96,8 @@ def generate_phantom(
         other = Body(
             length_mm=length * float(scan_rng.uniform(0.95, 1.05)),
             z_nose_mm=body.z_nose_mm + float(scan_rng.normal(0, 3)),
-            centre_x_mm=body.centre_x_mm + side * (2 * 12.8 * scale * girth + float(scan_rng.uniform(0.5, 3))),
+            centre_x_mm=body.centre_x_mm
+            + side * (2 * 12.8 * scale * girth + float(scan_rng.uniform(0.5, 3))),
             centre_y_mm=body.centre_y_mm,
             scale=scale,
             girth=girth,

@@ -59,7 +59,9 @@ def write_dataset(
         for i in range(n):
             case_seed = seed + i
             folder = out / f"{modality}_{case_seed:05d}"
-            phantom = generate_phantom(case_seed, modality=modality, spacing_mm=spacing_mm, n_annotators=n_annotators)
+            phantom = generate_phantom(
+                case_seed, modality=modality, spacing_mm=spacing_mm, n_annotators=n_annotators
+            )
             write_flat(phantom, folder)
             log.info("wrote %s", folder)
             written.append(folder)
@@ -74,8 +76,13 @@ def write_dataset(
             group = out / "Dataset 1" / f"{'_'.join(names)}_{tp}"
             for m, name in zip(mice, names, strict=True):
                 phantom = generate_phantom(
-                    seed + m, modality=modality, spacing_mm=spacing_mm, growth=growth,
-                    time_index=t_index, n_annotators=n_annotators, annotated=["tumor"],
+                    seed + m,
+                    modality=modality,
+                    spacing_mm=spacing_mm,
+                    growth=growth,
+                    time_index=t_index,
+                    n_annotators=n_annotators,
+                    annotated=["tumor"],
                 )
                 folder = group / f"{name}_{tp}"
                 ct = np.clip(phantom.ct, -400, 1000).astype(np.int16)

@@ -98,9 +98,9 @@ def _sliding(
     norm = np.zeros(shape, dtype=np.float32)
     for first in range(0, len(starts), batch_size):
         group = starts[first : first + batch_size]
-        batch = np.stack(
-            [padded[x : x + patch[0], y : y + patch[1], z : z + patch[2]] for x, y, z in group]
-        )[:, None]
+        batch = np.stack([padded[x : x + patch[0], y : y + patch[1], z : z + patch[2]] for x, y, z in group])[
+            :, None
+        ]
         results = session.run(_outputs(card), {card.input_name: batch})
         if logits is None:
             logits = np.zeros((results[0].shape[1], *shape), dtype=np.float32)

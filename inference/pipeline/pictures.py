@@ -129,7 +129,7 @@ def coronal_slice_png(
         y_index = volume.shape[1] // 2
         reference = labels if labels is not None else outlines
         if reference is not None and np.any(reference > 0):
-            y_index = int(round(float(np.mean(np.nonzero(np.any(reference > 0, axis=(0, 2)))[0]))))
+            y_index = round(float(np.mean(np.nonzero(np.any(reference > 0, axis=(0, 2)))[0])))
     if not 0 <= y_index < volume.shape[1]:
         raise ValueError(f"slice {y_index} is outside the volume (0-{volume.shape[1] - 1})")
     grey = _grey(np.asarray(volume[:, y_index, :], dtype=np.float32))

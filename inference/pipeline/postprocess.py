@@ -1,15 +1,18 @@
-"""From logits to clean class probabilities and an uncertainty map, on the model's grid.
+"""From network logits to clean class scores and an uncertainty map, on the model's grid.
 
-Array contracts: logits and probabilities are float32 ``[K, x, y, z]`` (canonical RAS axes, model
-grid), channel ``k`` standing for structure ``structures[k]`` and channel 0 for background. The
-cleaned probabilities are then upsampled to the scan's grid (``geometry.upsample_argmax``), so the
-component rules below are applied where the network saw the scan, and cheaply.
+Array contracts: logits and scores are float32 ``[K, x, y, z]`` (canonical RAS axes, model grid),
+channel ``k`` standing for structure ``structures[k]`` and channel 0 for background. A *score* is
+any per-class number whose argmax is the label: the logits themselves for a softmax model (softmax
+is monotonic, so the exponentials over K x millions of voxels are never needed), and for a sigmoid
+model the logits with background set to ``-max(foreground logits)`` (so a structure wins exactly
+where its probability exceeds 0.5). Ensembles average probabilities and turn them back into log
+scores. The cleaned scores are then upsampled to the scan's grid (``geometry.upsample_argmax``).
 
 Rules (issue 5): single organs keep their largest connected component; paired organs keep one
 component on their own body side (left/right along canonical x, split at the body's centre of mass);
-lesions (tumor, metastasis) keep every component of at least ``min_lesion_volume_mm3``. Voxels a
-rule removes give their probability to background, so they become background after argmax.
-Connectivity is 26 (face, edge and corner neighbours).
+lesions (tumor, metastasis) keep every component of at least ``min_lesion_volume_mm3``. At voxels a
+rule removes, the structure's score and the background's are swapped, so those voxels become
+background. Connectivity is 26 (face, edge and corner neighbours).
 """
 
 from __future__ import annotations
@@ -20,19 +23,32 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from inference.pipeline.geometry import channel_argmax
 from inference.structures import BY_ID
 
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 #: Lesions smaller than this (mm^3) are treated as specks and removed.
 DEFAULT_MIN_LESION_VOLUME_MM3 = 0.2
+_EPS = 1e-7
+
+
+def sigmoid(values: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-np.asarray(values, dtype=np.float32)))).astype(np.float32)
+
+
+def to_scores(logits: np.ndarray, activation: str) -> np.ndarray:
+    """Class scores (see the module notes) as a new float32 array."""
+    scores = np.array(logits, dtype=np.float32, copy=True)
+    if activation == "softmax":
+        return scores
+    if activation == "sigmoid":
+        scores[0] = -scores[1:].max(axis=0) if scores.shape[0] > 1 else 0.0
+        return scores
+    raise ValueError(f"unknown activation {activation!r}")
 
 
 def to_probabilities(logits: np.ndarray, activation: str) -> np.ndarray:
-    """Softmax over channels, or per-channel sigmoid with background = 1 - the largest foreground.
-
-    The sigmoid form makes ``argmax`` equal "the most likely structure where it exceeds 0.5",
-    the usual threshold for multi-label outputs. Works in place on a float32 copy.
-    """
+    """Softmax over channels, or per-channel sigmoid with background = 1 - the largest foreground."""
     result = np.array(logits, dtype=np.float32, copy=True)
     if activation == "softmax":
         result -= result.max(axis=0, keepdims=True)
@@ -40,31 +56,36 @@ def to_probabilities(logits: np.ndarray, activation: str) -> np.ndarray:
         result /= result.sum(axis=0, keepdims=True)
         return result
     if activation == "sigmoid":
-        np.negative(result, out=result)
-        np.exp(result, out=result)
-        result += 1.0
-        np.reciprocal(result, out=result)
+        result = sigmoid(result)
         result[0] = 1.0 - (result[1:].max(axis=0) if result.shape[0] > 1 else 0.0)
         return result
     raise ValueError(f"unknown activation {activation!r}")
 
 
-def sigmoid(values: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-np.asarray(values, dtype=np.float32)))).astype(np.float32)
+def ensemble_scores(members: Sequence[np.ndarray], activation: str) -> np.ndarray:
+    """Scores of an ensemble: log of the members' mean probability (one member: its own scores)."""
+    if len(members) == 1:
+        return to_scores(members[0], activation)
+    mean = sum(to_probabilities(m, activation) for m in members) / len(members)
+    return np.log(np.maximum(mean, _EPS)).astype(np.float32)
 
 
-def uncertainty_from(probabilities: np.ndarray, disagreement: np.ndarray | None) -> np.ndarray:
+def uncertainty_from(scores: np.ndarray, disagreement: np.ndarray | None) -> np.ndarray:
     """Uncertainty in 0..1 on the model grid, float32 ``[x, y, z]``.
 
-    With a disagreement head: its probability that annotators disagree at the voxel. Without: the
-    normalised shortfall of the top class probability, ``(1 - p_max) * K / (K - 1)`` (0 when the
-    model is certain, 1 when every class is equally likely).
+    With a disagreement head: its probability that annotators disagree at the voxel. Without: how
+    close the runner-up class comes, ``exp(second score - top score)``, i.e. the runner-up's
+    probability divided by the winner's (softmax models): 0 when certain, 1 for a tie.
     """
     if disagreement is not None:
         return np.clip(disagreement, 0.0, 1.0).astype(np.float32, copy=False)
-    n_classes = probabilities.shape[0]
-    top = probabilities.max(axis=0)
-    return np.clip((1.0 - top) * (n_classes / max(n_classes - 1, 1)), 0.0, 1.0).astype(np.float32)
+    top = np.array(scores[0], dtype=np.float32, copy=True)
+    second = np.full(top.shape, -np.inf, dtype=np.float32)
+    for k in range(1, scores.shape[0]):
+        np.maximum(second, np.minimum(top, scores[k]), out=second)
+        np.maximum(top, scores[k], out=top)
+    second -= top
+    return np.exp(second, out=second)
 
 
 @dataclass
@@ -108,22 +129,24 @@ def _keep(
     if structure.kind == "paired":
         side = _side_of(structure.name)
         centres = ndimage.center_of_mass(np.ones_like(labelled), labelled, numbers)
-        on_side = [n for n, c in zip(numbers, centres, strict=True) if (c[0] + box[0].start - midline_x) * side > 0]
+        on_side = [
+            n for n, c in zip(numbers, centres, strict=True) if (c[0] + box[0].start - midline_x) * side > 0
+        ]
         if on_side:
             return np.array([max(on_side, key=lambda n: sizes[n])])
     return np.array([numbers[int(np.argmax(sizes[1:]))]])
 
 
 def clean(
-    probabilities: np.ndarray,
+    scores: np.ndarray,
     structures: Sequence[int],
     spacing_mm: Sequence[float],
     *,
     min_lesion_volume_mm3: float = DEFAULT_MIN_LESION_VOLUME_MM3,
 ) -> CleanReport:
-    """Apply the component rules to ``probabilities`` (modified in place); see the module notes."""
+    """Apply the component rules to ``scores`` (modified in place); see the module notes."""
     report = CleanReport()
-    argmax = np.argmax(probabilities, axis=0).astype(np.uint8)
+    argmax = channel_argmax(scores)
     foreground = np.nonzero(np.any(argmax > 0, axis=(1, 2)))[0]
     if foreground.size == 0:
         return report
@@ -140,9 +163,10 @@ def clean(
         removed = (labelled > 0) & ~np.isin(labelled, keep)
         if not np.any(removed):
             continue
-        region = probabilities[(slice(None), *box)]
-        region[0][removed] += region[channel][removed]
-        region[channel][removed] = 0.0
+        region = scores[(slice(None), *box)]
+        background = region[0][removed]
+        region[0][removed] = region[channel][removed]
+        region[channel][removed] = background
         report.components_removed[structure_id] = int(sizes.size - 1 - keep.size)
         report.voxels_removed[structure_id] = int(removed.sum())
     return report

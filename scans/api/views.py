@@ -143,8 +143,10 @@ class ScanAnnotations(generics.ListAPIView):
 
     def post(self, request: Request, pk: int) -> Response:
         scan = self._scan()
-        data = request.data.copy() if hasattr(request.data, "copy") else dict(request.data)
-        raw_structures = data.get("structures")
+        data: dict[str, Any] = {"annotator": request.data.get("annotator", "")}
+        raw_structures = request.data.get("structures")
+        if raw_structures not in (None, ""):
+            data["structures"] = raw_structures
         if isinstance(raw_structures, str) and raw_structures.strip():
             try:
                 data["structures"] = json.loads(raw_structures)

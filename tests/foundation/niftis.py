@@ -56,15 +56,18 @@ def nifti_bytes(
     return gzip.compress(bytes(raw), compresslevel=1) if compressed else bytes(raw)
 
 
-def header_only(shape: tuple[int, ...], dtype: str = "uint8") -> bytes:
-    """A NIfTI-1 header block (352 bytes incl. extension flag) declaring ``shape`` and ``dtype``."""
-    header = nib.Nifti1Header()
+def header_only(shape: tuple[int, ...], dtype: str = "uint8", version: int = 1) -> bytes:
+    """A NIfTI header block (with the 4-byte extension flag) declaring ``shape`` and ``dtype``.
+
+    NIfTI-1 stores dimensions as int16, so grids beyond 32767 need ``version=2``.
+    """
+    header = nib.Nifti2Header() if version == 2 else nib.Nifti1Header()
     header.set_data_shape(shape)
     header.set_data_dtype(np.dtype(dtype))
     header.set_zooms((0.2,) * len(shape))
     header.set_qform(affine_for(), code=1)
     header.set_sform(affine_for(), code=1)
-    header["vox_offset"] = 352
+    header["vox_offset"] = header.sizeof_hdr + 4
     return header.binaryblock + b"\x00" * 4
 
 

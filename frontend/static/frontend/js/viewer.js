@@ -1,0 +1,338 @@
+// Scan viewer (NiiVue): the CT with window presets, multiplanar and 3D views, prediction labels in
+// the canonical colours with per-structure toggles and opacity, annotations as outlines, consensus,
+// uncertainty heatmap, a crosshair readout, lesion markers and the side panel's charts.
+//
+// It opens on the server's preview (a few million voxels: software WebGL draws that in about a
+// second) and loads full resolution of the whole scan or of a region on request.
+// window.labsegViewer.firstFrameMs is the time from navigation to the first frame drawn with the
+// overlay (performance.now(), whose origin is the navigation start); tests and bench/viewer.py read it.
+import { Niivue, SLICE_TYPE, cmapper } from "../../vendor/niivue/niivue.js";
+import { barChart } from "./charts.js";
+
+const config = JSON.parse(document.getElementById("viewer-config").textContent);
+const structures = config.structures;
+const byId = new Map(structures.map((s) => [s.id, s]));
+const byName = new Map(structures.map((s) => [s.name, s]));
+const hidden = new Set(); // structure ids switched off
+const state = { level: "preview", region: null, window: "soft", loaded: new Map() };
+const status = document.getElementById("viewer-status");
+const hook = (window.labsegViewer = { firstFrameMs: null, errors: [], level: "preview", config });
+
+const LABEL_KINDS = new Set(["labels", "annotation", "consensus"]);
+const DEFAULT_ON = new Set(["ct", "labels"]);
+const DEFAULT_OPACITY = { labels: 0.55, uncertainty: 0.6, annotation: 1, consensus: 0.5 };
+
+const nv = new Niivue({
+  backColor: [0.06, 0.07, 0.09, 1],
+  crosshairColor: [0.2, 0.8, 1, 0.9],
+  show3Dcrosshair: true,
+  isResizeCanvas: true,
+  dragAndDropEnabled: false,
+  loadingText: "",
+  logLevel: "error",
+  multiplanarShowRender: 0,
+  atlasOutline: 1,
+});
+hook.nv = nv;
+
+function setStatus(text) {
+  status.textContent = text;
+  status.hidden = !text;
+}
+
+// The label lookup table: canonical colours, alpha 0 for background and for hidden structures.
+function labelLut(alpha = 255) {
+  const ids = structures.map((s) => s.id);
+  return cmapper.makeLabelLut({
+    R: structures.map((s) => s.rgb[0]),
+    G: structures.map((s) => s.rgb[1]),
+    B: structures.map((s) => s.rgb[2]),
+    A: structures.map((s) => (s.id === 0 || hidden.has(s.id) ? 0 : alpha)),
+    I: ids,
+    labels: structures.map((s) => s.display_name),
+  });
+}
+
+function layerUrl(layer) {
+  if (state.region) return `${layer.url}?region=${state.region.map((v) => v.toFixed(2)).join(",")}`;
+  return state.level === "full" ? `${layer.url}?level=full` : layer.url;
+}
+
+function volumeOptions(layer, visible) {
+  const opacity = visible ? (layer.kind === "ct" ? 1 : (layer.opacity ?? DEFAULT_OPACITY[layer.kind])) : 0;
+  const options = { url: layerUrl(layer), name: `${layer.key}.nii.gz`, opacity };
+  pendingByUrl.set(options.url, layer);
+  if (layer.kind === "ct") {
+    const w = config.windows[state.window];
+    Object.assign(options, { colormap: "gray", cal_min: w.low, cal_max: w.high });
+  } else if (LABEL_KINDS.has(layer.kind)) {
+    options.colormapLabel = labelLut();
+  } else if (layer.kind === "uncertainty") {
+    Object.assign(options, { colormap: "warm", cal_min: 25, cal_max: 255 });
+  }
+  return options;
+}
+
+// NiiVue's URL loader ignores a colormapLabel option, so each volume gets its lookup table in the
+// hook NiiVue calls between reading a file and adding it to the scene (no second texture pass).
+// Predictions and the consensus are filled; each annotator is drawn as outlines: NiiVue outlines
+// volumes with the NIfTI label intent (1002) when atlasOutline is set, so only annotations keep it.
+const pendingByUrl = new Map();
+nv.onVolumeAddedFromUrl = (options, volume) => {
+  const layer = pendingByUrl.get(options.url);
+  if (!layer) return;
+  pendingByUrl.delete(options.url);
+  layer.volume = volume;
+  if (LABEL_KINDS.has(layer.kind)) volume.colormapLabel = labelLut();
+  if (layer.kind === "annotation") volume.hdr.intent_code = 1002;
+  else if (volume.hdr.intent_code === 1002) volume.hdr.intent_code = 0;
+};
+
+function layerOf(key) {
+  return config.layers.find((l) => l.key === key);
+}
+
+function visibleLayers() {
+  return config.layers.filter((l) => l.visible);
+}
+
+async function loadAll() {
+  // One loadVolumes call fetches the CT and every visible overlay in parallel.
+  const wanted = visibleLayers();
+  const t0 = performance.now();
+  setStatus(state.region ? "Loading full resolution of the region…" : state.level === "full" ? "Loading full resolution…" : "Loading preview…");
+  for (const layer of config.layers) layer.volume = null;
+  await nv.loadVolumes(wanted.map((layer) => volumeOptions(layer, true)));
+  await frameDrawn();
+  hook.level = state.region ? "region" : state.level;
+  hook.lastLoadMs = performance.now() - t0;
+  describeResolution();
+  setStatus("");
+}
+
+function frameDrawn() {
+  nv.drawScene();
+  nv.gl.finish();
+  return new Promise((resolve) => requestAnimationFrame(() => resolve(performance.now())));
+}
+
+async function showLayer(layer, visible) {
+  layer.visible = visible;
+  if (layer.volume) {
+    const index = nv.volumes.indexOf(layer.volume);
+    nv.setOpacity(index, visible ? (layer.opacity ?? DEFAULT_OPACITY[layer.kind]) : 0);
+  } else if (visible) {
+    setStatus(`Loading ${layer.title}…`);
+    await nv.addVolumeFromUrl(volumeOptions(layer, true));
+    setStatus("");
+  }
+  await frameDrawn();
+  document.body.dataset.layersChanged = String(Date.now());
+}
+
+function setLayerOpacity(layer, opacity) {
+  layer.opacity = opacity;
+  if (layer.volume && layer.visible) nv.setOpacity(nv.volumes.indexOf(layer.volume), opacity);
+}
+
+function refreshLabels() {
+  for (const layer of config.layers) {
+    if (layer.volume && LABEL_KINDS.has(layer.kind)) layer.volume.colormapLabel = labelLut();
+  }
+  nv.updateGLVolume();
+}
+
+function setWindow(key) {
+  state.window = key;
+  const ct = layerOf("ct").volume;
+  if (ct) {
+    ct.cal_min = config.windows[key].low;
+    ct.cal_max = config.windows[key].high;
+    nv.updateGLVolume();
+  }
+  for (const button of document.querySelectorAll("[data-window]")) button.setAttribute("aria-pressed", String(button.dataset.window === key));
+}
+
+const VIEWS = { multiplanar: SLICE_TYPE.MULTIPLANAR, axial: SLICE_TYPE.AXIAL, coronal: SLICE_TYPE.CORONAL, sagittal: SLICE_TYPE.SAGITTAL, render: SLICE_TYPE.RENDER };
+
+function setView(key) {
+  nv.setSliceType(VIEWS[key]);
+  for (const button of document.querySelectorAll("[data-view]")) button.setAttribute("aria-pressed", String(button.dataset.view === key));
+}
+
+function describeResolution() {
+  const text = document.getElementById("resolution");
+  const full = document.getElementById("full-res");
+  const region = document.getElementById("region-res");
+  const whole = document.getElementById("whole-scan");
+  if (state.region) {
+    text.textContent = "Full resolution of a region";
+  } else if (state.level === "full" || config.factor === 1) {
+    text.textContent = "Full resolution";
+  } else {
+    text.textContent = `Preview (1 voxel per ${config.factor}³)`;
+  }
+  const isPreview = !state.region && state.level === "preview" && config.factor > 1;
+  full.hidden = !(isPreview && config.fullAllowed);
+  region.hidden = !(config.factor > 1) || Boolean(state.region);
+  whole.hidden = !(state.region || (state.level === "full" && config.factor > 1));
+}
+
+function structureAt(location) {
+  // The topmost visible label layer with a structure under the crosshair names it.
+  for (let i = nv.volumes.length - 1; i >= 0; i--) {
+    const layer = config.layers.find((l) => l.volume === nv.volumes[i]);
+    if (!layer || !layer.visible || !LABEL_KINDS.has(layer.kind)) continue;
+    const value = Math.round(location.values[i]?.value ?? 0);
+    if (value > 0 && byId.has(value)) return { structure: byId.get(value), layer };
+  }
+  return null;
+}
+
+function onLocation(location) {
+  const ctIndex = nv.volumes.indexOf(layerOf("ct").volume);
+  const value = location.values[ctIndex]?.value;
+  const [x, y, z] = location.mm;
+  const found = structureAt(location);
+  const uncertainty = config.layers.find((l) => l.kind === "uncertainty" && l.volume && l.visible);
+  const parts = [
+    `CT ${Number.isFinite(value) ? value.toFixed(0) : "–"}${state.level === "preview" && !state.region && config.factor > 1 ? " (preview mean)" : ""}`,
+    found ? `${found.structure.display_name} (${found.layer.title})` : "no structure",
+    `x ${x.toFixed(2)} y ${y.toFixed(2)} z ${z.toFixed(2)} mm`,
+  ];
+  if (uncertainty) {
+    const u = location.values[nv.volumes.indexOf(uncertainty.volume)]?.value ?? 0;
+    parts.push(`uncertainty ${((100 * u) / 255).toFixed(0)} %`);
+  }
+  const readout = document.getElementById("readout");
+  readout.textContent = parts.join(" · ");
+  readout.dataset.structure = found ? found.structure.name : "";
+  state.crosshairMm = [x, y, z];
+}
+
+function goTo(mm) {
+  nv.scene.crosshairPos = nv.mm2frac(mm);
+  nv.createOnLocationChange();
+  nv.drawScene();
+}
+
+function buildLayerPanel() {
+  const container = document.getElementById("layers");
+  for (const layer of config.layers) {
+    layer.visible = DEFAULT_ON.has(layer.kind);
+    const row = document.createElement("div");
+    row.className = "layer-row";
+    row.dataset.layer = layer.key;
+    row.dataset.kind = layer.kind;
+    const id = `layer-${layer.key}`;
+    row.innerHTML = `<input type="checkbox" id="${id}"><label for="${id}"></label><input type="range" min="0" max="1" step="0.05" aria-label="Opacity">`;
+    const [box, label, slider] = row.children;
+    label.textContent = layer.title;
+    box.checked = layer.visible;
+    box.disabled = layer.kind === "ct";
+    slider.value = String(layer.kind === "ct" ? 1 : DEFAULT_OPACITY[layer.kind]);
+    slider.hidden = layer.kind === "ct";
+    box.addEventListener("change", () => showLayer(layer, box.checked));
+    slider.addEventListener("input", () => setLayerOpacity(layer, Number(slider.value)));
+    container.append(row);
+  }
+}
+
+function buildStructurePanel() {
+  const container = document.getElementById("structures");
+  const present = new Set(config.volumes.map((v) => v.structure_id));
+  for (const s of structures) {
+    if (s.id === 0) continue;
+    const label = document.createElement("label");
+    label.dataset.structure = s.name;
+    label.innerHTML = `<input type="checkbox" checked><span class="swatch" style="background:${s.colour}"></span>`;
+    label.append(document.createTextNode(s.display_name));
+    if (present.size && !present.has(s.id)) label.classList.add("muted");
+    label.firstElementChild.addEventListener("change", (event) => {
+      if (event.target.checked) hidden.delete(s.id);
+      else hidden.add(s.id);
+      refreshLabels();
+    });
+    container.append(label);
+  }
+}
+
+function buildMetastasisPanel() {
+  const bars = Object.entries(config.metastasisCounts).map(([organ, count]) => ({
+    label: byName.get(organ)?.display_name ?? (organ === "none" ? "Outside organs" : organ),
+    value: count,
+    colour: byName.get(organ)?.colour ?? "#9aa6b8",
+  }));
+  barChart(document.getElementById("metastases"), bars, { empty: "No metastases found.", title: "metastases per organ" });
+}
+
+function buildLesionPanel() {
+  const container = document.getElementById("lesions");
+  if (!config.lesions.length) {
+    container.innerHTML = '<p class="muted">No lesions found.</p>';
+    return;
+  }
+  const table = document.createElement("table");
+  table.className = "data";
+  table.innerHTML = "<thead><tr><th>#</th><th>Kind</th><th>Organ</th><th class='num'>mm³</th><th></th></tr></thead><tbody></tbody>";
+  for (const lesion of config.lesions) {
+    const kind = byId.get(lesion.structure_id)?.display_name ?? "Lesion";
+    const organ = byName.get(lesion.organ_name)?.display_name ?? lesion.organ_name;
+    const row = document.createElement("tr");
+    row.innerHTML = "<td></td><td></td><td></td><td class='num'></td><td><button type='button'>Go to</button></td>";
+    row.children[0].textContent = lesion.index;
+    row.children[1].textContent = kind;
+    row.children[2].textContent = organ;
+    row.children[3].textContent = lesion.volume_mm3.toFixed(2);
+    row.querySelector("button").addEventListener("click", () => goTo(lesion.centroid_mm));
+    table.tBodies[0].append(row);
+    // A marker in the 3D view, named by its organ.
+    const colour = byId.get(lesion.structure_id)?.rgb.map((c) => c / 255) ?? [1, 0, 1];
+    nv.addLabel(`${kind} ${lesion.index}: ${organ}`, { textScale: 0.6, textColor: [1, 1, 1, 1], bulletScale: 0.5, bulletColor: [...colour, 1], lineWidth: 0 }, lesion.centroid_mm);
+  }
+  container.append(table);
+}
+
+async function reload(level, region) {
+  state.level = level;
+  state.region = region;
+  try {
+    await loadAll();
+  } catch (error) {
+    setStatus(`Could not load the volumes: ${error.message}`);
+    hook.errors.push(String(error));
+  }
+}
+
+function wireToolbar() {
+  for (const button of document.querySelectorAll("[data-window]")) button.addEventListener("click", () => setWindow(button.dataset.window));
+  for (const button of document.querySelectorAll("[data-view]")) button.addEventListener("click", () => setView(button.dataset.view));
+  document.getElementById("full-res").addEventListener("click", () => reload("full", null));
+  document.getElementById("region-res").addEventListener("click", () => reload("full", state.crosshairMm ?? null));
+  document.getElementById("whole-scan").addEventListener("click", () => reload("preview", null));
+}
+
+async function main() {
+  hook.marks = { moduleMs: performance.now() };
+  buildLayerPanel();
+  buildStructurePanel();
+  buildMetastasisPanel();
+  wireToolbar();
+  await nv.attachToCanvas(document.getElementById("gl"));
+  hook.marks.canvasMs = performance.now();
+  nv.onLocationChange = onLocation;
+  try {
+    await loadAll();
+  } catch (error) {
+    setStatus(`Could not load the scan: ${error.message}`);
+    hook.errors.push(String(error));
+    return;
+  }
+  hook.firstFrameMs = performance.now();
+  hook.overlayDrawn = config.layers.some((l) => l.kind === "labels" && l.volume);
+  buildLesionPanel();
+  nv.createOnLocationChange();
+  document.body.dataset.viewerReady = "1";
+}
+
+main();

@@ -1,0 +1,212 @@
+"""``predict_volume``: one scan array in, label and uncertainty maps on the scan's own grid out.
+
+Stages, each timed: preprocess (reorient to canonical, resample to the model's spacing, normalise),
+inference (ONNX Runtime), postprocess (class scores, ensemble mean, component rules, uncertainty),
+restore (upsample to the canonical scan grid, undo the reorientation). Models of the same task are an
+ensemble (mean of their probabilities); the organ map is drawn first and lesions (tumor task) on top.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from inference.pipeline.geometry import (
+    Geometry,
+    from_canonical,
+    record_geometry,
+    resample_linear,
+    resampled_shape,
+    to_canonical,
+    upsample_argmax,
+    upsample_to_uint8,
+)
+from inference.pipeline.infer import DEFAULT_MAX_WHOLE_VOXELS, run_model
+from inference.pipeline.normalise import normalise, pad_value
+from inference.pipeline.postprocess import (
+    DEFAULT_MIN_LESION_VOLUME_MM3,
+    CleanReport,
+    clean,
+    ensemble_scores,
+    sigmoid,
+    uncertainty_from,
+)
+from inference.pipeline.runtime import get_session, session_provider
+from inference.registry import TASKS, ModelCard
+
+Progress = Callable[[int, str], None]
+
+
+class StageTimer:
+    """Seconds per named stage, summed over repeated entries."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class PipelineOutput:
+    """Results on the scan's grid (same shape and axis order as the input ``volume``).
+
+    ``labels``: uint8 structure ids (organs, with tumor/metastasis drawn over them);
+    ``uncertainty``: uint8, 0 certain .. 255 maximally uncertain; ``organ_labels`` /
+    ``lesion_labels``: each task's own map (None when that task did not run).
+    """
+
+    labels: np.ndarray
+    uncertainty: np.ndarray
+    organ_labels: np.ndarray | None
+    lesion_labels: np.ndarray | None
+    geometry: Geometry
+    seconds: dict[str, float]
+    providers: dict[str, str]
+    cards: list[ModelCard]
+    structure_ids: list[int]
+    cleaning: dict[str, CleanReport] = field(default_factory=dict)
+
+
+def group_by_task(cards: Sequence[ModelCard]) -> dict[str, list[ModelCard]]:
+    """Cards per task in pipeline order; members of one task must agree to form an ensemble."""
+    if not cards:
+        raise ValueError("no model given: pass at least one model card")
+    groups: dict[str, list[ModelCard]] = {task: [] for task in TASKS}
+    for card in cards:
+        groups.setdefault(card.task, []).append(card)
+    for task, members in groups.items():
+        lead = members[0] if members else None
+        for other in members[1:]:
+            if (other.structures, other.input_spacing_mm, other.normalisation) != (
+                lead.structures,  # type: ignore[union-attr]
+                lead.input_spacing_mm,  # type: ignore[union-attr]
+                lead.normalisation,  # type: ignore[union-attr]
+            ):
+                raise ValueError(
+                    f"models {lead.key} and {other.key} of the {task} task cannot be ensembled: "  # type: ignore[union-attr]
+                    "they differ in structures, spacing or normalisation"
+                )
+    return {task: members for task, members in groups.items() if members}
+
+
+def _report(progress: Progress | None, percent: float, stage: str) -> None:
+    if progress is not None:
+        progress(round(percent), stage)
+
+
+def predict_volume(
+    volume: np.ndarray,
+    affine: np.ndarray,
+    cards: Sequence[ModelCard],
+    *,
+    device: str = "auto",
+    threads: int = 0,
+    progress: Progress | None = None,
+    min_lesion_volume_mm3: float = DEFAULT_MIN_LESION_VOLUME_MM3,
+    max_whole_voxels: int = DEFAULT_MAX_WHOLE_VOXELS,
+    batch_size: int = 2,
+) -> PipelineOutput:
+    """Segment ``volume`` (3D, the file's axis order, in its own units, e.g. HU) with ``cards``.
+
+    ``affine`` is the voxel-to-world matrix (mm). ``progress(percent, stage)`` is called as stages
+    finish (0-100 over this call).
+    """
+    if np.ndim(volume) != 3:
+        raise ValueError(f"expected a 3D volume, got shape {np.shape(volume)}")
+    groups = group_by_task(cards)
+    timer = StageTimer()
+    geometry = record_geometry(volume.shape, affine)
+    canonical = to_canonical(np.asarray(volume), geometry)
+    resampled: dict[tuple[int, int, int], np.ndarray] = {}
+    uncertainty_by_grid: dict[tuple[int, int, int], np.ndarray] = {}
+    task_labels: dict[str, np.ndarray] = {}
+    providers: dict[str, str] = {}
+    cleaning: dict[str, CleanReport] = {}
+    share = 90.0 / len(groups)
+    for number, (task, members) in enumerate(groups.items()):
+        base = 5.0 + number * share
+        lead = members[0]
+        _report(progress, base, f"preprocess {task}")
+        with timer("preprocess"):
+            grid = resampled_shape(geometry.canonical_shape, geometry.spacing_mm, lead.input_spacing_mm)
+            if grid not in resampled:
+                resampled[grid] = resample_linear(canonical, grid)
+            image = normalise(resampled[grid], lead.normalisation)
+            fill = pad_value(lead.normalisation, image)
+        members_logits: list[np.ndarray] = []
+        disagreement: np.ndarray | None = None
+        for card in members:
+            _report(progress, base + 0.15 * share, f"inference {card.key}")
+            with timer("inference"):
+                session = get_session(card, device=device, threads=threads)
+                providers[card.key] = session_provider(session)
+                raw = run_model(
+                    session,
+                    card,
+                    image,
+                    pad_value=fill,
+                    max_whole_voxels=max_whole_voxels,
+                    batch_size=batch_size,
+                )
+            members_logits.append(raw.logits)
+            if raw.disagreement_logit is not None:
+                odds = sigmoid(raw.disagreement_logit) / len(members)
+                disagreement = odds if disagreement is None else disagreement + odds
+        _report(progress, base + 0.7 * share, f"postprocess {task}")
+        with timer("postprocess"):
+            scores = ensemble_scores(members_logits, lead.activation)
+            del members_logits
+            grid_spacing = [
+                s * n / g for s, n, g in zip(geometry.spacing_mm, geometry.canonical_shape, grid, strict=True)
+            ]
+            cleaning[task] = clean(
+                scores, lead.structures, grid_spacing, min_lesion_volume_mm3=min_lesion_volume_mm3
+            )
+            uncertainty = uncertainty_from(scores, disagreement)
+            previous = uncertainty_by_grid.get(grid)
+            uncertainty_by_grid[grid] = uncertainty if previous is None else np.maximum(previous, uncertainty)
+        _report(progress, base + 0.85 * share, f"restore {task}")
+        with timer("restore"):
+            task_labels[task] = upsample_argmax(scores, geometry.canonical_shape, lead.structures)
+        del scores, disagreement, image
+    _report(progress, 95, "restore uncertainty")
+    with timer("restore"):
+        uncertainty_u8: np.ndarray | None = None
+        for low_res in uncertainty_by_grid.values():
+            full = upsample_to_uint8(low_res, geometry.canonical_shape)
+            uncertainty_u8 = full if uncertainty_u8 is None else np.maximum(uncertainty_u8, full)
+        assert uncertainty_u8 is not None
+        organs = task_labels.get("organs")
+        lesions = task_labels.get("tumor")
+        merged = organs.copy() if organs is not None else np.zeros(geometry.canonical_shape, dtype=np.uint8)
+        for task, labels in task_labels.items():
+            if task != "organs":
+                np.copyto(merged, labels, where=labels > 0)
+
+        def back(array: np.ndarray | None) -> np.ndarray | None:
+            return None if array is None else np.ascontiguousarray(from_canonical(array, geometry))
+
+        result = PipelineOutput(
+            labels=back(merged),  # type: ignore[arg-type]
+            uncertainty=back(uncertainty_u8),  # type: ignore[arg-type]
+            organ_labels=back(organs),
+            lesion_labels=back(lesions),
+            geometry=geometry,
+            seconds=timer.seconds,
+            providers=providers,
+            cards=list(cards),
+            structure_ids=sorted({s for card in cards for s in card.structures if s != 0}),
+            cleaning=cleaning,
+        )
+    _report(progress, 100, "done")
+    return result

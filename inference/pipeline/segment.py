@@ -1,0 +1,196 @@
+"""``segment_file``: a NIfTI scan in, every output of a segmentation run in a folder out.
+
+Outputs (each written under a temporary name and renamed, so a killed run never leaves a half
+file under a final name; the manifest comes last): ``labels.nii.gz`` (uint8), ``uncertainty.nii.gz``
+(uint8), ``volumes.csv``, ``lesions.csv``, ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference.pipeline.io import LoadedScan, load_label_map, load_scan, save_map
+from inference.pipeline.lesions import (
+    LesionInputError,
+    LesionRow,
+    allocate,
+    metastasis_counts,
+    read_points_csv,
+    write_lesions_csv,
+)
+from inference.pipeline.manifest import build_manifest
+from inference.pipeline.postprocess import DEFAULT_MIN_LESION_VOLUME_MM3
+from inference.pipeline.predict import PipelineOutput, StageTimer, predict_volume
+from inference.pipeline.volumes import VolumeRow, structure_volumes, write_volumes_csv
+from inference.registry import ModelCard, default_model
+
+OUTPUT_NAMES = {
+    "labels": "labels.nii.gz",
+    "uncertainty": "uncertainty.nii.gz",
+    "volumes": "volumes.csv",
+    "lesions": "lesions.csv",
+    "manifest": "manifest.json",
+}
+
+
+@dataclass
+class SegmentResult:
+    labels_path: Path
+    uncertainty_path: Path
+    volumes_path: Path
+    lesions_path: Path
+    manifest_path: Path
+    volumes: list[VolumeRow]
+    lesions: list[LesionRow]
+    metastasis_counts: dict[str, int]
+    manifest: dict[str, Any]
+
+
+def _temporary(path: Path) -> Path:
+    # Keep the suffixes (.nii.gz) so nibabel still compresses; the leading dot hides it from globs.
+    return path.with_name(f".partial-{path.name}")
+
+
+def _publish(path: Path, writer: Callable[[Path], object]) -> Path:
+    partial = _temporary(path)
+    writer(partial)
+    os.replace(partial, path)
+    return path
+
+
+def read_lesion_source(path: Path, scan: LoadedScan) -> tuple[np.ndarray, int | None]:
+    """A lesion mask on the scan's grid or a CSV of world coordinates -> (array, structure id)."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        return read_points_csv(path)
+    mask = load_label_map(path)
+    if mask.data.shape != scan.data.shape or not np.allclose(mask.affine, scan.affine, atol=1e-3):
+        raise LesionInputError(
+            f"the lesion mask {path.name} (shape {mask.data.shape}) is not on the scan's grid "
+            f"(shape {scan.data.shape}); export it from the same scan"
+        )
+    return mask.data, None
+
+
+def lesions_for(
+    output: PipelineOutput, affine: np.ndarray, source: tuple[np.ndarray, int | None] | None
+) -> list[LesionRow]:
+    """Lesions from an uploaded mask/CSV when given, else the predicted tumor-task components."""
+    organs = output.organ_labels
+    if organs is None:
+        organs = np.zeros(output.labels.shape, dtype=np.uint8)
+    if source is not None:
+        data, structure_id = source
+        if structure_id is not None:
+            return allocate(organs, affine, data, default_structure_id=structure_id)
+        return allocate(organs, affine, data)
+    if output.lesion_labels is None:
+        return []
+    return allocate(organs, affine, output.lesion_labels)
+
+
+def segment_file(
+    scan_path: Path,
+    out_dir: Path,
+    *,
+    cards: Sequence[ModelCard] | None = None,
+    tasks: Sequence[str] = ("organs", "tumor"),
+    device: str = "auto",
+    threads: int = 0,
+    progress: Callable[[int, str], None] | None = None,
+    lesions_from: Path | None = None,
+    min_lesion_volume_mm3: float = DEFAULT_MIN_LESION_VOLUME_MM3,
+) -> SegmentResult:
+    """Segment the NIfTI at ``scan_path`` and write the outputs into ``out_dir`` (created).
+
+    ``cards`` default to the registry's default model for each of ``tasks``. ``progress(percent,
+    stage)`` reports 0-100 with the stage's name.
+    """
+    started = time.perf_counter()
+    timer = StageTimer()
+
+    def report(percent: float, stage: str) -> None:
+        if progress is not None:
+            progress(round(percent), stage)
+
+    chosen = list(cards) if cards is not None else [default_model(task) for task in tasks]
+    report(0, "load")
+    with timer("load"):
+        scan = load_scan(Path(scan_path))
+        source = read_lesion_source(Path(lesions_from), scan) if lesions_from is not None else None
+
+    def inner(percent: int, stage: str) -> None:
+        report(3 + percent * 0.8, stage)
+
+    output = predict_volume(
+        scan.data,
+        scan.affine,
+        chosen,
+        device=device,
+        threads=threads,
+        progress=inner,
+        min_lesion_volume_mm3=min_lesion_volume_mm3,
+    )
+    report(85, "lesions")
+    with timer("lesions"):
+        lesions = lesions_for(output, scan.affine, source)
+        counts = metastasis_counts(lesions)
+    report(90, "volumes")
+    with timer("volumes"):
+        volumes = structure_volumes(
+            output.labels,
+            output.geometry.voxel_volume_mm3,
+            output.uncertainty,
+            structure_ids=output.structure_ids,
+        )
+    report(93, "write")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {key: out / name for key, name in OUTPUT_NAMES.items()}
+    with timer("write"):
+        _publish(paths["labels"], lambda p: save_map(p, output.labels, scan.affine, scan.header))
+        _publish(paths["uncertainty"], lambda p: save_map(p, output.uncertainty, scan.affine, scan.header))
+        _publish(paths["volumes"], lambda p: write_volumes_csv(p, volumes))
+        _publish(paths["lesions"], lambda p: write_lesions_csv(p, lesions))
+    seconds = {**timer.seconds, **output.seconds}
+    seconds["total"] = time.perf_counter() - started
+    manifest = build_manifest(
+        cards=chosen,
+        providers=output.providers,
+        device=device,
+        threads=threads,
+        seconds=seconds,
+        geometry=output.geometry.as_json(),
+        extra={
+            "scan": Path(scan_path).name,
+            "outputs": dict(OUTPUT_NAMES),
+            "lesions_from": Path(lesions_from).name if lesions_from is not None else None,
+            "metastasis_counts": counts,
+            "postprocess": {
+                task: {"components_removed": r.components_removed, "voxels_removed": r.voxels_removed}
+                for task, r in output.cleaning.items()
+            },
+            "uncertainty": "disagreement head where the model has one, else normalised (1 - top probability)",
+        },
+    )
+    _publish(paths["manifest"], lambda p: p.write_text(json.dumps(manifest, indent=2)))
+    report(100, "done")
+    return SegmentResult(
+        labels_path=paths["labels"],
+        uncertainty_path=paths["uncertainty"],
+        volumes_path=paths["volumes"],
+        lesions_path=paths["lesions"],
+        manifest_path=paths["manifest"],
+        volumes=volumes,
+        lesions=lesions,
+        metastasis_counts=counts,
+        manifest=manifest,
+    )

@@ -1,0 +1,120 @@
+"""Volume per structure, with a range that carries the model's uncertainty.
+
+Array contracts: ``labels`` uint8 3D label map on the scan's grid (canonical structure ids);
+``uncertainty`` uint8 on the same grid, 0 = certain, 255 = maximally uncertain (or None).
+
+Definition of the range (documented for researchers in the export):
+
+- ``volume_low_mm3``: voxels of the structure whose uncertainty is below 50 % (value < 128), i.e.
+  the part of the structure the model is sure of;
+- ``volume_high_mm3``: every voxel of the structure plus the uncertain voxels (value >= 128)
+  labelled otherwise that touch it (6-neighbourhood), i.e. what the structure could grow into at
+  its uncertain border.
+
+Without an uncertainty map both bounds equal the volume.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from inference.structures import BY_ID
+
+UNCERTAIN_FROM = 128
+CSV_FIELDS = ("structure_id", "structure", "voxels", "volume_mm3", "volume_low_mm3", "volume_high_mm3")
+
+
+@dataclass(frozen=True)
+class VolumeRow:
+    structure_id: int
+    name: str
+    voxels: int
+    volume_mm3: float
+    volume_low_mm3: float
+    volume_high_mm3: float
+
+    def as_csv_row(self) -> dict[str, object]:
+        return {
+            "structure_id": self.structure_id,
+            "structure": self.name,
+            "voxels": self.voxels,
+            "volume_mm3": round(self.volume_mm3, 4),
+            "volume_low_mm3": round(self.volume_low_mm3, 4),
+            "volume_high_mm3": round(self.volume_high_mm3, 4),
+        }
+
+    def as_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _uncertain_neighbours(labels: np.ndarray, uncertain: np.ndarray, bins: int) -> np.ndarray:
+    """Per structure id: uncertain voxels labelled otherwise that have a 6-neighbour of that id."""
+    counts = np.zeros(bins, dtype=np.int64)
+    where = np.nonzero(uncertain)
+    if where[0].size == 0:
+        return counts
+    own = labels[where]
+    flat = np.ravel_multi_index(where, labels.shape)
+    pairs: list[np.ndarray] = []
+    for axis in range(3):
+        for step in (-1, 1):
+            coordinate = where[axis] + step
+            inside = (coordinate >= 0) & (coordinate < labels.shape[axis])
+            neighbour = list(where)
+            neighbour[axis] = np.clip(coordinate, 0, labels.shape[axis] - 1)
+            value = labels[tuple(neighbour)].astype(np.int64)
+            keep = inside & (value != own) & (value != 0)
+            pairs.append(flat[keep] * bins + value[keep])
+    unique = np.unique(np.concatenate(pairs))
+    return np.bincount(unique % bins, minlength=bins)
+
+
+def structure_volumes(
+    labels: np.ndarray,
+    voxel_volume_mm3: float,
+    uncertainty: np.ndarray | None = None,
+    *,
+    structure_ids: Sequence[int] | None = None,
+) -> list[VolumeRow]:
+    """One row per structure in ``structure_ids`` (default: every non-background id present)."""
+    bins = max(BY_ID) + 1
+    flat = np.asarray(labels).ravel()
+    voxels = np.bincount(flat, minlength=bins)[:bins]
+    if structure_ids is None:
+        structure_ids = [i for i in range(1, bins) if voxels[i] > 0]
+    if uncertainty is not None:
+        uncertain = np.asarray(uncertainty) >= UNCERTAIN_FROM
+        unsure = np.bincount(flat[uncertain.ravel()], minlength=bins)[:bins]
+        growth = _uncertain_neighbours(np.asarray(labels), uncertain, bins)
+    else:
+        unsure = np.zeros(bins, dtype=np.int64)
+        growth = np.zeros(bins, dtype=np.int64)
+    rows = []
+    for structure_id in structure_ids:
+        if structure_id == 0:
+            continue
+        count = int(voxels[structure_id])
+        rows.append(
+            VolumeRow(
+                structure_id=int(structure_id),
+                name=BY_ID[int(structure_id)].name,
+                voxels=count,
+                volume_mm3=count * voxel_volume_mm3,
+                volume_low_mm3=(count - int(unsure[structure_id])) * voxel_volume_mm3,
+                volume_high_mm3=(count + int(growth[structure_id])) * voxel_volume_mm3,
+            )
+        )
+    return rows
+
+
+def write_volumes_csv(path: Path, rows: Iterable[VolumeRow]) -> None:
+    with Path(path).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row.as_csv_row())

@@ -1,0 +1,97 @@
+"""Training cases: phantom folders read once, block-averaged to the coarse grid and cached.
+
+Cached arrays per case (axes x, y, z on the coarse grid):
+``ct`` float32 mean HU; ``fractions`` uint8 [K, X, Y, Z], 255 x the fraction of each block that
+belongs to each output channel (soft targets keep sub-voxel boundary positions); ``ignore``
+uint8, 255 x the fraction of the block to leave out of the loss; ``disagreement`` uint8, 255 x the
+fraction of the block where the simulated annotators do not all agree.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from inference.training.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Case:
+    name: str
+    ct: np.ndarray
+    fractions: np.ndarray
+    ignore: np.ndarray
+    disagreement: np.ndarray
+
+
+def block_mean(array: np.ndarray, f: int) -> np.ndarray:
+    """Mean over f x f x f blocks (trailing voxels that do not fill a block are dropped)."""
+    x, y, z = (s // f * f for s in array.shape)
+    a = array[:x, :y, :z].astype(np.float32)
+    return a.reshape(x // f, f, y // f, f, z // f, f).mean(axis=(1, 3, 5))
+
+
+def _load(path: Path) -> np.ndarray:
+    return np.asanyarray(nib.as_closest_canonical(nib.load(str(path))).dataobj)
+
+
+def find_cases(root: Path) -> list[Path]:
+    """Phantom case folders (flat layout) under ``root``, sorted by name."""
+    return sorted(p.parent for p in root.glob("*/labels.nii.gz"))
+
+
+def prepare_case(folder: Path, spec: TaskSpec) -> Case:
+    labels = _load(folder / "labels.nii.gz")
+    ct = _load(folder / "ct.nii.gz")
+    f = spec.factor
+    fractions = np.stack([block_mean(labels == sid, f) for sid in spec.structures])
+    # Structures this task does not segment (e.g. organs for the tumor model) are background.
+    fractions[0] = 1.0 - fractions[1:].sum(axis=0)
+    ignore = np.zeros(fractions.shape[1:], np.float32)
+    for sid in spec.ignore:
+        ignore += block_mean(labels == sid, f)
+    fractions[0] -= ignore
+    np.clip(fractions, 0.0, 1.0, out=fractions)
+    annotators = [_load(p) for p in sorted(folder.glob("annotator_*.nii.gz"))]
+    if len(annotators) >= 2:
+        differ = np.zeros(labels.shape, bool)
+        for other in annotators[1:]:
+            differ |= other != annotators[0]
+        disagreement = block_mean(differ, f)
+    else:
+        disagreement = np.zeros(fractions.shape[1:], np.float32)
+    return Case(
+        name=folder.name,
+        ct=block_mean(ct, f),
+        fractions=np.rint(fractions * 255).astype(np.uint8),
+        ignore=np.rint(ignore * 255).astype(np.uint8),
+        disagreement=np.rint(disagreement * 255).astype(np.uint8),
+    )
+
+
+def load_cases(root: Path, spec: TaskSpec) -> list[Case]:
+    """All cases under ``root``, prepared once and cached in ``root/.cache/<task>/``."""
+    cache = root / ".cache" / spec.task
+    cache.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for folder in find_cases(root):
+        path = cache / f"{folder.name}.npz"
+        if path.exists():
+            with np.load(path) as z:
+                cases.append(Case(folder.name, z["ct"], z["fractions"], z["ignore"], z["disagreement"]))
+            continue
+        case = prepare_case(folder, spec)
+        np.savez(
+            path, ct=case.ct, fractions=case.fractions, ignore=case.ignore, disagreement=case.disagreement
+        )
+        log.info("cached %s", path)
+        cases.append(case)
+    if not cases:
+        raise FileNotFoundError(f"no phantom cases (folders with labels.nii.gz) under {root}")
+    return cases

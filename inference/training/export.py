@@ -1,0 +1,87 @@
+"""Export a trained network as a self-describing model folder (contract 1).
+
+``<out>/model.onnx``: input ``ct`` float32 ``[N, 1, X, Y, Z]`` (RAS axes, resampled to
+``input_spacing_mm``, normalised per ``normalisation``), outputs ``logits [N, K, X, Y, Z]`` and
+``disagreement [N, 1, X, Y, Z]``; batch and spatial axes dynamic (multiples of ``divisible_by``).
+``<out>/model.json``: everything the pipeline needs to run it, plus provenance and metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from inference.training.network import UNet3D
+from inference.training.tasks import TaskSpec
+
+OPSET = 17
+SOURCE_SPACING_MM = 0.21
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def patch_size(spec: TaskSpec) -> list[int]:
+    """A tile that covers a whole 192 x 192 x ~530 (0.21 mm) scan in one pass."""
+    n_xy = 192 // spec.factor
+    n_z = -(-560 // spec.factor // 8) * 8
+    return [n_xy, n_xy, n_z]
+
+
+def export_model(
+    model: UNet3D,
+    spec: TaskSpec,
+    out: Path,
+    *,
+    version: str,
+    training: dict[str, object],
+    metrics: dict[str, object] | None = None,
+) -> Path:
+    """Write ``model.onnx`` and ``model.json`` into ``out``; returns the json path."""
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    example = torch.zeros(1, 1, 32, 32, 48)
+    onnx_path = out / "model.onnx"
+    axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
+    torch.onnx.export(
+        model,
+        (example,),
+        str(onnx_path),
+        input_names=["ct"],
+        output_names=["logits", "disagreement"],
+        dynamic_axes={"ct": axes, "logits": axes, "disagreement": axes},
+        opset_version=OPSET,
+        do_constant_folding=True,
+        dynamo=False,
+    )
+    spacing = round(SOURCE_SPACING_MM * spec.factor, 4)
+    card = {
+        "name": spec.name,
+        "version": version,
+        "task": spec.task,
+        "structures": list(spec.structures),
+        "activation": "softmax",
+        "input_spacing_mm": [spacing, spacing, spacing],
+        "normalisation": {"kind": "window", "low_hu": spec.low_hu, "high_hu": spec.high_hu},
+        "layout": {"kind": "3d", "divisible_by": model.divisible_by, "patch_size": patch_size(spec),
+                   "overlap": 0.25},
+        "input_name": "ct",
+        "output_names": {"logits": "logits", "disagreement": "disagreement"},
+        "opset": OPSET,
+        "sha256": sha256_of(onnx_path),
+        "architecture": {"kind": "unet3d", "base_channels": spec.base_channels, "levels": model.levels,
+                         "parameters": sum(p.numel() for p in model.parameters())},
+        "training": training,
+        "metrics": metrics or {},
+    }
+    path = out / "model.json"
+    path.write_text(json.dumps(card, indent=1) + "\n")
+    return path

@@ -1,0 +1,52 @@
+"""What each trainable task segments and how its input is prepared (no torch here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from inference.structures import BY_NAME, ORGAN_NAMES
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """``structures[c]`` is the canonical id of output channel ``c`` (channel 0 = background)."""
+
+    name: str
+    task: str
+    structures: tuple[int, ...]
+    #: Block size of the coarse training grid, in 0.21 mm source voxels (3 -> 0.63 mm).
+    factor: int
+    low_hu: float
+    high_hu: float
+    base_channels: int
+    crop: tuple[int, int, int]
+    #: Canonical ids whose voxels are left out of the loss (e.g. metastases for the organ model,
+    #: whose host organ is not known voxel by voxel).
+    ignore: tuple[int, ...] = ()
+
+
+ORGANS = TaskSpec(
+    name="mouse-organs",
+    task="organs",
+    structures=(0, *(BY_NAME[n].id for n in ORGAN_NAMES)),
+    factor=3,
+    low_hu=-1000.0,
+    high_hu=1000.0,
+    base_channels=8,
+    crop=(64, 64, 96),
+    ignore=(BY_NAME["metastasis"].id,),
+)
+
+TUMOR = TaskSpec(
+    name="mouse-tumor",
+    task="tumor",
+    structures=(0, BY_NAME["tumor"].id, BY_NAME["metastasis"].id),
+    factor=2,
+    # The tumor database ships CTs clipped to [-400, 1000] HU: train in that window.
+    low_hu=-400.0,
+    high_hu=1000.0,
+    base_channels=6,
+    crop=(64, 64, 64),
+)
+
+TASKS = {"organs": ORGANS, "tumor": TUMOR}

@@ -1,0 +1,263 @@
+"""``python -m inference.training.train --task organs|tumor --data DIR --out DIR``.
+
+Trains the lean 3D U-Net of ``network.py`` on cached coarse phantoms (``data.py``), with the
+partial-label loss (``losses.py``), augmentation (scale, intensity, noise, clipping as in the
+tumor database) and the annotator-disagreement head, then exports ``model.onnx`` + ``model.json``
+into ``--out``. CPU by default (``--device auto`` takes CUDA when present).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from inference.training.data import Case, load_cases
+from inference.training.losses import disagreement_loss, partial_label_loss
+from inference.training.network import UNet3D
+from inference.training.tasks import TASKS, TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40
+    batch: int = 2
+    lr: float = 3e-3
+    max_minutes: float = 30.0
+    seed: int = 0
+    threads: int = 2
+    device: str = "auto"
+    partial_label_rate: float = 0.3
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def normalise(hu: np.ndarray | torch.Tensor, spec: TaskSpec) -> np.ndarray | torch.Tensor:
+    """Window [low_hu, high_hu] scaled to 0..1 (model.json's ``normalisation``)."""
+    scaled = (hu - spec.low_hu) / (spec.high_hu - spec.low_hu)
+    return scaled.clip(0.0, 1.0)
+
+
+def _crop(array: np.ndarray, start: np.ndarray, size: np.ndarray, fill: float) -> np.ndarray:
+    """``array[..., start:start+size]`` over the last three axes, padded with ``fill`` outside."""
+    lead = array.shape[:-3]
+    out = np.full((*lead, *size), fill, dtype=np.float32)
+    src_lo = np.maximum(start, 0)
+    src_hi = np.minimum(start + size, array.shape[-3:])
+    if np.any(src_hi <= src_lo):
+        return out
+    dst_lo = src_lo - start
+    dst_hi = dst_lo + (src_hi - src_lo)
+    out[..., dst_lo[0] : dst_hi[0], dst_lo[1] : dst_hi[1], dst_lo[2] : dst_hi[2]] = array[
+        ..., src_lo[0] : src_hi[0], src_lo[1] : src_hi[1], src_lo[2] : src_hi[2]
+    ]
+    return out
+
+
+def sample_batch(
+    cases: list[Case], spec: TaskSpec, cfg: TrainConfig, rng: np.random.Generator
+) -> tuple[torch.Tensor, ...]:
+    """A batch of augmented crops: (image, fractions, labelled, weight, disagreement)."""
+    size = np.array(spec.crop)
+    k = len(spec.structures)
+    images, targets, labelled, weights, disagree = [], [], [], [], []
+    for _ in range(cfg.batch):
+        case = cases[int(rng.integers(len(cases)))]
+        scale = rng.uniform(0.88, 1.12) * rng.uniform(0.96, 1.04, size=3)
+        src = np.maximum(np.rint(size * scale).astype(int), 8)
+        shape = np.array(case.ct.shape)
+        fg = case.fractions[1:].max(axis=0) if spec.task == "tumor" else None
+        if fg is not None and rng.random() < 0.7 and fg.any():
+            idx = np.argwhere(fg > 0)
+            centre = idx[int(rng.integers(len(idx)))] + rng.integers(-12, 13, size=3)
+            start = centre - src // 2
+        else:
+            start = np.array(
+                [
+                    int(rng.integers(min(0, shape[i] - src[i]), max(shape[i] - src[i], 0) + 1))
+                    for i in range(3)
+                ]
+            )
+        ct = _crop(case.ct, start, src, -1000.0)
+        frac = _crop(case.fractions.astype(np.float32) / 255.0, start, src, 0.0)
+        outside = frac.sum(axis=0) == 0
+        frac[0][outside] = 1.0
+        ign = _crop(case.ignore.astype(np.float32) / 255.0, start, src, 0.0)
+        dis = _crop(case.disagreement.astype(np.float32) / 255.0, start, src, 0.0)
+        stack = torch.from_numpy(np.concatenate([ct[None], frac, ign[None], dis[None]]))[None]
+        stack = F.interpolate(stack, size=tuple(int(s) for s in size), mode="trilinear", align_corners=False)[
+            0
+        ]
+        ct_t, frac_t, ign_t, dis_t = stack[0], stack[1 : 1 + k], stack[1 + k], stack[2 + k]
+        # Intensity: scanner calibration drift, noise the block averaging removed, tumor-DB clipping.
+        ct_t = ct_t * float(rng.uniform(0.95, 1.05)) + float(rng.normal(0, 15))
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        ct_t = ct_t + torch.randn(ct_t.shape, generator=gen) * float(rng.uniform(0, 35))
+        if spec.task == "organs" and rng.random() < 0.2:
+            ct_t = ct_t.clamp(-400, 1000)
+        lab = torch.ones(k, dtype=torch.bool)
+        if rng.random() < cfg.partial_label_rate:
+            drop = rng.choice(np.arange(1, k), size=int(rng.integers(1, min(4, k - 1) + 1)), replace=False)
+            lab[torch.from_numpy(drop)] = False
+        images.append(normalise(ct_t, spec)[None])
+        targets.append(frac_t)
+        labelled.append(lab)
+        weights.append((1.0 - ign_t).clamp(0, 1)[None])
+        disagree.append(dis_t.clamp(0, 1)[None])
+    return (
+        torch.stack(images),
+        torch.stack(targets),
+        torch.stack(labelled),
+        torch.stack(weights),
+        torch.stack(disagree),
+    )
+
+
+def pad_to(x: torch.Tensor, multiple: int, value: float) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    shape = x.shape[-3:]
+    padded = [math.ceil(s / multiple) * multiple for s in shape]
+    pad = []
+    for s, p in zip(reversed(shape), reversed(padded), strict=True):
+        pad += [0, p - s]
+    return F.pad(x, pad, value=value), tuple(shape)  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def coarse_dice(model: UNet3D, cases: list[Case], spec: TaskSpec, device: torch.device) -> dict[str, float]:
+    """Median Dice per channel on whole coarse volumes (a quick progress check, not the evaluation)."""
+    model.eval()
+    scores: dict[int, list[float]] = {}
+    for case in cases:
+        x = torch.from_numpy(np.asarray(normalise(case.ct, spec), dtype=np.float32))[None, None]
+        x, shape = pad_to(x, model.divisible_by, 0.0)
+        logits, _ = model(x.to(device))
+        pred = logits[0, :, : shape[0], : shape[1], : shape[2]].argmax(0).cpu().numpy()
+        truth = case.fractions.argmax(0)
+        for c in range(1, len(spec.structures)):
+            t, p = truth == c, pred == c
+            if t.sum() > 0:
+                scores.setdefault(spec.structures[c], []).append(
+                    2 * float((t & p).sum()) / (t.sum() + p.sum())
+                )
+    model.train()
+    return {str(k): round(float(np.median(v)), 3) for k, v in scores.items()}
+
+
+def train(
+    spec: TaskSpec,
+    cases: list[Case],
+    cfg: TrainConfig,
+    *,
+    val: list[Case] | None = None,
+    checkpoint: Path | None = None,
+) -> UNet3D:
+    """Train a model; stops after ``cfg.epochs`` epochs or ``cfg.max_minutes``, whichever first."""
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    device = pick_device(cfg.device)
+    model = UNet3D(len(spec.structures), base=spec.base_channels).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    iters_per_epoch = max(len(cases) // cfg.batch, 1)
+    total = cfg.epochs * iters_per_epoch
+    t0 = time.monotonic()
+    step = 0
+    for epoch in range(cfg.epochs):
+        losses = []
+        for _ in range(iters_per_epoch):
+            # Cosine decay over whichever budget (steps or minutes) runs out first.
+            progress = max(step / total, (time.monotonic() - t0) / (60 * cfg.max_minutes))
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+            image, target, labelled, weight, disagree = (
+                t.to(device) for t in sample_batch(cases, spec, cfg, rng)
+            )
+            logits, dis_logit = model(image)
+            loss = partial_label_loss(logits, target, labelled, weight) + disagreement_loss(
+                dis_logit, disagree
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+            step += 1
+        minutes = (time.monotonic() - t0) / 60
+        entry: dict[str, object] = {
+            "epoch": epoch + 1,
+            "loss": round(float(np.mean(losses)), 4),
+            "minutes": round(minutes, 2),
+        }
+        if val and ((epoch + 1) % 5 == 0 or epoch + 1 == cfg.epochs or minutes >= cfg.max_minutes):
+            entry["val_dice"] = coarse_dice(model, val, spec, device)
+        cfg.history.append(entry)  # type: ignore[arg-type]
+        log.info("%s", json.dumps(entry))
+        if checkpoint is not None:
+            torch.save({"state": model.state_dict(), "task": spec.task, "epoch": epoch + 1}, checkpoint)
+        if minutes >= cfg.max_minutes:
+            log.info("time budget of %.0f minutes reached after %d epochs", cfg.max_minutes, epoch + 1)
+            break
+    model.eval()
+    return model
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m inference.training.train", description=__doc__)
+    parser.add_argument("--task", choices=sorted(TASKS), required=True)
+    parser.add_argument("--data", type=Path, required=True, help="flat-layout phantom folder (training)")
+    parser.add_argument("--val", type=Path, help="optional flat-layout folder for progress Dice")
+    parser.add_argument("--out", type=Path, required=True, help="model version folder to write")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--max-minutes", type=float, default=30.0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--version", default="1.0.0")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from inference.training.export import export_model
+
+    spec = TASKS[args.task]
+    cases = load_cases(args.data, spec)
+    val = load_cases(args.val, spec) if args.val else None
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        max_minutes=args.max_minutes,
+        device=args.device,
+        threads=args.threads,
+        seed=args.seed,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    model = train(spec, cases, cfg, val=val, checkpoint=args.out / "checkpoint.pt")
+    seconds = time.monotonic() - t0
+    training = {
+        "data": f"{len(cases)} phantoms in {args.data} ({', '.join(c.name for c in cases[:2])} ...)",
+        "seeds": {"training": args.seed, "phantoms": sorted(c.name for c in cases)},
+        "epochs": len(cfg.history),
+        "seconds": round(seconds, 1),
+        "device": str(pick_device(args.device)),
+        "command": "python -m inference.training.train " + " ".join(sys.argv[1:] if argv is None else argv),
+        "history": cfg.history,
+    }
+    export_model(model, spec, args.out, version=args.version, training=training)
+    (args.out / "checkpoint.pt").unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Admin for reviewers: "Annotations to review" (a proxy of scans.Annotation, so it sits beside
+whatever the scans app registers for uploads) with filters by status, annotator, study and
+structure, a bulk approve that goes through the review services (so the lab roles hold here too),
+and a link to each scan's review page. Every list is scoped to the user's labs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+
+from inference.structures import STRUCTURES
+from scans.models import Annotation, Study
+
+from .models import Agreement, AnnotationTransition, Consensus, ConsensusRater, ReviewQueue
+from .services import ReviewError, approve_annotation
+
+
+def _lab_scoped(queryset: QuerySet, request: HttpRequest) -> QuerySet:
+    # Superusers see every lab (they still cannot approve outside a lab they review for).
+    return queryset if request.user.is_superuser else queryset.visible_to(request.user)  # type: ignore[attr-defined]
+
+
+class StudyFilter(admin.SimpleListFilter):
+    title = "study"
+    parameter_name = "study"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        studies = _lab_scoped(Study.objects.all(), request).select_related("lab")
+        return [(str(s.pk), f"{s.lab.name} / {s.name}") for s in studies]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(scan__time_point__mouse__study_id=self.value()) if self.value() else queryset
+
+
+class StructureFilter(admin.SimpleListFilter):
+    title = "structure"
+    parameter_name = "structure"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(s.name, s.display_name) for s in STRUCTURES if s.kind != "background"]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(structures__has_key=self.value()) if self.value() else queryset
+
+
+class LabMemberAdmin(admin.ModelAdmin):
+    """Visible to staff who belong to a lab; rows limited to their labs; nothing added by hand."""
+
+    def _is_lab_staff(self, request: HttpRequest) -> bool:
+        user = request.user
+        return bool(user.is_active and user.is_staff and (user.is_superuser or user.memberships.exists()))
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self._is_lab_staff(request)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._is_lab_staff(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return _lab_scoped(super().get_queryset(request), request)
+
+
+@admin.register(ReviewQueue)
+class ReviewQueueAdmin(LabMemberAdmin):
+    list_display = [
+        "annotator_name",
+        "scan_label",
+        "study",
+        "structure_list",
+        "status",
+        "reviewer",
+        "review_link",
+    ]
+    list_filter = ["status", "annotator_name", StudyFilter, StructureFilter]
+    search_fields = ["annotator_name", "scan__time_point__mouse__identifier", "review_note"]
+    list_select_related = ["scan__time_point__mouse__study", "reviewer"]
+    actions = ["approve_selected"]
+    readonly_fields = [
+        "scan",
+        "annotator_name",
+        "status",
+        "reviewer",
+        "review_note",
+        "reviewed_at",
+        "structures",
+    ]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Needed for the bulk action; the services decide who may actually approve.
+        return self._is_lab_staff(request)
+
+    @admin.display(description="scan")
+    def scan_label(self, obj: Annotation) -> str:
+        return str(obj.scan)
+
+    @admin.display(description="study")
+    def study(self, obj: Annotation) -> str:
+        return obj.scan.time_point.mouse.study.name
+
+    @admin.display(description="structures")
+    def structure_list(self, obj: Annotation) -> str:
+        return ", ".join(sorted(obj.structures))
+
+    @admin.display(description="review")
+    def review_link(self, obj: Annotation) -> str:
+        return format_html('<a href="{}">review page</a>', reverse("review:scan", args=[obj.scan_id]))
+
+    @admin.action(description="Approve the selected annotations")
+    def approve_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        approved, refused = 0, []
+        for annotation in queryset.select_related("scan__lab"):
+            try:
+                approve_annotation(annotation=annotation, reviewer=request.user, note="approved in bulk")
+                approved += 1
+            except ReviewError as error:
+                refused.append(f"{annotation.annotator_name} on {annotation.scan}: {error.message}")
+        if approved:
+            self.message_user(request, f"{approved} annotation(s) approved.", messages.SUCCESS)
+        for line in refused:
+            self.message_user(request, f"Not approved: {line}", messages.ERROR)
+
+
+class TransitionInline(admin.TabularInline):
+    model = AnnotationTransition
+    fields = ["from_status", "to_status", "by", "at", "note"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+ReviewQueueAdmin.inlines = [TransitionInline]
+
+
+class RaterInline(admin.TabularInline):
+    model = ConsensusRater
+    fields = ["annotation", "sensitivity", "specificity", "volume_mm3"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Consensus)
+class ConsensusAdmin(LabMemberAdmin):
+    list_display = ["scan", "structure_name", "majority_volume_mm3", "staple_volume_mm3", "computed_at"]
+    inlines = [RaterInline]
+
+
+@admin.register(Agreement)
+class AgreementAdmin(LabMemberAdmin):
+    list_display = ["scan", "structure_name", "n_annotators", "mean_pairwise_dice", "ci_gen", "fleiss_kappa"]
+
+
+@admin.register(AnnotationTransition)
+class AnnotationTransitionAdmin(LabMemberAdmin):
+    list_display = ["annotation", "from_status", "to_status", "by", "at", "note"]
+    list_filter = ["to_status"]

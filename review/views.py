@@ -1,0 +1,159 @@
+"""Pages of the review app: the per-scan review page and the study QC page, plus the volumes the
+review page's viewer loads. Every lookup is scoped to the signed-in user's labs."""
+
+from __future__ import annotations
+
+import math
+from hashlib import sha256
+from typing import Any
+
+import numpy as np
+from django.contrib.auth.decorators import login_required
+from django.core.files.storage import default_storage
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET
+
+from inference import metrics
+from inference.structures import by_id, by_name
+from scans.models import Annotation, Scan, Study
+
+from . import studies
+from .files import label_values, load_label_map, save_nifti
+from .models import Agreement, Consensus, PredictionComparison
+from .services import can_review
+
+#: Annotations shown on the review page: everything a reviewer may still act on or has accepted.
+SHOWN = (Annotation.Status.SUBMITTED, Annotation.Status.APPROVED, Annotation.Status.REJECTED)
+#: Distinct outline colours per annotator (the structure colours come from the canonical table).
+ANNOTATOR_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0"]
+
+
+def _header(request: HttpRequest, lab: Any) -> dict[str, Any]:
+    # The site header (frontend/base.html) wants the user's labs, the current lab and their role.
+    from frontend.labs import labs_of, role_in
+
+    return {"labs": labs_of(request), "current_lab": lab, "role": role_in(request, lab)}
+
+
+def _stream(field: Any, filename: str) -> FileResponse:
+    response = FileResponse(field.open("rb"), content_type="application/octet-stream")
+    response["Content-Disposition"] = f'inline; filename="{filename}"'
+    return response
+
+
+@require_GET
+@login_required
+def scan_review(request: HttpRequest, pk: int) -> HttpResponse:
+    scan = get_object_or_404(
+        Scan.objects.visible_to(request.user).select_related("lab", "time_point__mouse"), pk=pk
+    )
+    annotations = list(
+        scan.annotations.filter(status__in=SHOWN).select_related("reviewer").order_by("annotator_name", "pk")
+    )
+    structure_ids = sorted({sid for a in annotations for sid in label_values(a.structures, np.zeros(1))})
+    rows = [
+        {
+            "annotation": a,
+            "colour": ANNOTATOR_COLOURS[i % len(ANNOTATOR_COLOURS)],
+            "values": {by_id(sid).name: v for sid, v in label_values(a.structures, np.zeros(1)).items()},
+        }
+        for i, a in enumerate(annotations)
+    ]
+    viewer_config = {
+        "scan": scan.pk,
+        "scan_url": reverse("review:scan-volume", args=[scan.pk]),
+        "disagreement_url": reverse("review:live-disagreement", args=[scan.pk, "__structure__"]),
+        "annotations": [
+            {
+                "id": row["annotation"].pk,
+                "name": row["annotation"].annotator_name,
+                "colour": row["colour"],
+                "url": reverse("review:annotation-volume", args=[row["annotation"].pk]),
+                "values": row["values"],
+            }
+            for row in rows
+        ],
+    }
+    context = {
+        **_header(request, scan.lab),
+        "viewer_config": viewer_config,
+        "scan": scan,
+        "rows": rows,
+        "structures": [by_id(s) for s in structure_ids],
+        "can_review": can_review(request.user, scan.lab),
+        "consensuses": Consensus.objects.filter(scan=scan).prefetch_related("raters__annotation"),
+        "agreements": Agreement.objects.filter(scan=scan),
+        "comparisons": PredictionComparison.objects.filter(scan=scan).select_related(
+            "prediction__model_version", "annotation"
+        ),
+    }
+    return render(request, "review/scan_review.html", context)
+
+
+@require_GET
+@login_required
+def scan_volume(request: HttpRequest, pk: int) -> FileResponse:
+    scan = get_object_or_404(Scan.objects.visible_to(request.user), pk=pk)
+    return _stream(scan.file, f"scan{scan.pk}.nii.gz")
+
+
+@require_GET
+@login_required
+def annotation_volume(request: HttpRequest, pk: int) -> FileResponse:
+    annotation = get_object_or_404(Annotation.objects.visible_to(request.user), pk=pk)
+    return _stream(annotation.file, f"annotation{annotation.pk}.nii.gz")
+
+
+@require_GET
+@login_required
+def live_disagreement(request: HttpRequest, pk: int, structure: str) -> FileResponse:
+    """Disagreement map (float32, fraction of annotators disagreeing with the majority) of the
+    annotations now shown on the review page for one structure, before any of them is approved.
+    Cached in storage under the annotations' sha256, so a reload does not recompute it."""
+    scan = get_object_or_404(Scan.objects.visible_to(request.user), pk=pk)
+    try:
+        structure_id = by_name(structure).id
+    except KeyError as error:
+        raise Http404(str(error.args[0])) from None
+    annotations = [
+        a
+        for a in scan.annotations.filter(status__in=(Annotation.Status.SUBMITTED, Annotation.Status.APPROVED))
+        if structure_id in label_values(a.structures, np.zeros(1)) or not a.structures
+    ]
+    if len(annotations) < 2:
+        raise Http404("a disagreement map needs at least two annotations of this structure")
+    key = sha256("".join(sorted(a.sha256 for a in annotations)).encode()).hexdigest()[:16]
+    name = f"labs/{scan.lab_id}/review/scan_{scan.pk}/live_{by_id(structure_id).name}_{key}.nii.gz"
+    if not default_storage.exists(name):
+        maps = [load_label_map(a.file) for a in annotations]
+        masks = [
+            m.data == label_values(a.structures, m.data).get(structure_id, -1)
+            for a, m in zip(annotations, maps, strict=True)
+        ]
+        save_nifti(name, metrics.disagreement_map(masks), maps[0].affine)
+    response = FileResponse(default_storage.open(name, "rb"), content_type="application/octet-stream")
+    response["Content-Disposition"] = f'inline; filename="disagreement_{structure_id}.nii.gz"'
+    return response
+
+
+def _percent(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f} %"
+
+
+@require_GET
+@login_required
+def study_qc(request: HttpRequest, pk: int) -> HttpResponse:
+    study = get_object_or_404(Study.objects.visible_to(request.user).select_related("lab"), pk=pk)
+    variability = studies.variability_rows(study)
+    for row in variability:
+        for key in ("intersubject_percent", "interannotator_percent", "intraannotator_percent"):
+            row[key + "_text"] = _percent(row[key])
+    context = {
+        **_header(request, study.lab),
+        "study": study,
+        "variability": variability,
+        "model_comparisons": studies.compare_models(study),
+    }
+    return render(request, "review/study_qc.html", context)

@@ -1,0 +1,135 @@
+"""predict_volume puts its label map on the scan's exact grid: real files and synthetic geometries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from inference.pipeline import predict_volume, segment_file
+from inference.pipeline.geometry import record_geometry
+from inference.registry import ModelCard
+from tests.conftest import REALDATA
+from tests.pipeline.test_geometry import AFFINES
+from tests.pipeline.tiny_models import write_threshold_model
+
+REAL_FILES = sorted(p.name for p in REALDATA.glob("*.nii.gz"))
+# Lesion structures keep every component, so a threshold model's output is known voxel by voxel.
+LESIONS = (0, 14, 15)
+LOW, HIGH = 0.31, 0.61
+
+
+def window_for(name: str) -> dict[str, object]:
+    # The atlas label maps hold small integers, the scans 8-bit intensities.
+    return {"kind": "window", "low_hu": 0, "high_hu": 25 if "label" in name else 255}
+
+
+def expected_labels(volume: np.ndarray, high: float) -> np.ndarray:
+    value = volume.astype(np.float32) * np.float32(1.0 / high)
+    return np.select([value > HIGH, value > LOW], [15, 14], 0).astype(np.uint8)
+
+
+def lesion_model(folder: Path, spacing_mm: tuple[float, float, float], name: str) -> ModelCard:
+    return write_threshold_model(
+        folder,
+        name="tiny-lesions",
+        task="tumor",
+        structures=LESIONS,
+        thresholds=(LOW, HIGH),
+        spacing_mm=spacing_mm,
+        normalisation=window_for(name),
+    )
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * np.sum(a & b) / max(np.sum(a) + np.sum(b), 1))
+
+
+def test_every_real_file_is_present(realdata: Path) -> None:
+    assert len(REAL_FILES) >= 5
+
+
+@pytest.mark.parametrize("name", REAL_FILES)
+def test_real_file_labels_land_on_the_input_grid(realdata: Path, tmp_path: Path, name: str) -> None:
+    image = nib.load(str(realdata / name))
+    volume = np.asanyarray(image.dataobj)
+    model = lesion_model(tmp_path / "m", (0.3, 0.3, 0.3), name)
+
+    output = predict_volume(volume, image.affine, [model], threads=2, min_lesion_volume_mm3=0)
+
+    assert output.labels.shape == volume.shape
+    assert output.uncertainty.shape == volume.shape
+    assert output.labels.dtype == np.uint8 and output.uncertainty.dtype == np.uint8
+    expected = expected_labels(volume, float(window_for(name)["high_hu"]))
+    if expected.any():
+        # Resampled to 0.3 mm and back: the same objects, in the same place.
+        assert dice(output.labels > 0, expected > 0) > 0.6
+
+
+@pytest.mark.parametrize("name", [n for n in REAL_FILES if "35_mic" not in n])
+def test_real_file_at_its_own_spacing_is_voxel_exact(realdata: Path, tmp_path: Path, name: str) -> None:
+    image = nib.load(str(realdata / name))
+    volume = np.asanyarray(image.dataobj)
+    spacing = record_geometry(volume.shape, image.affine).spacing_mm
+    model = lesion_model(tmp_path / "m", spacing, name)
+
+    result = segment_file(realdata / name, tmp_path / "out", cards=[model], threads=2, min_lesion_volume_mm3=0)
+
+    written = nib.load(str(result.labels_path))
+    assert written.shape == image.shape
+    assert np.array_equal(written.affine, image.affine)
+    assert written.get_data_dtype() == np.uint8
+    assert np.array_equal(np.asarray(written.dataobj), expected_labels(volume, float(window_for(name)["high_hu"])))
+    assert np.array_equal(nib.load(str(result.uncertainty_path)).affine, image.affine)
+
+
+def world_sphere(shape: tuple[int, int, int], affine: np.ndarray, centre_mm: np.ndarray) -> np.ndarray:
+    """True where a voxel centre lies within 2 mm of ``centre_mm`` (a 'liver' ball)."""
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
+    world = index @ affine[:3, :3].T + affine[:3, 3]
+    return np.linalg.norm(world - centre_mm, axis=-1) < 2.0
+
+
+@pytest.mark.parametrize("name", list(AFFINES))
+def test_synthetic_geometries_land_on_the_input_grid(name: str, organ_model: ModelCard, tmp_path: Path) -> None:
+    affine = AFFINES[name]
+    shape = (30, 26, 22)
+    centre = affine @ [shape[0] / 2, shape[1] / 2, shape[2] / 2, 1]
+    ball = world_sphere(shape, affine, centre[:3])
+    volume = np.where(ball, 450, 0).astype(np.int16)
+    spacing = record_geometry(shape, affine).spacing_mm
+    exact_model = write_threshold_model(
+        tmp_path / "exact", thresholds=(0.3, 0.6), spacing_mm=spacing, normalisation=organ_model.normalisation
+    )
+
+    coarse = predict_volume(volume, affine, [organ_model], threads=1)
+    exact = predict_volume(volume, affine, [exact_model], threads=1)
+
+    assert coarse.labels.shape == shape
+    assert dice(coarse.labels == 4, ball) > 0.85
+    assert np.array_equal(exact.labels, np.where(ball, 4, 0))
+    assert np.array_equal(exact.organ_labels, exact.labels)
+
+
+def test_tumor_is_drawn_over_the_organs(organ_model: ModelCard, tumor_model: ModelCard) -> None:
+    from tests.pipeline.conftest import body_phantom
+
+    volume = body_phantom()
+
+    output = predict_volume(volume, np.diag([0.2, 0.2, 0.2, 1.0]), [organ_model, tumor_model], threads=1)
+
+    assert set(np.unique(output.labels)) == {0, 4, 12, 14}
+    assert output.lesion_labels is not None and output.organ_labels is not None
+    assert np.array_equal(output.labels[output.lesion_labels > 0], output.lesion_labels[output.lesion_labels > 0])
+    assert not np.any(output.organ_labels == 14)
+    assert set(output.seconds) == {"preprocess", "inference", "postprocess", "restore"}
+    assert output.providers == {organ_model.key: "CPUExecutionProvider", tumor_model.key: "CPUExecutionProvider"}
+
+
+def test_ensembles_need_matching_members(organ_model: ModelCard, tmp_path: Path) -> None:
+    other = write_threshold_model(tmp_path / "other", name="other", spacing_mm=(0.3, 0.3, 0.3))
+
+    with pytest.raises(ValueError, match="cannot be ensembled"):
+        predict_volume(np.zeros((8, 8, 8), np.int16), np.eye(4), [organ_model, other])
