@@ -44,11 +44,12 @@ chromium:
 # The web server and the worker (with beat, for the job reconciler) stop together on Ctrl-C.
 run: install
 	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py sync_models || echo "no segmentation model registered yet: run 'make models'"
 	$(BIN)/python manage.py create_demo
-	@trap 'kill 0' INT TERM EXIT; \
+	@trap 'trap - INT TERM EXIT; kill -TERM $$worker $$web 2>/dev/null; wait; exit 0' INT TERM EXIT; \
 	$(BIN)/celery -A labseg worker -B -Q cpu,gpu --concurrency 1 --loglevel INFO \
-		--schedule var/celerybeat-schedule & \
-	$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT) & \
+		--schedule var/celerybeat-schedule & worker=$$!; \
+	$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT) & web=$$!; \
 	wait -n
 
 # PostgreSQL and Redis on 127.0.0.1, started when they are down (as .ci/run does).

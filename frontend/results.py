@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inference.models import InferenceJob, Lesion, Prediction, StructureVolume
-from inference.structures import BY_NAME, LESION_NAMES
+from inference.structures import BY_ID, BY_NAME, LESION_NAMES
 from scans.models import Annotation, Mouse, Scan, Study
 
 TUMOR_ID = BY_NAME["tumor"].id
@@ -66,6 +66,8 @@ def scan_volumes(predictions: list[Prediction]) -> list[dict[str, Any]]:
         {
             "structure_id": v.structure_id,
             "name": v.name,
+            "display_name": BY_ID[v.structure_id].display_name if v.structure_id in BY_ID else v.name,
+            "colour": BY_ID[v.structure_id].colour_hex if v.structure_id in BY_ID else "#888888",
             "voxels": v.voxels,
             "volume_mm3": v.volume_mm3,
             "low_mm3": v.volume_low_mm3,

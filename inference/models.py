@@ -112,7 +112,7 @@ class InferenceJob(models.Model):
 class Prediction(models.Model):
     """The immutable output of one job: label map, uncertainty map and run manifest."""
 
-    job = models.OneToOneField(InferenceJob, on_delete=models.PROTECT, related_name="prediction")
+    job = models.OneToOneField(InferenceJob, on_delete=models.CASCADE, related_name="prediction")
     scan = models.ForeignKey("scans.Scan", on_delete=models.CASCADE, related_name="predictions")
     model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="predictions")
     # Paths are chosen by services.run_job (one folder per attempt), so no upload_to here.

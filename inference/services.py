@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -260,9 +260,11 @@ def cancel_job(*, job: InferenceJob, user: Any = None) -> bool:
 
 def requeue_job(*, job: InferenceJob, user: Any = None) -> bool:
     """Queue a failed or cancelled job again (admin action); other states are left alone."""
-    jobs = request_segmentation(scan=job.scan, user=user, model_versions=[job.model_version])
+    if job.state not in (InferenceJob.State.FAILED, InferenceJob.State.CANCELLED):
+        return False
+    request_segmentation(scan=job.scan, user=user, model_versions=[job.model_version])
     job.refresh_from_db()
-    return jobs[0].state == InferenceJob.State.QUEUED
+    return job.state == InferenceJob.State.QUEUED
 
 
 _ACTIVE = (InferenceJob.State.QUEUED, InferenceJob.State.RUNNING)
@@ -379,10 +381,8 @@ def _execute(job: InferenceJob, heartbeat: _Heartbeat) -> None:
     from .pipeline import segment_file
 
     seconds: dict[str, float] = {}
-    current_stage = ["starting"]
 
     def progress(percent: int, stage: str) -> None:
-        current_stage[0] = stage
         if heartbeat.lost.is_set() or not heartbeat.beat(
             progress=max(0, min(100, int(percent))), stage=stage[:64]
         ):
@@ -400,7 +400,6 @@ def _execute(job: InferenceJob, heartbeat: _Heartbeat) -> None:
         seconds["download"] = time.perf_counter() - started
         out_dir = tmp_dir / "out"
         out_dir.mkdir()
-        current_stage[0] = "pipeline"
         result = segment_file(
             scan_path,
             out_dir,
@@ -408,7 +407,8 @@ def _execute(job: InferenceJob, heartbeat: _Heartbeat) -> None:
             tasks=tasks,
             device=str(getattr(settings, "LABSEG_DEVICE", "auto")),
             threads=int(getattr(settings, "LABSEG_INFERENCE_THREADS", 0)),
-            progress=progress,
+            # The pipeline's 0-100 becomes 2-95: downloading comes before it, storing after it.
+            progress=lambda percent, stage: progress(2 + round(percent * 0.93), stage),
         )
         progress(96, "storing")
         started = time.perf_counter()
@@ -680,12 +680,3 @@ def reconcile_jobs(*, timeout_s: float, enqueue: Callable[..., bool] | None = No
             "reconciler: requeued %s, resent %s, failed %s", report.requeued, report.resent, report.failed
         )
     return report
-
-
-def predictions_for(scans: Iterable[Scan]) -> Any:
-    """Predictions of these scans with what the API and exports read, in one query each."""
-    return (
-        Prediction.objects.filter(scan__in=list(scans))
-        .select_related("model_version", "job")
-        .prefetch_related("volumes", "lesions")
-    )

@@ -1,6 +1,9 @@
-"""Top-level URLs: each app owns its own ``api/urls.py`` (REST) and pages."""
+"""Top-level URLs: each app owns its own ``api/urls.py`` (REST) and pages.
 
-from django.conf import settings
+Stored files are never served from ``MEDIA_URL``, not even in development: every file goes
+through a view that scopes it to the user's labs (such as ``/api/scans/{id}/file``).
+"""
+
 from django.contrib import admin
 from django.urls import include, path
 
@@ -11,8 +14,3 @@ urlpatterns = [
     path("api/", include("review.api.urls")),
     path("", include("frontend.urls")),
 ]
-
-if settings.DEBUG:
-    from django.conf.urls.static import static
-
-    urlpatterns += static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT)

@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from inference import metrics
 from inference.models import Prediction
@@ -31,6 +33,7 @@ from .models import (
     ConsensusRater,
     PairwiseAgreement,
     PredictionComparison,
+    ReviewAnalysis,
 )
 from .services import ReviewError, require_member
 
@@ -295,6 +298,8 @@ def analyse_scan(*, scan: Scan, user: Any, structure_ids: Iterable[int] | None =
     agreements: dict[int, Agreement] = {}
     for structure_id in shared:
         raters = [r for r in rated if structure_id in r.values]
+        if not any(r.mask(structure_id).any() for r in raters):
+            continue  # listed by every annotator but drawn by none: nothing to agree on
         consensus, masks = _build_consensus(scan=scan, structure_id=structure_id, rated=raters, user=user)
         result.consensuses.append(consensus)
         consensus_masks[structure_id] = masks
@@ -312,3 +317,81 @@ def analyse_scan(*, scan: Scan, user: Any, structure_ids: Iterable[int] | None =
         PredictionComparison.objects.filter(scan=scan).delete()
         result.comparisons = PredictionComparison.objects.bulk_create(rows)
     return result
+
+
+ACTIVE = (ReviewAnalysis.State.QUEUED, ReviewAnalysis.State.RUNNING)
+
+#: Scans with more voxels than this are analysed by a worker instead of within the request.
+DEFAULT_INLINE_MAX_VOXELS = 8_000_000
+
+
+def inline_max_voxels() -> int:
+    return int(getattr(settings, "LABSEG_REVIEW_INLINE_MAX_VOXELS", DEFAULT_INLINE_MAX_VOXELS))
+
+
+def scan_voxels(scan: Scan) -> int:
+    return int(np.prod([int(n) for n in scan.shape[:3]]))
+
+
+def request_analysis(*, scan: Scan, user: Any, structure_ids: Iterable[int] | None = None) -> ReviewAnalysis:
+    """Queue a background analysis of the scan (idempotent: an active one is returned as it is).
+
+    The Celery message is sent once the transaction commits, so the worker always finds the row.
+    """
+    from .tasks import analyse_scan_task
+
+    require_member(user, scan.lab)
+    active = ReviewAnalysis.objects.filter(scan=scan, state__in=ACTIVE).first()
+    if active is not None:
+        return active
+    try:
+        with transaction.atomic():
+            analysis = ReviewAnalysis.objects.create(
+                scan=scan,
+                requested_by=user,
+                structure_ids=sorted(set(structure_ids)) if structure_ids is not None else None,
+            )
+            transaction.on_commit(lambda: analyse_scan_task.delay(analysis.pk))
+    except IntegrityError:
+        # Another request queued one between our check and our insert: theirs stands.
+        return ReviewAnalysis.objects.get(scan=scan, state__in=ACTIVE)
+    return analysis
+
+
+def run_analysis(*, analysis_id: int) -> ReviewAnalysis | None:
+    """Claim a queued analysis (compare-and-set), run it and record the outcome on its row.
+
+    Returns None when the row is gone or another worker claimed it first. A refusal that a
+    researcher can act on (``ReviewError``) marks the row failed with that message; anything else
+    is recorded too and then raised for the worker's log.
+    """
+    claimed = ReviewAnalysis.objects.filter(pk=analysis_id, state=ReviewAnalysis.State.QUEUED).update(
+        state=ReviewAnalysis.State.RUNNING, started_at=timezone.now()
+    )
+    if claimed != 1:
+        return None
+    analysis = ReviewAnalysis.objects.select_related("scan__lab", "requested_by").get(pk=analysis_id)
+    try:
+        result = analyse_scan(
+            scan=analysis.scan, user=analysis.requested_by, structure_ids=analysis.structure_ids
+        )
+    except ReviewError as error:
+        _finish(analysis, ReviewAnalysis.State.FAILED, error.message)
+        return analysis
+    except Exception as error:
+        _finish(analysis, ReviewAnalysis.State.FAILED, f"the analysis stopped unexpectedly: {error}")
+        raise
+    if not result.consensuses:
+        message = (
+            "no consensus: it needs at least two approved annotations of the same structure; "
+            f"this scan has {result.approved} approved annotation(s)"
+        )
+        _finish(analysis, ReviewAnalysis.State.FAILED, message)
+    else:
+        _finish(analysis, ReviewAnalysis.State.SUCCEEDED, "")
+    return analysis
+
+
+def _finish(analysis: ReviewAnalysis, state: str, error: str) -> None:
+    ReviewAnalysis.objects.filter(pk=analysis.pk).update(state=state, error=error, finished_at=timezone.now())
+    analysis.refresh_from_db()

@@ -256,6 +256,46 @@ class AnnotationVolume(models.Model):
         return by_id(self.structure_id).name
 
 
+class ReviewAnalysis(models.Model):
+    """One computation of a scan's consensus, agreement and prediction comparisons in the background.
+
+    Small scans are analysed within the request; large ones (STAPLE takes seconds per million
+    voxels and structure) get a row here and a Celery task. The row, not the broker, is the truth.
+    """
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    scan = models.ForeignKey("scans.Scan", on_delete=models.CASCADE, related_name="review_analyses")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
+    structure_ids = models.JSONField(null=True, blank=True, help_text="Only these structures; null = all.")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    queued_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True, help_text="What went wrong, in words a researcher can act on.")
+
+    objects = LabScopedQuerySet.as_manager(lab_path="scan__lab")
+
+    class Meta:
+        ordering = ["-queued_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["scan"],
+                condition=models.Q(state__in=["queued", "running"]),
+                name="one_active_review_analysis_per_scan",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"analysis {self.pk} of scan {self.scan_id} ({self.state})"
+
+
 class ReviewQueue(Annotation):
     """Annotations as reviewers see them in the admin (a proxy: same rows, review actions)."""
 

@@ -56,12 +56,12 @@ def dice_box_plot_png(groups: Mapping[str, Mapping[str, Sequence[float]]], *, ti
     width = LEFT + RIGHT + WIDTH_PER_STRUCTURE * max(len(structures), 1)
     image = Image.new("RGB", (width, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=13)
     draw.text((LEFT, 10), title or "Dice per structure", fill="black", font=font)
     for tick in np.linspace(0, 1, 6):
         y = _y(float(tick))
         draw.line([(LEFT, y), (width - RIGHT, y)], fill=(225, 225, 225))
-        draw.text((LEFT - 35, y - 6), f"{tick:.1f}", fill="black", font=font)
+        draw.text((LEFT - 35, y - 8), f"{tick:.1f}", fill="black", font=font)
     draw.line([(LEFT, TOP), (LEFT, HEIGHT - BOTTOM)], fill="black")
     if not structures:
         draw.text(

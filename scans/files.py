@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import re
 import tempfile
+import threading
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,36 @@ class HashedUploadedFile(UploadedFile):
             self.file.close()
 
 
+class _Writer(threading.Thread):
+    """Hashes and writes pieces handed over by the request thread.
+
+    ``hashlib`` and file writes release the GIL on large buffers, so hashing and writing run on
+    a second core while the request thread parses the multipart body. The queue is bounded
+    (8 MiB in flight), so memory stays flat.
+    """
+
+    def __init__(self, target: HashedUploadedFile) -> None:
+        super().__init__(name="upload-writer", daemon=True)
+        self.target = target
+        self.pieces: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while (piece := self.pieces.get()) is not None:
+            if self.error is None:
+                try:
+                    self.target.hasher.update(piece)
+                    self.target.write(piece)
+                except BaseException as error:  # re-raised in the request thread by finish()
+                    self.error = error
+
+    def finish(self) -> None:
+        self.pieces.put(None)
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
 class HashingUploadHandler(FileUploadHandler):
     """Streams every uploaded file to ``upload_tmp_dir()`` and hashes it as it arrives."""
 
@@ -80,13 +112,15 @@ class HashingUploadHandler(FileUploadHandler):
         self.file = HashedUploadedFile(
             self.file_name, self.content_type, self.charset, self.content_type_extra
         )
+        self.writer = _Writer(self.file)
+        self.writer.start()
 
     def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
-        self.file.hasher.update(raw_data)
-        self.file.write(raw_data)
+        self.writer.pieces.put(raw_data)
         return None
 
     def file_complete(self, file_size: int) -> HashedUploadedFile:
+        self.writer.finish()
         self.file.flush()
         self.file.seek(0)
         self.file.size = file_size
@@ -94,6 +128,8 @@ class HashingUploadHandler(FileUploadHandler):
 
     def upload_interrupted(self) -> None:
         if hasattr(self, "file"):
+            self.writer.pieces.put(None)
+            self.writer.join()
             path = self.file.temporary_file_path()
             self.file.close()
             Path(path).unlink(missing_ok=True)

@@ -8,7 +8,6 @@ files already stored are deleted and the temporary file is removed, so nothing i
 
 from __future__ import annotations
 
-import io
 import logging
 import uuid
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from inference import structures
+from inference.pipeline.pictures import projection_png
 
 from .files import IncomingFile, MovableFile, receive, safe_filename
 from .models import Annotation, Lab, Membership, Mouse, Scan, Study, TimePoint, parse_offset_hours
@@ -66,6 +66,13 @@ def resolve_upload_target(*, user: Any, study: str, lab: str | None = None) -> U
     if len(matches) > 1:
         names = ", ".join(m.lab.name for m in matches)
         raise ScanRejected(f"several of your labs have a study named {study!r} ({names}): say which lab")
+    if study.isdigit():
+        # A number names a study by id; creating a study called "17" is never what was meant.
+        raise ScanRejected(
+            f"there is no study {study} in your labs: give the id of one of your studies, or a name to "
+            "create a new study",
+            status=404,
+        )
     if chosen_lab is not None:
         return UploadTarget(lab=chosen_lab, study_name=study)
     labs = list(user_labs[:2])
@@ -249,17 +256,17 @@ def _thumbnail_png(stats: VolumeStats, affine: np.ndarray) -> bytes | None:
     """The projection thumbnail, drawn from the downsampled volume turned to RAS axis order."""
     if stats.preview is None or stats.preview_spacing_mm is None:
         return None
-    try:
-        from inference.pipeline.pictures import projection_png
-    except ImportError:
-        logger.warning("inference.pipeline.pictures is not available: the scan gets no thumbnail")
-        return None
     orientation = nib.orientations.io_orientation(affine)
     volume = nib.orientations.apply_orientation(stats.preview, orientation)
     spacing = [0.0, 0.0, 0.0]
     for axis, (target, _flip) in enumerate(orientation):
         spacing[int(target)] = stats.preview_spacing_mm[axis]
-    return projection_png(np.ascontiguousarray(volume), tuple(spacing))
+    try:
+        return projection_png(np.ascontiguousarray(volume), tuple(spacing))
+    except Exception:
+        # A thumbnail is a convenience: a drawing failure must not refuse a valid scan.
+        logger.exception("could not draw the thumbnail; the scan is stored without one")
+        return None
 
 
 def _request_segmentation(*, scan: Scan, user: Any) -> None:
@@ -381,8 +388,3 @@ def add_lab_member(*, lab: Lab, user: Any, role: str = Membership.Role.MEMBER) -
         raise ValueError(f"role {role!r} is not known; use one of {', '.join(Membership.Role.values)}")
     membership, _ = Membership.objects.update_or_create(lab=lab, user=user, defaults={"role": role})
     return membership
-
-
-def open_stored(name: str) -> io.BufferedReader:
-    """Open a stored file for reading (the scan or annotation as uploaded, never altered)."""
-    return default_storage.open(name, "rb")

@@ -7,6 +7,7 @@ are categories (structure ids or 0/1). Outputs keep the input shape and axis ord
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from itertools import combinations
 from typing import NamedTuple
@@ -124,9 +125,15 @@ def staple(
     """Warfield's STAPLE with SimpleITK's ``STAPLEImageFilter`` (foreground value 1).
 
     The filter estimates each annotator's sensitivity and specificity by expectation-maximisation
-    and returns the probability of the true segmentation at every voxel.
+    and returns the probability of the true segmentation at every voxel. When every mask is empty
+    the probability is 0 everywhere, each specificity 1.0 and each sensitivity ``nan``.
     """
     bools = _masks(masks)
+    if not any(m.any() for m in bools):
+        # Nobody marked anything: the consensus is empty, specificity is perfect and sensitivity
+        # is undefined (no true voxel to find). SimpleITK would answer NaN everywhere.
+        k = len(bools)
+        return StapleResult(np.zeros(bools[0].shape, np.float32), (math.nan,) * k, (1.0,) * k)
     images = [sitk.GetImageFromArray(m.astype(np.uint8)) for m in bools]
     staple_filter = sitk.STAPLEImageFilter()
     staple_filter.SetForegroundValue(1.0)

@@ -72,7 +72,7 @@ class Migration(migrations.Migration):
                 ('manifest', models.JSONField(help_text='Versions, model sha256, provider, seconds per stage.')),
                 ('metastasis_counts', models.JSONField(default=dict, help_text='Organ name -> metastases in it.')),
                 ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('job', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='prediction', to='inference.inferencejob')),
+                ('job', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='prediction', to='inference.inferencejob')),
                 ('model_version', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='predictions', to='inference.modelversion')),
                 ('scan', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='predictions', to='scans.scan')),
             ],

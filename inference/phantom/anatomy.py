@@ -253,7 +253,7 @@ def paint_mouse(
     # Abdomen, in order of precedence where organs press against each other.
     for name, t, fx in (("kidney_left", 0.615, -0.42), ("kidney_right", 0.595, 0.42)):
         kid = organ(t, fx, -0.48, (3.05, 3.3, 5.0))
-        _paint_blob(canvas, kid, hu=tissues.kidney, label=ID[name], within=inner + [BODY])
+        _paint_blob(canvas, kid, hu=tissues.kidney, label=ID[name], within=inner)
         _paint_blob(canvas, kid.scaled(0.45), hu=tissues.kidney_medulla, label=None, within=[ID[name]])
     spleen = organ(0.575, -0.72, 0.0, (1.5, 2.3, 6.4))
     _paint_blob(canvas, spleen, hu=tissues.spleen, label=ID["spleen"], within=inner)

@@ -53,7 +53,7 @@ def _grey(plane_xz: np.ndarray) -> np.ndarray:
 def _to_picture(rgb_xz: np.ndarray, size: tuple[int, int]) -> bytes:
     """RGB plane ``[x, z, 3]`` -> PNG bytes, Superior up, resized to ``size`` (width, height)."""
     rows_cols = np.ascontiguousarray(np.transpose(rgb_xz, (1, 0, 2))[::-1])
-    image = Image.fromarray(np.clip(rows_cols, 0, 255).astype(np.uint8), mode="RGB")
+    image = Image.fromarray(np.clip(rows_cols, 0, 255).astype(np.uint8))
     if image.size != size:
         image = image.resize(size, Image.Resampling.BILINEAR)
     buffer = io.BytesIO()

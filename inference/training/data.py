@@ -28,6 +28,8 @@ class Case:
     fractions: np.ndarray
     ignore: np.ndarray
     disagreement: np.ndarray
+    #: Voxel size of the coarse grid (source spacing x block factor).
+    spacing_mm: float = 0.63
 
 
 def block_mean(array: np.ndarray, f: int) -> np.ndarray:
@@ -47,7 +49,9 @@ def find_cases(root: Path) -> list[Path]:
 
 
 def prepare_case(folder: Path, spec: TaskSpec) -> Case:
-    labels = _load(folder / "labels.nii.gz")
+    image = nib.as_closest_canonical(nib.load(str(folder / "labels.nii.gz")))
+    labels = np.asanyarray(image.dataobj)
+    source_mm = float(np.sqrt((image.affine[:3, 0] ** 2).sum()))
     ct = _load(folder / "ct.nii.gz")
     f = spec.factor
     fractions = np.stack([block_mean(labels == sid, f) for sid in spec.structures])
@@ -72,6 +76,7 @@ def prepare_case(folder: Path, spec: TaskSpec) -> Case:
         fractions=np.rint(fractions * 255).astype(np.uint8),
         ignore=np.rint(ignore * 255).astype(np.uint8),
         disagreement=np.rint(disagreement * 255).astype(np.uint8),
+        spacing_mm=round(source_mm * f, 6),
     )
 
 
@@ -84,7 +89,10 @@ def load_cases(root: Path, spec: TaskSpec) -> list[Case]:
         path = cache / f"{folder.name}.npz"
         if path.exists():
             with np.load(path) as z:
-                cases.append(Case(folder.name, z["ct"], z["fractions"], z["ignore"], z["disagreement"]))
+                spacing = float(z["spacing_mm"]) if "spacing_mm" in z else 0.21 * spec.factor
+                cases.append(
+                    Case(folder.name, z["ct"], z["fractions"], z["ignore"], z["disagreement"], spacing)
+                )
             continue
         case = prepare_case(folder, spec)
         np.savez(

@@ -72,11 +72,13 @@ def tumor_scores(pred: np.ndarray, truth: np.ndarray, voxel_mm3: float) -> list[
         touching = np.unique(pred_lab[component])
         touching = touching[touching > 0]
         matched = np.isin(pred_lab, touching) if touching.size else np.zeros_like(component)
-        rows.append({
-            "volume_mm3": float(component.sum()) * voxel_mm3,
-            "detected": bool(touching.size),
-            "dice": dice(matched, component),
-        })
+        rows.append(
+            {
+                "volume_mm3": float(component.sum()) * voxel_mm3,
+                "detected": bool(touching.size),
+                "dice": dice(matched, component),
+            }
+        )
     return rows
 
 
@@ -97,8 +99,10 @@ def metastasis_scores(pred: np.ndarray, truth: np.ndarray, voxel_mm3: float) -> 
 def evaluate_case(folder: Path, cards: Sequence[ModelCard], *, threads: int = 0) -> dict[str, object]:
     ct, affine = _load(folder / "ct.nii.gz")
     truth, _ = _load(folder / "labels.nii.gz")
-    annotators = {p.stem.split(".")[0].removeprefix("annotator_"): _load(p)[0]
-                  for p in sorted(folder.glob("annotator_*.nii.gz"))}
+    annotators = {
+        p.stem.split(".")[0].removeprefix("annotator_"): _load(p)[0]
+        for p in sorted(folder.glob("annotator_*.nii.gz"))
+    }
     spacing = [float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))]
     voxel = float(np.prod(spacing))
     out = predict_volume(ct.astype(np.float32), affine, cards, threads=threads)
@@ -119,8 +123,12 @@ def evaluate_case(folder: Path, cards: Sequence[ModelCard], *, threads: int = 0)
         pl = out.labels == BY_NAME[left].id
         if pl.any() and dice(pl, truth == BY_NAME[right].id) > dice(pl, truth == BY_NAME[left].id):
             swaps.append(left)
-    result: dict[str, object] = {"case": folder.name, "structures": per_structure, "left_right_swaps": swaps,
-                                 "seconds": {k: round(v, 3) for k, v in out.seconds.items()}}
+    result: dict[str, object] = {
+        "case": folder.name,
+        "structures": per_structure,
+        "left_right_swaps": swaps,
+        "seconds": {k: round(v, 3) for k, v in out.seconds.items()},
+    }
     if TUMOR in ids:
         result["tumors"] = tumor_scores(out.labels == TUMOR, truth == TUMOR, voxel)
         result["metastases"] = metastasis_scores(out.labels == METASTASIS, truth == METASTASIS, voxel)
@@ -155,8 +163,10 @@ def summarise(cases: list[dict[str, object]]) -> dict[str, object]:
             "dice_vs_annotator": {k: _median([r["vs_annotators"][k] for r in rows]) for k in who},
             "annotators_pairwise_dice": _median([r["annotators_pairwise_dice"] for r in rows]),
         }
-    summary: dict[str, object] = {"structures": structures,
-                                  "left_right_swaps": sum(len(c["left_right_swaps"]) for c in cases)}  # type: ignore[arg-type]
+    summary: dict[str, object] = {
+        "structures": structures,
+        "left_right_swaps": sum(len(c["left_right_swaps"]) for c in cases),
+    }  # type: ignore[arg-type]
     tumors = [t for c in cases for t in c.get("tumors", [])]  # type: ignore[union-attr]
     if tumors:
         big = [t for t in tumors if t["volume_mm3"] >= 50]
@@ -175,8 +185,11 @@ def summarise(cases: list[dict[str, object]]) -> dict[str, object]:
             "true": len(mets),
             "false_positives": sum(c["metastases"]["false_positives"] for c in cases if "metastases" in c),  # type: ignore[index]
             "sensitivity_by_diameter": {
-                k: (round(float(np.mean([m["detected"] for m in mets if lo <= m["diameter_mm"] < hi])), 3)
-                    if any(lo <= m["diameter_mm"] < hi for m in mets) else None)
+                k: (
+                    round(float(np.mean([m["detected"] for m in mets if lo <= m["diameter_mm"] < hi])), 3)
+                    if any(lo <= m["diameter_mm"] < hi for m in mets)
+                    else None
+                )
                 for k, (lo, hi) in bins.items()
             },
         }
@@ -189,12 +202,16 @@ def summarise(cases: list[dict[str, object]]) -> dict[str, object]:
 
 
 def format_table(summary: dict[str, object]) -> str:
-    lines = [f"{'structure':<13} {'n':>3} {'Dice':>6} {'HD95mm':>7} {'MSDmm':>6} {'dVol%':>7}  "
-             f"{'Dice vs annotators':<22} {'human pairwise':>14}"]
+    lines = [
+        f"{'structure':<13} {'n':>3} {'Dice':>6} {'HD95mm':>7} {'MSDmm':>6} {'dVol%':>7}  "
+        f"{'Dice vs annotators':<22} {'human pairwise':>14}"
+    ]
     for name, s in summary["structures"].items():  # type: ignore[union-attr]
         vs = " ".join(f"{k}:{v:.3f}" for k, v in s["dice_vs_annotator"].items())
-        lines.append(f"{name:<13} {s['cases']:>3} {s['dice']:>6.3f} {s['hd95_mm']:>7.2f} {s['msd_mm']:>6.2f} "
-                     f"{s['volume_error_pct']:>7.1f}  {vs:<22} {s['annotators_pairwise_dice']:>14.3f}")
+        lines.append(
+            f"{name:<13} {s['cases']:>3} {s['dice']:>6.3f} {s['hd95_mm']:>7.2f} {s['msd_mm']:>6.2f} "
+            f"{s['volume_error_pct']:>7.1f}  {vs:<22} {s['annotators_pairwise_dice']:>14.3f}"
+        )
     for key in ("left_right_swaps", "tumors", "metastases", "uncertainty_dice", "seconds_median"):
         if key in summary:
             lines.append(f"{key}: {json.dumps(summary[key])}")
@@ -217,8 +234,13 @@ def evaluate(model_dirs: Sequence[Path], data: Path, *, threads: int = 0, limit:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m inference.training.evaluate", description=__doc__)
-    parser.add_argument("--model", type=Path, action="append", required=True,
-                        help="model version folder (repeat to run organs and tumor together)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        action="append",
+        required=True,
+        help="model version folder (repeat to run organs and tumor together)",
+    )
     parser.add_argument("--data", type=Path, required=True, help="flat-layout phantom folder")
     parser.add_argument("--json", type=Path, help="write the full results here")
     parser.add_argument("--threads", type=int, default=2)

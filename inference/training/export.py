@@ -18,7 +18,6 @@ from inference.training.network import UNet3D
 from inference.training.tasks import TaskSpec
 
 OPSET = 17
-SOURCE_SPACING_MM = 0.21
 
 
 def sha256_of(path: Path) -> str:
@@ -44,8 +43,12 @@ def export_model(
     version: str,
     training: dict[str, object],
     metrics: dict[str, object] | None = None,
+    input_spacing_mm: float | None = None,
 ) -> Path:
-    """Write ``model.onnx`` and ``model.json`` into ``out``; returns the json path."""
+    """Write ``model.onnx`` and ``model.json`` into ``out``; returns the json path.
+
+    ``input_spacing_mm``: voxel size of the grid the model was trained on (default 0.21 x factor).
+    """
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     example = torch.zeros(1, 1, 32, 32, 48)
@@ -62,7 +65,8 @@ def export_model(
         do_constant_folding=True,
         dynamo=False,
     )
-    spacing = round(SOURCE_SPACING_MM * spec.factor, 4)
+    # The tumor database and the phantoms come at 0.21 mm; the coarse grid is `factor` times that.
+    spacing = round(float(input_spacing_mm or 0.21 * spec.factor), 4)
     card = {
         "name": spec.name,
         "version": version,
@@ -71,14 +75,22 @@ def export_model(
         "activation": "softmax",
         "input_spacing_mm": [spacing, spacing, spacing],
         "normalisation": {"kind": "window", "low_hu": spec.low_hu, "high_hu": spec.high_hu},
-        "layout": {"kind": "3d", "divisible_by": model.divisible_by, "patch_size": patch_size(spec),
-                   "overlap": 0.25},
+        "layout": {
+            "kind": "3d",
+            "divisible_by": model.divisible_by,
+            "patch_size": patch_size(spec),
+            "overlap": 0.25,
+        },
         "input_name": "ct",
         "output_names": {"logits": "logits", "disagreement": "disagreement"},
         "opset": OPSET,
         "sha256": sha256_of(onnx_path),
-        "architecture": {"kind": "unet3d", "base_channels": spec.base_channels, "levels": model.levels,
-                         "parameters": sum(p.numel() for p in model.parameters())},
+        "architecture": {
+            "kind": "unet3d",
+            "base_channels": spec.base_channels,
+            "levels": model.levels,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
         "training": training,
         "metrics": metrics or {},
     }

@@ -10,7 +10,7 @@ that suits a softmax), and it is left out of the Dice term.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 (the idiom every PyTorch reader knows)
 
 
 def partial_label_loss(

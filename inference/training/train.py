@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 (the idiom every PyTorch reader knows)
 
 from inference.training.data import Case, load_cases
 from inference.training.losses import disagreement_loss, partial_label_loss
@@ -195,7 +195,7 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             step += 1
         minutes = (time.monotonic() - t0) / 60
         entry: dict[str, object] = {
@@ -255,7 +255,9 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python -m inference.training.train " + " ".join(sys.argv[1:] if argv is None else argv),
         "history": cfg.history,
     }
-    export_model(model, spec, args.out, version=args.version, training=training)
+    export_model(
+        model, spec, args.out, version=args.version, input_spacing_mm=cases[0].spacing_mm, training=training
+    )
     (args.out / "checkpoint.pt").unlink(missing_ok=True)
 
 

@@ -21,7 +21,7 @@ from scans.models import Annotation, Scan, Study
 from scans.validation import ScanRejected
 
 from .. import analysis, plots, services, studies
-from ..models import Agreement, Consensus, PredictionComparison
+from ..models import Agreement, Consensus, PredictionComparison, ReviewAnalysis
 from .serializers import (
     AgreementSerializer,
     ComparisonSerializer,
@@ -122,14 +122,38 @@ def _consensus_list(scan: Scan) -> list[dict[str, Any]]:
     return list(ConsensusSerializer(rows, many=True).data)
 
 
+def _analysis_json(scan: Scan) -> dict[str, Any] | None:
+    latest = ReviewAnalysis.objects.filter(scan=scan).first()
+    if latest is None:
+        return None
+    return {
+        "id": latest.pk,
+        "state": latest.state,
+        "error": latest.error,
+        "queued_at": latest.queued_at,
+        "finished_at": latest.finished_at,
+    }
+
+
 @api_view(["GET", "POST"])
 def consensus_view(request: Request, pk: int) -> Response:
+    """GET: the stored consensus per structure and the latest background analysis.
+    POST ``{"structures": [names], "background": bool}``: compute now (201), or queue it (202) when
+    asked to or when the scan is larger than ``LABSEG_REVIEW_INLINE_MAX_VOXELS``."""
     scan = _scan(request, pk)
     if request.method == "GET":
-        return Response({"scan": scan.pk, "consensus": _consensus_list(scan)})
-    wanted = request.data.get("structures") if hasattr(request.data, "get") else None
+        return Response(
+            {"scan": scan.pk, "consensus": _consensus_list(scan), "analysis": _analysis_json(scan)}
+        )
+    data = request.data if hasattr(request.data, "get") else {}
     try:
-        structure_ids = _structure_ids(wanted)
+        structure_ids = _structure_ids(data.get("structures"))
+        if bool(data.get("background")) or analysis.scan_voxels(scan) > analysis.inline_max_voxels():
+            analysis.request_analysis(scan=scan, user=request.user, structure_ids=structure_ids)
+            return Response(
+                {"scan": scan.pk, "consensus": _consensus_list(scan), "analysis": _analysis_json(scan)},
+                status=status.HTTP_202_ACCEPTED,
+            )
         result = analysis.analyse_scan(scan=scan, user=request.user, structure_ids=structure_ids)
     except services.ReviewError as error:
         return _refusal(error)
@@ -141,7 +165,8 @@ def consensus_view(request: Request, pk: int) -> Response:
             },
             status=status.HTTP_400_BAD_REQUEST,
         )
-    return Response({"scan": scan.pk, "consensus": _consensus_list(scan)}, status=status.HTTP_201_CREATED)
+    body = {"scan": scan.pk, "consensus": _consensus_list(scan), "analysis": None}
+    return Response(body, status=status.HTTP_201_CREATED)
 
 
 def _structure_ids(wanted: Any) -> list[int] | None:

@@ -25,6 +25,10 @@ from scans.models import Lab
 from tests.factories import LabFactory, member_of
 from tests.service.tiny import write_tiny_models
 
+# Playwright's sync API keeps an asyncio loop running in this thread, which Django's ORM guard
+# mistakes for async code; the tests only call the ORM synchronously, between browser steps.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 CHROMIUM = Path("/usr/bin/chromium")

@@ -100,3 +100,36 @@ def test_the_structure_table_is_served_from_the_canonical_module(client_a):
     from inference.structures import as_json
 
     assert client_a.get("/api/structures/").json() == as_json()
+
+
+def test_stored_files_are_not_served_from_the_media_url(client_a, client_b, lab_b_rows):
+    from scans.models import Scan
+
+    stored = Scan.objects.get(pk=lab_b_rows["scan"]["id"]).file.name
+
+    assert client_a.get(f"/media/{stored}").status_code == 404
+    assert client_b.get(f"/media/{stored}").status_code == 404
+
+
+def test_uploading_into_another_labs_study_by_id_is_refused(client_a, lab_b_rows, snapshot):
+    before = snapshot()
+
+    response = upload_scan(client_a, nifti_bytes(volume() + 9), study=str(lab_b_rows["scan"]["study"]))
+
+    assert response.status_code == 404
+    assert "there is no study" in response.json()["detail"]
+    before.assert_unchanged()
+
+
+def test_a_new_study_needs_the_lab_when_the_user_has_several(client_a, alice, lab_b, scan_bytes):
+    from scans.models import Membership
+
+    Membership.objects.create(lab=lab_b, user=alice)
+
+    without = upload_scan(client_a, scan_bytes, study="Brand new")
+    with_lab = upload_scan(client_a, scan_bytes, study="Brand new", lab="Lab B")
+
+    assert without.status_code == 400
+    assert "say which lab" in without.json()["detail"]
+    assert with_lab.status_code == 201
+    assert with_lab.json()["lab"] == lab_b.pk

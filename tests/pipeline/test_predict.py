@@ -21,9 +21,9 @@ LESIONS = (0, 14, 15)
 LOW, HIGH = 0.31, 0.61
 
 
-def window_for(name: str) -> dict[str, object]:
-    # The atlas label maps hold small integers, the scans 8-bit intensities.
-    return {"kind": "window", "low_hu": 0, "high_hu": 25 if "label" in name else 255}
+def window_for(volume: np.ndarray) -> dict[str, object]:
+    # The files differ in range (label maps hold small integers, one template peaks at 87).
+    return {"kind": "window", "low_hu": 0, "high_hu": float(volume.max())}
 
 
 def expected_labels(volume: np.ndarray, high: float) -> np.ndarray:
@@ -31,7 +31,7 @@ def expected_labels(volume: np.ndarray, high: float) -> np.ndarray:
     return np.select([value > HIGH, value > LOW], [15, 14], 0).astype(np.uint8)
 
 
-def lesion_model(folder: Path, spacing_mm: tuple[float, float, float], name: str) -> ModelCard:
+def lesion_model(folder: Path, spacing_mm: tuple[float, float, float], volume: np.ndarray) -> ModelCard:
     return write_threshold_model(
         folder,
         name="tiny-lesions",
@@ -39,7 +39,7 @@ def lesion_model(folder: Path, spacing_mm: tuple[float, float, float], name: str
         structures=LESIONS,
         thresholds=(LOW, HIGH),
         spacing_mm=spacing_mm,
-        normalisation=window_for(name),
+        normalisation=window_for(volume),
     )
 
 
@@ -55,17 +55,17 @@ def test_every_real_file_is_present(realdata: Path) -> None:
 def test_real_file_labels_land_on_the_input_grid(realdata: Path, tmp_path: Path, name: str) -> None:
     image = nib.load(str(realdata / name))
     volume = np.asanyarray(image.dataobj)
-    model = lesion_model(tmp_path / "m", (0.3, 0.3, 0.3), name)
+    model = lesion_model(tmp_path / "m", (0.3, 0.3, 0.3), volume)
 
     output = predict_volume(volume, image.affine, [model], threads=2, min_lesion_volume_mm3=0)
 
     assert output.labels.shape == volume.shape
     assert output.uncertainty.shape == volume.shape
     assert output.labels.dtype == np.uint8 and output.uncertainty.dtype == np.uint8
-    expected = expected_labels(volume, float(window_for(name)["high_hu"]))
-    if expected.any():
-        # Resampled to 0.3 mm and back: the same objects, in the same place.
-        assert dice(output.labels > 0, expected > 0) > 0.6
+    expected = expected_labels(volume, float(volume.max()))
+    # Resampled to 0.3 mm and back: the same objects in the same place; thin skull bone at twice the
+    # voxel size loses about a third of its voxels, a flipped or shifted map would score near 0.
+    assert dice(output.labels > 0, expected > 0) > 0.5
 
 
 @pytest.mark.parametrize("name", [n for n in REAL_FILES if "35_mic" not in n])
@@ -73,16 +73,26 @@ def test_real_file_at_its_own_spacing_is_voxel_exact(realdata: Path, tmp_path: P
     image = nib.load(str(realdata / name))
     volume = np.asanyarray(image.dataobj)
     spacing = record_geometry(volume.shape, image.affine).spacing_mm
-    model = lesion_model(tmp_path / "m", spacing, name)
+    model = lesion_model(tmp_path / "m", spacing, volume)
 
-    result = segment_file(realdata / name, tmp_path / "out", cards=[model], threads=2, min_lesion_volume_mm3=0)
+    output = predict_volume(volume, image.affine, [model], threads=2, min_lesion_volume_mm3=0)
 
-    written = nib.load(str(result.labels_path))
-    assert written.shape == image.shape
-    assert np.array_equal(written.affine, image.affine)
-    assert written.get_data_dtype() == np.uint8
-    assert np.array_equal(np.asarray(written.dataobj), expected_labels(volume, float(window_for(name)["high_hu"])))
-    assert np.array_equal(nib.load(str(result.uncertainty_path)).affine, image.affine)
+    assert np.array_equal(output.labels, expected_labels(volume, float(volume.max())))
+
+
+@pytest.mark.parametrize("name", [n for n in REAL_FILES if "35_mic" not in n])
+def test_written_maps_keep_the_real_file_header_geometry(
+    realdata: Path, tmp_path: Path, name: str, organ_model: ModelCard
+) -> None:
+    image = nib.load(str(realdata / name))
+
+    result = segment_file(realdata / name, tmp_path / "out", cards=[organ_model], threads=2)
+
+    for path in (result.labels_path, result.uncertainty_path):
+        written = nib.load(str(path))
+        assert written.shape == image.shape
+        assert np.array_equal(written.affine, image.affine)
+        assert written.get_data_dtype() == np.uint8
 
 
 def world_sphere(shape: tuple[int, int, int], affine: np.ndarray, centre_mm: np.ndarray) -> np.ndarray:
@@ -93,7 +103,9 @@ def world_sphere(shape: tuple[int, int, int], affine: np.ndarray, centre_mm: np.
 
 
 @pytest.mark.parametrize("name", list(AFFINES))
-def test_synthetic_geometries_land_on_the_input_grid(name: str, organ_model: ModelCard, tmp_path: Path) -> None:
+def test_synthetic_geometries_land_on_the_input_grid(
+    name: str, organ_model: ModelCard, tmp_path: Path
+) -> None:
     affine = AFFINES[name]
     shape = (30, 26, 22)
     centre = affine @ [shape[0] / 2, shape[1] / 2, shape[2] / 2, 1]
@@ -122,10 +134,15 @@ def test_tumor_is_drawn_over_the_organs(organ_model: ModelCard, tumor_model: Mod
 
     assert set(np.unique(output.labels)) == {0, 4, 12, 14}
     assert output.lesion_labels is not None and output.organ_labels is not None
-    assert np.array_equal(output.labels[output.lesion_labels > 0], output.lesion_labels[output.lesion_labels > 0])
+    assert np.array_equal(
+        output.labels[output.lesion_labels > 0], output.lesion_labels[output.lesion_labels > 0]
+    )
     assert not np.any(output.organ_labels == 14)
     assert set(output.seconds) == {"preprocess", "inference", "postprocess", "restore"}
-    assert output.providers == {organ_model.key: "CPUExecutionProvider", tumor_model.key: "CPUExecutionProvider"}
+    assert output.providers == {
+        organ_model.key: "CPUExecutionProvider",
+        tumor_model.key: "CPUExecutionProvider",
+    }
 
 
 def test_ensembles_need_matching_members(organ_model: ModelCard, tmp_path: Path) -> None:

@@ -96,6 +96,18 @@ def test_agreement_rows_hold_pairwise_dice_ci_gen_kappa_and_volume_rmse(tumor_sc
     assert row["max_volume_difference_mm3"] == pytest.approx(volumes.max() - volumes.min())
     assert [(p["first"], p["second"]) for p in row["pairs"]] == [("A", "B"), ("A", "C"), ("B", "C")]
     assert 0.8 < row["mean_pairwise_dice"] < 0.97
+    table = list(
+        csv.DictReader(io.StringIO(client.get(f"/api/scans/{scan.pk}/agreement.csv").content.decode()))
+    )
+    assert [(r["kind"], r["first"], r["second"]) for r in table] == [
+        ("annotators", "all 3 annotators", ""),
+        ("annotator_vs_annotator", "A", "B"),
+        ("annotator_vs_annotator", "A", "C"),
+        ("annotator_vs_annotator", "B", "C"),
+    ]
+    assert float(table[0]["fleiss_kappa"]) == pytest.approx(row["fleiss_kappa"], rel=1e-5)
+    listed = client.get(f"/api/scans/{scan.pk}/consensus").json()
+    assert [c["structure"] for c in listed["consensus"]] == ["tumor"]
 
 
 def test_a_prediction_is_compared_with_each_annotator_and_the_consensus_beside_the_human_baseline(

@@ -127,3 +127,13 @@ def test_wilcoxon_is_two_sided_with_the_exact_small_sample_p_value():
     assert result.p_value == pytest.approx(2 / 64)
     assert result.significant
     assert wilcoxon_signed_rank(better, better).p_value == 1.0
+
+
+def test_staple_of_empty_masks_is_an_empty_consensus_instead_of_nan():
+    empty = np.zeros((4, 4, 4), dtype=bool)
+
+    probability, sensitivities, specificities = staple([empty, empty, empty])
+
+    assert not probability.any()
+    assert specificities == (1.0, 1.0, 1.0)
+    assert all(math.isnan(s) for s in sensitivities)

@@ -20,16 +20,18 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from rest_framework.test import APIClient
 
 from inference import services
 from inference.models import InferenceJob, ModelVersion, Prediction
 from labseg.celery import app as celery_app
 from scans.models import Scan
 
+from .tiny import write_phantom
+
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 REPO = Path(__file__).resolve().parents[2]
-CELERY = Path(sys.executable).with_name("celery")
 #: Seconds without a heartbeat before a running job counts as lost (workers heartbeat 4x as often).
 JOB_TIMEOUT_S = 3
 #: A scan big enough that a job is still running when the test kills its worker.
@@ -136,7 +138,8 @@ class Workers:
 
     def start(self, name: str, *, with_beat: bool = False) -> subprocess.Popen[bytes]:
         command = [
-            str(CELERY), "-A", "labseg", "worker", "-Q", "cpu,gpu", "-c", "1", "--pool", "prefork",
+            sys.executable, "-m", "celery", "-A", "labseg", "worker",
+            "-Q", "cpu,gpu", "-c", "1", "--pool", "prefork",
             "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "-l", "info",
         ]  # fmt: skip
         if with_beat:  # the reconciler runs through beat, embedded in this worker
@@ -201,27 +204,45 @@ def e2e_models(models: dict[str, ModelVersion]) -> dict[str, ModelVersion]:
     return models
 
 
-def test_an_upload_is_segmented_by_a_real_worker(
-    e2e_models: dict[str, ModelVersion], upload_scan: Callable[..., Scan], workers: Workers, settings: Any
+def test_an_upload_through_the_api_is_segmented_by_a_real_worker(
+    e2e_models: dict[str, ModelVersion], workers: Workers, member: Any, tmp_path: Path, settings: Any
 ) -> None:
+    settings.LABSEG_SEGMENT_ON_UPLOAD = True
+    client = APIClient()
+    client.force_authenticate(member)
     workers.start("w1")
-    scan = upload_scan(segment=True)
-    jobs = list(InferenceJob.objects.filter(scan=scan))
-    assert len(jobs) == 2, "the upload should have requested the organ and lesion models"
+    path = write_phantom(tmp_path / "upload.nii.gz", seed=7)
 
-    _wait_for(lambda: _all_finished(jobs), timeout_s=60, what="both jobs", workers=workers)
+    with path.open("rb") as handle:
+        uploaded = client.post(
+            "/api/scans/",
+            {"file": handle, "study": "E2E study", "mouse": "M07", "time_point": "0h"},
+            format="multipart",
+        )
+    assert uploaded.status_code == 201, uploaded.content
+    scan_id = uploaded.json()["id"]
+    requested = client.post(f"/api/scans/{scan_id}/segment")
+    assert requested.status_code == 202
+    jobs = requested.json()["jobs"]
+    assert [j["model"]["label"] for j in jobs] == ["tiny-organs@1.0.0", "tiny-lesions@1.0.0"]
 
-    for job in InferenceJob.objects.filter(scan=scan):
-        assert job.state == "succeeded", f"{job.error}\n{workers.logs()}"
-        assert job.worker_host.startswith("w1@") and job.attempts == 1
-    organs = Prediction.objects.get(scan=scan, model_version=e2e_models["organs"])
-    lesions = Prediction.objects.get(scan=scan, model_version=e2e_models["tumor"])
-    assert {v.name for v in organs.volumes.all()} == {"liver", "heart"}
-    assert sorted((les.organ_name, les.allocation) for les in lesions.lesions.all()) == [
+    def finished() -> list[dict[str, Any]] | None:
+        states = [client.get(j["url"]).json() for j in jobs]
+        return states if all(s["state"] in ("succeeded", "failed") for s in states) else None
+
+    final = _wait_for(finished, timeout_s=60, what="both jobs", workers=workers)
+    for job in final:
+        assert job["state"] == "succeeded", f"{job['error']}\n{workers.logs()}"
+        assert job["worker_host"].startswith("w1@") and job["attempts"] == 1 and job["progress"] == 100
+    predictions = {p["model"]["label"]: p for p in client.get(f"/api/scans/{scan_id}/predictions/").json()}
+    assert {v["name"] for v in predictions["tiny-organs@1.0.0"]["volumes"]} == {"liver", "heart"}
+    lesions = predictions["tiny-lesions@1.0.0"]["lesions"]
+    assert sorted((les["organ_name"], les["allocation"]) for les in lesions) == [
         ("liver", "centroid"),
         ("subcutaneous/other", "none"),
     ]
-    assert lesions.metastasis_counts["liver"] == 1
+    assert predictions["tiny-lesions@1.0.0"]["metastasis_counts"]["liver"] == 1
+    assert Prediction.objects.filter(scan_id=scan_id).count() == 2
 
 
 def test_a_job_whose_worker_is_killed_completes_once_on_a_new_worker(

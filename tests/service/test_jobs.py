@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
@@ -201,3 +202,19 @@ def test_cancelling_a_queued_job_keeps_any_worker_from_running_it(
     assert (job.state, job.error) == (InferenceJob.State.CANCELLED, "Cancelled by alice.")
     assert not Prediction.objects.exists()
     assert not services.cancel_job(job=job, user=member)
+
+
+def test_the_reconcile_command_reports_what_it_did(
+    models: dict[str, ModelVersion],
+    upload_scan: Callable[..., Scan],
+    capsys: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    [job] = services.request_segmentation(scan=upload_scan(), model_versions=[models["organs"]])
+    InferenceJob.objects.filter(pk=job.pk).update(queued_at=timezone.now() - timedelta(seconds=900))
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        call_command("reconcile_jobs", timeout_s=60)
+
+    assert "resent 1 queued job(s)" in capsys.readouterr().out
+    assert len(callbacks) == 1

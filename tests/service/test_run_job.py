@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 from django.core.files.storage import FileSystemStorage, default_storage
+from django.db import connection
+from django.utils import timezone
 
 from inference import services, structures
 from inference.models import InferenceJob, ModelVersion, Prediction
@@ -194,3 +199,58 @@ def test_a_storage_outage_that_lasts_fails_the_job_after_the_last_attempt(
     assert job.attempts == services.MAX_ATTEMPTS
     assert "storage and the database are reachable" in job.error
     flaky_storage.failures_left = 0
+
+
+def test_a_worker_presumed_lost_cannot_overwrite_the_run_that_replaced_it(
+    models: dict[str, ModelVersion], upload_scan: Callable[..., Scan]
+) -> None:
+    job = _job(upload_scan(), models["organs"])
+    slow = services.claim_job(job.pk, worker_host="slow-worker")
+    assert slow is not None
+    InferenceJob.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=600))
+    services.reconcile_jobs(timeout_s=60, enqueue=lambda *, job_id: True)
+
+    finished = services.run_job(job.pk, worker_host="fresh-worker")
+
+    assert finished is not None and finished.state == InferenceJob.State.SUCCEEDED
+    assert not services._Heartbeat(slow).beat(), "the old claim must no longer touch the row"
+    assert Prediction.objects.filter(job=job).count() == 1
+
+
+def test_deleting_a_scan_deletes_its_jobs_and_predictions(
+    models: dict[str, ModelVersion], upload_scan: Callable[..., Scan]
+) -> None:
+    scan = upload_scan()
+    job = _job(scan, models["tumor"])
+    services.run_job(job.pk, worker_host="worker-a")
+
+    scan.delete()
+
+    assert not InferenceJob.objects.exists() and not Prediction.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancelling_a_running_job_stops_it_and_leaves_no_prediction_or_files(
+    models: dict[str, ModelVersion], upload_scan: Callable[..., Scan], member: Any, media_root: Path
+) -> None:
+    job = _job(upload_scan(shape=(160, 128, 128)), models["organs"])
+    ended: list[InferenceJob | None] = []
+
+    def worker() -> None:
+        try:
+            ended.append(services.run_job(job.pk, worker_host="worker-a"))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not InferenceJob.objects.filter(pk=job.pk, state="running").exists():
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.02)
+    assert services.cancel_job(job=job, user=member)
+    thread.join(timeout=60)
+
+    assert ended and ended[0] is not None and ended[0].state == InferenceJob.State.CANCELLED
+    assert not Prediction.objects.exists()
+    assert not list((media_root / "labs").glob("*/predictions/**/*.nii.gz"))

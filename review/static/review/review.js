@@ -33,7 +33,13 @@ function asLabelMap(volume, annotation, alpha) {
 }
 
 async function viewer(canvas, sliceType) {
-  const nv = new Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: false, isColorbar: false, loadingText: "loading…" });
+  const nv = new Niivue({
+    backColor: [0, 0, 0, 1],
+    crosshairWidth: 0,
+    show3Dcrosshair: false,
+    isColorbar: false,
+    loadingText: "loading…",
+  });
   await nv.attachToCanvas(canvas);
   nv.setSliceType(sliceType);
   return nv;
@@ -61,7 +67,7 @@ async function showSideBySide() {
     const canvas = document.getElementById(`viewer-${a.id}`);
     const nv = await viewer(canvas, 1);
     await nv.loadVolumes([ctVolume(), annotationVolume(a)]);
-    asLabelMap(nv.volumes[1], a, 150);
+    asLabelMap(nv.volumes[1], a, 110);
     nv.updateGLVolume();
     canvas.dataset.loaded = "true";
   }
@@ -144,6 +150,10 @@ function wireReviewForms() {
     compute.disabled = true;
     try {
       const result = await post(`/api/scans/${config.scan}/consensus`);
+      if (result.analysis && ["queued", "running"].includes(result.analysis.state)) {
+        say("This scan is large: a worker is computing the consensus. Reload the page in a few minutes.", "info");
+        return;
+      }
       say(`Consensus computed for ${result.consensus.map((c) => c.structure).join(", ")}; reloading…`, "success");
       window.location.reload();
     } catch (error) {

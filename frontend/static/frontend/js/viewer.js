@@ -25,7 +25,8 @@ const DEFAULT_OPACITY = { labels: 0.55, uncertainty: 0.6, annotation: 1, consens
 const nv = new Niivue({
   backColor: [0.06, 0.07, 0.09, 1],
   crosshairColor: [0.2, 0.8, 1, 0.9],
-  show3Dcrosshair: true,
+  crosshairWidth: 0.5,
+  crosshairWidthUnit: "percent",
   isResizeCanvas: true,
   dragAndDropEnabled: false,
   loadingText: "",
@@ -258,7 +259,7 @@ function buildStructurePanel() {
 }
 
 function buildMetastasisPanel() {
-  const bars = Object.entries(config.metastasisCounts).map(([organ, count]) => ({
+  const bars = Object.entries(config.metastasisCounts).filter(([, count]) => count > 0).map(([organ, count]) => ({
     label: byName.get(organ)?.display_name ?? (organ === "none" ? "Outside organs" : organ),
     value: count,
     colour: byName.get(organ)?.colour ?? "#9aa6b8",
@@ -330,6 +331,10 @@ async function main() {
   }
   hook.firstFrameMs = performance.now();
   hook.overlayDrawn = config.layers.some((l) => l.kind === "labels" && l.volume);
+  // The 3D render joins the multiplanar view once the slices are on screen: software WebGL takes
+  // a while to ray-cast it, and the first frame should not wait for it.
+  nv.opts.multiplanarShowRender = 2; // SHOW_RENDER.AUTO: in the free tile
+  nv.drawScene();
   buildLesionPanel();
   nv.createOnLocationChange();
   document.body.dataset.viewerReady = "1";

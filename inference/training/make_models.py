@@ -1,0 +1,163 @@
+"""``python -m inference.training.make_models``: remake every committed model from nothing.
+
+Phantoms (fixed seeds) -> train the organ and tumor models -> export to
+``inference/models/<name>/<version>/`` -> evaluate on held-out phantoms (native and
+contrast-enhanced; seeds never used in training) -> write the metrics into each ``model.json``,
+the evaluation summaries and the model card pictures. Phantoms and caches live under ``data/``
+(git-ignored) and are reused when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from inference.phantom.writer import write_dataset
+from inference.pipeline import predict_volume
+from inference.pipeline.pictures import coronal_slice_png, projection_png
+from inference.registry import DEFAULT_MODELS_DIR, load_card
+from inference.training.data import find_cases, load_cases
+from inference.training.evaluate import evaluate
+from inference.training.export import export_model
+from inference.training.tasks import TASKS
+from inference.training.train import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+VERSION = "1.0.0"
+#: (first seed, count, modality) of each phantom set. Test seeds never overlap training ones.
+SETS = {
+    "train": (1000, 40, "native"),
+    "val": (8000, 2, "native"),
+    "test_native": (9000, 8, "native"),
+    "test_contrast": (9500, 4, "contrast"),
+}
+#: Training seed and wall-clock budget (minutes on 2 CPU threads) per task.
+TRAINING = {"organs": (11, 32.0), "tumor": (12, 28.0)}
+
+
+def ensure_phantoms(root: Path, name: str) -> Path:
+    seed, n, modality = SETS[name]
+    folder = root / name
+    if len(find_cases(folder)) < n:
+        log.info("writing %d %s phantoms (seeds %d-%d) to %s", n, modality, seed, seed + n - 1, folder)
+        write_dataset(folder, n=n, seed=seed, modality=modality)
+    return folder
+
+
+def make_model(task: str, data: Path, out: Path, *, threads: int, device: str, epochs: int) -> Path:
+    spec = TASKS[task]
+    seed, minutes = TRAINING[task]
+    cases = load_cases(data / "train", spec)
+    val = load_cases(data / "val", spec)
+    cfg = TrainConfig(epochs=epochs, max_minutes=minutes, seed=seed, threads=threads, device=device)
+    first, count, _ = SETS["train"]
+    t0 = time.monotonic()
+    model = train(spec, cases, cfg, val=val)
+    folder = out / spec.name / VERSION
+    export_model(
+        model,
+        spec,
+        folder,
+        version=VERSION,
+        training={
+            "data": f"{len(cases)} native phantoms, seeds {first}-{first + count - 1}",
+            "seeds": {
+                "training": seed,
+                "phantoms": list(range(SETS["train"][0], SETS["train"][0] + SETS["train"][1])),
+            },
+            "epochs": len(cfg.history),
+            "seconds": round(time.monotonic() - t0, 1),
+            "device": device,
+            "command": "python -m inference.training.make_models",
+            "history": cfg.history,
+        },
+    )
+    return folder
+
+
+def record_metrics(folders: list[Path], data: Path, out: Path, *, threads: int) -> dict[str, dict]:
+    """Evaluate organs + tumor together on each test set; metrics go into every model.json."""
+    results = {}
+    for name in ("test_native", "test_contrast"):
+        report = evaluate(folders, data / name, threads=threads)
+        results[name] = report["summary"]
+        (out / f"evaluation_{name}.json").write_text(
+            json.dumps(report["summary"], indent=1, default=float) + "\n"
+        )
+    for folder in folders:
+        card_path = folder / "model.json"
+        card = json.loads(card_path.read_text())
+        task_ids = set(card["structures"])
+        card["metrics"] = {
+            "held_out": {
+                k: {"seeds": [SETS[k][0], SETS[k][0] + SETS[k][1] - 1], **_task_part(v, task_ids)}
+                for k, v in results.items()
+            },
+        }
+        card_path.write_text(json.dumps(card, indent=1) + "\n")
+    return results
+
+
+def _task_part(summary: dict, ids: set[int]) -> dict:
+    from inference.structures import BY_NAME
+
+    part = {"structures": {n: s for n, s in summary["structures"].items() if BY_NAME[n].id in ids}}
+    for key in ("tumors", "metastases", "uncertainty_dice", "left_right_swaps", "seconds_median"):
+        if key in summary:
+            part[key] = summary[key]
+    return part
+
+
+def make_pictures(folders: list[Path], data: Path, out: Path) -> None:
+    """Mid-coronal slice (prediction filled, truth outlined) and projection, native and contrast."""
+    cards = [load_card(f) for f in folders]
+    target = out / "figures"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("test_native", "test_contrast"):
+        case = find_cases(data / name)[0]
+        image = nib.load(str(case / "ct.nii.gz"))
+        ct = np.asanyarray(image.dataobj).astype(np.float32)
+        truth = np.asanyarray(nib.load(str(case / "labels.nii.gz")).dataobj)
+        spacing = image.header.get_zooms()[:3]
+        pred = predict_volume(ct, image.affine, cards, threads=2).labels
+        kind = name.removeprefix("test_")
+        (target / f"{kind}_projection.png").write_bytes(projection_png(ct, spacing, pred, max_size_px=360))
+        (target / f"{kind}_coronal.png").write_bytes(
+            coronal_slice_png(ct, spacing, pred, truth, y_index=ct.shape[1] // 2, max_size_px=360)
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m inference.training.make_models", description=__doc__)
+    parser.add_argument("--data", type=Path, default=Path("data/phantoms"))
+    parser.add_argument("--out", type=Path, default=DEFAULT_MODELS_DIR)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--epochs", type=int, default=400, help="upper bound; the time budget usually ends it"
+    )
+    parser.add_argument("--skip-training", action="store_true", help="re-evaluate the committed models only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for name in SETS:
+        ensure_phantoms(args.data, name)
+    if args.skip_training:
+        folders = [args.out / TASKS[t].name / VERSION for t in ("organs", "tumor")]
+    else:
+        folders = [
+            make_model(t, args.data, args.out, threads=args.threads, device=args.device, epochs=args.epochs)
+            for t in ("organs", "tumor")
+        ]
+    record_metrics(folders, args.data, args.out, threads=args.threads)
+    make_pictures(folders, args.data, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Training smoke run on tiny phantoms, and the export round trip (torch against ONNX Runtime)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from inference.phantom.writer import write_dataset
+from inference.pipeline import predict_volume
+from inference.registry import load_card
+from inference.training.data import load_cases
+from inference.training.export import export_model
+from inference.training.losses import partial_label_loss
+from inference.training.network import UNet3D
+from inference.training.tasks import ORGANS
+from inference.training.train import TrainConfig, train
+
+# Tiny: 1.26 mm phantoms block-averaged by 2 to 2.52 mm, 4 base channels; seconds on one core.
+TINY = dataclasses.replace(ORGANS, factor=2, base_channels=4, crop=(16, 16, 24))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("phantoms")
+    write_dataset(root, n=2, seed=40, spacing_mm=1.26)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_data: Path) -> UNet3D:
+    cases = load_cases(tiny_data, TINY)
+    return train(TINY, cases, TrainConfig(epochs=1, batch=2, threads=1))
+
+
+def test_cases_are_cached_with_soft_targets(tiny_data: Path) -> None:
+    [case, _] = load_cases(tiny_data, TINY)
+    assert (tiny_data / ".cache" / "organs" / f"{case.name}.npz").exists()
+    assert case.fractions.shape[0] == len(TINY.structures)
+    assert case.fractions.shape[1:] == case.ct.shape
+    total = case.fractions.astype(int).sum(axis=0) + case.ignore
+    assert np.all(np.abs(total - 255) <= len(TINY.structures))
+    assert case.spacing_mm == pytest.approx(2.52)
+
+
+def test_one_epoch_of_training_runs_and_records_its_loss(tiny_data: Path) -> None:
+    config = TrainConfig(epochs=1, batch=2, threads=1)
+    model = train(TINY, load_cases(tiny_data, TINY), config)
+    assert len(config.history) == 1
+    assert np.isfinite(config.history[0]["loss"])
+    assert not model.training
+
+
+def test_unlabelled_structures_are_not_learnt_as_background() -> None:
+    # Given a voxel that is really channel 2, annotated on a scan that does not label channel 2
+    target = torch.zeros(1, 3, 1, 1, 1)
+    target[0, 0] = 1.0  # it shows up as background in that scan's annotation
+    weight = torch.ones(1, 1, 1, 1, 1)
+    predicts_2 = torch.tensor([0.0, 0.0, 8.0]).reshape(1, 3, 1, 1, 1)
+    predicts_bg = torch.tensor([8.0, 0.0, 0.0]).reshape(1, 3, 1, 1, 1)
+    unlabelled = torch.tensor([[True, True, False]])
+    labelled = torch.tensor([[True, True, True]])
+    # When channel 2 is unlabelled, predicting it costs no more than predicting background
+    assert partial_label_loss(predicts_2, target, unlabelled, weight) <= (
+        partial_label_loss(predicts_bg, target, unlabelled, weight) + 1e-3
+    )
+    # Whereas a fully labelled scan penalises it
+    assert (
+        partial_label_loss(predicts_2, target, labelled, weight)
+        > partial_label_loss(predicts_bg, target, labelled, weight) + 1.0
+    )
+
+
+def test_onnx_export_matches_torch_on_the_same_input(tiny_model: UNet3D, tmp_path: Path) -> None:
+    export_model(
+        tiny_model, TINY, tmp_path, version="0.0.1", training={"data": "tiny"}, input_spacing_mm=2.52
+    )
+    x = np.random.default_rng(0).random((2, 1, 16, 24, 40), dtype=np.float32)
+    with torch.no_grad():
+        logits, disagreement = tiny_model(torch.from_numpy(x))
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    ort_logits, ort_disagreement = session.run(["logits", "disagreement"], {"ct": x})
+    assert ort_logits.shape == (2, len(TINY.structures), 16, 24, 40)
+    np.testing.assert_allclose(ort_logits, logits.numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(ort_disagreement, disagreement.numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_exported_folder_is_a_model_the_pipeline_runs(
+    tiny_model: UNet3D, tiny_data: Path, tmp_path: Path
+) -> None:
+    export_model(
+        tiny_model, TINY, tmp_path, version="0.0.1", training={"data": "tiny"}, input_spacing_mm=2.52
+    )
+    card = json.loads((tmp_path / "model.json").read_text())
+    assert card["input_spacing_mm"] == [2.52, 2.52, 2.52]
+    assert card["layout"]["divisible_by"] == 8
+    loaded = load_card(tmp_path)
+    volume = np.full((24, 24, 64), -1000.0, dtype=np.float32)
+    out = predict_volume(volume, np.diag([1.26, 1.26, 1.26, 1.0]), [loaded], threads=1)
+    assert out.labels.shape == volume.shape
+    assert out.uncertainty.dtype == np.uint8

@@ -1,0 +1,105 @@
+"""Volumes carry an uncertainty range; post-processing keeps the components the rules say."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inference.pipeline.postprocess import clean, to_scores, uncertainty_from
+from inference.pipeline.volumes import structure_volumes
+from inference.structures import BY_NAME
+
+LIVER = BY_NAME["liver"].id
+LUNG_LEFT, LUNG_RIGHT = BY_NAME["lung_left"].id, BY_NAME["lung_right"].id
+TUMOR = BY_NAME["tumor"].id
+
+
+def test_volumes_count_voxels_and_bound_them_by_the_uncertain_border() -> None:
+    labels = np.zeros((10, 10, 10), dtype=np.uint8)
+    labels[2:6, 2:6, 2:6] = LIVER
+    uncertainty = np.zeros_like(labels)
+    uncertainty[5, 2:6, 2:6] = 200  # the liver's outer x layer is uncertain (16 voxels)
+    uncertainty[6, 2:6, 2:6] = 200  # and so is the background layer just outside (16 voxels)
+    uncertainty[9, 9, 9] = 255  # uncertain but touching nothing
+
+    [row] = structure_volumes(labels, 0.5, uncertainty, structure_ids=[LIVER])
+
+    assert (row.name, row.voxels) == ("liver", 64)
+    assert row.volume_mm3 == 32.0
+    assert row.volume_low_mm3 == (64 - 16) * 0.5
+    assert row.volume_high_mm3 == (64 + 16) * 0.5
+
+
+def test_absent_structures_get_a_zero_row_and_no_uncertainty_means_no_range() -> None:
+    labels = np.zeros((4, 4, 4), dtype=np.uint8)
+    labels[0, 0, 0] = LIVER
+
+    rows = structure_volumes(labels, 2.0, None, structure_ids=[LIVER, TUMOR])
+
+    assert [(r.name, r.voxels, r.volume_low_mm3, r.volume_high_mm3) for r in rows] == [
+        ("liver", 1, 2.0, 2.0),
+        ("tumor", 0, 0.0, 0.0),
+    ]
+
+
+def one_hot_scores(labels: np.ndarray, channels: int) -> np.ndarray:
+    return np.stack([(labels == c).astype(np.float32) * 5 for c in range(channels)])
+
+
+def test_a_single_organ_keeps_its_largest_component() -> None:
+    channels = np.zeros((20, 10, 10), dtype=np.uint8)
+    channels[2:8, 2:8, 2:8] = 1
+    channels[15:17, 2:4, 2:4] = 1  # a speck
+    scores = one_hot_scores(channels, 2)
+
+    report = clean(scores, (0, LIVER), (0.5, 0.5, 0.5))
+
+    kept = np.argmax(scores, axis=0)
+    assert kept[15:17, 2:4, 2:4].max() == 0 and kept[2:8, 2:8, 2:8].min() == 1
+    assert report.components_removed == {LIVER: 1} and report.voxels_removed == {LIVER: 8}
+
+
+def test_paired_organs_keep_one_component_on_their_own_side() -> None:
+    # Canonical x grows towards the subject's Right: the left lung belongs at low x.
+    channels = np.zeros((30, 10, 10), dtype=np.uint8)
+    channels[2:8, 2:8, 2:8] = 1  # left lung, left side
+    channels[22:29, 2:8, 2:8] = 1  # a bigger "left lung" blob on the right side: wrong side
+    channels[18:21, 2:5, 2:5] = 2  # right lung, right side
+    scores = one_hot_scores(channels, 3)
+
+    clean(scores, (0, LUNG_LEFT, LUNG_RIGHT), (0.5, 0.5, 0.5))
+
+    kept = np.argmax(scores, axis=0)
+    assert kept[2:8, 2:8, 2:8].min() == 1
+    assert kept[22:29, 2:8, 2:8].max() == 0
+    assert kept[18:21, 2:5, 2:5].min() == 2
+
+
+def test_lesions_keep_every_component_above_the_minimum_volume() -> None:
+    channels = np.zeros((20, 10, 10), dtype=np.uint8)
+    channels[2:5, 2:5, 2:5] = 1  # 27 voxels = 3.375 mm3
+    channels[10:12, 2:4, 2:4] = 1  # 8 voxels = 1 mm3
+    channels[16, 6, 6] = 1  # 1 voxel = 0.125 mm3
+    scores = one_hot_scores(channels, 2)
+
+    clean(scores, (0, TUMOR), (0.5, 0.5, 0.5), min_lesion_volume_mm3=0.5)
+
+    kept = np.argmax(scores, axis=0)
+    assert kept.sum() == 27 + 8
+
+
+def test_sigmoid_scores_label_a_structure_where_its_probability_exceeds_half() -> None:
+    logits = np.array([[[[9.0, 9.0, 9.0]]], [[[-1.0, 0.2, 3.0]]]], dtype=np.float32)
+
+    scores = to_scores(logits, "sigmoid")
+
+    assert list(np.argmax(scores, axis=0).ravel()) == [0, 1, 1]
+
+
+def test_uncertainty_is_the_runner_up_to_winner_probability_ratio() -> None:
+    probabilities = np.array([0.5, 0.25, 0.25], dtype=np.float32).reshape(3, 1, 1, 1)
+
+    uncertainty = uncertainty_from(np.log(probabilities), None)
+
+    assert uncertainty.ravel()[0] == pytest.approx(0.5)
+    assert uncertainty_from(np.log(probabilities), np.full((1, 1, 1), 0.9))[0, 0, 0] == pytest.approx(0.9)
