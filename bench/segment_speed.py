@@ -28,9 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.pipeline import segment_file  # noqa: E402
-from inference.pipeline.runtime import CUDA, clear_sessions  # noqa: E402
-from inference.registry import ModelCard, ModelCardError, default_model, load_card  # noqa: E402
+from inference.pipeline import segment_file
+from inference.pipeline.runtime import CUDA, clear_sessions
+from inference.registry import ModelCard, ModelCardError, default_model, load_card
 
 try:  # torch is a training/bench dependency only; the labseg timings do not need it.
     from bench.aimos_reference import build_model, segment_reference
@@ -170,9 +170,8 @@ def main() -> None:
         best = statistics.median(warm)
         row: dict[str, object] = {"labseg_cold_s": cold, "labseg_warm_s": warm, "labseg_stages_s": stages}
         print(f"\n{name}")
-        print(
-            f"  labseg  cold {cold:6.2f} s   warm median {best:6.2f} s  (runs {', '.join(f'{w:.2f}' for w in warm)})"
-        )
+        runs = ", ".join(f"{w:.2f}" for w in warm)
+        print(f"  labseg  cold {cold:6.2f} s   warm median {best:6.2f} s  (runs {runs})")
         print("          stages " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
         print(f"          one worker: {3600 / best:,.0f} scans per hour")
         if reference_model is not None:
@@ -181,9 +180,8 @@ def main() -> None:
             )
             row["aimos_reference_s"] = reference
             print("  AIMOS   " + ", ".join(f"{k} {v:.2f}" for k, v in reference.items()))
-            print(
-                f"  ratio   {reference['total'] / best:6.1f}x faster (warm), {reference['total'] / cold:.1f}x (cold)"
-            )
+            ratio_warm, ratio_cold = reference["total"] / best, reference["total"] / cold
+            print(f"  ratio   {ratio_warm:6.1f}x faster (warm), {ratio_cold:.1f}x (cold)")
         if args.gpu:
             import onnxruntime as ort
 

@@ -87,6 +87,12 @@ def peak_rss_mib(pid: int) -> float:
     raise RuntimeError("VmHWM not found")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def multipart_body(
     path: Path, fields: dict[str, str], boundary: str
 ) -> tuple[list[bytes], int, Iterator[bytes]]:
@@ -172,7 +178,7 @@ def main() -> None:
         "LABSEG_VAR_DIR": str(var_dir),
         "LABSEG_MEDIA_ROOT": str(var_dir / "media"),
         "LABSEG_SEGMENT_ON_UPLOAD": "false",
-        "LABSEG_LOG_LEVEL": "WARNING",
+        "LABSEG_LOG_LEVEL": "INFO",
         "DJANGO_DEBUG": "true",
     }
     manage("migrate", "--noinput", env=env)
@@ -189,23 +195,32 @@ def main() -> None:
         env=env,
     )
     token = manage("drf_create_token", "bench", env=env).split()[2]
+    server_log = OUT / "upload-server.log"
     server = subprocess.Popen(
         [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{args.port}"],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=server_log.open("wb"),
     )
     try:
         wait_for(args.port, server)
         print(f"server pid {server.pid}: peak RSS {peak_rss_mib(server.pid):.0f} MiB before any upload")
         for index, (label, path) in enumerate(files):
             size_mb = path.stat().st_size / 1e6
+            cpu_before = cpu_seconds(server.pid)
             seconds, answer = upload(args.port, token, path, mouse=f"B{index:02d}")
+            cpu_used = cpu_seconds(server.pid) - cpu_before
             grid = "x".join(map(str, answer["shape"]))
             print(
                 f"{label:>6} ({size_mb:.0f} MB, grid {grid}): {size_mb / seconds:.0f} MB/s ({seconds:.2f} s), "  # noqa: E501
                 f"server peak RSS {peak_rss_mib(server.pid):.0f} MiB"
+            )
+            checks = [line for line in server_log.read_text().splitlines() if "data checked" in line]
+            print(f"        server: {checks[-1].split(': ', 1)[-1] if checks else 'no log line'}")
+            print(
+                f"        server CPU {cpu_used:.2f} s for this upload ({size_mb / cpu_used:.0f} MB per CPU "
+                f"second); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
             )
     finally:
         server.terminate()

@@ -300,8 +300,10 @@ def _model_info(prediction: Prediction) -> dict[str, Any]:
     }
 
 
-def viewer_config(scan: Scan, predictions: list[Prediction]) -> dict[str, Any]:
-    """Everything the viewer's ES module needs, as JSON-ready data."""
+def viewer_layers(scan: Scan, predictions: list[Prediction] | None = None) -> list[dict[str, Any]]:
+    """The layers the viewer offers for ``scan``: key, kind, title and preview URL."""
+    if predictions is None:
+        predictions = results.latest_predictions(scan)
     layer_rows: list[dict[str, Any]] = [{"key": "ct", "kind": "ct", "title": "CT"}]
     for prediction in predictions:
         layer_rows.append(
@@ -332,6 +334,12 @@ def viewer_config(scan: Scan, predictions: list[Prediction]) -> dict[str, Any]:
         layer_rows.append({"key": "consensus", "kind": "consensus", "title": "Consensus (majority)"})
     for row in layer_rows:
         row["url"] = _layer_url(scan, row["key"])
+    return layer_rows
+
+
+def viewer_config(scan: Scan, predictions: list[Prediction]) -> dict[str, Any]:
+    """Everything the viewer's ES module needs, as JSON-ready data."""
+    layer_rows = viewer_layers(scan, predictions)
     downloads = []
     for prediction in predictions:
         task = prediction.model_version.get_task_display()

@@ -9,6 +9,7 @@ RAS axis order with ``spacing_mm`` per axis, as the pipeline's contract says.
 
 from __future__ import annotations
 
+import gzip
 import io
 
 import nibabel as nib
@@ -26,19 +27,13 @@ _GAP_PX = 8
 
 
 def _canonical(name: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A stored preview (small by construction) in closest-canonical RAS order, with its spacing."""
     with default_storage.open(name, "rb") as handle:
-        image = nib.Nifti1Image.from_bytes(_gunzip(handle.read(), name))
+        data = handle.read()
+    image = nib.Nifti1Image.from_bytes(gzip.decompress(data) if name.endswith(".gz") else data)
     image = nib.as_closest_canonical(image)
     spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
     return np.asarray(image.dataobj), spacing  # type: ignore[return-value]
-
-
-def _gunzip(data: bytes, name: str) -> bytes:
-    if name.endswith(".gz"):
-        import gzip
-
-        return gzip.decompress(data)
-    return data
 
 
 def _labels(scan: Scan) -> tuple[np.ndarray | None, list[int]]:
@@ -77,10 +72,21 @@ def _thumbnail(png: bytes) -> bytes:
     return out.getvalue()
 
 
+def _outlines(scan: Scan) -> tuple[np.ndarray | None, str]:
+    """The consensus of the scan's annotations (or its one annotation), drawn as outlines."""
+    keys = [row["key"] for row in layers.viewer_layers(scan) if row["kind"] in ("annotation", "consensus")]
+    if not keys:
+        return None, ""
+    key = "consensus" if "consensus" in keys else keys[0]
+    data, _ = _canonical(layers.preview_file(scan, layers.resolve_layer(scan, key)))
+    return data.astype(np.uint8), "_" + "-".join(k.removeprefix("ann-") for k in keys)
+
+
 def qc_picture(scan: Scan, *, thumbnail: bool = False) -> str:
-    """Storage name of the scan's QC PNG (made once per set of predictions)."""
+    """Storage name of the scan's QC PNG (made once per set of predictions and annotations)."""
     labels, ids = _labels(scan)
-    tag = "-".join(map(str, ids)) or "none"
+    outlines, outline_tag = _outlines(scan) if not thumbnail else (None, "")
+    tag = ("-".join(map(str, ids)) or "none") + outline_tag
     name = f"previews/scan_{scan.pk}/qc_{tag}_{'thumb' if thumbnail else 'full'}.png"
     if default_storage.exists(name):
         return name
@@ -90,7 +96,8 @@ def qc_picture(scan: Scan, *, thumbnail: bool = False) -> str:
     if thumbnail:
         png = _thumbnail(projection)
     else:
-        png = _join([projection, drawing.coronal_slice_png(volume, spacing_mm, labels=labels)])
+        coronal = drawing.coronal_slice_png(volume, spacing_mm, labels=labels, outlines=outlines)
+        png = _join([projection, coronal])
     if not default_storage.exists(name):
         default_storage.save(name, ContentFile(png))
     return name

@@ -219,7 +219,7 @@ def clamp_region(
     shape: tuple[int, int, int], centre: tuple[int, int, int], *, max_voxels: int
 ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """A cube of at most ``max_voxels`` voxels centred on ``centre``, kept inside ``shape``."""
-    side = max(8, int(max_voxels ** (1 / 3)))
+    side = max(8, int(round(max_voxels ** (1 / 3), 6)))  # round: 64 ** (1/3) is 3.9999...
     start: list[int] = []
     stop: list[int] = []
     for size, c in zip(shape, centre, strict=True):

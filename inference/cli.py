@@ -96,6 +96,10 @@ def run_segment(args: argparse.Namespace) -> int:
     if not args.scan.is_file():
         raise BadInputError(f"no such scan: {args.scan}")
     cards = [load_card(folder) for folder in args.model] if args.model else None
+    if cards is not None:
+        cards = [card for card in cards if card.task in args.task]
+        if not cards:
+            raise BadInputError(f"none of the given models is for the task(s) {', '.join(args.task)}")
     extra = {} if args.min_lesion_mm3 is None else {"min_lesion_volume_mm3": args.min_lesion_mm3}
     result = segment_file(
         args.scan,

@@ -72,17 +72,17 @@ class HashedUploadedFile(UploadedFile):
             self.file.close()
 
 
-class _Writer(threading.Thread):
-    """Hashes and writes pieces handed over by the request thread.
+class _Consumer(threading.Thread):
+    """Applies ``work`` to each piece handed over by the request thread, on its own core.
 
-    ``hashlib`` and file writes release the GIL on large buffers, so hashing and writing run on
-    a second core while the request thread parses the multipart body. The queue is bounded
-    (8 MiB in flight), so memory stays flat.
+    ``hashlib`` and file writes release the GIL on large buffers, so hashing, writing and the
+    request thread's multipart parsing run in parallel. Each queue is bounded (8 MiB in flight)
+    and both consumers share the same piece objects, so memory stays flat.
     """
 
-    def __init__(self, target: HashedUploadedFile) -> None:
-        super().__init__(name="upload-writer", daemon=True)
-        self.target = target
+    def __init__(self, name: str, work: Any) -> None:
+        super().__init__(name=name, daemon=True)
+        self.work = work
         self.pieces: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
         self.error: BaseException | None = None
 
@@ -90,8 +90,7 @@ class _Writer(threading.Thread):
         while (piece := self.pieces.get()) is not None:
             if self.error is None:
                 try:
-                    self.target.hasher.update(piece)
-                    self.target.write(piece)
+                    self.work(piece)
                 except BaseException as error:  # re-raised in the request thread by finish()
                     self.error = error
 
@@ -112,15 +111,21 @@ class HashingUploadHandler(FileUploadHandler):
         self.file = HashedUploadedFile(
             self.file_name, self.content_type, self.charset, self.content_type_extra
         )
-        self.writer = _Writer(self.file)
-        self.writer.start()
+        self.consumers = (
+            _Consumer("upload-hasher", self.file.hasher.update),
+            _Consumer("upload-writer", self.file.write),
+        )
+        for consumer in self.consumers:
+            consumer.start()
 
     def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
-        self.writer.pieces.put(raw_data)
+        for consumer in self.consumers:
+            consumer.pieces.put(raw_data)
         return None
 
     def file_complete(self, file_size: int) -> HashedUploadedFile:
-        self.writer.finish()
+        for consumer in self.consumers:
+            consumer.finish()
         self.file.flush()
         self.file.seek(0)
         self.file.size = file_size
@@ -128,8 +133,9 @@ class HashingUploadHandler(FileUploadHandler):
 
     def upload_interrupted(self) -> None:
         if hasattr(self, "file"):
-            self.writer.pieces.put(None)
-            self.writer.join()
+            for consumer in self.consumers:
+                consumer.pieces.put(None)
+                consumer.join()
             path = self.file.temporary_file_path()
             self.file.close()
             Path(path).unlink(missing_ok=True)

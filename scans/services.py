@@ -9,6 +9,7 @@ files already stored are deleted and the temporary file is removed, so nothing i
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -168,8 +169,10 @@ def register_scan(
         incoming = receive(uploaded_file_path_or_file)
         _refuse_duplicate_scan(lab=lab, sha256=incoming.sha256)
         header = read_header(incoming.path, original_filename)
+        started = time.perf_counter()
         stats = read_volume(incoming.path, header, preview=True)
         thumbnail = _thumbnail_png(stats, header.affine)
+        checked_s = time.perf_counter() - started
         folder = f"labs/{lab.pk}/scans/{uuid.uuid4().hex}"
         with _stored_files() as saved:
             file_name = _save_incoming(incoming, f"{folder}/{stored_name}", saved)
@@ -213,7 +216,14 @@ def register_scan(
     finally:
         if incoming is not None:
             incoming.discard()
-    logger.info("registered scan %s (%s) in lab %s", scan.pk, scan.original_filename, lab)
+    logger.info(
+        "registered scan %s (%s, %.0f MB) in lab %s; data checked in %.2f s",
+        scan.pk,
+        scan.original_filename,
+        scan.size_bytes / 1e6,
+        lab,
+        checked_s,
+    )
     if settings.LABSEG_SEGMENT_ON_UPLOAD:
         _request_segmentation(scan=scan, user=user)
     return scan

@@ -6,12 +6,14 @@ Every test gets its own MEDIA_ROOT so that "storage unchanged" can be checked ex
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
+# CI keeps ../shared beside the clone; LABSEG_SHARED_DIR points elsewhere (a clone in another folder).
+SHARED = Path(os.environ.get("LABSEG_SHARED_DIR", str(REPO.parent / "shared")))
 REALDATA = SHARED / "realdata" / "mouse_ct_atlas"
 
 

@@ -69,6 +69,7 @@ def build_manifest(
         "versions": versions(),
         "host": platform.node(),
         "models": [{**model_entry(card), "provider": providers.get(card.key, "")} for card in cards],
+        "provider": ", ".join(sorted(set(providers.values()))),
         "device": device,
         "threads": threads,
         "seconds": {stage: round(float(value), 4) for stage, value in seconds.items()},

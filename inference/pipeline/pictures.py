@@ -93,7 +93,7 @@ def projection_png(
     blended in id order so overlapping organs both stay visible.
     """
     _check(volume, spacing_mm, labels, "labels")
-    projection = np.mean(volume, axis=1, dtype=np.float32)
+    projection = np.asarray(np.mean(volume, axis=1, dtype=np.float32))
     grey = _grey(projection)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     if labels is not None:

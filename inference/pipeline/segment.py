@@ -11,7 +11,9 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +82,24 @@ def read_lesion_source(path: Path, scan: LoadedScan) -> tuple[np.ndarray, int | 
     return mask.data, None
 
 
+def read_organ_map(path: Path, scan: LoadedScan) -> np.ndarray:
+    """An organ label map from an earlier run (e.g. the organ model's ``labels.nii.gz``)."""
+    organs = load_label_map(Path(path))
+    if organs.data.shape != scan.data.shape or not np.allclose(organs.affine, scan.affine, atol=1e-3):
+        raise LesionInputError(f"the organ label map {Path(path).name} is not on the scan's grid")
+    return organs.data
+
+
 def lesions_for(
-    output: PipelineOutput, affine: np.ndarray, source: tuple[np.ndarray, int | None] | None
+    output: PipelineOutput,
+    affine: np.ndarray,
+    source: tuple[np.ndarray, int | None] | None,
+    organ_map: np.ndarray | None = None,
 ) -> list[LesionRow]:
-    """Lesions from an uploaded mask/CSV when given, else the predicted tumor-task components."""
-    organs = output.organ_labels
+    """Lesions from an uploaded mask/CSV when given, else the predicted tumor-task components.
+
+    Organs come from this run's organ model, else from ``organ_map`` (an earlier organ run)."""
+    organs = output.organ_labels if output.organ_labels is not None else organ_map
     if organs is None:
         organs = np.zeros(output.labels.shape, dtype=np.uint8)
     if source is not None:
@@ -107,12 +122,16 @@ def segment_file(
     threads: int = 0,
     progress: Callable[[int, str], None] | None = None,
     lesions_from: Path | None = None,
+    organs_from: Path | None = None,
     min_lesion_volume_mm3: float = DEFAULT_MIN_LESION_VOLUME_MM3,
 ) -> SegmentResult:
     """Segment the NIfTI at ``scan_path`` and write the outputs into ``out_dir`` (created).
 
     ``cards`` default to the registry's default model for each of ``tasks``. ``progress(percent,
-    stage)`` reports 0-100 with the stage's name.
+    stage)`` reports 0-100 with the stage's name. ``lesions_from``: a lesion mask (NIfTI on the
+    scan's grid) or a CSV of ``x_mm,y_mm,z_mm[,diameter_mm]`` used instead of predicted lesions.
+    ``organs_from``: an organ label map on the scan's grid, used to allocate lesions when this
+    run has no organ model (a tumor-only job after the organ job).
     """
     started = time.perf_counter()
     timer = StageTimer()
@@ -126,6 +145,7 @@ def segment_file(
     with timer("load"):
         scan = load_scan(Path(scan_path))
         source = read_lesion_source(Path(lesions_from), scan) if lesions_from is not None else None
+        organ_map = read_organ_map(Path(organs_from), scan) if organs_from is not None else None
 
     def inner(percent: int, stage: str) -> None:
         report(3 + percent * 0.8, stage)
@@ -141,7 +161,7 @@ def segment_file(
     )
     report(85, "lesions")
     with timer("lesions"):
-        lesions = lesions_for(output, scan.affine, source)
+        lesions = lesions_for(output, scan.affine, source, organ_map)
         counts = metastasis_counts(lesions)
     report(90, "volumes")
     with timer("volumes"):
@@ -155,11 +175,18 @@ def segment_file(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {key: out / name for key, name in OUTPUT_NAMES.items()}
-    with timer("write"):
-        _publish(paths["labels"], lambda p: save_map(p, output.labels, scan.affine, scan.header))
-        _publish(paths["uncertainty"], lambda p: save_map(p, output.uncertainty, scan.affine, scan.header))
+    with timer("write"), ThreadPoolExecutor(max_workers=2) as pool:
+        # zlib releases the GIL: the two maps compress side by side.
+        maps = [
+            pool.submit(
+                _publish, paths[key], partial(save_map, data=array, affine=scan.affine, header=scan.header)
+            )
+            for key, array in (("labels", output.labels), ("uncertainty", output.uncertainty))
+        ]
         _publish(paths["volumes"], lambda p: write_volumes_csv(p, volumes))
         _publish(paths["lesions"], lambda p: write_lesions_csv(p, lesions))
+        for future in maps:
+            future.result()
     seconds = {**timer.seconds, **output.seconds}
     seconds["total"] = time.perf_counter() - started
     manifest = build_manifest(

@@ -53,14 +53,17 @@ class VolumeRow:
 
 
 def _uncertain_neighbours(labels: np.ndarray, uncertain: np.ndarray, bins: int) -> np.ndarray:
-    """Per structure id: uncertain voxels labelled otherwise that have a 6-neighbour of that id."""
+    """Per structure id: uncertain voxels labelled otherwise that have a 6-neighbour of that id.
+
+    Each uncertain voxel collects the ids of its neighbours as bits of one integer (ids < 64), so
+    a voxel touching the same structure on several faces counts once, without sorting pairs.
+    """
     counts = np.zeros(bins, dtype=np.int64)
     where = np.nonzero(uncertain)
     if where[0].size == 0:
         return counts
-    own = labels[where]
-    flat = np.ravel_multi_index(where, labels.shape)
-    pairs: list[np.ndarray] = []
+    own = labels[where].astype(np.int64)
+    seen = np.zeros(own.size, dtype=np.uint64)
     for axis in range(3):
         for step in (-1, 1):
             coordinate = where[axis] + step
@@ -69,9 +72,10 @@ def _uncertain_neighbours(labels: np.ndarray, uncertain: np.ndarray, bins: int) 
             neighbour[axis] = np.clip(coordinate, 0, labels.shape[axis] - 1)
             value = labels[tuple(neighbour)].astype(np.int64)
             keep = inside & (value != own) & (value != 0)
-            pairs.append(flat[keep] * bins + value[keep])
-    unique = np.unique(np.concatenate(pairs))
-    return np.bincount(unique % bins, minlength=bins)
+            seen[keep] |= np.left_shift(np.uint64(1), value[keep].astype(np.uint64))
+    for structure_id in range(1, min(bins, 64)):
+        counts[structure_id] = int(np.count_nonzero(seen & np.uint64(1 << structure_id)))
+    return counts
 
 
 def structure_volumes(

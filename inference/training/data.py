@@ -9,6 +9,7 @@ fraction of the block where the simulated annotators do not all agree.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from inference.structures import BY_NAME
 from inference.training.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ class Case:
     disagreement: np.ndarray
     #: Voxel size of the coarse grid (source spacing x block factor).
     spacing_mm: float = 0.63
+    #: Per output channel: does this scan's annotation cover it? (channel 0 always True)
+    labelled: np.ndarray | None = None
 
 
 def block_mean(array: np.ndarray, f: int) -> np.ndarray:
@@ -46,6 +50,23 @@ def _load(path: Path) -> np.ndarray:
 def find_cases(root: Path) -> list[Path]:
     """Phantom case folders (flat layout) under ``root``, sorted by name."""
     return sorted(p.parent for p in root.glob("*/labels.nii.gz"))
+
+
+def labelled_channels(folder: Path, spec: TaskSpec) -> np.ndarray:
+    """Which output channels the case's annotation covers.
+
+    A case folder may carry ``meta.json`` with ``"labelled_structures": [names]`` (a lab's scan
+    where only some organs were drawn); channels not listed are left out of the loss rather than
+    taught as background. Without that list every channel counts as labelled.
+    """
+    flags = np.ones(len(spec.structures), dtype=bool)
+    meta_path = folder / "meta.json"
+    if meta_path.exists():
+        names = json.loads(meta_path.read_text()).get("labelled_structures")
+        if isinstance(names, list):
+            ids = {BY_NAME[n].id for n in names}
+            flags = np.array([sid == 0 or sid in ids for sid in spec.structures])
+    return flags
 
 
 def prepare_case(folder: Path, spec: TaskSpec) -> Case:
@@ -77,6 +98,7 @@ def prepare_case(folder: Path, spec: TaskSpec) -> Case:
         ignore=np.rint(ignore * 255).astype(np.uint8),
         disagreement=np.rint(disagreement * 255).astype(np.uint8),
         spacing_mm=round(source_mm * f, 6),
+        labelled=labelled_channels(folder, spec),
     )
 
 
@@ -91,12 +113,25 @@ def load_cases(root: Path, spec: TaskSpec) -> list[Case]:
             with np.load(path) as z:
                 spacing = float(z["spacing_mm"]) if "spacing_mm" in z else 0.21 * spec.factor
                 cases.append(
-                    Case(folder.name, z["ct"], z["fractions"], z["ignore"], z["disagreement"], spacing)
+                    Case(
+                        folder.name,
+                        z["ct"],
+                        z["fractions"],
+                        z["ignore"],
+                        z["disagreement"],
+                        spacing,
+                        labelled_channels(folder, spec),
+                    )
                 )
             continue
         case = prepare_case(folder, spec)
         np.savez(
-            path, ct=case.ct, fractions=case.fractions, ignore=case.ignore, disagreement=case.disagreement
+            path,
+            ct=case.ct,
+            fractions=case.fractions,
+            ignore=case.ignore,
+            disagreement=case.disagreement,
+            spacing_mm=case.spacing_mm,
         )
         log.info("cached %s", path)
         cases.append(case)

@@ -39,7 +39,7 @@ SETS = {
     "test_contrast": (9500, 4, "contrast"),
 }
 #: Training seed and wall-clock budget (minutes on 2 CPU threads) per task.
-TRAINING = {"organs": (11, 32.0), "tumor": (12, 28.0)}
+TRAINING = {"organs": (11, 30.0), "tumor": (12, 28.0)}
 
 
 def ensure_phantoms(root: Path, name: str) -> Path:

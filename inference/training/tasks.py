@@ -33,7 +33,7 @@ ORGANS = TaskSpec(
     low_hu=-1000.0,
     high_hu=1000.0,
     base_channels=8,
-    crop=(64, 64, 96),
+    crop=(48, 48, 72),
     ignore=(BY_NAME["metastasis"].id,),
 )
 

@@ -111,7 +111,11 @@ def sample_batch(
         ct_t = ct_t + torch.randn(ct_t.shape, generator=gen) * float(rng.uniform(0, 35))
         if spec.task == "organs" and rng.random() < 0.2:
             ct_t = ct_t.clamp(-400, 1000)
-        lab = torch.ones(k, dtype=torch.bool)
+        lab = (
+            torch.ones(k, dtype=torch.bool)
+            if case.labelled is None
+            else torch.from_numpy(case.labelled.copy())
+        )
         if rng.random() < cfg.partial_label_rate:
             drop = rng.choice(np.arange(1, k), size=int(rng.integers(1, min(4, k - 1) + 1)), replace=False)
             lab[torch.from_numpy(drop)] = False

@@ -22,7 +22,15 @@ class NoteSerializer(serializers.Serializer):
 
 class ReplaceSerializer(serializers.Serializer):
     file = serializers.FileField()
-    structures = serializers.JSONField(required=False, help_text="Structure name -> label value in the file.")
+    # binary=True: in a multipart form the table arrives as a JSON string.
+    structures = serializers.JSONField(
+        required=False, binary=True, help_text="Structure name -> label value in the file."
+    )
+
+    def validate_structures(self, value: object) -> object:
+        if not isinstance(value, dict):
+            raise serializers.ValidationError('give the structures as a JSON object such as {"tumor": 1}')
+        return value
 
 
 class TransitionSerializer(serializers.ModelSerializer):

@@ -77,12 +77,13 @@ def test_a_region_is_cropped_at_full_resolution_with_its_own_affine(tmp_path: Pa
     affine = np.diag([0.5, 0.5, 0.5, 1.0])
     data = np.arange(10 * 12 * 14, dtype=np.int16).reshape(10, 12, 14)
     source = _save(tmp_path / "ct.nii", data, affine)
-    start, stop = previews.clamp_region(data.shape, (9, 0, 7), max_voxels=4**3)
-    assert start == (6, 0, 5) and stop == (10, 4, 9)
+    # An 8-voxel cube around (9, 0, 7), pushed back inside the 10 x 12 x 14 grid.
+    start, stop = previews.clamp_region(data.shape, (9, 0, 7), max_voxels=8**3)
+    assert start == (2, 0, 3) and stop == (10, 8, 11)
     previews.crop_volume(source, tmp_path / "r.nii.gz", start=start, stop=stop)
     crop = nib.load(str(tmp_path / "r.nii.gz"))
-    np.testing.assert_array_equal(np.asarray(crop.dataobj), data[6:10, 0:4, 5:9])
-    np.testing.assert_allclose(crop.affine @ [0, 0, 0, 1], affine @ [6, 0, 5, 1])
+    np.testing.assert_array_equal(np.asarray(crop.dataobj), data[2:10, 0:8, 3:11])
+    np.testing.assert_allclose(crop.affine @ [0, 0, 0, 1], affine @ [2, 0, 3, 1])
 
 
 def test_the_consensus_is_the_label_more_than_half_of_the_annotators_chose() -> None:

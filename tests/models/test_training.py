@@ -104,3 +104,16 @@ def test_exported_folder_is_a_model_the_pipeline_runs(
     out = predict_volume(volume, np.diag([1.26, 1.26, 1.26, 1.0]), [loaded], threads=1)
     assert out.labels.shape == volume.shape
     assert out.uncertainty.dtype == np.uint8
+
+
+def test_a_scan_that_labels_only_some_organs_marks_the_rest_unlabelled(tiny_data: Path) -> None:
+    from inference.training.data import labelled_channels
+
+    case = sorted(p for p in tiny_data.iterdir() if p.is_dir() and not p.name.startswith("."))[0]
+    assert labelled_channels(case, TINY).all()
+    partial = case.parent / "partial"
+    partial.mkdir()
+    (partial / "meta.json").write_text(json.dumps({"labelled_structures": ["heart", "liver"]}))
+    flags = labelled_channels(partial, TINY)
+    labelled_ids = {sid for sid, flag in zip(TINY.structures, flags, strict=True) if flag}
+    assert labelled_ids == {0, 1, 4}

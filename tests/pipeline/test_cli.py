@@ -92,6 +92,19 @@ def test_segment_with_lesion_coordinates_counts_metastases_per_organ(
     assert not list((tmp_path / "out").glob(".partial-*"))
 
 
+def test_a_tumor_only_run_allocates_with_an_earlier_organ_map(
+    phantom_file: Path, organ_model: ModelCard, tumor_model: ModelCard, tmp_path: Path
+) -> None:
+    organs = segment_file(phantom_file, tmp_path / "organs", cards=[organ_model], threads=1)
+
+    tumor = segment_file(
+        phantom_file, tmp_path / "tumor", cards=[tumor_model], threads=1, organs_from=organs.labels_path
+    )
+
+    assert [(r.structure_id, r.organ_name) for r in tumor.lesions] == [(14, "liver")]
+    assert [r.name for r in tumor.volumes] == ["tumor"]
+
+
 def test_a_lesion_mask_on_another_grid_is_refused(
     phantom_file: Path, organ_model: ModelCard, tmp_path: Path
 ) -> None:

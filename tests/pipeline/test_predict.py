@@ -62,10 +62,13 @@ def test_real_file_labels_land_on_the_input_grid(realdata: Path, tmp_path: Path,
     assert output.labels.shape == volume.shape
     assert output.uncertainty.shape == volume.shape
     assert output.labels.dtype == np.uint8 and output.uncertainty.dtype == np.uint8
-    expected = expected_labels(volume, float(volume.max()))
+    # The 35 um atlas has 195 M voxels: compare every second voxel along each axis.
+    step = 2 if volume.size > 50_000_000 else 1
+    sample = (slice(None, None, step),) * 3
+    expected = expected_labels(volume[sample], float(volume.max()))
     # Resampled to 0.3 mm and back: the same objects in the same place; thin skull bone at twice the
     # voxel size loses about a third of its voxels, a flipped or shifted map would score near 0.
-    assert dice(output.labels > 0, expected > 0) > 0.5
+    assert dice(output.labels[sample] > 0, expected > 0) > 0.5
 
 
 @pytest.mark.parametrize("name", [n for n in REAL_FILES if "35_mic" not in n])
@@ -123,6 +126,10 @@ def test_synthetic_geometries_land_on_the_input_grid(
     assert dice(coarse.labels == 4, ball) > 0.85
     assert np.array_equal(exact.labels, np.where(ball, 4, 0))
     assert np.array_equal(exact.organ_labels, exact.labels)
+    # The tiny model's disagreement head peaks at the liver threshold: uncertain where the ball's
+    # blurred border crosses it on the coarse grid, certain in air and deep inside.
+    assert coarse.uncertainty.max() > 150
+    assert coarse.uncertainty[0, 0, 0] < 10 and coarse.uncertainty[15, 13, 11] < 64
 
 
 def test_tumor_is_drawn_over_the_organs(organ_model: ModelCard, tumor_model: ModelCard) -> None:

@@ -184,3 +184,20 @@ def test_a_lab_admin_may_review_too(tumor_scan, lab):
     response = client_for(admin).post(f"/api/annotations/{annotation.pk}/approve")
 
     assert response.status_code == 200
+
+
+def test_a_replacement_may_bring_its_own_label_table(tumor_scan, reviewer, member):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    scan, (annotation, *_) = tumor_scan()
+    reject_annotation(annotation=annotation, reviewer=reviewer, note="redo")
+    corrected = ball(tuple(scan.shape), (16, 15, 14), 7.0).astype(np.uint8)  # tumor drawn as 1
+
+    response = client_for(member).post(
+        f"/api/annotations/{annotation.pk}/replace",
+        {"file": SimpleUploadedFile("A_v2.nii.gz", nifti_bytes(corrected)), "structures": '{"tumor": 1}'},
+        format="multipart",
+    )
+
+    assert response.status_code == 201, response.content
+    assert response.json()["structures"] == {"tumor": 1}

@@ -103,6 +103,7 @@ async function loadAll() {
   const t0 = performance.now();
   setStatus(state.region ? "Loading full resolution of the region…" : state.level === "full" ? "Loading full resolution…" : "Loading preview…");
   for (const layer of config.layers) layer.volume = null;
+  nv.opts.multiplanarShowRender = 0; // SHOW_RENDER.NEVER until the slices are on screen
   await nv.loadVolumes(wanted.map((layer) => volumeOptions(layer, true)));
   await frameDrawn();
   hook.level = state.region ? "region" : state.level;
@@ -294,11 +295,22 @@ function buildLesionPanel() {
   container.append(table);
 }
 
+// The 3D render joins the multiplanar view once the slices are on screen, and only for volumes of
+// preview size: without a GPU, ray-casting a full-resolution scan on every redraw takes seconds.
+const RENDER_TILE_MAX_VOXELS = 4e6;
+function showRenderTile() {
+  const dims = nv.back?.hdr?.dims;
+  if (!dims || dims[1] * dims[2] * dims[3] > RENDER_TILE_MAX_VOXELS) return;
+  nv.opts.multiplanarShowRender = 2; // SHOW_RENDER.AUTO: in the free tile
+  nv.drawScene();
+}
+
 async function reload(level, region) {
   state.level = level;
   state.region = region;
   try {
     await loadAll();
+    showRenderTile();
   } catch (error) {
     setStatus(`Could not load the volumes: ${error.message}`);
     hook.errors.push(String(error));
@@ -331,10 +343,7 @@ async function main() {
   }
   hook.firstFrameMs = performance.now();
   hook.overlayDrawn = config.layers.some((l) => l.kind === "labels" && l.volume);
-  // The 3D render joins the multiplanar view once the slices are on screen: software WebGL takes
-  // a while to ray-cast it, and the first frame should not wait for it.
-  nv.opts.multiplanarShowRender = 2; // SHOW_RENDER.AUTO: in the free tile
-  nv.drawScene();
+  showRenderTile();
   buildLesionPanel();
   nv.createOnLocationChange();
   document.body.dataset.viewerReady = "1";
