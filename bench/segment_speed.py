@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -126,19 +127,23 @@ def bench_models(work: Path) -> tuple[list[ModelCard], str]:
 
 def time_labseg(
     scan: Path, out: Path, cards: list[ModelCard], *, device: str, threads: int, repeat: int
-) -> tuple[float, list[float], dict[str, float]]:
-    """(cold seconds, warm seconds per run, stage seconds of the last warm run)."""
+) -> tuple[float, list[float], list[float], dict[str, float]]:
+    """(cold seconds, warm wall seconds per run, warm CPU seconds per run, stages of the last run).
+
+    CPU seconds (all threads of this process) are reported beside wall seconds because a shared
+    machine's load stretches wall time but not the work done."""
     clear_sessions()
     start = time.perf_counter()
     segment_file(scan, out, cards=cards, device=device, threads=threads)
     cold = time.perf_counter() - start
-    warm, stages = [], {}
+    warm, cpu, stages = [], [], {}
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = segment_file(scan, out, cards=cards, device=device, threads=threads)
         warm.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
         stages = result.manifest["seconds"]
-    return cold, warm, stages
+    return cold, warm, cpu, stages
 
 
 def main() -> None:
@@ -164,14 +169,20 @@ def main() -> None:
 
     figures: dict[str, dict[str, object]] = {}
     for name, scan in volumes.items():
-        cold, warm, stages = time_labseg(
+        cold, warm, cpu, stages = time_labseg(
             scan, work / "out", cards, device="cpu", threads=args.threads, repeat=args.repeat
         )
         best = statistics.median(warm)
-        row: dict[str, object] = {"labseg_cold_s": cold, "labseg_warm_s": warm, "labseg_stages_s": stages}
+        row: dict[str, object] = {
+            "labseg_cold_s": cold,
+            "labseg_warm_s": warm,
+            "labseg_warm_cpu_s": cpu,
+            "labseg_stages_s": stages,
+        }
         print(f"\n{name}")
         runs = ", ".join(f"{w:.2f}" for w in warm)
         print(f"  labseg  cold {cold:6.2f} s   warm median {best:6.2f} s  (runs {runs})")
+        print(f"          CPU seconds per warm run (all threads): median {statistics.median(cpu):.2f}")
         print("          stages " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
         print(f"          one worker: {3600 / best:,.0f} scans per hour")
         if reference_model is not None:
@@ -181,12 +192,14 @@ def main() -> None:
             row["aimos_reference_s"] = reference
             print("  AIMOS   " + ", ".join(f"{k} {v:.2f}" for k, v in reference.items()))
             ratio_warm, ratio_cold = reference["total"] / best, reference["total"] / cold
-            print(f"  ratio   {ratio_warm:6.1f}x faster (warm), {ratio_cold:.1f}x (cold)")
+            ratio_cpu = reference["cpu"] / statistics.median(cpu)
+            ratios = f"{ratio_warm:6.1f}x faster (warm), {ratio_cold:.1f}x (cold), {ratio_cpu:.1f}x (CPU)"
+            print(f"  ratio   {ratios}")
         if args.gpu:
             import onnxruntime as ort
 
             if CUDA in ort.get_available_providers():
-                gpu_cold, gpu_warm, gpu_stages = time_labseg(
+                gpu_cold, gpu_warm, _, gpu_stages = time_labseg(
                     scan, work / "out-gpu", cards, device="cuda", threads=args.threads, repeat=args.repeat
                 )
                 row.update({"gpu_cold_s": gpu_cold, "gpu_warm_s": gpu_warm, "gpu_stages_s": gpu_stages})
@@ -195,10 +208,11 @@ def main() -> None:
             else:
                 print("  GPU     no CUDA provider in this ONNX Runtime (install onnxruntime-gpu)")
         figures[name] = row
+    load = os.getloadavg()[0]
+    print(f"\nload average at the end: {load:.1f} on {os.cpu_count()} CPUs")
     if args.json:
-        args.json.write_text(
-            json.dumps({"models": origin, "threads": args.threads, "volumes": figures}, indent=2)
-        )
+        summary = {"models": origin, "threads": args.threads, "load_average": load, "volumes": figures}
+        args.json.write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

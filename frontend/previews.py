@@ -160,10 +160,23 @@ def write_nifti_gz(path: Path, data: np.ndarray, affine: np.ndarray, *, label_in
     tmp.replace(path)
 
 
+def _load(source: Path) -> nib.Nifti1Image:
+    """Open a NIfTI file lazily (its voxels are read slab by slab through ``dataobj``)."""
+    image = nib.load(str(source))
+    if not isinstance(image, nib.Nifti1Image):  # Nifti2Image subclasses Nifti1Image
+        raise ValueError(f"{source.name} is not a NIfTI image")
+    return image
+
+
+def _grid(image: nib.Nifti1Image) -> Grid:
+    shape = tuple(int(s) for s in image.shape[:3])
+    return Grid((shape[0], shape[1], shape[2]), np.asarray(image.affine, dtype=float))
+
+
 def make_intensity_preview(source: Path, target: Path, *, max_voxels: int) -> int:
     """Write the preview of the intensity volume ``source`` to ``target``; returns the factor."""
-    image = nib.load(str(source))
-    grid = Grid(tuple(int(s) for s in image.shape[:3]), image.affine)  # type: ignore[arg-type]
+    image = _load(source)
+    grid = _grid(image)
     factor = preview_factor(grid.shape, max_voxels=max_voxels)
     data = downsample_intensity(image.dataobj, factor)
     dtype = intensity_dtype(image.get_data_dtype(), float(data.min()), float(data.max()))
@@ -183,8 +196,8 @@ def make_label_preview(
     label_intent: bool = False,
 ) -> None:
     """Write the uint8 preview of the label map ``source`` (same grid as its scan) to ``target``."""
-    image = nib.load(str(source))
-    grid = Grid(tuple(int(s) for s in image.shape[:3]), image.affine)  # type: ignore[arg-type]
+    image = _load(source)
+    grid = _grid(image)
     data = downsample_labels(image.dataobj, factor, keep_ids=keep_ids)
     if relabel is not None:
         data = relabel(data)
@@ -202,10 +215,10 @@ def crop_volume(
     label_intent: bool = False,
 ) -> None:
     """Write the full-resolution sub-volume ``[start, stop)`` of ``source`` to ``target``."""
-    image = nib.load(str(source))
-    grid = Grid(tuple(int(s) for s in image.shape[:3]), image.affine)  # type: ignore[arg-type]
+    image = _load(source)
+    grid = _grid(image)
     box = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
-    data = np.asarray(image.dataobj[box])  # type: ignore[index]
+    data = np.asarray(image.dataobj[box])
     if is_label:
         data = data.astype(np.uint8)
         if relabel is not None:

@@ -52,6 +52,39 @@ class VolumeRow:
         return asdict(self)
 
 
+def _neighbour_bits_sparse(labels: np.ndarray, where: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Bit ``k`` set when the voxel at ``where`` has a 6-neighbour labelled ``k`` (not its own)."""
+    own = labels[where]
+    seen = np.zeros(own.size, dtype=np.uint64)
+    for axis in range(3):
+        for step in (-1, 1):
+            coordinate = where[axis] + step
+            inside = (coordinate >= 0) & (coordinate < labels.shape[axis])
+            neighbour = list(where)
+            neighbour[axis] = np.clip(coordinate, 0, labels.shape[axis] - 1)
+            value = labels[tuple(neighbour)]
+            keep = inside & (value != own) & (value != 0)
+            seen[keep] |= np.left_shift(np.uint64(1), value[keep].astype(np.uint64))
+    return seen
+
+
+def _neighbour_bits_dense(labels: np.ndarray, uncertain: np.ndarray) -> np.ndarray:
+    """As the sparse form, on whole shifted arrays: cheaper when most voxels are uncertain."""
+    seen = np.zeros(labels.shape, dtype=np.uint64)
+    bits = np.left_shift(np.uint64(1), labels.astype(np.uint64))
+    for axis in range(3):
+        for here, there in (
+            (slice(1, None), slice(None, -1)),
+            (slice(None, -1), slice(1, None)),
+        ):
+            index_here = (slice(None),) * axis + (here,)
+            index_there = (slice(None),) * axis + (there,)
+            own, value = labels[index_here], labels[index_there]
+            keep = (value != own) & (value != 0)
+            seen[index_here] |= np.where(keep, bits[index_there], np.uint64(0))
+    return seen[uncertain]
+
+
 def _uncertain_neighbours(labels: np.ndarray, uncertain: np.ndarray, bins: int) -> np.ndarray:
     """Per structure id: uncertain voxels labelled otherwise that have a 6-neighbour of that id.
 
@@ -62,17 +95,10 @@ def _uncertain_neighbours(labels: np.ndarray, uncertain: np.ndarray, bins: int) 
     where = np.nonzero(uncertain)
     if where[0].size == 0:
         return counts
-    own = labels[where].astype(np.int64)
-    seen = np.zeros(own.size, dtype=np.uint64)
-    for axis in range(3):
-        for step in (-1, 1):
-            coordinate = where[axis] + step
-            inside = (coordinate >= 0) & (coordinate < labels.shape[axis])
-            neighbour = list(where)
-            neighbour[axis] = np.clip(coordinate, 0, labels.shape[axis] - 1)
-            value = labels[tuple(neighbour)].astype(np.int64)
-            keep = inside & (value != own) & (value != 0)
-            seen[keep] |= np.left_shift(np.uint64(1), value[keep].astype(np.uint64))
+    if where[0].size > labels.size // 8:
+        seen = _neighbour_bits_dense(labels, uncertain)
+    else:
+        seen = _neighbour_bits_sparse(labels, where)
     for structure_id in range(1, min(bins, 64)):
         counts[structure_id] = int(np.count_nonzero(seen & np.uint64(1 << structure_id)))
     return counts

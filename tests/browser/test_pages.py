@@ -170,6 +170,9 @@ def test_annotations_are_outlined_in_canonical_ids_and_two_make_a_consensus(
     assert annotation.header.get_intent()[0] == "label"  # drawn as outlines
     consensus = np.asarray(_nifti(client_for.get(f"/scans/{scan.pk}/layers/consensus.nii.gz")).dataobj)
     assert set(np.unique(consensus)) == {0, BY_NAME["tumor"].id}
+    # The QC picture outlines the consensus on the mid-coronal slice.
+    picture = b"".join(client_for.get(f"/scans/{scan.pk}/qc.png").streaming_content)
+    assert picture[:4] == b"\x89PNG"
 
 
 def test_the_qc_picture_and_thumbnail_are_pngs(client_for: Client, scan: Scan) -> None:

@@ -4,7 +4,6 @@ kept under test-artifacts/review/."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +29,6 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture
-def browser():  # type: ignore[no-untyped-def]
-    sync_api = pytest.importorskip("playwright.sync_api")
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are
-    # ordinary synchronous ones, made between browser steps.
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-    os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-
-
-@pytest.fixture
 def phantom_scan(lab):  # type: ignore[no-untyped-def]
     """Two simulated annotators of a phantom's tumor, on a crop around it."""
     phantom = generate_phantom(2, spacing_mm=0.42, annotated=["tumor"], n_annotators=2)
@@ -54,30 +40,17 @@ def phantom_scan(lab):  # type: ignore[no-untyped-def]
     return scan
 
 
-@pytest.fixture
-def reviewer_page(browser, live_server, reviewer, phantom_scan):  # type: ignore[no-untyped-def]
-    """A browser page signed in as the reviewer (session cookie from Django's test client).
-
-    Closed before the database is flushed, so no request of the page is still being served then.
-    """
+def session_cookie(user) -> str:  # type: ignore[no-untyped-def]
     client = Client()
-    client.force_login(reviewer)
-    cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
-    context = browser.new_context(viewport={"width": 1280, "height": 1100})
-    context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": cookie, "url": live_server.url}])
-    yield context.new_page()
-    context.close()
+    client.force_login(user)
+    return client.cookies[settings.SESSION_COOKIE_NAME].value
 
 
-def test_a_reviewer_rejects_one_annotator_and_approves_the_other(
-    live_server, phantom_scan, reviewer, reviewer_page
-):
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page = reviewer_page
+def walk_through_review(page, url: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The reviewer's steps in the browser; returns the page's JavaScript errors."""
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-
-    page.goto(f"{live_server.url}/review/scans/{phantom_scan.pk}/")
+    page.goto(url)
     page.wait_for_selector("body[data-review-ready=true]", timeout=60_000)
 
     for name in ("A", "B"):
@@ -96,15 +69,32 @@ def test_a_reviewer_rejects_one_annotator_and_approves_the_other(
     first, second = (page.get_by_test_id(f"annotator-{name}") for name in ("A", "B"))
     first.get_by_label("Note").fill("The rim is drawn too generously on the caudal slices.")
     first.get_by_role("button", name="Reject").click()
-    page.wait_for_function(
-        "document.querySelector('[data-testid=annotator-A] [data-role=status]').textContent === 'Rejected'"
-    )
+    status = "document.querySelector('[data-testid=annotator-{}] [data-role=status]').textContent === '{}'"
+    page.wait_for_function(status.format("A", "Rejected"))
     second.get_by_role("button", name="Approve").click()
-    page.wait_for_function(
-        "document.querySelector('[data-testid=annotator-B] [data-role=status]').textContent === 'Approved'"
-    )
+    page.wait_for_function(status.format("B", "Approved"))
     assert "too generously" in first.locator("[data-role=note]").inner_text()
     page.screenshot(path=str(ARTIFACTS / "3_after_review.png"), full_page=True)
+    return errors
+
+
+def test_a_reviewer_rejects_one_annotator_and_approves_the_other(live_server, phantom_scan, reviewer):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    cookie = session_cookie(reviewer)
+
+    # Only the browser runs inside Playwright's event loop; the database is read before and after.
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        context = chromium.new_context(viewport={"width": 1280, "height": 1100})
+        context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": cookie, "url": live_server.url}])
+        try:
+            errors = walk_through_review(
+                context.new_page(), f"{live_server.url}/review/scans/{phantom_scan.pk}/"
+            )
+        finally:
+            context.close()
+            chromium.close()
 
     assert errors == []
     statuses = dict(Annotation.objects.filter(scan=phantom_scan).values_list("annotator_name", "status"))

@@ -115,7 +115,8 @@ def test_a_running_job_is_reclaimed_only_when_its_worker_stopped_heartbeating(
 def test_two_workers_racing_for_a_job_one_wins(
     models: dict[str, ModelVersion], upload_scan: Callable[..., Scan]
 ) -> None:
-    [job] = services.request_segmentation(scan=upload_scan(), model_versions=[models["organs"]])
+    # Created directly: outside a test transaction, a request would also publish to the broker.
+    job = InferenceJob.objects.create(scan=upload_scan(), model_version=models["organs"])
     start = threading.Barrier(4)
     won: list[str] = []
 

@@ -233,7 +233,8 @@ def test_deleting_a_scan_deletes_its_jobs_and_predictions(
 def test_cancelling_a_running_job_stops_it_and_leaves_no_prediction_or_files(
     models: dict[str, ModelVersion], upload_scan: Callable[..., Scan], member: Any, media_root: Path
 ) -> None:
-    job = _job(upload_scan(shape=(160, 128, 128)), models["organs"])
+    # Created directly: outside a test transaction, a request would also publish to the broker.
+    job = InferenceJob.objects.create(scan=upload_scan(shape=(160, 128, 128)), model_version=models["organs"])
     ended: list[InferenceJob | None] = []
 
     def worker() -> None:

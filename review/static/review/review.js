@@ -67,7 +67,8 @@ async function showSideBySide() {
     const canvas = document.getElementById(`viewer-${a.id}`);
     const nv = await viewer(canvas, 1);
     await nv.loadVolumes([ctVolume(), annotationVolume(a)]);
-    asLabelMap(nv.volumes[1], a, 110);
+    asLabelMap(nv.volumes[1], a, 255);
+    nv.setOpacity(1, 0.5); // the CT stays readable under the fill
     nv.updateGLVolume();
     canvas.dataset.loaded = "true";
   }
