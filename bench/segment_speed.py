@@ -89,6 +89,10 @@ def make_volumes(work: Path, synthetic: bool) -> dict[str, Path]:
     paths = {}
     for number, (name, (shape, spacing)) in enumerate(VOLUMES.items()):
         path = work / f"volume{number}.nii.gz"
+        if path.is_file() and nib.load(str(path)).shape == shape:
+            print(f"{name}: reusing {path}")
+            paths[name] = path
+            continue
         source = "synthetic"
         if not synthetic:
             try:
@@ -106,23 +110,39 @@ def make_volumes(work: Path, synthetic: bool) -> dict[str, Path]:
     return paths
 
 
-def bench_models(work: Path) -> tuple[list[ModelCard], str]:
-    """The registry's defaults, else random-weight networks of the trained architecture."""
+def bench_models(work: Path, checkpoints: Path) -> tuple[list[ModelCard], str]:
+    """The registry's defaults; else networks of the trained architecture, with the weights of
+    an in-progress training checkpoint (``<checkpoints>/<task>/checkpoint.pt``) when there is one,
+    else random weights (seeded). Random weights cost the same in the network but make noisy
+    label maps, so lesions and volumes then take longer than with a real model."""
     try:
         return [default_model("organs"), default_model("tumor")], "registry defaults (trained)"
     except ModelCardError:
         pass
+    import torch
+
     from inference.training.export import export_model
     from inference.training.network import UNet3D
     from inference.training.tasks import TASKS
 
-    cards = []
-    for spec in TASKS.values():
+    cards, origins = [], []
+    for task, spec in TASKS.items():
+        torch.manual_seed(0)
         network = UNet3D(len(spec.structures), base=spec.base_channels)
+        origin = "random weights"
+        checkpoint = checkpoints / task / "checkpoint.pt"
+        if checkpoint.is_file():
+            try:
+                state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+                network.load_state_dict(state["state"])
+                origin = f"training checkpoint, epoch {state.get('epoch')}"
+            except (RuntimeError, KeyError, EOFError, OSError):
+                origin = "random weights (checkpoint unreadable)"
         folder = work / "models" / spec.name
-        export_model(network, spec, folder, version="bench-random", training={"data": "random weights"})
+        export_model(network, spec, folder, version="bench", training={"data": origin})
         cards.append(load_card(folder))
-    return cards, "random weights, architecture of inference/training (no trained model in inference/models/)"
+        origins.append(f"{task}: {origin}")
+    return cards, "architecture of inference/training, " + "; ".join(origins)
 
 
 def time_labseg(
@@ -155,12 +175,18 @@ def main() -> None:
     parser.add_argument("--synthetic", action="store_true", help="synthetic bodies, not phantoms")
     parser.add_argument("--work", type=Path, default=None, help="folder for volumes and outputs")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    parser.add_argument(
+        "--checkpoints",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "data" / "runs",
+        help="training checkpoints to use while inference/models/ has no model",
+    )
     args = parser.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="labseg-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     volumes = make_volumes(work, args.synthetic)
-    cards, origin = bench_models(work)
+    cards, origin = bench_models(work, args.checkpoints)
     print(f"models: {', '.join(c.key for c in cards)} ({origin})")
     print(f"threads: {args.threads}")
     reference_model = None
@@ -186,9 +212,11 @@ def main() -> None:
         print("          stages " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
         print(f"          one worker: {3600 / best:,.0f} scans per hour")
         if reference_model is not None:
+            start_cpu = time.process_time()
             reference = segment_reference(
                 scan, work / "aimos.nii.gz", model=reference_model, threads=args.threads
             )
+            reference["cpu"] = time.process_time() - start_cpu
             row["aimos_reference_s"] = reference
             print("  AIMOS   " + ", ".join(f"{k} {v:.2f}" for k, v in reference.items()))
             ratio_warm, ratio_cold = reference["total"] / best, reference["total"] / cold

@@ -169,8 +169,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="navigations per scan (default 3)")
     parser.add_argument("--skip-2gb", action="store_true", help="only the 40 MB scan")
+    parser.add_argument("--preview-voxels", type=int, help="the server's LABSEG_PREVIEW_MAX_VOXELS")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.preview_voxels:
+        os.environ["LABSEG_PREVIEW_MAX_VOXELS"] = str(args.preview_voxels)
     env = _environment()
     _prepare_database(env)
     sizes = SCANS[:1] if args.skip_2gb else SCANS

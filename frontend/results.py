@@ -14,7 +14,8 @@ from typing import Any
 
 from inference.models import InferenceJob, Lesion, Prediction, StructureVolume
 from inference.structures import BY_ID, BY_NAME, LESION_NAMES
-from scans.models import Annotation, Mouse, Scan, Study
+from review.models import Consensus
+from scans.models import Mouse, Scan, Study
 
 TUMOR_ID = BY_NAME["tumor"].id
 METASTASIS_ID = BY_NAME["metastasis"].id
@@ -41,6 +42,8 @@ class MouseSeries:
     tumor: list[TumorPoint] = field(default_factory=list)
     #: organ name -> [(days, volume_mm3, low, high)]
     organs: dict[str, list[tuple[float, float, float, float]]] = field(default_factory=dict)
+    #: Tumor volume of the approved annotations' majority consensus; the range spans the annotators.
+    tumor_annotated: list[TumorPoint] = field(default_factory=list)
 
 
 def latest_predictions(scan: Scan) -> list[Prediction]:
@@ -111,10 +114,10 @@ def _days(offset_hours: float) -> float:
 def mouse_series(mice: list[Mouse]) -> list[MouseSeries]:
     """Tumor and organ volume over time per mouse.
 
-    Tumor volume per scan: the sum of the tumor structure over the scan's newest predictions, with
-    the uncertainty range; an approved annotation's tumor volume (its StructureVolume rows are not
-    stored, so it appears only when the review app records one) is not invented here. Days are
-    counted from the mouse's first time point.
+    Tumor volume per scan: the tumor structure of the scan's newest prediction, with the range its
+    uncertainty map allows; and, where reviewers approved annotations, the volume of their
+    majority consensus (review app) with the range from the smallest to the largest annotator.
+    Days are counted from the mouse's first time point.
     """
     series = {
         m.pk: MouseSeries(m.pk, m.identifier, m.cohort.name if m.cohort_id else "No cohort") for m in mice
@@ -164,7 +167,32 @@ def mouse_series(mice: list[Mouse]) -> list[MouseSeries]:
             organs.append((days, v.volume_mm3, v.volume_low_mm3, v.volume_high_mm3))
     for mouse_id, point in sorted(tumor.values(), key=lambda item: item[1].days):
         series[mouse_id].tumor.append(point)
+    _annotated_tumor(series, scans, first_offset)
     return list(series.values())
+
+
+def _annotated_tumor(series: dict[int, MouseSeries], scans: Any, first_offset: dict[int, float]) -> None:
+    """Add the review app's consensus of approved annotations (tumor) to each mouse's series."""
+    consensuses = (
+        Consensus.objects.filter(scan__in=scans, structure_id=TUMOR_ID)
+        .select_related("scan__time_point")
+        .prefetch_related("raters")
+        .order_by("scan__time_point__offset_hours")
+    )
+    for consensus in consensuses:
+        time_point = consensus.scan.time_point
+        raters = [r.volume_mm3 for r in consensus.raters.all()] or [consensus.majority_volume_mm3]
+        series[time_point.mouse_id].tumor_annotated.append(
+            TumorPoint(
+                consensus.scan_id,
+                time_point.label,
+                _days(time_point.offset_hours - first_offset[time_point.mouse_id]),
+                consensus.majority_volume_mm3,
+                min(raters),
+                max(raters),
+                f"consensus of {len(raters)} approved annotations",
+            )
+        )
 
 
 def series_json(series: list[MouseSeries]) -> list[dict[str, Any]]:
@@ -174,14 +202,11 @@ def series_json(series: list[MouseSeries]) -> list[dict[str, Any]]:
             "mouse": s.identifier,
             "cohort": s.cohort,
             "tumor": [p.__dict__ for p in s.tumor],
+            "tumor_annotated": [p.__dict__ for p in s.tumor_annotated],
             "organs": {name: [list(p) for p in pts] for name, pts in sorted(s.organs.items())},
         }
         for s in series
     ]
-
-
-def approved_annotations(scan: Scan) -> list[Annotation]:
-    return list(scan.annotations.filter(status=Annotation.Status.APPROVED))
 
 
 def study_mice(study: Study) -> list[Mouse]:

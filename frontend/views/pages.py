@@ -13,7 +13,7 @@ from django.contrib import messages
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
@@ -56,6 +56,14 @@ def _follow_lab(request: HttpRequest, lab: Lab, row_lab_id: int) -> Lab:
         raise Http404("not in your labs")
     messages.info(request, f"Switched to {switched.name}.")
     return switched
+
+
+def _review_url(name: str, pk: int) -> str | None:
+    """A link into the review app's pages when they are mounted (they live in another app)."""
+    try:
+        return reverse(f"review:{name}", args=[pk])
+    except NoReverseMatch:
+        return None
 
 
 def _scan_rows(scans: list[Scan]) -> list[dict[str, Any]]:
@@ -120,7 +128,7 @@ def _crossed(series: list[results.MouseSeries], endpoint_ul: float) -> list[dict
     """Mice whose tumor volume reached the humane endpoint, with the first time point it did."""
     out = []
     for s in series:
-        for point in s.tumor:
+        for point in sorted([*s.tumor, *s.tumor_annotated], key=lambda p: p.days):
             if point.volume_mm3 >= endpoint_ul:
                 out.append({"mouse": s.identifier, "mouse_id": s.mouse_id, "point": point})
                 break
@@ -151,6 +159,7 @@ def study(request: HttpRequest, lab: Lab, pk: int) -> HttpResponse:
         cohorts=cohorts,
         scans=_scan_rows(scans),
         page_data={"endpoint_ul": endpoint, "series": results.series_json(series)},
+        review_url=_review_url("study-qc", the_study.pk),
         endpoint_ul=endpoint,
         crossed=_crossed(series, endpoint),
     )
@@ -201,4 +210,5 @@ def scan(request: HttpRequest, lab: Lab, pk: int) -> HttpResponse:
         jobs=results.jobs_of([the_scan]).get(the_scan.pk, []),
         volumes=config["volumes"],
         config=config,
+        review_url=_review_url("scan", the_scan.pk) if the_scan.annotations.exists() else None,
     )

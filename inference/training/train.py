@@ -170,13 +170,18 @@ def train(
     *,
     val: list[Case] | None = None,
     checkpoint: Path | None = None,
+    init: Path | None = None,
 ) -> UNet3D:
     """Train a model; stops after ``cfg.epochs`` epochs or ``cfg.max_minutes``, whichever first."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
     device = pick_device(cfg.device)
-    model = UNet3D(len(spec.structures), base=spec.base_channels).to(device)
+    model = UNet3D(len(spec.structures), base=spec.base_channels)
+    if init is not None:
+        model.load_state_dict(torch.load(init, map_location="cpu")["state"])
+    # channels-last: oneDNN's 3D convolution backward is 5-10x faster on CPU in this layout.
+    model = model.to(device=device, memory_format=torch.channels_last_3d)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     iters_per_epoch = max(len(cases) // cfg.batch, 1)
     total = cfg.epochs * iters_per_epoch
@@ -192,6 +197,7 @@ def train(
             image, target, labelled, weight, disagree = (
                 t.to(device) for t in sample_batch(cases, spec, cfg, rng)
             )
+            image = image.contiguous(memory_format=torch.channels_last_3d)
             logits, dis_logit = model(image)
             loss = partial_label_loss(logits, target, labelled, weight) + disagreement_loss(
                 dis_logit, disagree
@@ -217,7 +223,7 @@ def train(
             log.info("time budget of %.0f minutes reached after %d epochs", cfg.max_minutes, epoch + 1)
             break
     model.eval()
-    return model
+    return model.to(memory_format=torch.contiguous_format)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -232,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--version", default="1.0.0")
+    parser.add_argument("--init", type=Path, help="start from this checkpoint.pt (fine-tuning)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from inference.training.export import export_model
@@ -248,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    model = train(spec, cases, cfg, val=val, checkpoint=args.out / "checkpoint.pt")
+    model = train(spec, cases, cfg, val=val, checkpoint=args.out / "checkpoint.pt", init=args.init)
     seconds = time.monotonic() - t0
     training = {
         "data": f"{len(cases)} phantoms in {args.data} ({', '.join(c.name for c in cases[:2])} ...)",

@@ -17,6 +17,7 @@ from django.test import Client
 from frontend.demo import add_prediction, write_phantom
 from inference.models import Prediction
 from inference.structures import BY_NAME
+from review.models import Consensus, ConsensusRater
 from scans.models import Lab, Scan
 from scans.services import register_annotation, register_scan
 from tests.factories import LabFactory, member_of
@@ -214,3 +215,40 @@ def test_the_mouse_page_warns_when_the_tumor_crosses_the_humane_endpoint(
     assert 'id="endpoint-warning" class="alert" role="alert" hidden' in calm
     crossed = client_for.get(f"/mice/{mouse.pk}/?endpoint_ul={tumor_mm3 / 2:.3f}").content.decode()
     assert "reached the humane endpoint" in crossed
+
+
+def test_the_mouse_series_carries_the_approved_annotations_consensus_with_its_range(
+    client_for: Client, scan: Scan, user: Any, tmp_path: Path
+) -> None:
+    tumor = np.zeros(SHAPE, dtype=np.uint8)
+    tumor[30:38, 10:20, 20:30] = 1
+    annotations = []
+    for name, shift in (("A", 0), ("B", 1)):
+        path = tmp_path / f"Annotator_{name}_M01_0h.nii.gz"
+        nib.save(nib.Nifti1Image(np.roll(tumor, shift, axis=0), np.asarray(scan.affine)), str(path))
+        annotations.append(
+            register_annotation(
+                scan=scan, file=path, original_filename=path.name, annotator_name=name, user=user,
+                structures={"tumor": 1},
+            )
+        )  # fmt: skip
+    consensus = Consensus.objects.create(
+        scan=scan,
+        structure_id=BY_NAME["tumor"].id,
+        majority="consensus/majority.nii.gz",
+        staple="consensus/staple.nii.gz",
+        disagreement="consensus/disagreement.nii.gz",
+        majority_volume_mm3=100.0,
+        staple_volume_mm3=101.0,
+        disagreeing_voxels=8,
+    )
+    for annotation, volume in zip(annotations, (96.0, 104.0), strict=True):
+        ConsensusRater.objects.create(
+            consensus=consensus, annotation=annotation, sensitivity=0.9, specificity=0.99, volume_mm3=volume
+        )
+    page_data = client_for.get(f"/mice/{scan.time_point.mouse_id}/").context["page_data"]
+    annotated = page_data["series"][0]["tumor_annotated"]
+    assert [(p["volume_mm3"], p["low_mm3"], p["high_mm3"], p["days"]) for p in annotated] == [
+        (100.0, 96.0, 104.0, 0.0)
+    ]
+    assert "2 approved annotations" in annotated[0]["source"]

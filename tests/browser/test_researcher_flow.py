@@ -47,6 +47,18 @@ def _cut_second_chunk(page: Any) -> dict[str, int]:
 
 def _upload(page: Any, live_server: Any, path: Path) -> tuple[int, dict[str, int]]:
     page.goto(f"{live_server.url}/upload/")
+    # A folder in the tumor database layout: mouse and time point come from the names.
+    parsed = page.evaluate(
+        "(async () => { const m = await import('/static/frontend/js/upload.js'); return ["
+        "m.parseName('Dataset 1/M01_M02_8d/M02_8d/CT_M02_8d.nii.gz'),"
+        "m.parseName('Dataset 1/M01_M02_8d/M02_8d/Annotator_B_M02_8d.nii.gz'),"
+        "m.parseName('M11_24h/scan.nii')]; })()"
+    )
+    assert [(p["mouse"], p["timePoint"], p["annotator"]) for p in parsed] == [
+        ("M02", "8d", None),
+        ("M02", "8d", "B"),
+        ("M11", "24h", None),
+    ]
     puts = _cut_second_chunk(page)
     page.fill("#study", "Browser study")
     page.set_input_files("#files", str(path))
@@ -90,6 +102,15 @@ def test_a_researcher_uploads_segments_views_and_downloads(
     scan = Scan.objects.get(pk=scan_id)
     assert scan.time_point.mouse.identifier == "M03" and scan.time_point.label == "8d"
     assert scan.size_bytes == phantom.stat().st_size
+
+    # Sending the same file again: the row shows the server's refusal in its own words.
+    console.expected.append("the server responded with a status of 409 (Conflict)")
+    page.set_input_files("#files", str(phantom))
+    page.click("#send")
+    page.wait_for_function("document.querySelectorAll('#queue .msg.error').length === 1")
+    refusal = page.locator("#queue .msg.error").inner_text()
+    assert f"this file was already uploaded to Tumor Lab as scan {scan_id}" in refusal
+    screenshot(page, "01b-upload-refused")
 
     # The scan page follows the real worker's jobs live until they finish.
     page.goto(f"{live_server.url}/scans/{scan_id}/")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,16 +32,26 @@ def test_migrate_registers_the_model_folders(settings: Any, tiny_models_root: Pa
     }
 
 
-def test_the_shipped_models_register_with_a_default_per_task() -> None:
+def test_the_shipped_models_register_and_segment_a_scan(
+    settings: Any, upload_scan: Callable[..., Scan]
+) -> None:
     shipped = discover_models(DEFAULT_MODELS_DIR)
     assert {card.task for card in shipped} == {"organs", "tumor"}, (
         f"no shipped models in {DEFAULT_MODELS_DIR}"
     )
+    settings.LABSEG_MODELS_DIR = DEFAULT_MODELS_DIR
 
     report = services.sync_models(root=DEFAULT_MODELS_DIR)
+    jobs = services.request_segmentation(scan=upload_scan())
+    finished = [services.run_job(job.pk, worker_host="test-worker") for job in jobs]
 
     assert set(report.created + report.unchanged) == {card.key for card in shipped}
     assert set(report.defaults) == {"organs", "tumor"}
+    for job in finished:
+        assert job is not None and job.state == InferenceJob.State.SUCCEEDED, job and job.error
+        card = next(c for c in shipped if c.key == job.model_version.label)
+        assert job.prediction.manifest["server"]["model"] == card.key
+        assert card.sha256 in json.dumps(job.prediction.manifest)
 
 
 @pytest.fixture

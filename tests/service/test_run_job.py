@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -64,6 +65,7 @@ def test_an_organ_job_records_a_prediction_whose_volumes_match_its_label_file(
         assert volume.volume_low_mm3 <= volume.volume_mm3 <= volume.volume_high_mm3
     assert default_storage.exists(prediction.uncertainty.name)
     assert prediction.manifest["server"]["models_run"] == ["tiny-organs@1.0.0"]
+    assert models["organs"].sha256 in json.dumps(prediction.manifest), "the manifest names the exact weights"
 
 
 def test_a_lesion_job_allocates_each_lesion_to_the_organ_that_holds_it(

@@ -12,19 +12,20 @@ const warning = document.getElementById("endpoint-warning");
 
 function drawTumor() {
   const endpoint = Number(input.value) > 0 ? Number(input.value) : 1500;
+  const point = (p) => ({
+    x: p.days, y: p.volume_mm3, low: p.low_mm3, high: p.high_mm3,
+    title: `${p.time_point} (day ${p.days}): ${p.volume_mm3.toFixed(1)} uL, range ${p.low_mm3.toFixed(1)}–${p.high_mm3.toFixed(1)} (${p.source})`,
+  });
+  const series = [{ name: "model", colour: colours.tumor, points: mouse.tumor.map(point) }];
+  if (mouse.tumor_annotated.length) {
+    series.push({ name: "approved annotations (consensus)", colour: "#2f6feb", points: mouse.tumor_annotated.map(point) });
+  }
   lineChart(
     document.getElementById("tumor-chart"),
-    [{
-      name: "tumor",
-      colour: colours.tumor,
-      points: mouse.tumor.map((p) => ({
-        x: p.days, y: p.volume_mm3, low: p.low_mm3, high: p.high_mm3,
-        title: `${p.time_point} (day ${p.days}): ${p.volume_mm3.toFixed(1)} uL, range ${p.low_mm3.toFixed(1)}–${p.high_mm3.toFixed(1)} (${p.source})`,
-      })),
-    }],
+    series,
     { xLabel: "days since first scan", yLabel: "tumor volume (uL)", refLine: { y: endpoint, label: `humane endpoint ${endpoint} uL` }, empty: "No tumor volume yet.", title: "tumor volume over time" },
   );
-  const crossed = mouse.tumor.find((p) => p.volume_mm3 >= endpoint);
+  const crossed = [...mouse.tumor, ...mouse.tumor_annotated].sort((a, b) => a.days - b.days).find((p) => p.volume_mm3 >= endpoint);
   warning.hidden = !crossed;
   if (crossed) {
     warning.textContent = `${mouse.mouse} reached the humane endpoint of ${endpoint} uL at ${crossed.time_point} (day ${crossed.days}): ${crossed.volume_mm3.toFixed(1)} uL.`;

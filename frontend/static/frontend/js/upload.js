@@ -127,8 +127,10 @@ function setProgress(item, offset) {
 }
 
 function updateOverall() {
+  // Bytes of refused files do not count as sent: the server kept none of them.
   const total = queue.reduce((sum, item) => sum + item.file.size, 0);
-  const done = queue.reduce((sum, item) => sum + (item.state === "done" ? item.file.size : item.offset), 0);
+  const sent = { done: (item) => item.file.size, failed: () => 0 };
+  const done = queue.reduce((sum, item) => sum + (sent[item.state]?.(item) ?? item.offset), 0);
   const percent = total ? (100 * done) / total : 0;
   $("#overall-bar").style.width = `${percent.toFixed(1)}%`;
   $("#overall-text").textContent = total
