@@ -100,8 +100,14 @@ def _seed(label: str, shape: tuple[int, int, int], spacing_mm: float) -> int:
     tag = "x".join(map(str, shape))
     scan_path, labels_path, unc_path = (OUT / f"{kind}_{tag}.nii" for kind in ("CT", "labels", "uncertainty"))
     existing = Scan.objects.filter(lab=lab, original_filename=scan_path.name).first()
-    if existing is not None and existing.predictions.exists():
+    if (
+        existing is not None
+        and existing.predictions.exists()
+        and existing.file.storage.exists(existing.file.name)
+    ):
         return existing.pk
+    if existing is not None:  # left half-made by an interrupted run, or its files were deleted
+        existing.delete()
     if not scan_path.exists():
         started = time.perf_counter()
         write_phantom(scan_path, labels_path, unc_path, shape=shape, spacing_mm=spacing_mm)

@@ -33,12 +33,19 @@ from scans.models import Annotation, Scan
 
 LESION_IDS = tuple(BY_NAME[name].id for name in LESION_NAMES)
 
-#: Window presets in HU (low, high): soft tissue W400/L40, bone W1800/L400, lung W1500/L-600.
+#: Window presets in HU (low, high): soft tissue W400/L40, bone W1800/L400, lung W1500/L-600;
+#: "auto" is the 2nd-98th percentile range NiiVue computes, for scans not in HU.
 WINDOWS = {
     "soft": {"label": "Soft tissue", "low": -160.0, "high": 240.0},
     "bone": {"label": "Bone", "low": -500.0, "high": 1300.0},
     "lung": {"label": "Lung", "low": -1350.0, "high": 150.0},
+    "auto": {"label": "Auto", "low": None, "high": None},
 }
+
+
+def default_window(scan: Scan) -> str:
+    """Soft tissue for CT in Hounsfield units (air near -1000 HU), else the data's own range."""
+    return "soft" if scan.intensity_min <= -500 else "auto"
 
 
 class LayerNotFoundError(Exception):
@@ -364,6 +371,7 @@ def viewer_config(scan: Scan, predictions: list[Prediction]) -> dict[str, Any]:
         "layers": layer_rows,
         "structures": as_json(),
         "windows": WINDOWS,
+        "defaultWindow": default_window(scan),
         "volumes": results.scan_volumes(predictions),
         "lesions": results.scan_lesions(predictions),
         "metastasisCounts": results.metastasis_counts(predictions),

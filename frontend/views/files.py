@@ -3,6 +3,8 @@ QC picture per scan."""
 
 from __future__ import annotations
 
+import logging
+
 from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404
@@ -11,6 +13,8 @@ from django.views.decorators.http import require_GET
 from frontend import layers, pictures
 from frontend.views.base import lab_page
 from scans.models import Lab, Scan
+
+logger = logging.getLogger(__name__)
 
 
 def _scan(request: HttpRequest, lab: Lab, pk: int) -> Scan:
@@ -66,7 +70,14 @@ def qc_picture(request: HttpRequest, lab: Lab, pk: int) -> HttpResponse:
     """The scan's QC picture (PNG): mean-intensity projection and mid-coronal slice with overlays.
     ``?size=thumb`` gives the small projection used in lists."""
     scan = _scan(request, lab, pk)
-    name = pictures.qc_picture(scan, thumbnail=request.GET.get("size") == "thumb")
+    try:
+        name = pictures.qc_picture(scan, thumbnail=request.GET.get("size") == "thumb")
+    except (OSError, ValueError) as error:
+        # A list page must not break on one unreadable file: fall back to the upload's thumbnail.
+        logger.warning("no QC picture for scan %s: %s", scan.pk, error)
+        if not scan.thumbnail:
+            return JsonResponse({"detail": f"no QC picture for scan {scan.pk}: {error}"}, status=404)
+        name = scan.thumbnail.name
     response = FileResponse(default_storage.open(name, "rb"), content_type="image/png")
     response["Cache-Control"] = "private, max-age=300"
     return response

@@ -68,35 +68,51 @@ def _neighbour_bits_sparse(labels: np.ndarray, where: tuple[np.ndarray, ...]) ->
     return seen
 
 
-def _neighbour_bits_dense(labels: np.ndarray, uncertain: np.ndarray) -> np.ndarray:
-    """As the sparse form, on whole shifted arrays: cheaper when most voxels are uncertain."""
-    seen = np.zeros(labels.shape, dtype=np.uint64)
-    bits = np.left_shift(np.uint64(1), labels.astype(np.uint64))
+def _neighbour_bits_dense(labels: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """As the sparse form, on whole shifted arrays: cheaper when most voxels are candidates."""
+    dtype = np.uint16 if int(labels.max(initial=0)) < 16 else np.uint64
+    seen = np.zeros(labels.shape, dtype=dtype)
+    bits = np.left_shift(dtype(1), labels.astype(dtype))
     for axis in range(3):
-        for here, there in (
-            (slice(1, None), slice(None, -1)),
-            (slice(None, -1), slice(1, None)),
-        ):
+        for here, there in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):
             index_here = (slice(None),) * axis + (here,)
             index_there = (slice(None),) * axis + (there,)
-            own, value = labels[index_here], labels[index_there]
-            keep = (value != own) & (value != 0)
-            seen[index_here] |= np.where(keep, bits[index_there], np.uint64(0))
-    return seen[uncertain]
+            value = labels[index_there]
+            keep = (value != labels[index_here]) & (value != 0)
+            seen[index_here] |= bits[index_there] * keep
+    return seen[candidates].astype(np.uint64)
+
+
+def _borders(labels: np.ndarray) -> np.ndarray:
+    """True where a 6-neighbour carries another label (only these voxels can touch a structure)."""
+    border = np.zeros(labels.shape, dtype=bool)
+    for axis in range(3):
+        for here, there in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):
+            index_here = (slice(None),) * axis + (here,)
+            border[index_here] |= labels[index_here] != labels[(slice(None),) * axis + (there,)]
+    return border
 
 
 def _uncertain_neighbours(labels: np.ndarray, uncertain: np.ndarray, bins: int) -> np.ndarray:
     """Per structure id: uncertain voxels labelled otherwise that have a 6-neighbour of that id.
 
-    Each uncertain voxel collects the ids of its neighbours as bits of one integer (ids < 64), so
-    a voxel touching the same structure on several faces counts once, without sorting pairs.
+    Only uncertain voxels on a label border can count. Each collects the ids of its neighbours as
+    bits of one integer (ids < 64), so a voxel touching the same structure on several faces
+    counts once, without sorting pairs.
     """
     counts = np.zeros(bins, dtype=np.int64)
-    where = np.nonzero(uncertain)
+    rows = np.nonzero(np.any(uncertain, axis=(1, 2)))[0]
+    if rows.size == 0:
+        return counts
+    # Work inside the x range holding uncertain voxels, one plane wider for their neighbours.
+    start, stop = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, labels.shape[0])
+    labels, uncertain = labels[start:stop], uncertain[start:stop]
+    candidates = uncertain & _borders(labels)
+    where = np.nonzero(candidates)
     if where[0].size == 0:
         return counts
     if where[0].size > labels.size // 8:
-        seen = _neighbour_bits_dense(labels, uncertain)
+        seen = _neighbour_bits_dense(labels, candidates)
     else:
         seen = _neighbour_bits_sparse(labels, where)
     for structure_id in range(1, min(bins, 64)):
@@ -113,13 +129,13 @@ def structure_volumes(
 ) -> list[VolumeRow]:
     """One row per structure in ``structure_ids`` (default: every non-background id present)."""
     bins = max(BY_ID) + 1
-    flat = np.asarray(labels).ravel()
+    flat = np.asarray(labels).ravel(order="K")
     voxels = np.bincount(flat, minlength=bins)[:bins]
     if structure_ids is None:
         structure_ids = [i for i in range(1, bins) if voxels[i] > 0]
     if uncertainty is not None:
         uncertain = np.asarray(uncertainty) >= UNCERTAIN_FROM
-        unsure = np.bincount(flat[uncertain.ravel()], minlength=bins)[:bins]
+        unsure = np.bincount(np.asarray(labels)[uncertain], minlength=bins)[:bins]
         growth = _uncertain_neighbours(np.asarray(labels), uncertain, bins)
     else:
         unsure = np.zeros(bins, dtype=np.int64)

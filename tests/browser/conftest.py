@@ -96,6 +96,11 @@ def open_page(browser: Any, live_server: Any) -> Iterator[Callable[..., tuple[An
         console = ConsoleLog()
         page.on("console", lambda m: console.record(m.type, m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: console.record("pageerror", str(e)))
+        # The console names no URL for a failed request: record server errors with theirs.
+        page.on(
+            "response",
+            lambda r: console.record("server error", f"{r.status} {r.url}") if r.status >= 500 else None,
+        )
         page.goto(f"{live_server.url}/login/")
         page.fill("#id_username", user.username)
         page.fill("#id_password", PASSWORD)

@@ -14,7 +14,7 @@ const structures = config.structures;
 const byId = new Map(structures.map((s) => [s.id, s]));
 const byName = new Map(structures.map((s) => [s.name, s]));
 const hidden = new Set(); // structure ids switched off
-const state = { level: "preview", region: null, window: "soft", loaded: new Map() };
+const state = { level: "preview", region: null, window: config.defaultWindow, loaded: new Map() };
 const status = document.getElementById("viewer-status");
 const hook = (window.labsegViewer = { firstFrameMs: null, errors: [], level: "preview", config });
 
@@ -65,7 +65,8 @@ function volumeOptions(layer, visible) {
   pendingByUrl.set(options.url, layer);
   if (layer.kind === "ct") {
     const w = config.windows[state.window];
-    Object.assign(options, { colormap: "gray", cal_min: w.low, cal_max: w.high });
+    options.colormap = "gray";
+    if (w.low !== null) Object.assign(options, { cal_min: w.low, cal_max: w.high });
   } else if (LABEL_KINDS.has(layer.kind)) {
     options.colormapLabel = labelLut();
   } else if (layer.kind === "uncertainty") {
@@ -148,8 +149,9 @@ function setWindow(key) {
   state.window = key;
   const ct = layerOf("ct").volume;
   if (ct) {
-    ct.cal_min = config.windows[key].low;
-    ct.cal_max = config.windows[key].high;
+    const w = config.windows[key];
+    ct.cal_min = w.low ?? ct.robust_min; // auto: the percentile range NiiVue computed on load
+    ct.cal_max = w.high ?? ct.robust_max;
     nv.updateGLVolume();
   }
   for (const button of document.querySelectorAll("[data-window]")) button.setAttribute("aria-pressed", String(button.dataset.window === key));
