@@ -148,6 +148,8 @@ LABSEG_ANNOTATION_AFFINE_TOLERANCE_MM = env.float("LABSEG_ANNOTATION_AFFINE_TOLE
 LABSEG_SEGMENT_ON_UPLOAD = env.bool("LABSEG_SEGMENT_ON_UPLOAD", default=True)
 LABSEG_PREVIEW_MAX_BYTES = env.int("LABSEG_PREVIEW_MAX_BYTES", default=64 * 1024**2)
 LABSEG_JOB_TIMEOUT_S = env.int("LABSEG_JOB_TIMEOUT_S", default=1800)
+# Scans above this many voxels get their consensus computed by a worker (review.tasks), not in the request.
+LABSEG_REVIEW_INLINE_MAX_VOXELS = env.int("LABSEG_REVIEW_INLINE_MAX_VOXELS", default=8_000_000)
 LABSEG_INFERENCE_THREADS = env.int("LABSEG_INFERENCE_THREADS", default=0)
 LABSEG_DEVICE = env.str("LABSEG_DEVICE", default="auto")
 

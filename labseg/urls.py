@@ -12,5 +12,6 @@ urlpatterns = [
     path("api/", include("scans.api.urls")),
     path("api/", include("inference.api.urls")),
     path("api/", include("review.api.urls")),
+    path("review/", include("review.urls")),
     path("", include("frontend.urls")),
 ]

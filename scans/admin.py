@@ -14,6 +14,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
+from review.services import ReviewError
+
 from .models import (
     Annotation,
     BodyWeight,
@@ -200,8 +202,8 @@ class AnnotationAdmin(LabScopedAdmin):
                     note=form.cleaned_data["note"],
                 )
                 done += 1
-            except PermissionDenied as error:
-                refused.append(str(error))
+            except (PermissionDenied, ReviewError) as error:
+                refused.append(getattr(error, "message", str(error)))
         verb = "approved" if approve else "rejected"
         self.message_user(request, f"{done} annotation(s) {verb}.", messages.SUCCESS)
         for reason in sorted(set(refused)):

@@ -23,7 +23,6 @@ from django.core.exceptions import PermissionDenied
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from inference import structures
 from inference.pipeline.pictures import projection_png
@@ -377,19 +376,20 @@ def register_annotation(
 
 
 def review_annotation(*, annotation: Annotation, reviewer: Any, approve: bool, note: str = "") -> Annotation:
-    """Approve or reject an annotation with a note; only reviewers and lab admins of its lab may."""
-    membership = Membership.objects.filter(lab_id=annotation.scan.lab_id, user=reviewer).first()
-    if membership is None or not membership.can_review:
+    """Approve or reject an annotation with a note, through the review workflow (roles, a recorded
+    transition, compare-and-set). Raises PermissionDenied for a non-reviewer, ReviewError (with
+    ``.message``) for a move the workflow refuses (already reviewed, rejection without a note)."""
+    from review.services import ReviewPermissionError, approve_annotation, reject_annotation
+
+    try:
+        if approve:
+            return approve_annotation(annotation=annotation, reviewer=reviewer, note=note)
+        return reject_annotation(annotation=annotation, reviewer=reviewer, note=note)
+    except ReviewPermissionError:
         raise PermissionDenied(
             f"{reviewer} is not a reviewer of {annotation.scan.lab}: only reviewers and lab admins may "
             "approve or reject annotations"
-        )
-    annotation.status = Annotation.Status.APPROVED if approve else Annotation.Status.REJECTED
-    annotation.reviewer = reviewer
-    annotation.review_note = note
-    annotation.reviewed_at = timezone.now()
-    annotation.save(update_fields=["status", "reviewer", "review_note", "reviewed_at", "updated_at"])
-    return annotation
+        ) from None
 
 
 def add_lab_member(*, lab: Lab, user: Any, role: str = Membership.Role.MEMBER) -> Membership:

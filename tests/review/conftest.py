@@ -143,8 +143,3 @@ def tumor_scan(lab: Lab) -> Callable[..., tuple[Scan, list[Annotation]]]:
         return scan, annotations
 
     return build
-
-
-@pytest.fixture(autouse=True)
-def review_urls(settings) -> None:  # type: ignore[no-untyped-def]
-    settings.ROOT_URLCONF = "tests.review.urls"
