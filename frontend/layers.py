@@ -10,7 +10,6 @@ request; they never change because predictions and uploaded files are immutable.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -57,15 +56,10 @@ class RegionRefusedError(Exception):
 
 
 def preview_max_voxels() -> int:
-    """Voxel budget of the viewer's first view (software WebGL draws about 2M voxels in ~1 s).
-
-    ``settings.LABSEG_PREVIEW_MAX_VOXELS`` when set, else the environment variable of that name
-    (for servers whose settings do not define it yet), else 2.5 million (a 192x192x520 scan at
-    half resolution per axis)."""
-    configured = getattr(settings, "LABSEG_PREVIEW_MAX_VOXELS", None)
-    if configured is None:
-        configured = os.environ.get("LABSEG_PREVIEW_MAX_VOXELS", 2_500_000)
-    return int(configured)
+    """Voxel budget of the viewer's first view (software WebGL draws about 2M voxels in ~1 s);
+    ``settings.LABSEG_PREVIEW_MAX_VOXELS``, 2.5 million by default (a 192x192x520 scan at half
+    resolution per axis)."""
+    return int(settings.LABSEG_PREVIEW_MAX_VOXELS)
 
 
 def full_allowed(scan: Scan) -> bool:

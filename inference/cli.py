@@ -2,6 +2,7 @@
 
     python -m inference segment SCAN.nii.gz --out DIR [--task organs,tumor] [--device cpu|cuda]
                                 [--threads N] [--model DIR ...] [--lesions MASK_OR_CSV]
+                                [--organs LABELS.nii.gz] [--min-lesion-mm3 V]
     python -m inference allocate --organs LABELS.nii.gz --lesions MASK_OR_CSV --out DIR
     python -m inference models [--root DIR] [--json]
 
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument(
         "--lesions", type=Path, default=None, help="lesion mask (NIfTI) or CSV of x_mm,y_mm,z_mm"
     )
+    segment.add_argument(
+        "--organs", type=Path, default=None, help="organ label map of an earlier run, for a tumor-only run"
+    )
     segment.add_argument("--min-lesion-mm3", type=float, default=None, help="smallest lesion kept (mm^3)")
     segment.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -110,6 +114,7 @@ def run_segment(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=_progress(args.quiet),
         lesions_from=args.lesions,
+        organs_from=args.organs,
         **extra,
     )
     seconds = result.manifest["seconds"]

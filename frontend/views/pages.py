@@ -106,7 +106,7 @@ def upload(request: HttpRequest, lab: Lab) -> HttpResponse:
         "uploadsUrl": "/api/uploads/",
         # A new study goes to the session's lab (the upload service asks when the user has several).
         "lab": str(lab.pk),
-        "chunkBytes": getattr(settings, "LABSEG_UPLOAD_CHUNK_BYTES", 8 * 1024 * 1024),
+        "chunkBytes": settings.LABSEG_UPLOAD_CHUNK_BYTES,
         "studies": studies,
         "mice": [{"identifier": m, "study": s} for m, s in mice],
         "timePoints": labels or ["0h", "3h", "24h", "8d"],

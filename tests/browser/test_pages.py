@@ -110,6 +110,7 @@ def test_the_viewer_page_carries_layers_volumes_lesions_and_metastasis_counts(
     assert {v["name"] for v in config["volumes"]} >= {"liver", "heart", "tumor", "metastasis"}
     assert sum(config["metastasisCounts"].values()) == len(config["lesions"]) == 3
     assert config["models"][0]["label"] == "demo-phantom@0"
+    assert config["defaultWindow"] == "soft"  # the phantom is in HU, with air at -1000
     assert b"vendor/niivue/niivue.js" in response.content
 
 

@@ -13,11 +13,13 @@ import io
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from inference.models import InferenceJob, Prediction
-from scans.models import Scan
-from tests.service.tiny import write_phantom
+from scans.models import Annotation, Scan
+from tests.service.tiny import TUMOR_HU, write_phantom
 
 from .conftest import screenshot
 
@@ -45,6 +47,15 @@ def _cut_second_chunk(page: Any) -> dict[str, int]:
     return puts
 
 
+def _annotation_for(scan_path: Path) -> Path:
+    """Annotator A's tumor label map (1 = tumor) on the phantom's grid, named as the database does."""
+    image = nib.load(str(scan_path))
+    tumor = (np.asarray(image.dataobj) >= TUMOR_HU - 50).astype(np.uint8)
+    path = scan_path.with_name("Annotator_A_M03_8d.nii.gz")
+    nib.save(nib.Nifti1Image(tumor, image.affine), str(path))
+    return path
+
+
 def _upload(page: Any, live_server: Any, path: Path) -> tuple[int, dict[str, int]]:
     page.goto(f"{live_server.url}/upload/")
     # A folder in the tumor database layout: mouse and time point come from the names.
@@ -61,8 +72,10 @@ def _upload(page: Any, live_server: Any, path: Path) -> tuple[int, dict[str, int
     ]
     puts = _cut_second_chunk(page)
     page.fill("#study", "Browser study")
-    page.set_input_files("#files", str(path))
+    page.set_input_files("#files", [str(path), str(_annotation_for(path))])
     row = page.locator("#queue tbody tr").first
+    annotation_row = page.locator("#queue tbody tr").nth(1)
+    assert "Annotation by A" in annotation_row.inner_text()
     # Mouse and time point come from the tumor database name CT_M03_8d.nii.gz, editable.
     assert row.locator("input.mouse").input_value() == "M03"
     assert row.locator("input.time-point").input_value() == "8d"
@@ -72,6 +85,7 @@ def _upload(page: Any, live_server: Any, path: Path) -> tuple[int, dict[str, int
     assert "Uploaded" in row.locator(".msg").inner_text(), row.locator(".msg").inner_text()
     assert int(row.get_attribute("data-resumed") or 0) >= 1
     assert "100 %" in page.inner_text("#overall-text")
+    assert "Annotation saved" in annotation_row.locator(".msg").inner_text()
     return int(row.get_attribute("data-scan-id") or 0), puts
 
 
@@ -102,6 +116,7 @@ def test_a_researcher_uploads_segments_views_and_downloads(
     scan = Scan.objects.get(pk=scan_id)
     assert scan.time_point.mouse.identifier == "M03" and scan.time_point.label == "8d"
     assert scan.size_bytes == phantom.stat().st_size
+    assert Annotation.objects.get(scan=scan).annotator_name == "A"
 
     # Sending the same file again: the row shows the server's refusal in its own words.
     console.expected.append("the server responded with a status of 409 (Conflict)")
@@ -129,7 +144,13 @@ def test_a_researcher_uploads_segments_views_and_downloads(
     assert page.evaluate("window.labsegViewer.errors") == []
     screenshot(page, "02-viewer")
 
-    # Overlays: switch the organ labels off, the uncertainty heatmap on, and hide the liver.
+    # Overlays: annotator A in outline mode, the organ labels off, the uncertainty heatmap on, the
+    # liver hidden.
+    page.locator("[data-kind=annotation] input[type=checkbox]").check()
+    page.wait_for_function(
+        "window.labsegViewer.config.layers.some(l => l.kind === 'annotation' && l.volume"
+        " && l.volume.hdr.intent_code === 1002)"
+    )
     organ_layer = page.locator("[data-kind=labels]").filter(has_text="Organs")
     organ_layer.locator("input[type=checkbox]").uncheck()
     page.locator("[data-kind=uncertainty] input[type=checkbox]").first.check()
