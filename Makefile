@@ -23,9 +23,12 @@ $(BIN)/python:
 install: $(STAMP) $(if $(wildcard package.json),$(NIIVUE)) chromium
 
 # Reinstalls when a requirements file changes.
-$(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
+# The tests include a one-epoch training smoke run and the torch-vs-ONNX export check, so the
+# training requirements (CPU torch 2.13.0 from the local wheel) are installed too; the server
+# itself never imports torch.
+$(STAMP): requirements.txt requirements-dev.txt requirements-train.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt -r requirements-train.txt
 	touch $(STAMP)
 
 # frontend/vendor.sh runs `npm ci` and copies NiiVue's ES module build into static files.
@@ -69,7 +72,6 @@ lint: $(STAMP)
 
 # Trains the small bundled models (needs requirements-train.txt: CPU torch).
 models: $(STAMP)
-	$(BIN)/pip install --quiet -r requirements-train.txt
 	$(BIN)/python -m inference.training.make_models
 
 # Benchmarks against the test PostgreSQL; each prints its figures.

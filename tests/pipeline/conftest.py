@@ -14,6 +14,23 @@ from tests.pipeline.tiny_models import write_threshold_model
 WINDOW = {"kind": "window", "low_hu": 0, "high_hu": 1000}
 
 
+def rotation_z(degrees: float) -> np.ndarray:
+    angle = np.deg2rad(degrees)
+    matrix = np.eye(4)
+    matrix[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    return matrix
+
+
+#: Geometries the round trips cover: RAS, LPS, permuted axes with anisotropic voxels, and an oblique
+#: rotation (which reorientation cannot remove: it stays in the affine).
+AFFINES = {
+    "RAS": np.diag([0.2, 0.2, 0.2, 1.0]),
+    "LPS": np.diag([-0.14, -0.14, 0.14, 1.0]),
+    "anisotropic SAR": np.array([[0, 0, 0.3, 1], [0, 0.2, 0, 2], [0.5, 0, 0, 3], [0, 0, 0, 1]], dtype=float),
+    "oblique": rotation_z(25) @ np.diag([-0.2, 0.3, 0.45, 1.0]),
+}
+
+
 @pytest.fixture(scope="session")
 def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")

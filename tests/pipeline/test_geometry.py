@@ -18,21 +18,7 @@ from inference.pipeline.geometry import (
     upsample_argmax,
     upsample_to_uint8,
 )
-
-
-def rotation_z(degrees: float) -> np.ndarray:
-    angle = np.deg2rad(degrees)
-    matrix = np.eye(4)
-    matrix[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
-    return matrix
-
-
-AFFINES = {
-    "RAS": np.diag([0.2, 0.2, 0.2, 1.0]),
-    "LPS": np.diag([-0.14, -0.14, 0.14, 1.0]),
-    "anisotropic SAR": np.array([[0, 0, 0.3, 1], [0, 0.2, 0, 2], [0.5, 0, 0, 3], [0, 0, 0, 1]], dtype=float),
-    "oblique": rotation_z(25) @ np.diag([-0.2, 0.3, 0.45, 1.0]),
-}
+from tests.pipeline.conftest import AFFINES
 
 
 @pytest.mark.parametrize("name", AFFINES)

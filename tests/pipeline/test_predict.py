@@ -12,7 +12,7 @@ from inference.pipeline import predict_volume, segment_file
 from inference.pipeline.geometry import record_geometry
 from inference.registry import ModelCard
 from tests.conftest import REALDATA
-from tests.pipeline.test_geometry import AFFINES
+from tests.pipeline.conftest import AFFINES, body_phantom
 from tests.pipeline.tiny_models import write_threshold_model
 
 REAL_FILES = sorted(p.name for p in REALDATA.glob("*.nii.gz"))
@@ -133,8 +133,6 @@ def test_synthetic_geometries_land_on_the_input_grid(
 
 
 def test_tumor_is_drawn_over_the_organs(organ_model: ModelCard, tumor_model: ModelCard) -> None:
-    from tests.pipeline.conftest import body_phantom
-
     volume = body_phantom()
 
     output = predict_volume(volume, np.diag([0.2, 0.2, 0.2, 1.0]), [organ_model, tumor_model], threads=1)
