@@ -10,7 +10,7 @@ reference (``bench/aimos_reference.py``) from loading to writing its label map, 
 threads. Models: the registry's defaults; when ``inference/models/`` has none, networks of the
 architecture engineer B trains (``inference.training``) with random weights, which cost the same.
 
-    python bench/segment_speed.py [--threads 2] [--repeat 3] [--gpu] [--no-reference]
+    python bench/segment_speed.py [--threads 2] [--repeat 3] [--gpu] [--no-reference] [--model DIR ...]
 """
 
 from __future__ import annotations
@@ -176,6 +176,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="folder for volumes and outputs")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     parser.add_argument(
+        "--model", type=Path, action="append", help="model folder(s) to time (else the registry's)"
+    )
+    parser.add_argument(
         "--checkpoints",
         type=Path,
         default=Path(__file__).resolve().parents[1] / "data" / "runs",
@@ -186,7 +189,10 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="labseg-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     volumes = make_volumes(work, args.synthetic)
-    cards, origin = bench_models(work, args.checkpoints)
+    if args.model:
+        cards, origin = [load_card(folder) for folder in args.model], "model folders given with --model"
+    else:
+        cards, origin = bench_models(work, args.checkpoints)
     print(f"models: {', '.join(c.key for c in cards)} ({origin})")
     print(f"threads: {args.threads}")
     reference_model = None

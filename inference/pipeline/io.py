@@ -13,6 +13,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+try:  # ISA-L's gzip: the same files, two to four times faster to read and write than zlib's.
+    from isal import igzip as fast_gzip
+except ImportError:  # pragma: no cover - optional speed-up
+    fast_gzip = None  # type: ignore[assignment]
+
+#: gzip level of written maps: label maps are mostly zeros, a higher level saves little.
+COMPRESS_LEVEL = 1
+
 
 class ScanReadError(ValueError):
     """A file that is not a readable 3D NIfTI volume."""
@@ -33,7 +41,7 @@ def load_scan(path: Path) -> LoadedScan:
     if not path.is_file():
         raise ScanReadError(f"no such file: {path}")
     try:
-        image = nib.load(str(path))
+        image = _read(path)
         if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
             raise ScanReadError(f"{path.name} is not a NIfTI file")
         data = np.asanyarray(image.dataobj)
@@ -48,6 +56,25 @@ def load_scan(path: Path) -> LoadedScan:
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
         raise ScanReadError(f"{path.name} holds {data.dtype} values; numbers are needed")
     return LoadedScan(data=data, affine=np.asarray(image.affine, dtype=np.float64), header=image.header)
+
+
+def _read(path: Path) -> nib.filebasedimages.FileBasedImage:
+    if fast_gzip is not None and path.name.endswith(".nii.gz"):
+        try:
+            raw = fast_gzip.decompress(path.read_bytes())
+            # sizeof_hdr is 540 for NIfTI-2, 348 for NIfTI-1.
+            image_class = nib.Nifti2Image if raw[:4] == (540).to_bytes(4, "little") else nib.Nifti1Image
+            return image_class.from_bytes(raw)
+        except Exception:  # anything unusual: let nibabel read it (or explain why it cannot)
+            pass
+    return nib.load(str(path))
+
+
+def _write(image: nib.Nifti1Image, path: Path) -> None:
+    if fast_gzip is not None and path.name.endswith(".gz"):
+        path.write_bytes(fast_gzip.compress(image.to_bytes(), compresslevel=COMPRESS_LEVEL))
+    else:
+        nib.save(image, str(path))
 
 
 def save_map(
@@ -69,7 +96,7 @@ def save_map(
     else:
         image = nib.Nifti1Image(data, affine)
     image.header.set_data_dtype(np.uint8)
-    nib.save(image, str(path))
+    _write(image, path)
     return path
 
 

@@ -194,7 +194,9 @@ def predict_volume(
                 np.copyto(merged, labels, where=labels > 0)
 
         def back(array: np.ndarray | None) -> np.ndarray | None:
-            return None if array is None else np.ascontiguousarray(from_canonical(array, geometry))
+            # Fortran order, as NIfTI stores voxels: writing a C-ordered map costs a transposed
+            # copy inside nibabel (0.3 s for 19 M voxels).
+            return None if array is None else np.asfortranarray(from_canonical(array, geometry))
 
         result = PipelineOutput(
             labels=back(merged),  # type: ignore[arg-type]
