@@ -43,7 +43,7 @@ from .models import InferenceJob, Lesion, ModelVersion, Prediction, StructureVol
 logger = logging.getLogger(__name__)
 
 #: Claims per job before it fails for good (transient errors and lost workers both count).
-MAX_ATTEMPTS = int(getattr(settings, "LABSEG_JOB_MAX_ATTEMPTS", 3))
+MAX_ATTEMPTS = settings.LABSEG_JOB_MAX_ATTEMPTS
 
 
 class ModelSyncError(Exception):
@@ -76,9 +76,8 @@ class JobLostError(Exception):
 
 def models_root() -> Path:
     """The folder of model folders (``inference/models/`` unless settings say otherwise)."""
-    from .registry import DEFAULT_MODELS_DIR
 
-    return Path(getattr(settings, "LABSEG_MODELS_DIR", DEFAULT_MODELS_DIR))
+    return Path(settings.LABSEG_MODELS_DIR)
 
 
 @dataclass
@@ -165,7 +164,7 @@ def model_folder(model_version: ModelVersion) -> Path:
 
 def queue_for(model_version: ModelVersion) -> str:
     """``gpu`` when this server runs models on CUDA or the model card asks for a GPU, else ``cpu``."""
-    device = str(getattr(settings, "LABSEG_DEVICE", "auto")).lower()
+    device = str(settings.LABSEG_DEVICE).lower()
     wants_gpu = str(model_version.card.get("device", "")).lower() in ("cuda", "gpu")
     return "gpu" if device in ("cuda", "gpu") or wants_gpu else "cpu"
 
@@ -405,8 +404,8 @@ def _execute(job: InferenceJob, heartbeat: _Heartbeat) -> None:
             out_dir,
             cards=cards,
             tasks=tasks,
-            device=str(getattr(settings, "LABSEG_DEVICE", "auto")),
-            threads=int(getattr(settings, "LABSEG_INFERENCE_THREADS", 0)),
+            device=str(settings.LABSEG_DEVICE),
+            threads=int(settings.LABSEG_INFERENCE_THREADS),
             # The pipeline's 0-100 becomes 2-95: downloading comes before it, storing after it.
             progress=lambda percent, stage: progress(2 + round(percent * 0.93), stage),
         )

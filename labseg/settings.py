@@ -149,7 +149,10 @@ LABSEG_SEGMENT_ON_UPLOAD = env.bool("LABSEG_SEGMENT_ON_UPLOAD", default=True)
 LABSEG_PREVIEW_MAX_BYTES = env.int("LABSEG_PREVIEW_MAX_BYTES", default=64 * 1024**2)
 LABSEG_PREVIEW_MAX_VOXELS = env.int("LABSEG_PREVIEW_MAX_VOXELS", default=2_500_000)
 LABSEG_UPLOAD_CHUNK_BYTES = env.int("LABSEG_UPLOAD_CHUNK_BYTES", default=8 * 1024**2)
-LABSEG_JOB_TIMEOUT_S = env.int("LABSEG_JOB_TIMEOUT_S", default=1800)
+# A running job's worker beats every min(30, timeout/4) s; a job silent for this long is re-queued.
+LABSEG_JOB_TIMEOUT_S = env.int("LABSEG_JOB_TIMEOUT_S", default=300)
+LABSEG_JOB_MAX_ATTEMPTS = env.int("LABSEG_JOB_MAX_ATTEMPTS", default=3)
+LABSEG_MODELS_DIR = Path(env.str("LABSEG_MODELS_DIR", default=str(BASE_DIR / "inference" / "models")))
 # Scans above this many voxels get their consensus computed by a worker (review.tasks), not in the request.
 LABSEG_REVIEW_INLINE_MAX_VOXELS = env.int("LABSEG_REVIEW_INLINE_MAX_VOXELS", default=8_000_000)
 LABSEG_INFERENCE_THREADS = env.int("LABSEG_INFERENCE_THREADS", default=0)

@@ -279,13 +279,12 @@ def _thumbnail_png(stats: VolumeStats, affine: np.ndarray) -> bytes | None:
 
 
 def _request_segmentation(*, scan: Scan, user: Any) -> None:
-    try:
-        from inference.services import request_segmentation
-    except ImportError:
-        logger.warning("inference.services is not available: scan %s is not queued for segmentation", scan.pk)
-        return
+    from inference.services import NoModelAvailableError, request_segmentation
+
     try:
         request_segmentation(scan=scan, user=user)
+    except NoModelAvailableError as error:
+        logger.warning("scan %s is not queued for segmentation: %s", scan.pk, error)
     except Exception:
         # The scan is safely stored; a failure to queue it must not undo the upload. The
         # reconciler or a researcher can request the segmentation again.
