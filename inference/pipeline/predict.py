@@ -194,13 +194,14 @@ def predict_volume(
                 np.copyto(merged, labels, where=labels > 0)
 
         def back(array: np.ndarray | None) -> np.ndarray | None:
-            # Fortran order, as NIfTI stores voxels: writing a C-ordered map costs a transposed
-            # copy inside nibabel (0.3 s for 19 M voxels).
-            return None if array is None else np.asfortranarray(from_canonical(array, geometry))
+            return None if array is None else from_canonical(array, geometry)
 
         result = PipelineOutput(
-            labels=back(merged),  # type: ignore[arg-type]
-            uncertainty=back(uncertainty_u8),  # type: ignore[arg-type]
+            # The two maps that get written are copied to Fortran order, as NIfTI stores voxels
+            # (writing a C-ordered map costs a slower transposed copy inside nibabel); the
+            # per-task maps, used only for lesion allocation, stay views.
+            labels=np.asfortranarray(back(merged)),
+            uncertainty=np.asfortranarray(back(uncertainty_u8)),
             organ_labels=back(organs),
             lesion_labels=back(lesions),
             geometry=geometry,

@@ -269,7 +269,6 @@ def main(argv: list[str] | None = None) -> None:
     export_model(
         model, spec, args.out, version=args.version, input_spacing_mm=cases[0].spacing_mm, training=training
     )
-    (args.out / "checkpoint.pt").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
