@@ -36,6 +36,7 @@ from django.db import IntegrityError, InterfaceError, OperationalError, transact
 from django.db.models import F, Q
 from django.utils import timezone
 
+from inference.jsonsafe import finite_or_null
 from scans.models import Scan
 
 from .models import InferenceJob, Lesion, ModelVersion, Prediction, StructureVolume
@@ -105,7 +106,7 @@ def sync_models(*, root: Path | None = None) -> SyncReport:
     by_task: dict[str, list[ModelVersion]] = {}
     for card in cards:
         folder = Path(card.folder).resolve()
-        card_json = json.loads((folder / "model.json").read_text())
+        card_json = finite_or_null(json.loads((folder / "model.json").read_text()))
         existing = ModelVersion.objects.filter(name=card.name, version=card.version).first()
         if existing is not None:
             if existing.sha256 != card.sha256:

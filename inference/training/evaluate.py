@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from inference.jsonsafe import finite_or_null
 from inference.metrics import dice, hd95_mm, msd_mm
 from inference.pipeline import predict_volume
 from inference.registry import ModelCard, load_card
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     report = evaluate(args.model, args.data, threads=args.threads, limit=args.limit)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1, default=float))
+        args.json.write_text(json.dumps(finite_or_null(report), indent=1))
     sys.stdout.write(format_table(report["summary"]) + "\n")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from inference.jsonsafe import finite_or_null
 from inference.training.network import UNet3D
 from inference.training.tasks import TaskSpec
 
@@ -95,5 +96,5 @@ def export_model(
         "metrics": metrics or {},
     }
     path = out / "model.json"
-    path.write_text(json.dumps(card, indent=1) + "\n")
+    path.write_text(json.dumps(finite_or_null(card), indent=1, allow_nan=False) + "\n")
     return path

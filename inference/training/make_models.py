@@ -18,6 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from inference.jsonsafe import finite_or_null
 from inference.phantom.writer import write_dataset
 from inference.pipeline import predict_volume
 from inference.pipeline.pictures import coronal_slice_png, projection_png
@@ -89,7 +90,7 @@ def record_metrics(folders: list[Path], data: Path, out: Path, *, threads: int) 
         report = evaluate(folders, data / name, threads=threads)
         results[name] = report["summary"]
         (out / f"evaluation_{name}.json").write_text(
-            json.dumps(report["summary"], indent=1, default=float) + "\n"
+            json.dumps(finite_or_null(report["summary"]), indent=1) + "\n"
         )
     for folder in folders:
         card_path = folder / "model.json"
@@ -101,7 +102,7 @@ def record_metrics(folders: list[Path], data: Path, out: Path, *, threads: int) 
                 for k, v in results.items()
             },
         }
-        card_path.write_text(json.dumps(card, indent=1) + "\n")
+        card_path.write_text(json.dumps(finite_or_null(card), indent=1, allow_nan=False) + "\n")
     return results
 
 
