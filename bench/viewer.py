@@ -34,19 +34,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: the project's packages are importable
+from tests.chromium import launch  # noqa: E402
+
 OUT = REPO / "bench" / "out" / "viewer"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/labseg_viewer_bench"
 USER, PASSWORD = "bench-viewer", "labseg-bench-123"
 #: (label, grid, voxel size in mm): 192x192x520 int16 = 38 MB; 1024^3 int16 = 2.1 GB.
 SCANS = [("40 MB", (192, 192, 520), 0.21), ("2 GB", (1024, 1024, 1024), 0.035)]
 TARGET_S = {"40 MB": 1.5, "2 GB": 3.0}
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def _free_port() -> int:
@@ -189,7 +184,7 @@ def main() -> None:
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            browser = launch(playwright)
             login = browser.new_context()
             page = login.new_page()
             page.goto(f"{base}/login/")

@@ -7,7 +7,9 @@ Every test gets its own MEDIA_ROOT so that "storage unchanged" can be checked ex
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,3 +39,24 @@ def realdata() -> Path:
     if not REALDATA.exists():
         pytest.fail(f"the real mouse micro-CT files are missing: expected {REALDATA}")
     return REALDATA
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium through Playwright, one per test session (see tests/chromium.py)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.chromium import CHROMIUM, launch
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"the browser tests need Debian's Chromium at {CHROMIUM} (apt-get install chromium)")
+    niivue = REPO / "frontend" / "static" / "vendor" / "niivue" / "niivue.js"
+    if not niivue.exists():
+        pytest.fail(f"NiiVue is not installed at {niivue}: run `bash frontend/vendor.sh` (make install does)")
+    # Playwright's sync API keeps an asyncio loop running in this thread, which Django's ORM guard
+    # mistakes for async code; the tests only call the ORM synchronously, between browser steps.
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        yield chromium
+        chromium.close()

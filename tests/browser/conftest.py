@@ -31,33 +31,11 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
-CHROMIUM = Path("/usr/bin/chromium")
 NIIVUE = REPO / "frontend" / "static" / "vendor" / "niivue" / "niivue.js"
 CELERY = Path(sys.executable).with_name("celery")
 PASSWORD = "labseg-pass-123"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 #: Messages a deliberately cut request leaves in the console; anything else fails a test.
 EXPECTED_CONSOLE = ("net::ERR_CONNECTION_RESET",)
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    if not CHROMIUM.exists():
-        pytest.fail(f"the browser tests need Debian's Chromium at {CHROMIUM} (apt-get install chromium)")
-    if not NIIVUE.exists():
-        pytest.fail(f"NiiVue is not installed at {NIIVUE}: run `sh frontend/vendor.sh` (make install does)")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 class ConsoleLog:

@@ -19,13 +19,6 @@ from tests.review.conftest import make_annotation, make_scan
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "review"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture
@@ -78,23 +71,19 @@ def walk_through_review(page, url: str) -> list[str]:  # type: ignore[no-untyped
     return errors
 
 
-def test_a_reviewer_rejects_one_annotator_and_approves_the_other(live_server, phantom_scan, reviewer):
-    sync_api = pytest.importorskip("playwright.sync_api")
+def test_a_reviewer_rejects_one_annotator_and_approves_the_other(
+    live_server, browser, phantom_scan, reviewer
+):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     cookie = session_cookie(reviewer)
 
     # Only the browser runs inside Playwright's event loop; the database is read before and after.
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        context = chromium.new_context(viewport={"width": 1280, "height": 1100})
-        context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": cookie, "url": live_server.url}])
-        try:
-            errors = walk_through_review(
-                context.new_page(), f"{live_server.url}/review/scans/{phantom_scan.pk}/"
-            )
-        finally:
-            context.close()
-            chromium.close()
+    context = browser.new_context(viewport={"width": 1280, "height": 1100})
+    context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": cookie, "url": live_server.url}])
+    try:
+        errors = walk_through_review(context.new_page(), f"{live_server.url}/review/scans/{phantom_scan.pk}/")
+    finally:
+        context.close()
 
     assert errors == []
     statuses = dict(Annotation.objects.filter(scan=phantom_scan).values_list("annotator_name", "status"))
