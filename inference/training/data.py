@@ -103,8 +103,9 @@ def prepare_case(folder: Path, spec: TaskSpec) -> Case:
 
 
 def load_cases(root: Path, spec: TaskSpec) -> list[Case]:
-    """All cases under ``root``, prepared once and cached in ``root/.cache/<task>/``."""
-    cache = root / ".cache" / spec.task
+    """All cases under ``root``, prepared once and cached in ``root/.cache/<task>-f<factor>/`` (the
+    block factor is in the name so that a task moved to another spacing never reads stale arrays)."""
+    cache = root / ".cache" / f"{spec.task}-f{spec.factor}"
     cache.mkdir(parents=True, exist_ok=True)
     cases = []
     for folder in find_cases(root):

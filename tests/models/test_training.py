@@ -40,7 +40,7 @@ def tiny_model(tiny_data: Path) -> UNet3D:
 
 def test_cases_are_cached_with_soft_targets(tiny_data: Path) -> None:
     [case, _] = load_cases(tiny_data, TINY)
-    assert (tiny_data / ".cache" / "organs" / f"{case.name}.npz").exists()
+    assert (tiny_data / ".cache" / f"organs-f{TINY.factor}" / f"{case.name}.npz").exists()
     assert case.fractions.shape[0] == len(TINY.structures)
     assert case.fractions.shape[1:] == case.ct.shape
     total = case.fractions.astype(int).sum(axis=0) + case.ignore
