@@ -31,7 +31,7 @@ from inference.training.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 #: (first seed, count, modality) of each phantom set. Test seeds never overlap training ones.
 SETS = {
     "train": (1000, 40, "native"),
