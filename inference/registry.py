@@ -60,6 +60,24 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     default: bool = False
+    #: Optional post-processing tuned on validation scans (``model.json`` ``"postprocess"``):
+    #: ``uncertainty_threshold`` (head probability shown as 50 %), ``refine`` and ``detect`` rules.
+    postprocess: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def uncertainty_threshold(self) -> float:
+        """Disagreement-head probability calibrated to mean "uncertain" (shown as 50 %)."""
+        return float(self.postprocess.get("uncertainty_threshold", 0.5))
+
+    @property
+    def refinements(self) -> list[dict[str, Any]]:
+        """Full-resolution intensity rules: ``{"structure": id, "min_hu": HU, "margin_mm": mm}``."""
+        return list(self.postprocess.get("refine", []))
+
+    @property
+    def detections(self) -> list[dict[str, Any]]:
+        """Lesion rules: ``{"structure": id, "hosts": [ids], "min_hu", "erode_mm", "min_volume_mm3"}``."""
+        return list(self.postprocess.get("detect", []))
 
     @property
     def onnx_path(self) -> Path:
@@ -110,6 +128,7 @@ class ModelCard:
             "training": self.training,
             "metrics": self.metrics,
             "default": self.default,
+            "postprocess": self.postprocess,
             "folder": str(self.folder),
         }
 
@@ -164,6 +183,30 @@ def _check_layout(folder: Path, raw: dict[str, Any]) -> None:
         raise _problem(folder, f"layout kind {raw['layout'].get('kind')!r} is not supported (only '3d')")
     if not raw["output_names"].get("logits"):
         raise _problem(folder, "'output_names' must name the logits output")
+    _check_postprocess(folder, raw.get("postprocess") or {}, structures)
+
+
+def _check_postprocess(folder: Path, post: dict[str, Any], structures: list[int]) -> None:
+    threshold = float(post.get("uncertainty_threshold", 0.5))
+    if not 0.0 < threshold < 1.0:
+        raise _problem(folder, "postprocess 'uncertainty_threshold' must lie strictly between 0 and 1")
+    for rule in post.get("refine", []):
+        if int(rule["structure"]) not in structures[1:]:
+            raise _problem(folder, f"postprocess refine names structure {rule['structure']}, not an output")
+        if float(rule["margin_mm"]) < 0:
+            raise _problem(folder, "postprocess refine 'margin_mm' must be >= 0")
+        float(rule["min_hu"])
+    for rule in post.get("detect", []):
+        if int(rule["structure"]) not in structures[1:]:
+            raise _problem(folder, f"postprocess detect names structure {rule['structure']}, not an output")
+        unknown = [h for h in rule["hosts"] if int(h) not in BY_ID or int(h) == 0]
+        if unknown or not rule["hosts"]:
+            raise _problem(
+                folder, f"postprocess detect needs host organ ids from the structure table, got {unknown}"
+            )
+        if float(rule["erode_mm"]) < 0 or float(rule["min_volume_mm3"]) < 0:
+            raise _problem(folder, "postprocess detect 'erode_mm' and 'min_volume_mm3' must be >= 0")
+        float(rule["min_hu"])
 
 
 def load_card(folder: Path, *, verify_sha256: bool = True) -> ModelCard:
@@ -217,6 +260,7 @@ def load_card(folder: Path, *, verify_sha256: bool = True) -> ModelCard:
         training=dict(raw.get("training") or {}),
         metrics=dict(raw.get("metrics") or {}),
         default=bool(raw.get("default", False)),
+        postprocess=dict(raw.get("postprocess") or {}),
     )
 
 

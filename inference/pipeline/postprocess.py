@@ -170,3 +170,101 @@ def clean(
         report.components_removed[structure_id] = int(sizes.size - 1 - keep.size)
         report.voxels_removed[structure_id] = int(removed.sum())
     return report
+
+
+def calibrate_uncertainty(probability: np.ndarray, threshold: float) -> np.ndarray:
+    """Monotonic piecewise-linear map of the head's probability with ``threshold`` sent to 0.5.
+
+    The disagreement head is trained on the fraction of each coarse voxel where annotators differ,
+    so thin disagreement bands give probabilities below 0.5; the threshold that best matches the
+    real disagreement on validation scans (``model.json`` ``postprocess.uncertainty_threshold``)
+    becomes the map's 50 % mark, as AIMOS thresholds its heatmap at 50 %. 0 and 1 stay put.
+    """
+    p = np.asarray(probability, dtype=np.float32)
+    if threshold == 0.5:
+        return p
+    low = p * np.float32(0.5 / threshold)
+    high = np.float32(0.5) + (p - np.float32(threshold)) * np.float32(0.5 / (1.0 - threshold))
+    return np.where(p < threshold, low, high).astype(np.float32)
+
+
+def _nearest_index(n_fine: int, n_coarse: int) -> np.ndarray:
+    """Coarse index of each fine voxel centre (same field of view, cell-centred grids)."""
+    return np.minimum(((np.arange(n_fine) + 0.5) * (n_coarse / n_fine)).astype(np.intp), n_coarse - 1)
+
+
+def refine_by_intensity(
+    labels: np.ndarray,
+    coarse_mask: np.ndarray,
+    intensity: np.ndarray,
+    structure_id: int,
+    *,
+    min_hu: float,
+    margin_voxels: int,
+) -> int:
+    """Redraw a bright structure (bones) at full resolution; ``labels`` is modified in place.
+
+    Within the model's coarse mask of the structure grown by ``margin_voxels`` coarse voxels, the
+    structure becomes exactly the voxels at or above ``min_hu``: dimmer voxels it held become
+    background, brighter background voxels join it (other structures are left alone). This is
+    what a threshold tool does inside a region the network found, and it recovers thin bone that
+    a 0.63 mm grid cannot draw. Returns the number of voxels changed.
+    """
+    if not coarse_mask.any():
+        return 0
+    region = coarse_mask
+    if margin_voxels > 0:
+        region = ndimage.binary_dilation(coarse_mask, structure=CONNECTIVITY_26, iterations=margin_voxels)
+    box = ndimage.find_objects(region.astype(np.uint8))[0]
+    fine_box = []
+    index = []
+    for axis in range(3):
+        nearest = _nearest_index(labels.shape[axis], region.shape[axis])
+        inside = np.nonzero((nearest >= box[axis].start) & (nearest < box[axis].stop))[0]
+        fine_box.append(slice(int(inside[0]), int(inside[-1]) + 1))
+        index.append(nearest[inside])
+    grown = region[np.ix_(*index)]
+    sub = labels[tuple(fine_box)]
+    bright = grown & (intensity[tuple(fine_box)] >= min_hu)
+    gained = bright & (sub == 0)
+    lost = (sub == structure_id) & ~bright
+    sub[gained] = structure_id
+    sub[lost] = 0
+    return int(gained.sum() + lost.sum())
+
+
+def detect_bright_lesions(
+    organ_labels: np.ndarray,
+    intensity: np.ndarray,
+    *,
+    hosts: Sequence[int],
+    min_hu: float,
+    erode_voxels: int,
+    min_voxels: int,
+) -> np.ndarray:
+    """Boolean mask of bright nodules inside host organs (lung metastases in native CT).
+
+    The hosts' mask (full resolution) has its enclosed holes filled, since the organ model leaves
+    a nodule inside the lung unlabelled or labels it otherwise, is eroded by ``erode_voxels`` so
+    that the partial-volume rim against the chest wall and heart is not taken for a nodule, and
+    every 26-connected group of voxels at or above ``min_hu`` of at least ``min_voxels`` inside it
+    is a lesion. A metastasis in air-filled lung is hundreds of HU brighter than the parenchyma;
+    one in soft tissue (liver) is not, and is left to the lesion model.
+    """
+    found = np.zeros(organ_labels.shape, dtype=bool)
+    host = np.isin(organ_labels, np.asarray(hosts, dtype=organ_labels.dtype))
+    if not host.any():
+        return found
+    box = tuple(
+        slice(max(s.start - 1, 0), min(s.stop + 1, n))
+        for s, n in zip(ndimage.find_objects(host.astype(np.uint8))[0], host.shape, strict=True)
+    )
+    inside = ndimage.binary_fill_holes(host[box])
+    if erode_voxels > 0:
+        inside = ndimage.binary_erosion(inside, iterations=erode_voxels)
+    candidates = inside & (intensity[box] >= min_hu)
+    labelled, sizes = _components(candidates)
+    big = np.flatnonzero(sizes >= max(min_voxels, 1))
+    big = big[big > 0]
+    found[box] = np.isin(labelled, big)
+    return found

@@ -8,6 +8,7 @@ ensemble (mean of their probabilities); the organ map is drawn first and lesions
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ import numpy as np
 
 from inference.pipeline.geometry import (
     Geometry,
+    channel_argmax,
     from_canonical,
     record_geometry,
     resample_linear,
@@ -30,8 +32,11 @@ from inference.pipeline.normalise import normalise, pad_value
 from inference.pipeline.postprocess import (
     DEFAULT_MIN_LESION_VOLUME_MM3,
     CleanReport,
+    calibrate_uncertainty,
     clean,
+    detect_bright_lesions,
     ensemble_scores,
+    refine_by_intensity,
     sigmoid,
     uncertainty_from,
 )
@@ -104,6 +109,33 @@ def _report(progress: Progress | None, percent: float, stage: str) -> None:
         progress(round(percent), stage)
 
 
+def detect_lesions(
+    task_labels: dict[str, np.ndarray],
+    groups: dict[str, list[ModelCard]],
+    canonical: np.ndarray,
+    spacing_mm: Sequence[float],
+) -> None:
+    """Apply the lesion model's ``detect`` rules (bright nodules inside organs) to its label map.
+
+    Needs the organ map of the same call for the host organs; without one the rules are skipped.
+    """
+    organs = task_labels.get("organs")
+    lesions = task_labels.get("tumor")
+    if organs is None or lesions is None:
+        return
+    voxel_mm = float(np.mean(spacing_mm))
+    for rule in groups["tumor"][0].detections:
+        found = detect_bright_lesions(
+            organs,
+            canonical,
+            hosts=[int(h) for h in rule["hosts"]],
+            min_hu=float(rule["min_hu"]),
+            erode_voxels=round(float(rule["erode_mm"]) / voxel_mm),
+            min_voxels=max(1, round(float(rule["min_volume_mm3"]) / float(np.prod(spacing_mm)))),
+        )
+        np.copyto(lesions, np.uint8(rule["structure"]), where=found & (lesions == 0))
+
+
 def predict_volume(
     volume: np.ndarray,
     affine: np.ndarray,
@@ -160,7 +192,8 @@ def predict_volume(
                 )
             members_logits.append(raw.logits)
             if raw.disagreement_logit is not None:
-                odds = sigmoid(raw.disagreement_logit) / len(members)
+                odds = calibrate_uncertainty(sigmoid(raw.disagreement_logit), card.uncertainty_threshold)
+                odds /= len(members)
                 disagreement = odds if disagreement is None else disagreement + odds
         _report(progress, base + 0.7 * share, f"postprocess {task}")
         with timer("postprocess"):
@@ -178,7 +211,21 @@ def predict_volume(
         _report(progress, base + 0.85 * share, f"restore {task}")
         with timer("restore"):
             task_labels[task] = upsample_argmax(scores, geometry.canonical_shape, lead.structures)
+            if lead.refinements:
+                coarse = channel_argmax(scores)
+                for rule in lead.refinements:
+                    sid = int(rule["structure"])
+                    refine_by_intensity(
+                        task_labels[task],
+                        coarse == lead.structures.index(sid),
+                        canonical,
+                        sid,
+                        min_hu=float(rule["min_hu"]),
+                        margin_voxels=math.ceil(float(rule["margin_mm"]) / min(grid_spacing) - 1e-6),
+                    )
         del scores, disagreement, image
+    with timer("postprocess"):
+        detect_lesions(task_labels, groups, canonical, geometry.spacing_mm)
     _report(progress, 95, "restore uncertainty")
     with timer("restore"):
         uncertainty_u8: np.ndarray | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -34,6 +34,8 @@ class Case:
     spacing_mm: float = 0.63
     #: Per output channel: does this scan's annotation cover it? (channel 0 always True)
     labelled: np.ndarray | None = None
+    #: Filled by training on first use: coarse voxel indices per foreground channel.
+    class_voxels: dict[int, np.ndarray] | None = field(default=None, repr=False)
 
 
 def block_mean(array: np.ndarray, f: int) -> np.ndarray:

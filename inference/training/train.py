@@ -39,6 +39,8 @@ class TrainConfig:
     threads: int = 2
     device: str = "auto"
     partial_label_rate: float = 0.3
+    #: Share of organ crops centred on a structure chosen uniformly (the rest are uniform crops).
+    class_balanced_rate: float = 0.5
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -70,6 +72,17 @@ def _crop(array: np.ndarray, start: np.ndarray, size: np.ndarray, fill: float) -
     return out
 
 
+def class_voxels(case: Case) -> dict[int, np.ndarray]:
+    """Coarse voxel indices of each foreground channel the case holds (>= half a voxel), cached."""
+    if case.class_voxels is None:
+        case.class_voxels = {
+            c: idx
+            for c in range(1, case.fractions.shape[0])
+            if len(idx := np.argwhere(case.fractions[c] >= 128)) > 0
+        }
+    return case.class_voxels
+
+
 def sample_batch(
     cases: list[Case], spec: TaskSpec, cfg: TrainConfig, rng: np.random.Generator
 ) -> tuple[torch.Tensor, ...]:
@@ -83,9 +96,16 @@ def sample_batch(
         src = np.maximum(np.rint(size * scale).astype(int), 8)
         shape = np.array(case.ct.shape)
         fg = case.fractions[1:].max(axis=0) if spec.task == "tumor" else None
+        where = class_voxels(case) if spec.task == "organs" else {}
         if fg is not None and rng.random() < 0.7 and fg.any():
             idx = np.argwhere(fg > 0)
             centre = idx[int(rng.integers(len(idx)))] + rng.integers(-12, 13, size=3)
+            start = centre - src // 2
+        elif where and rng.random() < cfg.class_balanced_rate:
+            # nnU-Net-style oversampling: centre on a structure picked uniformly among those the
+            # case holds, so small organs (bladder, spleen) are seen as often as the liver.
+            idx = where[list(where)[int(rng.integers(len(where)))]]
+            centre = idx[int(rng.integers(len(idx)))] + rng.integers(-8, 9, size=3)
             start = centre - src // 2
         else:
             start = np.array(

@@ -1,0 +1,201 @@
+"""Post-processing tuned on validation scans: the calibrated uncertainty map and full-resolution bones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference.pipeline import predict_volume
+from inference.pipeline.postprocess import calibrate_uncertainty, detect_bright_lesions, refine_by_intensity
+from inference.registry import ModelCard, ModelCardError, load_card
+from inference.structures import BY_NAME
+from tests.pipeline.conftest import WINDOW
+from tests.pipeline.tiny_models import write_threshold_model
+
+BONES = BY_NAME["bones"].id
+LIVER = BY_NAME["liver"].id
+
+
+def with_postprocess(folder: Path, post: dict) -> ModelCard:
+    raw = json.loads((folder / "model.json").read_text())
+    raw["postprocess"] = post
+    (folder / "model.json").write_text(json.dumps(raw))
+    return load_card(folder)
+
+
+def test_the_calibrated_threshold_becomes_the_maps_half_mark() -> None:
+    p = np.array([0.0, 0.1, 0.2, 0.25, 0.6, 1.0], dtype=np.float32)
+
+    shown = calibrate_uncertainty(p, 0.2)
+
+    np.testing.assert_allclose(shown, [0.0, 0.25, 0.5, 0.53125, 0.75, 1.0], atol=1e-6)
+    assert np.all(np.diff(shown) > 0)
+    assert calibrate_uncertainty(p, 0.5) is not None
+    np.testing.assert_array_equal(calibrate_uncertainty(p, 0.5), p)
+
+
+def test_bones_are_redrawn_from_intensity_inside_the_grown_coarse_mask() -> None:
+    # Coarse 4^3 grid over a fine 12^3 one (factor 3); the model found bone in coarse voxel (1, 1, 1).
+    coarse = np.zeros((4, 4, 4), bool)
+    coarse[1, 1, 1] = True
+    labels = np.zeros((12, 12, 12), np.uint8)
+    labels[3:6, 3:6, 3:6] = BONES  # the coarse voxel, upsampled
+    labels[6, 4, 4] = LIVER  # another organ in the grown region stays what it is
+    hu = np.zeros((12, 12, 12), np.float32)
+    hu[4, 4, 2:8] = 900.0  # a thin bright rod: partly in the coarse voxel, partly in its margin
+    hu[6, 4, 4] = 900.0
+    hu[11, 11, 11] = 900.0  # bright but far from any bone the model found: left alone
+
+    changed = refine_by_intensity(labels, coarse, hu, BONES, min_hu=400.0, margin_voxels=1)
+
+    assert set(zip(*np.nonzero(labels == BONES), strict=True)) == {(4, 4, z) for z in range(2, 8)}
+    assert labels[6, 4, 4] == LIVER and labels[11, 11, 11] == 0
+    assert changed == (27 - 3) + 3  # 24 dim voxels lost, 3 bright ones gained
+
+
+def test_without_margin_the_rod_is_cut_at_the_coarse_voxel() -> None:
+    coarse = np.zeros((4, 4, 4), bool)
+    coarse[1, 1, 1] = True
+    labels = np.zeros((12, 12, 12), np.uint8)
+    hu = np.zeros((12, 12, 12), np.float32)
+    hu[4, 4, 2:8] = 900.0
+
+    refine_by_intensity(labels, coarse, hu, BONES, min_hu=400.0, margin_voxels=0)
+
+    assert set(zip(*np.nonzero(labels == BONES), strict=True)) == {(4, 4, 3), (4, 4, 4), (4, 4, 5)}
+    assert refine_by_intensity(labels, np.zeros_like(coarse), hu, BONES, min_hu=1, margin_voxels=2) == 0
+
+
+def test_predict_applies_the_cards_refinement_and_calibration(tmp_path: Path) -> None:
+    # Tiny model: liver where 300 < HU < 600, "bones" above 600 HU, on a 0.4 mm grid; scan at 0.2 mm.
+    folder = tmp_path / "tiny" / "1"
+    plain = write_threshold_model(
+        folder, structures=(0, LIVER, BONES), spacing_mm=(0.4, 0.4, 0.4), normalisation=WINDOW
+    )
+    volume = np.full((24, 24, 24), 450.0, np.float32)
+    volume[:, :, :4] = 0.0
+    volume[:, :, 4:6] = 310.0  # where the tiny head's disagreement peaks (at 300 HU)
+    volume[8:16, 8:16, 8:16] = 650.0  # bone-like block the model finds
+    volume[10:14, 10:14, 10:14] = 950.0  # its bright core
+
+    before = predict_volume(volume, np.diag([0.2, 0.2, 0.2, 1.0]), [plain], threads=1)
+    tuned = with_postprocess(
+        folder,
+        {
+            "uncertainty_threshold": 0.1,
+            "refine": [{"structure": BONES, "min_hu": 900.0, "margin_mm": 0.0}],
+        },
+    )
+    after = predict_volume(volume, np.diag([0.2, 0.2, 0.2, 1.0]), [tuned], threads=1)
+
+    assert np.all(before.labels[volume >= 900.0] == BONES) and np.any(before.labels[volume == 650.0] == BONES)
+    assert np.array_equal(np.argwhere(after.labels == BONES), np.argwhere(volume >= 900.0))
+    assert not np.any(after.labels[volume == 650.0] == BONES)  # the dim rim is no longer bone
+    assert np.all(after.uncertainty >= before.uncertainty)
+    # Voxels the raw head put between 10 % and 50 % now read as uncertain; certain ones stay certain.
+    assert np.any((before.uncertainty < 128) & (after.uncertainty >= 128))
+    assert np.all(after.uncertainty[before.uncertainty == 0] == 0)
+
+
+@pytest.mark.parametrize(
+    ("post", "message"),
+    [
+        ({"uncertainty_threshold": 1.5}, "strictly between 0 and 1"),
+        ({"refine": [{"structure": 7, "min_hu": 400, "margin_mm": 1}]}, "structure 7, not an output"),
+        ({"refine": [{"structure": LIVER, "min_hu": 400, "margin_mm": -1}]}, "margin_mm"),
+        ({"refine": [{"structure": LIVER, "margin_mm": 1}]}, "malformed"),
+    ],
+)
+def test_the_registry_refuses_bad_postprocess_sections(tmp_path: Path, post: dict, message: str) -> None:
+    folder = tmp_path / "m" / "1"
+    write_threshold_model(folder, structures=(0, LIVER, BONES))
+
+    with pytest.raises(ModelCardError, match=message):
+        with_postprocess(folder, post)
+
+
+def test_a_card_without_postprocess_keeps_the_raw_head(tmp_path: Path) -> None:
+    card = write_threshold_model(tmp_path / "m" / "1")
+
+    assert (card.uncertainty_threshold, card.refinements, card.as_json()["postprocess"]) == (0.5, [], {})
+
+
+LUNG = BY_NAME["lung_left"].id
+METASTASIS = BY_NAME["metastasis"].id
+
+
+def test_bright_nodules_inside_the_lungs_are_found_and_the_rim_is_not() -> None:
+    organs = np.zeros((20, 20, 20), np.uint8)
+    organs[4:16, 4:16, 4:16] = LUNG
+    organs[9:11, 9:11, 9:11] = 0  # the organ model left the nodule unlabelled: a hole in the lung
+    hu = np.full(organs.shape, -430.0, np.float32)
+    hu[organs == 0] = 40.0  # soft tissue around the lung (and in the hole) ...
+    hu[9:11, 9:11, 9:11] = 60.0  # ... and the nodule
+    hu[4, 4:16, 4:16] = 0.0  # partial-volume rim inside the lung's outer layer
+    hu[13, 13, 13] = 50.0  # one bright voxel: below the smallest volume
+    hu[1, 1, 1] = 500.0  # bright but outside every host
+
+    found = detect_bright_lesions(organs, hu, hosts=[LUNG], min_hu=-150.0, erode_voxels=1, min_voxels=2)
+
+    assert set(zip(*np.nonzero(found), strict=True)) == {
+        (x, y, z) for x in (9, 10) for y in (9, 10) for z in (9, 10)
+    }
+    no_host = detect_bright_lesions(organs, hu, hosts=[LIVER], min_hu=-150.0, erode_voxels=1, min_voxels=2)
+    assert not no_host.any()
+
+
+def test_the_lesion_models_detect_rule_runs_on_the_organ_map_of_the_same_call(tmp_path: Path) -> None:
+    organs = write_threshold_model(
+        tmp_path / "organs" / "1", structures=(0, LUNG), thresholds=(0.3,), normalisation=WINDOW
+    )
+    lesion_folder = tmp_path / "lesions" / "1"
+    write_threshold_model(
+        lesion_folder,
+        name="tiny-lesions",
+        task="tumor",
+        structures=(0, BY_NAME["tumor"].id, METASTASIS),
+        thresholds=(0.97, 0.99),
+        normalisation=WINDOW,
+    )
+    rule = {"structure": METASTASIS, "hosts": [LUNG], "min_hu": 800, "erode_mm": 0.0, "min_volume_mm3": 0.0}
+    lesions = with_postprocess(lesion_folder, {"detect": [rule]})
+    volume = np.zeros((20, 20, 20), np.float32)
+    volume[4:16, 4:16, 4:16] = 500.0  # lung (for the tiny organ model: 300 < HU)
+    volume[8:10, 8:10, 8:10] = 900.0  # a nodule
+    affine = np.diag([0.2, 0.2, 0.2, 1.0])
+
+    both = predict_volume(volume, affine, [organs, lesions], threads=1)
+    alone = predict_volume(volume, affine, [lesions], threads=1)
+
+    assert both.lesion_labels is not None and alone.lesion_labels is not None
+    assert np.array_equal(np.argwhere(both.lesion_labels == METASTASIS), np.argwhere(volume == 900.0))
+    assert np.array_equal(both.labels == METASTASIS, volume == 900.0)
+    assert not alone.lesion_labels.any()  # no organ map, no hosts: the rule is skipped
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (
+            {"structure": LIVER, "hosts": [LUNG], "min_hu": 0, "erode_mm": 0, "min_volume_mm3": 0},
+            "not an output",
+        ),
+        (
+            {"structure": METASTASIS, "hosts": [99], "min_hu": 0, "erode_mm": 0, "min_volume_mm3": 0},
+            "\\[99\\]",
+        ),
+        (
+            {"structure": METASTASIS, "hosts": [LUNG], "min_hu": 0, "erode_mm": -1, "min_volume_mm3": 0},
+            ">= 0",
+        ),
+    ],
+)
+def test_the_registry_refuses_bad_detect_rules(tmp_path: Path, rule: dict, message: str) -> None:
+    folder = tmp_path / "m" / "1"
+    write_threshold_model(folder, task="tumor", structures=(0, BY_NAME["tumor"].id, METASTASIS))
+
+    with pytest.raises(ModelCardError, match=message):
+        with_postprocess(folder, {"detect": [rule]})
