@@ -70,6 +70,11 @@ class ModelCard:
         return float(self.postprocess.get("uncertainty_threshold", 0.5))
 
     @property
+    def uncertainty_band_voxels(self) -> int:
+        """0, or how many scan voxels from a predicted outline the "uncertain" mark may reach."""
+        return int(self.postprocess.get("uncertainty_band_voxels", 0))
+
+    @property
     def refinements(self) -> list[dict[str, Any]]:
         """Full-resolution intensity rules: ``{"structure": id, "min_hu": HU, "margin_mm": mm}``."""
         return list(self.postprocess.get("refine", []))
@@ -190,6 +195,8 @@ def _check_postprocess(folder: Path, post: dict[str, Any], structures: list[int]
     threshold = float(post.get("uncertainty_threshold", 0.5))
     if not 0.0 < threshold < 1.0:
         raise _problem(folder, "postprocess 'uncertainty_threshold' must lie strictly between 0 and 1")
+    if int(post.get("uncertainty_band_voxels", 0)) < 0:
+        raise _problem(folder, "postprocess 'uncertainty_band_voxels' must be >= 0")
     for rule in post.get("refine", []):
         if int(rule["structure"]) not in structures[1:]:
             raise _problem(folder, f"postprocess refine names structure {rule['structure']}, not an output")

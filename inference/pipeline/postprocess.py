@@ -29,6 +29,8 @@ from inference.structures import BY_ID
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 #: Lesions smaller than this (mm^3) are treated as specks and removed.
 DEFAULT_MIN_LESION_VOLUME_MM3 = 0.2
+#: Share of a bright nodule's surrounding voxel shell that must be dim host tissue (parenchyma).
+MIN_DIM_SHELL = 0.9
 _EPS = 1e-7
 
 
@@ -247,9 +249,10 @@ def detect_bright_lesions(
     The hosts' mask (full resolution) has its enclosed holes filled, since the organ model leaves
     a nodule inside the lung unlabelled or labels it otherwise, is eroded by ``erode_voxels`` so
     that the partial-volume rim against the chest wall and heart is not taken for a nodule, and
-    every 26-connected group of voxels at or above ``min_hu`` of at least ``min_voxels`` inside it
-    is a lesion. A metastasis in air-filled lung is hundreds of HU brighter than the parenchyma;
-    one in soft tissue (liver) is not, and is left to the lesion model.
+    every 26-connected group of voxels at or above ``min_hu`` of at least ``min_voxels`` inside it,
+    whose surrounding shell is at least ``MIN_DIM_SHELL`` dim host tissue, is a lesion. A
+    metastasis in air-filled lung is hundreds of HU brighter than the parenchyma; one in soft
+    tissue (liver) is not, and is left to the lesion model.
     """
     found = np.zeros(organ_labels.shape, dtype=bool)
     host = np.isin(organ_labels, np.asarray(hosts, dtype=organ_labels.dtype))
@@ -262,9 +265,54 @@ def detect_bright_lesions(
     inside = ndimage.binary_fill_holes(host[box])
     if erode_voxels > 0:
         inside = ndimage.binary_erosion(inside, iterations=erode_voxels)
-    candidates = inside & (intensity[box] >= min_hu)
-    labelled, sizes = _components(candidates)
+    bright = intensity[box] >= min_hu
+    labelled, sizes = _components(inside & bright)
     big = np.flatnonzero(sizes >= max(min_voxels, 1))
     big = big[big > 0]
-    found[box] = np.isin(labelled, big)
+    # A nodule sits in parenchyma: most of the voxel shell around it must be dim host tissue. A
+    # bright fragment of the lung's rim (contrast-enhanced blood or heart beyond the erosion) fails.
+    grown = ndimage.grey_dilation(labelled, footprint=CONNECTIVITY_26)
+    shell = (grown > 0) & (labelled == 0)
+    dim_host = ndimage.binary_fill_holes(host[box]) & ~bright
+    owner = grown[shell]
+    total = np.bincount(owner, minlength=sizes.size)
+    dim = np.bincount(owner, weights=dim_host[shell], minlength=sizes.size)
+    isolated = big[dim[big] >= MIN_DIM_SHELL * total[big]]
+    found[box] = np.isin(labelled, isolated)
     return found
+
+
+def boundary_band(labels: np.ndarray, radius: int) -> np.ndarray:
+    """Voxels within ``radius`` voxels (a cube) of a face between two different labels."""
+    band = np.zeros(labels.shape, dtype=bool)
+    for axis in range(3):
+        differs = np.diff(labels, axis=axis) != 0
+        lower = [slice(None)] * 3
+        upper = [slice(None)] * 3
+        lower[axis] = slice(None, -1)
+        upper[axis] = slice(1, None)
+        band[tuple(lower)] |= differs
+        band[tuple(upper)] |= differs
+    for axis in range(3):  # separable dilation: a shifted OR per step along each axis
+        grown = band.copy()
+        for step in range(1, radius + 1):
+            ahead = [slice(None)] * 3
+            behind = [slice(None)] * 3
+            ahead[axis] = slice(step, None)
+            behind[axis] = slice(None, -step)
+            grown[tuple(ahead)] |= band[tuple(behind)]
+            grown[tuple(behind)] |= band[tuple(ahead)]
+        band = grown
+    return band
+
+
+def sharpen_uncertainty(uncertainty_u8: np.ndarray, labels: np.ndarray, radius: int) -> None:
+    """Keep the map's "uncertain" (>= 50 %) mark only near the predicted boundaries (in place).
+
+    The disagreement head sees 0.63 mm voxels; real disagreement is a band one or two 0.21 mm
+    voxels wide along the outlines. Outside ``radius`` voxels of a full-resolution boundary of
+    ``labels`` the map is capped just below 50 %, so it still shows a shade there but the
+    uncertain region follows the outlines the annotators would draw differently.
+    """
+    outside = ~boundary_band(labels, radius)
+    np.minimum(uncertainty_u8, np.uint8(127), out=uncertainty_u8, where=outside)

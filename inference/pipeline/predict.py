@@ -37,6 +37,7 @@ from inference.pipeline.postprocess import (
     detect_bright_lesions,
     ensemble_scores,
     refine_by_intensity,
+    sharpen_uncertainty,
     sigmoid,
     uncertainty_from,
 )
@@ -239,6 +240,9 @@ def predict_volume(
         for task, labels in task_labels.items():
             if task != "organs":
                 np.copyto(merged, labels, where=labels > 0)
+        band = max((card.uncertainty_band_voxels for card in cards), default=0)
+        if band > 0:
+            sharpen_uncertainty(uncertainty_u8, merged, band)
 
         def back(array: np.ndarray | None) -> np.ndarray | None:
             return None if array is None else from_canonical(array, geometry)

@@ -6,12 +6,13 @@ its ``model.json`` under ``"postprocess"``:
 - ``uncertainty_threshold``: the disagreement-head probability that, sent to the map's 50 % mark,
   best matches the voxels where the simulated annotators really disagree (Dice of the map at 50 %,
   the way AIMOS thresholds its heatmap), so that 50 % means "annotators would disagree here";
+  with ``uncertainty_band_voxels`` the 50 % mark is kept only that near a predicted outline;
 - ``refine`` (organ model): bones redrawn at full resolution as the voxels at or above ``min_hu``
   inside the network's bone mask grown by ``margin_mm``, with the pair that gives the best bone
   Dice against ground truth;
 - ``detect`` (lesion model, run with an organ model): lung metastases as bright nodules inside the
   organ model's lungs (``pipeline.postprocess.detect_bright_lesions``), with the threshold, rim
-  erosion and smallest volume that give the best metastasis Dice.
+  erosion and smallest volume that give the best detection F1 (false positives count).
 
 The other models passed with ``--model`` run beside the one being tuned (their uncertainty maps
 join the combined map as they are), exactly as the pipeline runs them.
@@ -31,22 +32,25 @@ import numpy as np
 
 from inference.jsonsafe import finite_or_null
 from inference.pipeline import predict_volume
-from inference.pipeline.postprocess import detect_bright_lesions
+from inference.pipeline.postprocess import detect_bright_lesions, sharpen_uncertainty
 from inference.registry import ModelCard, load_card
 from inference.structures import BY_NAME
 from inference.training.data import find_cases
+from inference.training.evaluate import metastasis_scores
 
 log = logging.getLogger(__name__)
 
 THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+#: 0 (no sharpening) or the voxels from a predicted outline the uncertain mark may reach.
+BANDS = (0, 1, 2, 3)
 BONE_MIN_HU = (300.0, 400.0, 500.0, 600.0)
 BONE_MARGIN_MM = (0.63, 1.26)
 BONES = BY_NAME["bones"].id
 METASTASIS = BY_NAME["metastasis"].id
 LUNGS = (BY_NAME["lung_left"].id, BY_NAME["lung_right"].id)
-NODULE_MIN_HU = (-250.0, -200.0, -150.0, -100.0)
-NODULE_ERODE_MM = (0.21, 0.42)
-NODULE_MIN_VOLUME_MM3 = (0.01, 0.02, 0.04)
+NODULE_MIN_HU = (-250.0, -150.0, -50.0, 50.0)
+NODULE_ERODE_MM = (0.21, 0.42, 0.63)
+NODULE_MIN_VOLUME_MM3 = (0.02, 0.05, 0.1)
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -78,10 +82,10 @@ def calibrate(
 ) -> dict:
     """The tuned ``postprocess`` section for ``target`` (nothing is written here)."""
     bare = _bare(target)
-    unc_scores: dict[float, list[float]] = {t: [] for t in THRESHOLDS}
+    unc_scores: dict[tuple[float, int], list[float]] = {}
     bone_scores: dict[tuple[float, float], list[float]] = {}
     unrefined: list[float] = []
-    nodule_scores: dict[tuple[float, float, float], list[float]] = {}
+    nodule_scores: dict[tuple[float, float, float], list[tuple[int, int, int]]] = {}
     finds_nodules = METASTASIS in target.structures and any(c.task == "organs" for c in others)
     for folder in cases:
         ct, affine = _load(folder / "ct.nii.gz")
@@ -93,8 +97,13 @@ def calibrate(
             # Run as the pipeline runs: calibrated on the model grid, then upsampled and thresholded.
             for t in THRESHOLDS:
                 card = dataclasses.replace(target, postprocess={"uncertainty_threshold": t})
-                shown = predict_volume(ct, affine, [card, *others], threads=threads).uncertainty
-                unc_scores[t].append(_dice(shown >= 128, real))
+                out = predict_volume(ct, affine, [card, *others], threads=threads)
+                for band in BANDS:
+                    shown = out.uncertainty
+                    if band:
+                        shown = shown.copy()
+                        sharpen_uncertainty(shown, out.labels, band)
+                    unc_scores.setdefault((t, band), []).append(_dice(shown >= 128, real))
         if BONES in target.structures and (truth == BONES).any():
             for min_hu in BONE_MIN_HU:
                 for margin in BONE_MARGIN_MM:
@@ -104,16 +113,20 @@ def calibrate(
                     score = _dice(labels == BONES, truth == BONES)
                     bone_scores.setdefault((min_hu, margin), []).append(score)
             unrefined.append(_dice(own.labels == BONES, truth == BONES))
-        if finds_nodules and (truth == METASTASIS).any():
+        if finds_nodules:
             _score_nodules(nodule_scores, ct, truth, affine, target, others, threads)
         log.info("calibrated on %s", folder.name)
     post: dict = {}
     report: dict = {"cases": [c.name for c in cases]}
-    if any(unc_scores.values()):
-        medians = {t: float(np.median(v)) for t, v in unc_scores.items()}
-        best = max(medians, key=lambda t: medians[t])
-        post["uncertainty_threshold"] = best
-        report["uncertainty_dice_by_threshold"] = {str(t): round(m, 4) for t, m in medians.items()}
+    if unc_scores:
+        medians = {k: float(np.median(v)) for k, v in unc_scores.items()}
+        threshold, band = max(medians, key=lambda k: medians[k])
+        post["uncertainty_threshold"] = threshold
+        if band:
+            post["uncertainty_band_voxels"] = band
+        report["uncertainty_dice_by_threshold_and_band"] = {
+            f"{t:g}, band {b}": round(m, 4) for (t, b), m in medians.items()
+        }
     if bone_scores:
         medians_b = {k: float(np.median(v)) for k, v in bone_scores.items()}
         without = float(np.median(unrefined))
@@ -123,10 +136,19 @@ def calibrate(
         if best_b > without:
             post["refine"] = [{"structure": BONES, "min_hu": min_hu, "margin_mm": margin}]
     if nodule_scores:
-        medians_n = {k: float(np.median(v)) for k, v in nodule_scores.items()}
-        (min_hu, erode, volume), best_n = max(medians_n.items(), key=lambda kv: kv[1])
-        report["metastasis_dice_by_rule"] = {
-            f"{h:g} HU, erode {e:g} mm, >= {v:g} mm3": round(d, 4) for (h, e, v), d in medians_n.items()
+        # Lesion counts per organ are what the product reports: pick the rule with the best
+        # detection F1 over all validation cases (cases without metastases count their false
+        # positives too), not the best voxel Dice, which the largest nodules dominate.
+        f1 = {k: _f1(v) for k, v in nodule_scores.items()}
+        (min_hu, erode, volume), best_n = max(f1.items(), key=lambda kv: kv[1])
+        report["metastasis_rules"] = {
+            f"{h:g} HU, erode {e:g} mm, >= {v:g} mm3": {
+                "detection_f1": round(f1[(h, e, v)], 4),
+                "found": sum(r[0] for r in rows),
+                "missed": sum(r[2] for r in rows),
+                "false_positives": sum(r[1] for r in rows),
+            }
+            for (h, e, v), rows in nodule_scores.items()
         }
         if best_n > 0:
             post["detect"] = [
@@ -142,6 +164,11 @@ def calibrate(
     return post
 
 
+def _f1(rows: Sequence[tuple[int, int, int]]) -> float:
+    found, false_pos, missed = (sum(r[i] for r in rows) for i in range(3))
+    return 2 * found / (2 * found + false_pos + missed) if found else 0.0
+
+
 def _score_nodules(
     scores: dict[tuple[float, float, float], list[float]],
     ct: np.ndarray,
@@ -151,11 +178,12 @@ def _score_nodules(
     others: Sequence[ModelCard],
     threads: int,
 ) -> None:
-    """Metastasis Dice of each lung-nodule rule, on the organ map of one pipeline run."""
+    """(found, false positives, missed) of each lung-nodule rule on one pipeline run's organ map."""
     out = predict_volume(ct, affine, [_bare(target), *others], threads=threads)
     assert out.organ_labels is not None and out.lesion_labels is not None
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     model_found = out.lesion_labels == METASTASIS
+    voxel_mm3 = float(np.prod(spacing))
     for min_hu in NODULE_MIN_HU:
         for erode in NODULE_ERODE_MM:
             for volume in NODULE_MIN_VOLUME_MM3:
@@ -167,8 +195,10 @@ def _score_nodules(
                     erode_voxels=round(erode / float(spacing.mean())),
                     min_voxels=max(1, round(volume / float(np.prod(spacing)))),
                 )
+                counts = metastasis_scores(found | model_found, truth == METASTASIS, voxel_mm3)
+                hits = sum(1 for lesion in counts["lesions"] if lesion["detected"])
                 scores.setdefault((min_hu, erode, volume), []).append(
-                    _dice(found | model_found, truth == METASTASIS)
+                    (hits, int(counts["false_positives"]), int(counts["true"]) - hits)
                 )
 
 

@@ -93,7 +93,9 @@ def metastasis_scores(pred: np.ndarray, truth: np.ndarray, voxel_mm3: float) -> 
         found.append({"diameter_mm": round(float(diameter), 3), "detected": bool(grown[sl][comp].any())})
     pred_lab, n_pred = ndimage.label(pred)
     near_truth = ndimage.binary_dilation(truth, iterations=1)
-    false_pos = sum(1 for j in range(1, n_pred + 1) if not near_truth[pred_lab == j].any())
+    # Predicted components that touch no true lesion (grown by one voxel).
+    touching = np.unique(pred_lab[near_truth & (pred_lab > 0)])
+    false_pos = n_pred - int(touching.size)
     return {"true": n_true, "predicted": n_pred, "false_positives": false_pos, "lesions": found}
 
 

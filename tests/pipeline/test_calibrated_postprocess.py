@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from inference.pipeline import predict_volume
-from inference.pipeline.postprocess import calibrate_uncertainty, detect_bright_lesions, refine_by_intensity
+from inference.pipeline.postprocess import (
+    boundary_band,
+    calibrate_uncertainty,
+    detect_bright_lesions,
+    refine_by_intensity,
+    sharpen_uncertainty,
+)
 from inference.registry import ModelCard, ModelCardError, load_card
 from inference.structures import BY_NAME
 from tests.pipeline.conftest import WINDOW
@@ -104,6 +110,7 @@ def test_predict_applies_the_cards_refinement_and_calibration(tmp_path: Path) ->
     ("post", "message"),
     [
         ({"uncertainty_threshold": 1.5}, "strictly between 0 and 1"),
+        ({"uncertainty_band_voxels": -1}, "uncertainty_band_voxels"),
         ({"refine": [{"structure": 7, "min_hu": 400, "margin_mm": 1}]}, "structure 7, not an output"),
         ({"refine": [{"structure": LIVER, "min_hu": 400, "margin_mm": -1}]}, "margin_mm"),
         ({"refine": [{"structure": LIVER, "margin_mm": 1}]}, "malformed"),
@@ -199,3 +206,33 @@ def test_the_registry_refuses_bad_detect_rules(tmp_path: Path, rule: dict, messa
 
     with pytest.raises(ModelCardError, match=message):
         with_postprocess(folder, {"detect": [rule]})
+
+
+def test_the_uncertain_mark_is_kept_only_near_predicted_outlines() -> None:
+    labels = np.zeros((12, 12, 12), np.uint8)
+    labels[:, :, 6:] = LIVER  # one flat outline between z = 5 and z = 6
+    uncertainty = np.full(labels.shape, 200, np.uint8)
+    uncertainty[0, 0, 0] = 40
+
+    sharpen_uncertainty(uncertainty, labels, 1)
+
+    near = np.zeros(labels.shape, bool)
+    near[:, :, 4:8] = True  # the two voxels at the face, grown by one on each side
+    assert np.array_equal(boundary_band(labels, 1), near)
+    assert np.all(uncertainty[near] == 200) and np.all(uncertainty[~near & (uncertainty != 40)] == 127)
+    assert uncertainty[0, 0, 0] == 40
+
+
+def test_a_bright_sheet_crossing_the_lung_is_not_a_nodule() -> None:
+    # A contrast-bright structure running through the lung (a vessel, the heart's edge) passes the
+    # threshold and the erosion, but its shell is bright where it leaves the lung: rejected.
+    organs = np.zeros((20, 20, 20), np.uint8)
+    organs[4:16, 4:16, 4:16] = LUNG
+    hu = np.full(organs.shape, 40.0, np.float32)
+    hu[organs == LUNG] = -430.0
+    hu[6:9, :, :] = 300.0  # a 3-voxel-thick bright sheet across the whole lung and beyond
+    hu[12:14, 10:12, 10:12] = 60.0  # and a real nodule
+
+    found = detect_bright_lesions(organs, hu, hosts=[LUNG], min_hu=-150.0, erode_voxels=1, min_voxels=2)
+
+    assert np.array_equal(np.argwhere(found), np.argwhere(hu == 60.0))
