@@ -27,16 +27,16 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from inference.jsonsafe import finite_or_null
+from inference.metrics import dice
 from inference.pipeline import predict_volume
 from inference.pipeline.postprocess import detect_bright_lesions, sharpen_uncertainty
 from inference.registry import ModelCard, load_card
 from inference.structures import BY_NAME
 from inference.training.data import find_cases
-from inference.training.evaluate import metastasis_scores
+from inference.training.evaluate import load_canonical, metastasis_scores
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +53,8 @@ NODULE_ERODE_MM = (0.21, 0.42, 0.63)
 NODULE_MIN_VOLUME_MM3 = (0.02, 0.05, 0.1)
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * float(np.logical_and(a, b).sum()) / total if total else 1.0
-
-
-def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    image = nib.load(str(path))
-    return np.asanyarray(image.dataobj), image.affine
-
-
 def _real_disagreement(folder: Path) -> np.ndarray | None:
-    maps = [_load(p)[0] for p in sorted(folder.glob("annotator_*.nii.gz"))]
+    maps = [load_canonical(p)[0] for p in sorted(folder.glob("annotator_*.nii.gz"))]
     if len(maps) < 2:
         return None
     real = np.zeros(maps[0].shape, bool)
@@ -88,8 +78,8 @@ def calibrate(
     nodule_scores: dict[tuple[float, float, float], list[tuple[int, int, int]]] = {}
     finds_nodules = METASTASIS in target.structures and any(c.task == "organs" for c in others)
     for folder in cases:
-        ct, affine = _load(folder / "ct.nii.gz")
-        truth, _ = _load(folder / "labels.nii.gz")
+        ct, affine = load_canonical(folder / "ct.nii.gz")
+        truth, _ = load_canonical(folder / "labels.nii.gz")
         ct = ct.astype(np.float32)
         real = _real_disagreement(folder)
         own = predict_volume(ct, affine, [bare], threads=threads)
@@ -103,16 +93,16 @@ def calibrate(
                     if band:
                         shown = shown.copy()
                         sharpen_uncertainty(shown, out.labels, band)
-                    unc_scores.setdefault((t, band), []).append(_dice(shown >= 128, real))
+                    unc_scores.setdefault((t, band), []).append(dice(shown >= 128, real))
         if BONES in target.structures and (truth == BONES).any():
             for min_hu in BONE_MIN_HU:
                 for margin in BONE_MARGIN_MM:
                     rule = {"structure": BONES, "min_hu": min_hu, "margin_mm": margin}
                     card = dataclasses.replace(target, postprocess={"refine": [rule]})
                     labels = predict_volume(ct, affine, [card], threads=threads).labels
-                    score = _dice(labels == BONES, truth == BONES)
+                    score = dice(labels == BONES, truth == BONES)
                     bone_scores.setdefault((min_hu, margin), []).append(score)
-            unrefined.append(_dice(own.labels == BONES, truth == BONES))
+            unrefined.append(dice(own.labels == BONES, truth == BONES))
         if finds_nodules:
             _score_nodules(nodule_scores, ct, truth, affine, target, others, threads)
         log.info("calibrated on %s", folder.name)

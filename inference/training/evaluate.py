@@ -33,7 +33,7 @@ METASTASIS = BY_NAME["metastasis"].id
 PAIRS = (("lung_left", "lung_right"), ("kidney_left", "kidney_right"))
 
 
-def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_canonical(path: Path) -> tuple[np.ndarray, np.ndarray]:
     image = nib.as_closest_canonical(nib.load(str(path)))
     return np.asanyarray(image.dataobj), image.affine
 
@@ -100,10 +100,10 @@ def metastasis_scores(pred: np.ndarray, truth: np.ndarray, voxel_mm3: float) -> 
 
 
 def evaluate_case(folder: Path, cards: Sequence[ModelCard], *, threads: int = 0) -> dict[str, object]:
-    ct, affine = _load(folder / "ct.nii.gz")
-    truth, _ = _load(folder / "labels.nii.gz")
+    ct, affine = load_canonical(folder / "ct.nii.gz")
+    truth, _ = load_canonical(folder / "labels.nii.gz")
     annotators = {
-        p.stem.split(".")[0].removeprefix("annotator_"): _load(p)[0]
+        p.stem.split(".")[0].removeprefix("annotator_"): load_canonical(p)[0]
         for p in sorted(folder.glob("annotator_*.nii.gz"))
     }
     spacing = [float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))]
