@@ -36,7 +36,7 @@ from inference.pipeline.postprocess import detect_bright_lesions, sharpen_uncert
 from inference.registry import ModelCard, load_card
 from inference.structures import BY_NAME
 from inference.training.data import find_cases
-from inference.training.evaluate import load_canonical, metastasis_scores
+from inference.training.evaluate import load_canonical, metastasis_scores, real_disagreement
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,7 @@ NODULE_MIN_VOLUME_MM3 = (0.02, 0.05, 0.1)
 
 def _real_disagreement(folder: Path) -> np.ndarray | None:
     maps = [load_canonical(p)[0] for p in sorted(folder.glob("annotator_*.nii.gz"))]
-    if len(maps) < 2:
-        return None
-    real = np.zeros(maps[0].shape, bool)
-    for other in maps[1:]:
-        real |= other != maps[0]
-    return real
+    return real_disagreement(maps) if len(maps) >= 2 else None
 
 
 def _bare(card: ModelCard) -> ModelCard:

@@ -38,6 +38,14 @@ def load_canonical(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asanyarray(image.dataobj), image.affine
 
 
+def real_disagreement(maps: Sequence[np.ndarray]) -> np.ndarray:
+    """Voxels where the annotators' label maps (two or more, same grid) do not all agree."""
+    real = np.zeros(maps[0].shape, bool)
+    for other in maps[1:]:
+        real |= other != maps[0]
+    return real
+
+
 def _crop_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both masks cut to their joint bounding box plus a margin: surface distances get cheap."""
     both = a | b
@@ -136,10 +144,7 @@ def evaluate_case(folder: Path, cards: Sequence[ModelCard], *, threads: int = 0)
         result["tumors"] = tumor_scores(out.labels == TUMOR, truth == TUMOR, voxel)
         result["metastases"] = metastasis_scores(out.labels == METASTASIS, truth == METASTASIS, voxel)
     if len(annotators) >= 2:
-        maps = list(annotators.values())
-        real = np.zeros(truth.shape, bool)
-        for other in maps[1:]:
-            real |= other != maps[0]
+        real = real_disagreement(list(annotators.values()))
         result["uncertainty_dice"] = dice(out.uncertainty >= 128, real)
     return result
 
