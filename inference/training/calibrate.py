@@ -40,7 +40,7 @@ from inference.training.evaluate import load_canonical, metastasis_scores, real_
 
 log = logging.getLogger(__name__)
 
-THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+THRESHOLDS = (0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 #: 0 (no sharpening) or the voxels from a predicted outline the uncertain mark may reach.
 BANDS = (0, 1, 2, 3)
 BONE_MIN_HU = (300.0, 400.0, 500.0, 600.0)

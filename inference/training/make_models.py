@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 #: Version of each task's committed model (bump when its weights change: the registry refuses a
 #: changed sha256 under a version it already knows).
-VERSIONS = {"organs": "1.2.0", "tumor": "1.2.0"}
+VERSIONS = {"organs": "1.3.0", "tumor": "1.2.0"}
 #: (first seed, count, modality) of each phantom set. Test seeds never overlap training ones.
 SETS = {
     "train": (1000, 40, "native"),
@@ -57,16 +57,32 @@ def ensure_phantoms(root: Path, name: str) -> Path:
     return folder
 
 
-def make_model(task: str, data: Path, out: Path, *, threads: int, device: str, epochs: int) -> Path:
+def make_model(
+    task: str,
+    data: Path,
+    out: Path,
+    *,
+    threads: int,
+    device: str,
+    epochs: int,
+    init: Path | None = None,
+    lr: float | None = None,
+    minutes: float | None = None,
+) -> Path:
     spec = TASKS[task]
-    seed, minutes = TRAINING[task]
+    seed, budget = TRAINING[task]
     cases = load_cases(data / "train", spec)
     val = load_cases(data / "val", spec)
-    cfg = TrainConfig(epochs=epochs, max_minutes=minutes, seed=seed, threads=threads, device=device)
+    cfg = TrainConfig(epochs=epochs, max_minutes=minutes or budget, seed=seed, threads=threads, device=device)
+    if lr is not None:
+        cfg.lr = lr
     first, count, _ = SETS["train"]
     t0 = time.monotonic()
     # The checkpoint (git-ignored, beside the phantoms) lets `train --init` continue a run.
-    model = train(spec, cases, cfg, val=val, checkpoint=data / f"checkpoint-{task}.pt")
+    model = train(spec, cases, cfg, val=val, checkpoint=data / f"checkpoint-{task}.pt", init=init)
+    command = "python -m inference.training.make_models --train " + task
+    if init is not None:
+        command += f" --init {init} --lr {cfg.lr:g} --minutes {cfg.max_minutes:g}"
     folder = out / spec.name / VERSIONS[task]
     export_model(
         model,
@@ -82,7 +98,9 @@ def make_model(task: str, data: Path, out: Path, *, threads: int, device: str, e
             "epochs": len(cfg.history),
             "seconds": round(time.monotonic() - t0, 1),
             "device": device,
-            "command": "python -m inference.training.make_models",
+            "command": command,
+            "init": str(init) if init is not None else None,
+            "lr": cfg.lr,
             "history": cfg.history,
         },
     )
@@ -165,13 +183,32 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="tasks whose committed model is re-tuned on the validation phantoms (retrained ones always are)",
     )
+    parser.add_argument(
+        "--init",
+        type=Path,
+        help="continue from this model.onnx or checkpoint.pt (only with a single --train task)",
+    )
+    parser.add_argument("--lr", type=float, help="peak learning rate (default 3e-3; 1e-3 to continue)")
+    parser.add_argument("--minutes", type=float, help="training budget (default: TRAINING's)")
     args = parser.parse_args(argv)
+    if args.init is not None and len(args.train) != 1:
+        parser.error("--init continues one model: name its task alone with --train")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in SETS:
         ensure_phantoms(args.data, name)
     retrain = set() if args.skip_training else set(args.train)
     folders = [
-        make_model(t, args.data, args.out, threads=args.threads, device=args.device, epochs=args.epochs)
+        make_model(
+            t,
+            args.data,
+            args.out,
+            threads=args.threads,
+            device=args.device,
+            epochs=args.epochs,
+            init=args.init,
+            lr=args.lr,
+            minutes=args.minutes,
+        )
         if t in retrain
         else args.out / TASKS[t].name / VERSIONS[t]
         for t in ("organs", "tumor")

@@ -25,6 +25,7 @@ from inference.training.data import Case, load_cases
 from inference.training.losses import disagreement_loss, partial_label_loss
 from inference.training.network import UNet3D
 from inference.training.tasks import TASKS, TaskSpec
+from inference.training.warm_start import load_exported
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,11 @@ def train(
     rng = np.random.default_rng(cfg.seed)
     device = pick_device(cfg.device)
     model = UNet3D(len(spec.structures), base=spec.base_channels)
-    if init is not None:
+    if init is not None and init.suffix == ".onnx":
+        # A committed model: rebuilt from its folded weights, BatchNorm statistics re-measured.
+        diff = load_exported(model, init, [sample_batch(cases, spec, cfg, rng)[0] for _ in range(8)])
+        log.info("warm start from %s (max difference to ONNX Runtime %.2g)", init, diff)
+    elif init is not None:
         model.load_state_dict(torch.load(init, map_location="cpu")["state"])
     # channels-last: oneDNN's 3D convolution backward is 5-10x faster on CPU in this layout.
     model = model.to(device=device, memory_format=torch.channels_last_3d)
@@ -258,7 +263,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--version", default="1.0.0")
-    parser.add_argument("--init", type=Path, help="start from this checkpoint.pt (fine-tuning)")
+    parser.add_argument(
+        "--init", type=Path, help="start from this checkpoint.pt or exported model.onnx (fine-tuning)"
+    )
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (1e-3 to fine-tune)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from inference.training.export import export_model
@@ -272,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device,
         threads=args.threads,
         seed=args.seed,
+        lr=args.lr,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()

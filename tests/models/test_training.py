@@ -20,6 +20,7 @@ from inference.training.losses import partial_label_loss
 from inference.training.network import UNet3D
 from inference.training.tasks import ORGANS
 from inference.training.train import TrainConfig, train
+from inference.training.warm_start import WarmStartError, load_exported
 
 # Tiny: 1.26 mm phantoms block-averaged by 2 to 2.52 mm, 4 base channels; seconds on one core.
 TINY = dataclasses.replace(ORGANS, factor=2, base_channels=4, crop=(16, 16, 24))
@@ -117,3 +118,46 @@ def test_a_scan_that_labels_only_some_organs_marks_the_rest_unlabelled(tiny_data
     flags = labelled_channels(partial, TINY)
     labelled_ids = {sid for sid, flag in zip(TINY.structures, flags, strict=True) if flag}
     assert labelled_ids == {0, 1, 4}
+
+
+def test_training_can_start_from_a_committed_onnx_model(
+    tiny_model: UNet3D, tiny_data: Path, tmp_path: Path
+) -> None:
+    # Given an exported model (BatchNorm folded into its convolutions, no checkpoint beside it)
+    export_model(
+        tiny_model, TINY, tmp_path, version="0.0.1", training={"data": "tiny"}, input_spacing_mm=2.52
+    )
+    x = torch.from_numpy(np.random.default_rng(1).random((1, 1, 16, 16, 24), dtype=np.float32))
+    # When a fresh network is rebuilt from it
+    rebuilt = UNet3D(len(TINY.structures), base=TINY.base_channels)
+    diff = load_exported(rebuilt, tmp_path / "model.onnx", [x])
+    # Then it computes what ONNX Runtime computes, and stays trainable (BatchNorm kept)
+    assert diff < 1e-3
+    assert rebuilt.training
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in rebuilt.modules())
+    rebuilt.eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(rebuilt(x)[0].numpy(), tiny_model(x)[0].numpy(), atol=1e-3)
+    # And training continues from it
+    config = TrainConfig(epochs=1, batch=2, threads=1, lr=1e-3)
+    tuned = train(TINY, load_cases(tiny_data, TINY), config, init=tmp_path / "model.onnx")
+    assert np.isfinite(config.history[0]["loss"])
+    assert not tuned.training
+
+
+def test_a_model_of_another_width_is_refused_with_the_reason(tiny_model: UNet3D, tmp_path: Path) -> None:
+    export_model(
+        tiny_model, TINY, tmp_path, version="0.0.1", training={"data": "tiny"}, input_spacing_mm=2.52
+    )
+    wider = UNet3D(len(TINY.structures), base=TINY.base_channels * 2)
+    with pytest.raises(WarmStartError, match="other base channels"):
+        load_exported(wider, tmp_path / "model.onnx", [torch.zeros(1, 1, 16, 16, 24)])
+
+
+def test_make_models_refuses_one_init_for_two_tasks(capsys: pytest.CaptureFixture[str]) -> None:
+    from inference.training.make_models import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--init", "inference/models/mouse-organs/1.3.0/model.onnx"])
+    assert exit_info.value.code == 2
+    assert "--init continues one model" in capsys.readouterr().err
