@@ -64,6 +64,9 @@ def _batchnorm_after(model: nn.Module, conv_path: str) -> nn.BatchNorm3d | None:
 def load_exported(model: UNet3D, path: Path, batches: Iterable[torch.Tensor]) -> float:
     """Load ``path`` (an exported model.onnx) into ``model``; returns the largest output difference
     against ONNX Runtime on the first batch (raises :class:`WarmStartError` if it is not tiny)."""
+    batches = list(batches)
+    if not batches:
+        raise WarmStartError("warm start needs at least one batch of training images")
     convs = _folded_convolutions(path)
     expected = {n for n, m in model.named_modules() if isinstance(m, nn.Conv3d | nn.ConvTranspose3d)}
     if set(convs) != expected:
@@ -99,9 +102,6 @@ def load_exported(model: UNet3D, path: Path, batches: Iterable[torch.Tensor]) ->
 
     hooks = [bn.register_forward_pre_hook(record) for bn in folded_bias]
     model.eval()
-    batches = list(batches)
-    if not batches:
-        raise WarmStartError("warm start needs at least one batch of training images")
     try:
         for x in batches:
             model(x)

@@ -161,3 +161,16 @@ def test_make_models_refuses_one_init_for_two_tasks(capsys: pytest.CaptureFixtur
         main(["--init", "inference/models/mouse-organs/1.3.0/model.onnx"])
     assert exit_info.value.code == 2
     assert "--init continues one model" in capsys.readouterr().err
+
+
+def test_a_warm_start_without_images_is_refused_before_touching_the_network(
+    tiny_model: UNet3D, tmp_path: Path
+) -> None:
+    export_model(
+        tiny_model, TINY, tmp_path, version="0.0.1", training={"data": "tiny"}, input_spacing_mm=2.52
+    )
+    fresh = UNet3D(len(TINY.structures), base=TINY.base_channels)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(WarmStartError, match="at least one batch"):
+        load_exported(fresh, tmp_path / "model.onnx", [])
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
