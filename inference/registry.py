@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,13 +71,26 @@ class ModelCard:
         return float(self.postprocess.get("uncertainty_threshold", 0.5))
 
     @property
-    def uncertainty_band_voxels(self) -> int:
-        """0, or how many scan voxels from a predicted outline the "uncertain" mark may reach."""
-        return int(self.postprocess.get("uncertainty_band_voxels", 0))
+    def uncertainty_outline(self) -> tuple[list[float], dict[int, float]] | None:
+        """``(smoothing_mm, {structure id: level})`` of the outline bands marked uncertain, or None
+        (``pipeline.postprocess.outline_band``)."""
+        outline = self.postprocess.get("uncertainty_outline")
+        if not outline:
+            return None
+        levels = {int(k): float(v) for k, v in outline["levels"].items()}
+        return [float(s) for s in outline["smoothing_mm"]], levels
+
+    def score_offsets(self, channels: int) -> list[float]:
+        """Per output channel, the calibrated shift of its class score (``postprocess.score_offsets``,
+        keyed by structure id): a prior that corrects a structure drawn systematically too small
+        or too large. 0 for channels without one."""
+        offsets = {int(k): float(v) for k, v in self.postprocess.get("score_offsets", {}).items()}
+        return [offsets.get(int(sid), 0.0) for sid in self.structures[:channels]]
 
     @property
     def refinements(self) -> list[dict[str, Any]]:
-        """Full-resolution intensity rules: ``{"structure": id, "min_hu": HU, "margin_mm": mm}``."""
+        """Full-resolution rules, in order: ``{"structure", "min_hu", "margin_mm"[, "connected"]}``
+        (a bright structure) or ``{"structure", "enclosed_by", "max_hu", "margin_mm"}`` (a canal)."""
         return list(self.postprocess.get("refine", []))
 
     @property
@@ -195,14 +209,34 @@ def _check_postprocess(folder: Path, post: dict[str, Any], structures: list[int]
     threshold = float(post.get("uncertainty_threshold", 0.5))
     if not 0.0 < threshold < 1.0:
         raise _problem(folder, "postprocess 'uncertainty_threshold' must lie strictly between 0 and 1")
-    if int(post.get("uncertainty_band_voxels", 0)) < 0:
-        raise _problem(folder, "postprocess 'uncertainty_band_voxels' must be >= 0")
+    for sid, offset in post.get("score_offsets", {}).items():
+        if int(sid) not in structures[1:]:
+            raise _problem(folder, f"postprocess score_offsets names {sid}, not an output structure")
+        if not math.isfinite(float(offset)):
+            raise _problem(folder, "postprocess score_offsets must be finite numbers")
+    outline = post.get("uncertainty_outline")
+    if outline:
+        if len(outline["smoothing_mm"]) != 3 or any(float(s) < 0 for s in outline["smoothing_mm"]):
+            raise _problem(folder, "postprocess uncertainty_outline 'smoothing_mm' needs three values >= 0")
+        for sid, level in outline["levels"].items():
+            if int(sid) not in structures[1:]:
+                raise _problem(
+                    folder, f"postprocess uncertainty_outline names {sid}, not an output structure"
+                )
+            if not 0 < float(level) <= 0.5:
+                raise _problem(folder, "postprocess uncertainty_outline levels must lie in (0, 0.5]")
     for rule in post.get("refine", []):
         if int(rule["structure"]) not in structures[1:]:
             raise _problem(folder, f"postprocess refine names structure {rule['structure']}, not an output")
         if float(rule["margin_mm"]) < 0:
             raise _problem(folder, "postprocess refine 'margin_mm' must be >= 0")
-        float(rule["min_hu"])
+        if "enclosed_by" in rule:
+            wall = int(rule["enclosed_by"])
+            if wall not in structures[1:] or wall == int(rule["structure"]):
+                raise _problem(folder, f"postprocess refine 'enclosed_by' names {wall}, not another output")
+            float(rule["max_hu"])
+        else:
+            float(rule["min_hu"])
     for rule in post.get("detect", []):
         if int(rule["structure"]) not in structures[1:]:
             raise _problem(folder, f"postprocess detect names structure {rule['structure']}, not an output")

@@ -52,13 +52,21 @@ def write_dataset(
     modality: str = "native",
     layout: str = "flat",
     n_annotators: int = 3,
+    skip_existing: bool = False,
 ) -> list[Path]:
-    """Generate and write ``n`` phantoms (flat) or ``n`` mice x time points (tumor-db)."""
+    """Generate and write ``n`` phantoms (flat) or ``n`` mice x time points (tumor-db).
+
+    With ``skip_existing`` (flat layout) a case whose ``meta.json`` is already there is kept as it
+    is (phantoms are deterministic by seed), so a grown set only writes its new seeds.
+    """
     written: list[Path] = []
     if layout == "flat":
         for i in range(n):
             case_seed = seed + i
             folder = out / f"{modality}_{case_seed:05d}"
+            if skip_existing and (folder / "meta.json").is_file():
+                written.append(folder)
+                continue
             phantom = generate_phantom(
                 case_seed, modality=modality, spacing_mm=spacing_mm, n_annotators=n_annotators
             )

@@ -8,7 +8,6 @@ ensemble (mean of their probabilities); the organ map is drawn first and lesions
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,12 +31,13 @@ from inference.pipeline.normalise import normalise, pad_value
 from inference.pipeline.postprocess import (
     DEFAULT_MIN_LESION_VOLUME_MM3,
     CleanReport,
+    apply_refinement,
     calibrate_uncertainty,
     clean,
     detect_bright_lesions,
     ensemble_scores,
-    refine_by_intensity,
-    sharpen_uncertainty,
+    mark_outlines,
+    outline_band,
     sigmoid,
     uncertainty_from,
 )
@@ -81,6 +81,9 @@ class PipelineOutput:
     cards: list[ModelCard]
     structure_ids: list[int]
     cleaning: dict[str, CleanReport] = field(default_factory=dict)
+    #: With ``keep_scores``: each task's class scores on its model grid (canonical axes), after
+    #: the card's ``score_offsets`` and before the component rules (for calibration).
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def group_by_task(cards: Sequence[ModelCard]) -> dict[str, list[ModelCard]]:
@@ -148,6 +151,7 @@ def predict_volume(
     min_lesion_volume_mm3: float = DEFAULT_MIN_LESION_VOLUME_MM3,
     max_whole_voxels: int = DEFAULT_MAX_WHOLE_VOXELS,
     batch_size: int = 2,
+    keep_scores: bool = False,
 ) -> PipelineOutput:
     """Segment ``volume`` (3D, the file's axis order, in its own units, e.g. HU) with ``cards``.
 
@@ -165,6 +169,7 @@ def predict_volume(
     task_labels: dict[str, np.ndarray] = {}
     providers: dict[str, str] = {}
     cleaning: dict[str, CleanReport] = {}
+    kept: dict[str, np.ndarray] = {}
     share = 90.0 / len(groups)
     for number, (task, members) in enumerate(groups.items()):
         base = 5.0 + number * share
@@ -200,6 +205,11 @@ def predict_volume(
         with timer("postprocess"):
             scores = ensemble_scores(members_logits, lead.activation)
             del members_logits
+            for channel, offset in enumerate(lead.score_offsets(len(scores))):
+                if offset:
+                    scores[channel] += np.float32(offset)
+            if keep_scores:
+                kept[task] = scores.copy()
             grid_spacing = [
                 s * n / g for s, n, g in zip(geometry.spacing_mm, geometry.canonical_shape, grid, strict=True)
             ]
@@ -215,14 +225,8 @@ def predict_volume(
             if lead.refinements:
                 coarse = channel_argmax(scores)
                 for rule in lead.refinements:
-                    sid = int(rule["structure"])
-                    refine_by_intensity(
-                        task_labels[task],
-                        coarse == lead.structures.index(sid),
-                        canonical,
-                        sid,
-                        min_hu=float(rule["min_hu"]),
-                        margin_voxels=math.ceil(float(rule["margin_mm"]) / min(grid_spacing) - 1e-6),
+                    apply_refinement(
+                        task_labels[task], coarse, canonical, rule, lead.structures, grid_spacing
                     )
         del scores, disagreement, image
     with timer("postprocess"):
@@ -240,9 +244,13 @@ def predict_volume(
         for task, labels in task_labels.items():
             if task != "organs":
                 np.copyto(merged, labels, where=labels > 0)
-        band = max((card.uncertainty_band_voxels for card in cards), default=0)
-        if band > 0:
-            sharpen_uncertainty(uncertainty_u8, merged, band)
+        outlines = [card.uncertainty_outline for card in cards if card.uncertainty_outline]
+        if outlines:
+            band = np.zeros(merged.shape, dtype=np.uint8)
+            for smoothing_mm, levels in outlines:
+                found = outline_band(merged, geometry.spacing_mm, smoothing_mm=smoothing_mm, levels=levels)
+                np.maximum(band, found, out=band)
+            mark_outlines(uncertainty_u8, band)
 
         def back(array: np.ndarray | None) -> np.ndarray | None:
             return None if array is None else from_canonical(array, geometry)
@@ -261,6 +269,7 @@ def predict_volume(
             cards=list(cards),
             structure_ids=sorted({s for card in cards for s in card.structures if s != 0}),
             cleaning=cleaning,
+            scores=kept,
         )
     _report(progress, 100, "done")
     return result

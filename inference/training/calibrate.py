@@ -3,16 +3,22 @@
 Tunes a model's post-processing on validation phantoms (never the test ones) and writes it into
 its ``model.json`` under ``"postprocess"``:
 
+- ``score_offsets`` (organ model), first: per-structure shifts of the class scores that correct
+  structures drawn systematically too small or too large (``offsets.py``); every rule below is
+  tuned on the organ map they give;
 - ``uncertainty_threshold``: the disagreement-head probability that, sent to the map's 50 % mark,
   best matches the voxels where the simulated annotators really disagree (Dice of the map at 50 %,
   the way AIMOS thresholds its heatmap), so that 50 % means "annotators would disagree here";
-  with ``uncertainty_band_voxels`` the 50 % mark is kept only that near a predicted outline;
 - ``refine`` (organ model): bones redrawn at full resolution as the voxels at or above ``min_hu``
-  inside the network's bone mask grown by ``margin_mm``, with the pair that gives the best bone
-  Dice against ground truth;
+  inside the network's bone mask grown by ``margin_mm`` (and, with ``connected``, every bright
+  voxel attached to them), with the rule that gives the best bone Dice against ground truth; then
+  the spinal cord redrawn as the space the redrawn vertebrae enclose, if that beats the network's
+  cord on its Dice;
 - ``detect`` (lesion model, run with an organ model): lung metastases as bright nodules inside the
   organ model's lungs (``pipeline.postprocess.detect_bright_lesions``), with the threshold, rim
-  erosion and smallest volume that give the best detection F1 (false positives count).
+  erosion and smallest volume that give the best detection F1 (false positives count);
+- ``uncertainty_outline``: last, with the rules above in force, the per-structure outline bands
+  that become the map's "uncertain" part (``outline.py``).
 
 The other models passed with ``--model`` run beside the one being tuned (their uncertainty maps
 join the combined map as they are), exactly as the pipeline runs them.
@@ -25,6 +31,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Sequence
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -32,20 +39,25 @@ import numpy as np
 from inference.jsonsafe import finite_or_null
 from inference.metrics import dice
 from inference.pipeline import predict_volume
-from inference.pipeline.postprocess import detect_bright_lesions, sharpen_uncertainty
+from inference.pipeline.postprocess import detect_bright_lesions
 from inference.registry import ModelCard, load_card
 from inference.structures import BY_NAME
 from inference.training.data import find_cases
 from inference.training.evaluate import load_canonical, metastasis_scores, real_disagreement
+from inference.training.offsets import tune_offsets
+from inference.training.outline import tune_outline
 
 log = logging.getLogger(__name__)
 
-THRESHOLDS = (0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
-#: 0 (no sharpening) or the voxels from a predicted outline the uncertain mark may reach.
-BANDS = (0, 1, 2, 3)
-BONE_MIN_HU = (300.0, 400.0, 500.0, 600.0)
+THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+BONE_MIN_HU = (300.0, 400.0, 450.0, 500.0, 600.0)
 BONE_MARGIN_MM = (0.63, 1.26)
+#: Whether bright voxels connected to the redrawn bones join them wherever they lie.
+BONE_CONNECTED = (False, True)
+#: Margins (mm) of the spinal-canal rule; None stands for "no rule".
+CORD_MARGIN_MM = (None, 0.63, 1.26)
 BONES = BY_NAME["bones"].id
+CORD = BY_NAME["spinal_cord"].id
 METASTASIS = BY_NAME["metastasis"].id
 LUNGS = (BY_NAME["lung_left"].id, BY_NAME["lung_right"].id)
 NODULE_MIN_HU = (-250.0, -150.0, -50.0, 50.0)
@@ -66,9 +78,18 @@ def calibrate(
     target: ModelCard, others: Sequence[ModelCard], cases: Sequence[Path], *, threads: int = 2
 ) -> dict:
     """The tuned ``postprocess`` section for ``target`` (nothing is written here)."""
-    bare = _bare(target)
-    unc_scores: dict[tuple[float, int], list[float]] = {}
-    bone_scores: dict[tuple[float, float], list[float]] = {}
+    post: dict = {}
+    report: dict = {"cases": [c.name for c in cases]}
+    if target.task == "organs":
+        offsets, report["score_offsets"] = tune_offsets(target, cases, threads=threads)
+        if offsets:
+            post["score_offsets"] = offsets
+    # Every later rule is tuned on the organ map the offsets give.
+    base = dict(post)
+    target = dataclasses.replace(target, postprocess=base)
+    bare = target
+    unc_scores: dict[float, list[float]] = {}
+    bone_scores: dict[tuple[float, float, bool], list[float]] = {}
     unrefined: list[float] = []
     nodule_scores: dict[tuple[float, float, float], list[tuple[int, int, int]]] = {}
     finds_nodules = METASTASIS in target.structures and any(c.task == "organs" for c in others)
@@ -81,45 +102,39 @@ def calibrate(
         if real is not None:
             # Run as the pipeline runs: calibrated on the model grid, then upsampled and thresholded.
             for t in THRESHOLDS:
-                card = dataclasses.replace(target, postprocess={"uncertainty_threshold": t})
+                card = dataclasses.replace(target, postprocess={**base, "uncertainty_threshold": t})
                 out = predict_volume(ct, affine, [card, *others], threads=threads)
-                for band in BANDS:
-                    shown = out.uncertainty
-                    if band:
-                        shown = shown.copy()
-                        sharpen_uncertainty(shown, out.labels, band)
-                    unc_scores.setdefault((t, band), []).append(dice(shown >= 128, real))
+                unc_scores.setdefault(t, []).append(dice(out.uncertainty >= 128, real))
         if BONES in target.structures and (truth == BONES).any():
-            for min_hu in BONE_MIN_HU:
-                for margin in BONE_MARGIN_MM:
-                    rule = {"structure": BONES, "min_hu": min_hu, "margin_mm": margin}
-                    card = dataclasses.replace(target, postprocess={"refine": [rule]})
-                    labels = predict_volume(ct, affine, [card], threads=threads).labels
-                    score = dice(labels == BONES, truth == BONES)
-                    bone_scores.setdefault((min_hu, margin), []).append(score)
+            for key in product(BONE_MIN_HU, BONE_MARGIN_MM, BONE_CONNECTED):
+                card = dataclasses.replace(target, postprocess={**base, "refine": [_bone_rule(*key)]})
+                labels = predict_volume(ct, affine, [card], threads=threads).labels
+                bone_scores.setdefault(key, []).append(dice(labels == BONES, truth == BONES))
             unrefined.append(dice(own.labels == BONES, truth == BONES))
         if finds_nodules:
             _score_nodules(nodule_scores, ct, truth, affine, target, others, threads)
         log.info("calibrated on %s", folder.name)
-    post: dict = {}
-    report: dict = {"cases": [c.name for c in cases]}
     if unc_scores:
         medians = {k: float(np.median(v)) for k, v in unc_scores.items()}
-        threshold, band = max(medians, key=lambda k: medians[k])
+        threshold = max(medians, key=lambda k: medians[k])
         post["uncertainty_threshold"] = threshold
-        if band:
-            post["uncertainty_band_voxels"] = band
-        report["uncertainty_dice_by_threshold_and_band"] = {
-            f"{t:g}, band {b}": round(m, 4) for (t, b), m in medians.items()
-        }
+        report["uncertainty_dice_by_threshold"] = {f"{t:g}": round(m, 4) for t, m in medians.items()}
     if bone_scores:
         medians_b = {k: float(np.median(v)) for k, v in bone_scores.items()}
         without = float(np.median(unrefined))
-        (min_hu, margin), best_b = max(medians_b.items(), key=lambda kv: kv[1])
+        best_key, best_b = max(medians_b.items(), key=lambda kv: kv[1])
         report["bones_dice_unrefined"] = round(without, 4)
-        report["bones_dice_by_rule"] = {f"{h:g} HU, {m:g} mm": round(v, 4) for (h, m), v in medians_b.items()}
+        report["bones_dice_by_rule"] = {
+            f"{h:g} HU, {m:g} mm{', connected' if c else ''}": round(v, 4)
+            for (h, m, c), v in medians_b.items()
+        }
         if best_b > without:
-            post["refine"] = [{"structure": BONES, "min_hu": min_hu, "margin_mm": margin}]
+            post["refine"] = [_bone_rule(*best_key)]
+            if CORD in target.structures:
+                cord = _pick_cord_rule(target, post["refine"][0], cases, threads)
+                report["spinal_cord_dice_by_rule"] = cord["scores"]
+                if cord["rule"] is not None:
+                    post["refine"].append(cord["rule"])
     if nodule_scores:
         # Lesion counts per organ are what the product reports: pick the rule with the best
         # detection F1 over all validation cases (cases without metastases count their false
@@ -145,8 +160,47 @@ def calibrate(
                     "min_volume_mm3": volume,
                 }
             ]
+    if unc_scores:
+        outline, sweep = tune_outline(target, others, post, cases, threads=threads)
+        report["uncertainty_outline_sweep"] = sweep
+        if outline is not None:
+            post["uncertainty_outline"] = outline
     post["calibration"] = report
     return post
+
+
+def _bone_rule(min_hu: float, margin_mm: float, connected: bool) -> dict:
+    rule: dict = {"structure": BONES, "min_hu": min_hu, "margin_mm": margin_mm}
+    if connected:
+        rule["connected"] = True
+    return rule
+
+
+def _cord_rule(margin_mm: float, bone_rule: dict) -> dict:
+    return {"structure": CORD, "enclosed_by": BONES, "max_hu": bone_rule["min_hu"], "margin_mm": margin_mm}
+
+
+def _pick_cord_rule(target: ModelCard, bone_rule: dict, cases: Sequence[Path], threads: int) -> dict:
+    """The spinal-canal rule (after ``bone_rule``) with the best median cord Dice, or None."""
+    scores: dict[float | None, list[float]] = {}
+    for folder in cases:
+        ct, affine = load_canonical(folder / "ct.nii.gz")
+        truth, _ = load_canonical(folder / "labels.nii.gz")
+        if not (truth == CORD).any():
+            continue
+        for margin in CORD_MARGIN_MM:
+            rules = [bone_rule] + ([] if margin is None else [_cord_rule(margin, bone_rule)])
+            card = dataclasses.replace(target, postprocess={**target.postprocess, "refine": rules})
+            labels = predict_volume(ct.astype(np.float32), affine, [card], threads=threads).labels
+            scores.setdefault(margin, []).append(dice(labels == CORD, truth == CORD))
+    if not scores:
+        return {"rule": None, "scores": {}}
+    medians = {m: float(np.median(v)) for m, v in scores.items()}
+    best = max(medians, key=lambda m: medians[m])
+    return {
+        "rule": None if best is None else _cord_rule(best, bone_rule),
+        "scores": {("none" if m is None else f"canal, {m:g} mm"): round(v, 4) for m, v in medians.items()},
+    }
 
 
 def _f1(rows: Sequence[tuple[int, int, int]]) -> float:

@@ -36,10 +36,10 @@ log = logging.getLogger(__name__)
 
 #: Version of each task's committed model (bump when its weights change: the registry refuses a
 #: changed sha256 under a version it already knows).
-VERSIONS = {"organs": "1.3.0", "tumor": "1.2.0"}
+VERSIONS = {"organs": "1.4.0", "tumor": "1.3.0"}
 #: (first seed, count, modality) of each phantom set. Test seeds never overlap training ones.
 SETS = {
-    "train": (1000, 40, "native"),
+    "train": (1000, 80, "native"),
     "val": (8000, 4, "native"),
     "test_native": (9000, 8, "native"),
     "test_contrast": (9500, 4, "contrast"),
@@ -53,7 +53,7 @@ def ensure_phantoms(root: Path, name: str) -> Path:
     folder = root / name
     if len(find_cases(folder)) < n:
         log.info("writing %d %s phantoms (seeds %d-%d) to %s", n, modality, seed, seed + n - 1, folder)
-        write_dataset(folder, n=n, seed=seed, modality=modality)
+        write_dataset(folder, n=n, seed=seed, modality=modality, skip_existing=True)
     return folder
 
 
@@ -82,7 +82,7 @@ def make_model(
     model = train(spec, cases, cfg, val=val, checkpoint=data / f"checkpoint-{task}.pt", init=init)
     command = "python -m inference.training.make_models --train " + task
     if init is not None:
-        command += f" --init {init} --lr {cfg.lr:g} --minutes {cfg.max_minutes:g}"
+        command += f" --init {init} --lr {cfg.lr:g} --minutes {cfg.max_minutes:g} --epochs {cfg.epochs}"
     folder = out / spec.name / VERSIONS[task]
     export_model(
         model,

@@ -10,11 +10,12 @@ import pytest
 
 from inference.pipeline import predict_volume
 from inference.pipeline.postprocess import (
-    boundary_band,
     calibrate_uncertainty,
     detect_bright_lesions,
+    mark_outlines,
+    outline_band,
     refine_by_intensity,
-    sharpen_uncertainty,
+    refine_enclosed,
 )
 from inference.registry import ModelCard, ModelCardError, load_card
 from inference.structures import BY_NAME
@@ -75,6 +76,65 @@ def test_without_margin_the_rod_is_cut_at_the_coarse_voxel() -> None:
     assert refine_by_intensity(labels, np.zeros_like(coarse), hu, BONES, min_hu=1, margin_voxels=2) == 0
 
 
+def test_connected_bright_voxels_join_the_bones_wherever_they_lie() -> None:
+    # The model found the spine's coarse voxel only; a limb bone attached to it lies far outside
+    # the margin, and a bright tag lies apart from every bone.
+    coarse = np.zeros((4, 4, 4), bool)
+    coarse[1, 1, 1] = True
+    labels = np.zeros((12, 12, 12), np.uint8)
+    hu = np.zeros((12, 12, 12), np.float32)
+    hu[4, 4, 3:6] = 900.0  # inside the coarse voxel
+    hu[4, 4:12, 5] = 700.0  # the attached "limb", out to the edge of the scan
+    hu[4, 11, 5] = 0.0  # (ends one voxel short)
+    labels[4, 9, 5] = LIVER  # another organ on the way keeps its label and does not block
+    hu[10, 1, 10] = 900.0  # the tag
+
+    alone = labels.copy()
+    refine_by_intensity(alone, coarse, hu, BONES, min_hu=400.0, margin_voxels=0)
+    changed = refine_by_intensity(labels, coarse, hu, BONES, min_hu=400.0, margin_voxels=0, connected=True)
+
+    found = {(4, 4, 3), (4, 4, 4), (4, 4, 5), (4, 5, 5)}  # the bright voxels inside the coarse voxel
+    limb = {(4, 6, 5), (4, 7, 5), (4, 8, 5), (4, 10, 5)}  # beyond it, past the liver voxel
+    assert set(zip(*np.nonzero(alone == BONES), strict=True)) == found
+    assert set(zip(*np.nonzero(labels == BONES), strict=True)) == found | limb
+    assert labels[4, 9, 5] == LIVER and labels[10, 1, 10] == 0
+    assert changed == len(found) + len(limb)
+
+
+def test_the_cord_is_redrawn_as_the_canal_the_vertebrae_enclose() -> None:
+    cord_id = BY_NAME["spinal_cord"].id
+    shape = (12, 12, 9)
+    labels = np.zeros(shape, np.uint8)
+    hu = np.zeros(shape, np.float32)
+    ring = np.zeros((12, 12), bool)
+    ring[3:9, 3:9] = True
+    ring[4:8, 4:8] = False  # a 4 x 4 canal inside a one-voxel wall
+    for z in range(9):
+        if z != 6:  # an intervertebral gap at z = 6: the wall is open there
+            labels[ring, z] = BONES
+            hu[ring, z] = 900.0
+    labels[5:7, 5:7, :] = cord_id  # the model's thin cord, 2 x 2
+    hu[5, 5, 2] = 800.0  # a bright voxel the model called cord is bone
+    coarse = np.zeros((4, 4, 3), bool)
+    coarse[1:3, 1:3, :] = True  # the cord's coarse voxels (factor 3)
+
+    changed = refine_enclosed(labels, coarse, hu, cord_id, wall_id=BONES, max_hu=400.0, margin_voxels=0)
+
+    for z in range(9):
+        expected = np.zeros((12, 12), bool)
+        if z == 6:
+            expected[5:7, 5:7] = True  # open wall: the model's outline stays
+        else:
+            expected[4:8, 4:8] = True
+        if z == 2:
+            expected[5, 5] = False
+        assert np.array_equal(labels[:, :, z] == cord_id, expected), z
+    assert labels[5, 5, 2] == BONES
+    assert changed == 8 * (16 - 4) + 1
+    nothing = np.zeros_like(coarse)
+    assert refine_enclosed(labels, nothing, hu, cord_id, wall_id=BONES, max_hu=1, margin_voxels=1) == 0
+
+
 def test_predict_applies_the_cards_refinement_and_calibration(tmp_path: Path) -> None:
     # Tiny model: liver where 300 < HU < 600, "bones" above 600 HU, on a 0.4 mm grid; scan at 0.2 mm.
     folder = tmp_path / "tiny" / "1"
@@ -105,15 +165,59 @@ def test_predict_applies_the_cards_refinement_and_calibration(tmp_path: Path) ->
     assert np.any((before.uncertainty < 128) & (after.uncertainty >= 128))
     assert np.all(after.uncertainty[before.uncertainty == 0] == 0)
 
+    outlined = with_postprocess(
+        folder,
+        {
+            "uncertainty_threshold": 0.1,
+            "refine": [{"structure": BONES, "min_hu": 900.0, "margin_mm": 0.0}],
+            "uncertainty_outline": {"smoothing_mm": [0.2, 0.2, 0.2], "levels": {str(BONES): 0.25}},
+        },
+    )
+    banded = predict_volume(volume, np.diag([0.2, 0.2, 0.2, 1.0]), [outlined], threads=1)
+    expected = outline_band(after.labels, (0.2, 0.2, 0.2), smoothing_mm=(0.2, 0.2, 0.2), levels={BONES: 0.25})
+    # Uncertain exactly on the bright core's outline band; the head's shade elsewhere, below 50 %.
+    assert np.array_equal(banded.uncertainty >= 128, expected >= 128)
+    assert expected[10, 10, 10] >= 128 and expected[12, 12, 12] < 128
+    outside = expected == 0
+    assert np.array_equal(banded.uncertainty[outside], np.minimum(after.uncertainty[outside], 127))
+
+
+def test_score_offsets_move_a_structures_outline(tmp_path: Path) -> None:
+    # Tiny model on its own grid: liver where 300 < HU < 600, bones above (logit slopes 60 per
+    # unit of the 0..1000 HU window, so +6 on the liver's score moves both its edges by 100 HU).
+    folder = tmp_path / "tiny" / "1"
+    plain = write_threshold_model(folder, structures=(0, LIVER, BONES), normalisation=WINDOW)
+    volume = np.broadcast_to(np.arange(16, dtype=np.float32)[:, None, None] * 62.5, (16, 4, 4)).copy()
+    affine = np.diag([0.2, 0.2, 0.2, 1.0])
+
+    before = predict_volume(volume, affine, [plain], threads=1)
+    shifted = with_postprocess(folder, {"score_offsets": {str(LIVER): 6.0}})
+    after = predict_volume(volume, affine, [shifted], threads=1, keep_scores=True)
+
+    liver = (volume > 300) & (volume < 600)
+    assert np.array_equal(before.labels == LIVER, liver)
+    assert np.array_equal(after.labels == LIVER, (volume > 200) & (volume < 700))
+    assert shifted.score_offsets(3) == [0.0, 6.0, 0.0]
+    assert set(after.scores) == {"organs"} and after.scores["organs"].shape == (3, 16, 4, 4)
+    assert not before.scores  # kept only when asked
+
 
 @pytest.mark.parametrize(
     ("post", "message"),
     [
         ({"uncertainty_threshold": 1.5}, "strictly between 0 and 1"),
-        ({"uncertainty_band_voxels": -1}, "uncertainty_band_voxels"),
+        ({"uncertainty_outline": {"smoothing_mm": [0.3, 0.3], "levels": {}}}, "three values"),
+        ({"uncertainty_outline": {"smoothing_mm": [0.3, 0.3, 0], "levels": {"7": 0.2}}}, "names 7"),
+        ({"uncertainty_outline": {"smoothing_mm": [0.3, 0.3, 0], "levels": {str(LIVER): 0.7}}}, "levels"),
+        ({"uncertainty_outline": {"levels": {str(LIVER): 0.2}}}, "malformed"),
+        ({"score_offsets": {"7": 1.0}}, "score_offsets names 7"),
+        ({"score_offsets": {str(LIVER): "nan"}}, "finite"),
         ({"refine": [{"structure": 7, "min_hu": 400, "margin_mm": 1}]}, "structure 7, not an output"),
         ({"refine": [{"structure": LIVER, "min_hu": 400, "margin_mm": -1}]}, "margin_mm"),
         ({"refine": [{"structure": LIVER, "margin_mm": 1}]}, "malformed"),
+        ({"refine": [{"structure": LIVER, "enclosed_by": 7, "max_hu": 400, "margin_mm": 1}]}, "enclosed_by"),
+        ({"refine": [{"structure": LIVER, "enclosed_by": LIVER, "max_hu": 400, "margin_mm": 1}]}, "another"),
+        ({"refine": [{"structure": LIVER, "enclosed_by": BONES, "margin_mm": 1}]}, "malformed"),
     ],
 )
 def test_the_registry_refuses_bad_postprocess_sections(tmp_path: Path, post: dict, message: str) -> None:
@@ -208,19 +312,31 @@ def test_the_registry_refuses_bad_detect_rules(tmp_path: Path, rule: dict, messa
         with_postprocess(folder, {"detect": [rule]})
 
 
-def test_the_uncertain_mark_is_kept_only_near_predicted_outlines() -> None:
-    labels = np.zeros((12, 12, 12), np.uint8)
-    labels[:, :, 6:] = LIVER  # one flat outline between z = 5 and z = 6
+def test_the_uncertain_mark_follows_each_structures_outline_band() -> None:
+    labels = np.zeros((12, 12, 16), np.uint8)
+    labels[:, :, 8:] = LIVER  # one flat outline between z = 7 and z = 8
+    labels[2:5, 2:5, 2:5] = BONES  # a small cube, outlined with a narrower band
     uncertainty = np.full(labels.shape, 200, np.uint8)
-    uncertainty[0, 0, 0] = 40
+    uncertainty[11, 11, 0] = 40
+    spacing = (0.2, 0.2, 0.2)
 
-    sharpen_uncertainty(uncertainty, labels, 1)
+    band = outline_band(labels, spacing, smoothing_mm=(0.0, 0.0, 0.2), levels={LIVER: 0.45, BONES: 0.1})
+    mark_outlines(uncertainty, band)
 
-    near = np.zeros(labels.shape, bool)
-    near[:, :, 4:8] = True  # the two voxels at the face, grown by one on each side
-    assert np.array_equal(boundary_band(labels, 1), near)
-    assert np.all(uncertainty[near] == 200) and np.all(uncertainty[~near & (uncertainty != 40)] == 127)
-    assert uncertainty[0, 0, 0] == 40
+    # Smoothing 1 voxel along z: the liver's share is about 0.31 / 0.69 on the voxels at the face
+    # and 0.07 / 0.93 one further: a level of 0.45 marks both on each side, highest at the face.
+    column = [int(v) for v in band[8, 8, 4:12]]
+    assert column[:2] == [0, 0] and column[6:] == [0, 0]
+    assert column[3] == column[4] > column[2] == column[5] >= 128
+    assert np.all(band[:, :, 6:10] == band[8:9, 8:9, 6:10])  # the same all along the face
+    # The cube is smoothed along z only: its x/y faces stay sharp and its z faces never come
+    # within 0.1 of one half (0.31 / 0.69 at best): no band at all.
+    assert not band[:, :, :6].any()
+    assert np.all(uncertainty[band >= 128] == band[band >= 128])
+    assert np.all(uncertainty[(band == 0) & (uncertainty != 40)] == 127)
+    assert uncertainty[11, 11, 0] == 40
+    # A structure without a level, or absent from the map, gets no band.
+    assert not outline_band(labels, spacing, smoothing_mm=(0.2, 0.2, 0.2), levels={LUNG: 0.4}).any()
 
 
 def test_a_bright_sheet_crossing_the_lung_is_not_a_nodule() -> None:

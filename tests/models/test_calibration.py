@@ -1,0 +1,77 @@
+"""Calibration on validation scans: score offsets and the uncertainty map's outline bands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from inference.structures import BY_NAME
+from inference.training.offsets import tune_offsets
+from inference.training.outline import tune_outline
+from tests.pipeline.conftest import WINDOW
+from tests.pipeline.tiny_models import write_threshold_model
+
+LIVER = BY_NAME["liver"].id
+AFFINE = np.diag([0.2, 0.2, 0.2, 1.0])
+
+
+def _case(root: Path, name: str, shift: int) -> Path:
+    """A blurred 450 HU block whose true outline lies at 225 HU (the tiny model cuts at 300 HU),
+    and three annotators: one on the truth, one a voxel generous, one a voxel strict."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    truth = np.zeros((28, 28, 28), np.uint8)
+    truth[7 + shift : 21, 8:20, 6 : 22 - shift] = LIVER
+    ct = ndimage.gaussian_filter(np.where(truth > 0, 450.0, 0.0), 1.5).astype(np.float32)
+    inside = truth > 0
+    maps = {
+        "A": truth,
+        "B": np.where(ndimage.binary_dilation(inside), LIVER, 0),
+        "C": np.where(ndimage.binary_erosion(inside), LIVER, 0),
+    }
+    nib.save(nib.Nifti1Image(ct, AFFINE), str(folder / "ct.nii.gz"))
+    nib.save(nib.Nifti1Image(truth, AFFINE), str(folder / "labels.nii.gz"))
+    for key, labels in maps.items():
+        nib.save(nib.Nifti1Image(labels.astype(np.uint8), AFFINE), str(folder / f"annotator_{key}.nii.gz"))
+    return folder
+
+
+def test_offsets_grow_a_structure_drawn_too_small(tmp_path: Path) -> None:
+    # Steepness 6: the liver's logit gains 6 per unit of the 0..1000 HU window, so an offset of
+    # +0.6 moves its outline from 300 HU to 200 HU, near the true 225 HU.
+    card = write_threshold_model(
+        tmp_path / "m" / "1", structures=(0, LIVER), thresholds=(0.3,), normalisation=WINDOW, steepness=6.0
+    )
+    cases = [_case(tmp_path / "val", "a", 0), _case(tmp_path / "val", "b", 2)]
+
+    offsets, report = tune_offsets(card, cases, threads=1)
+
+    assert float(offsets[str(LIVER)]) > 0
+    before, after = report["coarse_dice_before"][str(LIVER)], report["coarse_dice_after"][str(LIVER)]
+    assert after > before
+
+
+def test_outline_levels_cover_where_annotators_part(tmp_path: Path) -> None:
+    card = write_threshold_model(
+        tmp_path / "m" / "1", structures=(0, LIVER), thresholds=(0.225,), normalisation=WINDOW
+    )
+    cases = [_case(tmp_path / "val", "a", 0), _case(tmp_path / "val", "b", 2)]
+
+    outline, report = tune_outline(card, [], {}, cases, threads=1)
+
+    assert outline is not None and float(outline["levels"][str(LIVER)]) > 0
+    assert len(outline["smoothing_mm"]) == 3 and len(report) == 3
+    best = max(entry["pooled_dice"] for entry in report.values())
+    assert best > 0.6  # the 2-voxel shell where the annotators part is found from the outline
+
+
+def test_no_annotators_no_outline(tmp_path: Path) -> None:
+    card = write_threshold_model(tmp_path / "m" / "1", structures=(0, LIVER), thresholds=(0.225,))
+    folder = _case(tmp_path / "val", "a", 0)
+    for extra in ("annotator_B.nii.gz", "annotator_C.nii.gz"):
+        (folder / extra).unlink()
+
+    assert tune_outline(card, [], {}, [folder], threads=1) == (None, {})
