@@ -80,12 +80,13 @@ class ModelCard:
         levels = {int(k): float(v) for k, v in outline["levels"].items()}
         return [float(s) for s in outline["smoothing_mm"]], levels
 
-    def score_offsets(self, channels: int) -> list[float]:
+    @property
+    def score_offsets(self) -> list[float]:
         """Per output channel, the calibrated shift of its class score (``postprocess.score_offsets``,
         keyed by structure id): a prior that corrects a structure drawn systematically too small
         or too large. 0 for channels without one."""
         offsets = {int(k): float(v) for k, v in self.postprocess.get("score_offsets", {}).items()}
-        return [offsets.get(int(sid), 0.0) for sid in self.structures[:channels]]
+        return [offsets.get(int(sid), 0.0) for sid in self.structures]
 
     @property
     def refinements(self) -> list[dict[str, Any]]:

@@ -400,23 +400,26 @@ def outline_distances(
     *,
     smoothing_mm: Sequence[float],
     structures: Sequence[int],
+    boxes: Sequence[tuple[slice, ...] | None] | None = None,
 ) -> dict[int, tuple[tuple[slice, ...], np.ndarray]]:
     """Per structure present: ``(box, |smoothed share - 1/2|)``, float32 inside ``box``.
 
     The structure's mask is smoothed with a Gaussian of ``smoothing_mm`` (per canonical axis);
     the share is one half on its outline and moves towards 0 or 1 away from it, so the distance
     from one half measures closeness to the outline (also for thin parts, which smoothing thins).
+    ``boxes`` is ``ndimage.find_objects(labels)`` when the caller already has it.
     """
     sigma = [max(float(s), 0.0) / float(v) for s, v in zip(smoothing_mm, spacing_mm, strict=True)]
     reach = [math.ceil(3.0 * s) + 1 for s in sigma]
-    boxes = ndimage.find_objects(labels)
+    if boxes is None:
+        boxes = ndimage.find_objects(labels)
     found = {}
     for sid in structures:
-        if not 0 < sid <= len(boxes) or boxes[sid - 1] is None:
+        if not 0 < sid <= len(boxes) or (tight := boxes[sid - 1]) is None:
             continue
         box = tuple(
             slice(max(b.start - r, 0), min(b.stop + r, n))
-            for b, r, n in zip(boxes[sid - 1], reach, labels.shape, strict=True)
+            for b, r, n in zip(tight, reach, labels.shape, strict=True)
         )
         share = ndimage.gaussian_filter((labels[box] == sid).astype(np.float32), sigma, truncate=3.0)
         found[int(sid)] = (box, np.abs(share - np.float32(0.5)))
@@ -426,24 +429,27 @@ def outline_distances(
 def outline_band(
     labels: np.ndarray,
     spacing_mm: Sequence[float],
-    *,
-    smoothing_mm: Sequence[float],
-    levels: dict[int, float],
+    outlines: Sequence[tuple[Sequence[float], dict[int, float]]],
 ) -> np.ndarray:
     """uint8 map of the outline bands where annotators part: 0 outside, 128-255 inside.
 
-    A voxel whose smoothed share of structure ``s`` (``outline_distances``) lies within
-    ``levels[s]`` of one half sits on the outline, in a band whose width follows how hard that
-    structure's boundary is to draw (tuned per structure on annotated validation scans: narrow for
-    lungs and bone, wide for spleen and gut). The value is highest on the outline itself.
+    ``outlines`` holds ``(smoothing_mm, levels)`` pairs (one per model card). A voxel whose
+    smoothed share of structure ``s`` (``outline_distances``) lies within ``levels[s]`` of one half
+    sits on the outline, in a band whose width follows how hard that structure's boundary is to
+    draw (tuned per structure on annotated validation scans: narrow for lungs and bone, wide for
+    spleen and gut). The value is highest on the outline itself.
     """
     band = np.zeros(labels.shape, dtype=np.uint8)
-    wanted = [sid for sid, level in levels.items() if level > 0]
-    distances = outline_distances(labels, spacing_mm, smoothing_mm=smoothing_mm, structures=wanted)
-    for sid, (box, dist) in distances.items():
-        closeness = 1.0 - dist / np.float32(levels[sid])
-        value = np.where(closeness > 0, np.float32(128.0) + np.float32(127.0) * closeness, 0)
-        np.maximum(band[box], value.astype(np.uint8), out=band[box])
+    boxes = ndimage.find_objects(labels)
+    for smoothing_mm, levels in outlines:
+        wanted = [sid for sid, level in levels.items() if level > 0]
+        distances = outline_distances(
+            labels, spacing_mm, smoothing_mm=smoothing_mm, structures=wanted, boxes=boxes
+        )
+        for sid, (box, dist) in distances.items():
+            closeness = 1.0 - dist / np.float32(levels[sid])
+            value = np.where(closeness > 0, np.float32(128.0) + np.float32(127.0) * closeness, 0)
+            np.maximum(band[box], value.astype(np.uint8), out=band[box])
     return band
 
 

@@ -205,7 +205,7 @@ def predict_volume(
         with timer("postprocess"):
             scores = ensemble_scores(members_logits, lead.activation)
             del members_logits
-            for channel, offset in enumerate(lead.score_offsets(len(scores))):
+            for channel, offset in enumerate(lead.score_offsets):
                 if offset:
                     scores[channel] += np.float32(offset)
             if keep_scores:
@@ -244,13 +244,9 @@ def predict_volume(
         for task, labels in task_labels.items():
             if task != "organs":
                 np.copyto(merged, labels, where=labels > 0)
-        outlines = [card.uncertainty_outline for card in cards if card.uncertainty_outline]
+        outlines = [outline for card in cards if (outline := card.uncertainty_outline)]
         if outlines:
-            band = np.zeros(merged.shape, dtype=np.uint8)
-            for smoothing_mm, levels in outlines:
-                found = outline_band(merged, geometry.spacing_mm, smoothing_mm=smoothing_mm, levels=levels)
-                np.maximum(band, found, out=band)
-            mark_outlines(uncertainty_u8, band)
+            mark_outlines(uncertainty_u8, outline_band(merged, geometry.spacing_mm, outlines))
 
         def back(array: np.ndarray | None) -> np.ndarray | None:
             return None if array is None else from_canonical(array, geometry)

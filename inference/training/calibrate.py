@@ -87,7 +87,6 @@ def calibrate(
     # Every later rule is tuned on the organ map the offsets give.
     base = dict(post)
     target = dataclasses.replace(target, postprocess=base)
-    bare = target
     unc_scores: dict[float, list[float]] = {}
     bone_scores: dict[tuple[float, float, bool], list[float]] = {}
     unrefined: list[float] = []
@@ -98,7 +97,7 @@ def calibrate(
         truth, _ = load_canonical(folder / "labels.nii.gz")
         ct = ct.astype(np.float32)
         real = _real_disagreement(folder)
-        own = predict_volume(ct, affine, [bare], threads=threads)
+        own = predict_volume(ct, affine, [target], threads=threads)
         if real is not None:
             # Run as the pipeline runs: calibrated on the model grid, then upsampled and thresholded.
             for t in THRESHOLDS:

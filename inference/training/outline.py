@@ -97,16 +97,11 @@ def tune_outline(
         card = dataclasses.replace(target, postprocess={k: v for k, v in post.items() if k != "calibration"})
         out = predict_volume(ct.astype(np.float32), affine, [card, *others], threads=threads)
         spacing = out.geometry.spacing_mm
-        fixed = np.zeros(out.labels.shape, dtype=np.uint8)
-        for other in others:
-            if other.uncertainty_outline:
-                smoothing, levels = other.uncertainty_outline
-                band = outline_band(out.labels, spacing, smoothing_mm=smoothing, levels=levels)
-                np.maximum(fixed, band, out=fixed)
+        fixed = outline_band(out.labels, spacing, [o for other in others if (o := other.uncertainty_outline)])
         runs.append((real_disagreement(maps), out.labels, spacing, fixed >= 128))
     if not runs:
         return None, {}
-    sids = [s for s in target.structures[1:]]
+    sids = list(target.structures[1:])
     report: dict = {}
     best: tuple[float, tuple[float, ...], dict[int, float]] | None = None
     for smoothing in SMOOTHINGS_MM:

@@ -174,7 +174,7 @@ def test_predict_applies_the_cards_refinement_and_calibration(tmp_path: Path) ->
         },
     )
     banded = predict_volume(volume, np.diag([0.2, 0.2, 0.2, 1.0]), [outlined], threads=1)
-    expected = outline_band(after.labels, (0.2, 0.2, 0.2), smoothing_mm=(0.2, 0.2, 0.2), levels={BONES: 0.25})
+    expected = outline_band(after.labels, (0.2, 0.2, 0.2), [((0.2, 0.2, 0.2), {BONES: 0.25})])
     # Uncertain exactly on the bright core's outline band; the head's shade elsewhere, below 50 %.
     assert np.array_equal(banded.uncertainty >= 128, expected >= 128)
     assert expected[10, 10, 10] >= 128 and expected[12, 12, 12] < 128
@@ -197,7 +197,7 @@ def test_score_offsets_move_a_structures_outline(tmp_path: Path) -> None:
     liver = (volume > 300) & (volume < 600)
     assert np.array_equal(before.labels == LIVER, liver)
     assert np.array_equal(after.labels == LIVER, (volume > 200) & (volume < 700))
-    assert shifted.score_offsets(3) == [0.0, 6.0, 0.0]
+    assert shifted.score_offsets == [0.0, 6.0, 0.0]
     assert set(after.scores) == {"organs"} and after.scores["organs"].shape == (3, 16, 4, 4)
     assert not before.scores  # kept only when asked
 
@@ -320,7 +320,7 @@ def test_the_uncertain_mark_follows_each_structures_outline_band() -> None:
     uncertainty[11, 11, 0] = 40
     spacing = (0.2, 0.2, 0.2)
 
-    band = outline_band(labels, spacing, smoothing_mm=(0.0, 0.0, 0.2), levels={LIVER: 0.45, BONES: 0.1})
+    band = outline_band(labels, spacing, [((0.0, 0.0, 0.2), {LIVER: 0.45, BONES: 0.1})])
     mark_outlines(uncertainty, band)
 
     # Smoothing 1 voxel along z: the liver's share is about 0.31 / 0.69 on the voxels at the face
@@ -336,7 +336,7 @@ def test_the_uncertain_mark_follows_each_structures_outline_band() -> None:
     assert np.all(uncertainty[(band == 0) & (uncertainty != 40)] == 127)
     assert uncertainty[11, 11, 0] == 40
     # A structure without a level, or absent from the map, gets no band.
-    assert not outline_band(labels, spacing, smoothing_mm=(0.2, 0.2, 0.2), levels={LUNG: 0.4}).any()
+    assert not outline_band(labels, spacing, [((0.2, 0.2, 0.2), {LUNG: 0.4})]).any()
 
 
 def test_a_bright_sheet_crossing_the_lung_is_not_a_nodule() -> None:
