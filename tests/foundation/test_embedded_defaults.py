@@ -71,3 +71,5 @@ def test_a_real_worker_starts_on_the_filesystem_broker(tmp_path):
     text = log.read_text()
     assert "ready." in text
     assert "filesystem://" in text
+    # The broker's exchange tables live under LABSEG_VAR_DIR, not in the working directory.
+    assert (tmp_path / "broker" / "control" / "cpu.exchange").is_file()
