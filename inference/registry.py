@@ -246,8 +246,11 @@ def _check_postprocess(folder: Path, post: dict[str, Any], structures: list[int]
             raise _problem(
                 folder, f"postprocess detect needs host organ ids from the structure table, got {unknown}"
             )
-        if float(rule["erode_mm"]) < 0 or float(rule["min_volume_mm3"]) < 0:
-            raise _problem(folder, "postprocess detect 'erode_mm' and 'min_volume_mm3' must be >= 0")
+        lengths = ("erode_mm", "min_volume_mm3", "reach_mm", "wall_mm")
+        if any(float(rule.get(key, 0.0)) < 0 for key in lengths):
+            raise _problem(folder, f"postprocess detect {', '.join(repr(k) for k in lengths)} must be >= 0")
+        if not 0.0 <= float(rule.get("min_dim_shell", 0.9)) <= 1.0:
+            raise _problem(folder, "postprocess detect 'min_dim_shell' is a share: between 0 and 1")
         float(rule["min_hu"])
 
 

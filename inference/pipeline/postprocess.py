@@ -30,7 +30,8 @@ from inference.structures import BY_ID
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 #: Lesions smaller than this (mm^3) are treated as specks and removed.
 DEFAULT_MIN_LESION_VOLUME_MM3 = 0.2
-#: Share of a bright nodule's surrounding voxel shell that must be dim host tissue (parenchyma).
+#: Share of a bright nodule's surrounding voxel shell that must be dim host tissue (parenchyma),
+#: unless its detection rule says otherwise (``min_dim_shell``).
 MIN_DIM_SHELL = 0.9
 _EPS = 1e-7
 
@@ -347,6 +348,99 @@ def apply_refinement(
     )
 
 
+@dataclass
+class NoduleCandidates:
+    """Bright blobs near the host organs, before the size and shell rules (``pick_nodules``).
+
+    ``labelled`` holds 26-connected component ids inside ``box``; per id: ``sizes`` (voxels),
+    ``seeded`` (it reaches the eroded host) and ``dim_share`` (share of its one-voxel shell that is
+    dim tissue near the host).
+    """
+
+    shape: tuple[int, ...]
+    box: tuple[slice, ...]
+    labelled: np.ndarray
+    sizes: np.ndarray
+    seeded: np.ndarray
+    dim_share: np.ndarray
+
+    def kept(self, *, min_voxels: int, min_dim_shell: float) -> np.ndarray:
+        """Per component id: seeded, at least ``min_voxels`` and at least ``min_dim_shell`` dim."""
+        keep = self.seeded & (self.sizes >= max(min_voxels, 1)) & (self.dim_share >= min_dim_shell)
+        keep[0] = False
+        return keep
+
+
+def _open_by_ball(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary opening by a ball of ``radius`` voxels (via distance maps: fast for big balls)."""
+    core = ndimage.distance_transform_edt(mask) > radius
+    if not core.any():
+        return np.zeros_like(mask)
+    return ndimage.distance_transform_edt(~core) <= radius
+
+
+def nodule_candidates(
+    organ_labels: np.ndarray,
+    intensity: np.ndarray,
+    *,
+    hosts: Sequence[int],
+    min_hu: float,
+    erode_voxels: int,
+    reach_voxels: int = 0,
+    wall_voxels: int = 0,
+) -> NoduleCandidates | None:
+    """Bright blobs in and at the edge of the host organs; None when no host voxel is labelled.
+
+    The hosts' mask (full resolution) has its enclosed holes filled, since the organ model leaves
+    a nodule inside the lung unlabelled or labels it otherwise. Candidates are the voxels at or
+    above ``min_hu`` within ``reach_voxels`` of that mask (the organ model often calls the outer
+    half of a nodule at the lung's edge "background"), grouped 26-connected; a group is seeded
+    when it reaches the mask eroded by ``erode_voxels`` (so that the partial-volume rim against
+    the chest wall and heart alone is not a nodule). With ``wall_voxels``, bright tissue that a
+    ball of that radius fits in (chest wall, heart, diaphragm) is taken away first, so that a
+    nodule touching the wall comes apart from it (a top-hat filter); thick tissue wholly inside the
+    host (a large nodule) stays.
+    """
+    host = np.isin(organ_labels, np.asarray(hosts, dtype=organ_labels.dtype))
+    if not host.any():
+        return None
+    pad = reach_voxels + wall_voxels + 1
+    box = tuple(
+        slice(max(s.start - pad, 0), min(s.stop + pad, n))
+        for s, n in zip(ndimage.find_objects(host.astype(np.uint8))[0], host.shape, strict=True)
+    )
+    filled = ndimage.binary_fill_holes(host[box])
+    seeds = ndimage.binary_erosion(filled, iterations=erode_voxels) if erode_voxels > 0 else filled
+    near = ndimage.binary_dilation(filled, iterations=reach_voxels) if reach_voxels > 0 else filled
+    bright = intensity[box] >= min_hu
+    wanted = bright & near
+    if wall_voxels > 0:
+        # Thick bright tissue that also lies outside the host (the wall, not a nodule inside).
+        thick, _ = _components(_open_by_ball(bright, wall_voxels))
+        wall = np.unique(thick[~near & (thick > 0)])
+        wanted &= ~np.isin(thick, wall[wall > 0])
+    labelled, sizes = _components(wanted)
+    seeded = np.bincount(labelled[seeds], minlength=sizes.size) > 0
+    # A nodule sits in parenchyma: most of the voxel shell around it must be dim tissue. A bright
+    # fragment of the lung's rim (contrast-enhanced blood or heart beyond the erosion) fails.
+    grown = ndimage.grey_dilation(labelled, footprint=CONNECTIVITY_26)
+    shell = (grown > 0) & (labelled == 0)
+    owner = grown[shell]
+    total = np.bincount(owner, minlength=sizes.size)
+    dim = np.bincount(owner, weights=(near & ~bright)[shell], minlength=sizes.size)
+    share = np.divide(dim, total, out=np.zeros(sizes.size), where=total > 0)
+    return NoduleCandidates(organ_labels.shape, box, labelled, sizes, seeded, share)
+
+
+def pick_nodules(candidates: NoduleCandidates, *, min_voxels: int, min_dim_shell: float) -> np.ndarray:
+    """Boolean mask (the organ map's shape) of the seeded candidates of at least ``min_voxels``
+    whose shell is at least ``min_dim_shell`` dim."""
+    found = np.zeros(candidates.shape, dtype=bool)
+    keep = candidates.kept(min_voxels=min_voxels, min_dim_shell=min_dim_shell)
+    found[candidates.box] = keep[candidates.labelled]
+    return found
+
+
 def detect_bright_lesions(
     organ_labels: np.ndarray,
     intensity: np.ndarray,
@@ -355,43 +449,28 @@ def detect_bright_lesions(
     min_hu: float,
     erode_voxels: int,
     min_voxels: int,
+    reach_voxels: int = 0,
+    wall_voxels: int = 0,
+    min_dim_shell: float = MIN_DIM_SHELL,
 ) -> np.ndarray:
-    """Boolean mask of bright nodules inside host organs (lung metastases in native CT).
+    """Boolean mask of bright nodules in host organs (lung metastases in native CT).
 
-    The hosts' mask (full resolution) has its enclosed holes filled, since the organ model leaves
-    a nodule inside the lung unlabelled or labels it otherwise, is eroded by ``erode_voxels`` so
-    that the partial-volume rim against the chest wall and heart is not taken for a nodule, and
-    every 26-connected group of voxels at or above ``min_hu`` of at least ``min_voxels`` inside it,
-    whose surrounding shell is at least ``MIN_DIM_SHELL`` dim host tissue, is a lesion. A
-    metastasis in air-filled lung is hundreds of HU brighter than the parenchyma; one in soft
-    tissue (liver) is not, and is left to the lesion model.
+    ``nodule_candidates`` then ``pick_nodules``. A metastasis in air-filled lung is hundreds of HU
+    brighter than the parenchyma; one in soft tissue (liver) is not, and is left to the lesion
+    model.
     """
-    found = np.zeros(organ_labels.shape, dtype=bool)
-    host = np.isin(organ_labels, np.asarray(hosts, dtype=organ_labels.dtype))
-    if not host.any():
-        return found
-    box = tuple(
-        slice(max(s.start - 1, 0), min(s.stop + 1, n))
-        for s, n in zip(ndimage.find_objects(host.astype(np.uint8))[0], host.shape, strict=True)
+    candidates = nodule_candidates(
+        organ_labels,
+        intensity,
+        hosts=hosts,
+        min_hu=min_hu,
+        erode_voxels=erode_voxels,
+        reach_voxels=reach_voxels,
+        wall_voxels=wall_voxels,
     )
-    inside = ndimage.binary_fill_holes(host[box])
-    if erode_voxels > 0:
-        inside = ndimage.binary_erosion(inside, iterations=erode_voxels)
-    bright = intensity[box] >= min_hu
-    labelled, sizes = _components(inside & bright)
-    big = np.flatnonzero(sizes >= max(min_voxels, 1))
-    big = big[big > 0]
-    # A nodule sits in parenchyma: most of the voxel shell around it must be dim host tissue. A
-    # bright fragment of the lung's rim (contrast-enhanced blood or heart beyond the erosion) fails.
-    grown = ndimage.grey_dilation(labelled, footprint=CONNECTIVITY_26)
-    shell = (grown > 0) & (labelled == 0)
-    dim_host = ndimage.binary_fill_holes(host[box]) & ~bright
-    owner = grown[shell]
-    total = np.bincount(owner, minlength=sizes.size)
-    dim = np.bincount(owner, weights=dim_host[shell], minlength=sizes.size)
-    isolated = big[dim[big] >= MIN_DIM_SHELL * total[big]]
-    found[box] = np.isin(labelled, isolated)
-    return found
+    if candidates is None:
+        return np.zeros(organ_labels.shape, dtype=bool)
+    return pick_nodules(candidates, min_voxels=min_voxels, min_dim_shell=min_dim_shell)
 
 
 def outline_distances(

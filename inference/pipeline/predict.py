@@ -30,6 +30,7 @@ from inference.pipeline.infer import DEFAULT_MAX_WHOLE_VOXELS, run_model
 from inference.pipeline.normalise import normalise, pad_value
 from inference.pipeline.postprocess import (
     DEFAULT_MIN_LESION_VOLUME_MM3,
+    MIN_DIM_SHELL,
     CleanReport,
     apply_refinement,
     calibrate_uncertainty,
@@ -136,6 +137,9 @@ def detect_lesions(
             min_hu=float(rule["min_hu"]),
             erode_voxels=round(float(rule["erode_mm"]) / voxel_mm),
             min_voxels=max(1, round(float(rule["min_volume_mm3"]) / float(np.prod(spacing_mm)))),
+            reach_voxels=round(float(rule.get("reach_mm", 0.0)) / voxel_mm),
+            wall_voxels=round(float(rule.get("wall_mm", 0.0)) / voxel_mm),
+            min_dim_shell=float(rule.get("min_dim_shell", MIN_DIM_SHELL)),
         )
         np.copyto(lesions, np.uint8(rule["structure"]), where=found & (lesions == 0))
 

@@ -137,10 +137,18 @@ def test_create_demo_is_idempotent_and_prints_the_credentials(db):
     call_command("create_demo", stdout=first)
     call_command("create_demo", stdout=second)
 
-    assert "demo / labseg-demo" in first.getvalue()
+    assert "http://127.0.0.1:8000/ as demo / labseg-demo" in first.getvalue()
     assert Lab.objects.filter(name="Demo lab").count() == 1
     demo = get_user_model().objects.get(username="demo")
     assert Membership.objects.get(user=demo).role == "admin"
+
+
+def test_create_demo_prints_the_address_make_run_serves(db):
+    out = StringIO()
+
+    call_command("create_demo", "--url", "http://0.0.0.0:8123/", stdout=out)
+
+    assert "log in at http://0.0.0.0:8123/ as demo" in out.getvalue()
 
 
 def test_drf_create_token_scripts_an_api_token(db):

@@ -287,6 +287,9 @@ def test_the_lesion_models_detect_rule_runs_on_the_organ_map_of_the_same_call(tm
     assert not alone.lesion_labels.any()  # no organ map, no hosts: the rule is skipped
 
 
+NODULE_RULE = {"structure": METASTASIS, "hosts": [LUNG], "min_hu": 0, "erode_mm": 0, "min_volume_mm3": 0}
+
+
 @pytest.mark.parametrize(
     ("rule", "message"),
     [
@@ -302,6 +305,8 @@ def test_the_lesion_models_detect_rule_runs_on_the_organ_map_of_the_same_call(tm
             {"structure": METASTASIS, "hosts": [LUNG], "min_hu": 0, "erode_mm": -1, "min_volume_mm3": 0},
             ">= 0",
         ),
+        ({**NODULE_RULE, "wall_mm": -1}, ">= 0"),
+        ({**NODULE_RULE, "min_dim_shell": 2}, "between 0 and 1"),
     ],
 )
 def test_the_registry_refuses_bad_detect_rules(tmp_path: Path, rule: dict, message: str) -> None:
@@ -352,3 +357,51 @@ def test_a_bright_sheet_crossing_the_lung_is_not_a_nodule() -> None:
     found = detect_bright_lesions(organs, hu, hosts=[LUNG], min_hu=-150.0, erode_voxels=1, min_voxels=2)
 
     assert np.array_equal(np.argwhere(found), np.argwhere(hu == 60.0))
+
+
+def _lung_in_a_thick_wall() -> tuple[np.ndarray, np.ndarray]:
+    """A lung cube (x, y, z 8-27) in 8 voxels of soft-tissue wall, 36 voxels a side."""
+    organs = np.zeros((36, 36, 36), np.uint8)
+    organs[8:28, 8:28, 8:28] = LUNG
+    hu = np.full(organs.shape, 40.0, np.float32)
+    hu[organs == LUNG] = -430.0
+    return organs, hu
+
+
+def test_a_nodule_against_the_chest_wall_is_found_whole_with_the_wall_rule() -> None:
+    organs, hu = _lung_in_a_thick_wall()
+    nodule = np.zeros(hu.shape, bool)
+    nodule[8:13, 16:19, 16:19] = True  # a nodule on the lung's x = 8 face, touching the wall
+    hu[nodule] = 60.0
+    organs[8:10, 16:19, 16:19] = 0  # whose outer part the organ model called background
+    rule = {"hosts": [LUNG], "min_hu": -150.0, "erode_voxels": 1, "min_voxels": 2}
+
+    plain = detect_bright_lesions(organs, hu, **rule)
+    with_wall = detect_bright_lesions(organs, hu, **rule, reach_voxels=3, wall_voxels=2, min_dim_shell=0.5)
+
+    # Without the rule only the part inside the lung's mask is found; with it the nodule reaches
+    # out to the wall (the layer touching the wall goes with the wall) and no wall comes along.
+    assert np.array_equal(plain, nodule & (organs == LUNG))
+    assert not with_wall[~nodule].any()
+    assert with_wall.sum() >= 0.75 * nodule.sum() > plain.sum()
+
+
+def test_a_large_nodule_inside_the_lung_stays_whole_under_the_wall_rule() -> None:
+    organs, hu = _lung_in_a_thick_wall()
+    grid = np.indices(hu.shape)
+    ball = ((grid - 18) ** 2).sum(axis=0) <= 16  # radius 4: a ball of radius 2 fits inside it
+    hu[ball] = 60.0
+
+    found = detect_bright_lesions(
+        organs,
+        hu,
+        hosts=[LUNG],
+        min_hu=-150.0,
+        erode_voxels=1,
+        min_voxels=2,
+        reach_voxels=3,
+        wall_voxels=2,
+        min_dim_shell=0.5,
+    )
+
+    assert np.array_equal(found, ball)

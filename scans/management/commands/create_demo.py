@@ -20,6 +20,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--username", default="demo")
         parser.add_argument("--password", default="labseg-demo")
+        parser.add_argument(
+            "--url",
+            default="http://127.0.0.1:8000/",
+            help="where the server listens, for the printed login line (make run passes HOST and PORT)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         users = get_user_model().objects
@@ -32,6 +37,6 @@ class Command(BaseCommand):
         Study.objects.get_or_create(lab=lab, name=DEMO_STUDY)
         add_lab_member(lab=lab, user=user, role=Membership.Role.ADMIN)
         self.stdout.write(
-            f"Demo lab ready: log in at http://127.0.0.1:8000/ as {options['username']} / "
+            f"Demo lab ready: log in at {options['url']} as {options['username']} / "
             f"{options['password']} (also a Django admin at /admin/)"
         )
