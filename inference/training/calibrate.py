@@ -8,7 +8,8 @@ its ``model.json`` under ``"postprocess"``:
   tuned on the organ map they give;
 - ``uncertainty_threshold``: the disagreement-head probability that, sent to the map's 50 % mark,
   best matches the voxels where the simulated annotators really disagree (Dice of the map at 50 %,
-  the way AIMOS thresholds its heatmap), so that 50 % means "annotators would disagree here";
+  the way AIMOS thresholds its heatmap), so that 50 % means "annotators would disagree here"; the
+  other models' outline bands are left out meanwhile (they would cover the head's map at 50 %);
 - ``refine`` (organ model): bones redrawn at full resolution as the voxels at or above ``min_hu``
   inside the network's bone mask grown by ``margin_mm`` (and, with ``connected``, every bright
   voxel attached to them), with the rule that gives the best bone Dice against ground truth; then
@@ -87,6 +88,12 @@ def _bare(card: ModelCard) -> ModelCard:
     return dataclasses.replace(card, postprocess={})
 
 
+def _without_outline(card: ModelCard) -> ModelCard:
+    """``card`` without its outline bands, which would cover every head's map at 50 %."""
+    post = {k: v for k, v in card.postprocess.items() if k != "uncertainty_outline"}
+    return dataclasses.replace(card, postprocess=post)
+
+
 def calibrate(
     target: ModelCard, others: Sequence[ModelCard], cases: Sequence[Path], *, threads: int = 2
 ) -> dict:
@@ -105,6 +112,7 @@ def calibrate(
     unrefined: list[float] = []
     nodule_scores: dict[NoduleRule, list[tuple[int, int, int]]] = {}
     finds_nodules = METASTASIS in target.structures and any(c.task == "organs" for c in others)
+    heads_only = [_without_outline(c) for c in others]
     for folder in cases:
         ct, affine = load_canonical(folder / "ct.nii.gz")
         truth, _ = load_canonical(folder / "labels.nii.gz")
@@ -115,7 +123,7 @@ def calibrate(
             # Run as the pipeline runs: calibrated on the model grid, then upsampled and thresholded.
             for t in THRESHOLDS:
                 card = dataclasses.replace(target, postprocess={**base, "uncertainty_threshold": t})
-                out = predict_volume(ct, affine, [card, *others], threads=threads)
+                out = predict_volume(ct, affine, [card, *heads_only], threads=threads)
                 unc_scores.setdefault(t, []).append(dice(out.uncertainty >= 128, real))
         if BONES in target.structures and (truth == BONES).any():
             for key in product(BONE_MIN_HU, BONE_MARGIN_MM, BONE_CONNECTED):

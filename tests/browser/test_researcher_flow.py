@@ -155,6 +155,11 @@ def test_a_researcher_uploads_segments_views_and_downloads(
     organ_layer.locator("input[type=checkbox]").uncheck()
     page.locator("[data-kind=uncertainty] input[type=checkbox]").first.check()
     page.wait_for_function("document.body.dataset.layersChanged")
+    # The heatmap loads on first check: wait for its volume, not only for the layer list to change.
+    page.wait_for_function(
+        "window.labsegViewer.config.layers.some(l => l.kind === 'uncertainty' && l.volume"
+        " && l.volume.opacity > 0)"
+    )
     page.locator("#structures [data-structure=liver] input").uncheck()
     opacities = page.evaluate(
         "window.labsegViewer.config.layers.filter(l => l.volume)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import nibabel as nib
@@ -75,3 +76,19 @@ def test_no_annotators_no_outline(tmp_path: Path) -> None:
         (folder / extra).unlink()
 
     assert tune_outline(card, [], {}, [folder], threads=1) == (None, {})
+
+
+def test_the_head_threshold_is_tuned_without_the_other_models_outline_bands(tmp_path: Path) -> None:
+    # Outline bands cover a combined map at 50 %: left in, every head threshold would score alike.
+    from inference.training.calibrate import _without_outline
+
+    card = write_threshold_model(tmp_path / "m" / "1", structures=(0, LIVER), thresholds=(0.225,))
+    outline = {"smoothing_mm": [0.2, 0.2, 0.2], "levels": {str(LIVER): 0.3}}
+    banded = dataclasses.replace(
+        card, postprocess={"uncertainty_threshold": 0.2, "uncertainty_outline": outline}
+    )
+
+    heads_only = _without_outline(banded)
+
+    assert heads_only.uncertainty_outline is None and banded.uncertainty_outline is not None
+    assert heads_only.uncertainty_threshold == 0.2
