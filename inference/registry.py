@@ -249,7 +249,7 @@ def _check_postprocess(folder: Path, post: dict[str, Any], structures: list[int]
         lengths = ("erode_mm", "min_volume_mm3", "reach_mm", "wall_mm")
         if any(float(rule.get(key, 0.0)) < 0 for key in lengths):
             raise _problem(folder, f"postprocess detect {', '.join(repr(k) for k in lengths)} must be >= 0")
-        if not 0.0 <= float(rule.get("min_dim_shell", 0.9)) <= 1.0:
+        if "min_dim_shell" in rule and not 0.0 <= float(rule["min_dim_shell"]) <= 1.0:
             raise _problem(folder, "postprocess detect 'min_dim_shell' is a share: between 0 and 1")
         float(rule["min_hu"])
 
