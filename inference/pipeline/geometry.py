@@ -136,16 +136,20 @@ class AxisMap:
 def axis_map(n_in: int, n_out: int) -> AxisMap:
     """The interpolation weights that map an axis of ``n_in`` voxels onto ``n_out`` voxels."""
     position = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    if n_in == n_out:
+        lo = np.arange(n_in, dtype=np.intp)
+        return AxisMap(lo=lo, hi=lo, w=np.zeros(n_in, dtype=np.float32), nearest=lo)
+    return _map_at(position, n_in)
+
+
+def _map_at(position: np.ndarray, n_in: int) -> AxisMap:
+    """Linear interpolation weights at fractional input ``position`` (clipped to the axis)."""
     position = np.clip(position, 0.0, n_in - 1)
     lo = np.minimum(np.floor(position).astype(np.intp), n_in - 1)
     hi = np.minimum(lo + 1, n_in - 1)
     w = (position - lo).astype(np.float32)
     # floor(p + 0.5): halves round up, so an integer down-then-up round trip is voxel-exact.
     nearest = np.minimum(np.floor(position + 0.5).astype(np.intp), n_in - 1)
-    if n_in == n_out:
-        lo = nearest = np.arange(n_in, dtype=np.intp)
-        hi = lo
-        w = np.zeros(n_in, dtype=np.float32)
     return AxisMap(lo=lo, hi=hi, w=w, nearest=nearest)
 
 
@@ -170,10 +174,31 @@ def _interpolate_axis(array: np.ndarray, amap: AxisMap, axis: int) -> np.ndarray
     return low
 
 
-def resample_linear(volume: np.ndarray, out_shape: Sequence[int], *, first_axis: int = 0) -> np.ndarray:
+def _box_axis(array: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    """Shrink one axis by averaging ``round(n_in / n_out)`` input samples around each output
+    voxel's centre (a box filter), so the result keeps the noise level of a block average instead
+    of one voxel's: for a whole factor (0.21 -> 0.63 mm) it is exactly the mean of each block, the
+    grid the models were trained on. Gathers only output-sized arrays."""
+    n_in = int(array.shape[axis])
+    taps = max(round(n_in / n_out), 1)
+    centre = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    total: np.ndarray | None = None
+    for k in range(taps):
+        part = _interpolate_axis(array, _map_at(centre + (k - (taps - 1) / 2), n_in), axis)
+        total = part if total is None else np.add(total, part, out=total)
+    assert total is not None
+    total *= np.float32(1.0 / taps)
+    return total
+
+
+def resample_linear(
+    volume: np.ndarray, out_shape: Sequence[int], *, first_axis: int = 0, antialias: bool = False
+) -> np.ndarray:
     """Trilinear resampling of ``volume``'s three spatial axes (starting at ``first_axis``).
 
-    Separable: one axis at a time, shrinking axes first so intermediates stay small. Returns
+    Separable: one axis at a time, shrinking axes first so intermediates stay small. With
+    ``antialias`` a shrinking axis is box-averaged (``_box_axis``) rather than point-sampled: a
+    3x coarser grid then averages 27 voxels per sample instead of keeping one (noise / 5). Returns
     float32; equal shapes return the input as float32 unchanged.
     """
     result = np.asarray(volume)
@@ -185,8 +210,13 @@ def resample_linear(volume: np.ndarray, out_shape: Sequence[int], *, first_axis:
     order = sorted(range(3), key=lambda i: (ratios[i] >= 1, -strides[i] if ratios[i] < 1 else ratios[i]))
     for i in order:
         axis = axes[i]
-        if result.shape[axis] != out_shape[i]:
-            result = _interpolate_axis(result, axis_map(result.shape[axis], int(out_shape[i])), axis)
+        n_in, n_out = int(result.shape[axis]), int(out_shape[i])
+        if n_in == n_out:
+            continue
+        if antialias and n_out < n_in:
+            result = _box_axis(result, n_out, axis)
+        else:
+            result = _interpolate_axis(result, axis_map(n_in, n_out), axis)
     return result.astype(np.float32, copy=False)
 
 

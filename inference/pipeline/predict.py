@@ -182,7 +182,7 @@ def predict_volume(
         with timer("preprocess"):
             grid = resampled_shape(geometry.canonical_shape, geometry.spacing_mm, lead.input_spacing_mm)
             if grid not in resampled:
-                resampled[grid] = resample_linear(canonical, grid)
+                resampled[grid] = resample_linear(canonical, grid, antialias=True)
             image = normalise(resampled[grid], lead.normalisation)
             fill = pad_value(lead.normalisation, image)
         members_logits: list[np.ndarray] = []

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 #: Version of each task's committed model (bump when its weights change: the registry refuses a
 #: changed sha256 under a version it already knows).
-VERSIONS = {"organs": "1.5.0", "tumor": "1.4.0"}
+VERSIONS = {"organs": "1.6.0", "tumor": "1.4.0"}
 #: (first seed, count, modality) of each phantom set. Test seeds never overlap training ones.
 SETS = {
     "train": (1000, 120, "native"),
@@ -68,6 +68,7 @@ def make_model(
     init: Path | None = None,
     lr: float | None = None,
     minutes: float | None = None,
+    noise_hu: float | None = None,
 ) -> Path:
     spec = TASKS[task]
     seed, budget = TRAINING[task]
@@ -76,6 +77,8 @@ def make_model(
     cfg = TrainConfig(epochs=epochs, max_minutes=minutes or budget, seed=seed, threads=threads, device=device)
     if lr is not None:
         cfg.lr = lr
+    if noise_hu is not None:
+        cfg.noise_hu = noise_hu
     first, count, _ = SETS["train"]
     t0 = time.monotonic()
     # The checkpoint (git-ignored, beside the phantoms) lets `train --init` continue a run.
@@ -83,6 +86,7 @@ def make_model(
     command = "python -m inference.training.make_models --train " + task
     if init is not None:
         command += f" --init {init} --lr {cfg.lr:g} --minutes {cfg.max_minutes:g} --epochs {cfg.epochs}"
+    command += f" --noise-hu {cfg.noise_hu:g}"
     folder = out / spec.name / VERSIONS[task]
     export_model(
         model,
@@ -101,6 +105,7 @@ def make_model(
             "command": command,
             "init": str(init) if init is not None else None,
             "lr": cfg.lr,
+            "noise_hu": cfg.noise_hu,
             "history": cfg.history,
         },
     )
@@ -190,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--lr", type=float, help="peak learning rate (default 3e-3; 1e-3 to continue)")
     parser.add_argument("--minutes", type=float, help="training budget (default: TRAINING's)")
+    parser.add_argument("--noise-hu", type=float, help="extra noise augmentation, max sd in HU (default 12)")
     args = parser.parse_args(argv)
     if args.init is not None and len(args.train) != 1:
         parser.error("--init continues one model: name its task alone with --train")
@@ -208,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
             init=args.init,
             lr=args.lr,
             minutes=args.minutes,
+            noise_hu=args.noise_hu,
         )
         if t in retrain
         else args.out / TASKS[t].name / VERSIONS[t]

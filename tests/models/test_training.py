@@ -19,7 +19,7 @@ from inference.training.export import export_model
 from inference.training.losses import partial_label_loss
 from inference.training.network import UNet3D
 from inference.training.tasks import ORGANS
-from inference.training.train import TrainConfig, train
+from inference.training.train import TrainConfig, sample_batch, train
 from inference.training.warm_start import WarmStartError, load_exported
 
 # Tiny: 1.26 mm phantoms block-averaged by 2 to 2.52 mm, 4 base channels; seconds on one core.
@@ -55,6 +55,18 @@ def test_one_epoch_of_training_runs_and_records_its_loss(tiny_data: Path) -> Non
     assert len(config.history) == 1
     assert np.isfinite(config.history[0]["loss"])
     assert not model.training
+
+
+def test_extra_noise_augmentation_follows_noise_hu(tiny_data: Path) -> None:
+    cases = load_cases(tiny_data, TINY)
+
+    def images(noise_hu: float) -> torch.Tensor:
+        return sample_batch(cases, TINY, TrainConfig(batch=2, noise_hu=noise_hu), np.random.default_rng(5))[0]
+
+    quiet, noisy = images(0.0), images(300.0)
+    assert torch.equal(quiet, images(0.0))
+    # Same crops and draws; only the added noise differs (windowed to 0..1 over 2000 HU).
+    assert 0.0 < float((noisy - quiet).abs().mean()) < 0.15
 
 
 def test_unlabelled_structures_are_not_learnt_as_background() -> None:
@@ -158,7 +170,7 @@ def test_make_models_refuses_one_init_for_two_tasks(capsys: pytest.CaptureFixtur
     from inference.training.make_models import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["--init", "inference/models/mouse-organs/1.5.0/model.onnx"])
+        main(["--init", "inference/models/mouse-organs/1.6.0/model.onnx"])
     assert exit_info.value.code == 2
     assert "--init continues one model" in capsys.readouterr().err
 

@@ -141,3 +141,35 @@ def test_label_round_trip_through_a_coarser_grid_is_exact_away_from_borders() ->
     assert restored.shape == labels.shape
     assert np.array_equal(restored[~border], labels[~border])
     assert np.mean(restored[border] == labels[border]) > 0.8
+
+
+def test_antialiased_whole_factor_shrink_is_the_training_block_mean() -> None:
+    from inference.training.data import block_mean
+
+    volume = np.random.default_rng(7).normal(50.0, 30.0, size=(12, 9, 15)).astype(np.float32)
+
+    coarse = resample_linear(volume, (4, 3, 5), antialias=True)
+
+    assert np.allclose(coarse, block_mean(volume, 3), atol=1e-4)
+
+
+def test_antialiasing_keeps_a_block_averages_noise_level() -> None:
+    noise = np.random.default_rng(8).normal(0.0, 30.0, size=(60, 60, 60)).astype(np.float32)
+
+    sampled = resample_linear(noise, (20, 20, 20))
+    averaged = resample_linear(noise, (20, 20, 20), antialias=True)
+
+    # Point sampling keeps one voxel's noise (30 HU); a 3 x 3 x 3 average divides it by sqrt(27).
+    assert 27.0 < float(sampled.std()) < 33.0
+    assert 4.5 < float(averaged.std()) < 7.0
+
+
+def test_antialiasing_handles_uneven_factors_and_growing_axes() -> None:
+    ramp = np.broadcast_to(np.arange(25, dtype=np.float32)[:, None, None], (25, 4, 6)).copy()
+
+    out = resample_linear(ramp, (10, 8, 6), antialias=True)
+
+    assert out.shape == (10, 8, 6)
+    # A box average of a linear ramp is the ramp at the output voxel's centre (inside the axis).
+    centres = (np.arange(10) + 0.5) * 2.5 - 0.5
+    assert np.allclose(out[1:-1, 0, 0], centres[1:-1], atol=1e-4)
