@@ -133,13 +133,17 @@ class AxisMap:
         )
 
 
+def _centres(n_in: int, n_out: int) -> np.ndarray:
+    """Input index of each output voxel's centre ("voxel areas" convention, module docstring)."""
+    return (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+
+
 def axis_map(n_in: int, n_out: int) -> AxisMap:
     """The interpolation weights that map an axis of ``n_in`` voxels onto ``n_out`` voxels."""
-    position = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
     if n_in == n_out:
         lo = np.arange(n_in, dtype=np.intp)
         return AxisMap(lo=lo, hi=lo, w=np.zeros(n_in, dtype=np.float32), nearest=lo)
-    return _map_at(position, n_in)
+    return _map_at(_centres(n_in, n_out), n_in)
 
 
 def _map_at(position: np.ndarray, n_in: int) -> AxisMap:
@@ -162,11 +166,14 @@ def take(array: np.ndarray, indices: np.ndarray, axis: int) -> np.ndarray:
 
 def _interpolate_axis(array: np.ndarray, amap: AxisMap, axis: int) -> np.ndarray:
     """Linear interpolation along one axis; float32 result (the input may be any numeric dtype,
-    cast only after the gather so a big int16 scan is never copied whole to float)."""
+    cast only after the gather so a big int16 scan is never copied whole to float). Where every
+    sample falls on an input voxel (whole-factor shrinking) it is one gather."""
+    low = take(array, amap.lo, axis).astype(np.float32, copy=False)
+    if not amap.w.any():
+        return low
     shape = [1] * array.ndim
     shape[axis] = amap.w.size
     w = amap.w.reshape(shape)
-    low = take(array, amap.lo, axis).astype(np.float32, copy=False)
     high = take(array, amap.hi, axis).astype(np.float32, copy=False)
     low *= 1.0 - w
     high *= w
@@ -181,12 +188,11 @@ def _box_axis(array: np.ndarray, n_out: int, axis: int) -> np.ndarray:
     grid the models were trained on. Gathers only output-sized arrays."""
     n_in = int(array.shape[axis])
     taps = max(round(n_in / n_out), 1)
-    centre = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    total: np.ndarray | None = None
-    for k in range(taps):
-        part = _interpolate_axis(array, _map_at(centre + (k - (taps - 1) / 2), n_in), axis)
-        total = part if total is None else np.add(total, part, out=total)
-    assert total is not None
+    centre = _centres(n_in, n_out)
+    shifts = [k - (taps - 1) / 2 for k in range(taps)]
+    total = _interpolate_axis(array, _map_at(centre + shifts[0], n_in), axis)
+    for shift in shifts[1:]:
+        total += _interpolate_axis(array, _map_at(centre + shift, n_in), axis)
     total *= np.float32(1.0 / taps)
     return total
 

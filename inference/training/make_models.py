@@ -195,7 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--lr", type=float, help="peak learning rate (default 3e-3; 1e-3 to continue)")
     parser.add_argument("--minutes", type=float, help="training budget (default: TRAINING's)")
-    parser.add_argument("--noise-hu", type=float, help="extra noise augmentation, max sd in HU (default 12)")
+    parser.add_argument(
+        "--noise-hu",
+        type=float,
+        help=f"extra noise augmentation, max sd in HU (default {TrainConfig.noise_hu:g})",
+    )
     args = parser.parse_args(argv)
     if args.init is not None and len(args.train) != 1:
         parser.error("--init continues one model: name its task alone with --train")

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from inference.pipeline import predict_volume
 from inference.pipeline.geometry import channel_argmax, resample_linear
@@ -69,13 +68,9 @@ def tune_offsets(target: ModelCard, cases: Sequence[Path], *, threads: int = 2) 
         out = predict_volume(ct.astype(np.float32), affine, [card], threads=threads, keep_scores=True)
         scores = out.scores[target.task]
         grid = scores.shape[1:]
-        # Box mean over one coarse voxel's extent, then sampled at the coarse centres: the share.
-        size = [max(round(f / g), 1) for f, g in zip(truth.shape, grid, strict=True)]
+        # Box mean over one coarse voxel's extent, sampled at the coarse centres: the share.
         fractions = np.stack(
-            [
-                resample_linear(ndimage.uniform_filter((truth == sid).astype(np.float32), size), grid)
-                for sid in target.structures
-            ]
+            [resample_linear(truth == sid, grid, antialias=True) for sid in target.structures]
         )
         present = np.array([bool((truth == sid).any()) for sid in target.structures])
         prepared.append(_Case(scores, fractions, present))
