@@ -186,6 +186,26 @@ def _paint_tube(
         canvas.paint(box, mask, hu=hu, label=label, within=within)
 
 
+#: Thickness ranges (mm) of the fat around organs that would otherwise sit in the body's muscle.
+#: In a mouse the heart lies in the pericardial sac with epicardial fat, the kidneys in perirenal
+#: fat and the spleen in the peritoneal cavity against omental fat; without these layers a phantom
+#: heart (blood ~45 HU) or kidney (~36 HU) meets muscle (~48 HU) with no visible edge, unlike real
+#: native micro-CT. Neighbouring organs painted later still press directly against the organ
+#: (spleen against liver and stomach stays a soft-tissue contact, hard in native CT).
+PERICARDIAL_FAT_MM = (0.2, 0.5)
+PERIRENAL_FAT_MM = (0.25, 0.8)
+SPLENIC_FAT_MM = (0.15, 0.5)
+
+
+def _fat_capsule(
+    canvas: Canvas, organ: Blob, rng: np.random.Generator, thickness_mm: tuple[float, float], *, hu: float
+) -> None:
+    """Fat of a random thickness around ``organ``, painted into the body (label unchanged) before
+    the organ itself, so whatever is painted later (the organ, its neighbours) replaces it."""
+    margin = float(rng.uniform(*thickness_mm))
+    _paint_blob(canvas, organ.grown(margin), hu=hu, label=None, within=[BODY])
+
+
 def paint_mouse(
     canvas: Canvas,
     body: Body,
@@ -195,8 +215,10 @@ def paint_mouse(
     tumor_volumes_mm3: list[float],
     tumor_rng: np.random.Generator,
     n_metastases: int,
+    fat_rng: np.random.Generator,
 ) -> MouseRecord:
-    """Paint one complete mouse; returns the placed lesions."""
+    """Paint one complete mouse; returns the placed lesions. ``fat_rng`` draws the fat capsules'
+    thicknesses (its own stream, so adding them left every organ of a seed where it was)."""
     k = body.scale
     record = MouseRecord()
     paint_envelope(canvas, body, tissues, skin_mm=0.3, fat_mm=float(rng.uniform(0.25, 1.0)))
@@ -220,8 +242,9 @@ def paint_mouse(
     cord_r = np.interp(cord_t, [0.185, 0.35, 0.6, 0.93], [0.85, 0.75, 0.6, 0.35]) * k
     _paint_tube(canvas, cord_pts, cord_r, hu=tissues.cord, label=ID["spinal_cord"], within=inner)
 
-    # Thorax: heart, then lungs around it, then airways inside the lungs.
+    # Thorax: heart in its pericardial fat, then lungs around it, then airways inside the lungs.
     heart = organ(0.375, -0.10, 0.22, (3.15, 3.05, 4.4))
+    _fat_capsule(canvas, heart, fat_rng, PERICARDIAL_FAT_MM, hu=tissues.fat)
     _paint_blob(canvas, heart, hu=tissues.blood, label=ID["heart"], within=inner)
     lungs = {
         "lung_left": organ(0.37, -0.45, -0.05, (2.4, 3.2, 4.4)),
@@ -253,9 +276,11 @@ def paint_mouse(
     # Abdomen, in order of precedence where organs press against each other.
     for name, t, fx in (("kidney_left", 0.615, -0.42), ("kidney_right", 0.595, 0.42)):
         kid = organ(t, fx, -0.48, (3.05, 3.3, 5.0))
+        _fat_capsule(canvas, kid, fat_rng, PERIRENAL_FAT_MM, hu=tissues.fat)
         _paint_blob(canvas, kid, hu=tissues.kidney, label=ID[name], within=inner)
         _paint_blob(canvas, kid.scaled(0.45), hu=tissues.kidney_medulla, label=None, within=[ID[name]])
     spleen = organ(0.575, -0.72, 0.0, (1.5, 2.3, 6.4))
+    _fat_capsule(canvas, spleen, fat_rng, SPLENIC_FAT_MM, hu=tissues.visceral)
     _paint_blob(canvas, spleen, hu=tissues.spleen, label=ID["spleen"], within=inner)
     stomach = organ(0.525, -0.40, -0.05, (3.6, 3.0, 3.7))
     _paint_blob(canvas, stomach, hu=tissues.gut_content, label=ID["stomach"], within=inner)

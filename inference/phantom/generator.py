@@ -67,6 +67,7 @@ def generate_phantom(
     tumor_rng = np.random.default_rng([seed, 2])
     scan_rng = np.random.default_rng([seed, 3, time_index])
     annot_rng = np.random.default_rng([seed, 4, time_index])
+    fat_rng = np.random.default_rng([seed, 5])
 
     scale = float(anatomy_rng.uniform(0.9, 1.06))
     girth = float(anatomy_rng.uniform(0.93, 1.06))
@@ -107,7 +108,14 @@ def generate_phantom(
     tumors = [v * growth for v in _tumor_plan(tumor_rng)]
     n_mets = 0 if anatomy_rng.random() < 0.35 else int(anatomy_rng.integers(1, 31))
     record = paint_mouse(
-        canvas, body, tissues, anatomy_rng, tumor_volumes_mm3=tumors, tumor_rng=tumor_rng, n_metastases=n_mets
+        canvas,
+        body,
+        tissues,
+        anatomy_rng,
+        tumor_volumes_mm3=tumors,
+        tumor_rng=tumor_rng,
+        n_metastases=n_mets,
+        fat_rng=fat_rng,
     )
     labels = canvas.labels
     labels[(labels == BODY) | (labels == SKIN)] = 0
