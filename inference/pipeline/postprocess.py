@@ -348,6 +348,16 @@ def apply_refinement(
     )
 
 
+def voxels_across(mm: float, spacing_mm: Sequence[float]) -> int:
+    """A length in mm as a whole number of voxels (mean spacing): radii, erosions, reaches."""
+    return round(mm / float(np.mean(spacing_mm)))
+
+
+def voxels_within(mm3: float, spacing_mm: Sequence[float]) -> int:
+    """A volume in mm^3 as a whole number of voxels, at least 1: minimum lesion sizes."""
+    return max(1, round(mm3 / float(np.prod(spacing_mm))))
+
+
 @dataclass
 class NoduleCandidates:
     """Bright blobs near the host organs, before the size and shell rules (``pick_nodules``).

@@ -41,6 +41,8 @@ from inference.pipeline.postprocess import (
     outline_band,
     sigmoid,
     uncertainty_from,
+    voxels_across,
+    voxels_within,
 )
 from inference.pipeline.runtime import get_session, session_provider
 from inference.registry import TASKS, ModelCard
@@ -128,17 +130,16 @@ def detect_lesions(
     lesions = task_labels.get("tumor")
     if organs is None or lesions is None:
         return
-    voxel_mm = float(np.mean(spacing_mm))
     for rule in groups["tumor"][0].detections:
         found = detect_bright_lesions(
             organs,
             canonical,
             hosts=[int(h) for h in rule["hosts"]],
             min_hu=float(rule["min_hu"]),
-            erode_voxels=round(float(rule["erode_mm"]) / voxel_mm),
-            min_voxels=max(1, round(float(rule["min_volume_mm3"]) / float(np.prod(spacing_mm)))),
-            reach_voxels=round(float(rule.get("reach_mm", 0.0)) / voxel_mm),
-            wall_voxels=round(float(rule.get("wall_mm", 0.0)) / voxel_mm),
+            erode_voxels=voxels_across(float(rule["erode_mm"]), spacing_mm),
+            min_voxels=voxels_within(float(rule["min_volume_mm3"]), spacing_mm),
+            reach_voxels=voxels_across(float(rule.get("reach_mm", 0.0)), spacing_mm),
+            wall_voxels=voxels_across(float(rule.get("wall_mm", 0.0)), spacing_mm),
             min_dim_shell=float(rule.get("min_dim_shell", MIN_DIM_SHELL)),
         )
         np.copyto(lesions, np.uint8(rule["structure"]), where=found & (lesions == 0))

@@ -43,7 +43,7 @@ from scipy import ndimage
 from inference.jsonsafe import finite_or_null
 from inference.metrics import dice
 from inference.pipeline import predict_volume
-from inference.pipeline.postprocess import nodule_candidates
+from inference.pipeline.postprocess import nodule_candidates, voxels_across, voxels_within
 from inference.registry import ModelCard, load_card
 from inference.structures import BY_NAME
 from inference.training.data import find_cases
@@ -258,7 +258,6 @@ def _score_nodules(
     out = predict_volume(ct, affine, [_bare(target), *others], threads=threads)
     assert out.organ_labels is not None and out.lesion_labels is not None
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    voxel_mm = float(spacing.mean())
     voxel_mm3 = float(np.prod(spacing))
     true_mask = truth == METASTASIS
     model = metastasis_scores(out.lesion_labels == METASTASIS, true_mask, voxel_mm3)
@@ -270,9 +269,9 @@ def _score_nodules(
             ct,
             hosts=LUNGS,
             min_hu=min_hu,
-            erode_voxels=round(erode / voxel_mm),
-            reach_voxels=round(NODULE_REACH_MM / voxel_mm),
-            wall_voxels=round(wall / voxel_mm),
+            erode_voxels=voxels_across(erode, spacing),
+            reach_voxels=voxels_across(NODULE_REACH_MM, spacing),
+            wall_voxels=voxels_across(wall, spacing),
         )
         touches: dict[int, set[int]] = {}
         if found is not None:
@@ -284,7 +283,7 @@ def _score_nodules(
         for volume, shell in product(NODULE_MIN_VOLUME_MM3, NODULE_DIM_SHELL):
             hits, false_pos = set(model_hits), int(model["false_positives"])
             if found is not None:
-                keep = found.kept(min_voxels=round(volume / voxel_mm3), min_dim_shell=shell)
+                keep = found.kept(min_voxels=voxels_within(volume, spacing), min_dim_shell=shell)
                 for component in np.flatnonzero(keep).tolist():
                     if component in touches:
                         hits |= touches[component]

@@ -16,6 +16,8 @@ from inference.pipeline.postprocess import (
     outline_band,
     refine_by_intensity,
     refine_enclosed,
+    voxels_across,
+    voxels_within,
 )
 from inference.registry import ModelCard, ModelCardError, load_card
 from inference.structures import BY_NAME
@@ -236,6 +238,15 @@ def test_a_card_without_postprocess_keeps_the_raw_head(tmp_path: Path) -> None:
 
 LUNG = BY_NAME["lung_left"].id
 METASTASIS = BY_NAME["metastasis"].id
+
+
+def test_rule_sizes_in_mm_become_whole_voxels() -> None:
+    fine = (0.21, 0.21, 0.21)
+    assert voxels_across(0.63, fine) == 3
+    assert voxels_across(0.0, fine) == 0
+    assert voxels_across(0.63, (0.2, 0.22, 0.21)) == 3  # mean spacing
+    assert voxels_within(0.2, fine) == 22  # 0.2 / 0.009261 = 21.6
+    assert voxels_within(0.001, fine) == 1  # never zero: a rule always needs a voxel
 
 
 def test_bright_nodules_inside_the_lungs_are_found_and_the_rim_is_not() -> None:
