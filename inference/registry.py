@@ -236,6 +236,8 @@ def _check_postprocess(folder: Path, post: dict[str, Any], structures: list[int]
             if wall not in structures[1:] or wall == int(rule["structure"]):
                 raise _problem(folder, f"postprocess refine 'enclosed_by' names {wall}, not another output")
             float(rule["max_hu"])
+        elif "edge_hu" in rule:
+            float(rule["edge_hu"])
         else:
             float(rule["min_hu"])
     for rule in post.get("detect", []):

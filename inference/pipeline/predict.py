@@ -231,7 +231,13 @@ def predict_volume(
                 coarse = channel_argmax(scores)
                 for rule in lead.refinements:
                     apply_refinement(
-                        task_labels[task], coarse, canonical, rule, lead.structures, grid_spacing
+                        task_labels[task],
+                        coarse,
+                        canonical,
+                        rule,
+                        lead.structures,
+                        grid_spacing,
+                        geometry.spacing_mm,
                     )
         del scores, disagreement, image
     with timer("postprocess"):

@@ -14,7 +14,8 @@ its ``model.json`` under ``"postprocess"``:
   inside the network's bone mask grown by ``margin_mm`` (and, with ``connected``, every bright
   voxel attached to them), with the rule that gives the best bone Dice against ground truth; then
   the spinal cord redrawn as the space the redrawn vertebrae enclose, if that beats the network's
-  cord on its Dice;
+  cord on its Dice; then, for every other organ, the outline moved onto its edge with the fat
+  around it (``edges.py``) where that beats the network's outline on its Dice;
 - ``detect`` (lesion model, run with an organ model): lung metastases as bright nodules in and at
   the edge of the organ model's lungs (``pipeline.postprocess.detect_bright_lesions``), with the
   threshold, rim erosion, smallest volume, chest-wall radius and dim-shell share that give the
@@ -43,10 +44,16 @@ from scipy import ndimage
 from inference.jsonsafe import finite_or_null
 from inference.metrics import dice
 from inference.pipeline import predict_volume
-from inference.pipeline.postprocess import nodule_candidates, voxels_across, voxels_within
+from inference.pipeline.postprocess import (
+    FACE_NEIGHBOURS,
+    nodule_candidates,
+    voxels_across,
+    voxels_within,
+)
 from inference.registry import ModelCard, load_card
 from inference.structures import BY_NAME
 from inference.training.data import find_cases
+from inference.training.edges import tune_edges
 from inference.training.evaluate import load_canonical, metastasis_scores, real_disagreement
 from inference.training.offsets import tune_offsets
 from inference.training.outline import tune_outline
@@ -74,7 +81,6 @@ NODULE_WALL_MM = (0.0, 0.63, 0.84, 1.05)
 NODULE_DIM_SHELL = (0.5, 0.6, 0.7, 0.9)
 #: How far beyond the organ model's lungs a nodule may reach (its outer half is often "background").
 NODULE_REACH_MM = 0.63
-FACE_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)
 #: A detection rule: (min_hu, erode_mm, min_volume_mm3, wall_mm, min_dim_shell).
 NoduleRule = tuple[float, float, float, float, float]
 
@@ -155,6 +161,11 @@ def calibrate(
                 report["spinal_cord_dice_by_rule"] = cord["scores"]
                 if cord["rule"] is not None:
                     post["refine"].append(cord["rule"])
+    if target.task == "organs":
+        refined = dataclasses.replace(target, postprocess={**base, "refine": post.get("refine", [])})
+        edges, report["edge_rules"] = tune_edges(refined, cases, threads=threads)
+        if edges:
+            post["refine"] = [*post.get("refine", []), *edges]
     if nodule_scores:
         # Lesion counts per organ are what the product reports: pick the rule with the best
         # detection F0.5 over all validation cases (cases without metastases count their false

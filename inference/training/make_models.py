@@ -69,9 +69,11 @@ def make_model(
     lr: float | None = None,
     minutes: float | None = None,
     noise_hu: float | None = None,
+    seed: int | None = None,
 ) -> Path:
     spec = TASKS[task]
-    seed, budget = TRAINING[task]
+    default_seed, budget = TRAINING[task]
+    seed = default_seed if seed is None else seed
     cases = load_cases(data / "train", spec)
     val = load_cases(data / "val", spec)
     cfg = TrainConfig(epochs=epochs, max_minutes=minutes or budget, seed=seed, threads=threads, device=device)
@@ -87,6 +89,8 @@ def make_model(
     if init is not None:
         command += f" --init {init} --lr {cfg.lr:g} --minutes {cfg.max_minutes:g} --epochs {cfg.epochs}"
     command += f" --noise-hu {cfg.noise_hu:g}"
+    if seed != default_seed:
+        command += f" --seed {seed}"
     folder = out / spec.name / VERSIONS[task]
     export_model(
         model,
@@ -200,6 +204,11 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         help=f"extra noise augmentation, max sd in HU (default {TrainConfig.noise_hu:g})",
     )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="training seed (crops, augmentation); default TRAINING's; a continued run takes a new one",
+    )
     args = parser.parse_args(argv)
     if args.init is not None and len(args.train) != 1:
         parser.error("--init continues one model: name its task alone with --train")
@@ -219,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
             lr=args.lr,
             minutes=args.minutes,
             noise_hu=args.noise_hu,
+            seed=args.seed,
         )
         if t in retrain
         else args.out / TASKS[t].name / VERSIONS[t]

@@ -1,4 +1,4 @@
-"""Calibration on validation scans: score offsets and the uncertainty map's outline bands."""
+"""Calibration on validation scans: score offsets, edge rules and the uncertainty map's outline bands."""
 
 from __future__ import annotations
 
@@ -92,3 +92,41 @@ def test_the_head_threshold_is_tuned_without_the_other_models_outline_bands(tmp_
 
     assert heads_only.uncertainty_outline is None and banded.uncertainty_outline is not None
     assert heads_only.uncertainty_threshold == 0.2
+
+
+def _organ_in_fat(root: Path, name: str, corner: tuple[int, int, int]) -> Path:
+    """A 40 HU block in -100 HU fat with sharp faces off the 0.6 mm model grid."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    truth = np.zeros((30, 30, 30), np.uint8)
+    x, y, z = corner
+    truth[x : x + 13, y : y + 14, z : z + 11] = LIVER
+    ct = np.where(truth > 0, 40.0, -100.0).astype(np.float32)
+    nib.save(nib.Nifti1Image(ct, AFFINE), str(folder / "ct.nii.gz"))
+    nib.save(nib.Nifti1Image(truth, AFFINE), str(folder / "labels.nii.gz"))
+    return folder
+
+
+def test_edge_rules_snap_an_organ_onto_its_fat_edge(tmp_path: Path) -> None:
+    from inference.training.edges import tune_edges
+
+    # The tiny model sees the organ at 0.6 mm (window -1000..1000 HU, cut at 0 HU): its
+    # upsampled outline misses the faces that fall inside coarse voxels.
+    card = write_threshold_model(
+        tmp_path / "m" / "1",
+        structures=(0, LIVER),
+        thresholds=(0.5,),
+        spacing_mm=(0.6, 0.6, 0.6),
+        normalisation={"kind": "window", "low_hu": -1000, "high_hu": 1000},
+    )
+    cases = [
+        _organ_in_fat(tmp_path / "val", "a", (7, 8, 10)),
+        _organ_in_fat(tmp_path / "val", "b", (5, 10, 8)),
+    ]
+
+    rules, report = tune_edges(card, cases, threads=1)
+
+    assert len(rules) == 1 and rules[0]["structure"] == LIVER
+    assert -100.0 < rules[0]["edge_hu"] <= 40.0 and rules[0]["margin_mm"] > 0
+    assert report["liver"]["kept"] and report["liver"]["best_dice"] > report["liver"]["unrefined"]
+    assert report["liver"]["best_dice"] > 0.99

@@ -15,6 +15,7 @@ from inference.pipeline.postprocess import (
     mark_outlines,
     outline_band,
     refine_by_intensity,
+    refine_edge,
     refine_enclosed,
     voxels_across,
     voxels_within,
@@ -137,6 +138,44 @@ def test_the_cord_is_redrawn_as_the_canal_the_vertebrae_enclose() -> None:
     assert refine_enclosed(labels, nothing, hu, cord_id, wall_id=BONES, max_hu=1, margin_voxels=1) == 0
 
 
+def test_an_outline_moves_onto_the_organs_edge_with_the_fat_around_it() -> None:
+    # A 6-voxel-wide organ (40 HU) in fat (-100 HU); the model drew it one voxel too far along x
+    # (5..10 instead of 4..9). Another structure touches it, and a gas pocket lies deep inside.
+    shape = (16, 12, 12)
+    hu = np.full(shape, -100.0, np.float32)
+    hu[4:10, 3:9, 3:9] = 40.0
+    hu[6:8, 5:7, 5:7] = -900.0  # two voxels inside the true outline
+    labels = np.zeros(shape, np.uint8)
+    labels[5:11, 3:9, 3:9] = LIVER
+    labels[11:14, 3:9, 3:9] = BONES
+    hu[11:14, 3:9, 3:9] = 40.0  # as bright as the organ: only background may join it
+
+    changed = refine_edge(labels, hu, LIVER, edge_hu=-20.0, margin_voxels=1)
+
+    expected = np.zeros(shape, bool)
+    expected[4:10, 3:9, 3:9] = True  # the pocket, deeper than the margin, stays the organ's
+    assert np.array_equal(labels == LIVER, expected)
+    assert np.all(labels[11:14, 3:9, 3:9] == BONES) and labels[10, 5, 5] == 0
+    assert changed == 2 * 36  # one 6 x 6 layer gained, one shed
+    assert refine_edge(labels, hu, LIVER, edge_hu=-20.0, margin_voxels=0) == 0
+    assert refine_edge(labels, hu, BY_NAME["spleen"].id, edge_hu=-20.0, margin_voxels=2) == 0
+
+
+def test_growth_stops_at_a_dark_gap_and_at_the_margin() -> None:
+    # Two bright slabs separated by one fat voxel: the organ in the first must not jump the gap.
+    hu = np.full((14, 4, 4), -100.0, np.float32)
+    hu[1:6] = 40.0
+    hu[7:13] = 40.0
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[1:3] = LIVER  # drawn three voxels short of its edge at x = 5
+
+    refine_edge(labels, hu, LIVER, edge_hu=0.0, margin_voxels=2)
+
+    assert np.array_equal(np.unique(np.nonzero(labels == LIVER)[0]), [1, 2, 3, 4])  # two steps only
+    refine_edge(labels, hu, LIVER, edge_hu=0.0, margin_voxels=5)
+    assert np.array_equal(np.unique(np.nonzero(labels == LIVER)[0]), [1, 2, 3, 4, 5])  # not past the gap
+
+
 def test_predict_applies_the_cards_refinement_and_calibration(tmp_path: Path) -> None:
     # Tiny model: liver where 300 < HU < 600, "bones" above 600 HU, on a 0.4 mm grid; scan at 0.2 mm.
     folder = tmp_path / "tiny" / "1"
@@ -184,6 +223,27 @@ def test_predict_applies_the_cards_refinement_and_calibration(tmp_path: Path) ->
     assert np.array_equal(banded.uncertainty[outside], np.minimum(after.uncertainty[outside], 127))
 
 
+def test_predict_moves_outlines_onto_edges_with_the_cards_edge_rule(tmp_path: Path) -> None:
+    # Tiny model on a 0.6 mm grid: liver where 300 < HU < 600; the scan's organ block (0.2 mm)
+    # ends mid-way through coarse voxels: the upsampled outline misses a layer on every face (a
+    # rounded corner is several face steps away, hence a 1 mm margin).
+    folder = tmp_path / "tiny" / "1"
+    plain = write_threshold_model(
+        folder, structures=(0, LIVER, BONES), spacing_mm=(0.6, 0.6, 0.6), normalisation=WINDOW
+    )
+    volume = np.zeros((30, 30, 30), np.float32)
+    volume[7:20, 8:22, 10:23] = 450.0
+    organ = volume == 450.0
+    affine = np.diag([0.2, 0.2, 0.2, 1.0])
+
+    before = predict_volume(volume, affine, [plain], threads=1)
+    edged = with_postprocess(folder, {"refine": [{"structure": LIVER, "edge_hu": 300.0, "margin_mm": 1.0}]})
+    after = predict_volume(volume, affine, [edged], threads=1)
+
+    assert not np.array_equal(before.labels == LIVER, organ)
+    assert np.array_equal(after.labels == LIVER, organ)
+
+
 def test_score_offsets_move_a_structures_outline(tmp_path: Path) -> None:
     # Tiny model on its own grid: liver where 300 < HU < 600, bones above (logit slopes 60 per
     # unit of the 0..1000 HU window, so +6 on the liver's score moves both its edges by 100 HU).
@@ -220,6 +280,8 @@ def test_score_offsets_move_a_structures_outline(tmp_path: Path) -> None:
         ({"refine": [{"structure": LIVER, "enclosed_by": 7, "max_hu": 400, "margin_mm": 1}]}, "enclosed_by"),
         ({"refine": [{"structure": LIVER, "enclosed_by": LIVER, "max_hu": 400, "margin_mm": 1}]}, "another"),
         ({"refine": [{"structure": LIVER, "enclosed_by": BONES, "margin_mm": 1}]}, "malformed"),
+        ({"refine": [{"structure": LIVER, "edge_hu": "fat", "margin_mm": 0.2}]}, "malformed"),
+        ({"refine": [{"structure": LIVER, "edge_hu": -20, "margin_mm": -0.2}]}, "margin_mm"),
     ],
 )
 def test_the_registry_refuses_bad_postprocess_sections(tmp_path: Path, post: dict, message: str) -> None:
