@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -91,7 +92,7 @@ def tumor_scores(pred: np.ndarray, truth: np.ndarray, voxel_mm3: float) -> list[
     return rows
 
 
-def metastasis_scores(pred: np.ndarray, truth: np.ndarray, voxel_mm3: float) -> dict[str, object]:
+def metastasis_scores(pred: np.ndarray, truth: np.ndarray, voxel_mm3: float) -> dict[str, Any]:
     grown = ndimage.binary_dilation(pred, iterations=1)
     true_lab, n_true = ndimage.label(truth)
     found = []
@@ -107,7 +108,7 @@ def metastasis_scores(pred: np.ndarray, truth: np.ndarray, voxel_mm3: float) -> 
     return {"true": n_true, "predicted": n_pred, "false_positives": false_pos, "lesions": found}
 
 
-def evaluate_case(folder: Path, cards: Sequence[ModelCard], *, threads: int = 0) -> dict[str, object]:
+def evaluate_case(folder: Path, cards: Sequence[ModelCard], *, threads: int = 0) -> dict[str, Any]:
     ct, affine = load_canonical(folder / "ct.nii.gz")
     truth, _ = load_canonical(folder / "labels.nii.gz")
     annotators = {
@@ -118,13 +119,13 @@ def evaluate_case(folder: Path, cards: Sequence[ModelCard], *, threads: int = 0)
     voxel = float(np.prod(spacing))
     out = predict_volume(ct.astype(np.float32), affine, cards, threads=threads)
     ids = sorted({s for c in cards for s in c.structures if s})
-    per_structure: dict[str, object] = {}
+    per_structure: dict[str, Any] = {}
     for sid in ids:
         name = BY_ID[sid].name
         t, p = truth == sid, out.labels == sid
         if not t.any():
             continue
-        row = structure_scores(p, t, spacing)
+        row: dict[str, Any] = dict(structure_scores(p, t, spacing))
         row["vs_annotators"] = {k: dice(p, a == sid) for k, a in annotators.items()}
         pair = [dice(a == sid, b == sid) for (_, a), (_, b) in combinations(annotators.items(), 2)]
         row["annotators_pairwise_dice"] = float(np.mean(pair)) if pair else float("nan")
@@ -134,7 +135,7 @@ def evaluate_case(folder: Path, cards: Sequence[ModelCard], *, threads: int = 0)
         pl = out.labels == BY_NAME[left].id
         if pl.any() and dice(pl, truth == BY_NAME[right].id) > dice(pl, truth == BY_NAME[left].id):
             swaps.append(left)
-    result: dict[str, object] = {
+    result: dict[str, Any] = {
         "case": folder.name,
         "structures": per_structure,
         "left_right_swaps": swaps,
@@ -154,10 +155,10 @@ def _median(values: list[float]) -> float:
     return round(float(np.median(finite)), 4) if finite else float("nan")
 
 
-def summarise(cases: list[dict[str, object]]) -> dict[str, object]:
+def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
     names: dict[str, list[dict]] = {}
     for case in cases:
-        for name, row in case["structures"].items():  # type: ignore[union-attr]
+        for name, row in case["structures"].items():
             names.setdefault(name, []).append(row)
     structures = {}
     for name, rows in names.items():
@@ -171,11 +172,11 @@ def summarise(cases: list[dict[str, object]]) -> dict[str, object]:
             "dice_vs_annotator": {k: _median([r["vs_annotators"][k] for r in rows]) for k in who},
             "annotators_pairwise_dice": _median([r["annotators_pairwise_dice"] for r in rows]),
         }
-    summary: dict[str, object] = {
+    summary: dict[str, Any] = {
         "structures": structures,
         "left_right_swaps": sum(len(c["left_right_swaps"]) for c in cases),
-    }  # type: ignore[arg-type]
-    tumors = [t for c in cases for t in c.get("tumors", [])]  # type: ignore[union-attr]
+    }
+    tumors = [t for c in cases for t in c.get("tumors", [])]
     if tumors:
         big = [t for t in tumors if t["volume_mm3"] >= 50]
         summary["tumors"] = {
@@ -186,12 +187,12 @@ def summarise(cases: list[dict[str, object]]) -> dict[str, object]:
             "missed_gt_100mm3": sum(1 for t in tumors if t["volume_mm3"] > 100 and not t["detected"]),
             "missed_all": sum(1 for t in tumors if not t["detected"]),
         }
-    mets = [m for c in cases if "metastases" in c for m in c["metastases"]["lesions"]]  # type: ignore[index]
+    mets = [m for c in cases if "metastases" in c for m in c["metastases"]["lesions"]]
     if any("metastases" in c for c in cases):
         bins = {"<0.5 mm": (0, 0.5), "0.5-1 mm": (0.5, 1.0), ">=1 mm": (1.0, 99.0)}
         summary["metastases"] = {
             "true": len(mets),
-            "false_positives": sum(c["metastases"]["false_positives"] for c in cases if "metastases" in c),  # type: ignore[index]
+            "false_positives": sum(c["metastases"]["false_positives"] for c in cases if "metastases" in c),
             "sensitivity_by_diameter": {
                 k: (
                     round(float(np.mean([m["detected"] for m in mets if lo <= m["diameter_mm"] < hi])), 3)
@@ -203,18 +204,18 @@ def summarise(cases: list[dict[str, object]]) -> dict[str, object]:
         }
     unc = [c["uncertainty_dice"] for c in cases if "uncertainty_dice" in c]
     if unc:
-        summary["uncertainty_dice"] = _median(unc)  # type: ignore[arg-type]
-    stages = sorted({k for c in cases for k in c["seconds"]})  # type: ignore[union-attr]
-    summary["seconds_median"] = {k: _median([c["seconds"].get(k, 0.0) for c in cases]) for k in stages}  # type: ignore[union-attr]
+        summary["uncertainty_dice"] = _median(unc)
+    stages = sorted({k for c in cases for k in c["seconds"]})
+    summary["seconds_median"] = {k: _median([c["seconds"].get(k, 0.0) for c in cases]) for k in stages}
     return summary
 
 
-def format_table(summary: dict[str, object]) -> str:
+def format_table(summary: dict[str, Any]) -> str:
     lines = [
         f"{'structure':<13} {'n':>3} {'Dice':>6} {'HD95mm':>7} {'MSDmm':>6} {'dVol%':>7}  "
         f"{'Dice vs annotators':<22} {'human pairwise':>14}"
     ]
-    for name, s in summary["structures"].items():  # type: ignore[union-attr]
+    for name, s in summary["structures"].items():
         vs = " ".join(f"{k}:{v:.3f}" for k, v in s["dice_vs_annotator"].items())
         lines.append(
             f"{name:<13} {s['cases']:>3} {s['dice']:>6.3f} {s['hd95_mm']:>7.2f} {s['msd_mm']:>6.2f} "
