@@ -71,14 +71,23 @@ class ModelCard:
         return float(self.postprocess.get("uncertainty_threshold", 0.5))
 
     @property
-    def uncertainty_outline(self) -> tuple[list[float], dict[int, float]] | None:
-        """``(smoothing_mm, {structure id: level})`` of the outline bands marked uncertain, or None
-        (``pipeline.postprocess.outline_band``)."""
+    def uncertainty_outlines(self) -> list[tuple[list[float], dict[int, float]]]:
+        """``(smoothing_mm, {structure id: level})`` groups of the outline bands marked uncertain
+        (``pipeline.postprocess.outline_band``), empty without bands: one group for the card's
+        ``smoothing_mm`` and one per smoothing that ``smoothing_by_structure`` gives a structure
+        of its own (bones drawn slice by slice with a threshold tool part differently from organs
+        drawn on every fifth slice and interpolated)."""
         outline = self.postprocess.get("uncertainty_outline")
         if not outline:
-            return None
-        levels = {int(k): float(v) for k, v in outline["levels"].items()}
-        return [float(s) for s in outline["smoothing_mm"]], levels
+            return []
+        default = tuple(float(v) for v in outline["smoothing_mm"])
+        own = {
+            int(k): tuple(float(v) for v in s) for k, s in outline.get("smoothing_by_structure", {}).items()
+        }
+        groups: dict[tuple[float, ...], dict[int, float]] = {}
+        for key, level in outline["levels"].items():
+            groups.setdefault(own.get(int(key), default), {})[int(key)] = float(level)
+        return [(list(smoothing), levels) for smoothing, levels in groups.items()]
 
     @property
     def score_offsets(self) -> list[float]:
@@ -217,8 +226,16 @@ def _check_postprocess(folder: Path, post: dict[str, Any], structures: list[int]
             raise _problem(folder, "postprocess score_offsets must be finite numbers")
     outline = post.get("uncertainty_outline")
     if outline:
-        if len(outline["smoothing_mm"]) != 3 or any(float(s) < 0 for s in outline["smoothing_mm"]):
-            raise _problem(folder, "postprocess uncertainty_outline 'smoothing_mm' needs three values >= 0")
+        own = outline.get("smoothing_by_structure", {})
+        for smoothing in [outline["smoothing_mm"], *own.values()]:
+            if len(smoothing) != 3 or any(float(s) < 0 for s in smoothing):
+                raise _problem(folder, "postprocess uncertainty_outline smoothings need three values >= 0")
+        for sid in own:
+            if int(sid) not in structures[1:]:
+                raise _problem(
+                    folder,
+                    f"postprocess uncertainty_outline smoothing_by_structure names {sid}, not an output",
+                )
         for sid, level in outline["levels"].items():
             if int(sid) not in structures[1:]:
                 raise _problem(

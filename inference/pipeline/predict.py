@@ -255,7 +255,7 @@ def predict_volume(
         for task, labels in task_labels.items():
             if task != "organs":
                 np.copyto(merged, labels, where=labels > 0)
-        outlines = [outline for card in cards if (outline := card.uncertainty_outline)]
+        outlines = [group for card in cards for group in card.uncertainty_outlines]
         if outlines:
             mark_outlines(uncertainty_u8, outline_band(merged, geometry.spacing_mm, outlines))
 

@@ -269,6 +269,26 @@ def test_score_offsets_move_a_structures_outline(tmp_path: Path) -> None:
     [
         ({"uncertainty_threshold": 1.5}, "strictly between 0 and 1"),
         ({"uncertainty_outline": {"smoothing_mm": [0.3, 0.3], "levels": {}}}, "three values"),
+        (
+            {
+                "uncertainty_outline": {
+                    "smoothing_mm": [0.3, 0.3, 0],
+                    "levels": {str(LIVER): 0.2},
+                    "smoothing_by_structure": {str(LIVER): [0.3, -1, 0]},
+                }
+            },
+            "three values",
+        ),
+        (
+            {
+                "uncertainty_outline": {
+                    "smoothing_mm": [0.3, 0.3, 0],
+                    "levels": {str(LIVER): 0.2},
+                    "smoothing_by_structure": {"7": [0.3, 0.3, 0]},
+                }
+            },
+            "smoothing_by_structure names 7",
+        ),
         ({"uncertainty_outline": {"smoothing_mm": [0.3, 0.3, 0], "levels": {"7": 0.2}}}, "names 7"),
         ({"uncertainty_outline": {"smoothing_mm": [0.3, 0.3, 0], "levels": {str(LIVER): 0.7}}}, "levels"),
         ({"uncertainty_outline": {"levels": {str(LIVER): 0.2}}}, "malformed"),
@@ -292,10 +312,28 @@ def test_the_registry_refuses_bad_postprocess_sections(tmp_path: Path, post: dic
         with_postprocess(folder, post)
 
 
+def test_a_structure_with_its_own_smoothing_gets_its_own_band_group(tmp_path: Path) -> None:
+    folder = tmp_path / "m" / "1"
+    write_threshold_model(folder, structures=(0, LIVER, BONES))
+    outline = {
+        "smoothing_mm": [0.21, 0.21, 0.21],
+        "levels": {str(LIVER): 0.3, str(BONES): 0.25},
+        "smoothing_by_structure": {str(BONES): [0.32, 0.32, 0.0]},
+    }
+
+    card = with_postprocess(folder, {"uncertainty_outline": outline})
+
+    assert card.uncertainty_outlines == [
+        ([0.21, 0.21, 0.21], {LIVER: 0.3}),
+        ([0.32, 0.32, 0.0], {BONES: 0.25}),
+    ]
+
+
 def test_a_card_without_postprocess_keeps_the_raw_head(tmp_path: Path) -> None:
     card = write_threshold_model(tmp_path / "m" / "1")
 
     assert (card.uncertainty_threshold, card.refinements, card.as_json()["postprocess"]) == (0.5, [], {})
+    assert card.uncertainty_outlines == []
 
 
 LUNG = BY_NAME["lung_left"].id
