@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from inference.structures import BY_NAME
 from inference.training.offsets import tune_offsets
-from inference.training.outline import tune_outline
+from inference.training.outline import SMOOTHINGS_MM, tune_outline
 from tests.pipeline.conftest import WINDOW
 from tests.pipeline.tiny_models import write_threshold_model
 
@@ -65,7 +65,7 @@ def test_outline_levels_cover_where_annotators_part(tmp_path: Path) -> None:
 
     assert outline is not None and float(outline["levels"][str(LIVER)]) > 0
     sweep = [entry for key, entry in report.items() if key.startswith("smoothing")]
-    assert len(outline["smoothing_mm"]) == 3 and len(sweep) == 3
+    assert len(outline["smoothing_mm"]) == 3 and len(sweep) == len(SMOOTHINGS_MM)
     best = max(entry["pooled_dice"] for entry in sweep)
     assert report["pooled_dice"] >= best
     assert best > 0.6  # the 2-voxel shell where the annotators part is found from the outline
@@ -136,7 +136,7 @@ def test_edge_rules_snap_an_organ_onto_its_fat_edge(tmp_path: Path) -> None:
 
 def test_a_structure_takes_its_own_smoothing_where_annotators_part_differently() -> None:
     from inference.pipeline.postprocess import outline_band
-    from inference.training.outline import SMOOTHINGS_MM, _ascend, _own_smoothings, _prepare
+    from inference.training.outline import _ascend, _own_smoothings, _prepare
 
     # The "real" disagreement is exactly the liver's band under isotropic smoothing and the bone
     # plate's band under in-plane smoothing only (drawn slice by slice): no one smoothing fits both.
