@@ -30,9 +30,10 @@ log = logging.getLogger(__name__)
 
 #: Gaussian smoothing (mm, canonical x, y, z) of the predicted masks; z is the slice axis.
 SMOOTHINGS_MM = ((0.32, 0.32, 0.0), (0.32, 0.32, 0.21), (0.21, 0.21, 0.21), (0.21, 0.21, 0.42))
-#: Candidate levels (the band holds voxels whose smoothed share is within this of one half);
-#: 0 stands for "no band for this structure".
-LEVELS = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+#: Candidate levels (the band holds voxels whose smoothed share is within this of one half), in
+#: steps of 0.025 (a band's width moves by about a tenth of a voxel per step); 0 stands for "no
+#: band for this structure".
+LEVELS = (0.0, *(round(0.1 + 0.025 * i, 3) for i in range(17)))
 ROUNDS = 2
 #: Pooled Dice a structure's own smoothing must add to be kept.
 MIN_GAIN = 0.0005
