@@ -258,7 +258,7 @@ def _grow_through_bright(labels: np.ndarray, intensity: np.ndarray, structure_id
     label, so a bright voxel another organ holds does not cut a bone) to the structure join it."""
     bright = intensity >= min_hu
     # Only the bright voxels' bounding box is labelled (the skeleton's: a fifth of the scan).
-    box = _bounding_box(bright, 0)
+    box = bounding_box(bright, 0)
     if box is None:
         return 0
     bright, sub = bright[box], labels[box]
@@ -323,7 +323,7 @@ def refine_edge(
     if margin_voxels <= 0:
         return 0
     own_any = labels == structure_id
-    box = _bounding_box(own_any, margin_voxels)
+    box = bounding_box(own_any, margin_voxels)
     if box is None:
         return 0
     sub = labels[box]
@@ -350,7 +350,7 @@ def refine_edge(
     return changed
 
 
-def _bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, ...] | None:
+def bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, ...] | None:
     """Slices around the voxels of ``mask``, ``pad`` voxels wider on every side (None if empty)."""
     box = []
     for axis in range(mask.ndim):

@@ -20,7 +20,7 @@ import numpy as np
 
 from inference.metrics import dice
 from inference.pipeline import predict_volume
-from inference.pipeline.postprocess import refine_edge, voxels_across
+from inference.pipeline.postprocess import bounding_box, refine_edge, voxels_across
 from inference.registry import ModelCard
 from inference.structures import BY_ID
 from inference.training.evaluate import load_canonical
@@ -48,14 +48,18 @@ def tune_edges(target: ModelCard, cases: Sequence[Path], *, threads: int = 2) ->
         ct = ct.astype(np.float32)
         spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
         labels = predict_volume(ct, affine, [target], threads=threads).labels
+        reach = voxels_across(max(EDGE_MARGIN_MM), spacing) + 1
         for sid in candidates:
-            true_mask = truth == sid
-            if not true_mask.any():
+            # A rule only changes voxels within its margin of the structure: score it in the box
+            # around the predicted and the true structure, not on copies of the whole scan.
+            box = bounding_box((labels == sid) | (truth == sid), reach)
+            if box is None or not (truth[box] == sid).any():
                 continue
-            scores[sid].setdefault(None, []).append(dice(labels == sid, true_mask))
+            own, true_mask, hu = labels[box], truth[box] == sid, ct[box]
+            scores[sid].setdefault(None, []).append(dice(own == sid, true_mask))
             for key in product(EDGE_HU, EDGE_MARGIN_MM):
-                trial = labels.copy()
-                refine_edge(trial, ct, sid, edge_hu=key[0], margin_voxels=voxels_across(key[1], spacing))
+                trial = own.copy()
+                refine_edge(trial, hu, sid, edge_hu=key[0], margin_voxels=voxels_across(key[1], spacing))
                 scores[sid].setdefault(key, []).append(dice(trial == sid, true_mask))
         log.info("edge rules scored on %s", folder.name)
     rules: list[dict] = []

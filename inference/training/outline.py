@@ -168,7 +168,8 @@ def tune_outline(
         return None, {}
     sids = list(target.structures[1:])
     report: dict = {}
-    best: tuple[float, tuple[float, ...], dict[int, float]] | None = None
+    # The best smoothing's distances are kept for the per-structure pass (at most two sets held).
+    best: tuple[float, tuple[float, ...], dict[int, float], list[_Case]] | None = None
     for smoothing in SMOOTHINGS_MM:
         prepared = _prepare(runs, smoothing, sids)
         levels, score = _ascend(prepared, sids)
@@ -178,13 +179,12 @@ def tune_outline(
         }
         log.info("outline bands, smoothing %s mm: pooled Dice %.4f", smoothing, score)
         if best is None or score > best[0]:
-            best = (score, smoothing, levels)
+            best = (score, smoothing, levels, prepared)
         del prepared
     assert best is not None
-    score, smoothing, levels = best
-    own, score, report["own_smoothing"] = _own_smoothings(
-        _prepare(runs, smoothing, sids), runs, levels, smoothing, score
-    )
+    score, smoothing, levels, prepared = best
+    del best
+    own, score, report["own_smoothing"] = _own_smoothings(prepared, runs, levels, smoothing, score)
     chosen = {str(k): v for k, v in levels.items() if v > 0}
     if not chosen:
         return None, report
