@@ -100,7 +100,10 @@ class ModelCard:
     @property
     def refinements(self) -> list[dict[str, Any]]:
         """Full-resolution rules, in order: ``{"structure", "min_hu", "margin_mm"[, "connected"]}``
-        (a bright structure) or ``{"structure", "enclosed_by", "max_hu", "margin_mm"}`` (a canal)."""
+        (a bright structure), ``{"structure", "enclosed_by", "max_hu", "margin_mm"}`` (a canal),
+        ``{"structure", "edge_hu", "margin_mm"}`` (an outline onto its edge with fat) or
+        ``{"structure", "network", "sha256", "margin_mm", ...}`` (an outline refiner network,
+        ``pipeline.refiner``)."""
         return list(self.postprocess.get("refine", []))
 
     @property
@@ -255,6 +258,8 @@ def _check_postprocess(folder: Path, post: dict[str, Any], structures: list[int]
             float(rule["max_hu"])
         elif "edge_hu" in rule:
             float(rule["edge_hu"])
+        elif "network" in rule:
+            _check_refiner(folder, rule)
         else:
             float(rule["min_hu"])
     for rule in post.get("detect", []):
@@ -271,6 +276,37 @@ def _check_postprocess(folder: Path, post: dict[str, Any], structures: list[int]
         if "min_dim_shell" in rule and not 0.0 <= float(rule["min_dim_shell"]) <= 1.0:
             raise _problem(folder, "postprocess detect 'min_dim_shell' is a share: between 0 and 1")
         float(rule["min_hu"])
+
+
+def _check_refiner(folder: Path, rule: dict[str, Any]) -> None:
+    """A ``refine`` rule that names an outline refiner network (``pipeline.refiner``)."""
+    name = str(rule["network"])
+    if Path(name).name != name or not name.endswith(".onnx"):
+        raise _problem(
+            folder, f"postprocess refine 'network' must be an .onnx file in the model folder, got {name!r}"
+        )
+    if not (folder / name).is_file():
+        raise _problem(
+            folder, f"postprocess refine names the refiner {name}, which is not in the model folder"
+        )
+    if not re.fullmatch(r"[0-9a-f]{64}", str(rule["sha256"])):
+        raise _problem(folder, f"postprocess refine {name} needs the sha256 of its weights")
+    if not (float(rule["spacing_mm"]) > 0 and float(rule["scale_hu"]) > 0 and float(rule["clip"]) > 0):
+        raise _problem(folder, f"postprocess refine {name}: spacing_mm, scale_hu and clip must be > 0")
+    if int(rule["context_voxels"]) < 0:
+        raise _problem(folder, f"postprocess refine {name}: context_voxels must be >= 0")
+
+
+def _verify_refiners(folder: Path, post: dict[str, Any]) -> None:
+    for rule in post.get("refine", []):
+        if "network" in rule:
+            actual = file_sha256(folder / str(rule["network"]))
+            if actual != rule["sha256"]:
+                raise _problem(
+                    folder,
+                    f"{rule['network']} has sha256 {actual} but model.json records {rule['sha256']}; "
+                    "the refiner was changed or the card is stale",
+                )
 
 
 def load_card(folder: Path, *, verify_sha256: bool = True) -> ModelCard:
@@ -303,6 +339,7 @@ def load_card(folder: Path, *, verify_sha256: bool = True) -> ModelCard:
                 f"model.onnx has sha256 {actual} but model.json records {raw['sha256']}; "
                 "the weights were changed or the card is stale",
             )
+        _verify_refiners(folder, raw.get("postprocess") or {})
     return ModelCard(
         name=str(raw["name"]),
         version=str(raw["version"]),

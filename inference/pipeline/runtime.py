@@ -7,6 +7,7 @@ so a worker that segments many scans must pay it once, not per scan.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import onnxruntime as ort
 
@@ -43,10 +44,19 @@ def providers_for(device: str) -> list[str]:
 
 def get_session(card: ModelCard, *, device: str = "auto", threads: int = 0) -> ort.InferenceSession:
     """The cached session for ``card``; ``threads`` = intra-op threads (0 = ONNX Runtime's choice)."""
+    session = get_file_session(card.onnx_path, card.sha256, device=device, threads=threads)
+    _check_io(card, session)
+    return session
+
+
+def get_file_session(
+    path: Path, sha256: str, *, device: str = "auto", threads: int = 0
+) -> ort.InferenceSession:
+    """The cached session for the ONNX file at ``path`` (a model's weights or one of its refiners)."""
     if threads < 0:
         raise ValueError("threads must be 0 (automatic) or a positive number")
     providers = providers_for(device)
-    key = (str(card.onnx_path), card.sha256, tuple(providers), threads)
+    key = (str(path), sha256, tuple(providers), threads)
     with _lock:
         session = _sessions.get(key)
         if session is None:
@@ -55,8 +65,7 @@ def get_session(card: ModelCard, *, device: str = "auto", threads: int = 0) -> o
             options.inter_op_num_threads = 1
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            session = ort.InferenceSession(str(card.onnx_path), sess_options=options, providers=providers)
-            _check_io(card, session)
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
             _sessions[key] = session
         return session
 

@@ -10,12 +10,13 @@ its ``model.json`` under ``"postprocess"``:
   best matches the voxels where the simulated annotators really disagree (Dice of the map at 50 %,
   the way AIMOS thresholds its heatmap), so that 50 % means "annotators would disagree here"; the
   other models' outline bands are left out meanwhile (they would cover the head's map at 50 %);
-- ``refine`` (organ model): bones redrawn at full resolution as the voxels at or above ``min_hu``
-  inside the network's bone mask grown by ``margin_mm`` (and, with ``connected``, every bright
-  voxel attached to them), with the rule that gives the best bone Dice against ground truth; then
-  the spinal cord redrawn as the space the redrawn vertebrae enclose, if that beats the network's
-  cord on its Dice; then, for every other organ, the outline moved onto its edge with the fat
-  around it (``edges.py``) where that beats the network's outline on its Dice;
+- ``refine`` (organ model): bones redrawn at full resolution as the voxels at or above
+  ``min_hu`` inside the network's bone mask grown by ``margin_mm`` (and, with ``connected``,
+  every bright voxel attached to them), with the rule that gives the best bone Dice against
+  ground truth; then the spinal cord redrawn as the space the redrawn vertebrae enclose, if that
+  beats the network's cord on its Dice; then the card's outline refiner networks
+  (``refiner.py``), kept as they are; then, for every other organ, the outline moved onto its
+  edge with the fat around it (``edges.py``) where that beats the network's outline on its Dice;
 - ``detect`` (lesion model, run with an organ model): lung metastases as bright nodules in and at
   the edge of the organ model's lungs (``pipeline.postprocess.detect_bright_lesions``), with the
   threshold, rim erosion, smallest volume, chest-wall radius and dim-shell share that give the
@@ -106,6 +107,9 @@ def calibrate(
     """The tuned ``postprocess`` section for ``target`` (nothing is written here)."""
     post: dict = {}
     report: dict = {"cases": [c.name for c in cases]}
+    # Refiner networks are trained, not tuned here (``refiner.py``): they stay, after the bone and
+    # cord rules, and the edge rules leave their structures alone.
+    refiners = [r for r in target.postprocess.get("refine", []) if "network" in r]
     if target.task == "organs":
         offsets, report["score_offsets"] = tune_offsets(target, cases, threads=threads)
         if offsets:
@@ -161,6 +165,8 @@ def calibrate(
                 report["spinal_cord_dice_by_rule"] = cord["scores"]
                 if cord["rule"] is not None:
                     post["refine"].append(cord["rule"])
+    if refiners:
+        post["refine"] = [*post.get("refine", []), *refiners]
     if target.task == "organs":
         refined = dataclasses.replace(target, postprocess={**base, "refine": post.get("refine", [])})
         edges, report["edge_rules"] = tune_edges(refined, cases, threads=threads)

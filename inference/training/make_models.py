@@ -2,7 +2,8 @@
 
 Phantoms (fixed seeds) -> train the organ and tumor models -> export to
 ``inference/models/<name>/<version>/`` -> tune their post-processing on the validation phantoms
-(``calibrate.py``) -> evaluate on held-out phantoms (native and
+(``calibrate.py``) -> train the organ model's outline refiners (``refiner.py``) on its outlines
+and tune again -> evaluate on held-out phantoms (native and
 contrast-enhanced; seeds never used in training) -> write the metrics into each ``model.json``,
 the evaluation summaries and the model card pictures. Phantoms and caches live under ``data/``
 (git-ignored) and are reused when present.
@@ -29,6 +30,7 @@ from inference.training.data import find_cases, load_cases
 from inference.training.evaluate import evaluate
 from inference.training.export import export_model
 from inference.training.model_card import update_card
+from inference.training.refiner import make_refiner
 from inference.training.tasks import TASKS
 from inference.training.train import TrainConfig, train
 
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 
 #: Version of each task's committed model (bump when its weights change: the registry refuses a
 #: changed sha256 under a version it already knows).
-VERSIONS = {"organs": "1.8.0", "tumor": "1.4.0"}
+VERSIONS = {"organs": "1.9.0", "tumor": "1.4.0"}
 #: (first seed, count, modality) of each phantom set. Test seeds never overlap training ones.
 SETS = {
     "train": (1000, 120, "native"),
@@ -46,6 +48,9 @@ SETS = {
 }
 #: Training seed and wall-clock budget (minutes on 2 CPU threads) per task.
 TRAINING = {"organs": (13, 85.0), "tumor": (12, 30.0)}
+#: Outline refiner networks of the organ model (``refiner.py``): structure -> (seed, minutes).
+#: Retrained whenever the organ model is (its outlines are their input), or with ``--refine``.
+REFINERS = {"intestine": (0, 35.0)}
 
 
 def ensure_phantoms(root: Path, name: str) -> Path:
@@ -114,6 +119,13 @@ def make_model(
         },
     )
     return folder
+
+
+def recalibrate(folder: Path, folders: list[Path], data: Path, *, threads: int) -> None:
+    """Tune ``folder``'s post-processing on the validation phantoms beside the other models."""
+    target = load_card(folder)
+    others = [load_card(f) for f in folders if f != folder]
+    write_postprocess(folder, calibrate(target, others, find_cases(data / "val"), threads=threads))
 
 
 def record_metrics(folders: list[Path], data: Path, out: Path, *, threads: int) -> dict[str, dict]:
@@ -209,6 +221,13 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         help="training seed (crops, augmentation); default TRAINING's; a continued run takes a new one",
     )
+    parser.add_argument(
+        "--refine",
+        nargs="*",
+        choices=sorted(REFINERS),
+        help="organ structures whose outline refiner is retrained (default: all when the organ "
+        "model is retrained, none otherwise); the organ model is then recalibrated",
+    )
     args = parser.parse_args(argv)
     if args.init is not None and len(args.train) != 1:
         parser.error("--init continues one model: name its task alone with --train")
@@ -234,12 +253,16 @@ def main(argv: list[str] | None = None) -> None:
         else args.out / TASKS[t].name / VERSIONS[t]
         for t in ("organs", "tumor")
     ]
+    refine = list(REFINERS) if "organs" in retrain and args.refine is None else args.refine or []
     for task, folder in zip(("organs", "tumor"), folders, strict=True):
-        if task in retrain or task in args.calibrate:
-            target = load_card(folder)
-            others = [load_card(f) for f in folders if f != folder]
-            post = calibrate(target, others, find_cases(args.data / "val"), threads=args.threads)
-            write_postprocess(folder, post)
+        if task in retrain or task in args.calibrate or (task == "organs" and refine):
+            recalibrate(folder, folders, args.data, threads=args.threads)
+        if task == "organs" and refine:
+            for structure in refine:
+                seed, minutes = REFINERS.get(structure, (0, 35.0))
+                make_refiner(folder, structure, args.data, minutes=minutes, seed=seed, threads=args.threads)
+            # The edge rules and outline bands are tuned again on the refined outlines.
+            recalibrate(folder, folders, args.data, threads=args.threads)
     results = record_metrics(folders, args.data, args.out, threads=args.threads)
     update_card(args.out / "README.md", results)
     make_pictures(folders, args.data, args.out)

@@ -170,7 +170,7 @@ def test_make_models_refuses_one_init_for_two_tasks(capsys: pytest.CaptureFixtur
     from inference.training.make_models import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["--init", "inference/models/mouse-organs/1.8.0/model.onnx"])
+        main(["--init", "inference/models/mouse-organs/1.9.0/model.onnx"])
     assert exit_info.value.code == 2
     assert "--init continues one model" in capsys.readouterr().err
 

@@ -119,3 +119,25 @@ def write_threshold_model(
     }
     (folder / "model.json").write_text(json.dumps(card, indent=2))
     return load_card(folder)
+
+
+def write_outline_refiner(path: Path, *, scan_weight: float, outline_weight: float, bias: float) -> str:
+    """An outline refiner (``pipeline.refiner``) that is one 1x1x1 convolution over its two
+    input channels: logit = scan_weight * scan + outline_weight * outline + bias. Returns its
+    sha256."""
+    weight = numpy_helper.from_array(
+        np.array([scan_weight, outline_weight], dtype=np.float32).reshape(1, 2, 1, 1, 1), "weight"
+    )
+    bias_init = numpy_helper.from_array(np.array([bias], dtype=np.float32), "bias")
+    spatial = ["x", "y", "z"]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["scan_outline", "weight", "bias"], ["logit"])],
+        "outline-refiner",
+        [helper.make_tensor_value_info("scan_outline", TensorProto.FLOAT, [1, 2, *spatial])],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, [1, 1, *spatial])],
+        initializer=[weight, bias_init],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
