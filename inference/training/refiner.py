@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -258,7 +259,11 @@ def make_refiner(
     torch.set_num_threads(threads)
     card = load_card(folder)
     sid = BY_NAME[structure].id
-    cache = data / ".cache" / f"refiner-{card.name}-{card.sha256[:12]}-{structure}"
+    base = base_card(card, sid)
+    # The outlines depend on the weights and on the post-processing before the refiner.
+    setting = json.dumps({k: v for k, v in base.postprocess.items() if k != "calibration"}, sort_keys=True)
+    key = hashlib.sha256(f"{card.sha256}{setting}".encode()).hexdigest()[:12]
+    cache = data / ".cache" / f"refiner-{card.name}-{key}-{structure}"
     cache.mkdir(parents=True, exist_ok=True)
     train_cases = [prepare_case(f, card, sid, cache, threads=threads) for f in find_cases(data / "train")]
     val_cases = [prepare_case(f, card, sid, cache, threads=threads) for f in find_cases(data / "val")]
