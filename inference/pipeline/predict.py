@@ -8,7 +8,6 @@ ensemble (mean of their probabilities); the organ map is drawn first and lesions
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -45,12 +44,11 @@ from inference.pipeline.postprocess import (
     voxels_across,
     voxels_within,
 )
-from inference.pipeline.refiner import refine_by_network, spacing_fits
-from inference.pipeline.runtime import get_file_session, get_session, session_provider
+from inference.pipeline.refiner import run_refiner
+from inference.pipeline.runtime import get_session, session_provider
 from inference.registry import TASKS, ModelCard
 
 Progress = Callable[[int, str], None]
-log = logging.getLogger(__name__)
 
 
 class StageTimer:
@@ -146,42 +144,6 @@ def detect_lesions(
             min_dim_shell=float(rule.get("min_dim_shell", MIN_DIM_SHELL)),
         )
         np.copyto(lesions, np.uint8(rule["structure"]), where=found & (lesions == 0))
-
-
-def run_refiner(
-    labels: np.ndarray,
-    canonical: np.ndarray,
-    card: ModelCard,
-    rule: dict,
-    spacing_mm: Sequence[float],
-    device: str,
-    threads: int,
-) -> int:
-    """Apply one refiner-network ``refine`` rule of ``card`` (``pipeline.refiner``), in place.
-
-    Skipped (the network's outline stays) on scans whose voxels are far from the refiner's
-    training spacing. Returns the number of voxels changed."""
-    if not spacing_fits(rule, spacing_mm):
-        log.info(
-            "refiner %s skipped: scan voxels %s mm, trained at %s mm",
-            rule["network"],
-            [round(float(s), 3) for s in spacing_mm],
-            rule["spacing_mm"],
-        )
-        return 0
-    session = get_file_session(
-        card.folder / str(rule["network"]), str(rule["sha256"]), device=device, threads=threads
-    )
-    return refine_by_network(
-        labels,
-        canonical,
-        int(rule["structure"]),
-        session,
-        margin_voxels=voxels_across(float(rule["margin_mm"]), spacing_mm),
-        scale_hu=float(rule["scale_hu"]),
-        clip=float(rule["clip"]),
-        context_voxels=int(rule["context_voxels"]),
-    )
 
 
 def predict_volume(

@@ -26,7 +26,9 @@ import numpy as np
 import onnxruntime as ort
 from scipy import ndimage
 
-from inference.pipeline.postprocess import FACE_NEIGHBOURS, bounding_box
+from inference.pipeline.postprocess import FACE_NEIGHBOURS, bounding_box, voxels_across
+from inference.pipeline.runtime import get_file_session
+from inference.registry import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ def spacing_fits(rule: dict[str, Any], spacing_mm: Sequence[float]) -> bool:
     return all(trained / SPACING_TOLERANCE <= float(s) <= trained * SPACING_TOLERANCE for s in spacing_mm)
 
 
-def outline_band(mask: np.ndarray, voxels: int) -> np.ndarray:
+def outline_shell(mask: np.ndarray, voxels: int) -> np.ndarray:
     """Voxels within ``voxels`` face-neighbour steps of the outline of ``mask``, on either side."""
     outer = ndimage.binary_dilation(mask, structure=FACE_NEIGHBOURS, iterations=voxels)
     inner = ndimage.binary_erosion(mask, structure=FACE_NEIGHBOURS, iterations=voxels, border_value=1)
@@ -54,7 +56,7 @@ def refiner_input(intensity: np.ndarray, mask: np.ndarray, *, scale_hu: float, c
     """The refiner's two input channels ``[2, x, y, z]`` (float32)."""
     scan = np.clip(intensity.astype(np.float32) / np.float32(scale_hu), -clip, clip)
     outline = np.where(mask, np.float32(1.0), np.float32(-1.0))
-    return np.stack([scan, outline]).astype(np.float32, copy=False)
+    return np.stack([scan, outline])
 
 
 def refiner_logits(session: ort.InferenceSession, inputs: np.ndarray, *, context: int) -> np.ndarray:
@@ -91,7 +93,7 @@ def refine_by_network(
         return 0
     sub = labels[box]
     own = own_any[box]
-    band = outline_band(own, margin_voxels) & ((sub == 0) | own)
+    band = outline_shell(own, margin_voxels) & ((sub == 0) | own)
     logits = refiner_logits(
         session, refiner_input(intensity[box], own, scale_hu=scale_hu, clip=clip), context=context_voxels
     )
@@ -101,3 +103,39 @@ def refine_by_network(
     sub[grow] = structure_id
     sub[shed] = 0
     return int(grow.sum() + shed.sum())
+
+
+def run_refiner(
+    labels: np.ndarray,
+    canonical: np.ndarray,
+    card: ModelCard,
+    rule: dict,
+    spacing_mm: Sequence[float],
+    device: str,
+    threads: int,
+) -> int:
+    """Apply one refiner-network ``refine`` rule of ``card``, in place.
+
+    Skipped (the network's outline stays) on scans whose voxels are far from the refiner's
+    training spacing. Returns the number of voxels changed."""
+    if not spacing_fits(rule, spacing_mm):
+        log.info(
+            "refiner %s skipped: scan voxels %s mm, trained at %s mm",
+            rule["network"],
+            [round(float(s), 3) for s in spacing_mm],
+            rule["spacing_mm"],
+        )
+        return 0
+    session = get_file_session(
+        card.folder / str(rule["network"]), str(rule["sha256"]), device=device, threads=threads
+    )
+    return refine_by_network(
+        labels,
+        canonical,
+        int(rule["structure"]),
+        session,
+        margin_voxels=voxels_across(float(rule["margin_mm"]), spacing_mm),
+        scale_hu=float(rule["scale_hu"]),
+        clip=float(rule["clip"]),
+        context_voxels=int(rule["context_voxels"]),
+    )

@@ -7,6 +7,7 @@ so a worker that segments many scans must pay it once, not per scan.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import onnxruntime as ort
@@ -44,15 +45,21 @@ def providers_for(device: str) -> list[str]:
 
 def get_session(card: ModelCard, *, device: str = "auto", threads: int = 0) -> ort.InferenceSession:
     """The cached session for ``card``; ``threads`` = intra-op threads (0 = ONNX Runtime's choice)."""
-    session = get_file_session(card.onnx_path, card.sha256, device=device, threads=threads)
-    _check_io(card, session)
-    return session
+    return get_file_session(
+        card.onnx_path, card.sha256, device=device, threads=threads, check=lambda s: _check_io(card, s)
+    )
 
 
 def get_file_session(
-    path: Path, sha256: str, *, device: str = "auto", threads: int = 0
+    path: Path,
+    sha256: str,
+    *,
+    device: str = "auto",
+    threads: int = 0,
+    check: Callable[[ort.InferenceSession], None] | None = None,
 ) -> ort.InferenceSession:
-    """The cached session for the ONNX file at ``path`` (a model's weights or one of its refiners)."""
+    """The cached session for the ONNX file at ``path`` (a model's weights or one of its refiners);
+    ``check`` runs once, on the new session, before it is cached."""
     if threads < 0:
         raise ValueError("threads must be 0 (automatic) or a positive number")
     providers = providers_for(device)
@@ -66,6 +73,8 @@ def get_file_session(
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            if check is not None:
+                check(session)
             _sessions[key] = session
         return session
 

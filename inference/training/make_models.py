@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
             recalibrate(folder, folders, args.data, threads=args.threads)
         if task == "organs" and refine:
             for structure in refine:
-                seed, minutes = REFINERS.get(structure, (0, 35.0))
+                seed, minutes = REFINERS[structure]
                 make_refiner(folder, structure, args.data, minutes=minutes, seed=seed, threads=args.threads)
             # The edge rules and outline bands are tuned again on the refined outlines.
             recalibrate(folder, folders, args.data, threads=args.threads)

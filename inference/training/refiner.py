@@ -33,7 +33,7 @@ from inference.jsonsafe import finite_or_null
 from inference.metrics import dice
 from inference.pipeline import predict_volume
 from inference.pipeline.postprocess import bounding_box
-from inference.pipeline.refiner import outline_band, refine_by_network, refiner_input
+from inference.pipeline.refiner import outline_shell, refine_by_network, refiner_input, spacing_fits
 from inference.registry import ModelCard, file_sha256, load_card
 from inference.structures import BY_NAME
 from inference.training.data import find_cases
@@ -42,12 +42,14 @@ from inference.training.evaluate import load_canonical
 log = logging.getLogger(__name__)
 
 #: Band of scan voxels (face-neighbour steps) around the organ model's outline that a refiner
-#: redraws: a 0.63 mm model voxel is three 0.21 mm scan voxels.
+#: redraws: a 0.63 mm model voxel is three 0.21 mm phantom voxels.
 MARGIN_VOXELS = 3
 #: Scan intensity scaling: HU / 100 clipped to +-5 keeps fat (-100), soft tissue (30-60) and the
 #: wall-to-fat step in the linear range and squashes air and bone.
 SCALE_HU, CLIP = 100.0, 5.0
 PATCH = 32
+#: Bumped when the cached arrays change (2: with the scan's voxel size).
+CACHE_FORMAT = 2
 OPSET = 17
 
 
@@ -84,6 +86,7 @@ class RefinerCase:
     target: np.ndarray  # bool, ground truth of the structure
     band: np.ndarray  # bool, voxels whose loss counts
     centres: np.ndarray  # [n, 3] band voxel indices
+    spacing_mm: float  # mean voxel size of the scan
 
 
 def base_card(card: ModelCard, structure_id: int) -> ModelCard:
@@ -93,30 +96,33 @@ def base_card(card: ModelCard, structure_id: int) -> ModelCard:
 
 
 def prepare_case(
-    folder: Path, card: ModelCard, structure_id: int, cache: Path, *, threads: int
+    folder: Path, base: ModelCard, structure_id: int, cache: Path, *, threads: int
 ) -> RefinerCase:
-    """The organ model's outline of ``structure_id`` on one phantom, cached under ``cache``."""
+    """The outline of ``structure_id`` that ``base`` (``base_card``) draws on one phantom, cached
+    under ``cache``."""
     path = cache / f"{folder.name}.npz"
     if not path.exists():
         ct, affine = load_canonical(folder / "ct.nii.gz")
         truth, _ = load_canonical(folder / "labels.nii.gz")
         ct = ct.astype(np.float32)
-        labels = predict_volume(ct, affine, [base_card(card, structure_id)], threads=threads).labels
+        labels = predict_volume(ct, affine, [base], threads=threads).labels
         box = bounding_box((labels == structure_id) | (truth == structure_id), MARGIN_VOXELS + PATCH // 2)
         if box is None:
             box = tuple(slice(0, 1) for _ in range(3))
-        np.savez_compressed(path, ct=ct[box], labels=labels[box], truth=truth[box])
+        spacing = float(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).mean())
+        np.savez_compressed(path, ct=ct[box], labels=labels[box], truth=truth[box], spacing_mm=spacing)
     with np.load(path) as z:
-        ct, labels, truth = z["ct"], z["labels"], z["truth"]
+        ct, labels, truth, spacing_mm = z["ct"], z["labels"], z["truth"], float(z["spacing_mm"])
     own = labels == structure_id
     free = ((labels == 0) | own) & ((truth == 0) | (truth == structure_id))
-    band = outline_band(own, MARGIN_VOXELS) & free
+    band = outline_shell(own, MARGIN_VOXELS) & free
     return RefinerCase(
         name=folder.name,
         inputs=refiner_input(ct, own, scale_hu=SCALE_HU, clip=CLIP),
         target=truth == structure_id,
         band=band,
         centres=np.argwhere(band),
+        spacing_mm=spacing_mm,
     )
 
 
@@ -213,13 +219,14 @@ def export_refiner(net: RefinerNet, path: Path) -> str:
     return file_sha256(path)
 
 
-def refiner_rule(structure_id: int, file_name: str, sha256: str) -> dict:
+def refiner_rule(structure_id: int, file_name: str, sha256: str, spacing_mm: float) -> dict:
+    """The ``refine`` rule of a refiner trained on scans of ``spacing_mm`` voxels."""
     return {
         "structure": structure_id,
         "network": file_name,
         "sha256": sha256,
-        "margin_mm": round(MARGIN_VOXELS * 0.21, 4),
-        "spacing_mm": 0.21,
+        "margin_mm": round(MARGIN_VOXELS * spacing_mm, 4),
+        "spacing_mm": round(spacing_mm, 4),
         "scale_hu": SCALE_HU,
         "clip": CLIP,
         "context_voxels": RefinerNet.context_voxels,
@@ -262,16 +269,25 @@ def make_refiner(
     base = base_card(card, sid)
     # The outlines depend on the weights and on the post-processing before the refiner.
     setting = json.dumps({k: v for k, v in base.postprocess.items() if k != "calibration"}, sort_keys=True)
-    key = hashlib.sha256(f"{card.sha256}{setting}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{CACHE_FORMAT}{card.sha256}{setting}".encode()).hexdigest()[:12]
     cache = data / ".cache" / f"refiner-{card.name}-{key}-{structure}"
     cache.mkdir(parents=True, exist_ok=True)
-    train_cases = [prepare_case(f, card, sid, cache, threads=threads) for f in find_cases(data / "train")]
-    val_cases = [prepare_case(f, card, sid, cache, threads=threads) for f in find_cases(data / "val")]
+    train_cases = [prepare_case(f, base, sid, cache, threads=threads) for f in find_cases(data / "train")]
+    val_cases = [prepare_case(f, base, sid, cache, threads=threads) for f in find_cases(data / "val")]
+    # The kernels count voxels: one refiner serves one voxel size, the training scans'.
+    spacing = float(np.median([c.spacing_mm for c in train_cases]))
+    trained = {"spacing_mm": spacing}
+    odd = [c.name for c in train_cases + val_cases if not spacing_fits(trained, [c.spacing_mm])]
+    if odd:
+        raise ValueError(
+            f"a refiner learns one voxel size: {', '.join(odd)} are more than 25 % off the "
+            f"training scans' {spacing:.3f} mm; resample them or train them apart"
+        )
     log.info("refiner %s: %d training and %d validation cases", structure, len(train_cases), len(val_cases))
     net, history = train_refiner(train_cases, minutes=minutes, seed=seed)
     file_name = f"refine-{structure.replace('_', '-')}.onnx"
     sha = export_refiner(net, folder / file_name)
-    rule = refiner_rule(sid, file_name, sha)
+    rule = refiner_rule(sid, file_name, sha, spacing)
     report = validate(net, val_cases, sid, folder / file_name)
     log.info("refiner %s on validation: Dice %s", structure, report)
     card_path = folder / "model.json"

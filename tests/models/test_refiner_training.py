@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from inference.pipeline.refiner import outline_band, refiner_input
+from inference.pipeline.refiner import outline_shell, refiner_input
 from inference.training.refiner import (
     CLIP,
     PATCH,
@@ -31,13 +31,14 @@ def _tube_case(seed: int) -> RefinerCase:
     truth = np.hypot(x - 24, y - 24 - 6 * np.sin(z / 8.0)) <= 7.0
     hu = ndimage.gaussian_filter(np.where(truth, 48.0, -45.0), 0.7) + rng.normal(0, 15.0, truth.shape)
     outline = ndimage.binary_dilation(truth)
-    band = outline_band(outline, 3)
+    band = outline_shell(outline, 3)
     return RefinerCase(
         name=f"tube{seed}",
         inputs=refiner_input(hu, outline, scale_hu=SCALE_HU, clip=CLIP),
         target=truth,
         band=band,
         centres=np.argwhere(band),
+        spacing_mm=0.21,
     )
 
 
@@ -80,5 +81,5 @@ def test_the_exported_refiner_matches_torch_and_makes_a_valid_rule(tmp_path: Pat
     with torch.no_grad():
         expected = net(torch.from_numpy(probe)).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-4)
-    rule = refiner_rule(10, path.name, sha)
+    rule = refiner_rule(10, path.name, sha, 0.21)
     assert rule["context_voxels"] == 4 and rule["margin_mm"] == pytest.approx(0.63)

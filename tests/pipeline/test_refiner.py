@@ -13,8 +13,13 @@ from scipy import ndimage
 
 import inference.pipeline.refiner as refiner
 from inference.metrics import dice
-from inference.pipeline.predict import run_refiner
-from inference.pipeline.refiner import outline_band, refine_by_network, refiner_logits, spacing_fits
+from inference.pipeline.refiner import (
+    outline_shell,
+    refine_by_network,
+    refiner_logits,
+    run_refiner,
+    spacing_fits,
+)
 from inference.registry import ModelCardError, default_model, load_card
 from tests.pipeline.tiny_models import write_outline_refiner, write_threshold_model
 
@@ -37,7 +42,7 @@ def test_outline_band_holds_the_voxels_within_n_steps_on_both_sides() -> None:
     mask = np.zeros((20, 20, 20), bool)
     mask[5:15, 5:15, 5:15] = True
 
-    band = outline_band(mask, 2)
+    band = outline_shell(mask, 2)
 
     assert band[5, 10, 10] and band[6, 10, 10] and not band[7, 10, 10]
     assert band[4, 10, 10] and band[3, 10, 10] and not band[2, 10, 10]
@@ -60,7 +65,7 @@ def test_the_refiner_moves_only_band_voxels_between_the_structure_and_background
     )
 
     grown = (labels == GUT) & (before != GUT)
-    expected = outline_band(before == GUT, 2) & (before == 0) & (hu > 20.0)
+    expected = outline_shell(before == GUT, 2) & (before == 0) & (hu > 20.0)
     assert changed == int(grown.sum()) > 0
     np.testing.assert_array_equal(grown, expected)
     assert (labels[before == GUT] == GUT).all()  # bright inside: nothing shed
@@ -193,7 +198,7 @@ def test_the_pipeline_applies_a_card_refiner_after_the_network(tmp_path: Path) -
     with_rule = predict_volume(hu, affine, [card], threads=1).labels
 
     assert (without == GUT).any()
-    band = outline_band(without == GUT, 3) & ((without == 0) | (without == GUT))
+    band = outline_shell(without == GUT, 3) & ((without == 0) | (without == GUT))
     expected = without.copy()
     expected[band] = np.where(hu[band] > 0, GUT, 0)
     np.testing.assert_array_equal(with_rule, expected)
