@@ -217,7 +217,7 @@ def main() -> None:
 
 
 def _prediction_ids(scan_id: int) -> list[int]:
-    from inference.models import Prediction
+    from segmentation.models import Prediction
 
     return list(Prediction.objects.filter(scan_id=scan_id).values_list("pk", flat=True))
 

@@ -21,9 +21,9 @@ from django.db import transaction
 from django.utils import timezone
 from scipy import ndimage
 
-from inference.models import InferenceJob, Lesion, ModelVersion, Prediction, StructureVolume
 from inference.structures import BY_ID, BY_NAME, ORGAN_NAMES
 from scans.models import Scan
+from segmentation.models import InferenceJob, Lesion, ModelVersion, Prediction, StructureVolume
 
 _SLAB_VOXELS = 32 * 1024**2
 

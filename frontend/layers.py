@@ -26,9 +26,9 @@ from django.db.models.fields.files import FieldFile
 from django.urls import reverse
 
 from frontend import previews, results
-from inference.models import Prediction
 from inference.structures import BY_NAME, LESION_NAMES, as_json
 from scans.models import Annotation, Scan
+from segmentation.models import Prediction
 
 LESION_IDS = tuple(BY_NAME[name].id for name in LESION_NAMES)
 

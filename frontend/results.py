@@ -1,6 +1,6 @@
 """What the pages show about segmentation results, read from the service's rows.
 
-Predictions, structure volumes and lesions are engineer C2's rows (``inference.models``); this
+Predictions, structure volumes and lesions are engineer C2's rows (``segmentation.models``); this
 module only reads them and shapes them for templates and charts, so the pages never reach into
 those models directly. Volumes are in mm^3 (1 uL = 1 mm^3); time is hours or days since the mouse's
 first scan (``TimePoint.offset_hours``).
@@ -12,10 +12,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from inference.models import InferenceJob, Lesion, Prediction, StructureVolume
 from inference.structures import BY_ID, BY_NAME, LESION_NAMES
 from review.models import Consensus
 from scans.models import Mouse, Scan, Study
+from segmentation.models import InferenceJob, Lesion, Prediction, StructureVolume
 
 TUMOR_ID = BY_NAME["tumor"].id
 METASTASIS_ID = BY_NAME["metastasis"].id

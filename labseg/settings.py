@@ -53,7 +53,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "scans",
-    "inference",
+    "segmentation.apps.SegmentationConfig",
     "review",
     "frontend",
 ]
@@ -169,7 +169,7 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "rest_framework.views.exception_handler",
 }
 
-# Celery: the database, not the broker, is the truth about a job (inference.models.InferenceJob).
+# Celery: the database, not the broker, is the truth about a job (segmentation.models.InferenceJob).
 _broker_dir = VAR_DIR / "broker"
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):

@@ -10,7 +10,7 @@ from django.urls import include, path
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("scans.api.urls")),
-    path("api/", include("inference.api.urls")),
+    path("api/", include("segmentation.api.urls")),
     path("api/", include("review.api.urls")),
     path("review/", include("review.urls")),
     path("", include("frontend.urls")),

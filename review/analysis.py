@@ -21,9 +21,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from inference import metrics
-from inference.models import Prediction
 from inference.structures import by_id
 from scans.models import Annotation, Scan
+from segmentation.models import Prediction
 
 from .files import LabelMap, label_values, load_label_map, save_nifti
 from .models import (

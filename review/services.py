@@ -202,7 +202,7 @@ def replace_annotation(
 def promote_prediction(*, prediction: Any, user: Any) -> Annotation:
     """A draft annotation holding a copy of the prediction's label map, for a person to correct.
 
-    ``prediction`` is an ``inference.models.Prediction``. Its labels use canonical structure ids,
+    ``prediction`` is an ``segmentation.models.Prediction``. Its labels use canonical structure ids,
     so the annotation's structure table lists the model's structures at their own ids. The file
     is copied (a prediction is immutable; the annotation will be edited and re-uploaded).
     """

@@ -279,7 +279,7 @@ def _thumbnail_png(stats: VolumeStats, affine: np.ndarray) -> bytes | None:
 
 
 def _request_segmentation(*, scan: Scan, user: Any) -> None:
-    from inference.services import NoModelAvailableError, request_segmentation
+    from segmentation.services import NoModelAvailableError, request_segmentation
 
     try:
         request_segmentation(scan=scan, user=user)

@@ -1,5 +1,5 @@
 """CSV downloads per study, mouse or scan: tumor volumes over time (here), and organ volumetry,
-lesions and metastasis counts per organ (rows from the service's ``inference.exports``).
+lesions and metastasis counts per organ (rows from the service's ``segmentation.exports``).
 
 Every CSV is streamed row by row, so a large study never sits in memory. Columns carry units.
 """
@@ -17,10 +17,10 @@ from django.views.decorators.http import require_GET
 
 from frontend import results
 from frontend.views.base import lab_page
-from inference import exports
-from inference.models import StructureVolume
 from inference.structures import BY_NAME
 from scans.models import Lab, Mouse, Scan, Study
+from segmentation import exports
+from segmentation.models import StructureVolume
 
 TUMOR_ID = BY_NAME["tumor"].id
 

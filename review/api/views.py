@@ -16,9 +16,9 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from inference.models import Prediction
 from scans.models import Annotation, Scan, Study
 from scans.validation import ScanRejected
+from segmentation.models import Prediction
 
 from .. import analysis, plots, services, studies
 from ..models import Agreement, Consensus, PredictionComparison, ReviewAnalysis

@@ -12,10 +12,10 @@ from django.core.files.storage import default_storage
 from rest_framework.test import APIClient
 
 from inference import metrics
-from inference.models import InferenceJob, ModelVersion, Prediction
 from review.models import Agreement, AnnotationRevision, Consensus, PredictionComparison
 from review.services import approve_annotation
 from scans.models import Annotation
+from segmentation.models import InferenceJob, ModelVersion, Prediction
 from tests.review.conftest import ball, make_annotation, make_scan, nifti_bytes, store
 
 pytestmark = pytest.mark.django_db

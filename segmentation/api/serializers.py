@@ -1,0 +1,122 @@
+"""Read-only JSON shapes of models, jobs and predictions (the API never edits a prediction)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import reverse
+from rest_framework import serializers
+
+from segmentation.models import InferenceJob, Lesion, ModelVersion, Prediction, StructureVolume
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    label = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "name", "version", "label", "task", "sha256", "structures", "metrics", "is_default"]
+
+
+class ModelVersionBriefSerializer(serializers.ModelSerializer):
+    label = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "name", "version", "label", "task", "sha256"]
+
+
+class InferenceJobSerializer(serializers.ModelSerializer):
+    model = ModelVersionBriefSerializer(source="model_version", read_only=True)
+    requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    prediction = serializers.SerializerMethodField()
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = InferenceJob
+        fields = [
+            "id",
+            "url",
+            "scan",
+            "model",
+            "state",
+            "progress",
+            "stage",
+            "attempts",
+            "queue",
+            "worker_host",
+            "queued_at",
+            "started_at",
+            "heartbeat_at",
+            "finished_at",
+            "stage_seconds",
+            "error",
+            "requested_by",
+            "prediction",
+        ]
+
+    def get_prediction(self, job: InferenceJob) -> int | None:
+        prediction = getattr(job, "prediction", None)
+        return prediction.pk if prediction is not None else None
+
+    def get_url(self, job: InferenceJob) -> str:
+        return reverse("inference-job-detail", args=[job.pk])
+
+
+class StructureVolumeSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = StructureVolume
+        fields = ["structure_id", "name", "voxels", "volume_mm3", "volume_low_mm3", "volume_high_mm3"]
+
+
+class LesionSerializer(serializers.ModelSerializer):
+    centroid_mm = serializers.ListField(child=serializers.FloatField(), read_only=True)
+
+    class Meta:
+        model = Lesion
+        fields = [
+            "index",
+            "structure_id",
+            "centroid_mm",
+            "voxels",
+            "volume_mm3",
+            "max_diameter_mm",
+            "organ_id",
+            "organ_name",
+            "allocation",
+        ]
+
+
+class PredictionSerializer(serializers.ModelSerializer):
+    model = ModelVersionBriefSerializer(source="model_version", read_only=True)
+    volumes = StructureVolumeSerializer(many=True, read_only=True)
+    lesions = LesionSerializer(many=True, read_only=True)
+    labels_url = serializers.SerializerMethodField()
+    uncertainty_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Prediction
+        fields = [
+            "id",
+            "scan",
+            "job",
+            "model",
+            "created_at",
+            "labels_url",
+            "uncertainty_url",
+            "volumes",
+            "lesions",
+            "metastasis_counts",
+            "manifest",
+        ]
+
+    def get_labels_url(self, prediction: Prediction) -> str:
+        return reverse("inference-prediction-file", args=[prediction.pk, "labels"])
+
+    def get_uncertainty_url(self, prediction: Prediction) -> str:
+        return reverse("inference-prediction-file", args=[prediction.pk, "uncertainty"])
+
+    def to_representation(self, instance: Any) -> Any:
+        data = super().to_representation(instance)
+        data["volumes"] = [v for v in data["volumes"] if v["structure_id"] != 0]
+        return data

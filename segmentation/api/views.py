@@ -1,0 +1,167 @@
+"""Thin REST views: validate, call one service, answer. Everything is scoped to the user's labs
+(``visible_to``): a row of another lab answers 404, exactly like one that does not exist."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import FileResponse, Http404, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from rest_framework import generics, status
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework.viewsets import ReadOnlyModelViewSet
+
+from scans.models import Scan, Study
+from segmentation import exports, services
+from segmentation.models import InferenceJob, ModelVersion, Prediction
+
+from .serializers import InferenceJobSerializer, ModelVersionSerializer, PredictionSerializer
+
+
+def _jobs() -> QuerySet[InferenceJob]:
+    return InferenceJob.objects.select_related("model_version", "requested_by", "prediction")
+
+
+def _predictions() -> QuerySet[Prediction]:
+    return Prediction.objects.select_related("model_version").prefetch_related("volumes", "lesions")
+
+
+class SegmentScanView(APIView):
+    """``POST /api/scans/{id}/segment``: queue the default models (or ``{"models": ["name@version"]}``)."""
+
+    def post(self, request: Request, pk: int) -> Response:
+        scan = get_object_or_404(Scan.objects.visible_to(request.user), pk=pk)
+        versions = _requested_versions(request.data.get("models") if hasattr(request.data, "get") else None)
+        try:
+            jobs = services.request_segmentation(scan=scan, user=request.user, model_versions=versions)
+        except services.NoModelAvailableError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        by_pk = {job.pk: job for job in _jobs().filter(pk__in=[j.pk for j in jobs])}
+        jobs_data = InferenceJobSerializer([by_pk[j.pk] for j in jobs], many=True).data
+        return Response({"jobs": jobs_data}, status=status.HTTP_202_ACCEPTED)
+
+
+def _requested_versions(models: Any) -> list[ModelVersion] | None:
+    if not models:
+        return None
+    if isinstance(models, str):
+        models = [models]
+    versions = []
+    for label in models:
+        name, _, version = str(label).partition("@")
+        found = ModelVersion.objects.filter(name=name, version=version).first() if version else None
+        if found is None:
+            known = ", ".join(mv.label for mv in ModelVersion.objects.all()) or "none"
+            raise ValidationError({"models": f"unknown model {label!r}; use name@version, one of: {known}"})
+        versions.append(found)
+    return versions
+
+
+class JobViewSet(ReadOnlyModelViewSet):
+    """``GET /api/jobs/`` (``?scan=``, ``?state=``), ``GET /api/jobs/{id}/``,
+    ``POST /api/jobs/{id}/cancel``."""
+
+    serializer_class = InferenceJobSerializer
+
+    def get_queryset(self) -> QuerySet[InferenceJob]:
+        jobs = _jobs().filter(pk__in=InferenceJob.objects.visible_to(self.request.user).values("pk"))
+        scan = self.request.query_params.get("scan")
+        if scan:
+            if not scan.isdigit():
+                raise ValidationError({"scan": "scan must be a scan id (a number)"})
+            jobs = jobs.filter(scan_id=int(scan))
+        state = self.request.query_params.get("state")
+        if state:
+            if state not in InferenceJob.State.values:
+                raise ValidationError(
+                    {"state": f"state must be one of {', '.join(InferenceJob.State.values)}"}
+                )
+            jobs = jobs.filter(state=state)
+        return jobs
+
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        job = self.get_object()
+        if not services.cancel_job(job=job, user=request.user):
+            return Response(
+                {"detail": f"job {job.pk} is {job.state} and can no longer be cancelled"},
+                status=status.HTTP_409_CONFLICT,
+            )
+        return Response(self.get_serializer(job).data)
+
+
+class ScanPredictionsView(generics.ListAPIView):
+    """``GET /api/scans/{id}/predictions/``: every prediction of the scan, with volumes and lesions."""
+
+    serializer_class = PredictionSerializer
+    pagination_class = None
+
+    def get_queryset(self) -> QuerySet[Prediction]:
+        scan = get_object_or_404(Scan.objects.visible_to(self.request.user), pk=self.kwargs["pk"])
+        return _predictions().filter(scan=scan).order_by("model_version__task", "model_version__name")
+
+
+class PredictionDetailView(generics.RetrieveAPIView):
+    """``GET /api/predictions/{id}/``: the prediction with volumes, lesions, metastasis counts."""
+
+    serializer_class = PredictionSerializer
+
+    def get_queryset(self) -> QuerySet[Prediction]:
+        return _predictions().filter(pk__in=Prediction.objects.visible_to(self.request.user).values("pk"))
+
+
+class PredictionFileView(APIView):
+    """``GET /api/predictions/{id}/labels`` or ``/uncertainty``: the NIfTI file (gzip)."""
+
+    def get(self, request: Request, pk: int, kind: str) -> FileResponse:
+        prediction = get_object_or_404(Prediction.objects.visible_to(request.user), pk=pk)
+        stored = prediction.labels if kind == "labels" else prediction.uncertainty
+        try:
+            handle = stored.open("rb")
+        except FileNotFoundError:
+            raise Http404("the file of this prediction is missing from storage") from None
+        filename = f"scan{prediction.scan_id}_{_safe(prediction.model_version.label)}_{kind}.nii.gz"
+        return FileResponse(handle, as_attachment=True, filename=filename, content_type="application/gzip")
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "export"
+
+
+def _csv_response(kind: str, scans: QuerySet[Scan], filename: str) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(
+        exports.export_lines(kind, scans), content_type="text/csv; charset=utf-8"
+    )
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+class ScanExportView(APIView):
+    """``GET /api/scans/{id}/volumes.csv`` (also ``lesions.csv``, ``metastases.csv``)."""
+
+    def get(self, request: Request, pk: int, kind: str) -> StreamingHttpResponse:
+        scan = get_object_or_404(Scan.objects.visible_to(request.user), pk=pk)
+        return _csv_response(kind, Scan.objects.filter(pk=scan.pk), f"scan{scan.pk}-{kind}.csv")
+
+
+class StudyExportView(APIView):
+    """``GET /api/studies/{id}/volumes.csv`` (also ``lesions.csv``, ``metastases.csv``): every scan."""
+
+    def get(self, request: Request, pk: int, kind: str) -> StreamingHttpResponse:
+        study = get_object_or_404(Study.objects.visible_to(request.user), pk=pk)
+        scans = Scan.objects.filter(time_point__mouse__study=study)
+        return _csv_response(kind, scans, f"{_safe(study.name)}-{kind}.csv")
+
+
+class ModelVersionListView(generics.ListAPIView):
+    """``GET /api/models/``: the registered model versions (the registry is shared by all labs)."""
+
+    serializer_class = ModelVersionSerializer
+    pagination_class = None
+    queryset = ModelVersion.objects.order_by("task", "name", "version")

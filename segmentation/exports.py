@@ -1,0 +1,211 @@
+"""CSV exports of volumes, lesions and metastasis counts, one row per (scan, source, item).
+
+A *source* is whatever produced the numbers: a model version (``name@version``) today; the review
+app adds human annotations and consensus by registering its own generators::
+
+    from segmentation import exports
+    exports.VOLUME_SOURCES.append(annotation_volume_rows)
+
+Each generator takes an iterable of scans (already scoped to the user's labs) and yields dicts
+keyed by ``VOLUME_COLUMNS`` (or ``LESION_COLUMNS`` / ``METASTASIS_COLUMNS``); ``scan_columns(scan)``
+gives the columns every row starts with. Rows are streamed: nothing holds a whole study in memory.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from django.db.models import Prefetch, QuerySet
+
+from inference import structures
+from scans.models import Scan
+
+from .models import Prediction
+
+Row = dict[str, Any]
+RowSource = Callable[[Iterable[Scan]], Iterator[Row]]
+
+SCAN_COLUMNS: tuple[str, ...] = (
+    "lab",
+    "study",
+    "mouse",
+    "cohort",
+    "time_point",
+    "offset_hours",
+    "modality",
+    "scan_id",
+    "source",
+)
+VOLUME_COLUMNS: tuple[str, ...] = (
+    *SCAN_COLUMNS,
+    "structure",
+    "volume_mm3",
+    "voxels",
+    "volume_low_mm3",
+    "volume_high_mm3",
+)
+LESION_COLUMNS: tuple[str, ...] = (
+    *SCAN_COLUMNS,
+    "lesion",
+    "structure",
+    "organ",
+    "allocation",
+    "centroid_x_mm",
+    "centroid_y_mm",
+    "centroid_z_mm",
+    "voxels",
+    "volume_mm3",
+    "max_diameter_mm",
+)
+METASTASIS_COLUMNS: tuple[str, ...] = (*SCAN_COLUMNS, "organ", "metastases")
+
+#: How many scans are read per database round trip while streaming.
+CHUNK_SCANS = 200
+
+
+def scan_columns(scan: Scan, *, source: str) -> Row:
+    """The columns that identify a scan; ``scan`` needs its time point, mouse, cohort, study, lab."""
+    mouse = scan.time_point.mouse
+    return {
+        "lab": scan.lab.name,
+        "study": mouse.study.name,
+        "mouse": mouse.identifier,
+        "cohort": mouse.cohort.name if mouse.cohort else "",
+        "time_point": scan.time_point.label,
+        "offset_hours": scan.time_point.offset_hours,
+        "modality": scan.modality,
+        "scan_id": scan.pk,
+        "source": source,
+    }
+
+
+def export_scans(scans: QuerySet[Scan]) -> QuerySet[Scan]:
+    """The scans in export order with their identifying rows joined in."""
+    return scans.select_related("lab", "time_point__mouse__study", "time_point__mouse__cohort").order_by(
+        "time_point__mouse__study__name", "time_point__mouse__identifier", "time_point__offset_hours", "pk"
+    )
+
+
+def _predictions(scans: Iterable[Scan], *, with_lesions: bool = False) -> Iterator[tuple[Scan, Prediction]]:
+    """(scan, prediction) pairs, predictions in model order, fetched a chunk of scans at a time."""
+    chunk: list[Scan] = []
+    for scan in scans:
+        chunk.append(scan)
+        if len(chunk) >= CHUNK_SCANS:
+            yield from _predictions_of_chunk(chunk, with_lesions=with_lesions)
+            chunk = []
+    if chunk:
+        yield from _predictions_of_chunk(chunk, with_lesions=with_lesions)
+
+
+def _predictions_of_chunk(chunk: Sequence[Scan], *, with_lesions: bool) -> Iterator[tuple[Scan, Prediction]]:
+    related = [Prefetch("volumes")]
+    if with_lesions:
+        related.append(Prefetch("lesions"))
+    predictions = (
+        Prediction.objects.filter(scan__in=chunk)
+        .select_related("model_version")
+        .prefetch_related(*related)
+        .order_by("model_version__task", "model_version__name", "model_version__version")
+    )
+    by_scan: dict[int, list[Prediction]] = {}
+    for prediction in predictions:
+        by_scan.setdefault(prediction.scan_id, []).append(prediction)
+    for scan in chunk:
+        for prediction in by_scan.get(scan.pk, []):
+            yield scan, prediction
+
+
+def prediction_volume_rows(scans: Iterable[Scan]) -> Iterator[Row]:
+    """One row per structure volume of every prediction (background left out)."""
+    for scan, prediction in _predictions(scans):
+        base = scan_columns(scan, source=prediction.model_version.label)
+        for volume in prediction.volumes.all():
+            if volume.structure_id == structures.BACKGROUND.id:
+                continue
+            yield {
+                **base,
+                "structure": volume.name,
+                "volume_mm3": volume.volume_mm3,
+                "voxels": volume.voxels,
+                "volume_low_mm3": volume.volume_low_mm3,
+                "volume_high_mm3": volume.volume_high_mm3,
+            }
+
+
+def prediction_lesion_rows(scans: Iterable[Scan]) -> Iterator[Row]:
+    """One row per lesion (tumor or metastasis component) of every prediction."""
+    for scan, prediction in _predictions(scans, with_lesions=True):
+        base = scan_columns(scan, source=prediction.model_version.label)
+        for lesion in prediction.lesions.all():
+            yield {
+                **base,
+                "lesion": lesion.index,
+                "structure": structures.by_id(lesion.structure_id).name,
+                "organ": lesion.organ_name,
+                "allocation": lesion.allocation,
+                "centroid_x_mm": lesion.centroid_x_mm,
+                "centroid_y_mm": lesion.centroid_y_mm,
+                "centroid_z_mm": lesion.centroid_z_mm,
+                "voxels": lesion.voxels,
+                "volume_mm3": lesion.volume_mm3,
+                "max_diameter_mm": lesion.max_diameter_mm,
+            }
+
+
+def prediction_metastasis_rows(scans: Iterable[Scan]) -> Iterator[Row]:
+    """Metastases per organ for every prediction of a model that finds metastases.
+
+    Every organ of the canonical table gets a row (zero counts are data: a clean lung is a result),
+    followed by any other allocation target the pipeline reported (such as subcutaneous tissue).
+    """
+    metastasis_id = structures.by_name("metastasis").id
+    for scan, prediction in _predictions(scans):
+        if metastasis_id not in {int(s) for s in prediction.model_version.structures}:
+            continue
+        base = scan_columns(scan, source=prediction.model_version.label)
+        counts = {str(k): int(v) for k, v in prediction.metastasis_counts.items()}
+        for organ in (*structures.ORGAN_NAMES, *sorted(set(counts) - set(structures.ORGAN_NAMES))):
+            yield {**base, "organ": organ, "metastases": counts.get(organ, 0)}
+
+
+#: The row generators of each export, in output order. Other apps append their own sources.
+VOLUME_SOURCES: list[RowSource] = [prediction_volume_rows]
+LESION_SOURCES: list[RowSource] = [prediction_lesion_rows]
+METASTASIS_SOURCES: list[RowSource] = [prediction_metastasis_rows]
+
+
+def rows(scans: QuerySet[Scan], sources: Sequence[RowSource]) -> Iterator[Row]:
+    """Rows of every source for these scans (each source reads the scans in export order)."""
+    for source in sources:
+        yield from source(export_scans(scans).iterator(chunk_size=CHUNK_SCANS))
+
+
+class _Echo:
+    """A write-only file whose ``write`` returns the line, for ``csv.writer`` into a stream."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def csv_lines(records: Iterable[Row], columns: Sequence[str]) -> Iterator[str]:
+    """The header, then one CSV line per record (floats written with full precision)."""
+    writer = csv.DictWriter(_Echo(), fieldnames=list(columns), extrasaction="ignore")
+    yield writer.writerow(dict(zip(columns, columns, strict=True)))
+    for record in records:
+        yield writer.writerow(record)
+
+
+EXPORTS: dict[str, tuple[tuple[str, ...], list[RowSource]]] = {
+    "volumes": (VOLUME_COLUMNS, VOLUME_SOURCES),
+    "lesions": (LESION_COLUMNS, LESION_SOURCES),
+    "metastases": (METASTASIS_COLUMNS, METASTASIS_SOURCES),
+}
+
+
+def export_lines(kind: str, scans: QuerySet[Scan]) -> Iterator[str]:
+    """CSV lines of export ``kind`` (``volumes``, ``lesions`` or ``metastases``) for these scans."""
+    columns, sources = EXPORTS[kind]
+    return csv_lines(rows(scans, sources), columns)

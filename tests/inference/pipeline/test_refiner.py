@@ -1,0 +1,204 @@
+"""Outline refiner networks redraw one structure's outline at the scan's resolution, in a band."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from scipy import ndimage
+
+import inference.pipeline.refiner as refiner
+from inference.metrics import dice
+from inference.pipeline.refiner import (
+    outline_shell,
+    refine_by_network,
+    refiner_logits,
+    run_refiner,
+    spacing_fits,
+)
+from inference.registry import ModelCardError, default_model, load_card
+from tests.inference.pipeline.tiny_models import write_outline_refiner, write_threshold_model
+
+GUT = 10
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture
+def bright_refiner(tmp_path: Path) -> ort.InferenceSession:
+    """Inside where the scan is above 20 HU, whatever the outline says."""
+    path = tmp_path / "refine.onnx"
+    write_outline_refiner(path, scan_weight=1.0, outline_weight=0.0, bias=-0.2)
+    return _session(path)
+
+
+def test_outline_band_holds_the_voxels_within_n_steps_on_both_sides() -> None:
+    mask = np.zeros((20, 20, 20), bool)
+    mask[5:15, 5:15, 5:15] = True
+
+    band = outline_shell(mask, 2)
+
+    assert band[5, 10, 10] and band[6, 10, 10] and not band[7, 10, 10]
+    assert band[4, 10, 10] and band[3, 10, 10] and not band[2, 10, 10]
+    assert not band[10, 10, 10]
+
+
+def test_the_refiner_moves_only_band_voxels_between_the_structure_and_background(
+    bright_refiner: ort.InferenceSession,
+) -> None:
+    hu = np.full((30, 30, 30), -80.0, np.float32)
+    hu[8:22, 8:22, 8:22] = 50.0  # the true organ, 14 voxels across
+    hu[0:3] = 50.0  # bright tissue far from the outline
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[10:20, 10:20, 10:20] = GUT  # drawn 2 voxels too small on every side
+    labels[10:20, 21:23, 10:20] = 3  # another organ at the edge keeps its voxels
+    before = labels.copy()
+
+    changed = refine_by_network(
+        labels, hu, GUT, bright_refiner, margin_voxels=2, scale_hu=100.0, clip=5.0, context_voxels=0
+    )
+
+    grown = (labels == GUT) & (before != GUT)
+    expected = outline_shell(before == GUT, 2) & (before == 0) & (hu > 20.0)
+    assert changed == int(grown.sum()) > 0
+    np.testing.assert_array_equal(grown, expected)
+    assert (labels[before == GUT] == GUT).all()  # bright inside: nothing shed
+    assert (labels[before == 3] == 3).all()
+    assert not (labels[0:3] == GUT).any()  # beyond the band nothing changes
+
+
+def test_tiles_give_the_same_logits_as_one_pass(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    committed = default_model("organs")
+    rule = next(r for r in committed.refinements if "network" in r)
+    session = _session(committed.folder / rule["network"])
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(0, 1, (2, 37, 20, 24)).astype(np.float32)
+
+    whole = session.run(None, {"scan_outline": inputs[None]})[0][0, 0]
+    monkeypatch.setattr(refiner, "TILE_VOXELS", 8)
+    tiled = refiner_logits(session, inputs, context=int(rule["context_voxels"]))
+
+    np.testing.assert_allclose(tiled, whole, atol=1e-4)
+
+
+def _tube_scan(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A gut loop (48 HU wall, 25 HU content) in visceral fat (-45 HU), blurred and noisy, 0.21 mm."""
+    shape = (60, 60, 60)
+    x, y, z = np.indices(shape)
+    centre_y = 30 + 8 * np.sin(z / 9.0)
+    radius = np.hypot(x - 30, y - centre_y)
+    truth = radius <= 6.0
+    hu = np.where(truth, 48.0, -45.0)
+    hu[radius <= 3.8] = 25.0
+    hu = ndimage.gaussian_filter(hu, 0.7) + rng.normal(0, 20.0, shape)
+    return hu.astype(np.float32), truth
+
+
+def test_the_committed_intestine_refiner_puts_a_coarse_outline_onto_the_gut_wall() -> None:
+    committed = default_model("organs")
+    rule = next(r for r in committed.refinements if "network" in r)
+    assert rule["structure"] == GUT
+    hu, truth = _tube_scan(np.random.default_rng(1))
+    # The organ model's outline: the truth at 0.63 mm (block majority), upsampled by repetition.
+    coarse = truth.reshape(20, 3, 20, 3, 20, 3).mean(axis=(1, 3, 5)) > 0.5
+    outline = np.repeat(np.repeat(np.repeat(coarse, 3, 0), 3, 1), 3, 2)
+    labels = np.where(outline, np.uint8(GUT), np.uint8(0))
+    before = dice(labels == GUT, truth)
+
+    changed = run_refiner(labels, hu, committed, rule, (0.21, 0.21, 0.21), "cpu", 1)
+
+    after = dice(labels == GUT, truth)
+    assert changed > 0
+    assert after > before + 0.02, (before, after)
+
+
+def test_a_refiner_is_skipped_on_scans_far_from_its_training_spacing() -> None:
+    committed = default_model("organs")
+    rule = next(r for r in committed.refinements if "network" in r)
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[5:15, 5:15, 5:15] = GUT
+    before = labels.copy()
+
+    assert spacing_fits(rule, (0.21, 0.21, 0.21)) and spacing_fits(rule, (0.2, 0.2, 0.25))
+    assert not spacing_fits(rule, (0.1, 0.1, 0.1)) and not spacing_fits(rule, (0.5, 0.5, 0.5))
+    assert run_refiner(labels, np.zeros(labels.shape, np.float32), committed, rule, (0.5,) * 3, "cpu", 1) == 0
+    np.testing.assert_array_equal(labels, before)
+
+
+def _card_with_refiner(folder: Path) -> dict:
+    write_threshold_model(folder, structures=(0, 4, GUT))
+    sha = write_outline_refiner(
+        folder / "refine-intestine.onnx", scan_weight=1.0, outline_weight=0.0, bias=0.0
+    )
+    raw = json.loads((folder / "model.json").read_text())
+    raw["postprocess"] = {
+        "refine": [
+            {
+                "structure": GUT,
+                "network": "refine-intestine.onnx",
+                "sha256": sha,
+                "margin_mm": 0.63,
+                "spacing_mm": 0.2,
+                "scale_hu": 100.0,
+                "clip": 5.0,
+                "context_voxels": 0,
+            }
+        ]
+    }
+    (folder / "model.json").write_text(json.dumps(raw))
+    return raw
+
+
+def test_the_registry_checks_a_refiner_file_and_its_sha256(tmp_path: Path) -> None:
+    folder = tmp_path / "m" / "1.0.0"
+    _card_with_refiner(folder)
+    assert load_card(folder).refinements[0]["network"] == "refine-intestine.onnx"
+
+    with (folder / "refine-intestine.onnx").open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ModelCardError, match="refiner was changed"):
+        load_card(folder)
+
+    (folder / "refine-intestine.onnx").unlink()
+    with pytest.raises(ModelCardError, match="not in the model folder"):
+        load_card(folder)
+
+
+def test_the_registry_refuses_a_refiner_outside_the_model_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "m" / "1.0.0"
+    raw = _card_with_refiner(folder)
+    shutil.copy(folder / "refine-intestine.onnx", tmp_path / "elsewhere.onnx")
+    raw["postprocess"]["refine"][0]["network"] = "../../elsewhere.onnx"
+    (folder / "model.json").write_text(json.dumps(raw))
+
+    with pytest.raises(ModelCardError, match="an .onnx file in the model folder"):
+        load_card(folder)
+
+
+def test_the_pipeline_applies_a_card_refiner_after_the_network(tmp_path: Path) -> None:
+    import dataclasses
+
+    from inference.pipeline import predict_volume
+
+    folder = tmp_path / "m" / "1.0.0"
+    _card_with_refiner(folder)
+    card = load_card(folder)
+    bare = dataclasses.replace(card, postprocess={})
+    rng = np.random.default_rng(3)
+    hu = rng.uniform(-1000.0, 1000.0, (24, 24, 24)).astype(np.float32)
+    affine = np.diag([0.2, 0.2, 0.2, 1.0])
+
+    without = predict_volume(hu, affine, [bare], threads=1).labels
+    with_rule = predict_volume(hu, affine, [card], threads=1).labels
+
+    assert (without == GUT).any()
+    band = outline_shell(without == GUT, 3) & ((without == 0) | (without == GUT))
+    expected = without.copy()
+    expected[band] = np.where(hu[band] > 0, GUT, 0)
+    np.testing.assert_array_equal(with_rule, expected)

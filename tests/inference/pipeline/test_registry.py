@@ -1,0 +1,75 @@
+"""The model registry reads self-describing model folders and refuses broken ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from inference.registry import ModelCardError, default_model, discover_models, find_model, load_card
+from tests.inference.pipeline.tiny_models import write_threshold_model
+
+
+def test_load_card_reads_every_field(tmp_path: Path) -> None:
+    card = write_threshold_model(tmp_path / "m" / "1.0.0", version="1.0.0", spacing_mm=(0.2, 0.3, 0.4))
+
+    assert card.key == "tiny-organs@1.0.0"
+    assert card.structures == (0, 4, 12)
+    assert card.input_spacing_mm == (0.2, 0.3, 0.4)
+    assert card.logits_name == "logits"
+    assert card.disagreement_name == "disagreement"
+    assert card.onnx_path.is_file()
+    assert len(card.sha256) == 64
+
+
+def test_it_refuses_weights_that_do_not_match_the_recorded_sha256(tmp_path: Path) -> None:
+    folder = tmp_path / "m" / "1"
+    write_threshold_model(folder)
+    with (folder / "model.onnx").open("ab") as handle:
+        handle.write(b"\0")
+
+    with pytest.raises(ModelCardError, match="sha256"):
+        load_card(folder)
+
+
+def test_it_refuses_structure_ids_outside_the_canonical_table(tmp_path: Path) -> None:
+    folder = tmp_path / "m" / "1"
+    write_threshold_model(folder)
+    raw = json.loads((folder / "model.json").read_text())
+    raw["structures"] = [0, 4, 99]
+    (folder / "model.json").write_text(json.dumps(raw))
+
+    with pytest.raises(ModelCardError, match="unknown structure ids \\[99\\]"):
+        load_card(folder)
+
+
+def test_it_names_missing_fields(tmp_path: Path) -> None:
+    folder = tmp_path / "m" / "1"
+    write_threshold_model(folder)
+    raw = json.loads((folder / "model.json").read_text())
+    del raw["input_spacing_mm"]
+    (folder / "model.json").write_text(json.dumps(raw))
+
+    with pytest.raises(ModelCardError, match="lacks input_spacing_mm"):
+        load_card(folder)
+
+
+def test_default_model_prefers_the_flagged_card_then_the_newest_version(tmp_path: Path) -> None:
+    write_threshold_model(tmp_path / "a" / "1.9.0", name="a", version="1.9.0")
+    write_threshold_model(tmp_path / "a" / "1.10.0", name="a", version="1.10.0")
+    write_threshold_model(
+        tmp_path / "t" / "0.1", name="t", version="0.1", task="tumor", structures=(0, 14), thresholds=(0.5,)
+    )
+
+    assert [c.key for c in discover_models(tmp_path)] == ["a@1.9.0", "a@1.10.0", "t@0.1"]
+    assert default_model("organs", tmp_path).key == "a@1.10.0"
+    assert find_model("a", root=tmp_path).version == "1.10.0"
+
+    write_threshold_model(tmp_path / "b" / "0.5", name="b", version="0.5", default=True)
+    assert default_model("organs", tmp_path).key == "b@0.5"
+
+
+def test_default_model_explains_an_empty_registry(tmp_path: Path) -> None:
+    with pytest.raises(ModelCardError, match="no model for the tumor task"):
+        default_model("tumor", tmp_path)

@@ -1,0 +1,160 @@
+"""Calibration on validation scans: score offsets, edge rules and the uncertainty map's outline bands."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from inference.structures import BY_NAME
+from inference.training.offsets import tune_offsets
+from inference.training.outline import SMOOTHINGS_MM, tune_outline
+from tests.inference.pipeline.conftest import WINDOW
+from tests.inference.pipeline.tiny_models import write_threshold_model
+
+LIVER = BY_NAME["liver"].id
+AFFINE = np.diag([0.2, 0.2, 0.2, 1.0])
+
+
+def _case(root: Path, name: str, shift: int) -> Path:
+    """A blurred 450 HU block whose true outline lies at 225 HU (the tiny model cuts at 300 HU),
+    and three annotators: one on the truth, one a voxel generous, one a voxel strict."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    truth = np.zeros((28, 28, 28), np.uint8)
+    truth[7 + shift : 21, 8:20, 6 : 22 - shift] = LIVER
+    ct = ndimage.gaussian_filter(np.where(truth > 0, 450.0, 0.0), 1.5).astype(np.float32)
+    inside = truth > 0
+    maps = {
+        "A": truth,
+        "B": np.where(ndimage.binary_dilation(inside), LIVER, 0),
+        "C": np.where(ndimage.binary_erosion(inside), LIVER, 0),
+    }
+    nib.save(nib.Nifti1Image(ct, AFFINE), str(folder / "ct.nii.gz"))
+    nib.save(nib.Nifti1Image(truth, AFFINE), str(folder / "labels.nii.gz"))
+    for key, labels in maps.items():
+        nib.save(nib.Nifti1Image(labels.astype(np.uint8), AFFINE), str(folder / f"annotator_{key}.nii.gz"))
+    return folder
+
+
+def test_offsets_grow_a_structure_drawn_too_small(tmp_path: Path) -> None:
+    # Steepness 6: the liver's logit gains 6 per unit of the 0..1000 HU window, so an offset of
+    # +0.6 moves its outline from 300 HU to 200 HU, near the true 225 HU.
+    card = write_threshold_model(
+        tmp_path / "m" / "1", structures=(0, LIVER), thresholds=(0.3,), normalisation=WINDOW, steepness=6.0
+    )
+    cases = [_case(tmp_path / "val", "a", 0), _case(tmp_path / "val", "b", 2)]
+
+    offsets, report = tune_offsets(card, cases, threads=1)
+
+    assert float(offsets[str(LIVER)]) > 0
+    before, after = report["coarse_dice_before"][str(LIVER)], report["coarse_dice_after"][str(LIVER)]
+    assert after > before
+
+
+def test_outline_levels_cover_where_annotators_part(tmp_path: Path) -> None:
+    card = write_threshold_model(
+        tmp_path / "m" / "1", structures=(0, LIVER), thresholds=(0.225,), normalisation=WINDOW
+    )
+    cases = [_case(tmp_path / "val", "a", 0), _case(tmp_path / "val", "b", 2)]
+
+    outline, report = tune_outline(card, [], {}, cases, threads=1)
+
+    assert outline is not None and float(outline["levels"][str(LIVER)]) > 0
+    sweep = [entry for key, entry in report.items() if key.startswith("smoothing")]
+    assert len(outline["smoothing_mm"]) == 3 and len(sweep) == len(SMOOTHINGS_MM)
+    best = max(entry["pooled_dice"] for entry in sweep)
+    assert report["pooled_dice"] >= best
+    assert best > 0.6  # the 2-voxel shell where the annotators part is found from the outline
+
+
+def test_no_annotators_no_outline(tmp_path: Path) -> None:
+    card = write_threshold_model(tmp_path / "m" / "1", structures=(0, LIVER), thresholds=(0.225,))
+    folder = _case(tmp_path / "val", "a", 0)
+    for extra in ("annotator_B.nii.gz", "annotator_C.nii.gz"):
+        (folder / extra).unlink()
+
+    assert tune_outline(card, [], {}, [folder], threads=1) == (None, {})
+
+
+def test_the_head_threshold_is_tuned_without_the_other_models_outline_bands(tmp_path: Path) -> None:
+    # Outline bands cover a combined map at 50 %: left in, every head threshold would score alike.
+    from inference.training.calibrate import _without_outline
+
+    card = write_threshold_model(tmp_path / "m" / "1", structures=(0, LIVER), thresholds=(0.225,))
+    outline = {"smoothing_mm": [0.2, 0.2, 0.2], "levels": {str(LIVER): 0.3}}
+    banded = dataclasses.replace(
+        card, postprocess={"uncertainty_threshold": 0.2, "uncertainty_outline": outline}
+    )
+
+    heads_only = _without_outline(banded)
+
+    assert heads_only.uncertainty_outlines == [] and banded.uncertainty_outlines != []
+    assert heads_only.uncertainty_threshold == 0.2
+
+
+def _organ_in_fat(root: Path, name: str, corner: tuple[int, int, int]) -> Path:
+    """A 40 HU block in -100 HU fat with sharp faces off the 0.6 mm model grid."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    truth = np.zeros((30, 30, 30), np.uint8)
+    x, y, z = corner
+    truth[x : x + 13, y : y + 14, z : z + 11] = LIVER
+    ct = np.where(truth > 0, 40.0, -100.0).astype(np.float32)
+    nib.save(nib.Nifti1Image(ct, AFFINE), str(folder / "ct.nii.gz"))
+    nib.save(nib.Nifti1Image(truth, AFFINE), str(folder / "labels.nii.gz"))
+    return folder
+
+
+def test_edge_rules_snap_an_organ_onto_its_fat_edge(tmp_path: Path) -> None:
+    from inference.training.edges import tune_edges
+
+    # The tiny model sees the organ at 0.6 mm (window -1000..1000 HU, cut at 0 HU): its
+    # upsampled outline misses the faces that fall inside coarse voxels.
+    card = write_threshold_model(
+        tmp_path / "m" / "1",
+        structures=(0, LIVER),
+        thresholds=(0.5,),
+        spacing_mm=(0.6, 0.6, 0.6),
+        normalisation={"kind": "window", "low_hu": -1000, "high_hu": 1000},
+    )
+    cases = [
+        _organ_in_fat(tmp_path / "val", "a", (7, 8, 10)),
+        _organ_in_fat(tmp_path / "val", "b", (5, 10, 8)),
+    ]
+
+    rules, report = tune_edges(card, cases, threads=1)
+
+    assert len(rules) == 1 and rules[0]["structure"] == LIVER
+    assert -100.0 < rules[0]["edge_hu"] <= 40.0 and rules[0]["margin_mm"] > 0
+    assert report["liver"]["kept"] and report["liver"]["best_dice"] > report["liver"]["unrefined"]
+    assert report["liver"]["best_dice"] > 0.99
+
+
+def test_a_structure_takes_its_own_smoothing_where_annotators_part_differently() -> None:
+    from inference.pipeline.postprocess import outline_band
+    from inference.training.outline import _ascend, _own_smoothings, _prepare
+
+    # The "real" disagreement is exactly the liver's band under isotropic smoothing and the bone
+    # plate's band under in-plane smoothing only (drawn slice by slice): no one smoothing fits both.
+    bones = BY_NAME["bones"].id
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[6:24, 6:24, 8:22] = LIVER
+    labels[8:22, 8:22, 24:27] = bones
+    spacing = (0.2, 0.2, 0.2)
+    iso, in_plane = (0.21, 0.21, 0.21), (0.32, 0.32, 0.0)
+    assert iso in SMOOTHINGS_MM and in_plane in SMOOTHINGS_MM
+    real = outline_band(labels, spacing, [(list(iso), {LIVER: 0.3}), (list(in_plane), {bones: 0.3})]) >= 128
+    runs = [(real, labels, spacing, np.zeros_like(real))]
+    sids = [LIVER, bones]
+    cases = _prepare(runs, iso, sids)
+    levels, score = _ascend(cases, sids)
+
+    own, after, report = _own_smoothings(cases, runs, levels, iso, score)
+
+    assert own == {bones: in_plane} and str(bones) in report
+    assert score < 0.99 and after > 0.99
+    assert levels[LIVER] == 0.3 and levels[bones] == 0.3
