@@ -84,7 +84,8 @@ def _seed(label: str, shape: tuple[int, int, int], spacing_mm: float) -> int:
     from django.contrib.auth import get_user_model
 
     from frontend.demo import add_prediction, write_phantom
-    from scans.models import Lab, Membership, Scan
+    from labs.models import Lab, Membership
+    from scans.models import Scan
     from scans.services import register_scan
 
     user, _ = get_user_model().objects.get_or_create(username=USER)

@@ -14,15 +14,11 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from inference.structures import STRUCTURES
+from labs.admin import LabStaffAdmin, lab_scoped
 from scans.models import Annotation, Study
 
 from .models import Agreement, AnnotationTransition, Consensus, ConsensusRater, ReviewQueue
 from .services import ReviewError, approve_annotation
-
-
-def _lab_scoped(queryset: QuerySet, request: HttpRequest) -> QuerySet:
-    # Superusers see every lab (they still cannot approve outside a lab they review for).
-    return queryset if request.user.is_superuser else queryset.visible_to(request.user)  # type: ignore[attr-defined]
 
 
 class StudyFilter(admin.SimpleListFilter):
@@ -30,7 +26,7 @@ class StudyFilter(admin.SimpleListFilter):
     parameter_name = "study"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        studies = _lab_scoped(Study.objects.all(), request).select_related("lab")
+        studies = lab_scoped(Study.objects.all(), request).select_related("lab")
         return [(str(s.pk), f"{s.lab.name} / {s.name}") for s in studies]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
@@ -48,34 +44,8 @@ class StructureFilter(admin.SimpleListFilter):
         return queryset.filter(structures__has_key=self.value()) if self.value() else queryset
 
 
-class LabMemberAdmin(admin.ModelAdmin):
-    """Visible to staff who belong to a lab; rows limited to their labs; nothing added by hand."""
-
-    def _is_lab_staff(self, request: HttpRequest) -> bool:
-        user = request.user
-        return bool(user.is_active and user.is_staff and (user.is_superuser or user.memberships.exists()))
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return self._is_lab_staff(request)
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return self._is_lab_staff(request)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return _lab_scoped(super().get_queryset(request), request)
-
-
 @admin.register(ReviewQueue)
-class ReviewQueueAdmin(LabMemberAdmin):
+class ReviewQueueAdmin(LabStaffAdmin):
     list_display = [
         "annotator_name",
         "scan_label",
@@ -160,17 +130,17 @@ class RaterInline(admin.TabularInline):
 
 
 @admin.register(Consensus)
-class ConsensusAdmin(LabMemberAdmin):
+class ConsensusAdmin(LabStaffAdmin):
     list_display = ["scan", "structure_name", "majority_volume_mm3", "staple_volume_mm3", "computed_at"]
     inlines = [RaterInline]
 
 
 @admin.register(Agreement)
-class AgreementAdmin(LabMemberAdmin):
+class AgreementAdmin(LabStaffAdmin):
     list_display = ["scan", "structure_name", "n_annotators", "mean_pairwise_dice", "ci_gen", "fleiss_kappa"]
 
 
 @admin.register(AnnotationTransition)
-class AnnotationTransitionAdmin(LabMemberAdmin):
+class AnnotationTransitionAdmin(LabStaffAdmin):
     list_display = ["annotation", "from_status", "to_status", "by", "at", "note"]
     list_filter = ["to_status"]

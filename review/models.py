@@ -17,8 +17,8 @@ from django.conf import settings
 from django.db import models
 
 from inference.structures import by_id
+from labs.querysets import LabScopedQuerySet
 from scans.models import Annotation
-from scans.querysets import LabScopedQuerySet
 
 
 class AnnotationTransition(models.Model):

@@ -18,7 +18,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from inference.structures import STRUCTURES
-from scans.models import Annotation, Lab, Membership
+from labs.models import Lab
+from labs.rules import is_lab_member, is_lab_reviewer
+from scans.models import Annotation
 
 from .models import AnnotationRevision, AnnotationTransition
 
@@ -45,25 +47,15 @@ class ReviewConflictError(ReviewError):
     status = 409
 
 
-def role_in_lab(user: Any, lab: Lab) -> str | None:
-    """The user's role in the lab, or None when they are not a member (or not signed in)."""
-    if user is None or not user.is_authenticated:
-        return None
-    return lab.role_of(user)
-
-
-def can_review(user: Any, lab: Lab) -> bool:
-    """Whether the user is a reviewer or admin of ``lab``."""
-    return role_in_lab(user, lab) in (Membership.Role.REVIEWER, Membership.Role.ADMIN)
-
-
 def require_member(user: Any, lab: Lab) -> None:
-    if role_in_lab(user, lab) is None:
+    """Refuse a user who is not a member of ``lab`` (the ``labs.member`` rule)."""
+    if not is_lab_member(user, lab):
         raise ReviewPermissionError(f"you are not a member of {lab.name}")
 
 
 def require_reviewer(user: Any, lab: Lab) -> None:
-    if not can_review(user, lab):
+    """Refuse a user who is not a reviewer or admin of ``lab`` (the ``labs.reviewer`` rule)."""
+    if not is_lab_reviewer(user, lab):
         raise ReviewPermissionError(
             f"only reviewers and admins of {lab.name} can approve or reject its annotations"
         )

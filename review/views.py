@@ -17,24 +17,17 @@ from django.views.decorators.http import require_GET
 
 from inference import metrics
 from inference.structures import by_id, by_name
+from labs.current import show_lab
 from scans.models import Annotation, Scan, Study
 
 from . import studies
 from .files import label_values, load_label_map, save_nifti
 from .models import Agreement, Consensus, PredictionComparison
-from .services import can_review
 
 #: Annotations shown on the review page: everything a reviewer may still act on or has accepted.
 SHOWN = (Annotation.Status.SUBMITTED, Annotation.Status.APPROVED, Annotation.Status.REJECTED)
 #: Distinct outline colours per annotator (the structure colours come from the canonical table).
 ANNOTATOR_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0"]
-
-
-def _header(request: HttpRequest, lab: Any) -> dict[str, Any]:
-    # The site header (frontend/base.html) wants the user's labs, the current lab and their role.
-    from frontend.labs import labs_of, role_in
-
-    return {"labs": labs_of(request), "current_lab": lab, "role": role_in(request, lab)}
 
 
 def _stream(field: Any, filename: str) -> FileResponse:
@@ -76,13 +69,12 @@ def scan_review(request: HttpRequest, pk: int) -> HttpResponse:
             for row in rows
         ],
     }
+    show_lab(request, scan.lab)  # the header shows the scan's lab and the user's role there
     context = {
-        **_header(request, scan.lab),
         "viewer_config": viewer_config,
         "scan": scan,
         "rows": rows,
         "structures": [by_id(s) for s in structure_ids],
-        "can_review": can_review(request.user, scan.lab),
         "consensuses": Consensus.objects.filter(scan=scan).prefetch_related("raters__annotation"),
         "agreements": Agreement.objects.filter(scan=scan),
         "comparisons": PredictionComparison.objects.filter(scan=scan).select_related(
@@ -150,8 +142,8 @@ def study_qc(request: HttpRequest, pk: int) -> HttpResponse:
     for row in variability:
         for key in ("intersubject_percent", "interannotator_percent", "intraannotator_percent"):
             row[key + "_text"] = _percent(row[key])
+    show_lab(request, study.lab)
     context = {
-        **_header(request, study.lab),
         "study": study,
         "variability": variability,
         "model_comparisons": studies.compare_models(study),

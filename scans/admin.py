@@ -1,11 +1,10 @@
 """Admin for every scans model: useful lists, filters and search; annotation review with a note.
 
-Superusers see every lab; other staff users see only the rows of their own labs.
+Superusers see every lab; other staff users see only the rows of their own labs
+(``labs.admin.LabScopedAdmin``). Labs and memberships are in ``labs/admin.py``.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -14,6 +13,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
+from labs.admin import LabScopedAdmin
 from review.services import ReviewError
 
 from .models import (
@@ -21,8 +21,6 @@ from .models import (
     BodyWeight,
     CaliperMeasurement,
     Cohort,
-    Lab,
-    Membership,
     Mouse,
     Scan,
     Study,
@@ -30,40 +28,6 @@ from .models import (
     UploadSession,
 )
 from .services import review_annotation
-
-
-class LabScopedAdmin(admin.ModelAdmin):
-    """Limits non-superusers to the rows of their labs (the model's ``visible_to``)."""
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        queryset = super().get_queryset(request)
-        if request.user.is_superuser:
-            return queryset
-        return queryset.visible_to(request.user)  # type: ignore[attr-defined]
-
-
-class MembershipInline(admin.TabularInline):
-    model = Membership
-    extra = 1
-    autocomplete_fields = ["user"]
-
-
-@admin.register(Lab)
-class LabAdmin(admin.ModelAdmin):
-    list_display = ["name", "member_count", "created_at"]
-    search_fields = ["name"]
-    inlines = [MembershipInline]
-
-    @admin.display(description="members")
-    def member_count(self, lab: Lab) -> int:
-        return lab.memberships.count()
-
-
-@admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
-    list_display = ["user", "lab", "role", "created_at"]
-    list_filter = ["role", "lab"]
-    search_fields = ["user__username", "lab__name"]
 
 
 class CohortInline(admin.TabularInline):

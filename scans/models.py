@@ -1,7 +1,7 @@
-"""Labs, studies, mice, time points, scans and annotations.
+"""Studies, mice, time points, scans and annotations of a lab (``labs.models.Lab``).
 
-Every query that serves a user goes through ``querysets.py`` (``visible_to(user)``), which scopes
-it to the labs the user belongs to. Files live in Django storage; rows point at them and are
+Every query that serves a user goes through ``visible_to(user)`` (``labs.querysets``), which
+scopes it to the labs the user belongs to. Files live in Django storage; rows point at them and are
 written last (see ``services.py``).
 """
 
@@ -13,46 +13,8 @@ import uuid
 from django.conf import settings
 from django.db import models
 
-from .querysets import LabScopedQuerySet
-
-
-class Lab(models.Model):
-    name = models.CharField(max_length=120, unique=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="labs")
-
-    class Meta:
-        ordering = ["name"]
-
-    def __str__(self) -> str:
-        return self.name
-
-    def role_of(self, user: object) -> str | None:
-        """The user's role in this lab, or None when they are not a member."""
-        membership = self.memberships.filter(user=user).first()
-        return membership.role if membership else None
-
-
-class Membership(models.Model):
-    class Role(models.TextChoices):
-        MEMBER = "member", "Member"
-        REVIEWER = "reviewer", "Reviewer"
-        ADMIN = "admin", "Lab admin"
-
-    lab = models.ForeignKey(Lab, on_delete=models.CASCADE, related_name="memberships")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
-    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["lab", "user"], name="unique_membership")]
-
-    def __str__(self) -> str:
-        return f"{self.user} in {self.lab} ({self.role})"
-
-    @property
-    def can_review(self) -> bool:
-        return self.role in (self.Role.REVIEWER, self.Role.ADMIN)
+from labs.models import Lab
+from labs.querysets import LabScopedQuerySet
 
 
 class Study(models.Model):
@@ -172,10 +134,6 @@ class TimePoint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.mouse} {self.label}"
-
-
-def scan_upload_path(instance: Scan, filename: str) -> str:
-    return f"labs/{instance.lab_id}/scans/{filename}"
 
 
 class Scan(models.Model):

@@ -26,9 +26,10 @@ from django.db import IntegrityError, transaction
 
 from inference import structures
 from inference.pipeline.pictures import projection_png
+from labs.models import Lab
 
 from .files import IncomingFile, MovableFile, receive, safe_filename
-from .models import Annotation, Lab, Membership, Mouse, Scan, Study, TimePoint, parse_offset_hours
+from .models import Annotation, Mouse, Scan, Study, TimePoint, parse_offset_hours
 from .validation import ScanRejected, VolumeStats, check_same_grid, read_header, read_volume
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def resolve_upload_target(*, user: Any, study: str, lab: str | None = None) -> U
     study = (study or "").strip()
     if not study:
         raise ScanRejected("name the study the scan belongs to (field 'study')")
-    user_labs = Lab.objects.filter(memberships__user=user).distinct()
+    user_labs = Lab.objects.visible_to(user)
     chosen_lab = _find_lab(user_labs, lab) if lab not in (None, "") else None
     visible = Study.objects.visible_to(user)
     if chosen_lab is not None:
@@ -389,11 +390,3 @@ def review_annotation(*, annotation: Annotation, reviewer: Any, approve: bool, n
             f"{reviewer} is not a reviewer of {annotation.scan.lab}: only reviewers and lab admins may "
             "approve or reject annotations"
         ) from None
-
-
-def add_lab_member(*, lab: Lab, user: Any, role: str = Membership.Role.MEMBER) -> Membership:
-    """Add ``user`` to ``lab`` with ``role``, or change the role of an existing member."""
-    if role not in Membership.Role.values:
-        raise ValueError(f"role {role!r} is not known; use one of {', '.join(Membership.Role.values)}")
-    membership, _ = Membership.objects.update_or_create(lab=lab, user=user, defaults={"role": role})
-    return membership

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from scans.querysets import LabScopedQuerySet
+from labs.querysets import LabScopedQuerySet
 
 
 class ModelVersion(models.Model):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import factory
 from django.contrib.auth import get_user_model
 
-from scans.models import Lab, Membership, Mouse, Study, TimePoint, parse_offset_hours
+from labs.models import Lab, Membership
+from scans.models import Mouse, Study, TimePoint, parse_offset_hours
 
 
 class UserFactory(factory.django.DjangoModelFactory):

@@ -1,4 +1,5 @@
-"""What every page shares: sign-in, the current lab and the header context."""
+"""What every page shares: sign-in and the current lab. The header's labs, lab and role come from
+the context processor ``labs.context_processors.lab_header``."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from frontend.labs import current_lab, labs_of, role_in
-from scans.models import Lab
+from labs.current import current_lab, show_lab
+from labs.models import Lab
 
 View = Callable[..., HttpResponse]
 
@@ -26,18 +27,15 @@ def lab_page(view: View) -> View:
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         lab = current_lab(request)
+        show_lab(request, lab)
         if lab is None:
-            return render(request, "frontend/no_lab.html", header(request, None), status=403)
+            return render(request, "frontend/no_lab.html", status=403)
         return view(request, lab, *args, **kwargs)
 
     return wrapper
 
 
-def header(request: HttpRequest, lab: Lab | None, **extra: Any) -> dict[str, Any]:
-    """Template context for the header (labs, current lab, role) plus ``extra``."""
-    return {"labs": labs_of(request), "current_lab": lab, "role": role_in(request, lab), **extra}
-
-
 def page(request: HttpRequest, lab: Lab, template: str, **context: Any) -> HttpResponse:
-    """Render ``template`` with the header context."""
-    return render(request, template, header(request, lab, **context))
+    """Render ``template`` for a page of ``lab`` (the header shows that lab and the user's role)."""
+    show_lab(request, lab)
+    return render(request, template, context)

@@ -18,7 +18,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from frontend import layers, results
-from frontend.labs import switch_lab
+from labs.current import switch_lab
 from frontend.views.base import lab_page, page
 from inference.structures import as_json
 from scans.models import Lab, Mouse, Scan, Study, TimePoint

@@ -7,7 +7,9 @@ from typing import Any
 from django.urls import reverse
 from rest_framework import serializers
 
-from scans.models import Annotation, Lab, Mouse, Scan, Study, TimePoint, UploadSession
+from labs.models import Lab
+from labs.rules import role_of
+from scans.models import Annotation, Mouse, Scan, Study, TimePoint, UploadSession
 
 
 class LabSerializer(serializers.ModelSerializer):
@@ -19,7 +21,7 @@ class LabSerializer(serializers.ModelSerializer):
 
     def get_role(self, lab: Lab) -> str | None:
         request = self.context.get("request")
-        return lab.role_of(request.user) if request else None
+        return role_of(request.user, lab) if request else None
 
 
 class StudySerializer(serializers.ModelSerializer):

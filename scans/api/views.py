@@ -224,7 +224,7 @@ class LabList(generics.ListAPIView):
     serializer_class = serializers.LabSerializer
 
     def get_queryset(self) -> QuerySet[Lab]:
-        return Lab.objects.filter(memberships__user=self.request.user).distinct()
+        return Lab.objects.visible_to(self.request.user)
 
 
 class StructureList(APIView):

@@ -19,7 +19,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.db import connection
 
-from scans.models import Lab
+from labs.models import Lab
 from segmentation import services
 from segmentation.models import ModelVersion
 from tests.factories import LabFactory, member_of

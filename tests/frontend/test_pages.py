@@ -16,8 +16,9 @@ from django.test import Client
 
 from frontend.demo import add_prediction, write_phantom
 from inference.structures import BY_NAME
+from labs.models import Lab
 from review.models import Consensus, ConsensusRater
-from scans.models import Lab, Scan
+from scans.models import Scan
 from scans.services import register_annotation, register_scan
 from segmentation.models import Prediction
 from tests.factories import LabFactory, member_of

@@ -13,7 +13,8 @@ import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
-from scans.models import Annotation, Lab, Membership, Scan
+from labs.models import Lab, Membership
+from scans.models import Annotation, Scan
 from tests.factories import LabFactory, StudyFactory, TimePointFactory, member_of
 
 SPACING_MM = (0.4, 0.4, 0.5)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from rest_framework.test import APIClient
 
+from labs.models import Membership
 from review.models import AnnotationRevision, AnnotationTransition
 from review.services import (
     ReviewConflictError,
@@ -15,7 +16,7 @@ from review.services import (
     reject_annotation,
     submit_annotation,
 )
-from scans.models import Annotation, Membership
+from scans.models import Annotation
 from tests.factories import member_of
 from tests.review.conftest import ball, nifti_bytes
 

@@ -10,7 +10,8 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
-from scans.models import Annotation, Lab, Mouse, Scan, Study, TimePoint, UploadSession
+from labs.models import Lab
+from scans.models import Annotation, Mouse, Scan, Study, TimePoint, UploadSession
 from tests.factories import LabFactory, member_of
 
 from .niftis import iter_files, nifti_bytes, volume

@@ -7,7 +7,8 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.test import Client
 
-from scans.models import Annotation, Membership
+from labs.models import Membership
+from scans.models import Annotation
 from scans.services import register_annotation, review_annotation
 from tests.factories import member_of
 
@@ -36,9 +37,9 @@ def test_every_admin_list_and_change_page_opens(annotation):
     client = Client()
     client.force_login(admin)
 
+    for name in ("lab", "membership"):
+        assert client.get(f"/admin/labs/{name}/").status_code == 200, name
     for name in (
-        "lab",
-        "membership",
         "study",
         "cohort",
         "mouse",

@@ -10,7 +10,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from scans.models import Annotation, Lab, Membership, Mouse, Scan, Study
+from labs.models import Lab, Membership
+from scans.models import Annotation, Mouse, Scan, Study
 
 from .niftis import nifti_bytes, volume
 

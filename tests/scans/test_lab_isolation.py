@@ -122,7 +122,7 @@ def test_uploading_into_another_labs_study_by_id_is_refused(client_a, lab_b_rows
 
 
 def test_a_new_study_needs_the_lab_when_the_user_has_several(client_a, alice, lab_b, scan_bytes):
-    from scans.models import Membership
+    from labs.models import Membership
 
     Membership.objects.create(lab=lab_b, user=alice)
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from scans.models import Lab, Scan
+from labs.models import Lab
+from scans.models import Scan
 from scans.services import register_scan
 from segmentation import services
 from segmentation.models import ModelVersion

@@ -11,7 +11,8 @@ import pytest
 from django.core.files.storage import default_storage
 from rest_framework.test import APIClient
 
-from scans.models import Lab, Scan
+from labs.models import Lab
+from scans.models import Scan
 from segmentation import exports, services
 from segmentation.models import InferenceJob, ModelVersion, Prediction
 from tests.factories import LabFactory, member_of

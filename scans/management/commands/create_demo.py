@@ -7,8 +7,9 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 
-from scans.models import Lab, Membership, Study
-from scans.services import add_lab_member
+from labs.models import Lab, Membership
+from labs.services import add_lab_member
+from scans.models import Study
 
 DEMO_LAB = "Demo lab"
 DEMO_STUDY = "Demo study"

@@ -9,8 +9,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
+from labs.models import Lab
 from scans.importing import import_dataset
-from scans.models import Lab
 
 
 class Command(BaseCommand):

@@ -7,8 +7,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from scans.models import Lab, Membership
-from scans.services import add_lab_member
+from labs.models import Lab, Membership
+from labs.services import add_lab_member
 
 
 class Command(BaseCommand):

@@ -1,4 +1,5 @@
-"""The current lab: every page shows the data of one lab, chosen with the header's lab switcher.
+"""The lab a page shows: the session's lab (chosen with the header's lab switcher), or the lab of
+the row a page is about (a review page shows its scan's lab).
 
 The choice lives in the session (``labseg_lab_id``); a user who belongs to a single lab never sees
 the switcher do anything. Pages scope every query with ``in_lab(current_lab(request))`` on top of
@@ -9,16 +10,16 @@ from __future__ import annotations
 
 from django.http import HttpRequest
 
-from scans.models import Lab
+from .models import Lab
 
 SESSION_KEY = "labseg_lab_id"
+#: Request attribute naming the lab the page shows, read by ``context_processors.lab_header``.
+SHOWN_ATTRIBUTE = "labseg_lab"
 
 
 def labs_of(request: HttpRequest) -> list[Lab]:
     """The labs the signed-in user belongs to, by name."""
-    if not request.user.is_authenticated:
-        return []
-    return list(Lab.objects.filter(memberships__user=request.user).distinct().order_by("name"))
+    return list(Lab.objects.visible_to(request.user).order_by("name"))
 
 
 def current_lab(request: HttpRequest) -> Lab | None:
@@ -43,8 +44,6 @@ def switch_lab(request: HttpRequest, *, lab_id: int) -> Lab | None:
     return None
 
 
-def role_in(request: HttpRequest, lab: Lab | None) -> str | None:
-    """The user's role in ``lab`` (member, reviewer or admin)."""
-    if lab is None:
-        return None
-    return lab.role_of(request.user)
+def show_lab(request: HttpRequest, lab: Lab | None) -> None:
+    """Say which lab this page shows, for the header (see ``context_processors.lab_header``)."""
+    setattr(request, SHOWN_ATTRIBUTE, lab)
