@@ -150,7 +150,8 @@ def evaluate_case(folder: Path, cards: Sequence[ModelCard], *, threads: int = 0)
     return result
 
 
-def _median(values: list[float]) -> float:
+def finite_median(values: list[float]) -> float:
+    """Median of the finite values, rounded to 4 decimals (NaN when there are none)."""
     finite = [v for v in values if np.isfinite(v)]
     return round(float(np.median(finite)), 4) if finite else float("nan")
 
@@ -165,12 +166,12 @@ def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
         who = sorted(rows[0]["vs_annotators"])
         structures[name] = {
             "cases": len(rows),
-            "dice": _median([r["dice"] for r in rows]),
-            "hd95_mm": _median([r["hd95_mm"] for r in rows]),
-            "msd_mm": _median([r["msd_mm"] for r in rows]),
-            "volume_error_pct": _median([r["volume_error_pct"] for r in rows]),
-            "dice_vs_annotator": {k: _median([r["vs_annotators"][k] for r in rows]) for k in who},
-            "annotators_pairwise_dice": _median([r["annotators_pairwise_dice"] for r in rows]),
+            "dice": finite_median([r["dice"] for r in rows]),
+            "hd95_mm": finite_median([r["hd95_mm"] for r in rows]),
+            "msd_mm": finite_median([r["msd_mm"] for r in rows]),
+            "volume_error_pct": finite_median([r["volume_error_pct"] for r in rows]),
+            "dice_vs_annotator": {k: finite_median([r["vs_annotators"][k] for r in rows]) for k in who},
+            "annotators_pairwise_dice": finite_median([r["annotators_pairwise_dice"] for r in rows]),
         }
     summary: dict[str, Any] = {
         "structures": structures,
@@ -181,7 +182,7 @@ def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
         big = [t for t in tumors if t["volume_mm3"] >= 50]
         summary["tumors"] = {
             "count": len(tumors),
-            "dice_median_ge_50mm3": _median([t["dice"] for t in big]),
+            "dice_median_ge_50mm3": finite_median([t["dice"] for t in big]),
             "dice_min_ge_50mm3": round(min((t["dice"] for t in big), default=float("nan")), 4),
             "count_ge_50mm3": len(big),
             "missed_gt_100mm3": sum(1 for t in tumors if t["volume_mm3"] > 100 and not t["detected"]),
@@ -204,9 +205,9 @@ def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
         }
     unc = [c["uncertainty_dice"] for c in cases if "uncertainty_dice" in c]
     if unc:
-        summary["uncertainty_dice"] = _median(unc)
+        summary["uncertainty_dice"] = finite_median(unc)
     stages = sorted({k for c in cases for k in c["seconds"]})
-    summary["seconds_median"] = {k: _median([c["seconds"].get(k, 0.0) for c in cases]) for k in stages}
+    summary["seconds_median"] = {k: finite_median([c["seconds"].get(k, 0.0) for c in cases]) for k in stages}
     return summary
 
 

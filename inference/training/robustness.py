@@ -1,0 +1,655 @@
+"""``python -m inference.training.robustness [--model DIR ...] [--n N] [--variants a,b] [--json OUT]``.
+
+How the models hold up away from the phantoms they were trained on. Each held-out test phantom
+(seeds never trained on: ``make_models.SETS["test_native"]``) is changed as a lab's scan might be,
+then segmented exactly as the product does (``inference.pipeline.predict_volume`` on the array in
+its own dtype, with its affine) and scored against the truth moved the same way:
+
+- ``native``: as generated (0.21 mm, prone, whole body, HU).
+- ``torso``: shoulders to hips (``digimouse.torso_range``); ``head``: from 1 mm caudal of the brain
+  to the nose.
+- ``clip``: HU clipped to [-400, 1000] (the tumor database); ``plus60`` / ``minus60``: every voxel
+  +-60 HU (a miscalibrated scanner); ``noise3x``: Gaussian noise added so that the noise is three
+  times the phantom's own.
+- ``spacing0.14`` / ``spacing0.28`` / ``spacing0.35``: the same mouse generated at that voxel size.
+- ``supine``: the array rotated 180 degrees about the long axis, header unchanged (a mouse on its
+  back, or an exporter that dropped the orientation); ``lateral``: 90 degrees (on its side).
+- ``permuted``: the array's axes permuted and flipped (one of the 47 non-identity orientations,
+  drawn per case) and the affine changed to match, so a header-aware reader recovers the mouse.
+- ``8bit``: the volume mapped linearly from [min, max] to 0-255 and stored as uint8 (no HU).
+- ``neighbour``: a second test phantom side by side in one field (labelled too); Dice is scored
+  in the first mouse's half, false positives over the whole field.
+- ``bed``: a curved plastic bed (``phantom.scanner.paint_bed``) under every mouse.
+- ``digimouse`` / ``digimouse_torso``: the real-anatomy source, CT rendered from the Digimouse
+  atlas (``phantom.digimouse.render_ct``), whole body and torso. It has no intestine or spinal
+  cord labels (those are not scored) and no tumor.
+
+Per variant it prints the median Dice of each structure (the big organs first), the median volume
+claimed for labelled structures that are absent (e.g. a liver in a head-only scan), and the tumor
+false-positive volume: predicted tumor components touching no true tumor, in mm^3 (on a tumor-free
+scan, all predicted tumor). Verdict against issue 19's targets: every big organ (heart, lungs,
+liver, kidneys) median Dice >= 0.90 in every variant where it is in the field, and tumor false
+positives <= 20 mm^3 in every scan. Generated phantoms are cached under ``data/.cache/robustness``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from scipy import ndimage
+
+from inference.jsonsafe import finite_or_null
+from inference.metrics import dice
+from inference.phantom import digimouse
+from inference.phantom.generator import generate_phantom
+from inference.phantom.scanner import paint_bed
+from inference.phantom.writer import write_dataset, write_flat
+from inference.pipeline import predict_volume
+from inference.registry import ModelCard, find_model, load_card
+from inference.structures import BY_ID, BY_NAME, STRUCTURES
+from inference.training.evaluate import finite_median, load_canonical, tumor_scores
+from inference.training.make_models import SETS
+
+TUMOR = BY_NAME["tumor"].id
+METASTASIS = BY_NAME["metastasis"].id
+BIG_ORGANS: tuple[str, ...] = ("heart", "lung_left", "lung_right", "liver", "kidney_left", "kidney_right")
+#: Every structure in print order: big organs first, then the rest of the table.
+ORDER: tuple[str, ...] = BIG_ORGANS + tuple(
+    s.name for s in STRUCTURES[1:] if s.name not in BIG_ORGANS and s.kind != "lesion"
+)
+BIG_ORGAN_DICE = 0.90
+TUMOR_FP_MM3 = 20.0
+#: Predicted volume below which an absent structure is not listed as claimed (a few voxels).
+CLAIM_MM3 = 1.0
+DEFAULT_MODELS = ("mouse-organs", "mouse-tumor")
+DEFAULT_CACHE = Path("data/.cache/robustness")
+DEFAULT_DATA = Path("data/phantoms")
+#: Test phantoms per variant by default: half the held-out set keeps a full run near 15 minutes
+#: on two shared CPU cores (about 10 s per scan, 20 s beside a neighbour, 35 s at 0.14 mm).
+DEFAULT_N = 4
+
+VARIANTS: dict[str, str] = {
+    "native": "test phantoms as generated",
+    "torso": "shoulders to hips",
+    "head": "head only",
+    "clip": "HU clipped to [-400, 1000]",
+    "plus60": "+60 HU",
+    "minus60": "-60 HU",
+    "noise3x": "three times the noise",
+    "spacing0.14": "0.14 mm voxels",
+    "spacing0.28": "0.28 mm voxels",
+    "spacing0.35": "0.35 mm voxels",
+    "supine": "rotated 180 degrees about the long axis, header unchanged",
+    "lateral": "rotated 90 degrees about the long axis, header unchanged",
+    "permuted": "axes permuted and flipped in the array, affine updated",
+    "8bit": "linear map to 0-255, uint8, no HU",
+    "neighbour": "a second mouse side by side in one field",
+    "bed": "a curved plastic bed under the mouse",
+    "digimouse": "Digimouse atlas (real anatomy), whole body",
+    "digimouse_torso": "Digimouse atlas (real anatomy), torso",
+}
+DIGIMOUSE_VARIANTS = ("digimouse", "digimouse_torso")
+
+
+@dataclass
+class Case:
+    """One scan to segment and its truth.
+
+    ``ct`` is the voxel array in the file's axis order and dtype (as ``pipeline.io.load_scan``
+    would give it), ``labels`` (uint8 canonical ids) lies on the same grid, ``affine`` maps voxel
+    indices to mm. ``labelled``: the structures whose truth is known (others are not scored).
+    ``region``: where Dice is scored (None: everywhere).
+    """
+
+    name: str
+    ct: np.ndarray
+    labels: np.ndarray
+    affine: np.ndarray
+    labelled: tuple[str, ...] = tuple(s.name for s in STRUCTURES[1:])
+    region: tuple[slice, slice, slice] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spacing_mm(self) -> list[float]:
+        return [float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))]
+
+
+# --- variant transforms: each returns a new Case; labels move exactly as the CT does -------------
+
+
+def crop_z(case: Case, z_lo: int, z_hi: int) -> Case:
+    """Keep slices ``[z_lo, z_hi)`` of a canonical case; the affine keeps the world position."""
+    shift = np.eye(4)
+    shift[2, 3] = z_lo
+    return replace(
+        case,
+        ct=np.ascontiguousarray(case.ct[:, :, z_lo:z_hi]),
+        labels=np.ascontiguousarray(case.labels[:, :, z_lo:z_hi]),
+        affine=case.affine @ shift,
+    )
+
+
+def torso(case: Case) -> Case:
+    """Shoulders to hips (``digimouse.torso_range`` on the truth)."""
+    return crop_z(case, *digimouse.torso_range(case.labels, case.spacing_mm[2]))
+
+
+def head(case: Case, margin_mm: float = 1.0) -> Case:
+    """From ``margin_mm`` caudal of the brain to the end of the field (the nose)."""
+    brain = np.flatnonzero((case.labels == BY_NAME["brain"].id).any(axis=(0, 1)))
+    if not brain.size:
+        raise ValueError("a head-only crop needs the brain in the label map")
+    z_lo = max(int(brain[0]) - round(margin_mm / case.spacing_mm[2]), 0)
+    return crop_z(case, z_lo, case.ct.shape[2])
+
+
+def clip_hu(case: Case, low: float = -400.0, high: float = 1000.0) -> Case:
+    return replace(case, ct=np.clip(case.ct, low, high).astype(case.ct.dtype))
+
+
+def offset_hu(case: Case, delta: float) -> Case:
+    shifted = np.rint(case.ct.astype(np.float32) + np.float32(delta))
+    return replace(case, ct=np.clip(shifted, -32768, 32767).astype(np.int16))
+
+
+def more_noise(case: Case, factor: float, seed: int) -> Case:
+    """Independent Gaussian noise so that the total is ``factor`` times the phantom's own
+    (``meta["scanner"]["noise_hu"]``): the added part has sd ``noise * sqrt(factor^2 - 1)``."""
+    noise_hu = float(case.meta["scanner"]["noise_hu"])
+    extra = noise_hu * float(np.sqrt(max(factor**2 - 1.0, 0.0)))
+    rng = np.random.default_rng([seed, 19, 1])
+    noisy = case.ct.astype(np.float32) + rng.standard_normal(case.ct.shape, dtype=np.float32) * np.float32(
+        extra
+    )
+    return replace(case, ct=np.clip(np.rint(noisy), -32768, 32767).astype(np.int16))
+
+
+def rotate_long_axis(case: Case, quarter_turns: int) -> Case:
+    """The array turned about its z (long) axis by ``quarter_turns`` x 90 degrees, affine unchanged:
+    2 is a mouse on its back (supine) where the header still says prone, 1 or 3 on its side."""
+    k = quarter_turns % 4
+    return replace(
+        case,
+        ct=np.ascontiguousarray(np.rot90(case.ct, k, axes=(0, 1))),
+        labels=np.ascontiguousarray(np.rot90(case.labels, k, axes=(0, 1))),
+    )
+
+
+def orientation_choice(seed: int) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
+    """One of the 47 non-identity (axis permutation, flips) pairs, drawn from ``seed``."""
+    rng = np.random.default_rng([seed, 19, 2])
+    while True:
+        perm = tuple(int(v) for v in rng.permutation(3))
+        flips = tuple(bool(v) for v in rng.random(3) < 0.5)
+        if perm != (0, 1, 2) or any(flips):
+            return perm, flips  # type: ignore[return-value]
+
+
+def permute_axes(case: Case, perm: Sequence[int], flips: Sequence[bool]) -> Case:
+    """New array axis ``a`` is old axis ``perm[a]``, reversed where ``flips[a]``; the affine is
+    changed so that every voxel keeps its world position (a header-aware reader undoes it)."""
+    ct = np.transpose(case.ct, perm)
+    labels = np.transpose(case.labels, perm)
+    old_from_new = np.zeros((4, 4))
+    old_from_new[3, 3] = 1.0
+    for a in range(3):
+        if flips[a]:
+            ct, labels = np.flip(ct, a), np.flip(labels, a)
+            old_from_new[perm[a], a] = -1.0
+            old_from_new[perm[a], 3] = ct.shape[a] - 1
+        else:
+            old_from_new[perm[a], a] = 1.0
+    return replace(
+        case,
+        ct=np.ascontiguousarray(ct),
+        labels=np.ascontiguousarray(labels),
+        affine=case.affine @ old_from_new,
+        meta={**case.meta, "permutation": list(perm), "flips": list(flips)},
+    )
+
+
+def rescale_8bit(case: Case) -> Case:
+    """Linear map of [min, max] to 0-255, stored as uint8 (``meta["rescale"]`` holds the map)."""
+    low, high = float(case.ct.min()), float(case.ct.max())
+    scale = 255.0 / max(high - low, 1e-6)
+    u8 = np.clip(np.rint((case.ct.astype(np.float32) - low) * scale), 0, 255).astype(np.uint8)
+    return replace(case, ct=u8, meta={**case.meta, "rescale": {"low_hu": low, "high_hu": high}})
+
+
+def beside(case: Case, other: Case, on_right: bool, seed: int) -> Case:
+    """``other`` placed beside ``case`` along x (on its +x side when ``on_right``), noses aligned;
+    missing slices are air with the first case's noise. Dice is scored in ``case``'s part."""
+    ny = max(case.ct.shape[1], other.ct.shape[1])
+    nz = max(case.ct.shape[2], other.ct.shape[2])
+    rng = np.random.default_rng([seed, 19, 3])
+    noise_hu = float(case.meta.get("scanner", {}).get("noise_hu", 0.0))
+
+    def fit(c: Case) -> tuple[np.ndarray, np.ndarray]:
+        # Pad dorsally (low y) and caudally (low z): the nose is at the top of every phantom.
+        pad = ((0, 0), (ny - c.ct.shape[1], 0), (nz - c.ct.shape[2], 0))
+        air = np.rint(-1000.0 + rng.standard_normal((c.ct.shape[0], ny, nz)) * noise_hu).astype(np.int16)
+        ct = air
+        ct[:, pad[1][0] :, pad[2][0] :] = c.ct
+        return ct, np.pad(c.labels, pad)
+
+    ct_a, lab_a = fit(case)
+    ct_b, lab_b = fit(other)
+    nx = ct_a.shape[0]
+    if on_right:
+        ct, labels, region = np.concatenate([ct_a, ct_b]), np.concatenate([lab_a, lab_b]), slice(0, nx)
+    else:
+        nb = ct_b.shape[0]
+        ct, labels, region = np.concatenate([ct_b, ct_a]), np.concatenate([lab_b, lab_a]), slice(nb, nb + nx)
+    shift = np.eye(4)
+    shift[1, 3] = -(ny - case.ct.shape[1])
+    shift[2, 3] = -(nz - case.ct.shape[2])
+    shift[0, 3] = -region.start
+    return replace(
+        case,
+        ct=ct,
+        labels=labels,
+        affine=case.affine @ shift,
+        region=(region, slice(None), slice(None)),
+        meta={**case.meta, "neighbour": other.name},
+    )
+
+
+def add_bed(case: Case, seed: int) -> Case:
+    """A curved plastic bed under (ventral to) the mouse, blurred and noisy like the scan; a phantom
+    generated with a bed keeps its own. Labels are unchanged (the bed is background)."""
+    if case.meta.get("bed"):
+        return replace(case, meta={**case.meta, "bed_added": False})
+    spacing = case.spacing_mm[0]
+    rng = np.random.default_rng([seed, 19, 4])
+    occupied = np.flatnonzero((case.ct > -500).any(axis=(0, 2)))
+    bed = np.full(case.ct.shape, -1000.0, np.float32)
+    paint_bed(bed, spacing, float(occupied.max() + 1) * spacing, rng)
+    scanner = case.meta.get("scanner", {})
+    blur_mm = float(scanner.get("blur_mm", 0.15))
+    ndimage.gaussian_filter(bed, sigma=blur_mm / spacing, output=bed, truncate=3.0)
+    where = bed > -990.0
+    noisy = bed[where] + rng.standard_normal(int(where.sum()), dtype=np.float32) * np.float32(
+        scanner.get("noise_hu", 20.0)
+    )
+    ct = case.ct.copy()
+    ct[where] = np.maximum(ct[where], np.rint(noisy).astype(ct.dtype))
+    return replace(case, ct=ct, meta={**case.meta, "bed_added": True})
+
+
+# --- sources -----------------------------------------------------------------------------------
+
+
+class PhantomSource:
+    """Held-out test phantoms from ``data/test_native`` (written there when missing) and the same
+    mice at other voxel sizes (generated once into ``cache``). ``spacing_mm`` is the base voxel
+    size; other than 0.21 mm (the test set's) the base phantoms go to the cache too."""
+
+    def __init__(self, data: Path = DEFAULT_DATA, cache: Path = DEFAULT_CACHE, spacing_mm: float = 0.21):
+        self.data, self.cache, self.spacing_mm = Path(data), Path(cache), spacing_mm
+
+    def _read(self, folder: Path) -> Case:
+        ct, affine = load_canonical(folder / "ct.nii.gz")
+        labels, _ = load_canonical(folder / "labels.nii.gz")
+        meta = json.loads((folder / "meta.json").read_text())
+        return Case(name=folder.name, ct=np.asarray(ct), labels=np.asarray(labels), affine=affine, meta=meta)
+
+    def native(self, seed: int) -> Case:
+        if np.isclose(self.spacing_mm, 0.21):
+            folder = self.data / "test_native"
+            write_dataset(folder, n=1, seed=seed, spacing_mm=0.21, skip_existing=True)
+            return self._read(folder / f"native_{seed:05d}")
+        return self.at_spacing(seed, self.spacing_mm)
+
+    def at_spacing(self, seed: int, spacing_mm: float) -> Case:
+        folder = self.cache / f"native_{seed:05d}_{spacing_mm:.2f}mm"
+        if not (folder / "meta.json").is_file():
+            write_flat(generate_phantom(seed, spacing_mm=spacing_mm, n_annotators=0), folder)
+        return self._read(folder)
+
+
+def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = None) -> Case:
+    """The Digimouse atlas rendered as CT (whole body or torso), seed 0."""
+    mouse = digimouse.load(atlas_dir)
+    crop: Literal["whole", "torso"] = "torso" if variant.endswith("torso") else "whole"
+    phantom = digimouse.render_ct(mouse, seed=0, spacing_mm=spacing_mm, crop=crop)
+    return Case(
+        name=f"digimouse_{crop}",
+        ct=phantom.ct,
+        labels=phantom.labels,
+        affine=phantom.affine,
+        labelled=mouse.labelled,
+        meta=phantom.meta,
+    )
+
+
+def make_case(variant: str, base: Case, seed: int, source: PhantomSource, neighbour_seed: int) -> Case:
+    """``base`` (the native phantom of ``seed``) as ``variant`` sees it."""
+    transforms: dict[str, Callable[[], Case]] = {
+        "native": lambda: base,
+        "torso": lambda: torso(base),
+        "head": lambda: head(base),
+        "clip": lambda: clip_hu(base),
+        "plus60": lambda: offset_hu(base, 60.0),
+        "minus60": lambda: offset_hu(base, -60.0),
+        "noise3x": lambda: more_noise(base, 3.0, seed),
+        "spacing0.14": lambda: source.at_spacing(seed, 0.14),
+        "spacing0.28": lambda: source.at_spacing(seed, 0.28),
+        "spacing0.35": lambda: source.at_spacing(seed, 0.35),
+        "supine": lambda: rotate_long_axis(base, 2),
+        "lateral": lambda: rotate_long_axis(base, 1),
+        "permuted": lambda: permute_axes(base, *orientation_choice(seed)),
+        "8bit": lambda: rescale_8bit(base),
+        "neighbour": lambda: beside(base, source.native(neighbour_seed), seed % 2 == 0, seed),
+        "bed": lambda: add_bed(base, seed),
+    }
+    if variant not in transforms:
+        raise ValueError(f"unknown variant {variant!r}; variants are {', '.join(VARIANTS)}")
+    return transforms[variant]()
+
+
+# --- scoring -------------------------------------------------------------------------------------
+
+
+def false_positive_mm3(pred: np.ndarray, truth: np.ndarray, voxel_mm3: float) -> float:
+    """Volume of the predicted components (26-connected) that touch no true voxel."""
+    if not pred.any():
+        return 0.0
+    components, _ = ndimage.label(pred, structure=np.ones((3, 3, 3), bool))
+    touching = np.unique(components[truth & pred])
+    false = pred & ~np.isin(components, touching[touching > 0])
+    return float(false.sum()) * voxel_mm3
+
+
+def score_case(case: Case, cards: Sequence[ModelCard], *, threads: int = 2) -> dict[str, Any]:
+    """Segment ``case`` as the product does and score it (see the module docstring)."""
+    started = time.perf_counter()
+    voxel = float(np.prod(case.spacing_mm))
+    refused = None
+    try:
+        out = predict_volume(case.ct, case.affine, cards, threads=threads)
+        pred = np.asarray(out.labels)
+        seconds = {k: round(v, 3) for k, v in out.seconds.items()}
+    except ValueError as error:  # a refusal (e.g. no credible intensity fit) scores as nothing found
+        refused = str(error) or type(error).__name__
+        pred = np.zeros(case.labels.shape, np.uint8)
+        seconds = {}
+    truth = case.labels
+    region = case.region or (slice(None), slice(None), slice(None))
+    pred_r, truth_r = pred[region], truth[region]
+    ids = sorted({s for c in cards for s in c.structures if s})
+    dices: dict[str, float] = {}
+    claimed: dict[str, float] = {}
+    for sid in ids:
+        name = BY_ID[sid].name
+        if name not in case.labelled or BY_ID[sid].kind == "lesion":
+            continue
+        t, p = truth_r == sid, pred_r == sid
+        if t.any():
+            dices[name] = round(dice(p, t), 4)
+        else:
+            claimed[name] = round(float(p.sum()) * voxel, 3)
+    result: dict[str, Any] = {
+        "case": case.name,
+        "shape": list(case.ct.shape),
+        "dtype": str(case.ct.dtype),
+        "spacing_mm": [round(v, 4) for v in case.spacing_mm],
+        "dice": dices,
+        "absent_claimed_mm3": claimed,
+        "true_tumor_mm3": round(float((truth == TUMOR).sum()) * voxel, 3),
+    }
+    if TUMOR in ids:
+        result["tumor_fp_mm3"] = round(false_positive_mm3(pred == TUMOR, truth == TUMOR, voxel), 3)
+        result["tumors"] = tumor_scores(pred_r == TUMOR, truth_r == TUMOR, voxel)
+    if METASTASIS in ids:
+        result["metastasis_fp_mm3"] = round(
+            false_positive_mm3(pred == METASTASIS, truth == METASTASIS, voxel), 3
+        )
+    if refused is not None:
+        result["refused"] = refused
+    result["seconds"] = {**seconds, "total": round(time.perf_counter() - started, 3)}
+    return result
+
+
+def summarise_variant(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over a variant's cases and its verdict against the targets."""
+    names = [n for n in ORDER if any(n in c["dice"] for c in cases)]
+    dice_median = {n: finite_median([c["dice"][n] for c in cases if n in c["dice"]]) for n in names}
+    counts = {n: sum(n in c["dice"] for c in cases) for n in names}
+    absent = sorted({n for c in cases for n in c["absent_claimed_mm3"]}, key=ORDER.index)
+    claimed = {
+        n: finite_median([c["absent_claimed_mm3"][n] for c in cases if n in c["absent_claimed_mm3"]])
+        for n in absent
+    }
+    summary: dict[str, Any] = {
+        "cases": len(cases),
+        "dice": dice_median,
+        "cases_per_structure": counts,
+        "absent_claimed_mm3": {n: v for n, v in claimed.items() if v >= CLAIM_MM3},
+        "refused": sum("refused" in c for c in cases),
+    }
+    failures = [
+        f"{n} Dice {dice_median[n]:.3f} < {BIG_ORGAN_DICE:.2f}"
+        for n in BIG_ORGANS
+        if n in dice_median and not dice_median[n] >= BIG_ORGAN_DICE
+    ]
+    if any("tumor_fp_mm3" in c for c in cases):
+        fp = [c["tumor_fp_mm3"] for c in cases if "tumor_fp_mm3" in c]
+        free = [c["tumor_fp_mm3"] for c in cases if "tumor_fp_mm3" in c and c["true_tumor_mm3"] == 0]
+        summary["tumor_fp_mm3"] = {
+            "median": finite_median(fp),
+            "max": round(max(fp), 3),
+            "tumor_free_scans": len(free),
+            "max_tumor_free": round(max(free), 3) if free else None,
+        }
+        if max(fp) > TUMOR_FP_MM3:
+            failures.append(f"tumor false positives up to {max(fp):.0f} mm3 > {TUMOR_FP_MM3:.0f}")
+        tumors = [t for c in cases for t in c.get("tumors", [])]
+        big = [t for t in tumors if t["volume_mm3"] >= 50]
+        summary["tumors"] = {
+            "count": len(tumors),
+            "detected": sum(t["detected"] for t in tumors),
+            "dice_median_ge_50mm3": finite_median([t["dice"] for t in big]),
+        }
+    if any("metastasis_fp_mm3" in c for c in cases):
+        mfp = [c["metastasis_fp_mm3"] for c in cases if "metastasis_fp_mm3" in c]
+        summary["metastasis_fp_mm3"] = {"median": finite_median(mfp), "max": round(max(mfp), 3)}
+    summary["seconds_median"] = finite_median([c["seconds"]["total"] for c in cases])
+    summary["verdict"] = {"pass": not failures, "failures": failures}
+    return summary
+
+
+def _pipeline_version() -> dict[str, Any]:
+    """The commit the pipeline ran from and any uncommitted changes under ``inference/``."""
+    repo = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=repo, capture_output=True, text=True, timeout=10, check=True
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "inference/pipeline").splitlines()]
+    return {"commit": git("rev-parse", "HEAD").strip() or None, "uncommitted_pipeline_files": changed}
+
+
+def run(
+    model_dirs: Sequence[Path],
+    *,
+    variants: Sequence[str] = tuple(VARIANTS),
+    n: int = DEFAULT_N,
+    data: Path = DEFAULT_DATA,
+    cache: Path = DEFAULT_CACHE,
+    spacing_mm: float = 0.21,
+    threads: int = 2,
+    atlas_dir: Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Every variant on ``n`` test phantoms (plus the Digimouse variants); the report as a dict."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {', '.join(unknown)}; variants are {', '.join(VARIANTS)}")
+    cards = [load_card(Path(d)) for d in model_dirs]
+    first, count, _ = SETS["test_native"]
+    if not 1 <= n <= count:
+        raise ValueError(f"--n must be 1-{count} (the held-out test phantoms)")
+    seeds = [first + i for i in range(n)]
+    source = PhantomSource(data, cache, spacing_mm)
+    started = time.perf_counter()
+    per_variant: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    phantom_variants = [v for v in variants if v not in DIGIMOUSE_VARIANTS]
+    for i, seed in enumerate(seeds if phantom_variants else []):
+        base = source.native(seed)
+        neighbour_seed = first + (i + 1) % count
+        for variant in phantom_variants:
+            case = make_case(variant, base, seed, source, neighbour_seed)
+            row = score_case(case, cards, threads=threads)
+            per_variant[variant].append(row)
+            if log:
+                log(f"{variant:<16} {case.name}: {_brief(row)}")
+    for variant in variants:
+        if variant in DIGIMOUSE_VARIANTS:
+            row = score_case(digimouse_case(variant, spacing_mm, atlas_dir), cards, threads=threads)
+            per_variant[variant].append(row)
+            if log:
+                log(f"{variant:<16} {row['case']}: {_brief(row)}")
+    report_variants: dict[str, dict[str, Any]] = {
+        v: {"description": VARIANTS[v], "summary": summarise_variant(rows), "cases": rows}
+        for v, rows in per_variant.items()
+    }
+    failures = [f"{v}: {f}" for v, r in report_variants.items() for f in r["summary"]["verdict"]["failures"]]
+    return {
+        "models": [{"name": c.name, "version": c.version, "sha256": c.sha256} for c in cards],
+        "pipeline": _pipeline_version(),
+        "test_seeds": seeds,
+        "spacing_mm": spacing_mm,
+        "targets": {"big_organ_dice_min": BIG_ORGAN_DICE, "tumor_fp_mm3_max": TUMOR_FP_MM3},
+        "variants": report_variants,
+        "verdict": {"pass": not failures, "failures": failures},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _brief(row: dict[str, Any]) -> str:
+    big = " ".join(f"{n}={row['dice'][n]:.2f}" for n in BIG_ORGANS if n in row["dice"])
+    fp = f" tumorFP={row['tumor_fp_mm3']:.0f}mm3" if "tumor_fp_mm3" in row else ""
+    refused = " REFUSED" if "refused" in row else ""
+    return f"{big}{fp} ({row['seconds']['total']:.1f} s){refused}"
+
+
+SHORT = {
+    "heart": "heart",
+    "lung_left": "lungL",
+    "lung_right": "lungR",
+    "liver": "liver",
+    "kidney_left": "kidL",
+    "kidney_right": "kidR",
+    "spleen": "spleen",
+    "bladder": "bladdr",
+    "stomach": "stomch",
+    "intestine": "intest",
+    "bones": "bones",
+    "brain": "brain",
+    "spinal_cord": "cord",
+}
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Median Dice per structure and variant, tumor false positives and the verdict, as text."""
+    variants = report["variants"]
+    names = [n for n in ORDER if any(n in v["summary"]["dice"] for v in variants.values())]
+    head_row = f"{'variant':<16}{'n':>3} " + " ".join(f"{SHORT.get(n, n)[:6]:>6}" for n in names)
+    lines = [head_row + f" {'tumD':>5} {'FPmed':>6} {'FPmax':>6}  verdict"]
+    notes = []
+    for variant, entry in variants.items():
+        s = entry["summary"]
+        cells = " ".join(f"{s['dice'][n]:>6.3f}" if n in s["dice"] else f"{'-':>6}" for n in names)
+        fp = s.get("tumor_fp_mm3", {})
+        tumor_dice = s.get("tumors", {}).get("dice_median_ge_50mm3", float("nan"))
+        tumor_cell = f"{tumor_dice:>5.2f}" if np.isfinite(tumor_dice) else f"{'-':>5}"
+        fp_cells = f"{fp.get('median', float('nan')):>6.1f} {fp.get('max', float('nan')):>6.1f}"
+        verdict = "ok" if s["verdict"]["pass"] else "FAIL"
+        lines.append(f"{variant:<16}{s['cases']:>3} {cells} {tumor_cell} {fp_cells}  {verdict}")
+        if s["absent_claimed_mm3"]:
+            claimed = ", ".join(f"{n} {v:.0f}" for n, v in s["absent_claimed_mm3"].items())
+            notes.append(f"{variant}: claimed but absent (median mm3): {claimed}")
+        if s["refused"]:
+            notes.append(f"{variant}: {s['refused']} scan(s) refused")
+    lines.append(
+        f"Dice: median over cases; tumD: median Dice of true tumors >= 50 mm3; FPmed/FPmax: tumor "
+        f"false-positive volume (mm3) median/max per scan. Targets: big organs >= {BIG_ORGAN_DICE:.2f}, "
+        f"tumor FP <= {TUMOR_FP_MM3:.0f} mm3."
+    )
+    lines.extend(notes)
+    verdict = report["verdict"]
+    lines.append(
+        "verdict: " + ("all targets met" if verdict["pass"] else f"{len(verdict['failures'])} failures")
+    )
+    lines.extend(f"  {f}" for f in verdict["failures"])
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m inference.training.robustness",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        action="append",
+        help="model version folder (repeat; default: the newest mouse-organs and mouse-tumor)",
+    )
+    parser.add_argument(
+        "--n", type=int, default=DEFAULT_N, help=f"test phantoms per variant (1-{SETS['test_native'][1]})"
+    )
+    parser.add_argument("--variants", help=f"comma-separated subset of: {','.join(VARIANTS)}")
+    parser.add_argument("--json", type=Path, help="write the full results here")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="phantom root (test_native inside)")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="generated phantoms' cache")
+    parser.add_argument(
+        "--spacing", type=float, default=0.21, help="base voxel size in mm (0.21: the test set)"
+    )
+    parser.add_argument(
+        "--digimouse", type=Path, help="Digimouse atlas folder (default ../shared/realdata/digimouse)"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    models = args.model or [find_model(name).folder for name in DEFAULT_MODELS]
+    variants = [v.strip() for v in args.variants.split(",")] if args.variants else list(VARIANTS)
+    try:
+        report = run(
+            models,
+            variants=variants,
+            n=args.n,
+            data=args.data,
+            cache=args.cache,
+            spacing_mm=args.spacing,
+            threads=args.threads,
+            atlas_dir=args.digimouse,
+            log=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
+    report["command"] = "python -m inference.training.robustness " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(finite_or_null(report), indent=1))
+    sys.stdout.write(format_table(report) + "\n")
+
+
+if __name__ == "__main__":
+    main()

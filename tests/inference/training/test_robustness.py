@@ -1,0 +1,243 @@
+"""The robustness report: every variant moves the truth exactly with the CT, and the command runs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from inference.phantom import generate_phantom
+from inference.registry import ModelCard
+from inference.structures import BY_NAME
+from inference.training import robustness
+from inference.training.robustness import Case, PhantomSource
+from tests.conftest import SHARED
+from tests.inference.pipeline.tiny_models import write_threshold_model
+
+# Coarse voxels keep each phantom well under a second; the anatomy is the same in millimetres.
+SPACING_MM = 0.63
+WINDOW = {"kind": "window", "low_hu": -1000, "high_hu": 1000}
+
+
+def _world(affine: np.ndarray, index: tuple[int, int, int]) -> np.ndarray:
+    return (affine @ np.array([*index, 1.0]))[:3]
+
+
+@pytest.fixture(scope="module")
+def case() -> Case:
+    phantom = generate_phantom(9000, spacing_mm=SPACING_MM, n_annotators=0)
+    return Case(name="p", ct=phantom.ct, labels=phantom.labels, affine=phantom.affine, meta=phantom.meta)
+
+
+def test_crops_cut_ct_and_truth_alike_and_keep_world_positions(case: Case) -> None:
+    torso = robustness.torso(case)
+    z_lo = round((torso.affine[2, 3] - case.affine[2, 3]) / SPACING_MM)
+    nz = torso.ct.shape[2]
+    assert np.array_equal(torso.ct, case.ct[:, :, z_lo : z_lo + nz])
+    assert np.array_equal(torso.labels, case.labels[:, :, z_lo : z_lo + nz])
+    assert np.allclose(_world(torso.affine, (3, 4, 0)), _world(case.affine, (3, 4, z_lo)))
+    kept = set(np.unique(torso.labels))
+    for name in ("heart", "liver", "kidney_left", "lung_right", "bladder"):
+        assert BY_NAME[name].id in kept
+    assert BY_NAME["brain"].id not in kept
+
+    head = robustness.head(case)
+    assert head.ct.shape[2] < 0.3 * case.ct.shape[2]
+    assert BY_NAME["brain"].id in set(np.unique(head.labels))
+    assert BY_NAME["liver"].id not in set(np.unique(head.labels))
+    assert np.array_equal(head.ct, case.ct[:, :, -head.ct.shape[2] :])
+
+
+def test_intensity_variants_leave_the_truth_and_map_hu_exactly(case: Case) -> None:
+    clipped = robustness.clip_hu(case)
+    assert clipped.ct.min() >= -400 and clipped.ct.max() <= 1000
+    inside = (case.ct > -400) & (case.ct < 1000)
+    assert np.array_equal(clipped.ct[inside], case.ct[inside])
+    for delta in (60, -60):
+        shifted = robustness.offset_hu(case, delta)
+        assert shifted.ct.dtype == np.int16
+        assert np.array_equal(shifted.ct.astype(np.int32), case.ct.astype(np.int32) + delta)
+        assert shifted.labels is case.labels
+    noisy = robustness.more_noise(case, 3.0, seed=1)
+    added = noisy.ct.astype(np.float32) - case.ct
+    expected = case.meta["scanner"]["noise_hu"] * np.sqrt(8.0)
+    assert added.std() == pytest.approx(expected, rel=0.03)
+    assert np.array_equal(robustness.more_noise(case, 3.0, seed=1).ct, noisy.ct)
+
+    u8 = robustness.rescale_8bit(case)
+    assert u8.ct.dtype == np.uint8 and u8.ct.min() == 0 and u8.ct.max() == 255
+    low, high = u8.meta["rescale"]["low_hu"], u8.meta["rescale"]["high_hu"]
+    step = (high - low) / 255
+    back = u8.ct.astype(np.float64) * step + low
+    assert np.abs(back - case.ct).max() <= step / 2 + 1e-6
+    assert u8.labels is case.labels
+
+
+def test_rotations_about_the_long_axis_carry_the_truth(case: Case) -> None:
+    supine = robustness.rotate_long_axis(case, 2)
+    assert np.array_equal(supine.affine, case.affine)  # header unchanged
+    assert np.array_equal(robustness.rotate_long_axis(supine, 2).ct, case.ct)
+    lateral = case
+    for _ in range(4):
+        lateral = robustness.rotate_long_axis(lateral, 1)
+    assert np.array_equal(lateral.ct, case.ct) and np.array_equal(lateral.labels, case.labels)
+    # Labels follow the CT: the same intensities under every label, and the liver (on the right,
+    # +x, in the prone phantom) and the spine-side kidneys cross to the other side of the array.
+    liver = BY_NAME["liver"].id
+    assert np.array_equal(np.sort(supine.ct[supine.labels == liver]), np.sort(case.ct[case.labels == liver]))
+    centre_x = (case.ct.shape[0] - 1) / 2
+    assert np.argwhere(case.labels == liver)[:, 0].mean() > centre_x
+    assert np.argwhere(supine.labels == liver)[:, 0].mean() < centre_x
+    kidney = BY_NAME["kidney_left"].id
+    centre_y = (case.ct.shape[1] - 1) / 2
+    assert np.argwhere(case.labels == kidney)[:, 1].mean() < centre_y
+    assert np.argwhere(supine.labels == kidney)[:, 1].mean() > centre_y
+
+
+def test_every_axis_permutation_is_undone_by_a_header_aware_reader(case: Case) -> None:
+    small = robustness.crop_z(case, 40, 70)
+    for perm, flips in itertools.product(
+        itertools.permutations(range(3)), itertools.product((False, True), repeat=3)
+    ):
+        moved = robustness.permute_axes(small, perm, flips)
+        back_ct = nib.as_closest_canonical(nib.Nifti1Image(moved.ct, moved.affine))
+        back_labels = nib.as_closest_canonical(nib.Nifti1Image(moved.labels, moved.affine))
+        assert np.array_equal(np.asarray(back_ct.dataobj), small.ct), (perm, flips)
+        assert np.array_equal(np.asarray(back_labels.dataobj), small.labels), (perm, flips)
+        assert np.allclose(back_ct.affine, small.affine)
+    drawn = {robustness.orientation_choice(seed) for seed in range(200)}
+    assert ((0, 1, 2), (False, False, False)) not in drawn
+    assert len(drawn) > 30
+
+
+def test_neighbour_sits_beside_without_moving_the_first_mouse(case: Case) -> None:
+    other_phantom = generate_phantom(9001, spacing_mm=SPACING_MM, n_annotators=0)
+    other = Case(name="q", ct=other_phantom.ct, labels=other_phantom.labels, affine=other_phantom.affine)
+    for on_right in (True, False):
+        both = robustness.beside(case, other, on_right, seed=3)
+        assert both.region is not None
+        region = both.region[0]
+        nx, ny, nz = case.ct.shape
+        part = both.ct[region, -ny:, -nz:]
+        assert np.array_equal(part, case.ct) and np.array_equal(both.labels[region, -ny:, -nz:], case.labels)
+        start = region.start
+        offset = (both.ct.shape[1] - ny, both.ct.shape[2] - nz)
+        assert np.allclose(
+            _world(both.affine, (start + 5, offset[0] + 6, offset[1] + 7)), _world(case.affine, (5, 6, 7))
+        )
+        # The neighbour's organs are in the truth, on its own side.
+        rest = np.ones(both.ct.shape[0], bool)
+        rest[region] = False
+        assert (both.labels[rest] == BY_NAME["heart"].id).sum() == (other.labels == BY_NAME["heart"].id).sum()
+        assert both.ct.shape[0] == nx + other.ct.shape[0]
+
+
+def test_bed_is_added_under_the_mouse_only(case: Case) -> None:
+    seed = next(
+        s for s in range(9000, 9100) if not generate_phantom(s, spacing_mm=1.0, n_annotators=0).meta["bed"]
+    )
+    phantom = generate_phantom(seed, spacing_mm=SPACING_MM, n_annotators=0)
+    plain = Case(name="b", ct=phantom.ct, labels=phantom.labels, affine=phantom.affine, meta=phantom.meta)
+    bedded = robustness.add_bed(plain, seed=seed)
+    assert bedded.meta["bed_added"] is True
+    changed = bedded.ct != plain.ct
+    assert changed.sum() > 1000
+    assert np.all(bedded.ct[changed] > plain.ct[changed])
+    assert not bedded.labels[changed].any()
+    # Under the mouse: at the body's centre column the bed lies ventral to (beyond) the body.
+    body_y = np.flatnonzero((plain.ct > -500).any(axis=(0, 2)))
+    x_mid = plain.ct.shape[0] // 2
+    bed_y = np.flatnonzero(changed[x_mid].any(axis=1) & (bedded.ct[x_mid] > 0).any(axis=1))
+    assert bed_y.size and bed_y.min() > body_y.max() - 2
+    # A phantom generated with a bed keeps its own.
+    assert robustness.add_bed(replace_meta(plain, bed=True), seed=seed).ct is plain.ct
+
+
+def replace_meta(case: Case, **changes: object) -> Case:
+    return Case(
+        name=case.name, ct=case.ct, labels=case.labels, affine=case.affine, meta={**case.meta, **changes}
+    )
+
+
+def test_false_positive_volume_counts_components_touching_no_truth() -> None:
+    truth = np.zeros((20, 20, 20), bool)
+    truth[2:6, 2:6, 2:6] = True
+    pred = np.zeros_like(truth)
+    pred[1:6, 2:6, 2:6] = True  # the true lesion, a little too big: not a false positive
+    pred[12:14, 12:14, 12:14] = True  # 8 voxels away from anything true
+    assert robustness.false_positive_mm3(pred, truth, 0.5) == pytest.approx(4.0)
+    assert robustness.false_positive_mm3(pred, np.zeros_like(truth), 0.5) == pytest.approx(0.5 * pred.sum())
+
+
+def test_other_voxel_sizes_are_the_same_mouse(tmp_path: Path) -> None:
+    source = PhantomSource(tmp_path / "data", tmp_path / "cache", spacing_mm=SPACING_MM)
+    base = source.native(9000)
+    coarse = source.at_spacing(9000, 0.84)
+    assert (tmp_path / "cache" / "native_09000_0.84mm" / "meta.json").is_file()
+    assert coarse.spacing_mm == pytest.approx([0.84] * 3)
+    for name in ("liver", "heart", "brain"):
+        sid = BY_NAME[name].id
+        v_base = (base.labels == sid).sum() * SPACING_MM**3
+        v_coarse = (coarse.labels == sid).sum() * 0.84**3
+        assert v_coarse == pytest.approx(v_base, rel=0.15), name
+
+
+@pytest.fixture
+def tiny_models(tmp_path: Path) -> list[ModelCard]:
+    spacing = (SPACING_MM,) * 3
+    # Voxel by voxel: soft tissue (-100..600 HU) is "liver", brighter is "bones"; the tumor model
+    # calls everything above 980 HU tumor (the densest bone: false positives to count).
+    organs = write_threshold_model(
+        tmp_path / "organs",
+        structures=(0, 4, 11),
+        thresholds=(0.45, 0.8),
+        spacing_mm=spacing,
+        normalisation=WINDOW,
+    )
+    tumor = write_threshold_model(
+        tmp_path / "tumor",
+        name="tiny-tumor",
+        task="tumor",
+        structures=(0, 14),
+        thresholds=(0.99,),
+        activation="sigmoid",
+        spacing_mm=spacing,
+        normalisation=WINDOW,
+        disagreement=False,
+    )
+    return [organs, tumor]
+
+
+def test_command_runs_end_to_end_and_writes_the_json(
+    tmp_path: Path, tiny_models: list[ModelCard], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report.json"
+    variants = "native,supine,permuted,torso,8bit,neighbour,digimouse_torso"
+    args = ["--n", "1", "--variants", variants, "--spacing", str(SPACING_MM), "--threads", "1"]
+    args += ["--data", str(tmp_path / "data"), "--cache", str(tmp_path / "cache"), "--json", str(out)]
+    args += ["--digimouse", str(SHARED / "realdata" / "digimouse")]
+    for card in tiny_models:
+        args += ["--model", str(card.folder)]
+    robustness.main(args)
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert list(report["variants"]) == variants.split(",")
+    assert [m["name"] for m in report["models"]] == ["tiny-organs", "tiny-tumor"]
+    native = report["variants"]["native"]
+    assert native["summary"]["cases"] == 1 and native["cases"][0]["case"] == "native_09000_0.63mm"
+    assert set(native["cases"][0]["dice"]) == {"liver", "bones"}
+    assert native["summary"]["dice"]["bones"] > 0.3
+    # A voxel-wise model gives the same answer whatever the array's orientation, when the
+    # pipeline reads the header (permuted) and when the rotation is exact (supine).
+    for variant in ("supine", "permuted"):
+        assert report["variants"][variant]["cases"][0]["dice"] == native["cases"][0]["dice"], variant
+    assert native["cases"][0]["tumor_fp_mm3"] > 0  # bone called tumor: counted
+    assert report["variants"]["8bit"]["cases"][0]["dtype"] == "uint8"
+    digi = report["variants"]["digimouse_torso"]["cases"][0]
+    assert "intestine" not in digi["dice"] and digi["true_tumor_mm3"] == 0
+    assert report["verdict"]["pass"] is False  # a threshold model finds no heart
+    assert "native" in printed and "digimouse_torso" in printed and "verdict" in printed
