@@ -1,6 +1,6 @@
 """How fast is labseg's organ + tumor pipeline, against the AIMOS architecture on the same volumes?
 
-Two whole-body volumes, as in issue 5: 192 x 192 x 520 voxels at 0.21 mm (the tumor database's
+Two whole-body volumes: 192 x 192 x 520 voxels at 0.21 mm (the tumor database's
 shape) and 288 x 206 x 396 at 0.14 mm (the organ CT database's field of view). They come from the
 phantom generator (``inference.phantom``) when it is importable, else from a synthetic body.
 labseg is timed from loading the file to writing every output (``segment_file``: label and
@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -89,7 +90,8 @@ def make_volumes(work: Path, synthetic: bool) -> dict[str, Path]:
     paths = {}
     for number, (name, (shape, spacing)) in enumerate(VOLUMES.items()):
         path = work / f"volume{number}.nii.gz"
-        if path.is_file() and nib.load(str(path)).shape == shape:
+        # The bench writes these volumes itself as NIfTI-1.
+        if path.is_file() and cast(nib.Nifti1Image, nib.load(str(path))).shape == shape:
             print(f"{name}: reusing {path}")
             paths[name] = path
             continue

@@ -2,8 +2,8 @@
 
 For a 40 MB scan (192x192x520 int16, the tumor database's grid) and a 2 GB scan (1024^3 int16,
 served through the downsampled preview), each with a stored prediction (the phantom's own label
-map, ``frontend.demo``), this starts the real server (``manage.py runserver --noreload``) on its own
-PostgreSQL database, lets the server make each scan's preview once (timed and printed apart: it is
+map, ``tests/demo_scan.py``), this starts the real server (``manage.py runserver --noreload``) on
+its own PostgreSQL database, lets the server make each scan's preview once (timed and printed apart: it is
 cached in storage), then opens the viewer in Debian's headless Chromium several times, each in a
 fresh browser context (empty HTTP cache), and reads ``window.labsegViewer.firstFrameMs``
 (``performance.now()`` when the first frame with the overlay was drawn; its origin is the
@@ -83,10 +83,10 @@ def _seed(label: str, shape: tuple[int, int, int], spacing_mm: float) -> int:
     django.setup()
     from django.contrib.auth import get_user_model
 
-    from frontend.demo import add_prediction, write_phantom
     from labs.models import Lab, Membership
     from scans.models import Scan
     from scans.services import register_scan
+    from tests.demo_scan import add_prediction, write_phantom
 
     user, _ = get_user_model().objects.get_or_create(username=USER)
     user.set_password(PASSWORD)

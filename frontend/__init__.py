@@ -2,8 +2,7 @@
 
 Modules: ``labs`` (the session's lab), ``results`` (what the pages show of the service's rows),
 ``layers`` (the viewer's volumes: previews, full resolution, regions), ``previews`` (pure numpy +
-nibabel downsampling and cropping), ``pictures`` (QC PNGs), ``demo`` (a phantom scan with a
-stored prediction, for the viewer's benchmark and tests), ``views/`` (pages, files, downloads).
+nibabel downsampling and cropping), ``pictures`` (QC PNGs), ``views/`` (pages, files, downloads).
 Static code lives in ``static/frontend/js`` (one module per page; ``charts.js`` draws inline SVG);
 ``vendor.sh`` installs NiiVue from npm into ``static/vendor/niivue/``.
 """

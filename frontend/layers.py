@@ -3,17 +3,17 @@ previews cached in storage, full resolution of a small scan, and full-resolution
 
 Layer keys: ``ct``; ``pred-<prediction id>`` (labels), ``unc-<prediction id>`` (uncertainty,
 uint8 0-255); ``ann-<annotation id>`` (relabelled to canonical ids); ``consensus`` (label chosen by
-more than half of the scan's non-rejected annotations). Label layers are uint8 .nii.gz with the
-NIfTI label intent. Previews live under ``previews/scan_<id>/`` in storage and are made on first
-request; they never change because predictions and uploaded files are immutable.
+more than half of the scan's approved annotations: ``review.services.consensus_annotations``, the
+one meaning of consensus, shared with the review app's majority and STAPLE maps). Label layers are
+uint8 .nii.gz with the NIfTI label intent. Previews live under ``previews/scan_<id>/`` in storage
+and are made on first request; they never change because predictions and uploaded files are
+immutable, and a consensus is stored under the ids of the annotations it was made of.
 """
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,10 @@ from django.urls import reverse
 
 from frontend import previews, results
 from inference.structures import BY_NAME, LESION_NAMES, as_json
+from labseg.refusals import Refused
+from labseg.storage import local_path
+from review.files import annotation_values
+from review.services import consensus_annotations
 from scans.models import Annotation, Scan
 from segmentation.models import Prediction
 
@@ -47,12 +51,16 @@ def default_window(scan: Scan) -> str:
     return "soft" if scan.intensity_min <= -500 else "auto"
 
 
-class LayerNotFoundError(Exception):
+class LayerNotFoundError(Refused):
     """The layer does not exist for this scan (a plain message for the researcher)."""
 
+    status = 404
 
-class RegionRefusedError(Exception):
+
+class RegionRefusedError(Refused):
     """The requested full-resolution view is too large; the message says what to do instead."""
+
+    status = 413
 
 
 def preview_max_voxels() -> int:
@@ -79,23 +87,35 @@ class Layer:
     files: tuple[FieldFile, ...]
     is_label: bool
     relabel: tuple[dict[int, int], ...] = ()
+    stored_as: str = ""  # the cached files' name stem; the key unless the layer's content can change
+
+    @property
+    def stem(self) -> str:
+        return self.stored_as or self.key
+
+
+#: What the viewer's consensus layer is, for its label's tooltip.
+CONSENSUS_TITLE = "Consensus (majority of approved)"
+CONSENSUS_DESCRIPTION = (
+    "Each voxel takes the label drawn by more than half of this scan's approved annotations "
+    "(the review app's majority; its STAPLE map is on the review page). Submitted and rejected "
+    "annotations are not counted."
+)
 
 
 def _annotation_mapping(annotation: Annotation) -> dict[int, int]:
-    """File value -> canonical id, from the annotation's ``structures`` (name -> file value)."""
-    mapping: dict[int, int] = {}
-    for name, value in (annotation.structures or {}).items():
-        structure = BY_NAME.get(str(name).strip().lower().replace(" ", "_").replace("-", "_"))
-        if structure is not None:
-            mapping[int(value)] = structure.id
-    if not mapping:
-        # An annotation that names no structure (a tumor database file): 1 is the tumor.
-        mapping = {1: BY_NAME["tumor"].id}
-    return mapping
+    """File value -> canonical id, from the annotation's stored table (``review.files``)."""
+    return {value: structure_id for structure_id, value in annotation_values(annotation.structures).items()}
 
 
 def _annotations(scan: Scan) -> list[Annotation]:
+    """The annotation layers: every annotation a reviewer has not rejected."""
     return list(scan.annotations.exclude(status=Annotation.Status.REJECTED).order_by("annotator_name", "pk"))
+
+
+def _consensus_key(annotations: list[Annotation]) -> str:
+    """Where a consensus is cached: it changes whenever the set of approved annotations does."""
+    return "consensus_" + "-".join(str(a.pk) for a in annotations)
 
 
 def resolve_layer(scan: Scan, key: str) -> Layer:
@@ -121,34 +141,19 @@ def resolve_layer(scan: Scan, key: str) -> Layer:
         title = f"Annotator {annotation.annotator_name}"
         return Layer(key, "annotation", title, (annotation.file,), is_label=True, relabel=(mapping,))
     if key == "consensus":
-        annotations = _annotations(scan)
+        annotations = consensus_annotations(scan)
         if len(annotations) < 2:
-            raise LayerNotFoundError("a consensus needs at least two annotations of this scan")
+            raise LayerNotFoundError("a consensus needs at least two approved annotations of this scan")
         return Layer(
             key,
             "consensus",
-            "Consensus (majority)",
+            CONSENSUS_TITLE,
             tuple(a.file for a in annotations),
             is_label=True,
             relabel=tuple(_annotation_mapping(a) for a in annotations),
+            stored_as=_consensus_key(annotations),
         )
     raise LayerNotFoundError(f"unknown layer {key!r}")
-
-
-@contextmanager
-def local_copy(field: FieldFile):  # type: ignore[no-untyped-def]
-    """A local path for a stored file: the file itself on disk storage, else a temporary copy."""
-    try:
-        yield Path(field.path)
-        return
-    except NotImplementedError:
-        pass
-    suffix = ".nii.gz" if field.name.endswith(".gz") else ".nii"
-    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
-        with field.open("rb") as source:
-            shutil.copyfileobj(source, tmp, 4 * 1024 * 1024)
-        tmp.flush()
-        yield Path(tmp.name)
 
 
 def _relabeller(mapping: dict[int, int]) -> Callable[[np.ndarray], np.ndarray]:
@@ -181,7 +186,7 @@ def _consensus(layer: Layer, make_one: Callable[[Path, Path, Callable[[np.ndarra
         with tempfile.TemporaryDirectory() as tmp:
             for i, (field, mapping) in enumerate(zip(layer.files, layer.relabel, strict=True)):
                 part = Path(tmp) / f"{i}.nii.gz"
-                with local_copy(field) as source:
+                with local_path(field.name) as source:
                     make_one(source, part, _relabeller(mapping))
                 image = nib.load(str(part))
                 maps.append(np.asarray(image.dataobj).astype(np.uint8))
@@ -192,7 +197,7 @@ def _consensus(layer: Layer, make_one: Callable[[Path, Path, Callable[[np.ndarra
 
 
 def preview_name(scan: Scan, layer: Layer, factor: int) -> str:
-    return f"previews/scan_{scan.pk}/{layer.key}.f{factor}.nii.gz"
+    return f"previews/scan_{scan.pk}/{layer.stem}.f{factor}.nii.gz"
 
 
 def preview_file(scan: Scan, layer: Layer) -> str:
@@ -217,7 +222,7 @@ def preview_file(scan: Scan, layer: Layer) -> str:
         return _store(name, _consensus(layer, make_one))
 
     def make(target: Path) -> None:
-        with local_copy(layer.files[0]) as source:
+        with local_path(layer.files[0].name) as source:
             make_one(source, target, _relabeller(layer.relabel[0]) if layer.relabel else None)
 
     return _store(name, make)
@@ -242,7 +247,7 @@ def parse_region(scan: Scan, text: str) -> tuple[tuple[int, int, int], tuple[int
 def region_file(scan: Scan, layer: Layer, start: tuple[int, int, int], stop: tuple[int, int, int]) -> str:
     """Storage name of the full-resolution box ``[start, stop)`` of the layer (cached)."""
     box = "_".join(f"{a}-{b}" for a, b in zip(start, stop, strict=True))
-    name = f"previews/scan_{scan.pk}/{layer.key}.region_{box}.nii.gz"
+    name = f"previews/scan_{scan.pk}/{layer.stem}.region_{box}.nii.gz"
 
     def make_one(source: Path, target: Path, relabel: Callable[[np.ndarray], np.ndarray] | None) -> None:
         previews.crop_volume(
@@ -259,7 +264,7 @@ def region_file(scan: Scan, layer: Layer, start: tuple[int, int, int], stop: tup
         return _store(name, _consensus(layer, make_one))
 
     def make(target: Path) -> None:
-        with local_copy(layer.files[0]) as source:
+        with local_path(layer.files[0].name) as source:
             make_one(source, target, _relabeller(layer.relabel[0]) if layer.relabel else None)
 
     return _store(name, make)
@@ -339,8 +344,15 @@ def viewer_layers(scan: Scan, predictions: list[Prediction] | None = None) -> li
                 "title": f"Annotator {annotation.annotator_name}",
             }
         )
-    if len(annotations) >= 2:
-        layer_rows.append({"key": "consensus", "kind": "consensus", "title": "Consensus (majority)"})
+    if len(consensus_annotations(scan)) >= 2:
+        layer_rows.append(
+            {
+                "key": "consensus",
+                "kind": "consensus",
+                "title": CONSENSUS_TITLE,
+                "description": CONSENSUS_DESCRIPTION,
+            }
+        )
     for row in layer_rows:
         row["url"] = _layer_url(scan, row["key"])
     return layer_rows

@@ -1,5 +1,5 @@
 """The QC picture per scan: a mean-intensity projection beside the mid-coronal slice, with the
-newest predictions' labels drawn over both (engineer C1's ``inference.pipeline.pictures`` draws
+newest predictions' labels drawn over both (``inference.pipeline.pictures`` draws
 each panel; this module picks the data, joins the panels and caches the PNG in storage).
 
 Drawn from the viewer's previews (at most ``layers.preview_max_voxels()`` voxels), so a 2 GB scan
@@ -77,9 +77,10 @@ def _outlines(scan: Scan) -> tuple[np.ndarray | None, str]:
     keys = [row["key"] for row in layers.viewer_layers(scan) if row["kind"] in ("annotation", "consensus")]
     if not keys:
         return None, ""
-    key = "consensus" if "consensus" in keys else keys[0]
-    data, _ = _canonical(layers.preview_file(scan, layers.resolve_layer(scan, key)))
-    return data.astype(np.uint8), "_" + "-".join(k.removeprefix("ann-") for k in keys)
+    layer = layers.resolve_layer(scan, "consensus" if "consensus" in keys else keys[0])
+    data, _ = _canonical(layers.preview_file(scan, layer))
+    # The layer's stem names the approved annotations a consensus is made of.
+    return data.astype(np.uint8), "_" + "-".join(k.removeprefix("ann-") for k in keys) + "_" + layer.stem
 
 
 def qc_picture(scan: Scan, *, thumbnail: bool = False) -> str:

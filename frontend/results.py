@@ -1,6 +1,6 @@
 """What the pages show about segmentation results, read from the service's rows.
 
-Predictions, structure volumes and lesions are engineer C2's rows (``segmentation.models``); this
+Predictions, structure volumes and lesions are the segmentation app's rows (``segmentation.models``); this
 module only reads them and shapes them for templates and charts, so the pages never reach into
 those models directly. Volumes are in mm^3 (1 uL = 1 mm^3); time is hours or days since the mouse's
 first scan (``TimePoint.offset_hours``).
@@ -98,13 +98,17 @@ def scan_lesions(predictions: list[Prediction]) -> list[dict[str, Any]]:
     ]
 
 
-def metastasis_counts(predictions: list[Prediction]) -> dict[str, int]:
-    """Organ name -> number of metastases, summed over the predictions that count them."""
-    counts: dict[str, int] = defaultdict(int)
+def metastasis_counts(predictions: list[Prediction]) -> dict[str, int | None]:
+    """Organ name -> number of metastases, summed over the predictions that count them; ``None``
+    for an organ that no prediction assessed ("not assessed", never 0)."""
+    counts: dict[str, int | None] = {}
     for prediction in predictions:
         for organ, count in (prediction.metastasis_counts or {}).items():
-            counts[organ] += int(count)
-    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+            if count is None:
+                counts.setdefault(organ, None)
+            else:
+                counts[organ] = int(counts.get(organ) or 0) + int(count)
+    return dict(sorted(counts.items(), key=lambda item: (item[1] is None, -(item[1] or 0), item[0])))
 
 
 def _days(offset_hours: float) -> float:
@@ -120,7 +124,8 @@ def mouse_series(mice: list[Mouse]) -> list[MouseSeries]:
     Days are counted from the mouse's first time point.
     """
     series = {
-        m.pk: MouseSeries(m.pk, m.identifier, m.cohort.name if m.cohort_id else "No cohort") for m in mice
+        m.pk: MouseSeries(m.pk, m.identifier, m.cohort.name if m.cohort is not None else "No cohort")
+        for m in mice
     }
     scans = (
         Scan.objects.filter(time_point__mouse__in=mice)

@@ -1,8 +1,9 @@
 """The model registry on disk: every trained model is a self-describing folder.
 
-``inference/models/<name>/<version>/`` holds ``model.onnx`` and ``model.json`` (contract 1 in the
-project notes). This module reads and checks those folders; it is pure Python (no Django, no numpy,
-no onnxruntime), so the command line, the worker, training and the database sync all share it.
+``inference/models/<name>/<version>/`` holds ``model.onnx`` and ``model.json`` (their fields are
+described in ``inference/models/README.md``). This module reads and checks those folders; it is
+pure Python (no Django, no numpy, no onnxruntime), so the command line, the worker, training and the
+database sync all share it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inference.structures import BY_ID
+from inference.structures import BY_ID, ORGAN_NAMES, by_id, by_name
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
 TASKS = ("organs", "tumor")
@@ -64,6 +65,28 @@ class ModelCard:
     #: Optional post-processing tuned on validation scans (``model.json`` ``"postprocess"``):
     #: ``uncertainty_threshold`` (head probability shown as 50 %), ``refine`` and ``detect`` rules.
     postprocess: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metastasis_organs(self) -> tuple[str, ...]:
+        """Organs in which this model looks for metastases: ``postprocess.metastases_assessed_in``
+        when the card names them (measured per organ on validation), else the host organs of its
+        metastasis ``detect`` rules, else every organ (the network's own output, everywhere);
+        none for a model without a metastasis output."""
+        metastasis = by_name("metastasis").id
+        if metastasis not in self.structures:
+            return ()
+        named = self.postprocess.get("metastases_assessed_in")
+        if named is not None:
+            return tuple(str(name) for name in named)
+        hosts = {
+            int(host)
+            for rule in self.postprocess.get("detect", [])
+            if int(rule.get("structure", -1)) == metastasis
+            for host in rule.get("hosts", [])
+        }
+        if not hosts:
+            return tuple(ORGAN_NAMES)
+        return tuple(by_id(host).name for host in sorted(hosts))
 
     @property
     def uncertainty_threshold(self) -> float:

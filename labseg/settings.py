@@ -144,6 +144,8 @@ Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
 
 # Limits for scan validation (see scans/validation.py).
 LABSEG_MAX_UPLOAD_BYTES = env.int("LABSEG_MAX_UPLOAD_BYTES", default=4 * 1024**3)
+# A resumable upload idle this long is abandoned: beat sweeps its session and partial file.
+LABSEG_UPLOAD_ABANDON_AFTER_H = env.float("LABSEG_UPLOAD_ABANDON_AFTER_H", default=24.0)
 LABSEG_MAX_VOXELS = env.int("LABSEG_MAX_VOXELS", default=1100**3)
 LABSEG_MAX_DIM = env.int("LABSEG_MAX_DIM", default=4096)
 LABSEG_MAX_DECOMPRESSED_BYTES = env.int("LABSEG_MAX_DECOMPRESSED_BYTES", default=8 * 1024**3)
@@ -169,7 +171,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
-    "EXCEPTION_HANDLER": "rest_framework.views.exception_handler",
+    "EXCEPTION_HANDLER": "labseg.refusals.exception_handler",
 }
 
 # Celery: the database, not the broker, is the truth about a job (segmentation.models.InferenceJob).
@@ -198,10 +200,24 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Background jobs (labseg/jobs.py): a job whose work reports no progress for LABSEG_JOB_STALL_S stops
+# heartbeating; the soft limit fails it with "took longer than ...", the hard one kills the process.
+LABSEG_JOB_STALL_S = env.int("LABSEG_JOB_STALL_S", default=900)
+LABSEG_JOB_SOFT_TIME_LIMIT_S = env.int("LABSEG_JOB_SOFT_TIME_LIMIT_S", default=3600)
+LABSEG_JOB_TIME_LIMIT_S = env.int("LABSEG_JOB_TIME_LIMIT_S", default=LABSEG_JOB_SOFT_TIME_LIMIT_S + 300)
+if LABSEG_JOB_TIME_LIMIT_S <= LABSEG_JOB_SOFT_TIME_LIMIT_S:
+    raise ImproperlyConfigured(
+        "LABSEG_JOB_TIME_LIMIT_S (the hard limit) must be larger than LABSEG_JOB_SOFT_TIME_LIMIT_S, "
+        "or a job is killed before it can record why it stopped."
+    )
+_reconcile_every_s = env.float("LABSEG_RECONCILE_EVERY_S", default=60.0)
+# One reconciler per kind of job, each through labseg.jobs.reconcile.
 CELERY_BEAT_SCHEDULE = {
-    "reconcile-jobs": {
-        "task": "inference.tasks.reconcile_jobs_task",
-        "schedule": env.float("LABSEG_RECONCILE_EVERY_S", default=60.0),
+    "sweep-uploads": {"task": "scans.tasks.sweep_uploads_task", "schedule": 3600.0},
+    "reconcile-jobs": {"task": "inference.tasks.reconcile_jobs_task", "schedule": _reconcile_every_s},
+    "reconcile-review-analyses": {
+        "task": "review.tasks.reconcile_analyses_task",
+        "schedule": _reconcile_every_s,
     },
 }
 

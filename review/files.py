@@ -8,6 +8,7 @@ read from an annotation, a prediction or a consensus of one scan lies on the sca
 from __future__ import annotations
 
 import gzip
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -17,7 +18,8 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db.models.fields.files import FieldFile
 
-from inference.structures import STRUCTURES
+from inference.structures import BY_NAME, STRUCTURES
+from labseg.storage import local_path
 
 
 @dataclass(frozen=True)
@@ -29,15 +31,9 @@ class LabelMap:
 
 def load_label_map(field: FieldFile) -> LabelMap:
     """The integer voxel array of a stored NIfTI label map, with its affine and spacing."""
-    try:
-        image = nib.load(field.path)
-    except NotImplementedError:  # storage without local paths (S3): read the bytes
-        with field.open("rb") as handle:
-            raw = handle.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        image = nib.Nifti1Image.from_bytes(raw)
-    data = np.asanyarray(image.dataobj)
+    with local_path(field.name) as path:
+        image = nib.load(path)
+        data = np.asanyarray(image.dataobj)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -50,15 +46,28 @@ def load_label_map(field: FieldFile) -> LabelMap:
     )
 
 
-def label_values(structures_table: dict[str, int] | None, data: npt.NDArray) -> dict[int, int]:
+def annotation_values(structures_table: Mapping[str, int] | None) -> dict[int, int]:
+    """Canonical structure id -> voxel value in an annotation's file: the one reader of
+    ``Annotation.structures``.
+
+    The table is written by ``services.structure_table`` when the annotation is created: canonical
+    structure names -> the label values its file uses, every value of the file mapped (an imported
+    tumor-database file stores ``{"tumor": 1}``). An empty table means a file with no structure
+    drawn; nothing is guessed for it.
+    """
+    return {
+        BY_NAME[name].id: int(value) for name, value in (structures_table or {}).items() if name in BY_NAME
+    }
+
+
+def label_values(structures_table: Mapping[str, int] | None, data: npt.NDArray) -> dict[int, int]:
     """Canonical structure id -> voxel value in this file.
 
-    An annotation's ``structures`` table maps canonical names to the values its file uses; a file
-    without a table (predictions, consensus maps) uses the canonical ids of the values present.
+    An annotation's ``structures`` table is read by :func:`annotation_values`; a file without a
+    table (predictions, consensus maps) uses the canonical ids of the values present in ``data``.
     """
     if structures_table:
-        ids = {s.name: s.id for s in STRUCTURES}
-        return {ids[name]: int(value) for name, value in structures_table.items() if name in ids}
+        return annotation_values(structures_table)
     present = {int(v) for v in np.unique(data)}
     return {s.id: s.id for s in STRUCTURES if s.id in present and s.kind != "background"}
 
@@ -68,7 +77,3 @@ def save_nifti(name: str, data: npt.NDArray, affine: npt.NDArray) -> str:
     image = nib.Nifti1Image(data, affine)
     image.header.set_data_dtype(data.dtype)
     return default_storage.save(name, ContentFile(gzip.compress(image.to_bytes(), compresslevel=6)))
-
-
-def structure_mask(label_map: LabelMap, value: int) -> npt.NDArray[np.bool_]:
-    return np.asarray(label_map.data == value)

@@ -1,42 +1,48 @@
-"""Review workflow: moving annotations between states, replacing them, promoting predictions.
+"""The annotation lifecycle: create, submit, review, replace, promote, and which annotations a
+consensus is made of. Every other app calls these functions; none changes an annotation's status
+itself.
 
-draft -> submitted -> approved | rejected. Any member of the scan's lab may submit; only the lab's
-reviewers and admins approve or reject, and only within their own lab. A rejected annotation can
-be replaced by a new version; a prediction can be promoted to a draft annotation for a person to
-correct. Every move is recorded as an ``AnnotationTransition``; state changes are made with a
-compare-and-set on the current status so two reviewers acting at once cannot both win.
+"" -> draft | submitted -> approved | rejected. Any member of the scan's lab may create and submit;
+only the lab's reviewers and admins approve or reject, and only within their own lab (the
+``labs.rules``). A rejected annotation can be replaced by a new version; a prediction can be
+promoted to a draft annotation for a person to correct. Every move, creation included (upload,
+dataset import, replacement, promotion), is recorded as an ``AnnotationTransition``; state
+changes are made with a compare-and-set on the current status so two reviewers acting at once
+cannot both win.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import uuid
 from typing import Any
 
+import numpy as np
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from inference import structures as canonical
 from inference.structures import STRUCTURES
 from labs.models import Lab
 from labs.rules import is_lab_member, is_lab_reviewer
-from scans.models import Annotation
+from labseg.refusals import Refused
+from scans.files import IncomingFile, receive, safe_filename
+from scans.models import Annotation, Scan
+from scans.services import check_identifier, save_incoming, stored_files
+from scans.validation import ScanRejected, check_same_grid, read_header, read_volume
 
 from .models import AnnotationRevision, AnnotationTransition
+
+logger = logging.getLogger(__name__)
 
 Status = Annotation.Status
 
 
-class ReviewError(Exception):
-    """A refusal a researcher can read; ``status`` is the HTTP status the API answers with."""
-
-    status = 400
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if status is not None:
-            self.status = status
+class ReviewError(Refused):
+    """A review move refused, in words a researcher can read."""
 
 
 class ReviewPermissionError(ReviewError):
@@ -129,6 +135,122 @@ def reject_annotation(*, annotation: Annotation, reviewer: Any, note: str) -> An
     )
 
 
+def structure_table(given: dict[str, int] | None, label_values: set[int]) -> dict[str, int]:
+    """The table an annotation stores: canonical structure name -> label value in its file.
+
+    ``given`` is the uploader's mapping (any spelling ``inference.structures.by_name`` knows);
+    without one, the file's values must be canonical structure ids. Every value present in the
+    file (``label_values``, 0 is background) must be mapped. Raises ScanRejected in plain words.
+    """
+    present = sorted(v for v in label_values if v != 0)
+    if given is None:
+        unknown = [v for v in present if v not in canonical.BY_ID or v == canonical.BACKGROUND.id]
+        if unknown:
+            raise ScanRejected(
+                f"label values {', '.join(map(str, unknown))} are not structure ids of the canonical table: "
+                "give a structure mapping (structure name -> label value)"
+            )
+        return {canonical.by_id(v).name: v for v in present}
+    mapping: dict[str, int] = {}
+    for name, value in given.items():
+        try:
+            name = canonical.by_name(str(name)).name
+        except KeyError as error:
+            raise ScanRejected(str(error.args[0])) from None
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ScanRejected(f"the label value of {name!r} must be a positive whole number, not {value!r}")
+        mapping[name] = value
+    unmapped = [v for v in present if v not in mapping.values()]
+    if unmapped:
+        raise ScanRejected(
+            f"label values {', '.join(map(str, unmapped))} appear in the file but not in the structure "
+            "mapping: map every label value to a structure"
+        )
+    return mapping
+
+
+def _record_creation(*, annotation: Annotation, user: Any, note: str) -> None:
+    """The first entry of an annotation's trail: "" -> its starting status."""
+    AnnotationTransition.objects.create(
+        annotation=annotation,
+        from_status="",
+        to_status=annotation.status,
+        by=user if user is not None and user.is_authenticated else None,
+        note=note,
+    )
+
+
+def create_annotation(
+    *,
+    scan: Scan,
+    file: Any,
+    original_filename: str,
+    annotator_name: str = "",
+    user: Any = None,
+    structures: dict[str, int] | None = None,
+    status: str = Status.SUBMITTED,
+    note: str = "uploaded",
+) -> Annotation:
+    """Validate and store a label map drawn on ``scan`` (integer values, on the scan's grid), with
+    the first transition of its trail (``note`` says how it came: uploaded, imported, a new
+    version).
+
+    ``structures`` maps canonical structure names to the label values used in the file (see
+    :func:`structure_table`). The file is received, checked and stored like a scan
+    (``scans.services``): a refusal (ScanRejected: 400, 409 for a file already uploaded for this
+    scan, 413) leaves no row, no stored file and no temporary file behind. Permission is the
+    caller's to check: the API scopes the scan to the user's labs, the dataset import runs as the
+    server's operator.
+    """
+    incoming: IncomingFile | None = None
+    authenticated = user is not None and user.is_authenticated
+    annotator_name = (annotator_name or (user.get_username() if authenticated else "")).strip()
+    try:
+        annotator_name = check_identifier(annotator_name, "annotator")
+        stored_name = safe_filename(original_filename)
+        incoming = receive(file)
+        existing = scan.annotations.filter(sha256=incoming.sha256).first()
+        if existing is not None:
+            raise ScanRejected(
+                f"this label file was already uploaded for this scan as annotation {existing.pk} "
+                f"(annotator {existing.annotator_name})",
+                status=409,
+            )
+        header = read_header(incoming.path, original_filename)
+        check_same_grid(header, tuple(scan.shape), np.asarray(scan.affine))
+        stats = read_volume(incoming.path, header, labels=True)
+        mapping = structure_table(structures, stats.label_values)
+        folder = f"labs/{scan.lab_id}/annotations/{uuid.uuid4().hex}"
+        with stored_files() as saved:
+            file_name = save_incoming(incoming, f"{folder}/{stored_name}", saved)
+            with transaction.atomic():
+                annotation = Annotation.objects.create(
+                    scan=scan,
+                    annotator=user if authenticated else None,
+                    annotator_name=annotator_name,
+                    file=file_name,
+                    original_filename=original_filename[:255],
+                    sha256=incoming.sha256,
+                    structures=mapping,
+                    status=status,
+                )
+                _record_creation(annotation=annotation, user=user, note=note)
+    finally:
+        if incoming is not None:
+            incoming.discard()
+    logger.info("created annotation %s on scan %s (%s)", annotation.pk, scan.pk, note)
+    return annotation
+
+
+def consensus_annotations(scan: Scan) -> list[Annotation]:
+    """The annotations a consensus of ``scan`` is made of: the approved ones, by annotator.
+
+    The one meaning of "consensus" in labseg: the review app's majority and STAPLE maps and the
+    viewer's consensus layer are both made of these, and need at least two of them.
+    """
+    return list(scan.annotations.filter(status=Status.APPROVED).order_by("annotator_name", "pk"))
+
+
 def version_of(annotation: Annotation) -> int:
     revision = AnnotationRevision.objects.filter(annotation=annotation).first()
     return revision.version if revision else 1
@@ -153,15 +275,14 @@ def replace_annotation(
 ) -> Annotation:
     """Upload a new version of the rejected ``annotation``; it remembers the one it replaces.
 
-    The file is validated and stored by ``scans.services.register_annotation`` (same scan grid,
-    integer labels) under the same annotator name; ``structures`` defaults to the rejected
-    version's table. The new version starts as submitted; the rejected one stays as it was.
-    Raises ``ReviewError`` or ``scans.validation.ScanRejected`` in plain words.
+    The file is validated and stored by :func:`create_annotation` (same scan grid, integer labels)
+    under the same annotator name; ``structures`` defaults to the rejected version's table. The
+    new version starts as submitted; the rejected one stays as it was. Raises ``ReviewError`` or
+    ``scans.validation.ScanRejected`` in plain words.
     """
-    from scans.services import register_annotation  # the scans app owns uploads
-
     check_replaceable(annotation=annotation, user=user)
-    replacement = register_annotation(
+    version = version_of(annotation) + 1
+    replacement = create_annotation(
         scan=annotation.scan,
         file=file,
         original_filename=original_filename,
@@ -169,19 +290,12 @@ def replace_annotation(
         user=user,
         structures=structures if structures is not None else (annotation.structures or None),
         status=Status.SUBMITTED,
+        note=f"version {version}, replaces annotation {annotation.pk}",
     )
-    version = version_of(annotation) + 1
     try:
         with transaction.atomic():
             AnnotationRevision.objects.create(
                 annotation=replacement, replaces=annotation, version=version, created_by=user
-            )
-            AnnotationTransition.objects.create(
-                annotation=replacement,
-                from_status="",
-                to_status=replacement.status,
-                by=user,
-                note=f"version {version}, replaces annotation {annotation.pk}",
             )
     except IntegrityError:
         # Someone replaced it between the check and now: keep theirs, drop ours.
@@ -223,11 +337,9 @@ def promote_prediction(*, prediction: Any, user: Any) -> Annotation:
         AnnotationRevision.objects.create(
             annotation=annotation, prediction=prediction, version=1, created_by=user
         )
-        AnnotationTransition.objects.create(
+        _record_creation(
             annotation=annotation,
-            from_status="",
-            to_status=Status.DRAFT,
-            by=user,
+            user=user,
             note=f"promoted from prediction {prediction.pk} ({model_version.label})",
         )
     return annotation

@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET
 from inference import metrics
 from inference.structures import by_id, by_name
 from labs.current import show_lab
+from labseg.downloads import stored_file_response
 from scans.models import Annotation, Scan, Study
 
 from . import studies
@@ -28,12 +29,6 @@ from .models import Agreement, Consensus, PredictionComparison
 SHOWN = (Annotation.Status.SUBMITTED, Annotation.Status.APPROVED, Annotation.Status.REJECTED)
 #: Distinct outline colours per annotator (the structure colours come from the canonical table).
 ANNOTATOR_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0"]
-
-
-def _stream(field: Any, filename: str) -> FileResponse:
-    response = FileResponse(field.open("rb"), content_type="application/octet-stream")
-    response["Content-Disposition"] = f'inline; filename="{filename}"'
-    return response
 
 
 @require_GET
@@ -88,14 +83,14 @@ def scan_review(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def scan_volume(request: HttpRequest, pk: int) -> FileResponse:
     scan = get_object_or_404(Scan.objects.visible_to(request.user), pk=pk)
-    return _stream(scan.file, f"scan{scan.pk}.nii.gz")
+    return stored_file_response(scan.file.name, f"scan{scan.pk}.nii.gz", inline=True)
 
 
 @require_GET
 @login_required
 def annotation_volume(request: HttpRequest, pk: int) -> FileResponse:
     annotation = get_object_or_404(Annotation.objects.visible_to(request.user), pk=pk)
-    return _stream(annotation.file, f"annotation{annotation.pk}.nii.gz")
+    return stored_file_response(annotation.file.name, f"annotation{annotation.pk}.nii.gz", inline=True)
 
 
 @require_GET
@@ -125,9 +120,7 @@ def live_disagreement(request: HttpRequest, pk: int, structure: str) -> FileResp
             for a, m in zip(annotations, maps, strict=True)
         ]
         save_nifti(name, metrics.disagreement_map(masks), maps[0].affine)
-    response = FileResponse(default_storage.open(name, "rb"), content_type="application/octet-stream")
-    response["Content-Disposition"] = f'inline; filename="disagreement_{structure_id}.nii.gz"'
-    return response
+    return stored_file_response(name, f"disagreement_{structure_id}.nii.gz", inline=True)
 
 
 def _percent(value: Any) -> str:

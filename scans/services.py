@@ -4,6 +4,8 @@ Order of work in every upload: receive (stream + sha256) -> refuse duplicates ->
 nibabel (header, then one bounded pass over the data) -> write the files to storage -> write the
 rows in one transaction. NIfTI reading never happens inside a transaction. On any refusal the
 files already stored are deleted and the temporary file is removed, so nothing is left behind.
+Annotation files go through the same helpers from the annotation lifecycle
+(``review.services.create_annotation``).
 """
 
 from __future__ import annotations
@@ -19,18 +21,16 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from django.conf import settings
-from django.core.exceptions import PermissionDenied
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 
-from inference import structures
 from inference.pipeline.pictures import projection_png
 from labs.models import Lab
 
 from .files import IncomingFile, MovableFile, receive, safe_filename
-from .models import Annotation, Mouse, Scan, Study, TimePoint, parse_offset_hours
-from .validation import ScanRejected, VolumeStats, check_same_grid, read_header, read_volume
+from .models import Mouse, Scan, Study, TimePoint, parse_offset_hours
+from .validation import ScanRejected, VolumeStats, check_not_label_map, read_header, read_volume
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ def _find_lab(user_labs: Any, lab: str | None) -> Lab:
     return found
 
 
-def _check_identifier(value: str, what: str) -> str:
+def check_identifier(value: str, what: str) -> str:
+    """``value`` stripped, or ScanRejected when it is empty, too long or holds a slash."""
     value = (value or "").strip()
     if not value:
         raise ScanRejected(f"name the {what}")
@@ -121,7 +122,7 @@ def _check_modality(modality: str) -> str:
 
 
 @contextmanager
-def _stored_files() -> Iterator[list[str]]:
+def stored_files() -> Iterator[list[str]]:
     """Names saved to storage inside the block are deleted again if the block raises."""
     saved: list[str] = []
     try:
@@ -132,7 +133,8 @@ def _stored_files() -> Iterator[list[str]]:
         raise
 
 
-def _save_incoming(incoming: IncomingFile, name: str, saved: list[str]) -> str:
+def save_incoming(incoming: IncomingFile, name: str, saved: list[str]) -> str:
+    """Move the received file to storage as ``name`` (recorded in ``saved``); the stored name."""
     movable = MovableFile(incoming.path)
     try:
         stored = default_storage.save(name, movable)
@@ -160,8 +162,8 @@ def register_scan(
     """
     incoming: IncomingFile | None = None
     try:
-        study_name = _check_identifier(study_name, "study")
-        mouse_identifier = _check_identifier(mouse_identifier, "mouse")
+        study_name = check_identifier(study_name, "study")
+        mouse_identifier = check_identifier(mouse_identifier, "mouse")
         label, offset_hours = _check_time_point(time_point_label)
         modality = _check_modality(modality)
         stored_name = safe_filename(original_filename)
@@ -171,11 +173,12 @@ def register_scan(
         header = read_header(incoming.path, original_filename)
         started = time.perf_counter()
         stats = read_volume(incoming.path, header, preview=True)
+        check_not_label_map(stats, original_filename)
         thumbnail = _thumbnail_png(stats, header.affine)
         checked_s = time.perf_counter() - started
         folder = f"labs/{lab.pk}/scans/{uuid.uuid4().hex}"
-        with _stored_files() as saved:
-            file_name = _save_incoming(incoming, f"{folder}/{stored_name}", saved)
+        with stored_files() as saved:
+            file_name = save_incoming(incoming, f"{folder}/{stored_name}", saved)
             thumbnail_name = ""
             if thumbnail is not None:
                 thumbnail_name = default_storage.save(f"{folder}/thumbnail.png", ContentFile(thumbnail))
@@ -290,103 +293,3 @@ def _request_segmentation(*, scan: Scan, user: Any) -> None:
         # The scan is safely stored; a failure to queue it must not undo the upload. The
         # reconciler or a researcher can request the segmentation again.
         logger.exception("could not queue segmentation for scan %s", scan.pk)
-
-
-def _structure_mapping(structures_given: dict[str, int] | None, label_values: set[int]) -> dict[str, int]:
-    """Canonical structure name -> label value, checked against the values present in the file."""
-    present = sorted(v for v in label_values if v != 0)
-    if structures_given is None:
-        unknown = [v for v in present if v not in structures.BY_ID or v == structures.BACKGROUND.id]
-        if unknown:
-            raise ScanRejected(
-                f"label values {', '.join(map(str, unknown))} are not structure ids of the canonical table: "
-                "give a structure mapping (structure name -> label value)"
-            )
-        return {structures.by_id(v).name: v for v in present}
-    mapping: dict[str, int] = {}
-    for name, value in structures_given.items():
-        try:
-            canonical = structures.by_name(str(name)).name
-        except KeyError as error:
-            raise ScanRejected(str(error.args[0])) from None
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ScanRejected(f"the label value of {name!r} must be a positive whole number, not {value!r}")
-        mapping[canonical] = value
-    unmapped = [v for v in present if v not in mapping.values()]
-    if unmapped:
-        raise ScanRejected(
-            f"label values {', '.join(map(str, unmapped))} appear in the file but not in the structure "
-            "mapping: map every label value to a structure"
-        )
-    return mapping
-
-
-def register_annotation(
-    *,
-    scan: Scan,
-    file: Any,
-    original_filename: str,
-    annotator_name: str = "",
-    user: Any = None,
-    structures: dict[str, int] | None = None,
-    status: str = Annotation.Status.SUBMITTED,
-) -> Annotation:
-    """Validate and store a label map drawn on ``scan``: integer values, on the scan's grid.
-
-    ``structures`` maps canonical structure names to the label values used in the file; without
-    it the file's values must be canonical structure ids. Same refusals and guarantees as
-    :func:`register_scan`.
-    """
-    incoming: IncomingFile | None = None
-    authenticated = user is not None and user.is_authenticated
-    annotator_name = (annotator_name or (user.get_username() if authenticated else "")).strip()
-    try:
-        annotator_name = _check_identifier(annotator_name, "annotator")
-        stored_name = safe_filename(original_filename)
-        incoming = receive(file)
-        existing = scan.annotations.filter(sha256=incoming.sha256).first()
-        if existing is not None:
-            raise ScanRejected(
-                f"this label file was already uploaded for this scan as annotation {existing.pk} "
-                f"(annotator {existing.annotator_name})",
-                status=409,
-            )
-        header = read_header(incoming.path, original_filename)
-        check_same_grid(header, tuple(scan.shape), np.asarray(scan.affine))
-        stats = read_volume(incoming.path, header, labels=True)
-        mapping = _structure_mapping(structures, stats.label_values)
-        folder = f"labs/{scan.lab_id}/annotations/{uuid.uuid4().hex}"
-        with _stored_files() as saved:
-            file_name = _save_incoming(incoming, f"{folder}/{stored_name}", saved)
-            annotation = Annotation.objects.create(
-                scan=scan,
-                annotator=user if authenticated else None,
-                annotator_name=annotator_name,
-                file=file_name,
-                original_filename=original_filename[:255],
-                sha256=incoming.sha256,
-                structures=mapping,
-                status=status,
-            )
-    finally:
-        if incoming is not None:
-            incoming.discard()
-    logger.info("registered annotation %s on scan %s", annotation.pk, scan.pk)
-    return annotation
-
-
-def review_annotation(*, annotation: Annotation, reviewer: Any, approve: bool, note: str = "") -> Annotation:
-    """Approve or reject an annotation with a note, through the review workflow (roles, a recorded
-    transition, compare-and-set). Raises PermissionDenied for a non-reviewer, ReviewError (with
-    ``.message``) for a move the workflow refuses (already reviewed, rejection without a note)."""
-    from review.services import ReviewPermissionError, approve_annotation, reject_annotation
-
-    try:
-        if approve:
-            return approve_annotation(annotation=annotation, reviewer=reviewer, note=note)
-        return reject_annotation(annotation=annotation, reviewer=reviewer, note=note)
-    except ReviewPermissionError:
-        raise PermissionDenied(
-            f"{reviewer} is not a reviewer of {annotation.scan.lab}: only reviewers and lab admins may "
-            "approve or reject annotations"
-        ) from None

@@ -1,4 +1,4 @@
-"""Resumable chunked uploads (contract 5): create a session, PUT byte ranges in order, complete.
+"""Resumable chunked uploads: create a session, PUT byte ranges in order, complete.
 
 The bytes accumulate in ``MEDIA_ROOT/tmp/chunks/<session id>.part``. A chunk must start at the
 session's current offset; the offset moves with a compare-and-set so two clients sending the
@@ -10,10 +10,14 @@ completion or refusal.
 from __future__ import annotations
 
 import re
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
 from django.conf import settings
+from django.utils import timezone
 
 from .files import PIECE_BYTES, IncomingFile, safe_filename, sha256_of, upload_tmp_dir
 from .models import Lab, Scan, UploadSession
@@ -31,6 +35,7 @@ class OffsetMismatch(ScanRejected):
             f"this chunk starts at byte {start} but the upload stands at byte {expected_offset}: resume "
             f"from byte {expected_offset}",
             status=409,
+            offset=expected_offset,
         )
         self.expected_offset = expected_offset
 
@@ -147,3 +152,42 @@ def complete_upload(
         )
     finally:
         discard_upload(session)
+
+
+@dataclass
+class SweepReport:
+    """What one sweep removed: upload sessions, and files in the upload temp folder."""
+
+    sessions: int = 0
+    files: list[str] = field(default_factory=list)
+
+
+def sweep_abandoned_uploads(*, older_than: timedelta | None = None) -> SweepReport:
+    """Remove resumable uploads nobody touched for ``older_than`` (``LABSEG_UPLOAD_ABANDON_AFTER_H``).
+
+    Also removes files left in the upload temp folder by requests that never finished (a server
+    killed mid-upload): ``.part`` files without a session and ``.upload`` files, by modification
+    time. Beat runs it every hour (``settings.CELERY_BEAT_SCHEDULE``); a client resuming an upload
+    moves ``updated_at`` with every chunk, so only uploads idle for the whole period go.
+    """
+    age = older_than if older_than is not None else timedelta(hours=settings.LABSEG_UPLOAD_ABANDON_AFTER_H)
+    report = SweepReport()
+    for session in UploadSession.objects.filter(updated_at__lt=timezone.now() - age):
+        path = chunk_path(session)
+        if path.exists():
+            report.files.append(path.name)
+        discard_upload(session)
+        report.sessions += 1
+    live = {f"{pk}.part" for pk in UploadSession.objects.values_list("pk", flat=True)}
+    cutoff = time.time() - age.total_seconds()
+    tmp = upload_tmp_dir()
+    for path in [*tmp.glob("*.upload"), *(tmp / "chunks").glob("*.part")]:
+        if path.name in live:
+            continue
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                report.files.append(path.name)
+        except FileNotFoundError:  # removed by the request that owned it meanwhile
+            continue
+    return report

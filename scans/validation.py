@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import gzip
 import math
+import re
 import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import nibabel as nib
 import numpy as np
 from django.conf import settings
+
+from labseg.refusals import Refused
 
 GZIP_MAGIC = b"\x1f\x8b"
 NIFTI1_HEADER_BYTES = 348
@@ -47,16 +50,8 @@ THUMBNAIL_MAX_SIDE = 128
 MAX_LABEL_VALUES = 256
 
 
-class ScanRejected(Exception):  # noqa: N818 (the name is a contract between engineers)
+class ScanRejected(Refused):
     """An upload refused with a plain-words reason; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass
@@ -270,13 +265,16 @@ def _header_as_nibabel_reads_it(
     link = path.with_name(path.name + ".probe" + suffix)
     link.symlink_to(path.name)
     try:
-        image = nib.load(str(link))
+        # A ".nii"/".nii.gz" name whose header parsed as NIfTI: nibabel returns a Nifti1Image or
+        # a Nifti2Image (its subclass).
+        image = cast(nib.Nifti1Image, nib.load(str(link)))
         affine = np.asarray(image.affine, dtype=np.float64)
         full_header = image.header
         zooms = full_header.get_zooms()[:3]
         # The loaded image's header is a copy with offset and scaling reset; the data proxy keeps
         # the values nibabel applies when it reads the voxels.
-        slope, inter = float(image.dataobj.slope), float(image.dataobj.inter)
+        proxy = cast(nib.arrayproxy.ArrayProxy, image.dataobj)  # a lazy proxy: nothing read yet
+        slope, inter = float(proxy.slope), float(proxy.inter)
     except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, ValueError) as error:
         # nibabel's own message names our temporary file; the researcher needs the cause instead.
         reason = "truncated" if "work out file type" in str(error) else str(error).split(" of ")[0]
@@ -300,7 +298,7 @@ def _header_as_nibabel_reads_it(
         spacing_mm=(float(zooms[0]), float(zooms[1]), float(zooms[2])),
         affine=affine,
         orientation="".join(nib.aff2axcodes(affine)),
-        vox_offset=int(image.dataobj.offset),
+        vox_offset=int(proxy.offset),
         slope=None if (slope, inter) == (1.0, 0.0) else slope,
         inter=None if (slope, inter) == (1.0, 0.0) else inter,
     )
@@ -549,3 +547,63 @@ def check_same_grid(annotation: VolumeHeader, scan_shape: tuple[int, ...], scan_
             f"the annotation is not aligned with the scan: its voxel-to-world matrix differs by up to "
             f"{difference:.4g} mm (tolerance {tolerance:g} mm); save it on the scan's own grid"
         )
+
+
+#: File names that say "label map" in the layouts labs export (tumor database ground truths and
+#: STAPLE merges, Slicer/ITK-SNAP segmentations).
+LABEL_MAP_NAME = re.compile(
+    r"(^groundtruth[_-]|^staple[_-]|[_-]seg(?:mentation)?(?:[_.-]|$)|label)", re.IGNORECASE
+)
+#: A scan whose voxels hold at most this many distinct whole numbers, most of them 0, is a label map.
+LABEL_MAP_MAX_VALUES = 64
+LABEL_MAP_MIN_ZERO_FRACTION = 0.5
+#: ... and is piecewise constant: most labelled voxels equal their neighbour (organs are regions),
+#: where a CT's noise makes neighbours differ (measured on the strided preview: the real atlas label
+#: maps 0.80-0.82, real 8-bit head CT 0.10-0.15).
+LABEL_MAP_MIN_SAME_NEIGHBOUR = 0.6
+
+
+def _same_neighbour_fraction(volume: np.ndarray) -> float:
+    """Of the non-zero voxels, the fraction equal to their neighbour along the first axis."""
+    if volume.shape[0] < 2:
+        return 0.0
+    labelled = volume[:-1] != 0
+    if not labelled.any():
+        return 0.0
+    return float((volume[:-1] == volume[1:])[labelled].mean())
+
+
+def check_not_label_map(stats: VolumeStats, original_filename: str) -> None:
+    """Refuse, as a scan, a file that is a label map (an annotation).
+
+    Read from the preview (every voxel of a strided grid): a label map holds few whole-number
+    values, mostly 0, in regions of equal value. Its name alone (``GroundTruth_*``, ``STAPLE_*``,
+    ``*_seg*``, ``*label*``) is enough when its values are also whole numbers and few (256 at
+    most). A CT, even an 8-bit one, has noise: neighbouring voxels differ.
+    """
+    if stats.preview is None:
+        return
+    sample = stats.preview[np.isfinite(stats.preview)]
+    if sample.size == 0 or not np.all(sample == np.round(sample)):
+        return
+    values, counts = np.unique(sample, return_counts=True)
+    zero_fraction = float(counts[values == 0].sum()) / sample.size
+    by_content = (
+        values.size <= LABEL_MAP_MAX_VALUES
+        and zero_fraction >= LABEL_MAP_MIN_ZERO_FRACTION
+        and _same_neighbour_fraction(stats.preview) >= LABEL_MAP_MIN_SAME_NEIGHBOUR
+    )
+    by_name = LABEL_MAP_NAME.search(Path(original_filename).name) is not None and values.size <= 256
+    if not (by_content or by_name):
+        return
+    why = (
+        f"it holds only {values.size} distinct whole-number values and {100 * zero_fraction:.0f} % of its "
+        "voxels are 0"
+        if by_content
+        else "its name says it is a label map and its voxels are a few whole numbers"
+    )
+    raise ScanRejected(
+        f"{original_filename} looks like a label map (an annotation), not a CT scan: {why}. Store it as an "
+        "annotation of its scan instead: on the upload page it is attached to the scan of the same mouse "
+        "and time point, and through the API with POST /api/scans/{scan id}/annotations/."
+    )

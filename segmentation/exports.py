@@ -1,19 +1,13 @@
 """CSV exports of volumes, lesions and metastasis counts, one row per (scan, source, item).
 
-A *source* is whatever produced the numbers: a model version (``name@version``) today; the review
-app adds human annotations and consensus by registering its own generators::
-
-    from segmentation import exports
-    exports.VOLUME_SOURCES.append(annotation_volume_rows)
-
-Each generator takes an iterable of scans (already scoped to the user's labs) and yields dicts
+A *source* is whatever produced the numbers: a model version (``name@version``). Each generator
+in ``EXPORTS`` takes an iterable of scans (already scoped to the user's labs) and yields dicts
 keyed by ``VOLUME_COLUMNS`` (or ``LESION_COLUMNS`` / ``METASTASIS_COLUMNS``); ``scan_columns(scan)``
 gives the columns every row starts with. Rows are streamed: nothing holds a whole study in memory.
 """
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -27,7 +21,8 @@ from .models import Prediction
 Row = dict[str, Any]
 RowSource = Callable[[Iterable[Scan]], Iterator[Row]]
 
-SCAN_COLUMNS: tuple[str, ...] = (
+#: The columns that say which scan a row is about (every CSV starts with them).
+SCAN_ID_COLUMNS: tuple[str, ...] = (
     "lab",
     "study",
     "mouse",
@@ -36,8 +31,8 @@ SCAN_COLUMNS: tuple[str, ...] = (
     "offset_hours",
     "modality",
     "scan_id",
-    "source",
 )
+SCAN_COLUMNS: tuple[str, ...] = (*SCAN_ID_COLUMNS, "source")
 VOLUME_COLUMNS: tuple[str, ...] = (
     *SCAN_COLUMNS,
     "structure",
@@ -45,6 +40,7 @@ VOLUME_COLUMNS: tuple[str, ...] = (
     "voxels",
     "volume_low_mm3",
     "volume_high_mm3",
+    "assessment",
 )
 LESION_COLUMNS: tuple[str, ...] = (
     *SCAN_COLUMNS,
@@ -59,7 +55,7 @@ LESION_COLUMNS: tuple[str, ...] = (
     "volume_mm3",
     "max_diameter_mm",
 )
-METASTASIS_COLUMNS: tuple[str, ...] = (*SCAN_COLUMNS, "organ", "metastases")
+METASTASIS_COLUMNS: tuple[str, ...] = (*SCAN_COLUMNS, "organ", "metastases", "assessment")
 
 #: How many scans are read per database round trip while streaming.
 CHUNK_SCANS = 200
@@ -101,7 +97,7 @@ def _predictions(scans: Iterable[Scan], *, with_lesions: bool = False) -> Iterat
 
 
 def _predictions_of_chunk(chunk: Sequence[Scan], *, with_lesions: bool) -> Iterator[tuple[Scan, Prediction]]:
-    related = [Prefetch("volumes")]
+    related: list[Prefetch[str, Any, str]] = [Prefetch("volumes")]
     if with_lesions:
         related.append(Prefetch("lesions"))
     predictions = (
@@ -119,19 +115,27 @@ def _predictions_of_chunk(chunk: Sequence[Scan], *, with_lesions: bool) -> Itera
 
 
 def prediction_volume_rows(scans: Iterable[Scan]) -> Iterator[Row]:
-    """One row per structure volume of every prediction (background left out)."""
+    """One row per structure volume of every prediction (background left out).
+
+    A lesion of 0 mm^3 is data (no tumor). An organ the model did not find is not "0 mm^3": the
+    scan may not show it (field of view) or the model missed it, so its volume cells are empty and
+    ``assessment`` says "not found".
+    """
+    lesion_ids = {structures.by_name(name).id for name in structures.LESION_NAMES}
     for scan, prediction in _predictions(scans):
         base = scan_columns(scan, source=prediction.model_version.label)
         for volume in prediction.volumes.all():
             if volume.structure_id == structures.BACKGROUND.id:
                 continue
+            found = volume.voxels > 0 or volume.structure_id in lesion_ids
             yield {
                 **base,
                 "structure": volume.name,
-                "volume_mm3": volume.volume_mm3,
+                "volume_mm3": volume.volume_mm3 if found else None,
                 "voxels": volume.voxels,
-                "volume_low_mm3": volume.volume_low_mm3,
-                "volume_high_mm3": volume.volume_high_mm3,
+                "volume_low_mm3": volume.volume_low_mm3 if found else None,
+                "volume_high_mm3": volume.volume_high_mm3 if found else None,
+                "assessment": "measured" if found else "not found",
             }
 
 
@@ -158,54 +162,42 @@ def prediction_lesion_rows(scans: Iterable[Scan]) -> Iterator[Row]:
 def prediction_metastasis_rows(scans: Iterable[Scan]) -> Iterator[Row]:
     """Metastases per organ for every prediction of a model that finds metastases.
 
-    Every organ of the canonical table gets a row (zero counts are data: a clean lung is a result),
-    followed by any other allocation target the pipeline reported (such as subcutaneous tissue).
+    Every organ of the canonical table gets a row, followed by any other allocation target the
+    pipeline reported (such as subcutaneous tissue). A zero is data (a clean lung is a result);
+    an organ the model did not look in, or that the scan does not show, has an empty count and
+    ``assessment`` "not assessed": never 0.
     """
     metastasis_id = structures.by_name("metastasis").id
     for scan, prediction in _predictions(scans):
         if metastasis_id not in {int(s) for s in prediction.model_version.structures}:
             continue
         base = scan_columns(scan, source=prediction.model_version.label)
-        counts = {str(k): int(v) for k, v in prediction.metastasis_counts.items()}
+        counts = {str(k): (None if v is None else int(v)) for k, v in prediction.metastasis_counts.items()}
         for organ in (*structures.ORGAN_NAMES, *sorted(set(counts) - set(structures.ORGAN_NAMES))):
-            yield {**base, "organ": organ, "metastases": counts.get(organ, 0)}
+            count = counts.get(organ)
+            yield {
+                **base,
+                "organ": organ,
+                "metastases": count,
+                "assessment": "assessed" if count is not None else "not assessed",
+            }
 
 
-#: The row generators of each export, in output order. Other apps append their own sources.
-VOLUME_SOURCES: list[RowSource] = [prediction_volume_rows]
-LESION_SOURCES: list[RowSource] = [prediction_lesion_rows]
-METASTASIS_SOURCES: list[RowSource] = [prediction_metastasis_rows]
+def rows(scans: QuerySet[Scan], source: RowSource) -> Iterator[Row]:
+    """Rows of ``source`` for these scans, read in export order a chunk at a time."""
+    yield from source(export_scans(scans).iterator(chunk_size=CHUNK_SCANS))
 
 
-def rows(scans: QuerySet[Scan], sources: Sequence[RowSource]) -> Iterator[Row]:
-    """Rows of every source for these scans (each source reads the scans in export order)."""
-    for source in sources:
-        yield from source(export_scans(scans).iterator(chunk_size=CHUNK_SCANS))
-
-
-class _Echo:
-    """A write-only file whose ``write`` returns the line, for ``csv.writer`` into a stream."""
-
-    def write(self, value: str) -> str:
-        return value
-
-
-def csv_lines(records: Iterable[Row], columns: Sequence[str]) -> Iterator[str]:
-    """The header, then one CSV line per record (floats written with full precision)."""
-    writer = csv.DictWriter(_Echo(), fieldnames=list(columns), extrasaction="ignore")
-    yield writer.writerow(dict(zip(columns, columns, strict=True)))
-    for record in records:
-        yield writer.writerow(record)
-
-
-EXPORTS: dict[str, tuple[tuple[str, ...], list[RowSource]]] = {
-    "volumes": (VOLUME_COLUMNS, VOLUME_SOURCES),
-    "lesions": (LESION_COLUMNS, LESION_SOURCES),
-    "metastases": (METASTASIS_COLUMNS, METASTASIS_SOURCES),
+#: The columns and the row generator of each export.
+EXPORTS: dict[str, tuple[tuple[str, ...], RowSource]] = {
+    "volumes": (VOLUME_COLUMNS, prediction_volume_rows),
+    "lesions": (LESION_COLUMNS, prediction_lesion_rows),
+    "metastases": (METASTASIS_COLUMNS, prediction_metastasis_rows),
 }
 
 
-def export_lines(kind: str, scans: QuerySet[Scan]) -> Iterator[str]:
-    """CSV lines of export ``kind`` (``volumes``, ``lesions`` or ``metastases``) for these scans."""
-    columns, sources = EXPORTS[kind]
-    return csv_lines(rows(scans, sources), columns)
+def export(kind: str, scans: QuerySet[Scan]) -> tuple[tuple[str, ...], Iterator[Row]]:
+    """The columns and the streamed rows of export ``kind`` (``volumes``, ``lesions`` or
+    ``metastases``) for these scans; ``labseg.downloads.csv_response`` writes them."""
+    columns, source = EXPORTS[kind]
+    return columns, rows(scans, source)

@@ -2,9 +2,9 @@
 
 ``ModelVersion`` mirrors one model folder (``inference/models/<name>/<version>/``); every
 ``Prediction`` points at the exact version that made it. ``InferenceJob`` is the truth about a
-piece of background work (the broker only carries its id); a job is claimed with a
-compare-and-set on its ``state`` (see ``services.claim_job``). Files are written to storage first
-and the rows that point at them last.
+piece of background work (the broker only carries its id); it is claimed, heartbeated, time-limited
+and reconciled by ``labseg.jobs`` like every other kind of background work. Files are written to
+storage first and the rows that point at them last.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.utils import timezone
 
 from labs.querysets import LabScopedQuerySet
+from labseg.jobs import ACTIVE, BackgroundJob
 
 
 class ModelVersion(models.Model):
@@ -56,41 +56,26 @@ class ModelVersion(models.Model):
 
 class InferenceJobQuerySet(LabScopedQuerySet):
     def active(self) -> InferenceJobQuerySet:
-        return self.filter(state__in=(InferenceJob.State.QUEUED, InferenceJob.State.RUNNING))
+        return self.filter(state__in=ACTIVE)
 
 
-class InferenceJob(models.Model):
-    """One segmentation of one scan by one model version; the database is the truth about it."""
+class InferenceJob(BackgroundJob):
+    """One segmentation of one scan by one model version; the database is the truth about it.
 
-    class State(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
+    State, claim, heartbeat, attempts and timestamps come from ``labseg.jobs.BackgroundJob``.
+    """
 
     scan = models.ForeignKey("scans.Scan", on_delete=models.CASCADE, related_name="inference_jobs")
     model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="jobs")
-    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
-    progress = models.PositiveSmallIntegerField(default=0, help_text="0-100, within the current attempt.")
     stage = models.CharField(max_length=64, blank=True, help_text="The pipeline stage now running.")
-    attempts = models.PositiveSmallIntegerField(default=0, help_text="How many times a worker claimed it.")
-    worker_host = models.CharField(max_length=255, blank=True)
     queue = models.CharField(max_length=16, default="cpu")
-    celery_task_id = models.CharField(max_length=64, blank=True)
-    # A fresh token per claim: a worker only writes to the row while the token is still its own,
-    # so a worker that was presumed lost (and whose job was re-claimed) cannot overwrite the new run.
-    claim_token = models.CharField(max_length=32, blank=True)
-    queued_at = models.DateTimeField(default=timezone.now)
-    enqueued_at = models.DateTimeField(null=True, blank=True, help_text="Last time a message was sent.")
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
     stage_seconds = models.JSONField(default=dict, blank=True, help_text="Seconds per pipeline stage.")
-    error = models.TextField(blank=True, help_text="What went wrong, in words a researcher can act on.")
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+
+    task_name = "inference.tasks.segment_scan_task"
+    noun = "segmentation"
 
     objects = InferenceJobQuerySet.as_manager(lab_path="scan__lab")
 
@@ -104,9 +89,8 @@ class InferenceJob(models.Model):
     def __str__(self) -> str:
         return f"job {self.pk}: scan {self.scan_id} with {self.model_version} ({self.state})"
 
-    @property
-    def is_finished(self) -> bool:
-        return self.state in (self.State.SUCCEEDED, self.State.FAILED, self.State.CANCELLED)
+    def celery_queue(self) -> str:
+        return self.queue
 
 
 class Prediction(models.Model):

@@ -4,11 +4,14 @@ Keyword-only functions called by the API, the Celery tasks, the admin and manage
 The rules they keep:
 
 * the database, not the broker, is the truth about a job; a message only carries its id, and a
-  lost or duplicated message is harmless because a worker claims a job with a compare-and-set;
+  lost or duplicated message is harmless because a worker claims a job with a compare-and-set
+  (claim, heartbeat, time limits, retries and the reconciler are ``labseg.jobs``'s, shared with
+  every other kind of background work);
 * no NIfTI reading or model run inside ``transaction.atomic()``; output files go to storage first
   and the rows that point at them are written last, in one transaction;
-* failures are either transient (retry with backoff, a bounded number of attempts) or permanent
-  (the job fails with a message a researcher can act on).
+* failures are either transient (retry with backoff, a bounded number of attempts; for a
+  segmentation, storage errors count too) or permanent (the job fails with a message a researcher
+  can act on).
 """
 
 from __future__ import annotations
@@ -19,13 +22,10 @@ import logging
 import shutil
 import socket
 import tempfile
-import threading
 import time
-import uuid
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,12 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import F, Q
 from django.utils import timezone
 
 from inference.jsonsafe import finite_or_null
+from labseg import jobs
+from labseg.jobs import JobLostError, ReconcileReport, TransientJobError
+from labseg.refusals import Refused
 from scans.models import Scan
 
 from .models import InferenceJob, Lesion, ModelVersion, Prediction, StructureVolume
@@ -44,30 +46,19 @@ from .models import InferenceJob, Lesion, ModelVersion, Prediction, StructureVol
 logger = logging.getLogger(__name__)
 
 #: Claims per job before it fails for good (transient errors and lost workers both count).
-MAX_ATTEMPTS = settings.LABSEG_JOB_MAX_ATTEMPTS
+MAX_ATTEMPTS = jobs.max_attempts()
+
+__all__ = ["JobLostError", "ReconcileReport", "TransientJobError"]  # re-exported for the tasks
 
 
 class ModelSyncError(Exception):
     """The model folders disagree with the registry (e.g. new weights under an old version)."""
 
 
-class NoModelAvailableError(Exception):
+class NoModelAvailableError(Refused):
     """No model is registered for what was asked."""
 
-
-class TransientJobError(Exception):
-    """A failure that a later attempt may not meet (storage or database unreachable).
-
-    The job has already been put back in the queue state when this is raised.
-    """
-
-    def __init__(self, message: str, *, attempt: int) -> None:
-        super().__init__(message)
-        self.attempt = attempt
-
-
-class JobLostError(Exception):
-    """The job is no longer this worker's: it was cancelled or re-claimed after a presumed loss."""
+    status = 503
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,26 +220,13 @@ def request_segmentation(
 def enqueue_job(*, job_id: int) -> bool:
     """Send the job's id to its queue. A broker that is down is logged, not raised: the job stays
     queued in the database and the reconciler sends it again."""
-    from .tasks import segment_scan_task
-
-    job = InferenceJob.objects.filter(pk=job_id, state=InferenceJob.State.QUEUED).first()
-    if job is None:
-        return False
-    try:
-        result = segment_scan_task.apply_async(args=[job.pk], queue=job.queue)
-    except Exception as exc:  # kombu raises its own OperationalError and plain OSErrors here
-        logger.warning(
-            "could not send job %s to the broker (%s); the reconciler will send it again", job.pk, exc
-        )
-        return False
-    InferenceJob.objects.filter(pk=job.pk).update(celery_task_id=result.id or "", enqueued_at=timezone.now())
-    return True
+    return jobs.enqueue(InferenceJob, job_id)
 
 
 def cancel_job(*, job: InferenceJob, user: Any = None) -> bool:
     """Cancel a queued or running job; a running worker stops at its next heartbeat or stage."""
     who = getattr(user, "username", "") or "an administrator"
-    updated = InferenceJob.objects.filter(pk=job.pk, state__in=_ACTIVE).update(
+    updated = InferenceJob.objects.filter(pk=job.pk, state__in=jobs.ACTIVE).update(
         state=InferenceJob.State.CANCELLED,
         stage="cancelled",
         finished_at=timezone.now(),
@@ -267,126 +245,50 @@ def requeue_job(*, job: InferenceJob, user: Any = None) -> bool:
     return job.state == InferenceJob.State.QUEUED
 
 
-_ACTIVE = (InferenceJob.State.QUEUED, InferenceJob.State.RUNNING)
-
-
 # --------------------------------------------------------------------------------------------
 # Running a job (called by the worker)
 # --------------------------------------------------------------------------------------------
 
 
 def claim_job(job_id: int, *, worker_host: str, stale_after_s: float | None = None) -> InferenceJob | None:
-    """Compare-and-set claim: a queued job, or a running one whose worker stopped heartbeating.
-
-    Returns the claimed job (with a fresh ``claim_token``), or None when another worker got there
-    first, the job is finished or cancelled, or its worker is still alive.
-    """
-    stale_after_s = float(stale_after_s if stale_after_s is not None else settings.LABSEG_JOB_TIMEOUT_S)
-    now = timezone.now()
-    token = uuid.uuid4().hex
-    claimable = Q(state=InferenceJob.State.QUEUED) | Q(
-        state=InferenceJob.State.RUNNING, heartbeat_at__lt=now - timedelta(seconds=stale_after_s)
+    """Compare-and-set claim (``labseg.jobs.claim``): a queued job, or a running one whose worker
+    stopped heartbeating. None when another worker got there first, the job is finished or
+    cancelled, or its worker is still alive."""
+    return jobs.claim(
+        InferenceJob,
+        job_id,
+        worker_host=worker_host,
+        stale_after_s=stale_after_s,
+        related=("scan", "model_version"),
     )
-    updated = InferenceJob.objects.filter(claimable, pk=job_id).update(
-        state=InferenceJob.State.RUNNING,
-        claim_token=token,
-        worker_host=worker_host[:255],
-        attempts=F("attempts") + 1,
-        started_at=now,
-        heartbeat_at=now,
-        finished_at=None,
-        progress=0,
-        stage="starting",
-    )
-    if updated != 1:
-        return None
-    return InferenceJob.objects.select_related("scan", "model_version").get(pk=job_id)
 
 
 def run_job(job_id: int, *, worker_host: str | None = None) -> InferenceJob | None:
-    """Claim the job, segment its scan and record the prediction.
+    """Claim the job, segment its scan and record the prediction (through ``labseg.jobs.run``).
 
     Returns the job as it ended, or None when this worker did not get the claim. Raises
     ``TransientJobError`` (after putting the job back to queued) when a retry may help.
     """
-    job = claim_job(job_id, worker_host=worker_host or socket.gethostname())
-    if job is None:
-        return None
-    if job.attempts > MAX_ATTEMPTS:
-        _finish_failed(
-            job,
-            f"The job was interrupted {job.attempts - 1} times (a worker stopped or lost its connection) "
-            "and was given up. Check the workers' logs, then request the segmentation again.",
-        )
-        return job
-    heartbeat = _Heartbeat(job)
-    heartbeat.start()
-    try:
-        _execute(job, heartbeat)
-    except JobLostError:
-        logger.info("job %s is no longer ours (cancelled or re-claimed); its outputs were discarded", job.pk)
-    except Exception as exc:
-        heartbeat.stop()
-        _record_failure(job, exc)
-    finally:
-        heartbeat.stop()
-    job.refresh_from_db()
-    return job
+    return jobs.run(
+        InferenceJob,
+        job_id,
+        worker_host=worker_host or socket.gethostname(),
+        work=_execute,
+        failure_message=_failure_message,
+        transient=_is_transient,
+        related=("scan", "model_version"),
+    )
 
 
-class _Heartbeat(threading.Thread):
-    """Touches ``heartbeat_at`` while the pipeline runs, so the reconciler can tell a slow job
-    from a lost worker. Sets ``lost`` when the row stops being this claim's (cancel, re-claim)."""
-
-    def __init__(self, job: InferenceJob) -> None:
-        super().__init__(name=f"heartbeat-job-{job.pk}", daemon=True)
-        self.job_id = job.pk
-        self.token = job.claim_token
-        self.interval_s = max(0.5, min(30.0, float(settings.LABSEG_JOB_TIMEOUT_S) / 4))
-        self.lost = threading.Event()
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self._stop_event.wait(self.interval_s):
-                if not self.beat():
-                    self.lost.set()
-                    return
-        finally:
-            # This thread has its own database connection; close it rather than leak it.
-            from django.db import connection
-
-            connection.close()
-
-    def beat(self, **fields: Any) -> bool:
-        try:
-            return (
-                InferenceJob.objects.filter(
-                    pk=self.job_id, claim_token=self.token, state=InferenceJob.State.RUNNING
-                ).update(heartbeat_at=timezone.now(), **fields)
-                == 1
-            )
-        except (OperationalError, InterfaceError) as exc:
-            # A database blip is not a lost claim; the next beat tries again.
-            logger.warning("heartbeat of job %s failed: %s", self.job_id, exc)
-            return True
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(timeout=5)
+# The heartbeat of a job run; kept under its old name for callers that check a stale claim.
+_Heartbeat = jobs.Heartbeat
 
 
-def _execute(job: InferenceJob, heartbeat: _Heartbeat) -> None:
+def _execute(job: InferenceJob, heartbeat: jobs.Heartbeat) -> None:
     from inference.pipeline import segment_file
 
     seconds: dict[str, float] = {}
-
-    def progress(percent: int, stage: str) -> None:
-        if heartbeat.lost.is_set() or not heartbeat.beat(
-            progress=max(0, min(100, int(percent))), stage=stage[:64]
-        ):
-            raise JobLostError(job.pk)
+    progress = heartbeat.progress
 
     cards = _cards_for(job.model_version)
     tasks = tuple(card.task for card in cards)
@@ -493,18 +395,7 @@ def _record_success(
         ),
     }
     with transaction.atomic():
-        finished = InferenceJob.objects.filter(
-            pk=job.pk, claim_token=job.claim_token, state=InferenceJob.State.RUNNING
-        ).update(
-            state=InferenceJob.State.SUCCEEDED,
-            progress=100,
-            stage="done",
-            finished_at=timezone.now(),
-            heartbeat_at=timezone.now(),
-            stage_seconds=seconds,
-            error="",
-        )
-        if finished != 1:
+        if not jobs.finish(job, InferenceJob.State.SUCCEEDED, stage_seconds=seconds):
             raise JobLostError(job.pk)
         try:
             with transaction.atomic():
@@ -557,7 +448,9 @@ class _PermanentError(Exception):
 
 
 def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, OperationalError | InterfaceError):
+    """Connection errors (``labseg.jobs.is_transient``), and storage errors other than a missing or
+    unreadable file: an S3 bucket or a network share that is briefly unreachable."""
+    if jobs.is_transient(exc) or isinstance(exc, OperationalError | InterfaceError):
         return True
     permanent_os = (FileNotFoundError, IsADirectoryError, NotADirectoryError, gzip.BadGzipFile)
     return isinstance(exc, OSError) and not isinstance(exc, permanent_os)
@@ -592,91 +485,12 @@ def _is_unreadable_scan(exc: BaseException) -> bool:
     return isinstance(exc, ImageFileError | EOFError | zlib.error | gzip.BadGzipFile)
 
 
-def _record_failure(job: InferenceJob, exc: BaseException) -> None:
-    job.refresh_from_db(fields=["stage", "attempts"])
-    if _is_transient(exc) and job.attempts < MAX_ATTEMPTS:
-        requeued = InferenceJob.objects.filter(
-            pk=job.pk, claim_token=job.claim_token, state=InferenceJob.State.RUNNING
-        ).update(
-            state=InferenceJob.State.QUEUED,
-            stage="waiting to retry",
-            progress=0,
-            worker_host="",
-            error=f"A temporary problem interrupted attempt {job.attempts} of {MAX_ATTEMPTS} "
-            f"({type(exc).__name__}: {exc}); it will be retried.",
-        )
-        logger.warning("job %s: transient failure on attempt %s: %s", job.pk, job.attempts, exc)
-        if requeued == 1:
-            raise TransientJobError(str(exc), attempt=job.attempts) from exc
-        return
-    if _is_transient(exc):
-        message = (
-            f"A temporary problem ({type(exc).__name__}: {exc}) persisted over {job.attempts} attempts. "
-            "Check that storage and the database are reachable, then request the segmentation again."
-        )
-    else:
-        message = _failure_message(job, exc)
-    logger.error("job %s failed: %s", job.pk, message, exc_info=exc)
-    _finish_failed(job, message)
-
-
-def _finish_failed(job: InferenceJob, message: str) -> None:
-    InferenceJob.objects.filter(
-        pk=job.pk, claim_token=job.claim_token, state=InferenceJob.State.RUNNING
-    ).update(state=InferenceJob.State.FAILED, finished_at=timezone.now(), error=message)
-
-
 # --------------------------------------------------------------------------------------------
 # Reconciling (periodic, through beat)
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ReconcileReport:
-    requeued: list[int] = field(default_factory=list)
-    resent: list[int] = field(default_factory=list)
-    failed: list[int] = field(default_factory=list)
-
-
 def reconcile_jobs(*, timeout_s: float, enqueue: Callable[..., bool] | None = None) -> ReconcileReport:
-    """Re-queue jobs whose worker stopped heartbeating and resend jobs queued past ``timeout_s``.
-
-    Covers a worker killed mid-job (running, heartbeat older than ``timeout_s``) and a broker that
-    lost its messages (queued, last sent more than ``timeout_s`` ago). Sending twice is harmless:
-    only one worker wins the claim. Messages go out after the transaction commits.
-    """
-    send = enqueue or enqueue_job
-    report = ReconcileReport()
-    cutoff = timezone.now() - timedelta(seconds=timeout_s)
-    for job in InferenceJob.objects.filter(state=InferenceJob.State.RUNNING, heartbeat_at__lt=cutoff):
-        lost = InferenceJob.objects.filter(
-            pk=job.pk, state=InferenceJob.State.RUNNING, claim_token=job.claim_token, heartbeat_at__lt=cutoff
-        )
-        if job.attempts >= MAX_ATTEMPTS:
-            if lost.update(
-                state=InferenceJob.State.FAILED,
-                finished_at=timezone.now(),
-                error=f"The worker running this job stopped responding on {job.attempts} attempts; it was "
-                "given up. Check the workers (memory, crashes), then request the segmentation again.",
-            ):
-                report.failed.append(job.pk)
-            continue
-        if lost.update(
-            state=InferenceJob.State.QUEUED,
-            stage="worker lost, queued again",
-            progress=0,
-            worker_host="",
-            error="",
-        ):
-            report.requeued.append(job.pk)
-    stale_queued = InferenceJob.objects.filter(state=InferenceJob.State.QUEUED).filter(
-        Q(enqueued_at__lt=cutoff) | Q(enqueued_at__isnull=True, queued_at__lt=cutoff)
-    )
-    report.resent.extend(stale_queued.exclude(pk__in=report.requeued).values_list("pk", flat=True))
-    for job_id in [*report.requeued, *report.resent]:
-        transaction.on_commit(lambda job_id=job_id: send(job_id=job_id))
-    if report.requeued or report.resent or report.failed:
-        logger.info(
-            "reconciler: requeued %s, resent %s, failed %s", report.requeued, report.resent, report.failed
-        )
-    return report
+    """Re-queue jobs whose worker stopped heartbeating and resend jobs queued past ``timeout_s``
+    (``labseg.jobs.reconcile`` for segmentation jobs; ``enqueue(job_id=...)`` sends one)."""
+    return jobs.reconcile(InferenceJob, timeout_s=timeout_s, send=enqueue or enqueue_job)

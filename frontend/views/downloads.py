@@ -6,45 +6,23 @@ Every CSV is streamed row by row, so a large study never sits in memory. Columns
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.views.decorators.http import require_GET
 
 from frontend import results
 from frontend.views.base import lab_page
 from inference.structures import BY_NAME
+from labseg.downloads import csv_response
 from scans.models import Lab, Mouse, Scan, Study
 from segmentation import exports
 from segmentation.models import StructureVolume
 
 TUMOR_ID = BY_NAME["tumor"].id
-
-SCAN_COLUMNS = ["lab", "study", "mouse", "cohort", "time_point", "offset_hours", "modality", "scan_id"]
-
-
-class _Echo:
-    """A file-like object whose ``write`` returns the line, for streaming csv.writer output."""
-
-    def write(self, value: str) -> str:
-        return value
-
-
-def _stream(filename: str, header: list[str], rows: Iterable[list[Any]]) -> StreamingHttpResponse:
-    writer = csv.writer(_Echo())
-
-    def lines() -> Iterator[str]:
-        yield writer.writerow(header)
-        for row in rows:
-            yield writer.writerow(row)
-
-    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    return response
 
 
 def _scope(request: HttpRequest, lab: Lab, scope: str, pk: int) -> tuple[QuerySet[Scan], str]:
@@ -69,7 +47,7 @@ def _scan_cells(scan: Scan) -> list[Any]:
         scan.lab.name,
         mouse.study.name,
         mouse.identifier,
-        mouse.cohort.name if mouse.cohort_id else "",
+        mouse.cohort.name if mouse.cohort is not None else "",
         scan.time_point.label,
         scan.time_point.offset_hours,
         scan.modality,
@@ -96,9 +74,16 @@ def _newest_volumes(scans: QuerySet[Scan]) -> Iterator[StructureVolume]:
 
 @require_GET
 @lab_page
-def tumor_csv(request: HttpRequest, lab: Lab, scope: str, pk: int) -> HttpResponse:
+def tumor_csv(request: HttpRequest, lab: Lab, scope: str, pk: int) -> StreamingHttpResponse:
     scans, stem = _scope(request, lab, scope, pk)
-    header = [*SCAN_COLUMNS, "days", "source", "tumor_volume_mm3", "volume_low_mm3", "volume_high_mm3"]
+    header = [
+        *exports.SCAN_ID_COLUMNS,
+        "days",
+        "source",
+        "tumor_volume_mm3",
+        "volume_low_mm3",
+        "volume_high_mm3",
+    ]
 
     def rows() -> Iterator[list[Any]]:
         first: dict[int, float] = {}
@@ -119,35 +104,32 @@ def tumor_csv(request: HttpRequest, lab: Lab, scope: str, pk: int) -> HttpRespon
                 volume.volume_high_mm3,
             ]
 
-    return _stream(f"{stem}_tumor_volumes.csv", header, rows())
+    return csv_response(rows(), header, f"{stem}_tumor_volumes.csv")
 
 
-def _export(request: HttpRequest, lab: Lab, scope: str, pk: int, kind: str) -> HttpResponse:
+def _export(request: HttpRequest, lab: Lab, scope: str, pk: int, kind: str) -> StreamingHttpResponse:
     """The service's export ``kind`` (one generator for every scope, so every CSV agrees)."""
     scans, stem = _scope(request, lab, scope, pk)
-    response = StreamingHttpResponse(
-        exports.export_lines(kind, scans), content_type="text/csv; charset=utf-8"
-    )
-    response["Content-Disposition"] = f'attachment; filename="{stem}_{kind}.csv"'
-    return response
+    columns, records = exports.export(kind, scans)
+    return csv_response(records, columns, f"{stem}_{kind}.csv")
 
 
 @require_GET
 @lab_page
-def metastases_csv(request: HttpRequest, lab: Lab, scope: str, pk: int) -> HttpResponse:
+def metastases_csv(request: HttpRequest, lab: Lab, scope: str, pk: int) -> StreamingHttpResponse:
     """Metastasis counts per organ, one row per scan, source and organ."""
     return _export(request, lab, scope, pk, "metastases")
 
 
 @require_GET
 @lab_page
-def lesions_csv(request: HttpRequest, lab: Lab, scope: str, pk: int) -> HttpResponse:
+def lesions_csv(request: HttpRequest, lab: Lab, scope: str, pk: int) -> StreamingHttpResponse:
     """Every tumor and metastasis component with its centroid, size and organ."""
     return _export(request, lab, scope, pk, "lesions")
 
 
 @require_GET
 @lab_page
-def volumes_csv(request: HttpRequest, lab: Lab, scope: str, pk: int) -> HttpResponse:
+def volumes_csv(request: HttpRequest, lab: Lab, scope: str, pk: int) -> StreamingHttpResponse:
     """Organ volumetry: one row per scan, source (model, annotator or consensus) and structure."""
     return _export(request, lab, scope, pk, "volumes")

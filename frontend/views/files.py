@@ -6,12 +6,15 @@ from __future__ import annotations
 import logging
 
 from django.core.files.storage import default_storage
-from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, HttpRequest, JsonResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
 from django.views.decorators.http import require_GET
 
 from frontend import layers, pictures
 from frontend.views.base import lab_page
+from labseg.downloads import stored_file_response
+from labseg.refusals import Refused, json_refusal
 from scans.models import Lab, Scan
 
 logger = logging.getLogger(__name__)
@@ -22,8 +25,7 @@ def _scan(request: HttpRequest, lab: Lab, pk: int) -> Scan:
 
 
 def _nifti(name: str, filename: str) -> FileResponse:
-    response = FileResponse(default_storage.open(name, "rb"), content_type="application/octet-stream")
-    response["Content-Disposition"] = f'inline; filename="{filename}"'
+    response = stored_file_response(name, filename, content_type="application/octet-stream", inline=True)
     # Stored layers never change (predictions and uploads are immutable): let the browser keep them.
     response["Cache-Control"] = "private, max-age=86400"
     return response
@@ -31,7 +33,7 @@ def _nifti(name: str, filename: str) -> FileResponse:
 
 @require_GET
 @lab_page
-def layer(request: HttpRequest, lab: Lab, pk: int, key: str) -> HttpResponse:
+def layer(request: HttpRequest, lab: Lab, pk: int, key: str) -> HttpResponseBase:
     """``?level=preview`` (default), ``?level=full``, ``?region=x,y,z`` (full resolution around a
     point in mm) or ``?download=1`` (the stored file as an attachment, any size). Refusals are
     JSON ``{"detail": message}``."""
@@ -39,13 +41,10 @@ def layer(request: HttpRequest, lab: Lab, pk: int, key: str) -> HttpResponse:
     try:
         the_layer = layers.resolve_layer(scan, key)
         if "download" in request.GET and the_layer.kind in ("ct", "labels", "uncertainty"):
-            stored = the_layer.files[0]
-            response = FileResponse(
-                stored.open("rb"), as_attachment=True, filename=f"scan{scan.pk}_{key}.nii.gz"
-            )
-            if not stored.name.endswith(".gz"):
-                response["Content-Disposition"] = f'attachment; filename="scan{scan.pk}_{key}.nii"'
-            return response
+            # A layer holds saved files; an empty name is refused as missing (404).
+            stored_name = the_layer.files[0].name or ""
+            suffix = ".nii.gz" if stored_name.endswith(".gz") else ".nii"
+            return stored_file_response(stored_name, f"scan{scan.pk}_{key}{suffix}")
         if "region" in request.GET:
             start, stop = layers.parse_region(scan, request.GET["region"])
             name = layers.region_file(scan, the_layer, start, stop)
@@ -56,17 +55,15 @@ def layer(request: HttpRequest, lab: Lab, pk: int, key: str) -> HttpResponse:
             name = layers.full_file(scan, the_layer)
         else:
             name = layers.preview_file(scan, the_layer)
-    except layers.LayerNotFoundError as error:
-        return JsonResponse({"detail": str(error)}, status=404)
-    except layers.RegionRefusedError as error:
-        return JsonResponse({"detail": str(error)}, status=413)
+    except Refused as error:
+        return json_refusal(error)
     suffix = ".nii.gz" if name.endswith(".gz") else ".nii"
     return _nifti(name, f"scan{scan.pk}_{key}{suffix}")
 
 
 @require_GET
 @lab_page
-def qc_picture(request: HttpRequest, lab: Lab, pk: int) -> HttpResponse:
+def qc_picture(request: HttpRequest, lab: Lab, pk: int) -> HttpResponseBase:
     """The scan's QC picture (PNG): mean-intensity projection and mid-coronal slice with overlays.
     ``?size=thumb`` gives the small projection used in lists."""
     scan = _scan(request, lab, pk)

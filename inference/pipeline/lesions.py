@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -308,13 +308,39 @@ def allocate(
     ]
 
 
-def metastasis_counts(lesions: Iterable[LesionRow]) -> dict[str, int]:
-    """Metastases per organ name (every organ listed, zeros included) plus ``subcutaneous/other``."""
-    counts = {name: 0 for name in (*ORGAN_NAMES, SUBCUTANEOUS)}
+def metastasis_counts(
+    lesions: Iterable[LesionRow], assessed: Collection[str] | None = None
+) -> dict[str, int | None]:
+    """Metastases per organ name, every organ listed, plus ``subcutaneous/other``.
+
+    ``assessed`` names the organs where metastases were looked for (see
+    :func:`metastasis_assessed_organs`); every other organ is ``None``, "not assessed", never 0: a
+    model that only looks in the lungs has not found the liver free of metastases. ``None`` means
+    every organ was assessed (lesions given by a person). ``subcutaneous/other`` is assessed
+    whenever any organ is.
+    """
+    names = (*ORGAN_NAMES, SUBCUTANEOUS)
+    if assessed is None:
+        looked = set(names)
+    else:
+        looked = set(assessed) & set(ORGAN_NAMES)
+        if looked:
+            looked.add(SUBCUTANEOUS)
+    counts: dict[str, int | None] = {name: (0 if name in looked else None) for name in names}
     for row in lesions:
-        if row.structure_id == METASTASIS_ID:
-            counts[row.organ_name] += 1
+        if row.structure_id == METASTASIS_ID and counts.get(row.organ_name) is not None:
+            counts[row.organ_name] = int(counts[row.organ_name] or 0) + 1
     return counts
+
+
+def metastasis_assessed_organs(organ_labels: np.ndarray | None, searched: Collection[str]) -> list[str]:
+    """The organs where metastases were really looked for in this scan: those the models search
+    (``searched``, from the model cards) that this scan's organ map holds (an organ outside the
+    field of view, or not found, was not assessed)."""
+    if organ_labels is None:
+        return []
+    present = {int(v) for v in np.unique(organ_labels)}
+    return [name for name in ORGAN_NAMES if name in searched and BY_NAME[name].id in present]
 
 
 def read_points_csv(path: Path) -> tuple[np.ndarray, int | None]:

@@ -8,7 +8,7 @@ model the logits with background set to ``-max(foreground logits)`` (so a struct
 where its probability exceeds 0.5). Ensembles average probabilities and turn them back into log
 scores. The cleaned scores are then upsampled to the scan's grid (``geometry.upsample_argmax``).
 
-Rules (issue 5): single organs keep their largest connected component; paired organs keep one
+Rules: single organs keep their largest connected component; paired organs keep one
 component on their own body side (left/right along canonical x, split at the body's centre of mass);
 lesions (tumor, metastasis) keep every component of at least ``min_lesion_volume_mm3``. At voxels a
 rule removes, the structure's score and the background's are swapped, so those voxels become

@@ -24,15 +24,17 @@ from inference.pipeline.lesions import (
     LesionInputError,
     LesionRow,
     allocate,
+    metastasis_assessed_organs,
     metastasis_counts,
     read_points_csv,
     write_lesions_csv,
 )
-from inference.pipeline.manifest import build_manifest
+from inference.pipeline.manifest import build_manifest, orientation_entry
 from inference.pipeline.postprocess import DEFAULT_MIN_LESION_VOLUME_MM3
 from inference.pipeline.predict import PipelineOutput, StageTimer, predict_volume
 from inference.pipeline.volumes import VolumeRow, structure_volumes, write_volumes_csv
 from inference.registry import ModelCard, default_model
+from inference.structures import ORGAN_NAMES
 
 OUTPUT_NAMES = {
     "labels": "labels.nii.gz",
@@ -52,7 +54,7 @@ class SegmentResult:
     manifest_path: Path
     volumes: list[VolumeRow]
     lesions: list[LesionRow]
-    metastasis_counts: dict[str, int]
+    metastasis_counts: dict[str, int | None]
     manifest: dict[str, Any]
 
 
@@ -124,6 +126,8 @@ def segment_file(
     lesions_from: Path | None = None,
     organs_from: Path | None = None,
     min_lesion_volume_mm3: float = DEFAULT_MIN_LESION_VOLUME_MM3,
+    intensity: str = "auto",
+    orient: str = "anatomy",
 ) -> SegmentResult:
     """Segment the NIfTI at ``scan_path`` and write the outputs into ``out_dir`` (created).
 
@@ -131,7 +135,10 @@ def segment_file(
     stage)`` reports 0-100 with the stage's name. ``lesions_from``: a lesion mask (NIfTI on the
     scan's grid) or a CSV of ``x_mm,y_mm,z_mm[,diameter_mm]`` used instead of predicted lesions.
     ``organs_from``: an organ label map on the scan's grid, used to allocate lesions when this
-    run has no organ model (a tumor-only job after the organ job).
+    run has no organ model (a tumor-only job after the organ job). ``intensity``: "auto" (check
+    for HU, else calibrate to HU from the scan's air and soft-tissue peaks) or "hu" (as HU, unchecked);
+    see ``predict_volume``. ``orient``: "anatomy" (turn the scan when its anatomy says the mouse
+    lies otherwise than the header implies; recorded in the manifest's ``orientation``) or "header".
     """
     started = time.perf_counter()
     timer = StageTimer()
@@ -158,11 +165,19 @@ def segment_file(
         threads=threads,
         progress=inner,
         min_lesion_volume_mm3=min_lesion_volume_mm3,
+        intensity=intensity,
+        orient=orient,
     )
     report(85, "lesions")
     with timer("lesions"):
         lesions = lesions_for(output, scan.affine, source, organ_map)
-        counts = metastasis_counts(lesions)
+        organs = output.organ_labels if output.organ_labels is not None else organ_map
+        # Lesions a person gave were looked for everywhere; a model only where its card says.
+        searched = (
+            set(ORGAN_NAMES) if source is not None else {o for c in chosen for o in c.metastasis_organs}
+        )
+        assessed = metastasis_assessed_organs(organs, searched)
+        counts = metastasis_counts(lesions, assessed)
     report(90, "volumes")
     with timer("volumes"):
         volumes = structure_volumes(
@@ -198,9 +213,12 @@ def segment_file(
         geometry=output.geometry.as_json(),
         extra={
             "scan": Path(scan_path).name,
+            "intensity": output.intensity.as_json() if output.intensity is not None else None,
+            "orientation": orientation_entry(output.orientation, output.geometry.axcodes),
             "outputs": dict(OUTPUT_NAMES),
             "lesions_from": Path(lesions_from).name if lesions_from is not None else None,
             "metastasis_counts": counts,
+            "metastases_assessed_in": assessed,
             "postprocess": {
                 task: {"components_removed": r.components_removed, "voxels_removed": r.voxels_removed}
                 for task, r in output.cleaning.items()

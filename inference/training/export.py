@@ -1,4 +1,4 @@
-"""Export a trained network as a self-describing model folder (contract 1).
+"""Export a trained network as a self-describing model folder (see ``inference/registry.py``).
 
 ``<out>/model.onnx``: input ``ct`` float32 ``[N, 1, X, Y, Z]`` (RAS axes, resampled to
 ``input_spacing_mm``, normalised per ``normalisation``), outputs ``logits [N, K, X, Y, Z]`` and

@@ -19,7 +19,7 @@ from inference.registry import DEFAULT_MODELS_DIR
 START = "<!-- evaluation:start -->"
 END = "<!-- evaluation:end -->"
 
-#: Issue 4's Dice targets on held-out native phantoms.
+#: The Dice targets on held-out native phantoms (the model card's "target" column).
 TARGETS = {
     **dict.fromkeys(
         (

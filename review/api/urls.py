@@ -15,28 +15,34 @@ def route(pattern: str, view, name: str) -> URLPattern:  # type: ignore[no-untyp
 app_name = "review-api"
 
 urlpatterns = [
-    route(r"annotations/(?P<pk>\d+)/submit", views.submit_view, "submit"),
-    route(r"annotations/(?P<pk>\d+)/approve", views.approve_view, "approve"),
-    route(r"annotations/(?P<pk>\d+)/reject", views.reject_view, "reject"),
-    route(r"annotations/(?P<pk>\d+)/replace", views.replace_view, "replace"),
-    route(r"annotations/(?P<pk>\d+)/history", views.history_view, "history"),
-    route(r"predictions/(?P<pk>\d+)/promote", views.promote_view, "promote"),
-    route(r"scans/(?P<pk>\d+)/consensus", views.consensus_view, "consensus"),
+    route(r"annotations/(?P<pk>\d+)/submit", views.SubmitView.as_view(), "submit"),
+    route(r"annotations/(?P<pk>\d+)/approve", views.ApproveView.as_view(), "approve"),
+    route(r"annotations/(?P<pk>\d+)/reject", views.RejectView.as_view(), "reject"),
+    route(r"annotations/(?P<pk>\d+)/replace", views.ReplaceView.as_view(), "replace"),
+    route(r"annotations/(?P<pk>\d+)/history", views.HistoryView.as_view(), "history"),
+    route(r"predictions/(?P<pk>\d+)/promote", views.PromoteView.as_view(), "promote"),
+    route(r"scans/(?P<pk>\d+)/consensus", views.ConsensusView.as_view(), "consensus"),
     re_path(
         r"^consensus/(?P<pk>\d+)/(?P<kind>majority|staple|disagreement)\.nii\.gz$",
-        views.consensus_file_view,
+        views.ConsensusFileView.as_view(),
         name="consensus-file",
     ),
-    re_path(r"^scans/(?P<pk>\d+)/agreement\.csv$", views.scan_agreement_csv_view, name="scan-agreement-csv"),
-    route(r"scans/(?P<pk>\d+)/agreement", views.agreement_view, "scan-agreement"),
     re_path(
-        r"^studies/(?P<pk>\d+)/agreement\.csv$", views.study_agreement_csv_view, name="study-agreement-csv"
+        r"^scans/(?P<pk>\d+)/agreement\.csv$", views.ScanAgreementCsvView.as_view(), name="scan-agreement-csv"
+    ),
+    route(r"scans/(?P<pk>\d+)/agreement", views.AgreementView.as_view(), "scan-agreement"),
+    re_path(
+        r"^studies/(?P<pk>\d+)/agreement\.csv$",
+        views.StudyAgreementCsvView.as_view(),
+        name="study-agreement-csv",
     ),
     re_path(
         r"^studies/(?P<pk>\d+)/variability\.csv$",
-        views.study_variability_csv_view,
+        views.StudyVariabilityCsvView.as_view(),
         name="study-variability-csv",
     ),
-    re_path(r"^studies/(?P<pk>\d+)/models\.csv$", views.study_models_csv_view, name="study-models-csv"),
-    re_path(r"^studies/(?P<pk>\d+)/qc\.png$", views.study_qc_png_view, name="study-qc-png"),
+    re_path(
+        r"^studies/(?P<pk>\d+)/models\.csv$", views.StudyModelsCsvView.as_view(), name="study-models-csv"
+    ),
+    re_path(r"^studies/(?P<pk>\d+)/qc\.png$", views.StudyQcPngView.as_view(), name="study-qc-png"),
 ]

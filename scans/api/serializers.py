@@ -9,7 +9,7 @@ from rest_framework import serializers
 
 from labs.models import Lab
 from labs.rules import role_of
-from scans.models import Annotation, Mouse, Scan, Study, TimePoint, UploadSession
+from scans.models import Annotation, Mouse, Scan, Study, TimePoint
 
 
 class LabSerializer(serializers.ModelSerializer):
@@ -166,12 +166,6 @@ class AnnotationFieldsSerializer(serializers.Serializer):
         if not isinstance(value, dict):
             raise serializers.ValidationError("give a JSON object: structure name -> label value")
         return value
-
-
-class UploadSessionSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = UploadSession
-        fields = ["id", "filename", "size_bytes", "offset", "created_at"]
 
 
 class CreateUploadSerializer(serializers.Serializer):

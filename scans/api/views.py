@@ -9,9 +9,8 @@ import json
 from typing import Any
 
 from django.conf import settings
-from django.core.files.storage import default_storage
 from django.db.models import QuerySet
-from django.http import FileResponse, Http404
+from django.http import FileResponse
 from django.shortcuts import get_object_or_404
 from rest_framework import generics, status
 from rest_framework.request import Request
@@ -19,10 +18,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from inference import structures
+from labseg.downloads import stored_file_response
+from review.services import create_annotation  # the annotation lifecycle
 from scans import services, uploads
 from scans.files import HashedUploadedFile
 from scans.models import Annotation, Lab, Mouse, Scan, Study, UploadSession
-from scans.validation import ScanRejected
 
 from . import serializers
 
@@ -30,27 +30,8 @@ from . import serializers
 MULTIPART_OVERHEAD_BYTES = 1024**2
 
 
-def refused(error: ScanRejected) -> Response:
-    body: dict[str, Any] = {"detail": error.message}
-    if isinstance(error, uploads.OffsetMismatch):
-        body["offset"] = error.expected_offset
-    return Response(body, status=error.status)
-
-
 def _scans_for(user: Any) -> QuerySet[Scan]:
     return Scan.objects.visible_to(user).select_related("time_point__mouse__study", "uploaded_by", "lab")
-
-
-def _stream_stored(name: str, filename: str, content_type: str) -> FileResponse:
-    if not name or not default_storage.exists(name):
-        raise Http404("the stored file is missing")
-    return FileResponse(
-        default_storage.open(name, "rb"), as_attachment=True, filename=filename, content_type=content_type
-    )
-
-
-def _nifti_content_type(filename: str) -> str:
-    return "application/gzip" if filename.lower().endswith(".gz") else "application/octet-stream"
 
 
 class ScanListCreate(generics.ListAPIView):
@@ -68,6 +49,15 @@ class ScanListCreate(generics.ListAPIView):
             value = self.request.query_params.get(parameter)
             if value and value.isdigit():
                 scans = scans.filter(**{lookup: int(value)})
+        # By name, as a folder upload knows them: the scan an annotation file belongs to.
+        for parameter, lookup in (
+            ("study_name", "time_point__mouse__study__name"),
+            ("mouse_name", "time_point__mouse__identifier__iexact"),
+            ("time_point", "time_point__label__iexact"),
+        ):
+            value = self.request.query_params.get(parameter)
+            if value:
+                scans = scans.filter(**{lookup: value.strip()[:200]})
         return scans
 
     def post(self, request: Request) -> Response:
@@ -86,22 +76,19 @@ class ScanListCreate(generics.ListAPIView):
         if not isinstance(upload, HashedUploadedFile):
             # Only reachable if FILE_UPLOAD_HANDLERS was changed; the service then copies and hashes.
             upload.seek(0)
-        try:
-            target = services.resolve_upload_target(
-                user=request.user, study=fields.validated_data["study"], lab=fields.validated_data.get("lab")
-            )
-            scan = services.register_scan(
-                lab=target.lab,
-                uploaded_file_path_or_file=upload,
-                original_filename=upload.name or "",
-                study_name=target.study_name,
-                mouse_identifier=fields.validated_data["mouse"],
-                time_point_label=fields.validated_data["time_point"],
-                modality=fields.validated_data["modality"],
-                user=request.user,
-            )
-        except ScanRejected as error:
-            return refused(error)
+        target = services.resolve_upload_target(
+            user=request.user, study=fields.validated_data["study"], lab=fields.validated_data.get("lab")
+        )
+        scan = services.register_scan(
+            lab=target.lab,
+            uploaded_file_path_or_file=upload,
+            original_filename=upload.name or "",
+            study_name=target.study_name,
+            mouse_identifier=fields.validated_data["mouse"],
+            time_point_label=fields.validated_data["time_point"],
+            modality=fields.validated_data["modality"],
+            user=request.user,
+        )
         return Response(serializers.ScanSerializer(scan).data, status=status.HTTP_201_CREATED)
 
 
@@ -117,17 +104,15 @@ class ScanFile(APIView):
 
     def get(self, request: Request, pk: int) -> FileResponse:
         scan = get_object_or_404(Scan.objects.visible_to(request.user), pk=pk)
-        return _stream_stored(
-            scan.file.name, scan.original_filename, _nifti_content_type(scan.original_filename)
-        )
+        return stored_file_response(scan.file.name, scan.original_filename)
 
 
 class ScanThumbnail(APIView):
     def get(self, request: Request, pk: int) -> FileResponse:
         scan = get_object_or_404(Scan.objects.visible_to(request.user), pk=pk)
-        response = _stream_stored(scan.thumbnail.name, f"scan-{scan.pk}.png", "image/png")
-        response["Content-Disposition"] = "inline"
-        return response
+        return stored_file_response(
+            scan.thumbnail.name, f"scan-{scan.pk}.png", content_type="image/png", inline=True
+        )
 
 
 class ScanAnnotations(generics.ListAPIView):
@@ -157,17 +142,14 @@ class ScanAnnotations(generics.ListAPIView):
         upload = request.FILES.get("file")
         if upload is None:
             return Response({"detail": "attach the label map as the multipart field 'file'"}, status=400)
-        try:
-            annotation = services.register_annotation(
-                scan=scan,
-                file=upload,
-                original_filename=upload.name or "",
-                annotator_name=fields.validated_data.get("annotator", ""),
-                user=request.user,
-                structures=fields.validated_data.get("structures"),
-            )
-        except ScanRejected as error:
-            return refused(error)
+        annotation = create_annotation(
+            scan=scan,
+            file=upload,
+            original_filename=upload.name or "",
+            annotator_name=fields.validated_data.get("annotator", ""),
+            user=request.user,
+            structures=fields.validated_data.get("structures"),
+        )
         return Response(serializers.AnnotationSerializer(annotation).data, status=status.HTTP_201_CREATED)
 
 
@@ -181,11 +163,7 @@ class AnnotationDetail(generics.RetrieveAPIView):
 class AnnotationFile(APIView):
     def get(self, request: Request, pk: int) -> FileResponse:
         annotation = get_object_or_404(Annotation.objects.visible_to(request.user), pk=pk)
-        return _stream_stored(
-            annotation.file.name,
-            annotation.original_filename,
-            _nifti_content_type(annotation.original_filename),
-        )
+        return stored_file_response(annotation.file.name, annotation.original_filename)
 
 
 class StudyList(generics.ListAPIView):
@@ -240,10 +218,7 @@ class UploadCreate(APIView):
     def post(self, request: Request) -> Response:
         fields = serializers.CreateUploadSerializer(data=request.data)
         fields.is_valid(raise_exception=True)
-        try:
-            session = uploads.create_upload(user=request.user, **fields.validated_data)
-        except ScanRejected as error:
-            return refused(error)
+        session = uploads.create_upload(user=request.user, **fields.validated_data)
         return Response(
             {"id": str(session.pk), "offset": session.offset, "size_bytes": session.size_bytes},
             status=status.HTTP_201_CREATED,
@@ -264,13 +239,10 @@ class UploadChunk(APIView):
 
     def put(self, request: Request, pk: str) -> Response:
         session = _session_for(request, pk)
-        try:
-            # Read the raw WSGI stream: the body is never parsed nor held whole in memory.
-            session = uploads.append_chunk(
-                session=session, content_range=request.META.get("HTTP_CONTENT_RANGE"), body=request._request
-            )
-        except ScanRejected as error:
-            return refused(error)
+        # Read the raw WSGI stream: the body is never parsed nor held whole in memory.
+        session = uploads.append_chunk(
+            session=session, content_range=request.META.get("HTTP_CONTENT_RANGE"), body=request._request
+        )
         return Response({"offset": session.offset, "size_bytes": session.size_bytes})
 
 
@@ -282,20 +254,15 @@ class UploadComplete(APIView):
         fields = serializers.CompleteUploadSerializer(data=request.data)
         fields.is_valid(raise_exception=True)
         data = fields.validated_data
-        try:
-            target = services.resolve_upload_target(
-                user=request.user, study=data["study"], lab=data.get("lab")
-            )
-            scan = uploads.complete_upload(
-                session=session,
-                sha256=data["sha256"],
-                lab=target.lab,
-                study_name=target.study_name,
-                mouse_identifier=data["mouse"],
-                time_point_label=data["time_point"],
-                modality=data["modality"],
-                user=request.user,
-            )
-        except ScanRejected as error:
-            return refused(error)
+        target = services.resolve_upload_target(user=request.user, study=data["study"], lab=data.get("lab"))
+        scan = uploads.complete_upload(
+            session=session,
+            sha256=data["sha256"],
+            lab=target.lab,
+            study_name=target.study_name,
+            mouse_identifier=data["mouse"],
+            time_point_label=data["time_point"],
+            modality=data["modality"],
+            user=request.user,
+        )
         return Response(serializers.ScanSerializer(scan).data, status=status.HTTP_201_CREATED)

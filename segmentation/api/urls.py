@@ -1,12 +1,10 @@
-"""Segmentation REST endpoints (contract 6), mounted under ``/api/``."""
+"""Segmentation REST endpoints, mounted under ``/api/``."""
 
 from django.urls import path, re_path
 
 from . import views
 
-job_list = views.JobViewSet.as_view({"get": "list"})
-job_detail = views.JobViewSet.as_view({"get": "retrieve"})
-job_cancel = views.JobViewSet.as_view({"post": "cancel"})
+job_cancel = views.JobCancel.as_view()
 EXPORT_KINDS = r"(?P<kind>volumes|lesions|metastases)\.csv"
 
 urlpatterns = [
@@ -23,8 +21,8 @@ urlpatterns = [
         views.StudyExportView.as_view(),
         name="inference-study-export",
     ),
-    path("jobs/", job_list, name="inference-job-list"),
-    path("jobs/<int:pk>/", job_detail, name="inference-job-detail"),
+    path("jobs/", views.JobList.as_view(), name="inference-job-list"),
+    path("jobs/<int:pk>/", views.JobDetail.as_view(), name="inference-job-detail"),
     path("jobs/<int:pk>/cancel", job_cancel, name="inference-job-cancel"),
     path("jobs/<int:pk>/cancel/", job_cancel),
     path("predictions/<int:pk>/", views.PredictionDetailView.as_view(), name="inference-prediction-detail"),

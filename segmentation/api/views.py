@@ -7,16 +7,16 @@ import re
 from typing import Any
 
 from django.db.models import QuerySet
-from django.http import FileResponse, Http404, StreamingHttpResponse
+from django.http import FileResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from rest_framework import generics, status
-from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
-from rest_framework.viewsets import ReadOnlyModelViewSet
 
+from labseg.downloads import csv_response, stored_file_response
+from labseg.refusals import Refused
 from scans.models import Scan, Study
 from segmentation import exports, services
 from segmentation.models import InferenceJob, ModelVersion, Prediction
@@ -38,10 +38,7 @@ class SegmentScanView(APIView):
     def post(self, request: Request, pk: int) -> Response:
         scan = get_object_or_404(Scan.objects.visible_to(request.user), pk=pk)
         versions = _requested_versions(request.data.get("models") if hasattr(request.data, "get") else None)
-        try:
-            jobs = services.request_segmentation(scan=scan, user=request.user, model_versions=versions)
-        except services.NoModelAvailableError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        jobs = services.request_segmentation(scan=scan, user=request.user, model_versions=versions)
         by_pk = {job.pk: job for job in _jobs().filter(pk__in=[j.pk for j in jobs])}
         jobs_data = InferenceJobSerializer([by_pk[j.pk] for j in jobs], many=True).data
         return Response({"jobs": jobs_data}, status=status.HTTP_202_ACCEPTED)
@@ -63,14 +60,17 @@ def _requested_versions(models: Any) -> list[ModelVersion] | None:
     return versions
 
 
-class JobViewSet(ReadOnlyModelViewSet):
-    """``GET /api/jobs/`` (``?scan=``, ``?state=``), ``GET /api/jobs/{id}/``,
-    ``POST /api/jobs/{id}/cancel``."""
+def _visible_jobs(request: Request) -> QuerySet[InferenceJob]:
+    return _jobs().filter(pk__in=InferenceJob.objects.visible_to(request.user).values("pk"))
+
+
+class JobList(generics.ListAPIView):
+    """``GET /api/jobs/`` (``?scan=``, ``?state=``)."""
 
     serializer_class = InferenceJobSerializer
 
     def get_queryset(self) -> QuerySet[InferenceJob]:
-        jobs = _jobs().filter(pk__in=InferenceJob.objects.visible_to(self.request.user).values("pk"))
+        jobs = _visible_jobs(self.request)
         scan = self.request.query_params.get("scan")
         if scan:
             if not scan.isdigit():
@@ -85,15 +85,24 @@ class JobViewSet(ReadOnlyModelViewSet):
             jobs = jobs.filter(state=state)
         return jobs
 
-    @action(detail=True, methods=["post"])
-    def cancel(self, request: Request, pk: str | None = None) -> Response:
-        job = self.get_object()
+
+class JobDetail(generics.RetrieveAPIView):
+    """``GET /api/jobs/{id}/``."""
+
+    serializer_class = InferenceJobSerializer
+
+    def get_queryset(self) -> QuerySet[InferenceJob]:
+        return _visible_jobs(self.request)
+
+
+class JobCancel(APIView):
+    """``POST /api/jobs/{id}/cancel``: 409 once the job has finished."""
+
+    def post(self, request: Request, pk: int) -> Response:
+        job = get_object_or_404(_visible_jobs(request), pk=pk)
         if not services.cancel_job(job=job, user=request.user):
-            return Response(
-                {"detail": f"job {job.pk} is {job.state} and can no longer be cancelled"},
-                status=status.HTTP_409_CONFLICT,
-            )
-        return Response(self.get_serializer(job).data)
+            raise Refused(f"job {job.pk} is {job.state} and can no longer be cancelled", status=409)
+        return Response(InferenceJobSerializer(job).data)
 
 
 class ScanPredictionsView(generics.ListAPIView):
@@ -122,12 +131,8 @@ class PredictionFileView(APIView):
     def get(self, request: Request, pk: int, kind: str) -> FileResponse:
         prediction = get_object_or_404(Prediction.objects.visible_to(request.user), pk=pk)
         stored = prediction.labels if kind == "labels" else prediction.uncertainty
-        try:
-            handle = stored.open("rb")
-        except FileNotFoundError:
-            raise Http404("the file of this prediction is missing from storage") from None
         filename = f"scan{prediction.scan_id}_{_safe(prediction.model_version.label)}_{kind}.nii.gz"
-        return FileResponse(handle, as_attachment=True, filename=filename, content_type="application/gzip")
+        return stored_file_response(stored.name, filename)
 
 
 def _safe(text: str) -> str:
@@ -135,11 +140,8 @@ def _safe(text: str) -> str:
 
 
 def _csv_response(kind: str, scans: QuerySet[Scan], filename: str) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(
-        exports.export_lines(kind, scans), content_type="text/csv; charset=utf-8"
-    )
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    return response
+    columns, records = exports.export(kind, scans)
+    return csv_response(records, columns, filename)
 
 
 class ScanExportView(APIView):

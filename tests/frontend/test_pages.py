@@ -12,16 +12,20 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+from django.http import StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.test import Client
 
-from frontend.demo import add_prediction, write_phantom
 from inference.structures import BY_NAME
 from labs.models import Lab
 from review.models import Consensus, ConsensusRater
+from review.services import approve_annotation, create_annotation
 from scans.models import Scan
-from scans.services import register_annotation, register_scan
+from scans.services import register_scan
 from segmentation.models import Prediction
+from tests.demo_scan import add_prediction, write_phantom
 from tests.factories import LabFactory, member_of
+from tests.nifti import load_nifti
 
 pytestmark = pytest.mark.django_db
 
@@ -37,7 +41,7 @@ def phantom_files(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 @pytest.fixture
 def lab() -> Lab:
-    return LabFactory(name="Tumor Lab")
+    return LabFactory.create(name="Tumor Lab")
 
 
 @pytest.fixture
@@ -69,13 +73,19 @@ def scan(lab: Lab, user: Any, phantom_files: tuple[Path, Path, Path], settings: 
     return scan
 
 
-def _nifti(response: Any) -> nib.Nifti1Image:
-    body = b"".join(response.streaming_content)
+def _streamed(response: HttpResponseBase) -> bytes:
+    """The body of a streamed download (a FileResponse or a CSV StreamingHttpResponse)."""
+    assert isinstance(response, StreamingHttpResponse), type(response).__name__
+    return response.getvalue()
+
+
+def _nifti(response: HttpResponseBase) -> nib.Nifti1Image:
+    body = _streamed(response)
     return nib.Nifti1Image.from_bytes(gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body)
 
 
 def test_pages_show_only_the_current_labs_data_and_the_switcher_changes_it(scan: Scan, user: Any) -> None:
-    other = LabFactory(name="Other Lab")
+    other = LabFactory.create(name="Other Lab")
     member_of(other, username="otto")
     user.memberships.create(lab=other)
     client = Client()
@@ -88,7 +98,7 @@ def test_pages_show_only_the_current_labs_data_and_the_switcher_changes_it(scan:
 
 
 def test_a_user_outside_the_lab_sees_nothing_of_it(scan: Scan) -> None:
-    outsider_lab = LabFactory(name="Elsewhere")
+    outsider_lab = LabFactory.create(name="Elsewhere")
     client = Client()
     client.force_login(member_of(outsider_lab, username="eve"))
     for url in (f"/scans/{scan.pk}/", f"/scans/{scan.pk}/layers/ct.nii.gz", f"/scan/{scan.pk}/volumes.csv"):
@@ -144,7 +154,7 @@ def test_a_big_scan_is_refused_whole_but_served_by_region(
     region = _nifti(response)
     assert region.shape == (16, 16, 16)
     assert response["X-Labseg-Region"] == "12,8,24,28,24,40"
-    source = nib.load(scan.file.path)
+    source = load_nifti(scan.file.path)
     np.testing.assert_array_equal(np.asarray(region.dataobj), np.asarray(source.dataobj)[12:28, 8:24, 24:40])
     bad = client_for.get(f"/scans/{scan.pk}/layers/ct.nii.gz?region=here")
     assert bad.status_code == 413 and "mm" in bad.json()["detail"]
@@ -155,32 +165,48 @@ def test_annotations_are_outlined_in_canonical_ids_and_two_make_a_consensus(
 ) -> None:
     tumor = np.zeros(SHAPE, dtype=np.uint8)
     tumor[30:38, 10:20, 20:30] = 1
+    annotations = []
     for name, shift in (("A", 0), ("B", 1)):
         path = tmp_path / f"Annotator_{name}_M01_0h.nii.gz"
         nib.save(nib.Nifti1Image(np.roll(tumor, shift, axis=0), np.asarray(scan.affine)), str(path))
-        register_annotation(
-            scan=scan,
-            file=path,
-            original_filename=path.name,
-            annotator_name=name,
-            user=user,
-            structures={"tumor": 1},
+        annotations.append(
+            create_annotation(
+                scan=scan,
+                file=path,
+                original_filename=path.name,
+                annotator_name=name,
+                user=user,
+                structures={"tumor": 1},
+            )
         )
-    keys = [layer["key"] for layer in client_for.get(f"/scans/{scan.pk}/").context["config"]["layers"]]
+
+    def layers() -> list[dict[str, Any]]:
+        return client_for.get(f"/scans/{scan.pk}/").context["config"]["layers"]
+
+    # The consensus is made of approved annotations only (review.services.consensus_annotations).
+    assert [k["key"] for k in layers() if k["kind"] == "consensus"] == []
+    assert client_for.get(f"/scans/{scan.pk}/layers/consensus.nii.gz").status_code == 404
+    reviewer = member_of(scan.lab, role="reviewer", username="rev")
+    for annotation in annotations:
+        approve_annotation(annotation=annotation, reviewer=reviewer)
+    rows = layers()
+    keys = [layer["key"] for layer in rows]
     assert keys[-1] == "consensus" and sum(k.startswith("ann-") for k in keys) == 2
-    annotation = _nifti(client_for.get(f"/scans/{scan.pk}/layers/{keys[-3]}.nii.gz"))
-    assert set(np.unique(np.asarray(annotation.dataobj))) == {0, BY_NAME["tumor"].id}
-    assert annotation.header.get_intent()[0] == "label"  # drawn as outlines
+    assert rows[-1]["title"] == "Consensus (majority of approved)"
+    assert "approved annotations" in rows[-1]["description"]
+    drawn = _nifti(client_for.get(f"/scans/{scan.pk}/layers/{keys[-3]}.nii.gz"))
+    assert set(np.unique(np.asarray(drawn.dataobj))) == {0, BY_NAME["tumor"].id}
+    assert drawn.header.get_intent()[0] == "label"  # drawn as outlines
     consensus = np.asarray(_nifti(client_for.get(f"/scans/{scan.pk}/layers/consensus.nii.gz")).dataobj)
     assert set(np.unique(consensus)) == {0, BY_NAME["tumor"].id}
     # The QC picture outlines the consensus on the mid-coronal slice.
-    picture = b"".join(client_for.get(f"/scans/{scan.pk}/qc.png").streaming_content)
+    picture = _streamed(client_for.get(f"/scans/{scan.pk}/qc.png"))
     assert picture[:4] == b"\x89PNG"
 
 
 def test_the_qc_picture_and_thumbnail_are_pngs(client_for: Client, scan: Scan) -> None:
-    full = b"".join(client_for.get(f"/scans/{scan.pk}/qc.png").streaming_content)
-    thumb = b"".join(client_for.get(f"/scans/{scan.pk}/qc.png?size=thumb").streaming_content)
+    full = _streamed(client_for.get(f"/scans/{scan.pk}/qc.png"))
+    thumb = _streamed(client_for.get(f"/scans/{scan.pk}/qc.png?size=thumb"))
     assert full[:8] == thumb[:8] == b"\x89PNG\r\n\x1a\n"
     from PIL import Image
 
@@ -197,14 +223,14 @@ def test_csv_downloads_per_study_mouse_and_scan_agree_with_the_stored_volumes(
     for scope, pk in (("study", mouse.study_id), ("mouse", mouse.pk), ("scan", scan.pk)):
         response = client_for.get(f"/{scope}/{pk}/volumes.csv")
         assert response["Content-Disposition"].startswith("attachment")
-        rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+        rows = list(csv.DictReader(io.StringIO(_streamed(response).decode())))
         assert {r["structure"]: float(r["volume_mm3"]) for r in rows} == pytest.approx(stored)
     tumor = list(
         csv.DictReader(io.StringIO(b"".join(client_for.get(f"/mouse/{mouse.pk}/tumor.csv")).decode()))
     )
     assert len(tumor) == 1 and float(tumor[0]["tumor_volume_mm3"]) == pytest.approx(stored["tumor"])
     assert tumor[0]["days"] == "0.0" and tumor[0]["source"] == "demo-phantom@0"
-    lesions = b"".join(client_for.get(f"/scan/{scan.pk}/lesions.csv").streaming_content).decode()
+    lesions = _streamed(client_for.get(f"/scan/{scan.pk}/lesions.csv")).decode()
     assert lesions.count("\n") == 1 + 3
 
 
@@ -229,7 +255,7 @@ def test_the_mouse_series_carries_the_approved_annotations_consensus_with_its_ra
         path = tmp_path / f"Annotator_{name}_M01_0h.nii.gz"
         nib.save(nib.Nifti1Image(np.roll(tumor, shift, axis=0), np.asarray(scan.affine)), str(path))
         annotations.append(
-            register_annotation(
+            create_annotation(
                 scan=scan, file=path, original_filename=path.name, annotator_name=name, user=user,
                 structures={"tumor": 1},
             )

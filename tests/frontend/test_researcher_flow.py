@@ -19,6 +19,7 @@ import pytest
 
 from scans.models import Annotation, Scan
 from segmentation.models import InferenceJob, Prediction
+from tests.nifti import load_nifti
 from tests.segmentation.tiny import TUMOR_HU, write_phantom
 
 from .conftest import screenshot
@@ -49,7 +50,7 @@ def _cut_second_chunk(page: Any) -> dict[str, int]:
 
 def _annotation_for(scan_path: Path) -> Path:
     """Annotator A's tumor label map (1 = tumor) on the phantom's grid, named as the database does."""
-    image = nib.load(str(scan_path))
+    image = load_nifti(str(scan_path))
     tumor = (np.asarray(image.dataobj) >= TUMOR_HU - 50).astype(np.uint8)
     path = scan_path.with_name("Annotator_A_M03_8d.nii.gz")
     nib.save(nib.Nifti1Image(tumor, image.affine), str(path))
@@ -63,12 +64,19 @@ def _upload(page: Any, live_server: Any, path: Path) -> tuple[int, dict[str, int
         "(async () => { const m = await import('/static/frontend/js/upload.js'); return ["
         "m.parseName('Dataset 1/M01_M02_8d/M02_8d/CT_M02_8d.nii.gz'),"
         "m.parseName('Dataset 1/M01_M02_8d/M02_8d/Annotator_B_M02_8d.nii.gz'),"
-        "m.parseName('M11_24h/scan.nii')]; })()"
+        "m.parseName('M11_24h/scan.nii'),"
+        "m.parseName('Dataset 1/M01_M02_4d/M02_4d/GroundTruth_M02_4d.nii.gz'),"
+        "m.parseName('Dataset 1/M01_M02_4d/M02_4d/STAPLE_M02_4d.nii.gz'),"
+        "m.parseName('M05_3h_seg.nii.gz')]; })()"
     )
+    # Label maps by name are annotations of the scan of the same mouse and time point, never scans.
     assert [(p["mouse"], p["timePoint"], p["annotator"]) for p in parsed] == [
         ("M02", "8d", None),
         ("M02", "8d", "B"),
         ("M11", "24h", None),
+        ("M02", "4d", "GroundTruth"),
+        ("M02", "4d", "STAPLE"),
+        ("M05", "3h", "Labels"),
     ]
     puts = _cut_second_chunk(page)
     page.fill("#study", "Browser study")
@@ -178,7 +186,7 @@ def test_a_researcher_uploads_segments_views_and_downloads(
     screenshot(page, "03-viewer-overlays-toggled")
 
     # The metastasis panel shows the counts the service stored.
-    expected = {}
+    expected: dict[str, int] = {}
     for prediction in Prediction.objects.filter(scan_id=scan_id):
         for organ_name, count in prediction.metastasis_counts.items():
             expected[organ_name] = expected.get(organ_name, 0) + count

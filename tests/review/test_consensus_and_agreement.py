@@ -97,7 +97,11 @@ def test_agreement_rows_hold_pairwise_dice_ci_gen_kappa_and_volume_rmse(tumor_sc
     assert [(p["first"], p["second"]) for p in row["pairs"]] == [("A", "B"), ("A", "C"), ("B", "C")]
     assert 0.8 < row["mean_pairwise_dice"] < 0.97
     table = list(
-        csv.DictReader(io.StringIO(client.get(f"/api/scans/{scan.pk}/agreement.csv").content.decode()))
+        csv.DictReader(
+            io.StringIO(
+                b"".join(client.get(f"/api/scans/{scan.pk}/agreement.csv").streaming_content).decode()
+            )
+        )
     )
     assert [(r["kind"], r["first"], r["second"]) for r in table] == [
         ("annotators", "all 3 annotators", ""),
@@ -189,10 +193,18 @@ def test_study_csvs_qc_picture_and_variability(lab, reviewer, tumor_scan):
     client = client_for(reviewer)
 
     agreement = list(
-        csv.DictReader(io.StringIO(client.get(f"/api/studies/{study.pk}/agreement.csv").content.decode()))
+        csv.DictReader(
+            io.StringIO(
+                b"".join(client.get(f"/api/studies/{study.pk}/agreement.csv").streaming_content).decode()
+            )
+        )
     )
     variability = list(
-        csv.DictReader(io.StringIO(client.get(f"/api/studies/{study.pk}/variability.csv").content.decode()))
+        csv.DictReader(
+            io.StringIO(
+                b"".join(client.get(f"/api/studies/{study.pk}/variability.csv").streaming_content).decode()
+            )
+        )
     )
     picture = client.get(f"/api/studies/{study.pk}/qc.png")
 
@@ -229,7 +241,11 @@ def test_two_models_on_the_same_scans_get_a_wilcoxon_test(lab, reviewer, tumor_s
 
     rows = list(
         csv.DictReader(
-            io.StringIO(client_for(reviewer).get(f"/api/studies/{study.pk}/models.csv").content.decode())
+            io.StringIO(
+                b"".join(
+                    client_for(reviewer).get(f"/api/studies/{study.pk}/models.csv").streaming_content
+                ).decode()
+            )
         )
     )
 

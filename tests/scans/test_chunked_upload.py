@@ -1,4 +1,4 @@
-"""Resumable chunked uploads (contract 5), including a resume after a chunk sent at the wrong offset."""
+"""Resumable chunked uploads, including a resume after a chunk sent at the wrong offset."""
 
 from __future__ import annotations
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from io import StringIO
 from pathlib import Path
 
+import numpy as np
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from inference.structures import BY_NAME
 from labs.models import Lab, Membership
 from scans.models import Annotation, Mouse, Scan, Study
 
@@ -159,3 +161,25 @@ def test_drf_create_token_scripts_an_api_token(db):
     call_command("drf_create_token", "robot", stdout=out)
 
     assert "Generated token" in out.getvalue()
+
+
+def test_ground_truth_label_maps_become_annotations_never_scans(db, tumor_db):
+    # A phantom dataset in the tumor database layout carries GroundTruth_* label maps (canonical
+    # structure ids, uint8, mostly 0) beside each CT: annotations of that CT, not a second scan.
+    for ct in tumor_db.rglob("CT_*.nii.gz"):
+        stem = ct.name.removeprefix("CT_").removesuffix(".nii.gz")
+        data = volume(seed=len(stem))
+        truth = np.where(data > 0, BY_NAME["tumor"].id, 0).astype("uint8")
+        truth[:2] = BY_NAME["liver"].id
+        _write(ct.with_name(f"GroundTruth_{stem}.nii.gz"), nifti_bytes(truth))
+
+    summary = _import(tumor_db)
+
+    assert "3 scans imported" in summary
+    assert Scan.objects.count() == 3
+    truths = Annotation.objects.filter(annotator_name="GroundTruth")
+    assert truths.count() == 3
+    assert {(k, v) for t in truths for k, v in t.structures.items()} == {
+        ("liver", BY_NAME["liver"].id),
+        ("tumor", BY_NAME["tumor"].id),
+    }

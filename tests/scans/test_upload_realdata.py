@@ -19,6 +19,8 @@ REAL_SCANS = [
     "C57BL6_J_.nii.gz",
     "BALB_CJ_.nii.gz",
     "low_res_template_UCHAR.nii.gz",
+]
+REAL_LABEL_MAPS = [
     "low_res_template_UCHAR-label.nii.gz",
     "35_mic_23strain_mus_template_UCHAR-label.nii.gz",
 ]
@@ -43,6 +45,22 @@ def test_it_stores_a_real_micro_ct_scan_exactly_as_nibabel_reads_it(client_a, re
     assert scan.size_bytes == len(content)
     with default_storage.open(scan.file.name, "rb") as stored:
         assert stored.read() == content  # the original file is never altered
+
+
+@pytest.mark.parametrize("filename", REAL_LABEL_MAPS)
+def test_a_real_label_map_is_refused_as_a_scan_and_nothing_is_stored(
+    client_a, realdata, filename, media_root
+):
+    content = (realdata / filename).read_bytes()
+    # Under a neutral name too: the content alone says it is a label map.
+    for name in (filename, "CT_M01_0h.nii.gz"):
+        response = upload_scan(client_a, content, filename=name, mouse="M01")
+
+        assert response.status_code == 400
+        assert "looks like a label map (an annotation), not a CT scan" in response.json()["detail"]
+        assert "/annotations/" in response.json()["detail"]
+    assert not Scan.objects.exists()
+    assert not [p for p in media_root.rglob("*") if p.is_file() and "tmp" not in p.parts]
 
 
 def test_it_records_lps_orientation_uint8_and_anisotropic_spacing(client_a, realdata):

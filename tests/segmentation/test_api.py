@@ -30,7 +30,7 @@ def client(member: Any) -> APIClient:
 @pytest.fixture
 def outsider() -> APIClient:
     api = APIClient()
-    api.force_authenticate(member_of(LabFactory(name="Other Lab"), username="mallory"))
+    api.force_authenticate(member_of(LabFactory.create(name="Other Lab"), username="mallory"))
     return api
 
 
@@ -222,24 +222,6 @@ def test_scan_lesion_and_metastasis_csvs_list_every_lesion_and_every_organ(
     assert {r["source"] for r in counts} == {"tiny-lesions@1.0.0"}
 
 
-def test_another_source_can_join_the_volume_export(
-    client: APIClient, models: dict[str, ModelVersion], upload_scan: Callable[..., Scan]
-) -> None:
-    scan = upload_scan()
-
-    def consensus_rows(scans: Any) -> Any:
-        for each in scans:
-            yield {**exports.scan_columns(each, source="consensus"), "structure": "liver", "volume_mm3": 1.5}
-
-    exports.VOLUME_SOURCES.append(consensus_rows)
-    try:
-        rows = _csv(client.get(f"/api/scans/{scan.pk}/volumes.csv"))
-    finally:
-        exports.VOLUME_SOURCES.remove(consensus_rows)
-
-    assert [(r["source"], r["structure"], r["volume_mm3"]) for r in rows] == [("consensus", "liver", "1.5")]
-
-
 def test_the_model_list_shows_the_registry(client: APIClient, models: dict[str, ModelVersion]) -> None:
     listed = client.get("/api/models/").json()
 
@@ -247,3 +229,33 @@ def test_the_model_list_shows_the_registry(client: APIClient, models: dict[str, 
         ("tiny-organs@1.0.0", "organs", True),
         ("tiny-lesions@1.0.0", "tumor", True),
     }
+
+
+def test_csvs_leave_not_assessed_cells_empty_never_zero(
+    client: APIClient, models: dict[str, ModelVersion], upload_scan: Callable[..., Scan]
+) -> None:
+    scan = upload_scan()
+    _segmented(scan)
+    organs = Prediction.objects.get(scan=scan, model_version__name="tiny-organs")
+    lesions = Prediction.objects.get(scan=scan, model_version__name="tiny-lesions")
+    # As the pipeline stores a model that looks for metastases in the liver only, on a scan
+    # whose organ map has no kidney; and an organ the model did not find.
+    Prediction.objects.filter(pk=lesions.pk).update(
+        metastasis_counts={"liver": 1, "kidney_left": None, "subcutaneous/other": 0}
+    )
+    organs.volumes.filter(name="heart").update(
+        voxels=0, volume_mm3=0.0, volume_low_mm3=0.0, volume_high_mm3=0.0
+    )
+
+    counts = {r["organ"]: r for r in _csv(client.get(f"/api/scans/{scan.pk}/metastases.csv"))}
+    volumes = {r["structure"]: r for r in _csv(client.get(f"/api/scans/{scan.pk}/volumes.csv"))}
+
+    assert (counts["liver"]["metastases"], counts["liver"]["assessment"]) == ("1", "assessed")
+    assert (counts["kidney_left"]["metastases"], counts["kidney_left"]["assessment"]) == ("", "not assessed")
+    assert (counts["brain"]["metastases"], counts["brain"]["assessment"]) == ("", "not assessed")
+    assert (counts["subcutaneous/other"]["metastases"], counts["subcutaneous/other"]["assessment"]) == (
+        "0",
+        "assessed",
+    )
+    assert (volumes["heart"]["volume_mm3"], volumes["heart"]["assessment"]) == ("", "not found")
+    assert volumes["liver"]["assessment"] == "measured" and float(volumes["liver"]["volume_mm3"]) > 0

@@ -12,6 +12,7 @@ from inference.pipeline.lesions import (
     LesionInputError,
     allocate,
     max_diameter_mm,
+    metastasis_assessed_organs,
     metastasis_counts,
     read_points_csv,
 )
@@ -84,7 +85,7 @@ def test_lesion_labels_keep_their_structure_and_are_counted_per_organ() -> None:
     assert [r.index for r in rows] == [1, 2, 3, 4]
     counts = metastasis_counts(rows)
     assert counts["liver"] == 2 and counts["kidney_left"] == 1 and counts[SUBCUTANEOUS] == 0
-    assert sum(counts.values()) == 3
+    assert sum(count or 0 for count in counts.values()) == 3  # every organ assessed: no None
     assert [r.structure_id for r in rows].count(TUMOR) == 1
 
 
@@ -141,3 +142,23 @@ def test_the_largest_diameter_of_a_ball_is_its_diameter() -> None:
     diameter = max_diameter_mm(ball, np.zeros(3), np.diag([0.1, 0.1, 0.1, 1.0]))
 
     assert diameter == pytest.approx(3.0, abs=0.1)
+
+
+def test_organs_not_assessed_are_none_not_zero() -> None:
+    labels = np.zeros((50, 30, 30), dtype=np.uint8)
+    labels[10:12, 10:12, 10:12] = METASTASIS  # in the liver
+    labels[33:35, 10:12, 10:12] = METASTASIS  # in the left kidney
+    rows = allocate(organs(), AFFINE, labels)
+    lungs_only_model = ("lung_left", "lung_right")
+
+    assessed = metastasis_assessed_organs(organs(), {"liver", *lungs_only_model})
+    counts = metastasis_counts(rows, assessed)
+
+    # The liver was searched and shown: its one metastasis counts. The kidney's metastasis was not
+    # looked for, and the lungs, though searched, are not in this scan: neither is a 0.
+    assert assessed == ["liver"]
+    assert counts["liver"] == 1
+    assert counts["kidney_left"] is None and counts["lung_left"] is None and counts["brain"] is None
+    assert counts[SUBCUTANEOUS] == 0
+    assert metastasis_counts(rows, [])[SUBCUTANEOUS] is None
+    assert metastasis_assessed_organs(None, {"liver"}) == []

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from inference.registry import ModelCardError, default_model, discover_models, find_model, load_card
+from inference.structures import ORGAN_NAMES
 from tests.inference.pipeline.tiny_models import write_threshold_model
 
 
@@ -73,3 +75,17 @@ def test_default_model_prefers_the_flagged_card_then_the_newest_version(tmp_path
 def test_default_model_explains_an_empty_registry(tmp_path: Path) -> None:
     with pytest.raises(ModelCardError, match="no model for the tumor task"):
         default_model("tumor", tmp_path)
+
+
+def test_a_card_says_where_its_model_looks_for_metastases(tmp_path: Path) -> None:
+    organs_only = write_threshold_model(tmp_path / "o" / "1")
+    shipped_tumor = find_model("mouse-tumor")
+    base = dataclasses.replace(organs_only, structures=(0, 14, 15))
+
+    assert organs_only.metastasis_organs == ()  # no metastasis output
+    assert shipped_tumor.metastasis_organs and set(shipped_tumor.metastasis_organs) <= set(ORGAN_NAMES)
+    assert base.metastasis_organs == tuple(ORGAN_NAMES)  # the network's own output, everywhere
+    lungs_rule = {"detect": [{"structure": 15, "hosts": [2, 3]}]}
+    assert dataclasses.replace(base, postprocess=lungs_rule).metastasis_organs == ("lung_left", "lung_right")
+    named = {**lungs_rule, "metastases_assessed_in": ["liver"]}
+    assert dataclasses.replace(base, postprocess=named).metastasis_organs == ("liver",)

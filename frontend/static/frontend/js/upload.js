@@ -1,5 +1,5 @@
 // Upload page: drop files or a folder in the tumor database layout, check the parsed mouse and
-// time point, then send each file through the resumable chunk endpoints (contract 5):
+// time point, then send each file through the resumable chunk endpoints (scans/uploads.py):
 //   POST /api/uploads/ {filename, size_bytes}            -> {id, offset, size_bytes}
 //   PUT  /api/uploads/{id}/  Content-Range: bytes a-b/n   -> {offset}   (409 tells the right offset)
 //   GET  /api/uploads/{id}/                               -> {offset, size_bytes}
@@ -11,6 +11,13 @@ import { Sha256 } from "./sha256.js";
 const config = JSON.parse(document.getElementById("upload-config").textContent);
 const NIFTI = /\.nii(\.gz)?$/i;
 const ANNOTATOR = /^annotator[_-]?([a-z0-9]+)[_-]/i;
+// Label maps by name: tumor database ground truths and STAPLE merges, Slicer/ITK-SNAP segmentations.
+// They are annotations of the scan of the same mouse and time point, never scans.
+const LABEL_MAP = [
+  [/^groundtruth[_-]/i, "GroundTruth"],
+  [/^staple[_-]/i, "STAPLE"],
+  [/[_-]seg(mentation)?([_.-]|$)|label/i, "Labels"],
+];
 // Mouse and time point as the tumor database names them: M02_8d, M11_24h, M3-0h.
 const MOUSE_TIME = /(?:^|[^a-z0-9])(m\d+)[_-](\d+(?:\.\d+)?(?:min|h|d|w))(?=[^a-z0-9]|$)/i;
 const SUBTLE_MAX_BYTES = 512 * 1024 * 1024; // hash in one go below this; stream above it
@@ -46,11 +53,11 @@ export function parseName(path) {
   let found = name.match(MOUSE_TIME);
   for (let i = parts.length - 2; !found && i >= 0; i--) found = parts[i].match(MOUSE_TIME);
   const annotator = name.match(ANNOTATOR);
+  const labelMap = LABEL_MAP.find(([pattern]) => pattern.test(name));
   return {
     mouse: found ? found[1].toUpperCase() : "",
     timePoint: found ? found[2].toLowerCase() : "",
-    annotator: annotator ? annotator[1].toUpperCase() : null,
-    isStaple: /staple/i.test(name),
+    annotator: annotator ? annotator[1].toUpperCase() : labelMap ? labelMap[1] : null,
   };
 }
 
@@ -63,7 +70,6 @@ function formatBytes(n) {
 function addFile(file, path) {
   if (!NIFTI.test(file.name)) return;
   const parsed = parseName(path || file.name);
-  if (parsed.isStaple) return; // merged labels are derived data, not a scan
   const item = {
     file,
     path: path || file.name,
@@ -252,13 +258,25 @@ async function sendAnnotation(item, scan) {
   const form = new FormData();
   form.append("file", item.file, item.file.name);
   form.append("annotator", item.annotator);
-  // Tumor database annotations label the tumor 1 and everything else 0.
-  form.append("structures", JSON.stringify({ tumor: 1 }));
+  // Tumor database annotators' and STAPLE files label the tumor 1 and everything else 0; other
+  // label maps (ground truths, segmentations) carry canonical structure ids, the server's default.
+  if (/^(?!GroundTruth$|Labels$)/.test(item.annotator)) form.append("structures", JSON.stringify({ tumor: 1 }));
   setProgress(item, 0);
   const { ok, status, data } = await api("POST", `/api/scans/${scan.id}/annotations/`, { body: form });
   if (!ok) throw new Refused(serverMessage(data, status));
   setProgress(item, item.file.size);
   return data;
+}
+
+async function existingScan(study, item) {
+  // The scan this annotation belongs to, uploaded before: one scan of the mouse at that time point.
+  const query = new URLSearchParams({ study_name: study, mouse_name: item.mouse, time_point: item.timePoint });
+  const { ok, status, data } = await api("GET", `/api/scans/?${query}`);
+  if (!ok) throw new Refused(serverMessage(data, status));
+  const found = data.results ?? data;
+  if (found.length === 1) return found[0];
+  if (!found.length) throw new Refused(`no scan of ${item.mouse} at ${item.timePoint} in study "${study}": upload the scan too, or its annotation on the scan's page`);
+  throw new Refused(`${found.length} scans of ${item.mouse} at ${item.timePoint} in study "${study}": attach this annotation on the right scan's page`);
 }
 
 async function sendAll() {
@@ -285,8 +303,7 @@ async function sendAll() {
     item.row.querySelector(".progress").className = "progress";
     try {
       if (item.annotator) {
-        const scan = scans.get(key);
-        if (!scan) throw new Refused(`no scan of ${item.mouse} at ${item.timePoint} was uploaded with this annotation`);
+        const scan = scans.get(key) ?? (await existingScan(study, item));
         await sendAnnotation(item, scan);
         setStatus(item, `Annotation saved for scan ${scan.id}`, "ok");
       } else {

@@ -232,6 +232,7 @@ function buildLayerPanel() {
     row.innerHTML = `<input type="checkbox" id="${id}"><label for="${id}"></label><input type="range" min="0" max="1" step="0.05" aria-label="Opacity">`;
     const [box, label, slider] = row.children;
     label.textContent = layer.title;
+    if (layer.description) label.title = layer.description; // says which consensus is shown
     box.checked = layer.visible;
     box.disabled = layer.kind === "ct";
     slider.value = String(layer.kind === "ct" ? 1 : DEFAULT_OPACITY[layer.kind]);
@@ -267,7 +268,23 @@ function buildMetastasisPanel() {
     value: count,
     colour: byName.get(organ)?.colour ?? "#9aa6b8",
   }));
-  barChart(document.getElementById("metastases"), bars, { empty: "No metastases found.", title: "metastases per organ" });
+  const panel = document.getElementById("metastases");
+  const looked = Object.values(config.metastasisCounts).some((count) => count !== null);
+  barChart(panel, bars, {
+    empty: looked ? "No metastases found where the model looked." : "Metastases were not assessed in this scan.",
+    title: "metastases per organ",
+  });
+  // "Not assessed" is not 0: name the organs the model did not look in (or the scan does not show).
+  const unassessed = Object.entries(config.metastasisCounts)
+    .filter(([, count]) => count === null)
+    .map(([organ]) => byName.get(organ)?.display_name ?? organ);
+  if (unassessed.length) {
+    const note = document.createElement("p");
+    note.className = "muted metastases-not-assessed";
+    note.title = "The model does not look for metastases in these organs, or the scan does not show them.";
+    note.textContent = `Not assessed: ${unassessed.join(", ")}.`;
+    panel.append(note);
+  }
 }
 
 function buildLesionPanel() {
