@@ -2,12 +2,13 @@
 
     python -m inference segment SCAN.nii.gz --out DIR [--task organs,tumor] [--device cpu|cuda]
                                 [--threads N] [--model DIR ...] [--lesions MASK_OR_CSV]
-                                [--organs LABELS.nii.gz] [--min-lesion-mm3 V]
+                                [--organs LABELS.nii.gz] [--min-lesion-mm3 V] [--intensity auto|hu]
     python -m inference allocate --organs LABELS.nii.gz --lesions MASK_OR_CSV --out DIR
     python -m inference models [--root DIR] [--json]
 
 Bad input (a missing or unreadable file, an unknown task, a broken model folder, CUDA where there
-is none) prints one plain sentence on stderr and exits with status 2.
+is none, a scan whose values are not Hounsfield units and cannot be calibrated to them) prints one
+plain sentence on stderr and exits with status 2.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from inference.pipeline.intensity import MODES as INTENSITY_MODES
+from inference.pipeline.intensity import IntensityCalibrationError
 from inference.pipeline.io import ScanReadError, load_label_map
 from inference.pipeline.lesions import LesionInputError, allocate, metastasis_counts, write_lesions_csv
 from inference.pipeline.runtime import DEVICES, DeviceError
@@ -25,7 +28,14 @@ from inference.pipeline.segment import read_lesion_source, segment_file
 from inference.registry import DEFAULT_MODELS_DIR, TASKS, ModelCardError, discover_models, load_card
 
 EXIT_BAD_INPUT = 2
-_BAD_INPUT = (ScanReadError, ModelCardError, LesionInputError, DeviceError, FileNotFoundError)
+_BAD_INPUT = (
+    ScanReadError,
+    ModelCardError,
+    LesionInputError,
+    DeviceError,
+    FileNotFoundError,
+    IntensityCalibrationError,
+)
 
 
 class BadInputError(Exception):
@@ -71,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--organs", type=Path, default=None, help="organ label map of an earlier run, for a tumor-only run"
     )
     segment.add_argument("--min-lesion-mm3", type=float, default=None, help="smallest lesion kept (mm^3)")
+    segment.add_argument(
+        "--intensity",
+        choices=INTENSITY_MODES,
+        default="auto",
+        help="auto: check that the values are Hounsfield units, else calibrate them from the scan's air "
+        "and soft-tissue peaks (default); hu: take them as Hounsfield units unchecked",
+    )
     segment.add_argument("--quiet", action="store_true", help="no progress lines")
 
     allocate_cmd = commands.add_parser("allocate", help="allocate lesions to the organs of a label map")
@@ -115,11 +132,15 @@ def run_segment(args: argparse.Namespace) -> int:
         progress=_progress(args.quiet),
         lesions_from=args.lesions,
         organs_from=args.organs,
+        intensity=args.intensity,
         **extra,
     )
     seconds = result.manifest["seconds"]
     providers = sorted({m["provider"] for m in result.manifest["models"]})
     print(f"wrote {result.labels_path.parent} in {seconds['total']:.2f} s on {', '.join(providers)}")
+    intensity = result.manifest.get("intensity") or {}
+    if intensity.get("units") == "calibrated":
+        print(f"  intensity calibrated: HU = {intensity['slope']:.6g} x value {intensity['intercept']:+.6g}")
     for row in result.volumes:
         low_high = f"{row.volume_low_mm3:.2f}-{row.volume_high_mm3:.2f}"
         print(f"  {row.name:<14} {row.volume_mm3:12.2f} mm3  ({low_high})")

@@ -7,8 +7,10 @@ head scan came back with a 6.6-9.2 mL "tumor"). This module reads the scan's his
 confirms HU or fits ``HU = slope * value + intercept`` from two anchors every mouse scan has:
 
 - air around the animal, -1000 HU (:data:`AIR_HU`);
-- soft tissue, the largest tissue class of a mouse (muscle, organs, brain), about +40 HU
-  (:data:`SOFT_TISSUE_HU`; the phantom's muscle is 48 HU, brain 38 HU, liver 62 HU, fat -100 HU).
+- soft tissue, the largest tissue class of a mouse (muscle, organs, brain), +50 HU
+  (:data:`SOFT_TISSUE_HU`): where the training phantoms' soft tissue peaks (35-59 HU, mean 48, over
+  6 native and 6 contrast phantoms; their muscle is 48 HU, brain 38, liver 62, fat -100), so a
+  calibrated scan puts tissue where the models learned it.
 
 A fit is used only when it is credible (see :func:`calibrate_intensity`); otherwise
 :class:`IntensityCalibrationError` says why in plain words, because segmenting raw numbers as HU is
@@ -35,14 +37,16 @@ MODES: tuple[Mode, ...] = ("auto", "hu")
 AIR_HU = -1000.0
 SOFT_TISSUE_HU = 50.0
 #: A fit whose one quantisation step spans more than this cannot tell fat (about -100 HU) from soft
-#: tissue (about +40 HU), the contrast the organ outlines rest on.
+#: tissue (+40 to +60 HU), the contrast the organ outlines rest on.
 MAX_STEP_HU = 140.0
 #: Voxels the histogram is measured on (a strided subsample).
 SAMPLE_VOXELS = 1_000_000
 #: Fewer distinct values than this is a label map or a mask, not a scan.
 MIN_DISTINCT_VALUES = 32
-#: Histogram bins over the robust range (fewer when the data are coarsely quantised).
+#: Histogram bins over the robust range: at most this many (fewer when the data are coarsely
+#: quantised), and about sqrt(voxels) for a small scan, whose finer bins would be noise.
 BINS = 512
+MIN_BINS = 64
 #: A peak must hold this share of the histogram's voxels (within its half-height width) ...
 MIN_PEAK_SHARE = 0.01
 #: ... and the air peak this share: the air around the animal, not a gas bubble in the gut.
@@ -53,6 +57,8 @@ MIN_PROMINENCE = 0.25
 MAX_PEAK_WIDTH = 0.15
 #: The valley between air and soft tissue must fall below this share of the soft-tissue peak.
 MAX_VALLEY = 0.5
+#: A pile in the lowest bin is a clipped tail only if the bin beside it holds this share of it.
+TAIL_RATIO = 0.05
 #: After a fit, at most this share of voxels may lie far below air (bone mapped there: inverted).
 MAX_BELOW_AIR = 0.01
 BELOW_AIR_HU = -1250.0
@@ -215,7 +221,10 @@ def _survey(volume: np.ndarray) -> _Survey:
     content, padding = _without_padding(sample)
     low, p05, p1, p999 = (float(v) for v in np.percentile(content, [0, 0.5, 1, 99.9]))
     distinct, quantum = _distinct(content)
-    peaks, smooth = _find_peaks(content, low, max(p999, low), quantum)
+    # A handful of values (a label map, a noiseless test volume) is no quantisation: bin them finely.
+    peaks, smooth = _find_peaks(
+        content, low, max(p999, low), quantum if distinct >= MIN_DISTINCT_VALUES else 0.0
+    )
     air, tissue = _anchors(peaks)
     return _Survey(
         content=content,
@@ -386,7 +395,7 @@ def _find_peaks(sample: np.ndarray, low: float, high: float, quantum: float) -> 
     rise into that peak, and a peak of its own when a valley separates the two.
     """
     span = max(high - low, quantum, 1e-12)
-    width = span / BINS
+    width = span / int(np.clip(np.sqrt(sample.size), MIN_BINS, BINS))
     if quantum > 0 and quantum * 64 > width:
         width = quantum * max(1.0, float(np.ceil(width / quantum)))
     count = max(3, int(np.floor(span / width)) + 1)
@@ -422,7 +431,7 @@ def _find_peaks(sample: np.ndarray, low: float, high: float, quantum: float) -> 
         if peaks and peaks[0].index == 1:
             # The counts only fall away from the pile: the mode is at (or below) the clip.
             peaks[0] = Peak(low, float(counts[0]), share + peaks[0].share, True, 0)
-        elif peaks and not _valley_after_pile(smooth[1 : peaks[0].index + 1], peaks[0].height):
+        elif peaks and _pile_is_tail(counts, smooth, peaks[0]):
             # No valley: the pile is the cut-off lower tail of the first peak, which keeps its place.
             head = peaks[0]
             peaks[0] = Peak(head.value, head.height, head.share + share, False, head.index)
@@ -431,14 +440,16 @@ def _find_peaks(sample: np.ndarray, low: float, high: float, quantum: float) -> 
     return peaks, smooth
 
 
-def _valley_after_pile(rise: np.ndarray, height: float) -> bool:
-    """Whether the smoothed counts between a pile and the next peak dip into a valley: they first
-    fall (their minimum is not the first bin) and reach below MAX_VALLEY of the peak. Counts that
-    only rise are the flank of that peak, cut off by the clip (a scanner's -1024 HU floor)."""
-    if rise.size < 2:
+def _pile_is_tail(counts: np.ndarray, smooth: np.ndarray, first: Peak) -> bool:
+    """Whether a pile in bin 0 is the cut-off lower tail of the ``first`` peak (a scanner's -1024 HU
+    floor under air at -1000) rather than a peak of its own (air cut off by an 8-bit export, the
+    -400 HU clip of the tumor database): the bin beside it is a real flank (at least TAIL_RATIO of
+    the pile; a Gaussian cut anywhere on its rising side leaves more) and the counts rise from there
+    into the peak without dipping far below where they start."""
+    if counts[1] < TAIL_RATIO * counts[0]:
         return False
-    lowest = int(np.argmin(rise))
-    return lowest > 0 and float(rise[lowest]) < MAX_VALLEY * height
+    rise = smooth[1 : first.index + 1]
+    return float(rise.min()) >= min(0.8 * float(rise[0]), MAX_VALLEY * first.height)
 
 
 def _vertex(values: np.ndarray, i: int, first: int = 0) -> float:

@@ -27,6 +27,7 @@ from inference.pipeline.geometry import (
     upsample_to_uint8,
 )
 from inference.pipeline.infer import DEFAULT_MAX_WHOLE_VOXELS, run_model
+from inference.pipeline.intensity import IntensityCalibration, intensity_for
 from inference.pipeline.normalise import normalise, pad_value
 from inference.pipeline.postprocess import (
     DEFAULT_MIN_LESION_VOLUME_MM3,
@@ -88,6 +89,8 @@ class PipelineOutput:
     #: With ``keep_scores``: each task's class scores on its model grid (canonical axes), after
     #: the card's ``score_offsets`` and before the component rules (for calibration).
     scores: dict[str, np.ndarray] = field(default_factory=dict)
+    #: How the scan's values were read as HU (confirmed, or calibrated from air and soft tissue).
+    intensity: IntensityCalibration | None = None
 
 
 def group_by_task(cards: Sequence[ModelCard]) -> dict[str, list[ModelCard]]:
@@ -158,18 +161,24 @@ def predict_volume(
     max_whole_voxels: int = DEFAULT_MAX_WHOLE_VOXELS,
     batch_size: int = 2,
     keep_scores: bool = False,
+    intensity: str = "auto",
 ) -> PipelineOutput:
     """Segment ``volume`` (3D, the file's axis order, in its own units, e.g. HU) with ``cards``.
 
     ``affine`` is the voxel-to-world matrix (mm). ``progress(percent, stage)`` is called as stages
-    finish (0-100 over this call).
+    finish (0-100 over this call). ``intensity``: "auto" checks that the values are HU and maps
+    them to HU from the scan's air and soft-tissue peaks when they are not (raising
+    ``IntensityCalibrationError`` when no credible map exists); "hu" takes them as HU unchecked.
     """
     if np.ndim(volume) != 3:
         raise ValueError(f"expected a 3D volume, got shape {np.shape(volume)}")
     groups = group_by_task(cards)
     timer = StageTimer()
     geometry = record_geometry(volume.shape, affine)
-    canonical = to_canonical(np.asarray(volume), geometry)
+    with timer("preprocess"):
+        # Every later stage (normalisation windows, lesion and refiner rules) reads HU.
+        calibration = intensity_for(np.asarray(volume), intensity)
+        canonical = to_canonical(calibration.apply(np.asarray(volume)), geometry)
     resampled: dict[tuple[int, int, int], np.ndarray] = {}
     uncertainty_by_grid: dict[tuple[int, int, int], np.ndarray] = {}
     task_labels: dict[str, np.ndarray] = {}
@@ -283,6 +292,7 @@ def predict_volume(
             structure_ids=sorted({s for card in cards for s in card.structures if s != 0}),
             cleaning=cleaning,
             scores=kept,
+            intensity=calibration,
         )
     _report(progress, 100, "done")
     return result

@@ -188,7 +188,8 @@ def test_predict_applies_the_cards_refinement_and_calibration(tmp_path: Path) ->
     volume[8:16, 8:16, 8:16] = 650.0  # bone-like block the model finds
     volume[10:14, 10:14, 10:14] = 950.0  # its bright core
 
-    before = predict_volume(volume, np.diag([0.2, 0.2, 0.2, 1.0]), [plain], threads=1)
+    # Synthetic blocks are no mouse scan: here and below they are taken as HU unchecked.
+    before = predict_volume(volume, np.diag([0.2, 0.2, 0.2, 1.0]), [plain], threads=1, intensity="hu")
     tuned = with_postprocess(
         folder,
         {
@@ -196,7 +197,7 @@ def test_predict_applies_the_cards_refinement_and_calibration(tmp_path: Path) ->
             "refine": [{"structure": BONES, "min_hu": 900.0, "margin_mm": 0.0}],
         },
     )
-    after = predict_volume(volume, np.diag([0.2, 0.2, 0.2, 1.0]), [tuned], threads=1)
+    after = predict_volume(volume, np.diag([0.2, 0.2, 0.2, 1.0]), [tuned], threads=1, intensity="hu")
 
     assert np.all(before.labels[volume >= 900.0] == BONES) and np.any(before.labels[volume == 650.0] == BONES)
     assert np.array_equal(np.argwhere(after.labels == BONES), np.argwhere(volume >= 900.0))
@@ -214,7 +215,7 @@ def test_predict_applies_the_cards_refinement_and_calibration(tmp_path: Path) ->
             "uncertainty_outline": {"smoothing_mm": [0.2, 0.2, 0.2], "levels": {str(BONES): 0.25}},
         },
     )
-    banded = predict_volume(volume, np.diag([0.2, 0.2, 0.2, 1.0]), [outlined], threads=1)
+    banded = predict_volume(volume, np.diag([0.2, 0.2, 0.2, 1.0]), [outlined], threads=1, intensity="hu")
     expected = outline_band(after.labels, (0.2, 0.2, 0.2), [((0.2, 0.2, 0.2), {BONES: 0.25})])
     # Uncertain exactly on the bright core's outline band; the head's shade elsewhere, below 50 %.
     assert np.array_equal(banded.uncertainty >= 128, expected >= 128)
@@ -236,9 +237,9 @@ def test_predict_moves_outlines_onto_edges_with_the_cards_edge_rule(tmp_path: Pa
     organ = volume == 450.0
     affine = np.diag([0.2, 0.2, 0.2, 1.0])
 
-    before = predict_volume(volume, affine, [plain], threads=1)
+    before = predict_volume(volume, affine, [plain], threads=1, intensity="hu")
     edged = with_postprocess(folder, {"refine": [{"structure": LIVER, "edge_hu": 300.0, "margin_mm": 1.0}]})
-    after = predict_volume(volume, affine, [edged], threads=1)
+    after = predict_volume(volume, affine, [edged], threads=1, intensity="hu")
 
     assert not np.array_equal(before.labels == LIVER, organ)
     assert np.array_equal(after.labels == LIVER, organ)
@@ -252,9 +253,9 @@ def test_score_offsets_move_a_structures_outline(tmp_path: Path) -> None:
     volume = np.broadcast_to(np.arange(16, dtype=np.float32)[:, None, None] * 62.5, (16, 4, 4)).copy()
     affine = np.diag([0.2, 0.2, 0.2, 1.0])
 
-    before = predict_volume(volume, affine, [plain], threads=1)
+    before = predict_volume(volume, affine, [plain], threads=1, intensity="hu")
     shifted = with_postprocess(folder, {"score_offsets": {str(LIVER): 6.0}})
-    after = predict_volume(volume, affine, [shifted], threads=1, keep_scores=True)
+    after = predict_volume(volume, affine, [shifted], threads=1, keep_scores=True, intensity="hu")
 
     liver = (volume > 300) & (volume < 600)
     assert np.array_equal(before.labels == LIVER, liver)
@@ -389,8 +390,8 @@ def test_the_lesion_models_detect_rule_runs_on_the_organ_map_of_the_same_call(tm
     volume[8:10, 8:10, 8:10] = 900.0  # a nodule
     affine = np.diag([0.2, 0.2, 0.2, 1.0])
 
-    both = predict_volume(volume, affine, [organs, lesions], threads=1)
-    alone = predict_volume(volume, affine, [lesions], threads=1)
+    both = predict_volume(volume, affine, [organs, lesions], threads=1, intensity="hu")
+    alone = predict_volume(volume, affine, [lesions], threads=1, intensity="hu")
 
     assert both.lesion_labels is not None and alone.lesion_labels is not None
     assert np.array_equal(np.argwhere(both.lesion_labels == METASTASIS), np.argwhere(volume == 900.0))

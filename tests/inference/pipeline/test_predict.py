@@ -57,7 +57,8 @@ def test_real_file_labels_land_on_the_input_grid(realdata: Path, tmp_path: Path,
     volume = np.asanyarray(image.dataobj)
     model = lesion_model(tmp_path / "m", (0.3, 0.3, 0.3), volume)
 
-    output = predict_volume(volume, image.affine, [model], threads=2, min_lesion_volume_mm3=0)
+    # The model is windowed on the file's own units (8-bit, label values): no HU check.
+    output = predict_volume(volume, image.affine, [model], threads=2, min_lesion_volume_mm3=0, intensity="hu")
 
     assert output.labels.shape == volume.shape
     assert output.uncertainty.shape == volume.shape
@@ -80,7 +81,7 @@ def test_real_file_at_its_own_spacing_is_voxel_exact(realdata: Path, tmp_path: P
     spacing = record_geometry(volume.shape, image.affine).spacing_mm
     model = lesion_model(tmp_path / "m", spacing, volume)
 
-    output = predict_volume(volume, image.affine, [model], threads=2, min_lesion_volume_mm3=0)
+    output = predict_volume(volume, image.affine, [model], threads=2, min_lesion_volume_mm3=0, intensity="hu")
 
     assert np.array_equal(output.labels, expected_labels(volume, float(volume.max())))
 
@@ -91,7 +92,7 @@ def test_written_maps_keep_the_real_file_header_geometry(
 ) -> None:
     image = nib.load(str(realdata / name))
 
-    result = segment_file(realdata / name, tmp_path / "out", cards=[organ_model], threads=2)
+    result = segment_file(realdata / name, tmp_path / "out", cards=[organ_model], threads=2, intensity="hu")
 
     for path in (result.labels_path, result.uncertainty_path):
         written = nib.load(str(path))
@@ -121,8 +122,9 @@ def test_synthetic_geometries_land_on_the_input_grid(
         tmp_path / "exact", thresholds=(0.3, 0.6), spacing_mm=spacing, normalisation=organ_model.normalisation
     )
 
-    coarse = predict_volume(volume, affine, [organ_model], threads=1)
-    exact = predict_volume(volume, affine, [exact_model], threads=1)
+    # A bare ball in zeros is no mouse scan: taken as HU unchecked.
+    coarse = predict_volume(volume, affine, [organ_model], threads=1, intensity="hu")
+    exact = predict_volume(volume, affine, [exact_model], threads=1, intensity="hu")
 
     assert coarse.labels.shape == shape
     assert dice(coarse.labels == 4, ball) > 0.85

@@ -194,8 +194,9 @@ def test_the_pipeline_applies_a_card_refiner_after_the_network(tmp_path: Path) -
     hu = rng.uniform(-1000.0, 1000.0, (24, 24, 24)).astype(np.float32)
     affine = np.diag([0.2, 0.2, 0.2, 1.0])
 
-    without = predict_volume(hu, affine, [bare], threads=1).labels
-    with_rule = predict_volume(hu, affine, [card], threads=1).labels
+    # Uniform noise is no mouse scan (auto would refuse it): taken as HU unchecked.
+    without = predict_volume(hu, affine, [bare], threads=1, intensity="hu").labels
+    with_rule = predict_volume(hu, affine, [card], threads=1, intensity="hu").labels
 
     assert (without == GUT).any()
     band = outline_shell(without == GUT, 3) & ((without == 0) | (without == GUT))
