@@ -125,6 +125,71 @@ class Prediction(models.Model):
             raise ValueError("a prediction is immutable; run a new model version instead of editing it")
         super().save(*args, **kwargs)
 
+    @property
+    def qc(self) -> dict[str, Any]:
+        """The pipeline's QC verdict (``inference.pipeline.qc``) and any reviewer's decision.
+
+        ``status``: ``ok``; ``needs_review`` (kept out of charts, cohort means and alerts);
+        ``accepted`` or ``rejected`` by a reviewer; ``not_checked`` for runs made before the gate.
+        """
+        verdict = (self.manifest or {}).get("qc") or {}
+        decision = self.qc_reviews.order_by("-decided_at", "-pk").first()
+        status = verdict.get("status", QC_NOT_CHECKED)
+        if decision is not None and status != QC_OK:
+            status = decision.decision
+        return {
+            "status": status,
+            "pipeline_status": verdict.get("status", QC_NOT_CHECKED),
+            "reasons": list(verdict.get("reasons", [])),
+            "regions_in_view": list(verdict.get("regions_in_view", [])),
+            "not_in_view": list(verdict.get("not_in_view", [])),
+            "decision": None
+            if decision is None
+            else {
+                "decision": decision.decision,
+                "by": decision.decided_by.get_username() if decision.decided_by else None,
+                "at": decision.decided_at.isoformat(),
+                "note": decision.note,
+            },
+        }
+
+    @property
+    def charted(self) -> bool:
+        """Whether charts, cohort means and humane-endpoint alerts may use this prediction."""
+        return self.qc["status"] in CHARTED_QC
+
+
+QC_OK = "ok"
+QC_NOT_CHECKED = "not_checked"
+#: QC states whose numbers are charted; ``needs_review`` and ``rejected`` are not.
+CHARTED_QC = (QC_OK, "accepted", QC_NOT_CHECKED)
+
+
+class QCReview(models.Model):
+    """A reviewer's decision on a prediction the QC gate flagged: accept it (its numbers are
+    charted) or reject it (kept out for good). Decisions are appended, never edited: the newest
+    counts, and the trail says who decided what, when and why."""
+
+    class Decision(models.TextChoices):
+        ACCEPTED = "accepted", "Accepted: chart it"
+        REJECTED = "rejected", "Rejected: keep it out"
+
+    prediction = models.ForeignKey(Prediction, on_delete=models.CASCADE, related_name="qc_reviews")
+    decision = models.CharField(max_length=16, choices=Decision.choices)
+    note = models.CharField(max_length=500, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(auto_now_add=True)
+
+    objects = LabScopedQuerySet.as_manager(lab_path="prediction__scan__lab")
+
+    class Meta:
+        ordering = ["-decided_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.decision} prediction {self.prediction_id}"
+
 
 class StructureVolume(models.Model):
     """Volume of one structure in one prediction, with the range implied by the uncertainty map."""

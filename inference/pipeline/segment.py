@@ -32,6 +32,7 @@ from inference.pipeline.lesions import (
 from inference.pipeline.manifest import build_manifest, orientation_entry
 from inference.pipeline.postprocess import DEFAULT_MIN_LESION_VOLUME_MM3
 from inference.pipeline.predict import PipelineOutput, StageTimer, predict_volume
+from inference.pipeline.qc import check_run
 from inference.pipeline.volumes import VolumeRow, structure_volumes, write_volumes_csv
 from inference.registry import ModelCard, default_model
 from inference.structures import ORGAN_NAMES
@@ -186,6 +187,20 @@ def segment_file(
             output.uncertainty,
             structure_ids=output.structure_ids,
         )
+    with timer("qc"):
+        intensity_entry = output.intensity.as_json() if output.intensity is not None else None
+        orientation = orientation_entry(output.orientation, output.geometry.axcodes)
+        qc = check_run(
+            labels=output.labels,
+            scan=scan.data,
+            voxel_volume_mm3=output.geometry.voxel_volume_mm3,
+            volumes=volumes,
+            lesions=lesions,
+            structure_ids=output.structure_ids,
+            uncertainty=output.uncertainty,
+            intensity=intensity_entry,
+            orientation=orientation,
+        )
     report(93, "write")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,8 +228,9 @@ def segment_file(
         geometry=output.geometry.as_json(),
         extra={
             "scan": Path(scan_path).name,
-            "intensity": output.intensity.as_json() if output.intensity is not None else None,
-            "orientation": orientation_entry(output.orientation, output.geometry.axcodes),
+            "intensity": intensity_entry,
+            "orientation": orientation,
+            "qc": qc.as_json(),
             "outputs": dict(OUTPUT_NAMES),
             "lesions_from": Path(lesions_from).name if lesions_from is not None else None,
             "metastasis_counts": counts,

@@ -1,0 +1,339 @@
+"""The QC gate: is a segmentation run plausible enough to chart, or does a person need to look?
+
+Every run gets a verdict, ``ok`` or ``needs_review``, and the reasons in plain words. A run that
+needs review is kept out of charts, cohort means and humane-endpoint alerts until a reviewer
+accepts it (the server records who and when). The checks, each with its own reason code:
+
+- ``volume_range``: an organ's volume outside the range of adult mice (15-40 g). The reference is
+  the Digimouse atlas (one 28 g male, ``../shared/science.md``) and the published adult means the
+  phantom is calibrated to; organ volume scales with body mass, so when the whole body is in view
+  the range follows the body's volume. Stomach, bladder and spleen (filling, splenomegaly in
+  tumor-bearing mice) get wide ranges.
+- ``paired_asymmetry``: one kidney or lung more than ``PAIRED_MAX_RATIO`` times the other.
+- ``missing``: a structure the field of view holds but the model did not find (the regions in
+  view are read from what was found: brain -> head, lungs/heart -> thorax, liver/kidneys/stomach/
+  spleen -> abdomen, bladder -> pelvis; thorax and pelvis in view mean the abdomen is too).
+- ``tumor_burden``: lesions above the humane-endpoint burden (2000 uL), or more than
+  ``MAX_TUMOR_BODY_FRACTION`` of the body: suspicious before alarming.
+- ``lesion_outside_body``: a lesion mostly outside the mouse's body (on the animal bed, in air, in
+  another object) or whose mean intensity is air-like.
+- ``uncertain``: more than ``MAX_UNCERTAIN_FRACTION`` of the labelled voxels very uncertain
+  (map >= ``VERY_UNCERTAIN``). The map is calibrated so that 50 % means "annotators would
+  disagree here", so outlines are always half uncertain: on held-out native phantoms 14-15 % of
+  the labelled voxels are above 78 %.
+- ``intensity_calibrated`` / ``orientation_disagrees``: the scan was not in HU and was calibrated,
+  or its header's orientation disagreed with the anatomy: the numbers rest on that fix.
+
+Structures the model can draw that lie outside the field of view are listed as ``not_in_view``
+("not assessed": never a 0). Array contract: ``labels`` uint8 and ``uncertainty`` uint8 (0-255)
+on the scan's grid, ``scan`` the scan's values on the same grid (any axis order), turned into HU
+with the run's intensity calibration (``slope``, ``intercept``); ``voxel_volume_mm3`` the volume
+of one voxel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from inference.pipeline.lesions import LesionRow
+from inference.pipeline.volumes import VolumeRow
+from inference.structures import BY_NAME, LESION_NAMES
+
+OK = "ok"
+NEEDS_REVIEW = "needs_review"
+
+#: Adult mouse organ volumes (mm^3) at 28 g: Digimouse (measured) where it labels the organ.
+REFERENCE_MM3: dict[str, float] = {
+    "heart": 223.0,
+    "lungs": 417.0,
+    "liver": 2008.0,
+    "kidneys": 495.0,
+    "spleen": 139.0,
+    "stomach": 226.0,
+    "bladder": 190.0,
+    "brain": 416.0,
+}
+#: Allowed volume as a factor of the reference (low, high): mice of 15-40 g, plus each organ's own
+#: spread (the phantom's means, from published adult figures, lie inside: heart 160, liver 1300,
+#: kidneys 320, spleen 95, brain 450 mm^3).
+RANGE_FACTORS: dict[str, tuple[float, float]] = {
+    "heart": (0.35, 2.5),
+    "lungs": (0.3, 2.5),
+    "liver": (0.35, 2.5),
+    "kidneys": (0.3, 2.5),
+    "spleen": (0.25, 8.0),
+    "stomach": (0.1, 6.0),
+    "bladder": (0.05, 6.0),
+    "brain": (0.55, 1.7),
+}
+#: Canonical structures summed into each reference group.
+GROUP_MEMBERS: dict[str, tuple[str, ...]] = {
+    "heart": ("heart",),
+    "lungs": ("lung_left", "lung_right"),
+    "liver": ("liver",),
+    "kidneys": ("kidney_left", "kidney_right"),
+    "spleen": ("spleen",),
+    "stomach": ("stomach",),
+    "bladder": ("bladder",),
+    "brain": ("brain",),
+}
+REFERENCE_BODY_MM3 = 28_000.0  # 28 g at about 1 g/mL
+PAIRED_MAX_RATIO = 2.5
+HUMANE_BURDEN_MM3 = 2000.0
+MAX_TUMOR_BODY_FRACTION = 0.15
+#: A lesion with less than this fraction of its voxels in the body is not in the mouse.
+MIN_LESION_IN_BODY = 0.5
+AIR_LIKE_HU = -700.0
+BODY_HU = -350.0
+#: Uncertainty map value (0-255) from which a voxel counts as very uncertain (78 %), and the share
+#: of labelled voxels that may be so before the run needs review (twice the held-out phantoms').
+VERY_UNCERTAIN = 200
+MAX_UNCERTAIN_FRACTION = 0.3
+#: The image checks run on every ``step``-th voxel along each axis once a scan holds more voxels
+#: than this (body and lesion masks at 0.42 mm are plenty for a plausibility check).
+FULL_GRID_MAX_VOXELS = 4_000_000
+
+REGION_OF: dict[str, str] = {
+    "brain": "head",
+    "heart": "thorax",
+    "lung_left": "thorax",
+    "lung_right": "thorax",
+    "liver": "abdomen",
+    "kidney_left": "abdomen",
+    "kidney_right": "abdomen",
+    "stomach": "abdomen",
+    "spleen": "abdomen",
+    "bladder": "pelvis",
+}
+#: What each region in view must show (the big, always-present organs).
+EXPECTED_IN: dict[str, tuple[str, ...]] = {
+    "head": ("brain",),
+    "thorax": ("heart", "lung_left", "lung_right"),
+    "abdomen": ("liver", "kidney_left", "kidney_right"),
+    "pelvis": ("bladder",),
+}
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One reason for review: a stable ``code``, the structure it is about, and plain words."""
+
+    code: str
+    message: str
+    structure: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"code": self.code, "structure": self.structure, "message": self.message}
+
+
+@dataclass
+class QCReport:
+    """The verdict of one run: ``status`` ``ok`` or ``needs_review`` and why."""
+
+    reasons: list[Reason] = field(default_factory=list)
+    regions: list[str] = field(default_factory=list)
+    not_in_view: list[str] = field(default_factory=list)
+    body_volume_mm3: float | None = None
+    uncertain_fraction: float | None = None
+
+    @property
+    def status(self) -> str:
+        return NEEDS_REVIEW if self.reasons else OK
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "reasons": [r.as_json() for r in self.reasons],
+            "regions_in_view": list(self.regions),
+            "not_in_view": list(self.not_in_view),
+            "body_volume_mm3": None if self.body_volume_mm3 is None else round(self.body_volume_mm3, 1),
+            "uncertain_fraction": None
+            if self.uncertain_fraction is None
+            else round(self.uncertain_fraction, 4),
+        }
+
+
+def body_mask(hu: np.ndarray) -> np.ndarray:
+    """The largest 26-connected region denser than ``BODY_HU``, holes filled (the lungs and the
+    gut's gas are inside the body): the mouse, without a bed or an object apart from it."""
+    dense = np.asarray(hu) > BODY_HU
+    components, count = ndimage.label(dense, structure=np.ones((3, 3, 3), dtype=bool))
+    if count == 0:
+        return dense
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    return np.asarray(ndimage.binary_fill_holes(components == int(np.argmax(sizes))))
+
+
+def regions_in_view(found: Collection[str]) -> list[str]:
+    """Body regions the field of view holds, read from the structures found."""
+    regions = {REGION_OF[name] for name in found if name in REGION_OF}
+    if "thorax" in regions and "pelvis" in regions:
+        regions.add("abdomen")
+    return [r for r in ("head", "thorax", "abdomen", "pelvis") if r in regions]
+
+
+def _volume_reasons(volumes: Mapping[str, float], drawable: Collection[str], scale: float) -> list[Reason]:
+    reasons = []
+    for group, members in GROUP_MEMBERS.items():
+        present = [m for m in members if volumes.get(m, 0.0) > 0]
+        if not present or not set(members) <= set(drawable):
+            continue
+        if len(present) < len(members):
+            continue  # a missing half is the "missing" check's to report
+        total = sum(volumes[m] for m in members)
+        low_factor, high_factor = RANGE_FACTORS[group]
+        low, high = REFERENCE_MM3[group] * low_factor * scale, REFERENCE_MM3[group] * high_factor * scale
+        if not low <= total <= high:
+            side = "below" if total < low else "above"
+            reasons.append(
+                Reason(
+                    "volume_range",
+                    f"{group.replace('_', ' ')} {total:.0f} mm3 is {side} the {low:.0f}-{high:.0f} mm3 "
+                    "expected for an adult mouse of this size",
+                    group,
+                )
+            )
+        if len(members) == 2:
+            a, b = (volumes[m] for m in members)
+            if max(a, b) > PAIRED_MAX_RATIO * min(a, b):
+                reasons.append(
+                    Reason(
+                        "paired_asymmetry",
+                        f"{members[0].replace('_', ' ')} {a:.0f} mm3 and {members[1].replace('_', ' ')} "
+                        f"{b:.0f} mm3 differ more than {PAIRED_MAX_RATIO:g} times",
+                        group,
+                    )
+                )
+    return reasons
+
+
+def _lesion_reasons(
+    labels: np.ndarray, hu: np.ndarray, body: np.ndarray, lesions: Sequence[LesionRow], body_mm3: float
+) -> list[Reason]:
+    reasons = []
+    lesion_ids = [BY_NAME[name].id for name in LESION_NAMES]
+    tumor_mm3 = sum(row.volume_mm3 for row in lesions if row.structure_id == BY_NAME["tumor"].id)
+    if tumor_mm3 > HUMANE_BURDEN_MM3:
+        reasons.append(
+            Reason(
+                "tumor_burden",
+                f"tumor burden {tumor_mm3:.0f} uL is above the humane-endpoint burden of "
+                f"{HUMANE_BURDEN_MM3:.0f} uL: check the outline before acting on it",
+                "tumor",
+            )
+        )
+    elif body_mm3 > 0 and tumor_mm3 > MAX_TUMOR_BODY_FRACTION * body_mm3:
+        reasons.append(
+            Reason(
+                "tumor_burden",
+                f"tumor {tumor_mm3:.0f} uL is {100 * tumor_mm3 / body_mm3:.0f} % of the body in view",
+                "tumor",
+            )
+        )
+    mask = np.isin(labels, lesion_ids)
+    if not mask.any():
+        return reasons
+    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    index = np.arange(1, count + 1)
+    in_body = ndimage.mean(body, components, index)
+    mean_hu = ndimage.mean(hu, components, index)
+    sizes = ndimage.sum(mask, components, index)
+    outside = [
+        i
+        for i in range(count)
+        if sizes[i] > 0 and (in_body[i] < MIN_LESION_IN_BODY or mean_hu[i] < AIR_LIKE_HU)
+    ]
+    if outside:
+        voxels = int(sum(sizes[i] for i in outside))
+        reasons.append(
+            Reason(
+                "lesion_outside_body",
+                f"{len(outside)} lesion(s), {voxels} voxels, lie mostly outside the mouse's body (on the "
+                "animal bed, in air or in another object): exclude them or check the scan",
+                "tumor",
+            )
+        )
+    return reasons
+
+
+def check_run(
+    *,
+    labels: np.ndarray,
+    scan: np.ndarray,
+    voxel_volume_mm3: float,
+    volumes: Sequence[VolumeRow],
+    lesions: Sequence[LesionRow],
+    structure_ids: Collection[int],
+    uncertainty: np.ndarray | None = None,
+    intensity: Mapping[str, Any] | None = None,
+    orientation: Mapping[str, Any] | None = None,
+) -> QCReport:
+    """Every check above on one run; ``structure_ids`` are the structures the models can draw."""
+    drawable = {s.name for s in BY_NAME.values() if s.id in set(structure_ids)}
+    by_name = {row.name: row.volume_mm3 for row in volumes if row.voxels > 0}
+    report = QCReport()
+    step = 2 if np.asarray(labels).size > FULL_GRID_MAX_VOXELS else 1
+    labels = np.asarray(labels)[::step, ::step, ::step]
+    slope = float((intensity or {}).get("slope") or 1.0)
+    intercept = float((intensity or {}).get("intercept") or 0.0)
+    hu = np.asarray(scan)[::step, ::step, ::step].astype(np.float32) * np.float32(slope) + np.float32(
+        intercept
+    )
+    if uncertainty is not None:
+        uncertainty = np.asarray(uncertainty)[::step, ::step, ::step]
+    body = body_mask(hu)
+    report.body_volume_mm3 = float(body.sum()) * voxel_volume_mm3 * step**3
+    report.regions = regions_in_view(by_name)
+    whole_body = {"head", "thorax", "abdomen", "pelvis"} <= set(report.regions)
+    # Organ volume follows body mass; only a whole mouse in view tells its mass.
+    scale = float(np.clip(report.body_volume_mm3 / REFERENCE_BODY_MM3, 0.55, 1.45)) if whole_body else 1.0
+    report.reasons.extend(_volume_reasons(by_name, drawable, scale))
+    for region in report.regions:
+        for name in EXPECTED_IN[region]:
+            if name in drawable and name not in by_name:
+                report.reasons.append(
+                    Reason(
+                        "missing",
+                        f"{name.replace('_', ' ')} not found, though the field of view holds the {region}",
+                        name,
+                    )
+                )
+    report.not_in_view = sorted(
+        name for name in drawable if name in REGION_OF and REGION_OF[name] not in report.regions
+    )
+    report.reasons.extend(_lesion_reasons(labels, hu, body, lesions, report.body_volume_mm3))
+    if uncertainty is not None:
+        labelled = np.asarray(labels) > 0
+        if labelled.any():
+            report.uncertain_fraction = float((np.asarray(uncertainty)[labelled] >= VERY_UNCERTAIN).mean())
+            if report.uncertain_fraction > MAX_UNCERTAIN_FRACTION:
+                report.reasons.append(
+                    Reason(
+                        "uncertain",
+                        f"the models are very unsure of {100 * report.uncertain_fraction:.0f} % of what they "
+                        f"drew (review from {100 * MAX_UNCERTAIN_FRACTION:.0f} %)",
+                    )
+                )
+    if intensity is not None and intensity.get("units") == "calibrated":
+        report.reasons.append(
+            Reason(
+                "intensity_calibrated",
+                "the scan was not in Hounsfield units and was calibrated from its air and soft-tissue peaks "
+                f"(HU = {intensity.get('slope')} x value + {intensity.get('intercept')}): check the overlay",
+            )
+        )
+    if orientation is not None and orientation.get("agrees_with_header") is False:
+        report.reasons.append(
+            Reason(
+                "orientation_disagrees",
+                "the file's orientation disagrees with the anatomy; the anatomy's was used: check that the "
+                "overlay sits on the right organs",
+            )
+        )
+    return report
