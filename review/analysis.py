@@ -3,12 +3,16 @@
 Reads every approved annotation (and every prediction) of the scan once, outside any
 transaction, computes with ``inference.metrics``, writes the consensus and disagreement NIfTI
 files, and only then writes the rows that point at them (replacing the previous figures).
+
+Large scans are analysed in the background: a ``ReviewAnalysis`` row run by ``labseg.jobs`` (claim,
+heartbeat fed by the analysis's progress reports, time limits, retries, reconciler).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import socket
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
@@ -18,10 +22,10 @@ import numpy.typing as npt
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from inference import metrics
 from inference.structures import by_id
+from labseg import jobs
 from scans.models import Annotation, Scan
 from segmentation.models import Prediction
 
@@ -283,20 +287,39 @@ def _record_volumes(rated: list[_Rated]) -> list[AnnotationVolume]:
         return AnnotationVolume.objects.bulk_create(rows)
 
 
-def analyse_scan(*, scan: Scan, user: Any, structure_ids: Iterable[int] | None = None) -> ScanAnalysis:
+def analyse_scan(
+    *,
+    scan: Scan,
+    user: Any,
+    structure_ids: Iterable[int] | None = None,
+    progress: Callable[[float, str], None] | None = None,
+) -> ScanAnalysis:
     """Volumes of every approved annotation; consensus and agreement for every structure with two or
     more approved annotators; every prediction of the scan compared with the approved annotations
     and the consensus. A scan with fewer than two approved annotators of any structure gets its
-    volumes and prediction comparisons but no consensus (``consensuses`` is empty)."""
+    volumes and prediction comparisons but no consensus (``consensuses`` is empty).
+
+    ``progress(percent, stage)`` is called before each step (reading, each structure, each
+    prediction); in the background it keeps the job's heartbeat going and stops a run whose job
+    was taken away from it.
+    """
+
+    def report(percent: float, stage: str) -> None:
+        if progress is not None:
+            progress(percent, stage)
+
     require_member(user, scan.lab)
+    report(1, "reading annotations")
     rated = _read_approved(scan)
     wanted = set(structure_ids) if structure_ids is not None else None
     shared = [s for s in structures_with_annotators(rated, 2) if wanted is None or s in wanted]
     result = ScanAnalysis(scan=scan, approved=len(rated))
+    report(10, "volumes")
     result.volumes = _record_volumes(rated)
     consensus_masks: dict[int, dict[str, npt.NDArray[np.bool_]]] = {}
     agreements: dict[int, Agreement] = {}
-    for structure_id in shared:
+    for n, structure_id in enumerate(shared):
+        report(15 + 60 * n / len(shared), f"consensus {by_id(structure_id).name}")
         raters = [r for r in rated if structure_id in r.values]
         if not any(r.mask(structure_id).any() for r in raters):
             continue  # listed by every annotator but drawn by none: nothing to agree on
@@ -307,19 +330,21 @@ def analyse_scan(*, scan: Scan, user: Any, structure_ids: Iterable[int] | None =
         result.agreements.append(agreements[structure_id])
     predictions = list(Prediction.objects.filter(scan=scan).select_related("model_version"))
     rows = []
-    for prediction in predictions:
+    for n, prediction in enumerate(predictions):
+        report(75 + 20 * n / len(predictions), f"prediction {prediction.pk}")
         rows.extend(
             _compare_prediction(
                 prediction=prediction, rated=rated, consensus_masks=consensus_masks, agreements=agreements
             )
         )
+    report(96, "saving comparisons")
     with transaction.atomic():
         PredictionComparison.objects.filter(scan=scan).delete()
         result.comparisons = PredictionComparison.objects.bulk_create(rows)
     return result
 
 
-ACTIVE = (ReviewAnalysis.State.QUEUED, ReviewAnalysis.State.RUNNING)
+ACTIVE = jobs.ACTIVE
 
 #: Scans with more voxels than this are analysed by a worker instead of within the request.
 DEFAULT_INLINE_MAX_VOXELS = 8_000_000
@@ -336,10 +361,9 @@ def scan_voxels(scan: Scan) -> int:
 def request_analysis(*, scan: Scan, user: Any, structure_ids: Iterable[int] | None = None) -> ReviewAnalysis:
     """Queue a background analysis of the scan (idempotent: an active one is returned as it is).
 
-    The Celery message is sent once the transaction commits, so the worker always finds the row.
+    The Celery message is sent once the transaction commits, so the worker always finds the row;
+    a broker that is down then leaves the row queued for the reconciler to send.
     """
-    from .tasks import analyse_scan_task
-
     require_member(user, scan.lab)
     active = ReviewAnalysis.objects.filter(scan=scan, state__in=ACTIVE).first()
     if active is not None:
@@ -351,47 +375,49 @@ def request_analysis(*, scan: Scan, user: Any, structure_ids: Iterable[int] | No
                 requested_by=user,
                 structure_ids=sorted(set(structure_ids)) if structure_ids is not None else None,
             )
-            transaction.on_commit(lambda: analyse_scan_task.delay(analysis.pk))
+            jobs.enqueue_on_commit(analysis)
     except IntegrityError:
         # Another request queued one between our check and our insert: theirs stands.
         return ReviewAnalysis.objects.get(scan=scan, state__in=ACTIVE)
     return analysis
 
 
-def run_analysis(*, analysis_id: int) -> ReviewAnalysis | None:
-    """Claim a queued analysis (compare-and-set), run it and record the outcome on its row.
+def run_analysis(*, analysis_id: int, worker_host: str | None = None) -> ReviewAnalysis | None:
+    """Claim a queued analysis (or one whose worker went silent), run it and record the outcome.
 
-    Returns None when the row is gone or another worker claimed it first. A refusal that a
-    researcher can act on (``ReviewError``) marks the row failed with that message; anything else
-    is recorded too and then raised for the worker's log.
+    Runs through ``labseg.jobs.run``. Returns None when the row is gone, finished or claimed by a
+    live worker. A refusal that a researcher can act on (``ReviewError``) marks the row failed with
+    that message; a connection error puts it back to queued and raises ``TransientJobError`` for
+    the task to retry; anything else fails it with a plain message (and the traceback in the log).
     """
-    claimed = ReviewAnalysis.objects.filter(pk=analysis_id, state=ReviewAnalysis.State.QUEUED).update(
-        state=ReviewAnalysis.State.RUNNING, started_at=timezone.now()
+    return jobs.run(
+        ReviewAnalysis,
+        analysis_id,
+        worker_host=worker_host or socket.gethostname(),
+        work=_analyse_in_background,
+        failure_message=_failure_message,
+        related=("scan__lab", "requested_by"),
     )
-    if claimed != 1:
-        return None
-    analysis = ReviewAnalysis.objects.select_related("scan__lab", "requested_by").get(pk=analysis_id)
-    try:
-        result = analyse_scan(
-            scan=analysis.scan, user=analysis.requested_by, structure_ids=analysis.structure_ids
-        )
-    except ReviewError as error:
-        _finish(analysis, ReviewAnalysis.State.FAILED, error.message)
-        return analysis
-    except Exception as error:
-        _finish(analysis, ReviewAnalysis.State.FAILED, f"the analysis stopped unexpectedly: {error}")
-        raise
+
+
+def _analyse_in_background(analysis: ReviewAnalysis, heartbeat: jobs.Heartbeat) -> None:
+    result = analyse_scan(
+        scan=analysis.scan,
+        user=analysis.requested_by,
+        structure_ids=analysis.structure_ids,
+        progress=heartbeat.progress,
+    )
     if not result.consensuses:
         message = (
             "no consensus: it needs at least two approved annotations of the same structure; "
             f"this scan has {result.approved} approved annotation(s)"
         )
-        _finish(analysis, ReviewAnalysis.State.FAILED, message)
+        jobs.finish(analysis, ReviewAnalysis.State.FAILED, error=message)
     else:
-        _finish(analysis, ReviewAnalysis.State.SUCCEEDED, "")
-    return analysis
+        jobs.finish(analysis, ReviewAnalysis.State.SUCCEEDED)
 
 
-def _finish(analysis: ReviewAnalysis, state: str, error: str) -> None:
-    ReviewAnalysis.objects.filter(pk=analysis.pk).update(state=state, error=error, finished_at=timezone.now())
-    analysis.refresh_from_db()
+def _failure_message(analysis: ReviewAnalysis, error: BaseException) -> str:
+    if isinstance(error, ReviewError):
+        return error.message
+    return f"the analysis stopped unexpectedly during '{analysis.stage or 'starting'}': {error}"

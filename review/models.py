@@ -18,6 +18,7 @@ from django.db import models
 
 from inference.structures import by_id
 from labs.querysets import LabScopedQuerySet
+from labseg.jobs import BackgroundJob
 from scans.models import Annotation
 
 
@@ -256,29 +257,22 @@ class AnnotationVolume(models.Model):
         return by_id(self.structure_id).name
 
 
-class ReviewAnalysis(models.Model):
+class ReviewAnalysis(BackgroundJob):
     """One computation of a scan's consensus, agreement and prediction comparisons in the background.
 
     Small scans are analysed within the request; large ones (STAPLE takes seconds per million
-    voxels and structure) get a row here and a Celery task. The row, not the broker, is the truth.
+    voxels and structure) get a row here and a Celery task. The row, not the broker, is the truth:
+    claim, heartbeat, time limits, retries and the reconciler come from ``labseg.jobs``.
     """
 
-    class State(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
-
     scan = models.ForeignKey("scans.Scan", on_delete=models.CASCADE, related_name="review_analyses")
-    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
     structure_ids = models.JSONField(null=True, blank=True, help_text="Only these structures; null = all.")
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
     )
-    queued_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    error = models.TextField(blank=True, help_text="What went wrong, in words a researcher can act on.")
+
+    task_name = "review.tasks.analyse_scan_task"
+    noun = "analysis"
 
     objects = LabScopedQuerySet.as_manager(lab_path="scan__lab")
 
@@ -291,6 +285,7 @@ class ReviewAnalysis(models.Model):
                 name="one_active_review_analysis_per_scan",
             )
         ]
+        indexes = [models.Index(fields=["state", "heartbeat_at"], name="analysis_state_heartbeat")]
 
     def __str__(self) -> str:
         return f"analysis {self.pk} of scan {self.scan_id} ({self.state})"

@@ -1,17 +1,23 @@
-"""``manage.py reconcile_jobs [--timeout-s S]``: what beat runs every minute, by hand (operations)."""
+"""``manage.py reconcile_jobs [--timeout-s S]``: what beat runs every minute, by hand (operations).
+
+Reconciles every kind of background job (``labseg.jobs.reconcile_all``): segmentation jobs, review
+analyses and any other model that inherits ``labseg.jobs.BackgroundJob``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from segmentation import services
+from labseg import jobs
 
 
 class Command(BaseCommand):
-    help = "Re-queue jobs whose worker stopped heartbeating and resend jobs whose broker message was lost."
+    help = (
+        "Re-queue background jobs whose worker stopped heartbeating (or fail them after their last "
+        "attempt) and resend queued jobs whose broker message was never sent or was lost."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -23,9 +29,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, timeout_s: float | None = None, **options: Any) -> None:
-        timeout = float(timeout_s if timeout_s is not None else settings.LABSEG_JOB_TIMEOUT_S)
-        report = services.reconcile_jobs(timeout_s=timeout)
-        self.stdout.write(
-            f"requeued {len(report.requeued)} job(s) of lost workers, resent {len(report.resent)} "
-            f"queued job(s), gave up on {len(report.failed)}"
-        )
+        for noun, report in jobs.reconcile_all(timeout_s=timeout_s).items():
+            self.stdout.write(
+                f"{noun}: requeued {len(report.requeued)} job(s) of lost workers, resent "
+                f"{len(report.resent)} queued job(s), gave up on {len(report.failed)}"
+            )
