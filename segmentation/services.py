@@ -457,9 +457,11 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 def _failure_message(job: InferenceJob, exc: BaseException) -> str:
+    from inference.pipeline.intensity import IntensityCalibrationError
     from inference.registry import ModelCardError
 
-    if isinstance(exc, _PermanentError):
+    # The pipeline's refusal of a scan whose values are not HU is already written for the researcher.
+    if isinstance(exc, _PermanentError | IntensityCalibrationError):
         return str(exc)
     if isinstance(exc, ModelCardError):
         return (

@@ -21,6 +21,7 @@ from inference import structures
 
 SPACING_MM = 0.5
 LIVER_HU, HEART_HU, TUMOR_HU, METASTASIS_HU = 300.0, 600.0, 750.0, 900.0
+AIR_HU, BODY_HU = -1000.0, 40.0
 
 
 def _write_model(
@@ -117,9 +118,13 @@ def write_tiny_models(root: Path, *, version: str = "1.0.0") -> Path:
 
 
 def phantom_volume(shape: tuple[int, int, int] = (48, 40, 40)) -> np.ndarray:
-    """float32 (X, Y, Z): a liver box with one metastasis inside, a heart box, and a primary tumor
-    in the background (subcutaneous: outside every organ)."""
-    volume = np.zeros(shape, np.float32)
+    """float32 (X, Y, Z): a soft-tissue body (40 HU) in a one-voxel shell of air (-1000 HU) holding
+    a liver box with one metastasis inside, a heart box, and a primary tumor outside every organ
+    (subcutaneous). Air and soft tissue make it read as HU to the pipeline's intensity check; both
+    lie below the models' window, as the old zero background did."""
+    volume = np.full(shape, BODY_HU, np.float32)
+    for axis in range(3):
+        np.moveaxis(volume, axis, 0)[[0, -1]] = AIR_HU
     sx, sy, sz = shape
     volume[4 : sx // 2, 6 : sy - 6, 6 : sz - 6] = LIVER_HU
     volume[sx // 2 + 4 : sx - 4, 8 : sy - 8, 8 : sz - 8] = HEART_HU
