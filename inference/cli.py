@@ -3,6 +3,7 @@
     python -m inference segment SCAN.nii.gz --out DIR [--task organs,tumor] [--device cpu|cuda]
                                 [--threads N] [--model DIR ...] [--lesions MASK_OR_CSV]
                                 [--organs LABELS.nii.gz] [--min-lesion-mm3 V] [--intensity auto|hu]
+                                [--orient anatomy|header]
     python -m inference allocate --organs LABELS.nii.gz --lesions MASK_OR_CSV --out DIR
     python -m inference models [--root DIR] [--json]
 
@@ -23,6 +24,7 @@ from inference.pipeline.intensity import MODES as INTENSITY_MODES
 from inference.pipeline.intensity import IntensityCalibrationError
 from inference.pipeline.io import ScanReadError, load_label_map
 from inference.pipeline.lesions import LesionInputError, allocate, metastasis_counts, write_lesions_csv
+from inference.pipeline.orientation import ORIENT_CHOICES
 from inference.pipeline.runtime import DEVICES, DeviceError
 from inference.pipeline.segment import read_lesion_source, segment_file
 from inference.registry import DEFAULT_MODELS_DIR, TASKS, ModelCardError, discover_models, load_card
@@ -88,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: check that the values are Hounsfield units, else calibrate them from the scan's air "
         "and soft-tissue peaks (default); hu: take them as Hounsfield units unchecked",
     )
+    segment.add_argument(
+        "--orient",
+        choices=ORIENT_CHOICES,
+        default="anatomy",
+        help="anatomy: turn the scan when its anatomy (spine, lungs, skull) shows the mouse lying "
+        "otherwise than the header says (default); header: trust the header's orientation",
+    )
     segment.add_argument("--quiet", action="store_true", help="no progress lines")
 
     allocate_cmd = commands.add_parser("allocate", help="allocate lesions to the organs of a label map")
@@ -133,6 +142,7 @@ def run_segment(args: argparse.Namespace) -> int:
         lesions_from=args.lesions,
         organs_from=args.organs,
         intensity=args.intensity,
+        orient=args.orient,
         **extra,
     )
     seconds = result.manifest["seconds"]
@@ -141,6 +151,9 @@ def run_segment(args: argparse.Namespace) -> int:
     intensity = result.manifest.get("intensity") or {}
     if intensity.get("units") == "calibrated":
         print(f"  intensity calibrated: HU = {intensity['slope']:.6g} x value {intensity['intercept']:+.6g}")
+    orientation = result.manifest.get("orientation") or {}
+    if orientation.get("agrees_with_header") is False:
+        print(f"  orientation: {orientation['summary']}")
     for row in result.volumes:
         low_high = f"{row.volume_low_mm3:.2f}-{row.volume_high_mm3:.2f}"
         print(f"  {row.name:<14} {row.volume_mm3:12.2f} mm3  ({low_high})")

@@ -83,6 +83,38 @@ def record_geometry(shape: Sequence[int], affine: np.ndarray) -> Geometry:
     )
 
 
+def turned(geometry: Geometry, ornt: np.ndarray) -> Geometry:
+    """The geometry whose canonical array is the header-canonical one turned by ``ornt`` (an axis
+    permutation with flips in nibabel's convention: canonical axis ``i`` becomes axis
+    ``ornt[i, 0]``, reversed where ``ornt[i, 1] == -1``), e.g. the anatomy's pose from
+    ``pipeline/orientation.py``. :func:`to_canonical` and :func:`from_canonical` then do and undo
+    both steps as one lossless view; ``shape``, ``affine`` and ``axcodes`` stay the file's."""
+    ornt = np.asarray(ornt, dtype=np.float64)
+    forward = geometry._to_canonical.copy()
+    for i in range(3):
+        j = int(forward[i, 0])
+        forward[i] = [ornt[j, 0], forward[i, 1] * ornt[j, 1]]
+    backward = np.zeros_like(forward)
+    for i in range(3):
+        backward[int(forward[i, 0])] = [i, forward[i, 1]]
+    shape = [0, 0, 0]
+    spacing = [0.0, 0.0, 0.0]
+    for i in range(3):
+        shape[int(ornt[i, 0])] = geometry.canonical_shape[i]
+        spacing[int(ornt[i, 0])] = geometry.spacing_mm[i]
+    return Geometry(
+        shape=geometry.shape,
+        affine=geometry.affine,
+        axcodes=geometry.axcodes,
+        canonical_shape=(shape[0], shape[1], shape[2]),
+        canonical_affine=geometry.canonical_affine
+        @ orientations.inv_ornt_aff(ornt, geometry.canonical_shape),
+        spacing_mm=(spacing[0], spacing[1], spacing[2]),
+        _to_canonical=forward,
+        _from_canonical=backward,
+    )
+
+
 def to_canonical(array: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Scan-grid array (spatial axes first) -> canonical RAS axes. Returns a view, no copy."""
     if tuple(array.shape[:3]) != geometry.shape:

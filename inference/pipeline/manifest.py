@@ -15,6 +15,7 @@ import numpy
 import onnxruntime
 import scipy
 
+from inference.pipeline.orientation import OrientationFinding
 from inference.registry import ModelCard
 
 _PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
@@ -51,6 +52,26 @@ def model_entry(card: ModelCard) -> dict[str, Any]:
         "structures": list(card.structures),
         "input_spacing_mm": list(card.input_spacing_mm),
     }
+
+
+def orientation_entry(finding: OrientationFinding | None, header_axcodes: Sequence[str]) -> dict[str, Any]:
+    """The manifest's ``orientation``: what the header said, what the anatomy says, the turn
+    applied, whether they agree (None when the anatomy is too unsure to say), confidence, and
+    the findings in plain words; ``{"mode": "header"}`` when the anatomy was not consulted."""
+    if finding is None:
+        return {
+            "mode": "header",
+            "header": "".join(header_axcodes),
+            "summary": "The header's orientation was used as it is (the anatomy was not consulted).",
+        }
+    entry = finding.as_json(header_axcodes)
+    if finding.agrees_with_header is False:
+        summary = f"Header and anatomy disagree. {finding.findings[-1]}"
+    elif finding.agrees_with_header:
+        summary = "Header and anatomy agree."
+    else:
+        summary = "The anatomy could not confirm the header's orientation; the header was used."
+    return {"mode": "anatomy", "summary": summary, **entry}
 
 
 def build_manifest(

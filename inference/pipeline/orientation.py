@@ -43,6 +43,8 @@ import numpy as np
 from nibabel import orientations
 from scipy import ndimage
 
+#: ``predict_volume(orient=...)``: read the pose from the anatomy, or trust the header alone.
+ORIENT_CHOICES = ("anatomy", "header")
 #: Confidence (0..1) a decision needs before the anatomy overrules the header.
 MIN_CONFIDENCE = 0.5
 #: Left/right from soft-tissue asymmetry is weaker evidence: a mirror needs more.
@@ -320,7 +322,6 @@ class _Work:
     mean: np.ndarray
     peak: np.ndarray
     body: np.ndarray
-    filled: np.ndarray
     bone: np.ndarray
     axes: tuple[int, int, int]
     step: np.ndarray
@@ -391,9 +392,6 @@ def _prepare(volume: np.ndarray, spacing_mm: Sequence[float], measures: dict[str
         mean=mean,
         peak=peak,
         body=body,
-        # 3D fill: closes the lungs and stomach gas (at this voxel size the airway is mostly
-        # shut) but not the air between the belly and a bed, which is open at the sides.
-        filled=ndimage.binary_fill_holes(body),
         bone=bone,
         axes=order,
         step=step[list(order)],
@@ -460,9 +458,33 @@ def _spine(work: _Work, centres: np.ndarray, measures: dict[str, float]) -> _Vot
     return _Votes(axis + 1, 1 if offset[axis] > 0 else -1, confidence)
 
 
-def _lungs(work: _Work, measures: dict[str, float]) -> np.ndarray | None:
+def _run_lengths(mask: np.ndarray, axis: int) -> np.ndarray:
+    """For every True voxel, the length (voxels) of the run of True along ``axis`` it lies in."""
+    moved = np.moveaxis(mask, axis, -1)
+    index = np.arange(1, moved.shape[-1] + 1)
+
+    def since_gap(run: np.ndarray) -> np.ndarray:
+        last_gap = np.maximum.accumulate(np.where(run, 0, index), axis=-1)
+        return np.where(run, index - last_gap, 0)
+
+    ahead = since_gap(moved)
+    behind = since_gap(moved[..., ::-1])[..., ::-1]
+    return np.moveaxis(ahead + behind - 1, -1, axis)
+
+
+def _trunk(work: _Work, dorsal: _Votes) -> np.ndarray:
+    """The body filled, without the animal bed and the limbs. Matter less than 2.5 mm thick along
+    the dorso-ventral axis goes first (a bed under the mouse: with legs resting on it, it would
+    close pockets of air under the belly); then 3D holes are filled (the lungs and the stomach's
+    gas; at this voxel size the airway is mostly shut); then a 3 mm opening drops the limbs."""
+    thin = _run_lengths(work.body, dorsal.axis) * work.step[dorsal.axis] < 2.5
+    filled = ndimage.binary_fill_holes(work.body & ~thin)
+    return _open_mm(filled, 3.0, work.step)
+
+
+def _lungs(work: _Work, trunk: np.ndarray, measures: dict[str, float]) -> np.ndarray | None:
     """The lungs: the largest air-density region inside the body, away from its surface."""
-    inner = ndimage.distance_transform_edt(work.filled, sampling=work.step) > 1.5
+    inner = ndimage.distance_transform_edt(trunk, sampling=work.step) > 2.5
     air = inner & (work.mean < work.air + 0.7 * (work.soft - work.air))
     labels, count = ndimage.label(air)
     if count == 0:
@@ -507,6 +529,7 @@ def _trunk_cranial(work: _Work, lungs: np.ndarray | None, measures: dict[str, fl
 
 def _trunk_left_right(
     work: _Work,
+    trunk: np.ndarray,
     lungs: np.ndarray,
     centres: np.ndarray,
     cranial: _Votes,
@@ -526,7 +549,7 @@ def _trunk_left_right(
     if last < first:
         return _Votes(axis, 1, 0.0)
     slab = slice(first, last + 1)
-    inner = ndimage.distance_transform_edt(work.filled[slab], sampling=work.step) > 1.0
+    inner = ndimage.distance_transform_edt(trunk[slab], sampling=work.step) > 2.5
     gas = inner & (work.mean[slab] < work.air + 0.5 * (work.soft - work.air)) & ~lungs[slab]
     points = np.argwhere(gas)
     volume = float(len(points) * np.prod(work.step))
@@ -731,10 +754,11 @@ def find_orientation(volume: np.ndarray, spacing_mm: Sequence[float]) -> Orienta
     if work.length_mm >= 45.0:
         centres = _slice_centres(work)
         dorsal = _spine(work, centres, measures)
-        lungs = _lungs(work, measures)
+        trunk = _trunk(work, dorsal)
+        lungs = _lungs(work, trunk, measures)
         cranial = _trunk_cranial(work, lungs, measures)
         if lungs is not None and dorsal.confidence > 0:
-            right = _trunk_left_right(work, lungs, centres, cranial, dorsal, measures)
+            right = _trunk_left_right(work, trunk, lungs, centres, cranial, dorsal, measures)
         regime = "body"
     else:
         dorsal, cranial = _head(work, measures)

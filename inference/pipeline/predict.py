@@ -23,12 +23,14 @@ from inference.pipeline.geometry import (
     resample_linear,
     resampled_shape,
     to_canonical,
+    turned,
     upsample_argmax,
     upsample_to_uint8,
 )
 from inference.pipeline.infer import DEFAULT_MAX_WHOLE_VOXELS, run_model
 from inference.pipeline.intensity import IntensityCalibration, intensity_for
 from inference.pipeline.normalise import normalise, pad_value
+from inference.pipeline.orientation import ORIENT_CHOICES, OrientationFinding, find_orientation
 from inference.pipeline.postprocess import (
     DEFAULT_MIN_LESION_VOLUME_MM3,
     MIN_DIM_SHELL,
@@ -91,6 +93,9 @@ class PipelineOutput:
     scores: dict[str, np.ndarray] = field(default_factory=dict)
     #: How the scan's values were read as HU (confirmed, or calibrated from air and soft tissue).
     intensity: IntensityCalibration | None = None
+    #: What the anatomy said about the mouse's pose and the turn applied before the models ran
+    #: (None with ``orient="header"``); ``geometry`` stays the header's.
+    orientation: OrientationFinding | None = None
 
 
 def group_by_task(cards: Sequence[ModelCard]) -> dict[str, list[ModelCard]]:
@@ -162,6 +167,7 @@ def predict_volume(
     batch_size: int = 2,
     keep_scores: bool = False,
     intensity: str = "auto",
+    orient: str = "anatomy",
 ) -> PipelineOutput:
     """Segment ``volume`` (3D, the file's axis order, in its own units, e.g. HU) with ``cards``.
 
@@ -169,16 +175,29 @@ def predict_volume(
     finish (0-100 over this call). ``intensity``: "auto" checks that the values are HU and maps
     them to HU from the scan's air and soft-tissue peaks when they are not (raising
     ``IntensityCalibrationError`` when no credible map exists); "hu" takes them as HU unchecked.
+    ``orient``: "anatomy" turns the scan so the mouse lies as the models expect when its anatomy
+    says so confidently (``pipeline/orientation.py``; undone exactly on the outputs); "header"
+    trusts the header's orientation alone.
     """
+    if orient not in ORIENT_CHOICES:
+        raise ValueError(f"orient must be one of {', '.join(ORIENT_CHOICES)}, not {orient!r}")
     if np.ndim(volume) != 3:
         raise ValueError(f"expected a 3D volume, got shape {np.shape(volume)}")
     groups = group_by_task(cards)
     timer = StageTimer()
-    geometry = record_geometry(volume.shape, affine)
+    geometry = header_geometry = record_geometry(volume.shape, affine)
     with timer("preprocess"):
         # Every later stage (normalisation windows, lesion and refiner rules) reads HU.
         calibration = intensity_for(np.asarray(volume), intensity)
         canonical = to_canonical(calibration.apply(np.asarray(volume)), geometry)
+    orientation: OrientationFinding | None = None
+    if orient == "anatomy":
+        with timer("preprocess"):  # its own seconds are in the finding
+            orientation = find_orientation(canonical, geometry.spacing_mm)
+        if not orientation.transform.is_identity:
+            # One more lossless turn on top of the header's; from_canonical undoes both.
+            geometry = turned(geometry, orientation.transform.array)
+            canonical = orientation.transform.apply(canonical)
     resampled: dict[tuple[int, int, int], np.ndarray] = {}
     uncertainty_by_grid: dict[tuple[int, int, int], np.ndarray] = {}
     task_labels: dict[str, np.ndarray] = {}
@@ -285,7 +304,7 @@ def predict_volume(
             uncertainty=np.asfortranarray(back(uncertainty_u8)),
             organ_labels=back(organs),
             lesion_labels=back(lesions),
-            geometry=geometry,
+            geometry=header_geometry,
             seconds=timer.seconds,
             providers=providers,
             cards=list(cards),
@@ -293,6 +312,7 @@ def predict_volume(
             cleaning=cleaning,
             scores=kept,
             intensity=calibration,
+            orientation=orientation,
         )
     _report(progress, 100, "done")
     return result

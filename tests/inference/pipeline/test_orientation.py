@@ -1,0 +1,239 @@
+"""Orientation from the anatomy (pipeline/orientation.py): every pose of a phantom is put back, weak
+evidence keeps the header, real head scans get a stable answer, and the pipeline undoes the turn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from inference.phantom import Phantom, generate_phantom
+from inference.pipeline import predict_volume, segment_file
+from inference.pipeline.geometry import record_geometry, to_canonical
+from inference.pipeline.orientation import AxisTransform, find_orientation
+from inference.registry import ModelCard
+from tests.inference.pipeline.conftest import WINDOW, body_phantom
+from tests.inference.pipeline.tiny_models import write_threshold_model
+
+#: Coarse phantoms keep the 48 poses fast (0.2 s to paint, ~0.1 s a pose to read).
+SPACING_MM = 0.84
+#: Seed 2 has gas in its stomach (left/right decidable); seed 3 has none.
+WITH_GAS, WITHOUT_GAS = 2, 3
+IDENTITY = AxisTransform()
+SUPINE = AxisTransform(((0, -1), (1, -1), (2, 1)))  # 180 degrees about the long axis
+LATERAL = AxisTransform(((1, 1), (0, -1), (2, 1)))  # 90 degrees about the long axis: on its side
+MIRROR_X = AxisTransform(((0, -1), (1, 1), (2, 1)))  # left and right swapped, nothing else
+POSES = AxisTransform.every()
+TEMPLATE, TEMPLATE_LABELS = "low_res_template_UCHAR.nii.gz", "low_res_template_UCHAR-label.nii.gz"
+RAW_HEADS = ("C57BL6_J_.nii.gz", "BALB_CJ_.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def phantom() -> Phantom:
+    return generate_phantom(WITH_GAS, spacing_mm=SPACING_MM, n_annotators=0)
+
+
+@pytest.fixture(scope="module")
+def gasless() -> Phantom:
+    return generate_phantom(WITHOUT_GAS, spacing_mm=SPACING_MM, n_annotators=0)
+
+
+def spacing(pose: AxisTransform) -> tuple[float, float, float]:
+    return pose.spacing((SPACING_MM, SPACING_MM, SPACING_MM))
+
+
+def load_canonical(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    image = nib.load(str(path))
+    geometry = record_geometry(image.shape, image.affine)
+    return np.asarray(to_canonical(np.asanyarray(image.dataobj), geometry)), geometry.spacing_mm
+
+
+def centroid(mask: np.ndarray) -> np.ndarray:
+    return np.argwhere(mask).mean(axis=0)
+
+
+def test_there_are_48_poses_and_half_of_them_are_mirror_images() -> None:
+    assert len({pose.ornt for pose in POSES}) == 48
+    assert sum(pose.is_mirror for pose in POSES) == 24
+    assert SUPINE in POSES and not SUPINE.is_mirror and MIRROR_X.is_mirror
+
+
+def test_every_pose_round_trips_exactly_and_composes() -> None:
+    array = np.arange(3 * 4 * 5).reshape(3, 4, 5)
+    for pose in POSES:
+        turned = pose.apply(array)
+        assert turned.shape == pose.shape(array.shape)
+        assert np.array_equal(pose.inverse().apply(turned), array)
+        assert pose.then(pose.inverse()).is_identity
+        assert np.array_equal(pose.then(LATERAL).apply(array), LATERAL.apply(turned))
+
+
+@pytest.mark.parametrize("pose", POSES, ids=lambda pose: pose.describe())
+def test_every_pose_of_the_phantom_is_put_back_exactly(phantom: Phantom, pose: AxisTransform) -> None:
+    finding = find_orientation(pose.apply(phantom.ct), spacing(pose))
+
+    assert finding.kept == "nothing"
+    assert np.array_equal(finding.transform.apply(pose.apply(phantom.labels)), phantom.labels)
+    assert finding.agrees_with_header is pose.is_identity
+    assert finding.overall_confidence >= 0.5 and finding.confidence["left_right"] >= 0.6
+
+
+def test_the_phantom_as_scanned_agrees_with_its_header(phantom: Phantom) -> None:
+    finding = find_orientation(phantom.ct, spacing(IDENTITY))
+
+    assert finding.transform.is_identity and finding.agrees_with_header is True
+    assert finding.findings[-1] == "The anatomy agrees with the header: the mouse lies as the models expect."
+
+
+@pytest.mark.parametrize(("pose", "words"), [(SUPINE, "on its back (supine)"), (LATERAL, "on its side")])
+def test_a_supine_or_lateral_mouse_with_the_header_unchanged_is_turned_back(
+    phantom: Phantom, pose: AxisTransform, words: str
+) -> None:
+    finding = find_orientation(pose.apply(phantom.ct), spacing(pose))
+
+    assert finding.agrees_with_header is False
+    assert finding.transform == pose.inverse()
+    assert f"the mouse lies {words} in the header's frame" in finding.findings[-1]
+
+
+def test_a_mirror_image_is_detected_from_the_stomach_gas(phantom: Phantom) -> None:
+    finding = find_orientation(MIRROR_X.apply(phantom.ct), spacing(MIRROR_X))
+
+    assert finding.transform == MIRROR_X and finding.transform.is_mirror
+    assert "and mirrored" in finding.findings[-1]
+    assert any("the stomach, on the mouse's left" in sentence for sentence in finding.findings)
+
+
+def test_without_left_right_evidence_a_mirror_is_reported_not_guessed(gasless: Phantom) -> None:
+    finding = find_orientation(MIRROR_X.apply(gasless.ct), spacing(MIRROR_X))
+
+    # Long axis, back and head are certain; the handedness is the header's, so nothing turns.
+    assert finding.kept == "left-right"
+    assert finding.transform.is_identity and finding.confidence["left_right"] < 0.6
+    assert "Left and right are taken from the header" in " ".join(finding.findings)
+
+
+def test_a_supine_mouse_without_left_right_evidence_is_still_turned_over(gasless: Phantom) -> None:
+    finding = find_orientation(SUPINE.apply(gasless.ct), spacing(SUPINE))
+
+    assert finding.kept == "left-right" and not finding.transform.is_mirror
+    assert np.array_equal(finding.transform.apply(SUPINE.apply(gasless.labels)), gasless.labels)
+
+
+def test_a_volume_without_anatomy_keeps_the_header() -> None:
+    # The pipeline tests' synthetic body: a cylinder with three balls, no spine, lungs or skull.
+    finding = find_orientation(body_phantom(), (0.2, 0.2, 0.2))
+
+    assert finding.kept == "header" and finding.transform.is_identity
+    assert finding.agrees_with_header is None
+    assert "the header's orientation is kept" in finding.findings[-1]
+
+
+def test_an_empty_scan_keeps_the_header() -> None:
+    finding = find_orientation(np.full((20, 20, 20), -1000, dtype=np.int16), (0.5, 0.5, 0.5))
+
+    assert finding.kept == "header" and finding.transform.is_identity
+    assert finding.findings == [
+        "No body found (too little matter above the air level): the header's orientation is kept."
+    ]
+
+
+def test_the_template_head_points_where_its_label_map_says(realdata: Path) -> None:
+    volume, spacing_mm = load_canonical(realdata / TEMPLATE)
+    labels, _ = load_canonical(realdata / TEMPLATE_LABELS)
+
+    finding = find_orientation(volume, spacing_mm)
+    posed = finding.transform.apply(labels)
+
+    # A head is left/right symmetric: confident on the rest, the header's handedness kept.
+    assert finding.kept == "left-right" and finding.overall_confidence >= 0.5
+    assert finding.agrees_with_header is False  # the template's header has the snout along +y
+    braincase = centroid(posed == 15)  # the endocranial cavity (README: mean intensity ~ air)
+    skull = centroid(posed == 1)
+    paired_low = centroid((posed == 2) | (posed == 21))  # the paired structures below the skull
+    assert braincase[1] < paired_low[1] - 20  # y is ventral: the braincase is dorsal
+    assert braincase[2] < skull[2] - 10  # z is cranial: the braincase sits behind the snout
+
+
+def test_the_template_gets_one_pose_from_every_rotation(realdata: Path) -> None:
+    volume, spacing_mm = load_canonical(realdata / TEMPLATE)
+    expected = find_orientation(volume, spacing_mm).transform
+
+    for pose in (p for p in POSES if not p.is_mirror):
+        finding = find_orientation(pose.apply(volume), pose.spacing(spacing_mm))
+        assert pose.then(finding.transform) == expected, pose.describe()
+
+
+@pytest.mark.parametrize("name", RAW_HEADS)
+def test_an_oblique_raw_head_scan_keeps_its_header_in_every_rotation(realdata: Path, name: str) -> None:
+    # These heads lie about 45 degrees off the scanner's axes: no axis permutation is "the" pose.
+    volume, spacing_mm = load_canonical(realdata / name)
+
+    for pose in (p for p in POSES if not p.is_mirror):
+        finding = find_orientation(pose.apply(volume), pose.spacing(spacing_mm))
+        assert finding.kept == "header" and finding.transform.is_identity, pose.describe()
+        assert finding.confidence["long_axis"] < 0.5
+        assert "no clear long axis" in finding.findings[0]
+
+
+@pytest.fixture(scope="module")
+def voxelwise_model(tmp_path_factory: pytest.TempPathFactory) -> ModelCard:
+    """A threshold model on the phantom's own grid: liver 300-600 HU, brain above, voxel by voxel,
+    so a turned scan must give exactly the turned labels."""
+    return write_threshold_model(
+        tmp_path_factory.mktemp("orientation-model") / "tiny-organs" / "0.0.1",
+        thresholds=(0.3, 0.6),
+        structures=(0, 4, 12),
+        spacing_mm=(SPACING_MM, SPACING_MM, SPACING_MM),
+        normalisation=WINDOW,
+    )
+
+
+@pytest.mark.parametrize("pose", [SUPINE, LATERAL, MIRROR_X], ids=["supine", "lateral", "mirrored"])
+def test_the_pipeline_turns_a_scan_and_puts_its_maps_back_on_the_scan_grid(
+    phantom: Phantom, voxelwise_model: ModelCard, pose: AxisTransform
+) -> None:
+    affine = np.diag([SPACING_MM, SPACING_MM, SPACING_MM, 1.0])
+    prone = predict_volume(phantom.ct, affine, [voxelwise_model], threads=1, orient="header")
+
+    turned = predict_volume(pose.apply(phantom.ct), affine, [voxelwise_model], threads=1)
+
+    assert turned.orientation is not None and turned.orientation.transform == pose.inverse()
+    assert turned.labels.shape == pose.shape(phantom.ct.shape)
+    assert np.array_equal(turned.labels, pose.apply(prone.labels))
+    assert np.array_equal(turned.uncertainty, pose.apply(prone.uncertainty))
+    assert turned.geometry.canonical_shape == pose.shape(phantom.ct.shape)  # the header's, not the pose
+
+
+def test_orient_header_trusts_the_header(phantom: Phantom, voxelwise_model: ModelCard) -> None:
+    affine = np.diag([SPACING_MM, SPACING_MM, SPACING_MM, 1.0])
+
+    output = predict_volume(SUPINE.apply(phantom.ct), affine, [voxelwise_model], threads=1, orient="header")
+
+    assert output.orientation is None
+    with pytest.raises(ValueError, match="orient must be one of anatomy, header"):
+        predict_volume(phantom.ct, affine, [voxelwise_model], orient="sideways")
+
+
+def test_the_manifest_says_when_header_and_anatomy_disagree(
+    phantom: Phantom, voxelwise_model: ModelCard, tmp_path: Path
+) -> None:
+    scan = tmp_path / "supine.nii.gz"
+    nib.save(
+        nib.Nifti1Image(SUPINE.apply(phantom.ct), np.diag([SPACING_MM, SPACING_MM, SPACING_MM, 1])), scan
+    )
+
+    result = segment_file(scan, tmp_path / "anatomy", cards=[voxelwise_model])
+    header_only = segment_file(scan, tmp_path / "header", cards=[voxelwise_model], orient="header")
+
+    entry = json.loads(result.manifest_path.read_text())["orientation"]
+    assert entry["header"] == "RAS" and entry["agrees_with_header"] is False
+    assert entry["summary"].startswith("Header and anatomy disagree.")
+    assert "on its back (supine)" in entry["summary"]
+    assert entry["applied"]["ornt"] == [list(row) for row in SUPINE.inverse().ornt]
+    assert entry["confidence"] >= 0.5 and entry["findings"]
+    assert nib.load(str(result.labels_path)).shape == phantom.ct.shape
+    assert header_only.manifest["orientation"]["mode"] == "header"
