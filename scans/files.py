@@ -54,6 +54,8 @@ class IncomingFile:
 class HashedUploadedFile(UploadedFile):
     """A request file streamed to disk, with its sha256 computed on the way in."""
 
+    file: IO[bytes]  # always the named temporary file made in __init__, never None
+
     def __init__(self, name: str, content_type: str, charset: str | None, extra: Any) -> None:
         file = tempfile.NamedTemporaryFile(suffix=".upload", dir=upload_tmp_dir())  # noqa: SIM115
         super().__init__(file, name, content_type, 0, charset, extra)
@@ -106,11 +108,17 @@ class HashingUploadHandler(FileUploadHandler):
 
     chunk_size = PIECE_BYTES
 
-    def new_file(self, *args: Any, **kwargs: Any) -> None:
-        super().new_file(*args, **kwargs)
-        self.file = HashedUploadedFile(
-            self.file_name, self.content_type, self.charset, self.content_type_extra
-        )
+    def new_file(
+        self,
+        field_name: str,
+        file_name: str,
+        content_type: str,
+        content_length: int | None,
+        charset: str | None = None,
+        content_type_extra: dict[str, bytes] | None = None,
+    ) -> None:
+        super().new_file(field_name, file_name, content_type, content_length, charset, content_type_extra)
+        self.file = HashedUploadedFile(file_name, content_type, charset, content_type_extra)
         self.consumers = (
             _Consumer("upload-hasher", self.file.hasher.update),
             _Consumer("upload-writer", self.file.write),

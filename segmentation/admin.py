@@ -75,7 +75,7 @@ class LesionInline(admin.TabularInline):
     model = Lesion
     extra = 0
     can_delete = False
-    fields = ["index", "structure_id", "organ_name", "allocation", "volume_mm3", "max_diameter_mm"]
+    fields = ("index", "structure_id", "organ_name", "allocation", "volume_mm3", "max_diameter_mm")
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:

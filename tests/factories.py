@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import factory
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
 
 from labs.models import Lab, Membership
 from scans.models import Mouse, Study, TimePoint, parse_offset_hours
 
 
-class UserFactory(factory.django.DjangoModelFactory):
+class UserFactory(factory.django.DjangoModelFactory[User]):
     class Meta:
         model = get_user_model()
         django_get_or_create = ("username",)
@@ -18,7 +19,7 @@ class UserFactory(factory.django.DjangoModelFactory):
     password = factory.django.Password("labseg-pass-123")
 
 
-class LabFactory(factory.django.DjangoModelFactory):
+class LabFactory(factory.django.DjangoModelFactory[Lab]):
     class Meta:
         model = Lab
         django_get_or_create = ("name",)
@@ -26,7 +27,7 @@ class LabFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"Lab {n}")
 
 
-class MembershipFactory(factory.django.DjangoModelFactory):
+class MembershipFactory(factory.django.DjangoModelFactory[Membership]):
     class Meta:
         model = Membership
 
@@ -35,7 +36,7 @@ class MembershipFactory(factory.django.DjangoModelFactory):
     role = Membership.Role.MEMBER
 
 
-class StudyFactory(factory.django.DjangoModelFactory):
+class StudyFactory(factory.django.DjangoModelFactory[Study]):
     class Meta:
         model = Study
 
@@ -43,7 +44,7 @@ class StudyFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"Study {n}")
 
 
-class MouseFactory(factory.django.DjangoModelFactory):
+class MouseFactory(factory.django.DjangoModelFactory[Mouse]):
     class Meta:
         model = Mouse
 
@@ -52,7 +53,7 @@ class MouseFactory(factory.django.DjangoModelFactory):
     identifier = factory.Sequence(lambda n: f"M{n:02d}")
 
 
-class TimePointFactory(factory.django.DjangoModelFactory):
+class TimePointFactory(factory.django.DjangoModelFactory[TimePoint]):
     class Meta:
         model = TimePoint
 
@@ -61,8 +62,8 @@ class TimePointFactory(factory.django.DjangoModelFactory):
     offset_hours = factory.LazyAttribute(lambda o: parse_offset_hours(o.label))
 
 
-def member_of(lab: Lab, *, role: str = Membership.Role.MEMBER, username: str | None = None):  # type: ignore[no-untyped-def]
+def member_of(lab: Lab, *, role: str = Membership.Role.MEMBER, username: str | None = None) -> User:
     """A user who belongs to ``lab`` with ``role``."""
-    user = UserFactory(username=username) if username else UserFactory()
+    user = UserFactory.create(username=username) if username else UserFactory.create()
     Membership.objects.create(lab=lab, user=user, role=role)
     return user

@@ -9,12 +9,14 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
 
 from labs.current import current_lab, show_lab
 from labs.models import Lab
 
-View = Callable[..., HttpResponse]
+# A page, a JSON reply or a streamed file (FileResponse, StreamingHttpResponse).
+View = Callable[..., HttpResponseBase]
 
 
 def lab_page(view: View) -> View:
@@ -25,7 +27,7 @@ def lab_page(view: View) -> View:
 
     @login_required
     @functools.wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         lab = current_lab(request)
         show_lab(request, lab)
         if lab is None:

@@ -10,6 +10,7 @@ kidneys ~160 mm^3 each, spleen ~95 mm^3, stomach ~170 mm^3, bladder 40-160 mm^3.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -176,7 +177,7 @@ def _paint_blob(
 def _paint_tube(
     canvas: Canvas,
     points: np.ndarray,
-    radii: np.ndarray | float,
+    radii: Sequence[float] | np.ndarray | float,
     *,
     hu: float | None,
     label: int | None,

@@ -8,6 +8,7 @@ structures. Arrays are (x, y, z) label maps with canonical ids, z being the axia
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,7 +129,10 @@ def annotate(
         if not mask.any():
             continue
         lesion = name in MISSABLE_BELOW_MM3
-        pieces = _components(mask) if lesion else [(ndimage.find_objects(mask.astype(np.uint8))[0], None)]
+        # A lesion is judged piece by piece; an organ is one box with no separate piece mask.
+        pieces: Sequence[tuple[tuple[slice, ...], np.ndarray | None]] = (
+            [*_components(mask)] if lesion else [(ndimage.find_objects(mask.astype(np.uint8))[0], None)]
+        )
         for sl, piece in pieces:
             if lesion and piece is not None:
                 volume = float(piece.sum()) * voxel_mm3

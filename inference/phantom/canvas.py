@@ -59,7 +59,7 @@ class Canvas:
         *,
         hu: float | np.ndarray | None,
         label: int | None,
-        within: np.ndarray | None = None,
+        within: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         """Set intensity and/or label where ``mask`` (shaped like ``box``) holds.
 
@@ -75,7 +75,7 @@ class Canvas:
             self.labels[box][mask] = label
 
 
-def rotation(rng_angles_rad: Sequence[float]) -> np.ndarray:
+def rotation(rng_angles_rad: Sequence[float] | np.ndarray) -> np.ndarray:
     """Rotation matrix from three Euler angles (about x, then y, then z), radians."""
     ax, ay, az = rng_angles_rad
     cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
@@ -159,7 +159,7 @@ def random_blob(
 
 
 def tube_masks(
-    canvas: Canvas, points_mm: np.ndarray, radii_mm: np.ndarray | float
+    canvas: Canvas, points_mm: np.ndarray, radii_mm: Sequence[float] | np.ndarray | float
 ) -> list[tuple[tuple[slice, slice, slice], np.ndarray]]:
     """Masks of a tube (chain of capsules) along ``points_mm`` (P x 3) with per-point radii."""
     pts = np.asarray(points_mm, dtype=np.float32)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from frontend import previews
+from tests.nifti import load_nifti
 
 
 def _save(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
@@ -52,7 +53,7 @@ def test_a_preview_lies_on_the_scan_in_world_coordinates(tmp_path: Path) -> None
     data = np.arange(24 * 20 * 16, dtype=np.int16).reshape(24, 20, 16)
     source = _save(tmp_path / "ct.nii.gz", data, affine)
     factor = previews.make_intensity_preview(source, tmp_path / "p.nii.gz", max_voxels=24 * 20 * 16 // 8)
-    preview = nib.load(str(tmp_path / "p.nii.gz"))
+    preview = load_nifti(str(tmp_path / "p.nii.gz"))
     assert factor == 2 and preview.shape == (12, 10, 8) and preview.get_data_dtype() == np.int16
     # Preview voxel (1, 2, 3) is the mean of scan voxels 2-3, 4-5, 6-7: its centre is at 2.5, 4.5, 6.5.
     centre_mm = preview.affine @ [1, 2, 3, 1]
@@ -68,7 +69,7 @@ def test_a_label_preview_can_carry_the_label_intent_and_canonical_ids(tmp_path: 
     previews.make_label_preview(
         source, target, factor=2, relabel=lambda d: previews.remap_labels(d, {1: 14}), label_intent=True
     )
-    image = nib.load(str(target))
+    image = load_nifti(str(target))
     assert image.header.get_intent()[0] == "label"
     assert set(np.unique(np.asarray(image.dataobj))) == {0, 14}
 
@@ -81,7 +82,7 @@ def test_a_region_is_cropped_at_full_resolution_with_its_own_affine(tmp_path: Pa
     start, stop = previews.clamp_region(data.shape, (9, 0, 7), max_voxels=8**3)
     assert start == (2, 0, 3) and stop == (10, 8, 11)
     previews.crop_volume(source, tmp_path / "r.nii.gz", start=start, stop=stop)
-    crop = nib.load(str(tmp_path / "r.nii.gz"))
+    crop = load_nifti(str(tmp_path / "r.nii.gz"))
     np.testing.assert_array_equal(np.asarray(crop.dataobj), data[2:10, 0:8, 3:11])
     np.testing.assert_allclose(crop.affine @ [0, 0, 0, 1], affine @ [2, 0, 3, 1])
 

@@ -3,8 +3,12 @@ page shows and the user's role there."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
+from django.contrib.sessions.backends.base import SessionBase
+from django.http import HttpRequest
 from django.test import Client, RequestFactory
 
 from labs.context_processors import lab_header
@@ -15,10 +19,12 @@ from tests.factories import LabFactory, member_of
 pytestmark = pytest.mark.django_db
 
 
-def request_for(user, session: dict | None = None):  # type: ignore[no-untyped-def]
+def request_for(user: User | AnonymousUser, session: dict[str, Any] | None = None) -> HttpRequest:
     request = RequestFactory().get("/")
     request.user = user
-    request.session = session or {}
+    # An in-memory session (no session key: nothing is loaded or saved) holding ``session``.
+    request.session = SessionBase()
+    request.session.update(session or {})
     return request
 
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def time_point() -> TimePoint:
-    return TimePointFactory(mouse__study__lab=LabFactory(name="Imaging lab"))
+    return TimePointFactory.create(mouse__study__lab=LabFactory.create(name="Imaging lab"))
 
 
 def test_lab_of_follows_any_row_to_its_lab(time_point):

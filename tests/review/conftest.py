@@ -48,7 +48,7 @@ def make_scan(
 
         existing = Mouse.objects.filter(lab=lab, identifier=mouse).first()
         mouse_kwargs = {"mouse": existing} if existing else {**mouse_kwargs, "mouse__identifier": mouse}
-    tp = TimePointFactory(label=time_point, **mouse_kwargs)
+    tp = TimePointFactory.create(label=time_point, **mouse_kwargs)
     content = nifti_bytes(ct.astype(np.int16), spacing_mm)
     name = store(f"labs/{lab.pk}/scans/ct_{tp.pk}.nii.gz", content)
     return Scan.objects.create(
@@ -103,12 +103,12 @@ def ball(shape: tuple[int, int, int], centre: tuple[float, float, float], radius
 
 @pytest.fixture
 def lab() -> Lab:
-    return LabFactory(name="Lab A")
+    return LabFactory.create(name="Lab A")
 
 
 @pytest.fixture
 def other_lab() -> Lab:
-    return LabFactory(name="Lab B")
+    return LabFactory.create(name="Lab B")
 
 
 @pytest.fixture

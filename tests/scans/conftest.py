@@ -25,12 +25,12 @@ def no_segmentation_on_upload(settings) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def lab_a(db) -> Lab:  # type: ignore[no-untyped-def]
-    return LabFactory(name="Lab A")
+    return LabFactory.create(name="Lab A")
 
 
 @pytest.fixture
 def lab_b(db) -> Lab:  # type: ignore[no-untyped-def]
-    return LabFactory(name="Lab B")
+    return LabFactory.create(name="Lab B")
 
 
 @pytest.fixture
@@ -58,7 +58,13 @@ def client_b(bob: Any) -> APIClient:
 
 
 def upload_scan(client: APIClient, content: bytes, filename: str = "CT_M01_0h.nii.gz", **fields: str) -> Any:
-    form = {"study": "Flank tumours", "mouse": "M01", "time_point": "0h", "modality": "native_ct", **fields}
+    form: dict[str, Any] = {
+        "study": "Flank tumours",
+        "mouse": "M01",
+        "time_point": "0h",
+        "modality": "native_ct",
+        **fields,
+    }
     form["file"] = SimpleUploadedFile(filename, content, content_type="application/octet-stream")
     return client.post("/api/scans/", form, format="multipart")
 

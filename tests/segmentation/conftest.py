@@ -34,7 +34,7 @@ def models(db: Any, settings: Any, tiny_models_root: Path) -> dict[str, ModelVer
 
 @pytest.fixture
 def lab() -> Lab:
-    return LabFactory(name="Tumor Lab")
+    return LabFactory.create(name="Tumor Lab")
 
 
 @pytest.fixture

@@ -147,8 +147,12 @@ def test_the_reconciler_requeues_a_job_whose_worker_was_lost(
     InferenceJob.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=600))
     sent: list[int] = []
 
+    def enqueue(*, job_id: int) -> bool:
+        sent.append(job_id)
+        return True
+
     with django_capture_on_commit_callbacks(execute=True):
-        report = services.reconcile_jobs(timeout_s=300, enqueue=lambda *, job_id: sent.append(job_id) or True)
+        report = services.reconcile_jobs(timeout_s=300, enqueue=enqueue)
 
     assert report.requeued == [job.pk] and sent == [job.pk]
     job.refresh_from_db()
@@ -167,8 +171,12 @@ def test_the_reconciler_resends_jobs_whose_message_was_lost_and_leaves_fresh_one
     InferenceJob.objects.filter(pk=fresh.pk).update(enqueued_at=timezone.now())
     sent: list[int] = []
 
+    def enqueue(*, job_id: int) -> bool:
+        sent.append(job_id)
+        return True
+
     with django_capture_on_commit_callbacks(execute=True):
-        report = services.reconcile_jobs(timeout_s=300, enqueue=lambda *, job_id: sent.append(job_id) or True)
+        report = services.reconcile_jobs(timeout_s=300, enqueue=enqueue)
 
     assert report.resent == [old.pk] and sent == [old.pk]
     assert report.requeued == []

@@ -23,6 +23,7 @@ from scans.models import Scan
 from segmentation import services
 from segmentation.models import InferenceJob, ModelVersion, Prediction
 from segmentation.tasks import segment_scan_task
+from tests.nifti import load_nifti
 
 from .tiny import expected_voxels
 
@@ -35,7 +36,7 @@ def _job(scan: Scan, model: ModelVersion) -> InferenceJob:
 
 
 def _stored_labels(prediction: Prediction) -> nib.Nifti1Image:
-    return nib.load(default_storage.path(prediction.labels.name))
+    return load_nifti(default_storage.path(prediction.labels.name))
 
 
 def test_an_organ_job_records_a_prediction_whose_volumes_match_its_label_file(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -486,7 +487,7 @@ def test_a_nodule_against_the_chest_wall_is_found_whole_with_the_wall_rule() -> 
     nodule[8:13, 16:19, 16:19] = True  # a nodule on the lung's x = 8 face, touching the wall
     hu[nodule] = 60.0
     organs[8:10, 16:19, 16:19] = 0  # whose outer part the organ model called background
-    rule = {"hosts": [LUNG], "min_hu": -150.0, "erode_voxels": 1, "min_voxels": 2}
+    rule: dict[str, Any] = {"hosts": [LUNG], "min_hu": -150.0, "erode_voxels": 1, "min_voxels": 2}
 
     plain = detect_bright_lesions(organs, hu, **rule)
     with_wall = detect_bright_lesions(organs, hu, **rule, reach_voxels=3, wall_voxels=2, min_dim_shell=0.5)

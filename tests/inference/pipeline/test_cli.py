@@ -16,6 +16,7 @@ from inference.pipeline import segment_file
 from inference.pipeline.lesions import LesionInputError
 from inference.registry import ModelCard
 from tests.conftest import REPO
+from tests.nifti import load_nifti
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -41,8 +42,8 @@ def test_segment_writes_every_output_on_the_scan_grid(
 
     assert done.returncode == 0, done.stderr
     assert "100% done" in done.stderr
-    scan = nib.load(str(phantom_file))
-    labels = nib.load(str(out / "labels.nii.gz"))
+    scan = load_nifti(str(phantom_file))
+    labels = load_nifti(str(out / "labels.nii.gz"))
     assert labels.shape == scan.shape and np.array_equal(labels.affine, scan.affine)
     assert set(np.unique(np.asarray(labels.dataobj))) == {0, 4, 12, 14}
     volumes = {row["structure"]: row for row in read_csv(out / "volumes.csv")}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -14,6 +13,7 @@ from inference.registry import ModelCard
 from tests.conftest import REALDATA
 from tests.inference.pipeline.conftest import AFFINES, body_phantom
 from tests.inference.pipeline.tiny_models import write_threshold_model
+from tests.nifti import load_nifti
 
 REAL_FILES = sorted(p.name for p in REALDATA.glob("*.nii.gz"))
 # Lesion structures keep every component, so a threshold model's output is known voxel by voxel.
@@ -53,7 +53,7 @@ def test_every_real_file_is_present(realdata: Path) -> None:
 
 @pytest.mark.parametrize("name", REAL_FILES)
 def test_real_file_labels_land_on_the_input_grid(realdata: Path, tmp_path: Path, name: str) -> None:
-    image = nib.load(str(realdata / name))
+    image = load_nifti(str(realdata / name))
     volume = np.asanyarray(image.dataobj)
     model = lesion_model(tmp_path / "m", (0.3, 0.3, 0.3), volume)
 
@@ -76,7 +76,7 @@ def test_real_file_labels_land_on_the_input_grid(realdata: Path, tmp_path: Path,
 
 @pytest.mark.parametrize("name", [n for n in REAL_FILES if "35_mic" not in n])
 def test_real_file_at_its_own_spacing_is_voxel_exact(realdata: Path, tmp_path: Path, name: str) -> None:
-    image = nib.load(str(realdata / name))
+    image = load_nifti(str(realdata / name))
     volume = np.asanyarray(image.dataobj)
     spacing = record_geometry(volume.shape, image.affine).spacing_mm
     model = lesion_model(tmp_path / "m", spacing, volume)
@@ -90,12 +90,12 @@ def test_real_file_at_its_own_spacing_is_voxel_exact(realdata: Path, tmp_path: P
 def test_written_maps_keep_the_real_file_header_geometry(
     realdata: Path, tmp_path: Path, name: str, organ_model: ModelCard
 ) -> None:
-    image = nib.load(str(realdata / name))
+    image = load_nifti(str(realdata / name))
 
     result = segment_file(realdata / name, tmp_path / "out", cards=[organ_model], threads=2, intensity="hu")
 
     for path in (result.labels_path, result.uncertainty_path):
-        written = nib.load(str(path))
+        written = load_nifti(str(path))
         assert written.shape == image.shape
         assert np.array_equal(written.affine, image.affine)
         assert written.get_data_dtype() == np.uint8
@@ -129,7 +129,7 @@ def test_synthetic_geometries_land_on_the_input_grid(
     assert coarse.labels.shape == shape
     assert dice(coarse.labels == 4, ball) > 0.85
     assert np.array_equal(exact.labels, np.where(ball, 4, 0))
-    assert np.array_equal(exact.organ_labels, exact.labels)
+    assert exact.organ_labels is not None and np.array_equal(exact.organ_labels, exact.labels)
     # The tiny model's disagreement head peaks at the liver threshold: uncertain where the ball's
     # blurred border crosses it on the coarse grid, certain in air and deep inside.
     assert coarse.uncertainty.max() > 150

@@ -68,7 +68,7 @@ def write_threshold_model(
     bias = numpy_helper.from_array(intercepts, "bias")
     nodes = [helper.make_node("Conv", ["image", "weight", "bias"], ["logits"], kernel_shape=[1, 1, 1])]
     initialisers = [weight, bias]
-    spatial = ["N", 1, "X", "Y", "Z"]
+    spatial: list[str | int | None] = ["N", 1, "X", "Y", "Z"]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", count, "X", "Y", "Z"])]
     if disagreement:
         initialisers += [

@@ -14,6 +14,7 @@ from inference.metrics import dice
 from inference.phantom import generate_phantom
 from inference.phantom.writer import write_dataset
 from inference.structures import BY_ID, BY_NAME
+from tests.nifti import load_nifti
 
 # Coarse spacing keeps each phantom well under a second; the anatomy is the same in millimetres.
 SPACING_MM = 0.63
@@ -107,7 +108,9 @@ def test_metastases_are_recorded_with_the_organ_that_holds_them() -> None:
     with_mets = next(
         p for p in (generate_phantom(s, spacing_mm=0.42) for s in range(20)) if p.meta["metastases"]
     )
-    for met in with_mets.meta["metastases"]:
+    metastases = with_mets.meta["metastases"]
+    assert isinstance(metastases, list)
+    for met in metastases:
         assert BY_ID[met["organ_id"]].name == met["organ"]
         assert 0.2 <= met["diameter_mm"] <= 2.0
 
@@ -130,7 +133,7 @@ def test_flat_layout_writes_ct_labels_annotators_and_meta(tmp_path: Path) -> Non
         "labels.nii.gz",
         "meta.json",
     ]
-    image = nib.load(folder / "ct.nii.gz")
+    image = load_nifti(folder / "ct.nii.gz")
     assert nib.aff2axcodes(image.affine) == ("R", "A", "S")
     assert np.allclose(image.header.get_zooms(), 0.84)
     assert json.loads((folder / "meta.json").read_text())["seed"] == 3
@@ -142,9 +145,9 @@ def test_tumor_db_layout_mirrors_the_public_database(tmp_path: Path) -> None:
     ct = tmp_path / "Dataset 1" / "M01_M02_8d" / "M02_8d" / "CT_M02_8d.nii.gz"
     mask = ct.parent / "Annotator_B_M02_8d.nii.gz"
     assert ct.exists() and mask.exists()
-    data = np.asanyarray(nib.load(ct).dataobj)
+    data = np.asanyarray(load_nifti(ct).dataobj)
     assert data.min() >= -400 and data.max() <= 1000
-    assert set(np.unique(np.asanyarray(nib.load(mask).dataobj))) <= {0, 1}
+    assert set(np.unique(np.asanyarray(load_nifti(mask).dataobj))) <= {0, 1}
     # The same mouse's tumors grow over the time series.
     early = json.loads((tmp_path / "Dataset 1/M01_M02_0d/M02_0d/meta_M02_0d.json").read_text())
     late = json.loads((ct.parent / "meta_M02_8d.json").read_text())
