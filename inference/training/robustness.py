@@ -575,8 +575,8 @@ def format_table(report: dict[str, Any]) -> str:
         s = entry["summary"]
         cells = " ".join(f"{s['dice'][n]:>6.3f}" if n in s["dice"] else f"{'-':>6}" for n in names)
         fp = s.get("tumor_fp_mm3", {})
-        tumor_dice = s.get("tumors", {}).get("dice_median_ge_50mm3", float("nan"))
-        tumor_cell = f"{tumor_dice:>5.2f}" if np.isfinite(tumor_dice) else f"{'-':>5}"
+        tumor_dice = _finite(s.get("tumors", {}).get("dice_median_ge_50mm3"))
+        tumor_cell = f"{'-':>5}" if tumor_dice is None else f"{tumor_dice:>5.2f}"
         fp_cells = f"{fp.get('median', float('nan')):>6.1f} {fp.get('max', float('nan')):>6.1f}"
         verdict = "ok" if s["verdict"]["pass"] else "FAIL"
         lines.append(f"{variant:<16}{s['cases']:>3} {cells} {tumor_cell} {fp_cells}  {verdict}")
@@ -597,6 +597,39 @@ def format_table(report: dict[str, Any]) -> str:
     )
     lines.extend(f"  {f}" for f in verdict["failures"])
     return "\n".join(lines)
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number (reports read back from JSON hold nulls)."""
+    return float(value) if isinstance(value, int | float) and np.isfinite(value) else None
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The same table as ``format_table`` in Markdown (for the model card)."""
+    variants = report["variants"]
+    names = [n for n in ORDER if any(n in v["summary"]["dice"] for v in variants.values())]
+    rows = [
+        "| variant | n | " + " | ".join(names) + " | tumor Dice | tumor FP mm3 median / max | verdict |",
+        "| --- | --- | " + " | ".join("---" for _ in names) + " | --- | --- | --- |",
+    ]
+    for variant, entry in variants.items():
+        s = entry["summary"]
+        cells = []
+        for n in names:
+            value = _finite(s["dice"].get(n))
+            bold = n in BIG_ORGANS and value is not None and not value >= BIG_ORGAN_DICE
+            cells.append("" if value is None else (f"**{value:.3f}**" if bold else f"{value:.3f}"))
+        tumor = _finite(s.get("tumors", {}).get("dice_median_ge_50mm3"))
+        fp = s.get("tumor_fp_mm3", {})
+        fp_cell = f"{fp['median']:.1f} / {fp['max']:.1f}" if fp else ""
+        tumor_cell = "" if tumor is None else f"{tumor:.3f}"
+        verdict = "ok" if s["verdict"]["pass"] else "FAIL"
+        rows.append(
+            f"| {variant} | {s['cases']} | "
+            + " | ".join(cells)
+            + f" | {tumor_cell} | {fp_cell} | {verdict} |"
+        )
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
