@@ -1,15 +1,18 @@
-"""Admin for reviewers: "Annotations to review" (a proxy of scans.Annotation, so it sits beside
-whatever the scans app registers for uploads) with filters by status, annotator, study and
-structure, a bulk approve that goes through the review services (so the lab roles hold here too),
-and a link to each scan's review page. Every list is scoped to the user's labs."""
+"""Admin for reviewers: "Annotations to review", the one admin page of annotations (a proxy of
+scans.Annotation), with filters by status, annotator, study and structure, approve and reject with
+a note, a bulk approve, the annotation's trail and a link to each scan's review page. Every action
+goes through the annotation lifecycle (``review.services``, so the lab rules hold here too) and
+every list is scoped to the user's labs."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
@@ -18,7 +21,11 @@ from labs.admin import LabStaffAdmin, lab_scoped
 from scans.models import Annotation, Study
 
 from .models import Agreement, AnnotationTransition, Consensus, ConsensusRater, ReviewQueue
-from .services import ReviewError, approve_annotation
+from .services import ReviewError, approve_annotation, reject_annotation
+
+
+class ReviewNoteForm(forms.Form):
+    note = forms.CharField(widget=forms.Textarea(attrs={"rows": 4, "cols": 60}), required=False)
 
 
 class StudyFilter(admin.SimpleListFilter):
@@ -58,7 +65,7 @@ class ReviewQueueAdmin(LabStaffAdmin):
     list_filter = ["status", "annotator_name", StudyFilter, StructureFilter]
     search_fields = ["annotator_name", "scan__time_point__mouse__identifier", "review_note"]
     list_select_related = ["scan__time_point__mouse__study", "reviewer"]
-    actions = ["approve_selected"]
+    actions = ["approve_selected", "approve_with_note", "reject_with_note"]
     readonly_fields = [
         "scan",
         "annotator_name",
@@ -102,6 +109,47 @@ class ReviewQueueAdmin(LabStaffAdmin):
             self.message_user(request, f"{approved} annotation(s) approved.", messages.SUCCESS)
         for line in refused:
             self.message_user(request, f"Not approved: {line}", messages.ERROR)
+
+    @admin.action(description="Approve the selected annotations (with a note)")
+    def approve_with_note(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        return self._review_with_note(request, queryset, approve=True)
+
+    @admin.action(description="Reject the selected annotations (with a note)")
+    def reject_with_note(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        return self._review_with_note(request, queryset, approve=False)
+
+    def _review_with_note(
+        self, request: HttpRequest, queryset: QuerySet, *, approve: bool
+    ) -> HttpResponse | None:
+        """First call shows a form for the note; the submitted form applies the review."""
+        form = ReviewNoteForm(request.POST if "apply" in request.POST else None)
+        title = "Approve annotations" if approve else "Reject annotations"
+        if not form.is_valid():
+            context = {
+                **self.admin_site.each_context(request),
+                "title": title,
+                "annotations": queryset,
+                "form": form,
+                "action": request.POST.get("action"),
+                "opts": self.model._meta,
+                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            }
+            return TemplateResponse(request, "admin/review/reviewqueue/review.html", context)
+        note, done, refused = form.cleaned_data["note"], 0, []
+        for annotation in queryset.select_related("scan__lab"):
+            try:
+                if approve:
+                    approve_annotation(annotation=annotation, reviewer=request.user, note=note)
+                else:
+                    reject_annotation(annotation=annotation, reviewer=request.user, note=note)
+                done += 1
+            except ReviewError as error:
+                refused.append(f"{annotation.annotator_name} on {annotation.scan}: {error.message}")
+        verb = "approved" if approve else "rejected"
+        self.message_user(request, f"{done} annotation(s) {verb}.", messages.SUCCESS)
+        for line in refused:
+            self.message_user(request, f"Not {verb}: {line}", messages.ERROR)
+        return None
 
 
 class TransitionInline(admin.TabularInline):

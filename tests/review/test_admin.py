@@ -84,3 +84,44 @@ def test_staff_who_belong_to_no_lab_do_not_get_the_review_admin(tumor_scan):
     tumor_scan()
 
     assert client.get(CHANGELIST).status_code == 403
+
+
+def review_with_note(client: Client, action: str, ids: list[int], note: str):  # type: ignore[no-untyped-def]
+    form = {"action": action, "_selected_action": ids}
+    confirm = client.post(CHANGELIST, form)
+    done = client.post(CHANGELIST, {**form, "apply": "1", "note": note}, follow=True)
+    return confirm, done
+
+
+def test_a_reviewer_approves_with_a_note_and_the_trail_records_it(tumor_scan, reviewer):
+    _, annotations = tumor_scan()
+    first = annotations[0]
+
+    confirm, done = review_with_note(
+        staff_client(reviewer), "approve_with_note", [first.pk], "Tumour edges look right."
+    )
+
+    assert b"Tumour" not in confirm.content and b"note" in confirm.content  # the form comes first
+    assert "1 annotation(s) approved" in done.content.decode()
+    first.refresh_from_db()
+    assert (first.status, first.reviewer, first.review_note) == (
+        "approved",
+        reviewer,
+        "Tumour edges look right.",
+    )
+    assert list(first.transitions.values_list("from_status", "to_status", "by", "note")) == [
+        ("submitted", "approved", reviewer.pk, "Tumour edges look right.")
+    ]
+
+
+def test_a_rejection_from_the_admin_needs_a_note_and_a_member_cannot_reject(tumor_scan, reviewer, member):
+    _, annotations = tumor_scan()
+    first = annotations[0]
+
+    _, without_note = review_with_note(staff_client(reviewer), "reject_with_note", [first.pk], "")
+    _, by_member = review_with_note(staff_client(member), "reject_with_note", [first.pk], "Too wide.")
+
+    assert "Not rejected" in without_note.content.decode() and "needs a note" in without_note.content.decode()
+    assert "only reviewers and admins" in by_member.content.decode()
+    first.refresh_from_db()
+    assert first.status == "submitted"

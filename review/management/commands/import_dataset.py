@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from labs.models import Lab
-from scans.importing import import_dataset
+from review.importing import import_dataset
 
 
 class Command(BaseCommand):
