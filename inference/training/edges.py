@@ -47,7 +47,8 @@ def tune_edges(target: ModelCard, cases: Sequence[Path], *, threads: int = 2) ->
         truth, _ = load_canonical(folder / "labels.nii.gz")
         ct = ct.astype(np.float32)
         spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-        labels = predict_volume(ct, affine, [target], threads=threads).labels
+        # Validation scans are HU phantoms by construction: no intensity check (intensity.py).
+        labels = predict_volume(ct, affine, [target], threads=threads, intensity="hu").labels
         reach = voxels_across(max(EDGE_MARGIN_MM), spacing) + 1
         for sid in candidates:
             # A rule only changes voxels within its margin of the structure: score it in the box

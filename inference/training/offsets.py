@@ -65,7 +65,10 @@ def tune_offsets(target: ModelCard, cases: Sequence[Path], *, threads: int = 2) 
     for folder in cases:
         ct, affine = load_canonical(folder / "ct.nii.gz")
         truth, _ = load_canonical(folder / "labels.nii.gz")
-        out = predict_volume(ct.astype(np.float32), affine, [card], threads=threads, keep_scores=True)
+        # Validation scans are HU phantoms by construction: no intensity check (intensity.py).
+        out = predict_volume(
+            ct.astype(np.float32), affine, [card], threads=threads, keep_scores=True, intensity="hu"
+        )
         scores = out.scores[target.task]
         grid = scores.shape[1:]
         # Box mean over one coarse voxel's extent, sampled at the coarse centres: the share.

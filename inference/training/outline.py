@@ -158,7 +158,8 @@ def tune_outline(
             continue
         ct, affine = load_canonical(folder / "ct.nii.gz")
         card = dataclasses.replace(target, postprocess={k: v for k, v in post.items() if k != "calibration"})
-        out = predict_volume(ct.astype(np.float32), affine, [card, *others], threads=threads)
+        # Validation scans are HU phantoms by construction: no intensity check (intensity.py).
+        out = predict_volume(ct.astype(np.float32), affine, [card, *others], threads=threads, intensity="hu")
         spacing = out.geometry.spacing_mm
         fixed = outline_band(
             out.labels, spacing, [group for other in others for group in other.uncertainty_outlines]

@@ -105,7 +105,8 @@ def prepare_case(
         ct, affine = load_canonical(folder / "ct.nii.gz")
         truth, _ = load_canonical(folder / "labels.nii.gz")
         ct = ct.astype(np.float32)
-        labels = predict_volume(ct, affine, [base], threads=threads).labels
+        # Training scans are HU phantoms by construction: no intensity check (intensity.py).
+        labels = predict_volume(ct, affine, [base], threads=threads, intensity="hu").labels
         box = bounding_box((labels == structure_id) | (truth == structure_id), MARGIN_VOXELS + PATCH // 2)
         if box is None:
             box = tuple(slice(0, 1) for _ in range(3))

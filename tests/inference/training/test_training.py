@@ -114,7 +114,8 @@ def test_exported_folder_is_a_model_the_pipeline_runs(
     assert card["layout"]["divisible_by"] == 8
     loaded = load_card(tmp_path)
     volume = np.full((24, 24, 64), -1000.0, dtype=np.float32)
-    out = predict_volume(volume, np.diag([1.26, 1.26, 1.26, 1.0]), [loaded], threads=1)
+    # An all-air volume is no mouse scan: taken as HU unchecked.
+    out = predict_volume(volume, np.diag([1.26, 1.26, 1.26, 1.0]), [loaded], threads=1, intensity="hu")
     assert out.labels.shape == volume.shape
     assert out.uncertainty.dtype == np.uint8
 
