@@ -44,6 +44,8 @@ class MouseSeries:
     organs: dict[str, list[tuple[float, float, float, float]]] = field(default_factory=dict)
     #: Tumor volume of the approved annotations' majority consensus; the range spans the annotators.
     tumor_annotated: list[TumorPoint] = field(default_factory=list)
+    #: Predictions kept out of the charts by the QC gate: scan, time point, model, status, reasons.
+    held_back: list[dict[str, Any]] = field(default_factory=list)
 
 
 def latest_predictions(scan: Scan) -> list[Prediction]:
@@ -52,6 +54,49 @@ def latest_predictions(scan: Scan) -> list[Prediction]:
     for prediction in Prediction.objects.filter(scan=scan).select_related("model_version", "job"):
         newest.setdefault(prediction.model_version.task, prediction)
     return [newest[t] for t in sorted(newest)]
+
+
+QC_LABELS = {
+    "ok": "QC ok",
+    "needs_review": "Needs review",
+    "accepted": "Accepted by a reviewer",
+    "rejected": "Rejected by a reviewer",
+    "not_checked": "Not checked",
+}
+
+
+def qc_of(scans: list[Scan]) -> dict[int, list[dict[str, Any]]]:
+    """Per scan, the QC verdict of its newest prediction per task: model, status, label, reasons."""
+    predictions = (
+        Prediction.objects.filter(scan__in=scans)
+        .select_related("model_version")
+        .prefetch_related("qc_reviews")
+        .order_by("-created_at", "-pk")
+    )
+    seen: set[tuple[int, str]] = set()
+    found: dict[int, list[dict[str, Any]]] = {}
+    for prediction in predictions:
+        key = (prediction.scan_id, prediction.model_version.task)
+        if key in seen:
+            continue
+        seen.add(key)
+        found.setdefault(prediction.scan_id, []).append(qc_row(prediction))
+    return found
+
+
+def qc_row(prediction: Prediction) -> dict[str, Any]:
+    qc = prediction.qc
+    return {
+        "prediction_id": prediction.pk,
+        "model": prediction.model_version.label,
+        "task": prediction.model_version.get_task_display(),
+        "status": qc["status"],
+        "label": QC_LABELS.get(qc["status"], qc["status"]),
+        "reasons": [r["message"] for r in qc["reasons"]],
+        "not_in_view": qc["not_in_view"],
+        "decision": qc["decision"],
+        "reviewable": qc["pipeline_status"] == "needs_review",
+    }
 
 
 def jobs_of(scans: list[Scan]) -> dict[int, list[InferenceJob]]:
@@ -121,7 +166,9 @@ def mouse_series(mice: list[Mouse]) -> list[MouseSeries]:
     Tumor volume per scan: the tumor structure of the scan's newest prediction, with the range its
     uncertainty map allows; and, where reviewers approved annotations, the volume of their
     majority consensus (review app) with the range from the smallest to the largest annotator.
-    Days are counted from the mouse's first time point.
+    Days are counted from the mouse's first time point. A prediction the QC gate flagged (and no
+    reviewer accepted) is not charted: it is listed in ``held_back`` with its reasons instead, so
+    it reaches neither the charts nor cohort means nor humane-endpoint alerts.
     """
     series = {
         m.pk: MouseSeries(m.pk, m.identifier, m.cohort.name if m.cohort is not None else "No cohort")
@@ -139,19 +186,26 @@ def mouse_series(mice: list[Mouse]) -> list[MouseSeries]:
     volumes = (
         StructureVolume.objects.filter(prediction__scan__in=scans)
         .select_related("prediction__scan__time_point", "prediction__model_version")
+        .prefetch_related("prediction__qc_reviews")
         .order_by("prediction__scan__time_point__offset_hours", "-prediction__created_at")
     )
     seen: set[tuple[int, str, int]] = set()
+    newest: dict[tuple[int, str], int] = {}
     tumor: dict[int, tuple[int, TumorPoint]] = {}
     for v in volumes:
         scan = v.prediction.scan
         task = v.prediction.model_version.task
         key = (scan.pk, task, v.structure_id)
-        if key in seen or v.structure_id == 0:
+        if newest.setdefault((scan.pk, task), v.prediction_id) != v.prediction_id:
             continue  # an older prediction by the same task
+        if key in seen or v.structure_id == 0:
+            continue
         seen.add(key)
         mouse_id = scan.time_point.mouse_id
         days = _days(scan.time_point.offset_hours - first_offset[mouse_id])
+        if not v.prediction.charted:
+            _hold_back(series[mouse_id], v.prediction, days)
+            continue
         if v.name in LESION_NAMES:
             if v.structure_id != TUMOR_ID:
                 continue
@@ -174,6 +228,24 @@ def mouse_series(mice: list[Mouse]) -> list[MouseSeries]:
         series[mouse_id].tumor.append(point)
     _annotated_tumor(series, scans, first_offset)
     return list(series.values())
+
+
+def _hold_back(series: MouseSeries, prediction: Prediction, days: float) -> None:
+    if any(row["prediction_id"] == prediction.pk for row in series.held_back):
+        return
+    qc = prediction.qc
+    series.held_back.append(
+        {
+            "prediction_id": prediction.pk,
+            "scan_id": prediction.scan_id,
+            "time_point": prediction.scan.time_point.label,
+            "days": days,
+            "model": prediction.model_version.label,
+            "qc_status": qc["status"],
+            "label": QC_LABELS.get(qc["status"], qc["status"]),
+            "reasons": [r["message"] for r in qc["reasons"]],
+        }
+    )
 
 
 def _annotated_tumor(series: dict[int, MouseSeries], scans: Any, first_offset: dict[int, float]) -> None:
@@ -209,6 +281,7 @@ def series_json(series: list[MouseSeries]) -> list[dict[str, Any]]:
             "tumor": [p.__dict__ for p in s.tumor],
             "tumor_annotated": [p.__dict__ for p in s.tumor_annotated],
             "organs": {name: [list(p) for p in pts] for name, pts in sorted(s.organs.items())},
+            "held_back": s.held_back,
         }
         for s in series
     ]

@@ -32,7 +32,9 @@ SCAN_ID_COLUMNS: tuple[str, ...] = (
     "modality",
     "scan_id",
 )
-SCAN_COLUMNS: tuple[str, ...] = (*SCAN_ID_COLUMNS, "source")
+#: ... then what made the numbers and the QC verdict on it (``ok``, ``needs_review``, ``accepted``,
+#: ``rejected``, ``not_checked``: ``segmentation.models.Prediction.qc``).
+SCAN_COLUMNS: tuple[str, ...] = (*SCAN_ID_COLUMNS, "source", "qc_status")
 VOLUME_COLUMNS: tuple[str, ...] = (
     *SCAN_COLUMNS,
     "structure",
@@ -61,7 +63,7 @@ METASTASIS_COLUMNS: tuple[str, ...] = (*SCAN_COLUMNS, "organ", "metastases", "as
 CHUNK_SCANS = 200
 
 
-def scan_columns(scan: Scan, *, source: str) -> Row:
+def scan_columns(scan: Scan, *, source: str, qc_status: str = "") -> Row:
     """The columns that identify a scan; ``scan`` needs its time point, mouse, cohort, study, lab."""
     mouse = scan.time_point.mouse
     return {
@@ -74,6 +76,7 @@ def scan_columns(scan: Scan, *, source: str) -> Row:
         "modality": scan.modality,
         "scan_id": scan.pk,
         "source": source,
+        "qc_status": qc_status,
     }
 
 
@@ -97,7 +100,7 @@ def _predictions(scans: Iterable[Scan], *, with_lesions: bool = False) -> Iterat
 
 
 def _predictions_of_chunk(chunk: Sequence[Scan], *, with_lesions: bool) -> Iterator[tuple[Scan, Prediction]]:
-    related: list[Prefetch[str, Any, str]] = [Prefetch("volumes")]
+    related: list[Prefetch[str, Any, str]] = [Prefetch("volumes"), Prefetch("qc_reviews")]
     if with_lesions:
         related.append(Prefetch("lesions"))
     predictions = (
@@ -123,7 +126,7 @@ def prediction_volume_rows(scans: Iterable[Scan]) -> Iterator[Row]:
     """
     lesion_ids = {structures.by_name(name).id for name in structures.LESION_NAMES}
     for scan, prediction in _predictions(scans):
-        base = scan_columns(scan, source=prediction.model_version.label)
+        base = scan_columns(scan, source=prediction.model_version.label, qc_status=prediction.qc["status"])
         for volume in prediction.volumes.all():
             if volume.structure_id == structures.BACKGROUND.id:
                 continue
@@ -142,7 +145,7 @@ def prediction_volume_rows(scans: Iterable[Scan]) -> Iterator[Row]:
 def prediction_lesion_rows(scans: Iterable[Scan]) -> Iterator[Row]:
     """One row per lesion (tumor or metastasis component) of every prediction."""
     for scan, prediction in _predictions(scans, with_lesions=True):
-        base = scan_columns(scan, source=prediction.model_version.label)
+        base = scan_columns(scan, source=prediction.model_version.label, qc_status=prediction.qc["status"])
         for lesion in prediction.lesions.all():
             yield {
                 **base,
@@ -171,7 +174,7 @@ def prediction_metastasis_rows(scans: Iterable[Scan]) -> Iterator[Row]:
     for scan, prediction in _predictions(scans):
         if metastasis_id not in {int(s) for s in prediction.model_version.structures}:
             continue
-        base = scan_columns(scan, source=prediction.model_version.label)
+        base = scan_columns(scan, source=prediction.model_version.label, qc_status=prediction.qc["status"])
         counts = {str(k): (None if v is None else int(v)) for k, v in prediction.metastasis_counts.items()}
         for organ in (*structures.ORGAN_NAMES, *sorted(set(counts) - set(structures.ORGAN_NAMES))):
             count = counts.get(organ)

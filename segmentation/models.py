@@ -77,7 +77,9 @@ class InferenceJob(BackgroundJob):
     task_name = "inference.tasks.segment_scan_task"
     noun = "segmentation"
 
-    objects = InferenceJobQuerySet.as_manager(lab_path="scan__lab")
+    lab_path = "scan__lab"  # to labs.Lab, for visible_to
+
+    objects = InferenceJobQuerySet.as_manager()
 
     class Meta:
         ordering = ["-queued_at", "-id"]
@@ -106,7 +108,9 @@ class Prediction(models.Model):
     metastasis_counts = models.JSONField(default=dict, help_text="Organ name -> metastases in it.")
     created_at = models.DateTimeField(auto_now_add=True)
 
-    objects = LabScopedQuerySet.as_manager(lab_path="scan__lab")
+    lab_path = "scan__lab"  # to labs.Lab, for visible_to
+
+    objects = LabScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -133,7 +137,8 @@ class Prediction(models.Model):
         ``accepted`` or ``rejected`` by a reviewer; ``not_checked`` for runs made before the gate.
         """
         verdict = (self.manifest or {}).get("qc") or {}
-        decision = self.qc_reviews.order_by("-decided_at", "-pk").first()
+        # Newest decision first (the model's ordering); .all() uses a prefetch when there is one.
+        decision = next(iter(self.qc_reviews.all()), None)
         status = verdict.get("status", QC_NOT_CHECKED)
         if decision is not None and status != QC_OK:
             status = decision.decision
@@ -182,7 +187,9 @@ class QCReview(models.Model):
     )
     decided_at = models.DateTimeField(auto_now_add=True)
 
-    objects = LabScopedQuerySet.as_manager(lab_path="prediction__scan__lab")
+    lab_path = "prediction__scan__lab"  # to labs.Lab, for visible_to
+
+    objects = LabScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["-decided_at", "-pk"]
@@ -202,7 +209,9 @@ class StructureVolume(models.Model):
     volume_low_mm3 = models.FloatField()
     volume_high_mm3 = models.FloatField()
 
-    objects = LabScopedQuerySet.as_manager(lab_path="prediction__scan__lab")
+    lab_path = "prediction__scan__lab"  # to labs.Lab, for visible_to
+
+    objects = LabScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["prediction", "structure_id"]
@@ -236,7 +245,9 @@ class Lesion(models.Model):
     organ_name = models.CharField(max_length=64)
     allocation = models.CharField(max_length=16, choices=Allocation.choices)
 
-    objects = LabScopedQuerySet.as_manager(lab_path="prediction__scan__lab")
+    lab_path = "prediction__scan__lab"  # to labs.Lab, for visible_to
+
+    objects = LabScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["prediction", "index"]

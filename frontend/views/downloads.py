@@ -83,6 +83,7 @@ def tumor_csv(request: HttpRequest, lab: Lab, scope: str, pk: int) -> StreamingH
         "tumor_volume_mm3",
         "volume_low_mm3",
         "volume_high_mm3",
+        "qc_status",
     ]
 
     def rows() -> Iterator[list[Any]]:
@@ -102,6 +103,7 @@ def tumor_csv(request: HttpRequest, lab: Lab, scope: str, pk: int) -> StreamingH
                 volume.volume_mm3,
                 volume.volume_low_mm3,
                 volume.volume_high_mm3,
+                volume.prediction.qc["status"],
             ]
 
     return csv_response(rows(), header, f"{stem}_tumor_volumes.csv")

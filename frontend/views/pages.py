@@ -68,7 +68,8 @@ def _review_url(name: str, pk: int) -> str | None:
 
 def _scan_rows(scans: list[Scan]) -> list[dict[str, Any]]:
     jobs = results.jobs_of(scans)
-    return [{"scan": scan, "jobs": jobs.get(scan.pk, [])} for scan in scans]
+    qc = results.qc_of(scans)
+    return [{"scan": scan, "jobs": jobs.get(scan.pk, []), "qc": qc.get(scan.pk, [])} for scan in scans]
 
 
 @lab_page
@@ -162,6 +163,7 @@ def study(request: HttpRequest, lab: Lab, pk: int) -> HttpResponse:
         review_url=_review_url("study-qc", the_study.pk),
         endpoint_ul=endpoint,
         crossed=_crossed(series, endpoint),
+        held_back=[{"mouse": s.identifier, **row} for s in series for row in s.held_back],
     )
 
 
@@ -209,6 +211,7 @@ def scan(request: HttpRequest, lab: Lab, pk: int) -> HttpResponse:
         predictions=predictions,
         jobs=results.jobs_of([the_scan]).get(the_scan.pk, []),
         volumes=config["volumes"],
+        qc_rows=[results.qc_row(p) for p in predictions],
         config=config,
         review_url=_review_url("scan", the_scan.pk) if the_scan.annotations.exists() else None,
     )

@@ -325,7 +325,7 @@ def check_run(
             Reason(
                 "intensity_calibrated",
                 "the scan was not in Hounsfield units and was calibrated from its air and soft-tissue peaks "
-                f"(HU = {intensity.get('slope')} x value + {intensity.get('intercept')}): check the overlay",
+                f"(HU = {slope:.4g} x value {intercept:+.0f}): check the overlay",
             )
         )
     if orientation is not None and orientation.get("agrees_with_header") is False:

@@ -93,6 +93,7 @@ class PredictionSerializer(serializers.ModelSerializer):
     lesions = LesionSerializer(many=True, read_only=True)
     labels_url = serializers.SerializerMethodField()
     uncertainty_url = serializers.SerializerMethodField()
+    qc = serializers.SerializerMethodField()
 
     class Meta:
         model = Prediction
@@ -107,8 +108,12 @@ class PredictionSerializer(serializers.ModelSerializer):
             "volumes",
             "lesions",
             "metastasis_counts",
+            "qc",
             "manifest",
         ]
+
+    def get_qc(self, prediction: Prediction) -> dict[str, Any]:
+        return prediction.qc
 
     def get_labels_url(self, prediction: Prediction) -> str:
         return reverse("inference-prediction-file", args=[prediction.pk, "labels"])

@@ -26,6 +26,8 @@ urlpatterns = [
     path("jobs/<int:pk>/cancel", job_cancel, name="inference-job-cancel"),
     path("jobs/<int:pk>/cancel/", job_cancel),
     path("predictions/<int:pk>/", views.PredictionDetailView.as_view(), name="inference-prediction-detail"),
+    path("predictions/<int:pk>/qc", views.PredictionQCView.as_view(), name="inference-prediction-qc"),
+    path("predictions/<int:pk>/qc/", views.PredictionQCView.as_view()),
     re_path(
         r"^predictions/(?P<pk>\d+)/(?P<kind>labels|uncertainty)(?:\.nii\.gz)?$",
         views.PredictionFileView.as_view(),

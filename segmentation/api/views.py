@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 from labseg.downloads import csv_response, stored_file_response
 from labseg.refusals import Refused
 from scans.models import Scan, Study
-from segmentation import exports, services
+from segmentation import exports, qc, services
 from segmentation.models import InferenceJob, ModelVersion, Prediction
 
 from .serializers import InferenceJobSerializer, ModelVersionSerializer, PredictionSerializer
@@ -159,6 +159,22 @@ class StudyExportView(APIView):
         study = get_object_or_404(Study.objects.visible_to(request.user), pk=pk)
         scans = Scan.objects.filter(time_point__mouse__study=study)
         return _csv_response(kind, scans, f"{_safe(study.name)}-{kind}.csv")
+
+
+class PredictionQCView(APIView):
+    """``POST /api/predictions/{id}/qc`` ``{"decision": "accepted"|"rejected", "note": "..."}``: a
+    reviewer's decision on a prediction the QC gate flagged (403 for other roles)."""
+
+    def post(self, request: Request, pk: int) -> Response:
+        prediction = get_object_or_404(Prediction.objects.visible_to(request.user), pk=pk)
+        data = request.data if hasattr(request.data, "get") else {}
+        qc.decide(
+            prediction=prediction,
+            user=request.user,
+            decision=str(data.get("decision", "")),
+            note=str(data.get("note", "")),
+        )
+        return Response(PredictionSerializer(Prediction.objects.get(pk=prediction.pk)).data)
 
 
 class ModelVersionListView(generics.ListAPIView):

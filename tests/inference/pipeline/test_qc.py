@@ -1,0 +1,113 @@
+"""The QC gate (pipeline/qc.py) on a phantom whose truth is known: a right answer passes, and each
+way of being wrong gives its own plain-words reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inference.phantom import Phantom, generate_phantom
+from inference.pipeline.lesions import allocate
+from inference.pipeline.qc import NEEDS_REVIEW, OK, check_run, regions_in_view
+from inference.pipeline.volumes import structure_volumes
+from inference.structures import BY_NAME, STRUCTURES
+
+SPACING_MM = 0.42
+ALL_IDS = [s.id for s in STRUCTURES if s.id]
+TUMOR = BY_NAME["tumor"].id
+
+
+@pytest.fixture(scope="module")
+def phantom() -> Phantom:
+    return generate_phantom(9001, spacing_mm=SPACING_MM, n_annotators=0)
+
+
+def _check(phantom: Phantom, labels: np.ndarray, ct: np.ndarray | None = None, **extra: Any) -> Any:
+    voxel = SPACING_MM**3
+    return check_run(
+        labels=labels,
+        scan=phantom.ct if ct is None else ct,
+        voxel_volume_mm3=voxel,
+        volumes=structure_volumes(labels, voxel, structure_ids=ALL_IDS),
+        lesions=allocate(
+            np.where(labels == TUMOR, 0, labels), phantom.affine, np.where(labels == TUMOR, TUMOR, 0)
+        ),
+        structure_ids=ALL_IDS,
+        **extra,
+    )
+
+
+def _codes(report: Any) -> set[str]:
+    return {r.code for r in report.reasons}
+
+
+def test_the_true_segmentation_of_a_phantom_passes(phantom: Phantom) -> None:
+    report = _check(phantom, phantom.labels)
+
+    assert report.status == OK, [r.message for r in report.reasons]
+    assert report.regions == ["head", "thorax", "abdomen", "pelvis"]
+    assert report.not_in_view == []
+    assert 10_000 < report.body_volume_mm3 < 40_000
+
+
+def test_a_missing_heart_a_tiny_liver_and_a_lopsided_kidney_are_each_named(phantom: Phantom) -> None:
+    labels = phantom.labels.copy()
+    labels[labels == BY_NAME["heart"].id] = 0
+    liver = np.argwhere(labels == BY_NAME["liver"].id)
+    labels[tuple(liver[: int(0.9 * len(liver))].T)] = 0
+    kidney = np.argwhere(labels == BY_NAME["kidney_left"].id)
+    labels[tuple(kidney[: int(0.8 * len(kidney))].T)] = 0
+
+    report = _check(phantom, labels)
+
+    assert report.status == NEEDS_REVIEW
+    reasons = {(r.code, r.structure) for r in report.reasons}
+    assert {("missing", "heart"), ("volume_range", "liver"), ("paired_asymmetry", "kidneys")} <= reasons
+    assert any(
+        "heart not found, though the field of view holds the thorax" in r.message for r in report.reasons
+    )
+
+
+def test_a_tumor_on_the_bed_and_one_above_the_humane_burden_are_flagged(phantom: Phantom) -> None:
+    ct = phantom.ct.copy()
+    labels = phantom.labels.copy()
+    labels[labels == TUMOR] = 0
+    # A plastic block apart from the mouse (a bed), labelled tumor by a confused model.
+    ct[:8, :8, :20] = 200
+    labels[:8, :8, :20] = TUMOR
+    on_bed = _check(phantom, labels, ct)
+    # A "tumor" filling half the body.
+    body = np.argwhere((phantom.ct > -300) & (labels == 0))
+    big = labels.copy()
+    big[tuple(body[: len(body) // 2].T)] = TUMOR
+    burden = _check(phantom, big)
+
+    assert "lesion_outside_body" in _codes(on_bed)
+    assert "tumor_burden" in _codes(burden)
+    assert any("humane-endpoint" in r.message or "% of the body" in r.message for r in burden.reasons)
+
+
+def test_calibration_orientation_and_uncertainty_findings_ask_for_review(phantom: Phantom) -> None:
+    uncertain = np.full(phantom.labels.shape, 255, dtype=np.uint8)
+    calibrated = {"units": "calibrated", "slope": 8.0, "intercept": -1000.0}
+    eight_bit = np.clip((phantom.ct.astype(np.float32) + 1000.0) / 8.0, 0, 255).astype(np.uint8)
+
+    report = _check(
+        phantom,
+        phantom.labels,
+        eight_bit,
+        uncertainty=uncertain,
+        intensity=calibrated,
+        orientation={"agrees_with_header": False},
+    )
+
+    assert {"uncertain", "intensity_calibrated", "orientation_disagrees"} <= _codes(report)
+    assert "volume_range" not in _codes(report)  # the calibration put the 8-bit values back in HU
+
+
+def test_regions_in_view_follow_what_was_found() -> None:
+    assert regions_in_view(["brain"]) == ["head"]
+    assert regions_in_view(["heart", "bladder"]) == ["thorax", "abdomen", "pelvis"]
+    assert regions_in_view([]) == []
