@@ -237,3 +237,14 @@ def test_the_manifest_says_when_header_and_anatomy_disagree(
     assert entry["confidence"] >= 0.5 and entry["findings"]
     assert nib.load(str(result.labels_path)).shape == phantom.ct.shape
     assert header_only.manifest["orientation"]["mode"] == "header"
+
+
+def test_a_head_without_a_closed_braincase_keeps_the_header(phantom: Phantom) -> None:
+    # The phantom's skull is left open where skin and fat come close: its head alone (the first
+    # 28 mm from the nose) has no braincase to read its top and nose from.
+    head = phantom.ct[:, :, -round(28 / SPACING_MM) :]
+
+    finding = find_orientation(LATERAL.apply(head), spacing(LATERAL))
+
+    assert finding.kept == "header" and finding.transform.is_identity
+    assert "no braincase found" in finding.findings[1]
