@@ -7,6 +7,8 @@ The tables keep the names they had when these models lived in the scans app (``s
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 
@@ -16,7 +18,9 @@ from .querysets import LabQuerySet
 class Lab(models.Model):
     name = models.CharField(max_length=120, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
-    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="labs")
+    members: models.ManyToManyField[Any, Any] = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="Membership", related_name="labs"
+    )
 
     objects = LabQuerySet.as_manager()
 

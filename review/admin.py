@@ -10,6 +10,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -132,7 +133,7 @@ class ReviewQueueAdmin(LabStaffAdmin):
                 "form": form,
                 "action": request.POST.get("action"),
                 "opts": self.model._meta,
-                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             }
             return TemplateResponse(request, "admin/review/reviewqueue/review.html", context)
         note, done, refused = form.cleaned_data["note"], 0, []
@@ -154,8 +155,7 @@ class ReviewQueueAdmin(LabStaffAdmin):
 
 class TransitionInline(admin.TabularInline):
     model = AnnotationTransition
-    fields = ["from_status", "to_status", "by", "at", "note"]
-    readonly_fields = fields
+    fields = readonly_fields = ("from_status", "to_status", "by", "at", "note")
     extra = 0
     can_delete = False
 
@@ -168,8 +168,7 @@ ReviewQueueAdmin.inlines = [TransitionInline]
 
 class RaterInline(admin.TabularInline):
     model = ConsensusRater
-    fields = ["annotation", "sensitivity", "specificity", "volume_mm3"]
-    readonly_fields = fields
+    fields = readonly_fields = ("annotation", "sensitivity", "specificity", "volume_mm3")
     extra = 0
     can_delete = False
 

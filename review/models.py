@@ -34,7 +34,9 @@ class AnnotationTransition(models.Model):
     at = models.DateTimeField(auto_now_add=True)
     note = models.TextField(blank=True)
 
-    objects = LabScopedQuerySet.as_manager(lab_path="annotation__scan__lab")
+    lab_path = "annotation__scan__lab"  # to labs.Lab, for visible_to
+
+    objects = LabScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["annotation", "at", "id"]
@@ -71,7 +73,9 @@ class AnnotationRevision(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
-    objects = LabScopedQuerySet.as_manager(lab_path="annotation__scan__lab")
+    lab_path = "annotation__scan__lab"  # to labs.Lab, for visible_to
+
+    objects = LabScopedQuerySet.as_manager()
 
     def __str__(self) -> str:
         return f"{self.annotation} v{self.version}"
@@ -99,7 +103,9 @@ class Consensus(models.Model):
     )
     computed_at = models.DateTimeField(auto_now=True)
 
-    objects = LabScopedQuerySet.as_manager(lab_path="scan__lab")
+    lab_path = "scan__lab"  # to labs.Lab, for visible_to
+
+    objects = LabScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["scan", "structure_id"]
@@ -153,7 +159,9 @@ class Agreement(models.Model):
     volume_rmse_percent = models.FloatField(null=True)
     computed_at = models.DateTimeField(auto_now=True)
 
-    objects = LabScopedQuerySet.as_manager(lab_path="scan__lab")
+    lab_path = "scan__lab"  # to labs.Lab, for visible_to
+
+    objects = LabScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["scan", "structure_id"]
@@ -217,7 +225,9 @@ class PredictionComparison(models.Model):
     human_dice = models.FloatField(null=True)
     computed_at = models.DateTimeField(auto_now=True)
 
-    objects = LabScopedQuerySet.as_manager(lab_path="scan__lab")
+    lab_path = "scan__lab"  # to labs.Lab, for visible_to
+
+    objects = LabScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["scan", "prediction", "structure_id", "reference", "annotation__annotator_name"]
@@ -242,7 +252,9 @@ class AnnotationVolume(models.Model):
     volume_mm3 = models.FloatField()
     computed_at = models.DateTimeField(auto_now=True)
 
-    objects = LabScopedQuerySet.as_manager(lab_path="annotation__scan__lab")
+    lab_path = "annotation__scan__lab"  # to labs.Lab, for visible_to
+
+    objects = LabScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["annotation", "structure_id"]
@@ -274,7 +286,9 @@ class ReviewAnalysis(BackgroundJob):
     task_name = "review.tasks.analyse_scan_task"
     noun = "analysis"
 
-    objects = LabScopedQuerySet.as_manager(lab_path="scan__lab")
+    lab_path = "scan__lab"  # to labs.Lab, for visible_to
+
+    objects = LabScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["-queued_at", "-id"]

@@ -23,7 +23,9 @@ class Study(models.Model):
     description = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    objects = LabScopedQuerySet.as_manager(lab_path="lab")
+    lab_path = "lab"  # to labs.Lab, for visible_to
+
+    objects = LabScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["lab__name", "name"]
@@ -42,7 +44,9 @@ class Cohort(models.Model):
     treatment = models.CharField(max_length=200, blank=True)
     description = models.TextField(blank=True)
 
-    objects = LabScopedQuerySet.as_manager(lab_path="study__lab")
+    lab_path = "study__lab"  # to labs.Lab, for visible_to
+
+    objects = LabScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["study", "name"]
@@ -68,7 +72,9 @@ class Mouse(models.Model):
     notes = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    objects = LabScopedQuerySet.as_manager(lab_path="lab")
+    lab_path = "lab"  # to labs.Lab, for visible_to
+
+    objects = LabScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["study", "identifier"]
@@ -126,7 +132,9 @@ class TimePoint(models.Model):
     offset_hours = models.FloatField()
     acquired_on = models.DateField(null=True, blank=True)
 
-    objects = LabScopedQuerySet.as_manager(lab_path="mouse__lab")
+    lab_path = "mouse__lab"  # to labs.Lab, for visible_to
+
+    objects = LabScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["mouse", "offset_hours"]
@@ -165,7 +173,9 @@ class Scan(models.Model):
     )
     uploaded_at = models.DateTimeField(auto_now_add=True)
 
-    objects = LabScopedQuerySet.as_manager(lab_path="lab")
+    lab_path = "lab"  # to labs.Lab, for visible_to
+
+    objects = LabScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["-uploaded_at"]
@@ -212,7 +222,9 @@ class Annotation(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
-    objects = LabScopedQuerySet.as_manager(lab_path="scan__lab")
+    lab_path = "scan__lab"  # to labs.Lab, for visible_to
+
+    objects = LabScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["scan", "annotator_name", "created_at"]

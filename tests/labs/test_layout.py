@@ -69,7 +69,7 @@ def test_scans_and_review_services_no_longer_import_each_other():
     assert found[("scans", "review")] <= KNOWN_UPWARD[("scans", "review")]
 
 
-def test_the_apps_form_no_cycle_but_for_the_known_upward_arrows():
+def test_the_apps_form_no_cycle_but_for_the_known_upward_arrows() -> None:
     graph: dict[str, set[str]] = defaultdict(set)
     for (source, target), files in arrows().items():
         if source in APPS and target in APPS:
