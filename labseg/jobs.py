@@ -48,6 +48,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from importlib import import_module
 from typing import Any, ClassVar, TypeVar
 
@@ -198,7 +199,7 @@ def enqueue(model: type[BackgroundJob], job_id: int) -> bool:
     A broker that is down is logged, not raised: the row stays queued with its old (or no)
     ``enqueued_at`` and the reconciler sends it again once the broker is back.
     """
-    job = model.objects.filter(pk=job_id, state=BackgroundJob.State.QUEUED).first()
+    job = model._default_manager.filter(pk=job_id, state=BackgroundJob.State.QUEUED).first()
     if job is None:
         return False
     try:
@@ -214,7 +215,9 @@ def enqueue(model: type[BackgroundJob], job_id: int) -> bool:
             exc,
         )
         return False
-    model.objects.filter(pk=job.pk).update(celery_task_id=result.id or "", enqueued_at=timezone.now())
+    model._default_manager.filter(pk=job.pk).update(
+        celery_task_id=result.id or "", enqueued_at=timezone.now()
+    )
     return True
 
 
@@ -257,7 +260,7 @@ def claim(
     claimable = Q(state=BackgroundJob.State.QUEUED) | (
         Q(state=BackgroundJob.State.RUNNING) & _silent_since(now - timedelta(seconds=stale))
     )
-    updated = model.objects.filter(claimable, pk=job_id).update(
+    updated = model._default_manager.filter(claimable, pk=job_id).update(
         state=BackgroundJob.State.RUNNING,
         claim_token=uuid.uuid4().hex,
         worker_host=worker_host[:255],
@@ -270,12 +273,14 @@ def claim(
     )
     if updated != 1:
         return None
-    return model.objects.select_related(*related).get(pk=job_id)
+    return model._default_manager.select_related(*related).get(pk=job_id)
 
 
 def _mine(job: BackgroundJob) -> models.QuerySet[Any]:
     """The row, as long as it is still running under this claim."""
-    return type(job).objects.filter(pk=job.pk, claim_token=job.claim_token, state=BackgroundJob.State.RUNNING)
+    return type(job)._default_manager.filter(
+        pk=job.pk, claim_token=job.claim_token, state=BackgroundJob.State.RUNNING
+    )
 
 
 def finish(job: BackgroundJob, state: str, *, error: str = "", **fields: Any) -> bool:
@@ -313,6 +318,11 @@ class Heartbeat:
         self._stop_event = threading.Event()
         self._started = self._last_progress = time.monotonic()
         self._thread: threading.Thread | None = None
+
+    @property
+    def past_soft_limit(self) -> bool:
+        """This run has lasted longer than the soft time limit."""
+        return time.monotonic() - self._started > self.soft_limit_s
 
     @property
     def stalled(self) -> bool:
@@ -353,7 +363,7 @@ class Heartbeat:
         """Touch ``heartbeat_at`` (and write ``fields``) if the row is still this claim's."""
         try:
             return (
-                self.model.objects.filter(
+                self.model._default_manager.filter(
                     pk=self.job_id, claim_token=self.token, state=BackgroundJob.State.RUNNING
                 ).update(heartbeat_at=timezone.now(), **fields)
                 == 1
@@ -371,7 +381,7 @@ class Heartbeat:
         catches every exception (a fallback file reader, say), so the limit is checked here too.
         """
         self._last_progress = time.monotonic()
-        if self._last_progress - self._started > self.soft_limit_s:
+        if self.past_soft_limit:
             raise SoftTimeLimitExceeded(self.soft_limit_s)
         fields: dict[str, Any] = {}
         if percent is not None:
@@ -446,13 +456,19 @@ def run(
             model.noun,
             job.pk,
         )
-    except SoftTimeLimitExceeded:
-        heartbeat.stop()
-        logger.error("%s %s hit the soft time limit of %s s", model.noun, job.pk, soft_time_limit_s())
-        finish(job, BackgroundJob.State.FAILED, error=took_too_long_message(model.noun, soft_time_limit_s()))
     except Exception as exc:
         heartbeat.stop()
-        _record_failure(job, exc, failure_message or _default_failure_message, transient)
+        # Library code may wrap Celery's SoftTimeLimitExceeded in its own error (a reader that
+        # turns every exception into "could not be read"): past the limit, the limit is the cause.
+        if isinstance(exc, SoftTimeLimitExceeded) or heartbeat.past_soft_limit:
+            logger.error(
+                "%s %s hit the soft time limit of %s s (%r)", model.noun, job.pk, soft_time_limit_s(), exc
+            )
+            finish(
+                job, BackgroundJob.State.FAILED, error=took_too_long_message(model.noun, soft_time_limit_s())
+            )
+        else:
+            _record_failure(job, exc, failure_message or _default_failure_message, transient)
     finally:
         heartbeat.stop()
     job.refresh_from_db()
@@ -530,8 +546,8 @@ def reconcile(
     cutoff = now - timedelta(seconds=timeout)
     limit, soft = max_attempts(), soft_time_limit_s()
     running = BackgroundJob.State.RUNNING
-    for job in model.objects.filter(_silent_since(cutoff), state=running):
-        lost = model.objects.filter(
+    for job in model._default_manager.filter(_silent_since(cutoff), state=running):
+        lost = model._default_manager.filter(
             _silent_since(cutoff), pk=job.pk, state=running, claim_token=job.claim_token
         )
         ran_s = (
@@ -564,12 +580,12 @@ def reconcile(
             error="",
         ):
             report.requeued.append(job.pk)
-    stale_queued = model.objects.filter(state=BackgroundJob.State.QUEUED).filter(
+    stale_queued = model._default_manager.filter(state=BackgroundJob.State.QUEUED).filter(
         Q(enqueued_at__lt=cutoff) | Q(enqueued_at__isnull=True, queued_at__lt=cutoff)
     )
     report.resent.extend(stale_queued.exclude(pk__in=report.requeued).values_list("pk", flat=True))
     for job_id in [*report.requeued, *report.resent]:
-        transaction.on_commit(lambda job_id=job_id: deliver(job_id=job_id))
+        transaction.on_commit(partial(deliver, job_id=job_id))
     if report.requeued or report.resent or report.failed:
         logger.info(
             "reconciler (%s): requeued %s, resent %s, failed %s",

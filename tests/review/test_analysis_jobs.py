@@ -80,10 +80,12 @@ def test_an_analysis_left_running_by_a_killed_worker_is_queued_again_and_sent(
     )
     sent: list[int] = []
 
+    def send(*, job_id: int) -> bool:
+        sent.append(job_id)
+        return True
+
     with django_capture_on_commit_callbacks(execute=True):
-        report = jobs.reconcile(
-            ReviewAnalysis, timeout_s=300, send=lambda *, job_id: sent.append(job_id) or True
-        )
+        report = jobs.reconcile(ReviewAnalysis, timeout_s=300, send=send)
 
     assert (report.requeued, sent) == ([analysis.pk], [analysis.pk])
     assert analyse_scan_task(analysis.pk) == "succeeded"

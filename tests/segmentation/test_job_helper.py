@@ -28,9 +28,6 @@ from segmentation import services
 from segmentation.models import InferenceJob, ModelVersion, Prediction
 from tests.workers import PrivateRedis, Workers, private_broker, started_workers, wait_for
 
-#: A scan big enough that the pipeline runs for several seconds on one thread.
-SLOW_SHAPE = (224, 192, 192)
-
 
 def _heartbeat_at(job: InferenceJob) -> datetime | None:
     return InferenceJob.objects.values_list("heartbeat_at", flat=True).get(pk=job.pk)
@@ -167,16 +164,23 @@ def e2e_models(models: dict[str, ModelVersion]) -> dict[str, ModelVersion]:
     return models
 
 
+def _hang_on_read(scan: Scan) -> tuple[Path, bytes]:
+    """Replace the scan's stored file by a named pipe: opening it blocks until someone writes, as
+    a read from a stalled network share would. Returns the path and the file's bytes."""
+    scan_file = Path(default_storage.path(scan.file.name))
+    content = scan_file.read_bytes()
+    scan_file.unlink()
+    os.mkfifo(scan_file)
+    return scan_file, content
+
+
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_a_hung_job_stops_heartbeating_and_is_taken_back_by_the_reconciler(
     e2e_models: dict[str, ModelVersion], upload_scan: Callable[..., Scan], workers: Workers
 ) -> None:
     scan = upload_scan()
-    scan_file = Path(default_storage.path(scan.file.name))
-    content = scan_file.read_bytes()
-    scan_file.unlink()
-    os.mkfifo(scan_file)  # opening it blocks until someone writes: the download hangs
+    scan_file, content = _hang_on_read(scan)
     stall_s = 2.0
     workers.start("hung", env={"LABSEG_JOB_STALL_S": str(int(stall_s))})
     [job] = services.request_segmentation(scan=scan, model_versions=[e2e_models["organs"]])
@@ -224,7 +228,8 @@ def test_a_hung_job_stops_heartbeating_and_is_taken_back_by_the_reconciler(
 def test_the_soft_time_limit_fails_the_job_with_a_plain_message_and_no_retry(
     e2e_models: dict[str, ModelVersion], upload_scan: Callable[..., Scan], workers: Workers
 ) -> None:
-    scan = upload_scan(shape=SLOW_SHAPE)
+    scan = upload_scan()
+    _hang_on_read(scan)  # the download never ends; the heartbeat goes on (no stall limit here)
     workers.start(
         "limited",
         with_beat=True,
