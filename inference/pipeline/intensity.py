@@ -185,8 +185,9 @@ class _Survey:
 def calibrate_intensity(volume: np.ndarray) -> IntensityCalibration:
     """Confirm that ``volume`` is in HU, or fit a linear map to HU from its air and soft-tissue peaks.
 
-    HU: soft tissue peaks within -150..160 HU, 1 % of the voxels lie below -300 HU (air, lungs or a
-    -400 HU clip) and the bulk lies within -1200..5000 HU; such a scan is used as it is. Otherwise a
+    HU: a peak holding 2 % of the voxels lies within -150..160 HU (soft tissue), 1 % of the voxels
+    lie below -300 HU (air, lungs or a -400 HU clip) and the bulk lies within -1200..5000 HU; such a
+    scan is used as it is. Otherwise a
     fit (air peak -> -1000 HU, soft-tissue peak -> +50 HU) is used only when it is credible: the
     scan holds many distinct values (not a label map); two peaks, air below soft tissue, each holding
     a real share of the voxels, with a clear valley between them; one quantisation step stays finer
@@ -195,14 +196,15 @@ def calibrate_intensity(volume: np.ndarray) -> IntensityCalibration:
     :class:`IntensityCalibrationError` otherwise.
     """
     survey = _survey(volume)
-    tissue = survey.tissue
-    if (
-        tissue is not None
-        and HU_TISSUE_RANGE[0] <= tissue.value <= HU_TISSUE_RANGE[1]
-        and survey.p1 <= HU_LOW_BELOW
-        and survey.p05 >= HU_MIN
-        and survey.p999 <= HU_MAX
-    ):
+    # In HU, soft tissue is the tallest peak where soft tissue lies (it need not be the tallest of
+    # all: a crop can be mostly organ or bed).
+    in_range = [
+        peak
+        for peak in survey.peaks
+        if HU_TISSUE_RANGE[0] <= peak.value <= HU_TISSUE_RANGE[1] and peak.share >= MIN_AIR_SHARE
+    ]
+    tissue = max(in_range, key=lambda peak: peak.height) if in_range else None
+    if tissue is not None and survey.p1 <= HU_LOW_BELOW and survey.p05 >= HU_MIN and survey.p999 <= HU_MAX:
         return IntensityCalibration(
             units="HU",
             slope=1.0,
@@ -219,8 +221,11 @@ def _survey(volume: np.ndarray) -> _Survey:
     if sample.size == 0:
         raise _refuse("the scan holds no finite values")
     content, padding = _without_padding(sample)
-    low, p05, p1, p999 = (float(v) for v in np.percentile(content, [0, 0.5, 1, 99.9]))
-    distinct, quantum = _distinct(content)
+    # Percentiles and distinct values from every few voxels of the sample (about 200k) are as good.
+    few = content[:: max(1, content.size // 200_000)]
+    p05, p1, p999 = (float(v) for v in np.percentile(few, [0.5, 1, 99.9]))
+    low = float(content.min())
+    distinct, quantum = _distinct(few)
     # A handful of values (a label map, a noiseless test volume) is no quantisation: bin them finely.
     peaks, smooth = _find_peaks(
         content, low, max(p999, low), quantum if distinct >= MIN_DISTINCT_VALUES else 0.0
@@ -377,8 +382,8 @@ def _without_padding(sample: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def _distinct(sample: np.ndarray) -> tuple[int, float]:
-    """Distinct values and the quantisation step (smallest gap between them) on up to 200k voxels."""
-    values = np.unique(sample[:: max(1, sample.size // 200_000)])
+    """Distinct values and the quantisation step (smallest gap between them)."""
+    values = np.unique(sample)
     gaps = np.diff(values)
     return int(values.size), float(gaps.min()) if gaps.size else 0.0
 
@@ -399,8 +404,9 @@ def _find_peaks(sample: np.ndarray, low: float, high: float, quantum: float) -> 
     if quantum > 0 and quantum * 64 > width:
         width = quantum * max(1.0, float(np.ceil(width / quantum)))
     count = max(3, int(np.floor(span / width)) + 1)
-    edges = low - width / 2 + width * np.arange(count + 1)
-    counts = np.histogram(sample, bins=edges)[0].astype(np.float64)
+    # A bin count and range (not an array of edges) takes numpy's fast path for equal bins.
+    start = low - width / 2
+    counts = np.histogram(sample, bins=count, range=(start, start + count * width))[0].astype(np.float64)
     total = counts.sum()
     pile = int(counts[0] > counts[1] and counts[0] >= MIN_PEAK_SHARE * total)
     # The pile is left out of the smoothing: spread over its neighbours it would fill the valley.

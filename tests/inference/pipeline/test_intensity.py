@@ -173,9 +173,10 @@ def test_the_check_is_fast_on_a_full_size_scan(phantom: Phantom) -> None:
 
     seconds = []
     for volume in (big, export) * 3:
-        start = time.perf_counter()
+        # CPU seconds of this process: the wall clock of a shared test machine says little.
+        start = time.process_time()
         calibrate_intensity(volume)
-        seconds.append(time.perf_counter() - start)
+        seconds.append(time.process_time() - start)
 
     assert min(seconds[0::2]) < 0.2 and min(seconds[1::2]) < 0.2
 
