@@ -41,7 +41,7 @@ def scan_review(request: HttpRequest, pk: int) -> HttpResponse:
         scan.annotations.filter(status__in=SHOWN).select_related("reviewer").order_by("annotator_name", "pk")
     )
     structure_ids = sorted({sid for a in annotations for sid in label_values(a.structures, np.zeros(1))})
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "annotation": a,
             "colour": ANNOTATOR_COLOURS[i % len(ANNOTATOR_COLOURS)],

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.utils import timezone
@@ -74,7 +74,13 @@ def parse_content_range(value: str | None) -> tuple[int, int, int]:
     return start, end, total
 
 
-def append_chunk(*, session: UploadSession, content_range: str | None, body: IO[bytes]) -> UploadSession:
+class Readable(Protocol):
+    """What a chunk is read from: a binary file, or the request's own body stream (``HttpRequest``)."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
+def append_chunk(*, session: UploadSession, content_range: str | None, body: Readable) -> UploadSession:
     """Write one chunk read from ``body`` at the session's offset and move the offset past it."""
     start, end, total = parse_content_range(content_range)
     if total != session.size_bytes:

@@ -34,7 +34,9 @@ class StudySerializer(serializers.ModelSerializer):
 
 
 class TimePointSerializer(serializers.ModelSerializer):
-    scan_ids = serializers.PrimaryKeyRelatedField(source="scans", many=True, read_only=True)
+    scan_ids: serializers.PrimaryKeyRelatedField[Scan] = serializers.PrimaryKeyRelatedField(
+        source="scans", many=True, read_only=True
+    )
 
     class Meta:
         model = TimePoint

@@ -6,9 +6,10 @@ A row of another lab answers 404 (not 403), so nobody learns that it exists.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.http import FileResponse
 from django.shortcuts import get_object_or_404
@@ -226,8 +227,9 @@ class UploadCreate(APIView):
 
 
 def _session_for(request: Request, pk: str) -> UploadSession:
-    # Uploads belong to the user who opened them; anyone else gets 404.
-    return get_object_or_404(UploadSession.objects.filter(user=request.user), pk=pk)
+    # Uploads belong to the user who opened them; anyone else gets 404. The API needs sign-in
+    # (IsAuthenticated in settings.REST_FRAMEWORK), so the user is an account.
+    return get_object_or_404(UploadSession.objects.filter(user=cast(User, request.user)), pk=pk)
 
 
 class UploadChunk(APIView):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.models import User
 from django.urls import reverse
 from rest_framework import serializers
 
@@ -11,7 +12,9 @@ from segmentation.models import InferenceJob, Lesion, ModelVersion, Prediction, 
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
-    label = serializers.CharField(read_only=True)
+    # DRF's serializer metaclass moves declared fields off the class, so this does not replace
+    # Field.label (the stubs cannot express that).
+    label = serializers.CharField(read_only=True)  # type: ignore[assignment]
 
     class Meta:
         model = ModelVersion
@@ -19,7 +22,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 
 
 class ModelVersionBriefSerializer(serializers.ModelSerializer):
-    label = serializers.CharField(read_only=True)
+    label = serializers.CharField(read_only=True)  # type: ignore[assignment]  # as above
 
     class Meta:
         model = ModelVersion
@@ -28,7 +31,9 @@ class ModelVersionBriefSerializer(serializers.ModelSerializer):
 
 class InferenceJobSerializer(serializers.ModelSerializer):
     model = ModelVersionBriefSerializer(source="model_version", read_only=True)
-    requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    requested_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
     prediction = serializers.SerializerMethodField()
     url = serializers.SerializerMethodField()
 

@@ -101,7 +101,7 @@ def test_jobs_are_listed_filtered_and_cancelled(
     scan = upload_scan()
     organs, lesions = services.request_segmentation(scan=scan)
 
-    listed = client.get("/api/jobs/", {"scan": scan.pk, "state": "queued"})
+    listed = client.get("/api/jobs/", {"scan": str(scan.pk), "state": "queued"})
     cancelled = client.post(f"/api/jobs/{lesions.pk}/cancel")
     again = client.post(f"/api/jobs/{lesions.pk}/cancel")
     still_queued = client.get("/api/jobs/", {"state": "queued"})
@@ -162,7 +162,7 @@ def test_a_prediction_shows_volumes_lesions_counts_and_serves_its_label_file(
     assert labels.status_code == 200
     stored = Prediction.objects.get(pk=lesion_prediction["id"]).labels.name
     with default_storage.open(stored, "rb") as handle:
-        assert b"".join(labels.streaming_content) == handle.read()
+        assert labels.streaming and b"".join(labels) == handle.read()
     assert client.get(f"/api/predictions/{lesion_prediction['id']}/").json() == lesion_prediction
 
 
