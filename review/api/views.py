@@ -115,11 +115,18 @@ def _analysis_json(scan: Scan) -> dict[str, Any] | None:
     latest = ReviewAnalysis.objects.filter(scan=scan).first()
     if latest is None:
         return None
+    # The same job fields as a segmentation job's (segmentation/api/serializers.py).
     return {
         "id": latest.pk,
         "state": latest.state,
+        "progress": latest.progress,
+        "stage": latest.stage,
+        "attempts": latest.attempts,
+        "worker_host": latest.worker_host,
         "error": latest.error,
         "queued_at": latest.queued_at,
+        "started_at": latest.started_at,
+        "heartbeat_at": latest.heartbeat_at,
         "finished_at": latest.finished_at,
     }
 

@@ -20,6 +20,7 @@ from django.core.files.storage import FileSystemStorage
 from django.core.management import call_command
 from django.db import connection, transaction
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from labseg import jobs
 from review.analysis import analyse_scan, request_analysis, run_analysis
@@ -111,6 +112,29 @@ def test_a_redelivered_message_takes_over_an_analysis_whose_worker_went_silent(
     assert (done.worker_host, done.attempts) == ("worker-b", 2)
     assert not jobs.finish(first, ReviewAnalysis.State.FAILED, error="late"), "the old claim is void"
     assert_one_set_of_results(scan)
+
+
+@pytest.mark.django_db
+def test_the_api_shows_how_far_a_background_analysis_got(
+    tumor_scan: Callable[..., Any], reviewer: Any
+) -> None:
+    scan = approved_scan(tumor_scan, reviewer)
+    client = APIClient()
+    client.force_authenticate(reviewer)
+    queued = client.post(f"/api/scans/{scan.pk}/consensus", {"background": True}, format="json")
+    assert queued.status_code == 202
+    assert {k: queued.json()["analysis"][k] for k in ("state", "progress", "attempts")} == {
+        "state": "queued",
+        "progress": 0,
+        "attempts": 0,
+    }
+
+    run_analysis(analysis_id=queued.json()["analysis"]["id"], worker_host="worker-a")
+
+    shown = client.get(f"/api/scans/{scan.pk}/consensus").json()["analysis"]
+    assert (shown["state"], shown["progress"], shown["stage"]) == ("succeeded", 100, "done")
+    assert (shown["attempts"], shown["worker_host"]) == (1, "worker-a")
+    assert shown["started_at"] <= shown["heartbeat_at"] and shown["finished_at"] is not None
 
 
 class FlakyStorage(FileSystemStorage):
