@@ -26,6 +26,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ from django.utils import timezone
 
 from inference.jsonsafe import finite_or_null
 from labseg import jobs
-from labseg.jobs import JobLostError, ReconcileReport, TransientJobError
+from labseg.jobs import JobLostError, ReconcileReport
+from labseg.jobs import TransientJobError as TransientJobError  # raised by run_job, for its callers
 from labseg.refusals import Refused
 from scans.models import Scan
 
@@ -47,8 +49,6 @@ logger = logging.getLogger(__name__)
 
 #: Claims per job before it fails for good (transient errors and lost workers both count).
 MAX_ATTEMPTS = jobs.max_attempts()
-
-__all__ = ["JobLostError", "ReconcileReport", "TransientJobError"]  # re-exported for the tasks
 
 
 class ModelSyncError(Exception):
@@ -212,7 +212,7 @@ def request_segmentation(
             )
             job.refresh_from_db()
         if send:
-            transaction.on_commit(lambda job_id=job.pk: enqueue_job(job_id=job_id))
+            transaction.on_commit(partial(enqueue_job, job_id=job.pk))
         jobs.append(job)
     return jobs
 
