@@ -280,7 +280,7 @@ def _otsu3_low(values: np.ndarray, bins: int = 128) -> float:
     return float(edges[a + 1])
 
 
-def _open_mm(mask: np.ndarray, radius_mm: float, step_mm: Sequence[float]) -> np.ndarray:
+def _open_mm(mask: np.ndarray, radius_mm: float, step_mm: Sequence[float] | np.ndarray) -> np.ndarray:
     """Morphological opening by a ball of about ``radius_mm`` (an octahedron of whole voxels:
     cheaper than a Euclidean ball and as good at removing thin plates)."""
     iterations = max(1, round(radius_mm / min(step_mm)))

@@ -22,6 +22,7 @@ from inference.pipeline.intensity import (
     intensity_for,
 )
 from inference.registry import DEFAULT_MODELS_DIR, ModelCard, load_card
+from tests.nifti import load_nifti
 
 REFUSAL = "The intensities of this scan are not in Hounsfield units"
 
@@ -277,7 +278,7 @@ BRAIN_BOXES = {
 
 @pytest.mark.parametrize("name", list(BRAIN_BOXES))
 def test_real_8_bit_head_scans_are_calibrated_to_plausible_hu(realdata: Path, name: str) -> None:
-    raw = np.asanyarray(nib.load(str(realdata / name)).dataobj)
+    raw = np.asanyarray(load_nifti(str(realdata / name)).dataobj)
 
     calibration = calibrate_intensity(raw)
     hu = calibration.apply(raw)
@@ -292,8 +293,8 @@ def test_real_8_bit_head_scans_are_calibrated_to_plausible_hu(realdata: Path, na
 
 
 def test_the_bone_only_head_template_is_refused(realdata: Path) -> None:
-    template = np.asanyarray(nib.load(str(realdata / "low_res_template_UCHAR.nii.gz")).dataobj)
-    labels = np.asanyarray(nib.load(str(realdata / "low_res_template_UCHAR-label.nii.gz")).dataobj)
+    template = np.asanyarray(load_nifti(str(realdata / "low_res_template_UCHAR.nii.gz")).dataobj)
+    labels = np.asanyarray(load_nifti(str(realdata / "low_res_template_UCHAR-label.nii.gz")).dataobj)
 
     with pytest.raises(IntensityCalibrationError, match=REFUSAL):
         calibrate_intensity(template)

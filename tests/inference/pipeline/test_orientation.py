@@ -17,6 +17,7 @@ from inference.pipeline.orientation import AxisTransform, find_orientation
 from inference.registry import ModelCard
 from tests.inference.pipeline.conftest import WINDOW, body_phantom
 from tests.inference.pipeline.tiny_models import write_threshold_model
+from tests.nifti import load_nifti
 
 #: Coarse phantoms keep the 48 poses fast (0.2 s to paint, ~0.1 s a pose to read).
 SPACING_MM = 0.84
@@ -46,7 +47,7 @@ def spacing(pose: AxisTransform) -> tuple[float, float, float]:
 
 
 def load_canonical(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    image = nib.load(str(path))
+    image = load_nifti(str(path))
     geometry = record_geometry(image.shape, image.affine)
     return np.asarray(to_canonical(np.asanyarray(image.dataobj), geometry)), geometry.spacing_mm
 
@@ -235,7 +236,7 @@ def test_the_manifest_says_when_header_and_anatomy_disagree(
     assert "on its back (supine)" in entry["summary"]
     assert entry["applied"]["ornt"] == [list(row) for row in SUPINE.inverse().ornt]
     assert entry["confidence"] >= 0.5 and entry["findings"]
-    assert nib.load(str(result.labels_path)).shape == phantom.ct.shape
+    assert load_nifti(str(result.labels_path)).shape == phantom.ct.shape
     assert header_only.manifest["orientation"]["mode"] == "header"
 
 
