@@ -18,9 +18,11 @@ database, not the broker, is the truth about a job; a message only carries the i
 * **Time limits.** ``task_options`` gives every job task Celery's ``soft_time_limit``
   (``LABSEG_JOB_SOFT_TIME_LIMIT_S``) and ``time_limit`` (``LABSEG_JOB_TIME_LIMIT_S``, the hard one:
   the pool kills the process). The soft limit raises inside the work; ``run`` turns it into a
-  failed row that says "took longer than N minutes". A process killed by the hard limit cannot
-  write anything; the reconciler recognises its row (silent, and its attempt ran past the soft
-  limit) and fails it with the same message instead of running it again.
+  failed row that says "took longer than N minutes" (not retried). Because library code may catch
+  or wrap that exception, ``Heartbeat.progress`` also raises it once the run is past the limit, and
+  ``run`` records any failure past the limit as the limit. A process killed by the hard limit
+  cannot write anything; the reconciler recognises its row (silent, and its attempt ran past the
+  soft limit) and fails it with the same message instead of running it again.
 * **Reconciler.** ``reconcile`` (beat, every ``LABSEG_RECONCILE_EVERY_S``) re-queues running rows
   whose heartbeat is stale and sends them again, or fails them after ``LABSEG_JOB_MAX_ATTEMPTS``
   claims; it resends queued rows whose message was never sent (broker down at enqueue) or was
