@@ -91,7 +91,9 @@ class Consensus(models.Model):
 
     scan = models.ForeignKey("scans.Scan", on_delete=models.CASCADE, related_name="consensuses")
     structure_id = models.PositiveSmallIntegerField()
-    annotations = models.ManyToManyField(Annotation, through="ConsensusRater", related_name="consensuses")
+    annotations: models.ManyToManyField[Annotation, ConsensusRater] = models.ManyToManyField(
+        Annotation, through="ConsensusRater", related_name="consensuses"
+    )
     majority = models.FileField(max_length=500)
     staple = models.FileField(max_length=500)
     disagreement = models.FileField(max_length=500)
