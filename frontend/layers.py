@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from django.conf import settings
@@ -182,16 +182,17 @@ def _consensus(layer: Layer, make_one: Callable[[Path, Path, Callable[[np.ndarra
 
     def make(target: Path) -> None:
         maps = []
-        affine = None
+        affines = []
         with tempfile.TemporaryDirectory() as tmp:
             for i, (field, mapping) in enumerate(zip(layer.files, layer.relabel, strict=True)):
                 part = Path(tmp) / f"{i}.nii.gz"
                 with local_path(field.name) as source:
                     make_one(source, part, _relabeller(mapping))
-                image = nib.load(str(part))
+                image = cast(nib.Nifti1Image, nib.load(str(part)))  # written by make_one as NIfTI-1
                 maps.append(np.asarray(image.dataobj).astype(np.uint8))
-                affine = image.affine
-        previews.write_nifti_gz(target, previews.majority_labels(maps), affine)
+                affines.append(image.affine)
+        # majority_labels refuses an empty list first, so there is a last affine.
+        previews.write_nifti_gz(target, previews.majority_labels(maps), affines[-1])
 
     return make
 
@@ -278,7 +279,7 @@ def full_file(scan: Scan, layer: Layer) -> str:
             "use 'Full resolution of this region' instead"
         )
     if layer.kind in ("ct", "labels", "uncertainty"):
-        return layer.files[0].name
+        return layer.files[0].name or ""  # an empty name is refused as missing (404)
     shape = tuple(int(s) for s in scan.shape[:3])
     return region_file(scan, layer, (0, 0, 0), shape)  # type: ignore[arg-type]
 

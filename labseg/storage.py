@@ -28,12 +28,17 @@ def _suffix(name: str) -> str:
 
 
 @contextmanager
-def local_path(name: str, *, storage: Storage | None = None, folder: Path | None = None) -> Iterator[Path]:
+def local_path(
+    name: str | None, *, storage: Storage | None = None, folder: Path | None = None
+) -> Iterator[Path]:
     """A local path holding the stored file ``name`` for the duration of the block.
 
+    ``name`` is a file field's name: an empty one (nothing stored) raises ``FileNotFoundError``.
     ``folder`` puts a copy there (a job's own temporary folder) instead of the system temp folder;
     a local file is always used in place.
     """
+    if not name:
+        raise FileNotFoundError("no file is stored in this field")
     store = storage or default_storage
     try:
         yield Path(store.path(name))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -32,7 +33,8 @@ class LabelMap:
 def load_label_map(field: FieldFile) -> LabelMap:
     """The integer voxel array of a stored NIfTI label map, with its affine and spacing."""
     with local_path(field.name) as path:
-        image = nib.load(path)
+        # Stored label maps are NIfTI (annotations are checked on upload, consensus maps are ours).
+        image = cast(nib.Nifti1Image, nib.load(path))
         data = np.asanyarray(image.dataobj)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
