@@ -95,7 +95,8 @@ def qc_row(prediction: Prediction) -> dict[str, Any]:
         "reasons": [r["message"] for r in qc["reasons"]],
         "not_in_view": qc["not_in_view"],
         "decision": qc["decision"],
-        "reviewable": qc["pipeline_status"] == "needs_review",
+        # A decision can still be changed through the API; the page offers the first one.
+        "reviewable": qc["pipeline_status"] == "needs_review" and qc["decision"] is None,
     }
 
 

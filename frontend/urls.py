@@ -20,6 +20,7 @@ urlpatterns = [
     path("studies/<int:pk>/", pages.study, name="study"),
     path("mice/<int:pk>/", pages.mouse, name="mouse"),
     path("scans/<int:pk>/", pages.scan, name="scan"),
+    path("scans/<int:pk>/viewer.json", pages.scan_viewer_config, name="scan-viewer-config"),
     path("scans/<int:pk>/layers/<str:key>.nii.gz", files.layer, name="scan-layer"),
     path("scans/<int:pk>/qc.png", files.qc_picture, name="scan-qc"),
     path("<str:scope>/<int:pk>/tumor.csv", downloads.tumor_csv, name="tumor-csv"),

@@ -11,16 +11,16 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.db.models import Count
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.urls import NoReverseMatch, reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from frontend import layers, results
-from labs.current import switch_lab
 from frontend.views.base import lab_page, page
 from inference.structures import as_json
+from labs.current import switch_lab
 from scans.models import Lab, Mouse, Scan, Study, TimePoint
 
 #: Humane endpoint for total tumor burden, in uL (= mm^3); a page may be given another.
@@ -165,6 +165,13 @@ def study(request: HttpRequest, lab: Lab, pk: int) -> HttpResponse:
         crossed=_crossed(series, endpoint),
         held_back=[{"mouse": s.identifier, **row} for s in series for row in s.held_back],
     )
+
+
+@lab_page
+def scan_viewer_config(request: HttpRequest, lab: Lab, pk: int) -> JsonResponse:
+    """The viewer's configuration as JSON: the page fetches it again when a job ends."""
+    the_scan = get_object_or_404(Scan.objects.visible_to(request.user), pk=pk)
+    return JsonResponse(layers.viewer_config(the_scan, results.latest_predictions(the_scan)))
 
 
 @lab_page

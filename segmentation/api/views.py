@@ -64,8 +64,13 @@ def _visible_jobs(request: Request) -> QuerySet[InferenceJob]:
     return _jobs().filter(pk__in=InferenceJob.objects.visible_to(request.user).values("pk"))
 
 
+#: Most jobs one ``?ids=`` request may ask for (a page polls all of its jobs at once).
+MAX_JOB_IDS = 200
+
+
 class JobList(generics.ListAPIView):
-    """``GET /api/jobs/`` (``?scan=``, ``?state=``)."""
+    """``GET /api/jobs/`` (``?scan=``, ``?state=``, ``?ids=1,2,3``: the jobs a page shows, in one
+    request)."""
 
     serializer_class = InferenceJobSerializer
 
@@ -76,6 +81,12 @@ class JobList(generics.ListAPIView):
             if not scan.isdigit():
                 raise ValidationError({"scan": "scan must be a scan id (a number)"})
             jobs = jobs.filter(scan_id=int(scan))
+        ids = self.request.query_params.get("ids")
+        if ids:
+            wanted = ids.split(",")
+            if len(wanted) > MAX_JOB_IDS or not all(part.isdigit() for part in wanted):
+                raise ValidationError({"ids": f"ids must be up to {MAX_JOB_IDS} job ids, comma-separated"})
+            jobs = jobs.filter(pk__in=[int(part) for part in wanted])
         state = self.request.query_params.get("state")
         if state:
             if state not in InferenceJob.State.values:

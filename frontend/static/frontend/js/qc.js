@@ -25,3 +25,4 @@ for (const form of document.querySelectorAll("form.qc-decide")) {
     error.textContent = body.detail ?? `The server answered ${response.status}.`;
   });
 }
+document.body.dataset.qcReady = "1";

@@ -220,9 +220,9 @@ function goTo(mm) {
   nv.drawScene();
 }
 
-function buildLayerPanel() {
+function buildLayerPanel(layers = config.layers) {
   const container = document.getElementById("layers");
-  for (const layer of config.layers) {
+  for (const layer of layers) {
     layer.visible = DEFAULT_ON.has(layer.kind);
     const row = document.createElement("div");
     row.className = "layer-row";
@@ -289,6 +289,7 @@ function buildMetastasisPanel() {
 
 function buildLesionPanel() {
   const container = document.getElementById("lesions");
+  container.replaceChildren();
   if (!config.lesions.length) {
     container.innerHTML = '<p class="muted">No lesions found.</p>';
     return;
@@ -343,6 +344,52 @@ function wireToolbar() {
   document.getElementById("region-res").addEventListener("click", () => reload("full", state.crosshairMm ?? null));
   document.getElementById("whole-scan").addEventListener("click", () => reload("preview", null));
 }
+
+function renderVolumes(volumes) {
+  // The side panel's volume table, as the server renders it (scan.html), for runs that end later.
+  const card = document.getElementById("volumes-card");
+  card.querySelector("table, p")?.remove();
+  const table = document.createElement("table");
+  table.className = "data";
+  table.id = "volumes";
+  table.innerHTML = "<thead><tr><th>Structure</th><th class='num'>mm³</th><th class='num'>range</th></tr></thead><tbody></tbody>";
+  for (const v of volumes) {
+    const row = document.createElement("tr");
+    row.dataset.structure = v.name;
+    row.innerHTML = "<td><span class='swatch'></span></td><td class='num'></td><td class='num muted'></td>";
+    row.querySelector(".swatch").style.background = v.colour;
+    row.children[0].append(document.createTextNode(v.display_name));
+    row.children[1].textContent = v.volume_mm3.toFixed(1);
+    row.children[2].textContent = `${v.low_mm3.toFixed(1)}–${v.high_mm3.toFixed(1)}`;
+    table.tBodies[0].append(row);
+  }
+  card.append(table);
+}
+
+// A segmentation that ends while the page is open: jobs.js announces it; fetch the scan's viewer
+// configuration again and add the new overlays, volumes, lesions and counts, without a reload.
+async function addFinishedRun(job) {
+  if (job.state !== "succeeded" || job.scan !== config.scanId) return;
+  const response = await fetch(`/scans/${config.scanId}/viewer.json`, { headers: { Accept: "application/json" } });
+  if (!response.ok) return;
+  const fresh = await response.json();
+  const known = new Set(config.layers.map((l) => l.key));
+  const added = fresh.layers.filter((l) => !known.has(l.key));
+  config.layers.push(...added);
+  Object.assign(config, { volumes: fresh.volumes, lesions: fresh.lesions, metastasisCounts: fresh.metastasisCounts });
+  buildLayerPanel(added);
+  buildMetastasisPanel();
+  buildLesionPanel();
+  renderVolumes(fresh.volumes);
+  for (const layer of added) if (layer.visible) await nv.addVolumeFromUrl(volumeOptions(layer, true));
+  await frameDrawn();
+  hook.overlayDrawn = config.layers.some((l) => l.kind === "labels" && l.volume);
+  document.body.dataset.overlaysUpdated = String(Date.now());
+}
+
+document.addEventListener("labseg:job-finished", (event) => {
+  addFinishedRun(event.detail).catch((error) => hook.errors.push(String(error)));
+});
 
 async function main() {
   hook.marks = { moduleMs: performance.now() };
