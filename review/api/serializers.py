@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.urls import reverse
 from rest_framework import serializers
 
 from scans.models import Annotation
@@ -176,3 +179,42 @@ class ComparisonSerializer(serializers.ModelSerializer):
             "dice_matching_any",
             "human_dice",
         ]
+
+
+class AnnotationSerializer(serializers.ModelSerializer):
+    reviewer = serializers.CharField(source="reviewer.username", read_only=True, default=None)
+    file_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Annotation
+        fields = [
+            "id",
+            "scan",
+            "annotator",
+            "annotator_name",
+            "original_filename",
+            "sha256",
+            "structures",
+            "status",
+            "reviewer",
+            "review_note",
+            "reviewed_at",
+            "created_at",
+            "updated_at",
+            "file_url",
+        ]
+
+    def get_file_url(self, annotation: Annotation) -> str:
+        return reverse("review-api:annotation-file", args=[annotation.pk])
+
+
+class AnnotationFieldsSerializer(serializers.Serializer):
+    annotator = serializers.CharField(max_length=120, required=False, allow_blank=True)
+    structures = serializers.JSONField(required=False)
+
+    def validate_structures(self, value: Any) -> dict[str, int] | None:
+        if value in (None, "", {}):
+            return None
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("give a JSON object: structure name -> label value")
+        return value

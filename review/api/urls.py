@@ -1,9 +1,10 @@
-"""REST routes of the review app (mounted under /api/). Each route answers with or without a
-trailing slash, so ``POST /api/annotations/7/approve`` and ``.../approve/`` both work."""
+"""REST routes of the review app (mounted under /api/): annotations (upload, row, file) and their
+lifecycle. Each lifecycle route answers with or without a trailing slash, so
+``POST /api/annotations/7/approve`` and ``.../approve/`` both work."""
 
 from __future__ import annotations
 
-from django.urls import URLPattern, re_path
+from django.urls import URLPattern, path, re_path
 
 from . import views
 
@@ -15,6 +16,10 @@ def route(pattern: str, view, name: str) -> URLPattern:  # type: ignore[no-untyp
 app_name = "review-api"
 
 urlpatterns = [
+    # Annotations as files: upload (the lifecycle's create_annotation), row and file.
+    path("scans/<int:pk>/annotations/", views.ScanAnnotations.as_view(), name="scan-annotations"),
+    path("annotations/<int:pk>/", views.AnnotationDetail.as_view(), name="annotation-detail"),
+    path("annotations/<int:pk>/file", views.AnnotationFile.as_view(), name="annotation-file"),
     route(r"annotations/(?P<pk>\d+)/submit", views.SubmitView.as_view(), "submit"),
     route(r"annotations/(?P<pk>\d+)/approve", views.ApproveView.as_view(), "approve"),
     route(r"annotations/(?P<pk>\d+)/reject", views.RejectView.as_view(), "reject"),

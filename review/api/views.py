@@ -3,12 +3,14 @@ rows outside the user's labs answer 404, actions the user's role does not allow 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
+from django.db.models import QuerySet
 from django.http import FileResponse, Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
-from rest_framework import status
+from rest_framework import generics, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -22,6 +24,8 @@ from .. import analysis, plots, services, studies
 from ..models import Agreement, Consensus, PredictionComparison, ReviewAnalysis
 from .serializers import (
     AgreementSerializer,
+    AnnotationFieldsSerializer,
+    AnnotationSerializer,
     ComparisonSerializer,
     ConsensusSerializer,
     NoteSerializer,
@@ -243,3 +247,54 @@ class StudyQcPngView(APIView):
         study = _study(request, pk)
         png = plots.dice_box_plot_png(studies.dice_groups(study), title=f"Dice per structure: {study.name}")
         return HttpResponse(png, content_type="image/png")
+
+
+class ScanAnnotations(generics.ListAPIView):
+    """``GET /api/scans/{id}/annotations/``; ``POST`` multipart ``file``, ``annotator``, ``structures``."""
+
+    serializer_class = AnnotationSerializer
+
+    def _scan(self) -> Scan:
+        return get_object_or_404(Scan.objects.visible_to(self.request.user), pk=self.kwargs["pk"])
+
+    def get_queryset(self) -> QuerySet[Annotation]:
+        return self._scan().annotations.select_related("reviewer")
+
+    def post(self, request: Request, pk: int) -> Response:
+        scan = self._scan()
+        data: dict[str, Any] = {"annotator": request.data.get("annotator", "")}
+        raw_structures = request.data.get("structures")
+        if raw_structures not in (None, ""):
+            data["structures"] = raw_structures
+        if isinstance(raw_structures, str) and raw_structures.strip():
+            try:
+                data["structures"] = json.loads(raw_structures)
+            except json.JSONDecodeError:
+                return Response({"detail": 'structures must be JSON, such as {"tumor": 1}'}, status=400)
+        fields = AnnotationFieldsSerializer(data=data)
+        fields.is_valid(raise_exception=True)
+        upload = request.FILES.get("file")
+        if upload is None:
+            return Response({"detail": "attach the label map as the multipart field 'file'"}, status=400)
+        annotation = services.create_annotation(
+            scan=scan,
+            file=upload,
+            original_filename=upload.name or "",
+            annotator_name=fields.validated_data.get("annotator", ""),
+            user=request.user,
+            structures=fields.validated_data.get("structures"),
+        )
+        return Response(AnnotationSerializer(annotation).data, status=status.HTTP_201_CREATED)
+
+
+class AnnotationDetail(generics.RetrieveAPIView):
+    serializer_class = AnnotationSerializer
+
+    def get_queryset(self) -> QuerySet[Annotation]:
+        return Annotation.objects.visible_to(self.request.user).select_related("reviewer")
+
+
+class AnnotationFile(APIView):
+    def get(self, request: Request, pk: int) -> FileResponse:
+        annotation = get_object_or_404(Annotation.objects.visible_to(request.user), pk=pk)
+        return stored_file_response(annotation.file.name, annotation.original_filename)

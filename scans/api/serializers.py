@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.urls import reverse
 from rest_framework import serializers
 
 from labs.models import Lab
 from labs.rules import role_of
-from scans.models import Annotation, Mouse, Scan, Study, TimePoint
+from scans.models import Mouse, Scan, Study, TimePoint
 
 
 class LabSerializer(serializers.ModelSerializer):
@@ -115,33 +113,6 @@ class ScanSerializer(serializers.ModelSerializer):
         return reverse("scan-thumbnail", args=[scan.pk]) if scan.thumbnail else None
 
 
-class AnnotationSerializer(serializers.ModelSerializer):
-    reviewer = serializers.CharField(source="reviewer.username", read_only=True, default=None)
-    file_url = serializers.SerializerMethodField()
-
-    class Meta:
-        model = Annotation
-        fields = [
-            "id",
-            "scan",
-            "annotator",
-            "annotator_name",
-            "original_filename",
-            "sha256",
-            "structures",
-            "status",
-            "reviewer",
-            "review_note",
-            "reviewed_at",
-            "created_at",
-            "updated_at",
-            "file_url",
-        ]
-
-    def get_file_url(self, annotation: Annotation) -> str:
-        return reverse("annotation-file", args=[annotation.pk])
-
-
 class ScanFieldsSerializer(serializers.Serializer):
     """The form fields that come with a scan (multipart upload or chunked-upload completion)."""
 
@@ -156,18 +127,6 @@ class CompleteUploadSerializer(ScanFieldsSerializer):
     sha256 = serializers.RegexField(
         r"^[0-9a-fA-F]{64}$", error_messages={"invalid": "give the sha256 in hex"}
     )
-
-
-class AnnotationFieldsSerializer(serializers.Serializer):
-    annotator = serializers.CharField(max_length=120, required=False, allow_blank=True)
-    structures = serializers.JSONField(required=False)
-
-    def validate_structures(self, value: Any) -> dict[str, int] | None:
-        if value in (None, "", {}):
-            return None
-        if not isinstance(value, dict):
-            raise serializers.ValidationError("give a JSON object: structure name -> label value")
-        return value
 
 
 class CreateUploadSerializer(serializers.Serializer):

@@ -5,7 +5,6 @@ A row of another lab answers 404 (not 403), so nobody learns that it exists.
 
 from __future__ import annotations
 
-import json
 from typing import Any, cast
 
 from django.conf import settings
@@ -20,10 +19,9 @@ from rest_framework.views import APIView
 
 from inference import structures
 from labseg.downloads import stored_file_response
-from review.services import create_annotation  # the annotation lifecycle
 from scans import services, uploads
 from scans.files import HashedUploadedFile
-from scans.models import Annotation, Lab, Mouse, Scan, Study, UploadSession
+from scans.models import Lab, Mouse, Scan, Study, UploadSession
 
 from . import serializers
 
@@ -114,57 +112,6 @@ class ScanThumbnail(APIView):
         return stored_file_response(
             scan.thumbnail.name, f"scan-{scan.pk}.png", content_type="image/png", inline=True
         )
-
-
-class ScanAnnotations(generics.ListAPIView):
-    """``GET /api/scans/{id}/annotations/``; ``POST`` multipart ``file``, ``annotator``, ``structures``."""
-
-    serializer_class = serializers.AnnotationSerializer
-
-    def _scan(self) -> Scan:
-        return get_object_or_404(Scan.objects.visible_to(self.request.user), pk=self.kwargs["pk"])
-
-    def get_queryset(self) -> QuerySet[Annotation]:
-        return self._scan().annotations.select_related("reviewer")
-
-    def post(self, request: Request, pk: int) -> Response:
-        scan = self._scan()
-        data: dict[str, Any] = {"annotator": request.data.get("annotator", "")}
-        raw_structures = request.data.get("structures")
-        if raw_structures not in (None, ""):
-            data["structures"] = raw_structures
-        if isinstance(raw_structures, str) and raw_structures.strip():
-            try:
-                data["structures"] = json.loads(raw_structures)
-            except json.JSONDecodeError:
-                return Response({"detail": 'structures must be JSON, such as {"tumor": 1}'}, status=400)
-        fields = serializers.AnnotationFieldsSerializer(data=data)
-        fields.is_valid(raise_exception=True)
-        upload = request.FILES.get("file")
-        if upload is None:
-            return Response({"detail": "attach the label map as the multipart field 'file'"}, status=400)
-        annotation = create_annotation(
-            scan=scan,
-            file=upload,
-            original_filename=upload.name or "",
-            annotator_name=fields.validated_data.get("annotator", ""),
-            user=request.user,
-            structures=fields.validated_data.get("structures"),
-        )
-        return Response(serializers.AnnotationSerializer(annotation).data, status=status.HTTP_201_CREATED)
-
-
-class AnnotationDetail(generics.RetrieveAPIView):
-    serializer_class = serializers.AnnotationSerializer
-
-    def get_queryset(self) -> QuerySet[Annotation]:
-        return Annotation.objects.visible_to(self.request.user).select_related("reviewer")
-
-
-class AnnotationFile(APIView):
-    def get(self, request: Request, pk: int) -> FileResponse:
-        annotation = get_object_or_404(Annotation.objects.visible_to(request.user), pk=pk)
-        return stored_file_response(annotation.file.name, annotation.original_filename)
 
 
 class StudyList(generics.ListAPIView):
