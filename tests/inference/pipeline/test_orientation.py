@@ -82,6 +82,19 @@ def test_every_pose_of_the_phantom_is_put_back_exactly(phantom: Phantom, pose: A
     assert finding.overall_confidence >= 0.5 and finding.confidence["left_right"] >= 0.6
 
 
+@pytest.mark.parametrize(
+    "pose", [p for p in POSES if not any(s < 0 for _, s in p.ornt)], ids=lambda pose: pose.describe()
+)
+def test_anisotropic_voxels_travel_with_their_axis(phantom: Phantom, pose: AxisTransform) -> None:
+    # Every other slice along the body: 0.84 x 0.84 x 1.68 mm voxels, stored in any axis order.
+    thick = phantom.ct[:, :, ::2]
+    voxel_mm = pose.spacing((SPACING_MM, SPACING_MM, 2 * SPACING_MM))
+
+    finding = find_orientation(pose.apply(thick), voxel_mm)
+
+    assert finding.kept == "nothing" and pose.then(finding.transform).is_identity
+
+
 def test_the_phantom_as_scanned_agrees_with_its_header(phantom: Phantom) -> None:
     finding = find_orientation(phantom.ct, spacing(IDENTITY))
 
