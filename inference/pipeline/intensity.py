@@ -128,10 +128,11 @@ class IntensityCalibration:
         return {
             "mode": self.mode,
             "units": self.units,
-            "slope": round(self.slope, 6),
-            "intercept": round(self.intercept, 3),
-            "air_peak": None if self.air_peak is None else round(self.air_peak, 4),
-            "tissue_peak": None if self.tissue_peak is None else round(self.tissue_peak, 4),
+            # Significant digits: a float export's peaks can be 1e-5 apart, a 16-bit one's 1e4.
+            "slope": _significant(self.slope),
+            "intercept": _significant(self.intercept),
+            "air_peak": None if self.air_peak is None else _significant(self.air_peak),
+            "tissue_peak": None if self.tissue_peak is None else _significant(self.tissue_peak),
             "findings": list(self.findings),
         }
 
@@ -187,13 +188,12 @@ def calibrate_intensity(volume: np.ndarray) -> IntensityCalibration:
 
     HU: a peak holding 2 % of the voxels lies within -150..160 HU (soft tissue), 1 % of the voxels
     lie below -300 HU (air, lungs or a -400 HU clip) and the bulk lies within -1200..5000 HU; such a
-    scan is used as it is. Otherwise a
-    fit (air peak -> -1000 HU, soft-tissue peak -> +50 HU) is used only when it is credible: the
-    scan holds many distinct values (not a label map); two peaks, air below soft tissue, each holding
-    a real share of the voxels, with a clear valley between them; one quantisation step stays finer
-    than the fat/soft-tissue contrast; after the map, little lies far below air (else the scan may
-    be inverted) and the brightest voxels reach bone-like values. Raises
-    :class:`IntensityCalibrationError` otherwise.
+    scan is used as it is. Otherwise a fit (air peak -> -1000 HU, soft-tissue peak -> +50 HU) is
+    used only when it is credible: the scan holds many distinct values (not a label map); two
+    peaks, air below soft tissue, each holding a real share of the voxels, with a clear valley
+    between them; one quantisation step stays finer than the fat/soft-tissue contrast; after the
+    map, little lies far below air (else the scan may be inverted) and the brightest voxels reach
+    bone-like values. Raises :class:`IntensityCalibrationError` otherwise.
     """
     survey = _survey(volume)
     # In HU, soft tissue is the tallest peak where soft tissue lies (it need not be the tallest of
@@ -485,6 +485,10 @@ def _refuse(reason: str) -> IntensityCalibrationError:
         "would give meaningless volumes. Export the scan in HU (most scanner software can), with "
         "air around the animal in the field of view, and try again."
     )
+
+
+def _significant(value: float) -> float:
+    return float(f"{value:.7g}")
 
 
 def _num(value: float) -> str:
