@@ -12,9 +12,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.urls import reverse
+
 from inference.structures import BY_ID, BY_NAME, LESION_NAMES
 from review.models import Consensus
 from scans.models import Mouse, Scan, Study
+from segmentation.decisions import exclusions
 from segmentation.models import InferenceJob, Lesion, Prediction, StructureVolume
 
 TUMOR_ID = BY_NAME["tumor"].id
@@ -109,7 +112,9 @@ def jobs_of(scans: list[Scan]) -> dict[int, list[InferenceJob]]:
 
 
 def scan_volumes(predictions: list[Prediction]) -> list[dict[str, Any]]:
-    """One row per structure over the given predictions, by structure id."""
+    """One row per structure over the given predictions, by structure id (excluded lesions taken
+    out of the tumor and metastasis volumes)."""
+    excluded = {p.pk: exclusions(p) for p in predictions}
     rows = StructureVolume.objects.filter(prediction__in=predictions).order_by("structure_id")
     return [
         {
@@ -118,9 +123,9 @@ def scan_volumes(predictions: list[Prediction]) -> list[dict[str, Any]]:
             "display_name": BY_ID[v.structure_id].display_name if v.structure_id in BY_ID else v.name,
             "colour": BY_ID[v.structure_id].colour_hex if v.structure_id in BY_ID else "#888888",
             "voxels": v.voxels,
-            "volume_mm3": v.volume_mm3,
-            "low_mm3": v.volume_low_mm3,
-            "high_mm3": v.volume_high_mm3,
+            "volume_mm3": excluded[v.prediction_id].volume(v.structure_id, v.volume_mm3),
+            "low_mm3": excluded[v.prediction_id].volume(v.structure_id, v.volume_low_mm3),
+            "high_mm3": excluded[v.prediction_id].volume(v.structure_id, v.volume_high_mm3),
         }
         for v in rows
         if v.structure_id != 0
@@ -128,9 +133,17 @@ def scan_volumes(predictions: list[Prediction]) -> list[dict[str, Any]]:
 
 
 def scan_lesions(predictions: list[Prediction]) -> list[dict[str, Any]]:
-    rows = Lesion.objects.filter(prediction__in=predictions).order_by("prediction_id", "index")
+    rows = (
+        Lesion.objects.filter(prediction__in=predictions)
+        .prefetch_related("reviews")
+        .order_by("prediction_id", "index")
+    )
     return [
         {
+            "id": lesion.pk,
+            "review": lesion.review,
+            "review_reason": next((r.reason for r in lesion.reviews.all()), ""),
+            "review_url": reverse("inference-lesion-review", args=[lesion.pk]),
             "index": lesion.index,
             "structure_id": lesion.structure_id,
             "centroid_mm": list(lesion.centroid_mm),
@@ -149,11 +162,12 @@ def metastasis_counts(predictions: list[Prediction]) -> dict[str, int | None]:
     for an organ that no prediction assessed ("not assessed", never 0)."""
     counts: dict[str, int | None] = {}
     for prediction in predictions:
+        taken = exclusions(prediction).metastases
         for organ, count in (prediction.metastasis_counts or {}).items():
             if count is None:
                 counts.setdefault(organ, None)
             else:
-                counts[organ] = int(counts.get(organ) or 0) + int(count)
+                counts[organ] = int(counts.get(organ) or 0) + max(0, int(count) - taken.get(organ, 0))
     return dict(sorted(counts.items(), key=lambda item: (item[1] is None, -(item[1] or 0), item[0])))
 
 
@@ -187,7 +201,7 @@ def mouse_series(mice: list[Mouse]) -> list[MouseSeries]:
     volumes = (
         StructureVolume.objects.filter(prediction__scan__in=scans)
         .select_related("prediction__scan__time_point", "prediction__model_version")
-        .prefetch_related("prediction__qc_reviews")
+        .prefetch_related("prediction__qc_reviews", "prediction__lesions__reviews")
         .order_by("prediction__scan__time_point__offset_hours", "-prediction__created_at")
     )
     seen: set[tuple[int, str, int]] = set()
@@ -210,15 +224,16 @@ def mouse_series(mice: list[Mouse]) -> list[MouseSeries]:
         if v.name in LESION_NAMES:
             if v.structure_id != TUMOR_ID:
                 continue
+            excluded = exclusions(v.prediction)  # lesions a person took out (the bed, a node)
             tumor[scan.pk] = (
                 mouse_id,
                 TumorPoint(
                     scan.pk,
                     scan.time_point.label,
                     days,
-                    v.volume_mm3,
-                    v.volume_low_mm3,
-                    v.volume_high_mm3,
+                    excluded.volume(TUMOR_ID, v.volume_mm3),
+                    excluded.volume(TUMOR_ID, v.volume_low_mm3),
+                    excluded.volume(TUMOR_ID, v.volume_high_mm3),
                     v.prediction.model_version.label,
                 ),
             )

@@ -16,6 +16,7 @@ from django.db.models import Prefetch, QuerySet
 from inference import structures
 from scans.models import Scan
 
+from .decisions import exclusions
 from .models import Prediction
 
 Row = dict[str, Any]
@@ -56,6 +57,8 @@ LESION_COLUMNS: tuple[str, ...] = (
     "voxels",
     "volume_mm3",
     "max_diameter_mm",
+    "review",
+    "review_reason",
 )
 METASTASIS_COLUMNS: tuple[str, ...] = (*SCAN_COLUMNS, "organ", "metastases", "assessment")
 
@@ -87,22 +90,26 @@ def export_scans(scans: QuerySet[Scan]) -> QuerySet[Scan]:
     )
 
 
-def _predictions(scans: Iterable[Scan], *, with_lesions: bool = False) -> Iterator[tuple[Scan, Prediction]]:
+def _predictions(scans: Iterable[Scan]) -> Iterator[tuple[Scan, Prediction]]:
     """(scan, prediction) pairs, predictions in model order, fetched a chunk of scans at a time."""
     chunk: list[Scan] = []
     for scan in scans:
         chunk.append(scan)
         if len(chunk) >= CHUNK_SCANS:
-            yield from _predictions_of_chunk(chunk, with_lesions=with_lesions)
+            yield from _predictions_of_chunk(chunk)
             chunk = []
     if chunk:
-        yield from _predictions_of_chunk(chunk, with_lesions=with_lesions)
+        yield from _predictions_of_chunk(chunk)
 
 
-def _predictions_of_chunk(chunk: Sequence[Scan], *, with_lesions: bool) -> Iterator[tuple[Scan, Prediction]]:
-    related: list[Prefetch[str, Any, str]] = [Prefetch("volumes"), Prefetch("qc_reviews")]
-    if with_lesions:
-        related.append(Prefetch("lesions"))
+def _predictions_of_chunk(chunk: Sequence[Scan]) -> Iterator[tuple[Scan, Prediction]]:
+    # Lesions and their reviews always: an excluded lesion leaves volumes and counts too.
+    related: list[Prefetch[str, Any, str]] = [
+        Prefetch("volumes"),
+        Prefetch("qc_reviews"),
+        Prefetch("lesions"),
+        Prefetch("lesions__reviews"),
+    ]
     predictions = (
         Prediction.objects.filter(scan__in=chunk)
         .select_related("model_version")
@@ -122,29 +129,35 @@ def prediction_volume_rows(scans: Iterable[Scan]) -> Iterator[Row]:
 
     A lesion of 0 mm^3 is data (no tumor). An organ the model did not find is not "0 mm^3": the
     scan may not show it (field of view) or the model missed it, so its volume cells are empty and
-    ``assessment`` says "not found".
+    ``assessment`` says "not found". Lesions a person excluded (``segmentation.decisions``) are
+    taken out of the tumor and metastasis volumes, and ``assessment`` says how many.
     """
     lesion_ids = {structures.by_name(name).id for name in structures.LESION_NAMES}
     for scan, prediction in _predictions(scans):
         base = scan_columns(scan, source=prediction.model_version.label, qc_status=prediction.qc["status"])
+        excluded = exclusions(prediction)
         for volume in prediction.volumes.all():
             if volume.structure_id == structures.BACKGROUND.id:
                 continue
             found = volume.voxels > 0 or volume.structure_id in lesion_ids
+            sid = volume.structure_id
+            assessment = "measured" if found else "not found"
+            if sid in excluded.volume_mm3:
+                assessment = f"measured, excluded lesions taken out ({excluded.volume_mm3[sid]:.3f} mm3)"
             yield {
                 **base,
                 "structure": volume.name,
-                "volume_mm3": volume.volume_mm3 if found else None,
+                "volume_mm3": excluded.volume(sid, volume.volume_mm3) if found else None,
                 "voxels": volume.voxels,
-                "volume_low_mm3": volume.volume_low_mm3 if found else None,
-                "volume_high_mm3": volume.volume_high_mm3 if found else None,
-                "assessment": "measured" if found else "not found",
+                "volume_low_mm3": excluded.volume(sid, volume.volume_low_mm3) if found else None,
+                "volume_high_mm3": excluded.volume(sid, volume.volume_high_mm3) if found else None,
+                "assessment": assessment,
             }
 
 
 def prediction_lesion_rows(scans: Iterable[Scan]) -> Iterator[Row]:
     """One row per lesion (tumor or metastasis component) of every prediction."""
-    for scan, prediction in _predictions(scans, with_lesions=True):
+    for scan, prediction in _predictions(scans):
         base = scan_columns(scan, source=prediction.model_version.label, qc_status=prediction.qc["status"])
         for lesion in prediction.lesions.all():
             yield {
@@ -159,6 +172,8 @@ def prediction_lesion_rows(scans: Iterable[Scan]) -> Iterator[Row]:
                 "voxels": lesion.voxels,
                 "volume_mm3": lesion.volume_mm3,
                 "max_diameter_mm": lesion.max_diameter_mm,
+                "review": lesion.review,
+                "review_reason": next((r.reason for r in lesion.reviews.all()), ""),
             }
 
 
@@ -175,7 +190,11 @@ def prediction_metastasis_rows(scans: Iterable[Scan]) -> Iterator[Row]:
         if metastasis_id not in {int(s) for s in prediction.model_version.structures}:
             continue
         base = scan_columns(scan, source=prediction.model_version.label, qc_status=prediction.qc["status"])
-        counts = {str(k): (None if v is None else int(v)) for k, v in prediction.metastasis_counts.items()}
+        taken = exclusions(prediction).metastases
+        counts = {
+            str(k): (None if v is None else max(0, int(v) - taken.get(str(k), 0)))
+            for k, v in prediction.metastasis_counts.items()
+        }
         for organ in (*structures.ORGAN_NAMES, *sorted(set(counts) - set(structures.ORGAN_NAMES))):
             count = counts.get(organ)
             yield {

@@ -259,3 +259,38 @@ class Lesion(models.Model):
     @property
     def centroid_mm(self) -> tuple[float, float, float]:
         return (self.centroid_x_mm, self.centroid_y_mm, self.centroid_z_mm)
+
+    @property
+    def review(self) -> str:
+        """``excluded``, ``confirmed`` or "" (nobody decided); .all() uses a prefetch."""
+        newest = next(iter(self.reviews.all()), None)
+        return newest.decision if newest is not None else ""
+
+
+class LesionReview(models.Model):
+    """A person's decision on one lesion: exclude it (a false positive: the bed, a lymph node, a
+    fold of skin) or confirm it, with the reason. Appended, never edited: the newest counts.
+
+    An excluded lesion leaves the tumor volume, the metastasis counts, the CSVs and the charts;
+    the prediction itself stays as the model made it."""
+
+    class Decision(models.TextChoices):
+        EXCLUDED = "excluded", "Excluded: not a lesion"
+        CONFIRMED = "confirmed", "Confirmed"
+
+    lesion = models.ForeignKey(Lesion, on_delete=models.CASCADE, related_name="reviews")
+    decision = models.CharField(max_length=16, choices=Decision.choices)
+    reason = models.CharField(max_length=500)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(auto_now_add=True)
+
+    lab_path = "lesion__prediction__scan__lab"
+    objects = LabScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-decided_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.decision} lesion {self.lesion_id}"

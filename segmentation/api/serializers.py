@@ -80,7 +80,9 @@ class LesionSerializer(serializers.ModelSerializer):
     class Meta:
         model = Lesion
         fields = [
+            "id",
             "index",
+            "review",
             "structure_id",
             "centroid_mm",
             "voxels",

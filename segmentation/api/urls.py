@@ -28,6 +28,8 @@ urlpatterns = [
     path("predictions/<int:pk>/", views.PredictionDetailView.as_view(), name="inference-prediction-detail"),
     path("predictions/<int:pk>/qc", views.PredictionQCView.as_view(), name="inference-prediction-qc"),
     path("predictions/<int:pk>/qc/", views.PredictionQCView.as_view()),
+    path("lesions/<int:pk>/review", views.LesionReviewView.as_view(), name="inference-lesion-review"),
+    path("lesions/<int:pk>/review/", views.LesionReviewView.as_view()),
     re_path(
         r"^predictions/(?P<pk>\d+)/(?P<kind>labels|uncertainty)(?:\.nii\.gz)?$",
         views.PredictionFileView.as_view(),

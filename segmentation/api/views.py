@@ -18,8 +18,8 @@ from rest_framework.views import APIView
 from labseg.downloads import csv_response, stored_file_response
 from labseg.refusals import Refused
 from scans.models import Scan, Study
-from segmentation import exports, qc, services
-from segmentation.models import InferenceJob, ModelVersion, Prediction
+from segmentation import decisions, exports, services
+from segmentation.models import InferenceJob, Lesion, ModelVersion, Prediction
 
 from .serializers import InferenceJobSerializer, ModelVersionSerializer, PredictionSerializer
 
@@ -179,13 +179,32 @@ class PredictionQCView(APIView):
     def post(self, request: Request, pk: int) -> Response:
         prediction = get_object_or_404(Prediction.objects.visible_to(request.user), pk=pk)
         data = request.data if hasattr(request.data, "get") else {}
-        qc.decide(
+        decisions.decide_qc(
             prediction=prediction,
             user=request.user,
             decision=str(data.get("decision", "")),
             note=str(data.get("note", "")),
         )
         return Response(PredictionSerializer(Prediction.objects.get(pk=prediction.pk)).data)
+
+
+class LesionReviewView(APIView):
+    """``POST /api/lesions/{id}/review`` ``{"decision": "excluded"|"confirmed", "reason": "..."}``:
+    a lab member excludes a false positive (or confirms a lesion); volumes, counts, CSVs and charts
+    follow. Answers the prediction with its lesions."""
+
+    def post(self, request: Request, pk: int) -> Response:
+        lesion = get_object_or_404(
+            Lesion.objects.visible_to(request.user).select_related("prediction"), pk=pk
+        )
+        data = request.data if hasattr(request.data, "get") else {}
+        decisions.review_lesion(
+            lesion=lesion,
+            user=request.user,
+            decision=str(data.get("decision", "")),
+            reason=str(data.get("reason", "")),
+        )
+        return Response(PredictionSerializer(Prediction.objects.get(pk=lesion.prediction_id)).data)
 
 
 class ModelVersionListView(generics.ListAPIView):

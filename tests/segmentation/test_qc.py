@@ -1,5 +1,6 @@
-"""The QC gate on the server: a flagged prediction is held back from charts, cohort means and
-humane-endpoint alerts until a reviewer accepts it; decisions are recorded; CSVs carry qc_status."""
+"""People's decisions on the server: a flagged prediction is held back from charts, cohort means
+and humane-endpoint alerts until a reviewer accepts it; an excluded lesion leaves volumes, counts,
+CSVs and charts; every decision is recorded; CSVs carry qc_status."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import pytest
 from rest_framework.test import APIClient
 
 from frontend import results
+from inference.structures import BY_NAME
 from labs.models import Lab, Membership
 from scans.models import Scan
 from segmentation import services
-from segmentation.models import InferenceJob, ModelVersion, Prediction, QCReview
-from tests.factories import member_of
+from segmentation.models import InferenceJob, LesionReview, ModelVersion, Prediction, QCReview
+from tests.factories import LabFactory, member_of
 
 pytestmark = pytest.mark.django_db
 
@@ -137,3 +139,48 @@ def test_a_rejected_prediction_stays_out_and_a_passed_one_cannot_be_decided(
     assert passed.status_code == 409
     assert nonsense.status_code == 400 and "accepted, rejected" in nonsense.json()["detail"]
     assert series.tumor == [] and series.held_back[0]["qc_status"] == "rejected"
+
+
+def test_an_excluded_lesion_leaves_volumes_counts_csvs_and_the_chart(
+    models: dict[str, ModelVersion], upload_scan: Callable[..., Scan], member: Any
+) -> None:
+    scan = upload_scan()
+    lesions = _segmented(scan)["tumor"]
+    for prediction in Prediction.objects.filter(scan=scan):
+        Prediction.objects.filter(pk=prediction.pk).update(
+            manifest={**prediction.manifest, "qc": {"status": "ok", "reasons": []}}
+        )
+    tumor = lesions.lesions.get(structure_id=BY_NAME["tumor"].id)
+    client = _client(member)
+    study = scan.study.pk
+    before = {
+        r["structure"]: float(r["volume_mm3"]) for r in _csv(client.get(f"/api/scans/{scan.pk}/volumes.csv"))
+    }
+    chart_before = results.mouse_series([scan.time_point.mouse])[0].tumor[0].volume_mm3
+
+    no_reason = client.post(f"/api/lesions/{tumor.pk}/review", {"decision": "excluded"}, format="json")
+    done = client.post(
+        f"/api/lesions/{tumor.pk}/review",
+        {"decision": "excluded", "reason": "on the animal bed"},
+        format="json",
+    )
+    outsider = _client(member_of(LabFactory(name="Other"), username="olga"))
+    hidden = outsider.post(
+        f"/api/lesions/{tumor.pk}/review", {"decision": "confirmed", "reason": "x"}, format="json"
+    )
+    after = {r["structure"]: r for r in _csv(client.get(f"/api/scans/{scan.pk}/volumes.csv"))}
+    listed = {int(r["lesion"]): r for r in _csv(client.get(f"/api/studies/{study}/lesions.csv"))}
+    chart_after = results.mouse_series([scan.time_point.mouse])[0].tumor[0].volume_mm3
+
+    assert no_reason.status_code == 400 and "give the reason" in no_reason.json()["detail"]
+    assert done.status_code == 200
+    assert {les["id"]: les["review"] for les in done.json()["lesions"]}[tumor.pk] == "excluded"
+    assert hidden.status_code == 404
+    assert float(after["tumor"]["volume_mm3"]) == pytest.approx(before["tumor"] - tumor.volume_mm3, abs=1e-6)
+    assert after["tumor"]["assessment"].startswith("measured, excluded lesions taken out")
+    assert (listed[tumor.index]["review"], listed[tumor.index]["review_reason"]) == (
+        "excluded",
+        "on the animal bed",
+    )
+    assert chart_after == pytest.approx(chart_before - tumor.volume_mm3, abs=1e-6)
+    assert LesionReview.objects.get(lesion=tumor).decided_by == member

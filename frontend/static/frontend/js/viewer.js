@@ -287,6 +287,8 @@ function buildMetastasisPanel() {
   }
 }
 
+const labelledLesions = new Set(); // lesions with a 3D marker already
+
 function buildLesionPanel() {
   const container = document.getElementById("lesions");
   container.replaceChildren();
@@ -301,15 +303,29 @@ function buildLesionPanel() {
     const kind = byId.get(lesion.structure_id)?.display_name ?? "Lesion";
     const organ = byName.get(lesion.organ_name)?.display_name ?? lesion.organ_name;
     const row = document.createElement("tr");
-    row.innerHTML = "<td></td><td></td><td></td><td class='num'></td><td><button type='button'>Go to</button></td>";
+    row.dataset.lesion = lesion.id;
+    row.dataset.review = lesion.review || "";
+    row.innerHTML =
+      "<td></td><td></td><td></td><td class='num'></td><td class='lesion-actions'>" +
+      "<button type='button' class='goto' title='Centre the views on this lesion'>Go to</button> " +
+      "<button type='button' class='exclude' title='Not a lesion (the bed, a fold of skin): take it out of volumes, counts and charts'>Exclude</button> " +
+      "<button type='button' class='confirm' title='A real lesion: record that a person checked it'>Confirm</button></td>";
     row.children[0].textContent = lesion.index;
     row.children[1].textContent = kind;
     row.children[2].textContent = organ;
     row.children[3].textContent = lesion.volume_mm3.toFixed(2);
-    row.querySelector("button").addEventListener("click", () => goTo(lesion.centroid_mm));
+    if (lesion.review) {
+      row.classList.add(`lesion-${lesion.review}`);
+      row.title = `${lesion.review === "excluded" ? "Excluded" : "Confirmed"}: ${lesion.review_reason}`;
+    }
+    row.querySelector(".goto").addEventListener("click", () => goTo(lesion.centroid_mm));
+    row.querySelector(".exclude").addEventListener("click", () => reviewLesion(lesion, "excluded"));
+    row.querySelector(".confirm").addEventListener("click", () => reviewLesion(lesion, "confirmed"));
     table.tBodies[0].append(row);
     // A marker in the 3D view, named by its organ.
     const colour = byId.get(lesion.structure_id)?.rgb.map((c) => c / 255) ?? [1, 0, 1];
+    if (labelledLesions.has(lesion.id)) continue;
+    labelledLesions.add(lesion.id);
     nv.addLabel(`${kind} ${lesion.index}: ${organ}`, { textScale: 0.6, textColor: [1, 1, 1, 1], bulletScale: 0.5, bulletColor: [...colour, 1], lineWidth: 0 }, lesion.centroid_mm);
   }
   container.append(table);
@@ -343,6 +359,34 @@ function wireToolbar() {
   document.getElementById("full-res").addEventListener("click", () => reload("full", null));
   document.getElementById("region-res").addEventListener("click", () => reload("full", state.crosshairMm ?? null));
   document.getElementById("whole-scan").addEventListener("click", () => reload("preview", null));
+}
+
+function csrfToken() {
+  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+  return match ? decodeURIComponent(match[1]) : "";
+}
+
+// Exclude or confirm one lesion, with a reason; the panel, volumes and counts follow at once.
+async function reviewLesion(lesion, decision) {
+  const question = decision === "excluded" ? "Why is this not a lesion (for example: on the animal bed)?" : "Why is it confirmed?";
+  const reason = window.prompt(question, lesion.review_reason || "");
+  if (reason === null) return;
+  const response = await fetch(lesion.review_url, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken(), Accept: "application/json" },
+    body: JSON.stringify({ decision, reason }),
+  });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    setStatus(body.detail ?? `The server answered ${response.status}.`);
+    return;
+  }
+  const fresh = await (await fetch(`/scans/${config.scanId}/viewer.json`, { headers: { Accept: "application/json" } })).json();
+  Object.assign(config, { volumes: fresh.volumes, lesions: fresh.lesions, metastasisCounts: fresh.metastasisCounts });
+  buildLesionPanel();
+  buildMetastasisPanel();
+  renderVolumes(fresh.volumes);
+  document.body.dataset.lesionReviewed = String(Date.now());
 }
 
 function renderVolumes(volumes) {
