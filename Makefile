@@ -69,6 +69,7 @@ test: install services
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
 
 # Trains the small bundled models (needs requirements-train.txt: CPU torch).
 models: $(STAMP)
