@@ -241,3 +241,6 @@ def test_command_runs_end_to_end_and_writes_the_json(
     assert "intestine" not in digi["dice"] and digi["true_tumor_mm3"] == 0
     assert report["verdict"]["pass"] is False  # a threshold model finds no heart
     assert "native" in printed and "digimouse_torso" in printed and "verdict" in printed
+    markdown = robustness.markdown_table(report).splitlines()
+    assert len(markdown) == 2 + len(report["variants"])
+    assert markdown[2].startswith("| native | 1 | ") and markdown[-1].endswith("| FAIL |")
