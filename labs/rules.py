@@ -19,8 +19,9 @@ import rules
 from .models import Lab, Membership
 
 #: Attributes followed from a row to its lab, in order (a scan has ``lab``; an annotation or a
-#: prediction has ``scan``; a cohort has ``study``; a time point has ``mouse``).
-_LAB_PATH = ("lab", "scan", "study", "mouse", "time_point")
+#: prediction has ``scan``; a lesion has ``prediction``; a transition has ``annotation``; a cohort
+#: has ``study``; a time point has ``mouse``).
+_LAB_PATH = ("lab", "scan", "prediction", "annotation", "study", "mouse", "time_point")
 
 REVIEW_ROLES = (Membership.Role.REVIEWER, Membership.Role.ADMIN)
 

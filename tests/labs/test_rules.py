@@ -32,6 +32,11 @@ def test_lab_of_follows_any_row_to_its_lab(time_point):
     assert lab_of(time_point) == lab  # time point -> mouse -> lab
     assert lab_of(None) is None
     assert lab_of(object()) is None
+    # A row two steps from a scan (a lesion of a prediction, a transition of an annotation).
+    scan_row = type("Row", (), {"lab": lab})()
+    lesion = type("Row", (), {"prediction": type("Row", (), {"scan": scan_row})()})()
+    transition = type("Row", (), {"annotation": type("Row", (), {"scan": scan_row})()})()
+    assert lab_of(lesion) == lab and lab_of(transition) == lab
 
 
 @pytest.mark.parametrize(
