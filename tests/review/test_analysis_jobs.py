@@ -256,7 +256,7 @@ class RowLock:
                 rows = AnnotationVolume.objects.filter(annotation__scan=self.scan)
                 list(rows.select_for_update(of=("self",)))  # not the scan: new analyses refer to it
                 self.locked.set()
-                self.release.wait(timeout=120)
+                self.release.wait(timeout=300)
         finally:
             connection.close()
 
@@ -284,7 +284,7 @@ def test_an_analysis_whose_worker_is_killed_is_finished_once_by_a_new_worker(
         wait_for(
             lambda: _waiting_on_a_lock() > 0
             and ReviewAnalysis.objects.filter(pk=analysis.pk, state="running", stage="volumes").exists(),
-            timeout_s=60,
+            timeout_s=120,
             what="the worker to be inside the analysis",
             workers=workers,
         )
@@ -293,7 +293,7 @@ def test_an_analysis_whose_worker_is_killed_is_finished_once_by_a_new_worker(
     assert analysis.state == "running" and analysis.worker_host.startswith("doomed@")
 
     workers.start("rescuer", with_beat=True)
-    wait_for(lambda: _finished(analysis), timeout_s=90, what="the analysis to finish", workers=workers)
+    wait_for(lambda: _finished(analysis), timeout_s=180, what="the analysis to finish", workers=workers)
 
     analysis.refresh_from_db()
     assert analysis.state == "succeeded", f"{analysis.error}\n{workers.logs()}"
@@ -323,7 +323,7 @@ def test_an_analysis_queued_while_the_broker_is_down_is_sent_by_the_reconciler(
 
     workers.start("after-outage", with_beat=True)
     wait_for(
-        lambda: _finished(analysis), timeout_s=90, what="the analysis to be sent and run", workers=workers
+        lambda: _finished(analysis), timeout_s=180, what="the analysis to be sent and run", workers=workers
     )
 
     analysis.refresh_from_db()

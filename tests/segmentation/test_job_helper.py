@@ -186,7 +186,7 @@ def test_a_hung_job_stops_heartbeating_and_is_taken_back_by_the_reconciler(
     [job] = services.request_segmentation(scan=scan, model_versions=[e2e_models["organs"]])
     wait_for(
         lambda: InferenceJob.objects.filter(pk=job.pk, state="running", stage="download").exists(),
-        timeout_s=60,
+        timeout_s=120,
         what="the worker to start downloading the scan",
         workers=workers,
     )
@@ -212,7 +212,7 @@ def test_a_hung_job_stops_heartbeating_and_is_taken_back_by_the_reconciler(
     workers.start("rescuer", with_beat=True)
     wait_for(
         lambda: InferenceJob.objects.filter(pk=job.pk, state__in=("succeeded", "failed")).exists(),
-        timeout_s=90,
+        timeout_s=180,
         what="the job to finish on the second worker",
         workers=workers,
     )
@@ -239,7 +239,7 @@ def test_the_soft_time_limit_fails_the_job_with_a_plain_message_and_no_retry(
 
     wait_for(
         lambda: InferenceJob.objects.filter(pk=job.pk, state__in=("succeeded", "failed")).exists(),
-        timeout_s=90,
+        timeout_s=180,
         what="the job to end",
         workers=workers,
     )
