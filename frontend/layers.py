@@ -368,6 +368,11 @@ def viewer_config(scan: Scan, predictions: list[Prediction]) -> dict[str, Any]:
         for prefix, what in (("pred", "labels"), ("unc", "uncertainty")):
             url = _layer_url(scan, f"{prefix}-{prediction.pk}") + "?download=1"
             downloads.append({"title": f"{task} {what} (NIfTI)", "url": url})
+        slicer = reverse("review-api:prediction-seg-nrrd", args=[prediction.pk])
+        downloads.append({"title": f"{task} labels (3D Slicer .seg.nrrd)", "url": slicer})
+    if predictions:
+        itksnap = reverse("review-api:itksnap-labels")
+        downloads.append({"title": "Label names and colours (ITK-SNAP)", "url": itksnap})
     return {
         "scanId": scan.pk,
         "shape": list(scan.shape)[:3],

@@ -20,6 +20,11 @@ urlpatterns = [
     path("scans/<int:pk>/annotations/", views.ScanAnnotations.as_view(), name="scan-annotations"),
     path("annotations/<int:pk>/", views.AnnotationDetail.as_view(), name="annotation-detail"),
     path("annotations/<int:pk>/file", views.AnnotationFile.as_view(), name="annotation-file"),
+    path("annotations/<int:pk>/file.seg.nrrd", views.AnnotationSegNrrd.as_view(), name="annotation-seg-nrrd"),
+    path(
+        "predictions/<int:pk>/labels.seg.nrrd", views.PredictionSegNrrd.as_view(), name="prediction-seg-nrrd"
+    ),
+    path("structures/itksnap.txt", views.ItksnapLabels.as_view(), name="itksnap-labels"),
     route(r"annotations/(?P<pk>\d+)/submit", views.SubmitView.as_view(), "submit"),
     route(r"annotations/(?P<pk>\d+)/approve", views.ApproveView.as_view(), "approve"),
     route(r"annotations/(?P<pk>\d+)/reject", views.RejectView.as_view(), "reject"),

@@ -20,7 +20,7 @@ from labseg.downloads import csv_response, stored_file_response
 from scans.models import Annotation, Scan, Study
 from segmentation.models import Prediction
 
-from .. import analysis, plots, services, studies
+from .. import analysis, exchange, plots, services, studies
 from ..models import Agreement, Consensus, PredictionComparison, ReviewAnalysis
 from .serializers import (
     AgreementSerializer,
@@ -76,12 +76,16 @@ class ReplaceView(APIView):
         body = ReplaceSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         upload = body.validated_data["file"]
+        filename, structures = upload.name or "", body.validated_data.get("structures")
+        if exchange.is_seg_nrrd(filename):
+            upload, filename = exchange.nifti_upload_from_seg_nrrd(upload, filename)
+            structures = None
         replacement = services.replace_annotation(
             annotation=annotation,
             file=upload,
-            original_filename=upload.name,
+            original_filename=filename,
             user=request.user,
-            structures=body.validated_data.get("structures"),
+            structures=structures,
         )
         return _annotation_answer(replacement, status.HTTP_201_CREATED)
 
@@ -276,13 +280,17 @@ class ScanAnnotations(generics.ListAPIView):
         upload = request.FILES.get("file")
         if upload is None:
             return Response({"detail": "attach the label map as the multipart field 'file'"}, status=400)
+        filename, structures = upload.name or "", fields.validated_data.get("structures")
+        if exchange.is_seg_nrrd(filename):  # a Slicer segmentation: canonical names, so canonical ids
+            upload, filename = exchange.nifti_upload_from_seg_nrrd(upload, filename)
+            structures = None
         annotation = services.create_annotation(
             scan=scan,
             file=upload,
-            original_filename=upload.name or "",
+            original_filename=filename,
             annotator_name=fields.validated_data.get("annotator", ""),
             user=request.user,
-            structures=fields.validated_data.get("structures"),
+            structures=structures,
         )
         return Response(AnnotationSerializer(annotation).data, status=status.HTTP_201_CREATED)
 
@@ -298,3 +306,28 @@ class AnnotationFile(APIView):
     def get(self, request: Request, pk: int) -> FileResponse:
         annotation = get_object_or_404(Annotation.objects.visible_to(request.user), pk=pk)
         return stored_file_response(annotation.file.name, annotation.original_filename)
+
+
+class AnnotationSegNrrd(APIView):
+    """``GET /api/annotations/{id}/file.seg.nrrd``: the annotation for 3D Slicer (canonical ids)."""
+
+    def get(self, request: Request, pk: int) -> HttpResponse:
+        annotation = get_object_or_404(Annotation.objects.visible_to(request.user), pk=pk)
+        name = f"scan{annotation.scan_id}_annotation{annotation.pk}_{annotation.annotator_name}.seg.nrrd"
+        return exchange.seg_nrrd_response(annotation.file, annotation.structures, name)
+
+
+class PredictionSegNrrd(APIView):
+    """``GET /api/predictions/{id}/labels.seg.nrrd``: the prediction's labels for 3D Slicer."""
+
+    def get(self, request: Request, pk: int) -> HttpResponse:
+        prediction = get_object_or_404(Prediction.objects.visible_to(request.user), pk=pk)
+        name = f"scan{prediction.scan_id}_{prediction.model_version.name}_{prediction.model_version.version}"
+        return exchange.seg_nrrd_response(prediction.labels, None, f"{name}.seg.nrrd")
+
+
+class ItksnapLabels(APIView):
+    """``GET /api/structures/itksnap.txt``: the canonical table as an ITK-SNAP label file."""
+
+    def get(self, request: Request) -> HttpResponse:
+        return exchange.itksnap_response()
