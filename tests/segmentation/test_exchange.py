@@ -45,8 +45,7 @@ def test_a_prediction_goes_to_slicer_and_comes_back_as_annotation_versions(
         )
 
     response = client.get(f"/api/predictions/{prediction.pk}/labels.seg.nrrd")
-    content = b"".join(response.streaming_content) if response.streaming else response.content
-    stream = io.BytesIO(content)
+    stream = io.BytesIO(response.getvalue())  # the body, streamed or not
     header = nrrd.read_header(stream)
     data = nrrd.read_data(header, stream, index_order="F")
     segments = {header[f"Segment{n}_Name"]: int(header[f"Segment{n}_LabelValue"]) for n in range(2)}
@@ -77,7 +76,7 @@ def test_a_prediction_goes_to_slicer_and_comes_back_as_annotation_versions(
     assert refused.status_code == 400 and "is not a structure labseg knows" in refused.json()["detail"]
     annotation_id = created.json()["id"]
     exported = client.get(f"/api/annotations/{annotation_id}/file.seg.nrrd")
-    stream = io.BytesIO(b"".join(exported.streaming_content) if exported.streaming else exported.content)
+    stream = io.BytesIO(exported.getvalue())
     back = nrrd.read_data(nrrd.read_header(stream), stream, index_order="F")
     assert np.array_equal(back, edited)
     # A reviewer rejects it; the same file edited again comes back as its new version.

@@ -164,7 +164,7 @@ def test_an_excluded_lesion_leaves_volumes_counts_csvs_and_the_chart(
         {"decision": "excluded", "reason": "on the animal bed"},
         format="json",
     )
-    outsider = _client(member_of(LabFactory(name="Other"), username="olga"))
+    outsider = _client(member_of(LabFactory.create(name="Other"), username="olga"))
     hidden = outsider.post(
         f"/api/lesions/{tumor.pk}/review", {"decision": "confirmed", "reason": "x"}, format="json"
     )

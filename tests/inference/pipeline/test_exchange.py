@@ -4,6 +4,7 @@ the round trip, Slicer's LPS space and layered files are read, unknown segments 
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import nrrd
 import numpy as np
@@ -67,7 +68,11 @@ def test_slicer_files_in_lps_with_layers_and_display_names_are_read() -> None:
 
 
 def test_an_unknown_segment_and_a_broken_file_are_refused_in_plain_words() -> None:
-    header = {"Segment0_Name": "Segment_1", "Segment0_LabelValue": "1", "space": "right-anterior-superior"}
+    header: dict[str, Any] = {
+        "Segment0_Name": "Segment_1",
+        "Segment0_LabelValue": "1",
+        "space": "right-anterior-superior",
+    }
     header["space directions"] = np.eye(3)
     buffer = io.BytesIO()
     nrrd.write(buffer, labels(), header, index_order="F")
