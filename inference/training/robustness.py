@@ -99,6 +99,8 @@ VARIANTS: dict[str, str] = {
     "digimouse_torso": "Digimouse atlas (real anatomy), torso",
 }
 DIGIMOUSE_VARIANTS = ("digimouse", "digimouse_torso")
+#: What a variant did to a case, copied from its ``meta`` into the report.
+TRANSFORM_KEYS = ("permutation", "flips", "rescale", "neighbour", "bed_added")
 
 
 @dataclass
@@ -414,6 +416,9 @@ def score_case(case: Case, cards: Sequence[ModelCard], *, threads: int = 2) -> d
         result["metastasis_fp_mm3"] = round(
             false_positive_mm3(pred == METASTASIS, truth == METASTASIS, voxel), 3
         )
+    transform = {k: case.meta[k] for k in TRANSFORM_KEYS if k in case.meta}
+    if transform:
+        result["transform"] = transform
     if refused is not None:
         result["refused"] = refused
     result["seconds"] = {**seconds, "total": round(time.perf_counter() - started, 3)}

@@ -237,6 +237,12 @@ def test_command_runs_end_to_end_and_writes_the_json(
         assert report["variants"][variant]["cases"][0]["dice"] == native["cases"][0]["dice"], variant
     assert native["cases"][0]["tumor_fp_mm3"] > 0  # bone called tumor: counted
     assert report["variants"]["8bit"]["cases"][0]["dtype"] == "uint8"
+    perm, flips = robustness.orientation_choice(9000)
+    assert report["variants"]["permuted"]["cases"][0]["transform"] == {
+        "permutation": list(perm),
+        "flips": list(flips),
+    }
+    assert report["variants"]["neighbour"]["cases"][0]["transform"]["neighbour"] == "native_09001_0.63mm"
     digi = report["variants"]["digimouse_torso"]["cases"][0]
     assert "intestine" not in digi["dice"] and digi["true_tumor_mm3"] == 0
     assert report["verdict"]["pass"] is False  # a threshold model finds no heart
