@@ -217,8 +217,10 @@ def test_scan_lesion_and_metastasis_csvs_list_every_lesion_and_every_organ(
         ("metastasis", "liver"),
         ("tumor", "subcutaneous/other"),
     ]
-    by_organ = {r["organ"]: int(r["metastases"]) for r in counts}
+    by_organ = {r["organ"]: int(r["metastases"]) for r in counts if r["assessment"] == "assessed"}
     assert by_organ["liver"] == 1 and sum(by_organ.values()) == 1
+    not_assessed = [r for r in counts if r["assessment"] == "not assessed"]
+    assert not_assessed and all(r["metastases"] == "" for r in not_assessed)
     assert {r["source"] for r in counts} == {"tiny-lesions@1.0.0"}
 
 
