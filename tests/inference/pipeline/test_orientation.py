@@ -15,6 +15,7 @@ from inference.pipeline import predict_volume, segment_file
 from inference.pipeline.geometry import record_geometry, to_canonical
 from inference.pipeline.orientation import AxisTransform, find_orientation
 from inference.registry import ModelCard
+from tests.conftest import SHARED
 from tests.inference.pipeline.conftest import WINDOW, body_phantom
 from tests.inference.pipeline.tiny_models import write_threshold_model
 from tests.nifti import load_nifti
@@ -30,6 +31,9 @@ MIRROR_X = AxisTransform(((0, -1), (1, 1), (2, 1)))  # left and right swapped, n
 POSES = AxisTransform.every()
 TEMPLATE, TEMPLATE_LABELS = "low_res_template_UCHAR.nii.gz", "low_res_template_UCHAR-label.nii.gz"
 RAW_HEADS = ("C57BL6_J_.nii.gz", "BALB_CJ_.nii.gz")
+DIGIMOUSE = SHARED / "realdata" / "digimouse" / "digimouse_labels.nii.gz"
+#: HU for Digimouse's tissues (its labels.json); everything else in the body is soft tissue.
+DIGIMOUSE_HU = {0: -1000, 2: 1000, 9: 45, 13: 12, 15: 25, 18: 62, 21: -430}
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +195,55 @@ def test_an_oblique_raw_head_scan_keeps_its_header_in_every_rotation(realdata: P
         assert finding.kept == "header" and finding.transform.is_identity, pose.describe()
         assert finding.confidence["long_axis"] < 0.5
         assert "no clear long axis" in finding.findings[0]
+
+
+@pytest.fixture(scope="module")
+def digimouse() -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """A CT drawn from the real Digimouse anatomy (0.2 mm, its header says where its nose and back
+    are): HU per tissue plus 20 HU noise; and the same with gas in the top third of the stomach."""
+    labels, spacing_mm = load_canonical(DIGIMOUSE)
+    ct = np.full(labels.shape, 40.0, dtype=np.float32)
+    for label, hu in DIGIMOUSE_HU.items():
+        ct[labels == label] = hu
+    ct += np.random.default_rng(0).normal(0.0, 20.0, ct.shape).astype(np.float32)
+    stomach = labels == 15
+    # y is ventral: gas rises to the back (low y) of the stomach in a prone mouse.
+    top = np.quantile(np.nonzero(stomach)[1], 0.35)
+    gassy = ct.copy()
+    gassy[stomach & (np.arange(labels.shape[1]) < top)[None, :, None]] = -1000
+    return ct.astype(np.int16), gassy.astype(np.int16), spacing_mm
+
+
+@pytest.mark.parametrize(
+    "pose",
+    [IDENTITY, SUPINE, LATERAL, AxisTransform(((2, 1), (1, 1), (0, -1)))],
+    ids=["as stored", "supine", "lateral", "long axis across"],
+)
+def test_real_anatomy_is_put_back_with_the_header_handedness(
+    digimouse: tuple[np.ndarray, np.ndarray, tuple[float, float, float]], pose: AxisTransform
+) -> None:
+    ct, _, spacing_mm = digimouse
+    assert not pose.is_mirror
+
+    finding = find_orientation(pose.apply(ct), pose.spacing(spacing_mm))
+
+    # Digimouse's stomach holds no gas: its left cannot be read, so the header's handedness is kept.
+    assert finding.kept == "left-right" and pose.then(finding.transform).is_identity
+    assert finding.measures["braincase_mm3"] > 200 and finding.measures["lungs_mm3"] > 200
+
+
+@pytest.mark.parametrize(
+    "pose", [MIRROR_X, AxisTransform(((1, -1), (2, 1), (0, 1)))], ids=["mirror", "mirror turned"]
+)
+def test_real_anatomy_with_stomach_gas_shows_a_mirror_image(
+    digimouse: tuple[np.ndarray, np.ndarray, tuple[float, float, float]], pose: AxisTransform
+) -> None:
+    _, gassy, spacing_mm = digimouse
+
+    finding = find_orientation(pose.apply(gassy), pose.spacing(spacing_mm))
+
+    assert pose.is_mirror and finding.kept == "nothing"
+    assert pose.then(finding.transform).is_identity
 
 
 @pytest.fixture(scope="module")
