@@ -141,3 +141,44 @@ def load_cases(root: Path, spec: TaskSpec) -> list[Case]:
     if not cases:
         raise FileNotFoundError(f"no phantom cases (folders with labels.nii.gz) under {root}")
     return cases
+
+
+def case_from_arrays(
+    name: str,
+    spec: TaskSpec,
+    ct: np.ndarray,
+    fractions: np.ndarray,
+    labelled_ids: np.ndarray,
+    *,
+    ignore: np.ndarray | None = None,
+    disagreement: np.ndarray | None = None,
+    spacing_mm: float = 0.63,
+) -> Case:
+    """A training case from coarse arrays that carry every canonical id.
+
+    ``fractions`` uint8 [16, X, Y, Z] (channel = canonical id, 255 = whole voxel), ``labelled_ids``
+    bool [16] (does the source label that id), ``ignore`` / ``disagreement`` uint8 [X, Y, Z] or
+    None. Structures the task does not segment become background, the task's ``ignore`` ids are
+    left out of the loss (as ``prepare_case`` does for the phantoms' own folders).
+    """
+    share = fractions.astype(np.float32) / 255.0
+    out = np.stack([share[sid] for sid in spec.structures])
+    out[0] = 1.0 - out[1:].sum(axis=0)
+    skip = np.zeros(out.shape[1:], np.float32) if ignore is None else ignore.astype(np.float32) / 255.0
+    for sid in spec.ignore:
+        skip = skip + share[sid]
+    skip = np.clip(skip, 0.0, 1.0)
+    out[0] -= skip
+    np.clip(out, 0.0, 1.0, out=out)
+    flags = np.array([sid == 0 or bool(labelled_ids[sid]) for sid in spec.structures])
+    return Case(
+        name=name,
+        ct=ct.astype(np.float32, copy=False),
+        fractions=np.rint(out * 255).astype(np.uint8),
+        ignore=np.rint(skip * 255).astype(np.uint8),
+        disagreement=(
+            np.zeros(out.shape[1:], np.uint8) if disagreement is None else disagreement.astype(np.uint8)
+        ),
+        spacing_mm=spacing_mm,
+        labelled=flags,
+    )

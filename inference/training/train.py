@@ -24,6 +24,7 @@ import torch.nn.functional as F  # noqa: N812 (the idiom every PyTorch reader kn
 from inference.training.data import Case, load_cases
 from inference.training.losses import disagreement_loss, partial_label_loss
 from inference.training.network import UNet3D
+from inference.training.synth_pool import SynthPool
 from inference.training.tasks import TASKS, TaskSpec
 from inference.training.warm_start import load_exported
 
@@ -48,6 +49,8 @@ class TrainConfig:
     #: noisier scanners. Models before mouse-organs 1.6.0 were fed point-sampled scans and trained
     #: with 35 HU to match them.
     noise_hu: float = 12.0
+    #: Share of crops drawn from domain-randomised volumes when a synth pool is given.
+    synth_rate: float = 0.65
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -91,14 +94,23 @@ def class_voxels(case: Case) -> dict[int, np.ndarray]:
 
 
 def sample_batch(
-    cases: list[Case], spec: TaskSpec, cfg: TrainConfig, rng: np.random.Generator
+    cases: list[Case],
+    spec: TaskSpec,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    synth: list[Case] | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """A batch of augmented crops: (image, fractions, labelled, weight, disagreement)."""
+    """A batch of augmented crops: (image, fractions, labelled, weight, disagreement).
+
+    With ``synth`` (domain-randomised volumes, ``inference/phantom/synth.py``) each crop comes
+    from it with probability ``cfg.synth_rate``, otherwise from ``cases``.
+    """
     size = np.array(spec.crop)
     k = len(spec.structures)
     images, targets, labelled, weights, disagree = [], [], [], [], []
     for _ in range(cfg.batch):
-        case = cases[int(rng.integers(len(cases)))]
+        pool = synth if synth and rng.random() < cfg.synth_rate else cases
+        case = pool[int(rng.integers(len(pool)))]
         scale = rng.uniform(0.88, 1.12) * rng.uniform(0.96, 1.04, size=3)
         src = np.maximum(np.rint(size * scale).astype(int), 8)
         shape = np.array(case.ct.shape)
@@ -195,11 +207,17 @@ def train(
     cases: list[Case],
     cfg: TrainConfig,
     *,
-    val: list[Case] | None = None,
+    val: list[Case] | dict[str, list[Case]] | None = None,
     checkpoint: Path | None = None,
     init: Path | None = None,
+    synth: SynthPool | None = None,
+    checkpoint_every: int = 0,
 ) -> UNet3D:
-    """Train a model; stops after ``cfg.epochs`` epochs or ``cfg.max_minutes``, whichever first."""
+    """Train a model; stops after ``cfg.epochs`` epochs or ``cfg.max_minutes``, whichever first.
+
+    ``synth``: a pool of domain-randomised volumes (``synth_pool.py``) mixed into the crops at
+    ``cfg.synth_rate``; ``checkpoint_every``: also keep ``checkpoint-eNNN.pt`` every that many
+    epochs beside ``checkpoint`` (to evaluate a run's course afterwards)."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
@@ -225,8 +243,10 @@ def train(
             progress = max(step / total, (time.monotonic() - t0) / (60 * cfg.max_minutes))
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+            if synth is not None:
+                synth.step(step)
             image, target, labelled, weight, disagree = (
-                t.to(device) for t in sample_batch(cases, spec, cfg, rng)
+                t.to(device) for t in sample_batch(cases, spec, cfg, rng, synth.cases if synth else None)
             )
             image = image.contiguous(memory_format=torch.channels_last_3d)
             logits, dis_logit = model(image)
@@ -245,11 +265,19 @@ def train(
             "minutes": round(minutes, 2),
         }
         if val and ((epoch + 1) % 5 == 0 or epoch + 1 == cfg.epochs or minutes >= cfg.max_minutes):
-            entry["val_dice"] = coarse_dice(model, val, spec, device)
+            if isinstance(val, dict):
+                entry["val_dice"] = {k: coarse_dice(model, v, spec, device) for k, v in val.items()}
+            else:
+                entry["val_dice"] = coarse_dice(model, val, spec, device)
         cfg.history.append(entry)  # type: ignore[arg-type]
         log.info("%s", json.dumps(entry))
         if checkpoint is not None:
             torch.save({"state": model.state_dict(), "task": spec.task, "epoch": epoch + 1}, checkpoint)
+            if checkpoint_every and (epoch + 1) % checkpoint_every == 0:
+                torch.save(
+                    {"state": model.state_dict(), "task": spec.task, "epoch": epoch + 1},
+                    checkpoint.with_name(f"{checkpoint.stem}-e{epoch + 1:03d}.pt"),
+                )
         if minutes >= cfg.max_minutes:
             log.info("time budget of %.0f minutes reached after %d epochs", cfg.max_minutes, epoch + 1)
             break

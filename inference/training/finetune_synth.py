@@ -1,0 +1,236 @@
+"""``python -m inference.training.finetune_synth``: fine-tune a committed model on domain-randomised data.
+
+Issue 19: the phantom-trained models learned the phantom's shapes, context and exact intensities.
+This run continues a committed model (``--init`` its ``model.onnx``, ``warm_start.py``) on a mix
+of synthetic volumes drawn by ``inference.phantom.synth`` (``--synth-rate`` of the crops, the
+majority) and the phantoms' own native scans (the rest, so that the in-distribution figures
+hold). Sources: the cached procedural phantoms (``--pool``, made by ``python -m
+inference.phantom.synth``; each also gives its native scan) and, unless ``--no-digimouse``, the
+real Digimouse atlas (weight ``--digimouse-weight`` among the sources), which is the project's
+only real-anatomy test source: train without it to measure generalisation to it.
+
+The result is exported to ``--out`` with the post-processing rules (and outline refiner files)
+of ``--init``'s folder carried over unchanged, ready for ``evaluate`` or ``calibrate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from inference.jsonsafe import finite_or_null
+from inference.phantom.synth import ID, digimouse_source, load_source
+from inference.training.data import Case, block_mean, case_from_arrays
+from inference.training.export import export_model
+from inference.training.synth_pool import SynthPool
+from inference.training.tasks import TASKS, TaskSpec
+from inference.training.train import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+#: Seeds of the phantom sources (the training phantoms' seeds: validation 8000-8007 and test
+#: 9000-9007 never enter training).
+POOL_SEEDS = range(1000, 1060)
+
+
+def native_cases(pool: Path, spec: TaskSpec, seeds: range) -> tuple[list, list[Case]]:
+    """(sources, native cases) of the cached phantom sources with these seeds."""
+    sources, cases = [], []
+    for seed in seeds:
+        path = pool / f"native_{seed:05d}.npz"
+        if not path.exists():
+            continue
+        source = load_source(path)
+        sources.append(source)
+        assert source.ct is not None
+        cases.append(
+            case_from_arrays(
+                source.name,
+                spec,
+                source.ct,
+                source.fractions,
+                source.labelled,
+                disagreement=source.disagreement,
+                spacing_mm=source.spacing_mm,
+            )
+        )
+    if not sources:
+        raise FileNotFoundError(
+            f"no cached phantom sources under {pool}: run python -m inference.phantom.synth"
+        )
+    return sources, cases
+
+
+def digimouse_cases(spec: TaskSpec, seed: int = 0) -> dict[str, list[Case]]:
+    """Digimouse CT (``digimouse.render_ct``, 0.21 mm, box-averaged to 0.63 mm as the pipeline does),
+    whole body and torso, as progress-check cases."""
+    from inference.phantom import digimouse
+    from inference.phantom.synth import block_fractions
+
+    mouse = digimouse.load()
+    out = {}
+    for crop in ("whole", "torso"):
+        ph = digimouse.render_ct(mouse, seed=seed, spacing_mm=0.21, crop=crop)  # type: ignore[arg-type]
+        labelled = np.zeros(16, bool)
+        labelled[0] = True
+        for name in mouse.labelled:
+            labelled[ID[name]] = True
+        out[f"digimouse_{crop}"] = [
+            case_from_arrays(
+                f"digimouse_{crop}",
+                spec,
+                block_mean(ph.ct, 3),
+                block_fractions(ph.labels, 3),
+                labelled,
+                spacing_mm=0.63,
+            )
+        ]
+    return out
+
+
+def finetune(
+    task: str,
+    init: Path,
+    out: Path,
+    *,
+    pool: Path,
+    version: str,
+    minutes: float,
+    lr: float,
+    seed: int,
+    threads: int,
+    digimouse: bool,
+    digimouse_weight: float,
+    synth_rate: float,
+    device: str = "cpu",
+    command: str = "",
+) -> Path:
+    spec = TASKS[task]
+    sources, cases = native_cases(pool, spec, POOL_SEEDS)
+    weights = [1.0] * len(sources)
+    if digimouse:
+        # The atlas is one mouse among ~60 phantoms: weighted so that about ``digimouse_weight``
+        # of the synthetic volumes come from it.
+        sources.append(digimouse_source())
+        weights.append(digimouse_weight / (1 - digimouse_weight) * (len(weights)))
+    focus = (ID["tumor"],) if task == "tumor" else ()
+    synth = SynthPool(sources, spec, seed=seed, weights=weights, focus_ids=focus)
+    val: dict[str, list[Case]] = digimouse_cases(spec)
+    if (pool / "native_08000.npz").exists():
+        val["val_native"] = native_cases(pool, spec, range(8000, 8002))[1]
+    cfg = TrainConfig(
+        epochs=10_000,
+        max_minutes=minutes,
+        lr=lr,
+        seed=seed,
+        threads=threads,
+        device=device,
+        synth_rate=synth_rate,
+    )
+    work = Path("data") / "checkpoints" / f"{spec.name}-{version}"
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    model = train(
+        spec,
+        cases,
+        cfg,
+        val=val,
+        checkpoint=work / "checkpoint.pt",
+        init=init,
+        synth=synth,
+        checkpoint_every=5,
+    )
+    seconds = time.monotonic() - t0
+    training = {
+        "data": (
+            f"{synth_rate:.0%} of crops from domain-randomised volumes (inference/phantom/synth.py) "
+            "drawn from "
+            f"{len(cases)} phantom label maps (seeds {POOL_SEEDS.start}-{POOL_SEEDS.stop - 1})"
+            + (
+                f" and the Digimouse atlas ({digimouse_weight:.0%} of them)"
+                if digimouse
+                else " (no Digimouse)"
+            )
+            + f"; the rest from those phantoms' native scans; {synth.drawn} volumes drawn"
+        ),
+        "seeds": {
+            "training": seed,
+            "phantoms": list(POOL_SEEDS),
+            "synth_volumes": [seed * 1_000_000, seed * 1_000_000 + synth.drawn - 1],
+        },
+        "digimouse": digimouse,
+        "epochs": len(cfg.history),
+        "steps": len(cfg.history) * max(len(cases) // cfg.batch, 1),
+        "seconds": round(seconds, 1),
+        "device": device,
+        "threads": threads,
+        "init": str(init),
+        "lr": lr,
+        "noise_hu": cfg.noise_hu,
+        "synth_rate": synth_rate,
+        "command": command or "python -m inference.training.finetune_synth " + " ".join(sys.argv[1:]),
+        "history": cfg.history,
+    }
+    export_model(model, spec, out, version=version, input_spacing_mm=0.63, training=training)
+    carry_postprocess(init.parent, out)
+    return out
+
+
+def carry_postprocess(old: Path, new: Path) -> None:
+    """Copy ``old``'s post-processing rules and outline refiner files into ``new``'s card."""
+    old_card = json.loads((old / "model.json").read_text())
+    card_path = new / "model.json"
+    card = json.loads(card_path.read_text())
+    if "postprocess" in old_card:
+        card["postprocess"] = old_card["postprocess"]
+        for rule in card["postprocess"].get("refine", []):
+            if "network" in rule:
+                shutil.copyfile(old / rule["network"], new / rule["network"])
+    if "refiners" in old_card:
+        card["refiners"] = old_card["refiners"]
+    card_path.write_text(json.dumps(finite_or_null(card), indent=1, allow_nan=False) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m inference.training.finetune_synth", description=__doc__)
+    parser.add_argument("--task", choices=sorted(TASKS), required=True)
+    parser.add_argument("--init", type=Path, required=True, help="committed model.onnx to continue")
+    parser.add_argument("--out", type=Path, required=True, help="model version folder to write")
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--pool", type=Path, default=Path("data/.cache/synth-sources"))
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=19)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-digimouse", action="store_true", help="hold the Digimouse atlas out")
+    parser.add_argument("--digimouse-weight", type=float, default=0.3)
+    parser.add_argument("--synth-rate", type=float, default=0.65)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    finetune(
+        args.task,
+        args.init,
+        args.out,
+        pool=args.pool,
+        version=args.version,
+        minutes=args.minutes,
+        lr=args.lr,
+        seed=args.seed,
+        threads=args.threads,
+        digimouse=not args.no_digimouse,
+        digimouse_weight=args.digimouse_weight,
+        synth_rate=args.synth_rate,
+        device=args.device,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The domain-randomised generator (inference/phantom/synth.py) and training on what it draws."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from inference.phantom import digimouse
+from inference.phantom.synth import (
+    AIR,
+    HU_RANGES,
+    ID,
+    N_IDS,
+    SOFT,
+    Source,
+    block_fractions,
+    digimouse_source,
+    synth_sample,
+    tissue_class,
+)
+from inference.training.data import case_from_arrays
+from inference.training.synth_pool import SynthPool
+from inference.training.tasks import ORGANS, TaskSpec
+from inference.training.train import TrainConfig, train
+
+
+def _ellipsoid(
+    shape: tuple[int, int, int], centre: tuple[float, ...], radii: tuple[float, ...]
+) -> np.ndarray:
+    x, y, z = np.indices(shape, dtype=np.float32)
+    r2 = sum(((a - c) / r) ** 2 for a, c, r in zip((x, y, z), centre, radii, strict=True))
+    return r2 < 1.0
+
+
+def tiny_source() -> Source:
+    """A small mouse-like label map drawn at 3x and box-averaged: body, two lungs around a heart,
+    a liver, a spine-like bone rod, a brain at the cranial end; 24 x 24 x 40 coarse voxels."""
+    fine = (72, 72, 120)
+    labels = np.zeros(fine, np.uint8)
+    body = _ellipsoid(fine, (36, 36, 60), (22, 18, 56))
+    labels[body] = 255  # unlabelled body, reset below
+    labels[_ellipsoid(fine, (36, 34, 100), (12, 10, 14)) & body] = ID["brain"]
+    labels[_ellipsoid(fine, (26, 36, 70), (8, 10, 14))] = ID["lung_left"]
+    labels[_ellipsoid(fine, (46, 36, 70), (8, 10, 14))] = ID["lung_right"]
+    labels[_ellipsoid(fine, (36, 40, 68), (6, 7, 8))] = ID["heart"]
+    labels[_ellipsoid(fine, (36, 38, 46), (16, 12, 9))] = ID["liver"]
+    labels[_ellipsoid(fine, (36, 20, 60), (7, 7, 50))] = ID["bones"]
+    tissue_fine = np.where(labels > 0, SOFT, AIR).astype(np.uint8)
+    labels[labels == 255] = 0
+    fractions = block_fractions(labels, 3)
+    tissue = tissue_fine[::3, ::3, ::3]
+    labelled = np.zeros(N_IDS, bool)
+    for name in ("brain", "lung_left", "lung_right", "heart", "liver", "bones"):
+        labelled[ID[name]] = True
+    labelled[0] = True
+    return Source(name="tiny", fractions=fractions, labelled=labelled, tissue=tissue)
+
+
+def test_the_generator_is_deterministic_per_seed() -> None:
+    source = tiny_source()
+    a, b = synth_sample(source, 5), synth_sample(source, 5)
+    c = synth_sample(source, 6)
+    assert np.array_equal(a.ct, b.ct) and np.array_equal(a.fractions, b.fractions)
+    assert np.array_equal(a.disagreement, b.disagreement) and a.params == b.params
+    assert not np.array_equal(a.ct, c.ct)
+
+
+def test_tissue_means_keep_ct_physical_order() -> None:
+    order = ["air", "lung", "fat", "soft", "bone"]
+    for low, high in itertools.pairwise(order):
+        assert HU_RANGES[low][1] < HU_RANGES[high][0]
+    source = tiny_source()
+    for seed in range(6):
+        hu = synth_sample(source, seed).params["hu"]
+        assert isinstance(hu, dict)
+        soft = [v for k, v in hu.items() if k in ID and tissue_class(ID[k]) == "soft"] + [hu["muscle"]]
+        lungs = [hu["lung_left"], hu["lung_right"]]
+        assert hu["air"] < min(lungs) and max(lungs) < hu["fat"] < min(soft) and max(soft) < hu["bones"]
+
+
+def test_labels_move_with_the_image() -> None:
+    """Under rotation, scaling, bending and elastic warps, the drawn intensities stay where the
+    labels are: bone voxels are bone-bright, lung voxels lung-dark, whatever the pose."""
+    source = tiny_source()
+    moved = 0
+    for seed in range(6):
+        s = synth_sample(source, seed)
+        hu = s.params["hu"]
+        assert isinstance(hu, dict)
+        bone = s.fractions[ID["bones"]] > 250
+        lung = s.fractions[ID["lung_left"]] > 240
+        if bone.sum() < 5 or lung.sum() < 5:
+            continue
+        assert abs(float(np.median(s.ct[bone])) - hu["bones"]) < 0.3 * (hu["bones"] - hu["lung_left"])
+        assert abs(float(np.median(s.ct[lung])) - hu["lung_left"]) < 0.3 * (hu["bones"] - hu["lung_left"])
+        # The sample really was deformed: its label map differs from the source's.
+        moved += not np.array_equal(s.fractions[ID["bones"]] > 127, source.fractions[ID["bones"]] > 127)
+    assert moved >= 3
+
+
+def test_beds_are_background_and_never_tumor() -> None:
+    source = tiny_source()
+    with_bed = [s for s in (synth_sample(source, seed) for seed in range(12)) if s.bed.any()]
+    assert with_bed, "no bed drawn in 12 seeds"
+    for s in with_bed:
+        # Mostly background wherever the bed is (a body outline it touches may share a voxel).
+        assert (s.fractions.argmax(axis=0)[s.bed] == 0).all()
+        assert (s.fractions[0][s.bed] >= 128).all()
+        assert (s.fractions[ID["tumor"]][s.bed] == 0).all()
+        # The bed is visible: it is not air.
+        assert float(np.median(s.ct[s.bed])) > HU_RANGES["air"][1] + 100
+
+
+@pytest.mark.skipif(
+    not (digimouse.DEFAULT_DIR / digimouse.FILENAME).is_file(), reason="Digimouse atlas not present"
+)
+def test_digimouse_samples_mark_its_unlabelled_structures() -> None:
+    source = digimouse_source()
+    assert not source.labelled[ID["intestine"]] and not source.labelled[ID["spinal_cord"]]
+    assert source.labelled[ID["liver"]] and source.labelled[ID["tumor"]]
+    s = synth_sample(source, 0, shape=(40, 33, 60))
+    case = case_from_arrays("d", ORGANS, s.ct, s.fractions, s.labelled)
+    assert case.labelled is not None
+    flags = dict(zip(ORGANS.structures, case.labelled, strict=True))
+    assert not flags[ID["intestine"]] and not flags[ID["spinal_cord"]]
+    assert flags[ID["heart"]] and flags[ID["kidney_left"]] and flags[0]
+
+
+def test_a_short_run_on_synthetic_data_lowers_the_loss() -> None:
+    spec = TaskSpec(
+        name="tiny",
+        task="organs",
+        structures=(0, ID["heart"], ID["lung_left"], ID["lung_right"], ID["liver"], ID["bones"]),
+        factor=3,
+        low_hu=-1000.0,
+        high_hu=1000.0,
+        base_channels=4,
+        crop=(16, 16, 24),
+    )
+    source = tiny_source()
+    # Four synthetic volumes, kept (no refresh): the network must learn them within a minute.
+    pool = SynthPool([source], spec, seed=0, size=4, shape=(20, 20, 32), refresh_every=10**6)
+    cfg = TrainConfig(
+        epochs=40, batch=2, lr=1e-2, seed=0, threads=1, device="cpu", max_minutes=0.8, synth_rate=1.0
+    )
+    cfg.partial_label_rate = 0.0
+    train(spec, pool.fill(), cfg, synth=pool)
+    losses = [float(h["loss"]) for h in cfg.history]
+    assert len(losses) >= 10
+    assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
