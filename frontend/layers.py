@@ -131,7 +131,18 @@ def resolve_layer(scan: Scan, key: str) -> Layer:
             raise LayerNotFoundError(f"scan {scan.pk} has no prediction {ident}")
         if kind == "pred":
             title = f"{prediction.model_version.get_task_display()} ({prediction.model_version.label})"
-            return Layer(key, "labels", title, (prediction.labels,), is_label=True)
+            # A model's layer shows only that model's structures: a lesion run's file also holds the
+            # organ map its lesions were allocated with, which belongs to the organ layer.
+            own = {int(s): int(s) for s in prediction.model_version.structures if int(s) != 0}
+            return Layer(
+                key,
+                "labels",
+                title,
+                (prediction.labels,),
+                is_label=True,
+                relabel=(own,),
+                stored_as=f"{key}.own",
+            )
         return Layer(key, "uncertainty", "Uncertainty", (prediction.uncertainty,), is_label=False)
     if kind == "ann" and ident.isdigit():
         annotation = scan.annotations.filter(pk=int(ident)).first()
@@ -278,7 +289,7 @@ def full_file(scan: Scan, layer: Layer) -> str:
             f"this scan is {scan.size_bytes / 1024**2:.0f} MB, more than a browser can show whole; "
             "use 'Full resolution of this region' instead"
         )
-    if layer.kind in ("ct", "labels", "uncertainty"):
+    if layer.kind in ("ct", "uncertainty") or (layer.kind == "labels" and not layer.relabel):
         return layer.files[0].name or ""  # an empty name is refused as missing (404)
     shape = tuple(int(s) for s in scan.shape[:3])
     return region_file(scan, layer, (0, 0, 0), shape)  # type: ignore[arg-type]

@@ -138,7 +138,29 @@ def test_the_preview_is_made_once_on_a_coarser_grid_that_lies_on_the_scan(
     assert labels.get_data_dtype() == np.uint8
     assert BY_NAME["metastasis"].id in np.unique(np.asarray(labels.dataobj))
     cached = sorted(p.name for p in (media_root / "previews" / f"scan_{scan.pk}").iterdir())
-    assert cached == ["ct.f2.nii.gz", f"pred-{prediction.pk}.f2.nii.gz"]
+    assert cached == ["ct.f2.nii.gz", f"pred-{prediction.pk}.own.f2.nii.gz"]
+
+
+def test_a_model_layer_holds_only_that_models_structures(client_for: Client, scan: Scan) -> None:
+    # A lesion model's file also holds the organ map its lesions were allocated with; its layer
+    # must not paint those organs (unticking "Organs" would leave them on screen).
+    prediction = Prediction.objects.get(scan=scan)
+    lesion_ids = [0, BY_NAME["tumor"].id, BY_NAME["metastasis"].id]
+    type(prediction.model_version).objects.filter(pk=prediction.model_version_id).update(
+        structures=lesion_ids
+    )
+
+    shown = np.unique(
+        np.asarray(_nifti(client_for.get(f"/scans/{scan.pk}/layers/pred-{prediction.pk}.nii.gz")).dataobj)
+    )
+    full = np.unique(
+        np.asarray(
+            _nifti(client_for.get(f"/scans/{scan.pk}/layers/pred-{prediction.pk}.nii.gz?level=full")).dataobj
+        )
+    )
+
+    assert set(shown.tolist()) <= set(lesion_ids) and BY_NAME["metastasis"].id in shown
+    assert set(full.tolist()) <= set(lesion_ids) and BY_NAME["liver"].id not in full
 
 
 def test_a_big_scan_is_refused_whole_but_served_by_region(
