@@ -40,6 +40,16 @@ if _missing:
         + ": set them in the environment or in .env (see docker/.env.example)."
     )
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="labseg-local-development-only-not-secret")
+if not DEBUG:
+    # Production sits behind a TLS reverse proxy (docker/compose.yaml) that sets X-Forwarded-Proto;
+    # ``manage.py check --deploy`` reports no warning with these.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env.bool("LABSEG_SSL_REDIRECT", default=True)
+    SECURE_HSTS_SECONDS = env.int("LABSEG_HSTS_SECONDS", default=31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = env.bool("LABSEG_HSTS_PRELOAD", default=True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -94,8 +104,15 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'l
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=0))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Django's full set: similar to the username, shorter than 10, among 20,000 common ones, all digits.
 AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 10},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
@@ -163,14 +180,26 @@ LABSEG_REVIEW_INLINE_MAX_VOXELS = env.int("LABSEG_REVIEW_INLINE_MAX_VOXELS", def
 LABSEG_INFERENCE_THREADS = env.int("LABSEG_INFERENCE_THREADS", default=0)
 LABSEG_DEVICE = env.str("LABSEG_DEVICE", default="auto")
 
+# Failed token logins per client address and minute before its attempts answer 429.
+LABSEG_AUTH_FAILURES_PER_MIN = env.int("LABSEG_AUTH_FAILURES_PER_MIN", default=20)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
+        "labseg.authentication.ThrottledTokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "labseg.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 100,
+    # Per client: anonymous requests by address, signed-in ones (session or token) by user.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {  # (bad tokens: LABSEG_AUTH_FAILURES_PER_MIN, labseg/authentication.py)
+        "anon": env.str("LABSEG_THROTTLE_ANON", default="60/min"),
+        "user": env.str("LABSEG_THROTTLE_USER", default="3000/min"),
+    },
     "EXCEPTION_HANDLER": "labseg.refusals.exception_handler",
 }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -97,11 +98,19 @@ def _find_lab(user_labs: Any, lab: str | None) -> Lab:
 
 
 def check_identifier(value: str, what: str) -> str:
-    """``value`` stripped, or ScanRejected when it is empty, too long or holds a slash."""
-    value = (value or "").strip()
+    """``value`` stripped and in Unicode NFC (one spelling of "é", so one mouse, not two), or
+    ScanRejected when it is empty, too long, holds a slash, a control character (a line break in a
+    download name, a NUL) or a bidirectional override (text that displays as something else)."""
+    value = unicodedata.normalize("NFC", value or "").strip()
     if not value:
         raise ScanRejected(f"name the {what}")
-    if len(value) > MAX_IDENTIFIER_LENGTH or any(c in value for c in "/\\\x00"):
+    hidden = [c for c in value if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn")]
+    if hidden:
+        codes = ", ".join(sorted({f"U+{ord(c):04X}" for c in hidden}))
+        raise ScanRejected(
+            f"the {what} name holds invisible or control characters ({codes}): type it again without them"
+        )
+    if len(value) > MAX_IDENTIFIER_LENGTH or any(c in value for c in "/\\"):
         raise ScanRejected(f"the {what} {value!r} is not a usable name (at most 64 characters, no slashes)")
     return value
 

@@ -188,7 +188,31 @@ def _parse_header_block(block: bytes) -> nib.Nifti1Header | nib.Nifti2Header:
     )
 
 
+#: The largest intensity scaling (scl_slope, scl_inter) taken as meant: 16-bit CT stored with a
+#: slope of 1000 already spans any tissue; beyond that the header is damaged, not a scan.
+MAX_SCALING = 1e6
+
+
+def _check_scaling(slope: float, inter: float) -> None:
+    """Refuse scl_slope/scl_inter that are not finite, or so large that no scanner wrote them."""
+    if not (math.isfinite(slope) and math.isfinite(inter)):
+        raise ScanRejected(
+            f"the header's intensity scaling (scl_slope {slope}, scl_inter {inter}) is not a number: "
+            "the file is damaged; export it again"
+        )
+    if slope == 0 or abs(slope) > MAX_SCALING or abs(inter) > MAX_SCALING:
+        raise ScanRejected(
+            f"the header's intensity scaling (scl_slope {slope:g}, scl_inter {inter:g}) is not one a "
+            "scanner writes: the file is damaged; export it again"
+        )
+
+
 def _check_header(header: nib.Nifti1Header, size_bytes: int, compressed: bool) -> None:
+    # The header's own fields: NIfTI reads a slope of 0 or NaN as "unscaled" (nibabel then drops
+    # both), but an infinite or huge one is damage that nibabel would pass on.
+    raw_slope, raw_inter = float(header["scl_slope"]), float(header["scl_inter"])
+    if raw_slope != 0 and not math.isnan(raw_slope):
+        _check_scaling(raw_slope, 0.0 if math.isnan(raw_inter) else raw_inter)
     dim = [int(d) for d in header["dim"]]
     ndim = dim[0]
     if not 1 <= ndim <= 7:
@@ -283,6 +307,7 @@ def _header_as_nibabel_reads_it(
         ) from None
     finally:
         link.unlink()
+    _check_scaling(slope, inter)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise ScanRejected(
             "the voxel-to-world matrix in the header is not usable (not finite or flat): fix the "

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from labs.models import Lab, Membership
@@ -27,6 +29,13 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         users = get_user_model().objects
         user = users.filter(username=options["user"]).first()
+        if options["password"]:
+            # The same validators as the site's password forms (settings.AUTH_PASSWORD_VALIDATORS).
+            candidate = user or get_user_model()(username=options["user"], email=options["email"])
+            try:
+                validate_password(options["password"], candidate)
+            except ValidationError as error:
+                raise CommandError("the password is too weak: " + " ".join(error.messages)) from None
         if user is None:
             if not options["create_user"]:
                 raise CommandError(
