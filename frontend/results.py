@@ -190,7 +190,7 @@ def mouse_series(mice: list[Mouse]) -> list[MouseSeries]:
         for m in mice
     }
     scans = (
-        Scan.objects.filter(time_point__mouse__in=mice)
+        Scan.objects.filter(time_point__mouse__in=mice, deleted_at__isnull=True)  # not in the bin
         .select_related("time_point", "time_point__mouse")
         .order_by("time_point__offset_hours", "uploaded_at")
     )

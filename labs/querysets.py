@@ -29,7 +29,13 @@ class LabScopedQuerySet(models.QuerySet[_M]):
         """Rows of the labs the user is a member of (none for anonymous users)."""
         if not _signed_in(user):
             return self.none()
-        return self.filter(**{f"{self.lab_path}__memberships__user": user}).distinct()
+        rows = self.filter(**{f"{self.lab_path}__memberships__user": user})
+        # A model whose rows belong to a scan names the scan's ``deleted_at`` as ``deleted_path``:
+        # a scan in the bin hides with everything made from it.
+        deleted_path = getattr(self.model, "deleted_path", None)
+        if deleted_path:
+            rows = rows.filter(**{f"{deleted_path}__isnull": True})
+        return rows.distinct()
 
     def in_lab(self, lab: Any) -> Self:
         return self.filter(**{self.lab_path: lab})

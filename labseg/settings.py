@@ -163,6 +163,8 @@ Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
 LABSEG_MAX_UPLOAD_BYTES = env.int("LABSEG_MAX_UPLOAD_BYTES", default=4 * 1024**3)
 # A resumable upload idle this long is abandoned: beat sweeps its session and partial file.
 LABSEG_UPLOAD_ABANDON_AFTER_H = env.float("LABSEG_UPLOAD_ABANDON_AFTER_H", default=24.0)
+# A deleted scan stays in the bin (restorable) this long; beat then purges it with its files.
+LABSEG_BIN_RETENTION_DAYS = env.float("LABSEG_BIN_RETENTION_DAYS", default=30.0)
 LABSEG_MAX_VOXELS = env.int("LABSEG_MAX_VOXELS", default=1100**3)
 LABSEG_MAX_DIM = env.int("LABSEG_MAX_DIM", default=4096)
 LABSEG_MAX_DECOMPRESSED_BYTES = env.int("LABSEG_MAX_DECOMPRESSED_BYTES", default=8 * 1024**3)
@@ -243,6 +245,7 @@ _reconcile_every_s = env.float("LABSEG_RECONCILE_EVERY_S", default=60.0)
 # One reconciler per kind of job, each through labseg.jobs.reconcile.
 CELERY_BEAT_SCHEDULE = {
     "sweep-uploads": {"task": "scans.tasks.sweep_uploads_task", "schedule": 3600.0},
+    "purge-bin": {"task": "scans.tasks.purge_bin_task", "schedule": 86400.0},
     "reconcile-jobs": {"task": "inference.tasks.reconcile_jobs_task", "schedule": _reconcile_every_s},
     "reconcile-review-analyses": {
         "task": "review.tasks.reconcile_analyses_task",

@@ -106,6 +106,7 @@ class Consensus(models.Model):
     computed_at = models.DateTimeField(auto_now=True)
 
     lab_path = "scan__lab"  # to labs.Lab, for visible_to
+    deleted_path = "scan__deleted_at"
 
     objects = LabScopedQuerySet.as_manager()
 
@@ -162,6 +163,7 @@ class Agreement(models.Model):
     computed_at = models.DateTimeField(auto_now=True)
 
     lab_path = "scan__lab"  # to labs.Lab, for visible_to
+    deleted_path = "scan__deleted_at"
 
     objects = LabScopedQuerySet.as_manager()
 
@@ -228,6 +230,7 @@ class PredictionComparison(models.Model):
     computed_at = models.DateTimeField(auto_now=True)
 
     lab_path = "scan__lab"  # to labs.Lab, for visible_to
+    deleted_path = "scan__deleted_at"
 
     objects = LabScopedQuerySet.as_manager()
 
@@ -289,6 +292,7 @@ class ReviewAnalysis(BackgroundJob):
     noun = "analysis"
 
     lab_path = "scan__lab"  # to labs.Lab, for visible_to
+    deleted_path = "scan__deleted_at"
 
     objects = LabScopedQuerySet.as_manager()
 

@@ -172,8 +172,14 @@ class Scan(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     uploaded_at = models.DateTimeField(auto_now_add=True)
+    #: Soft delete (``scans.deletion``): hidden everywhere at once, restorable until the purge.
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deleted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
 
     lab_path = "lab"  # to labs.Lab, for visible_to
+    deleted_path = "deleted_at"  # rows of a scan in the bin are hidden by visible_to
 
     objects = LabScopedQuerySet.as_manager()
 
@@ -223,6 +229,7 @@ class Annotation(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     lab_path = "scan__lab"  # to labs.Lab, for visible_to
+    deleted_path = "scan__deleted_at"
 
     objects = LabScopedQuerySet.as_manager()
 

@@ -78,6 +78,7 @@ class InferenceJob(BackgroundJob):
     noun = "segmentation"
 
     lab_path = "scan__lab"  # to labs.Lab, for visible_to
+    deleted_path = "scan__deleted_at"
 
     objects = InferenceJobQuerySet.as_manager()
 
@@ -109,6 +110,7 @@ class Prediction(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     lab_path = "scan__lab"  # to labs.Lab, for visible_to
+    deleted_path = "scan__deleted_at"
 
     objects = LabScopedQuerySet.as_manager()
 
@@ -188,6 +190,7 @@ class QCReview(models.Model):
     decided_at = models.DateTimeField(auto_now_add=True)
 
     lab_path = "prediction__scan__lab"  # to labs.Lab, for visible_to
+    deleted_path = "prediction__scan__deleted_at"
 
     objects = LabScopedQuerySet.as_manager()
 
@@ -210,6 +213,7 @@ class StructureVolume(models.Model):
     volume_high_mm3 = models.FloatField()
 
     lab_path = "prediction__scan__lab"  # to labs.Lab, for visible_to
+    deleted_path = "prediction__scan__deleted_at"
 
     objects = LabScopedQuerySet.as_manager()
 
@@ -246,6 +250,7 @@ class Lesion(models.Model):
     allocation = models.CharField(max_length=16, choices=Allocation.choices)
 
     lab_path = "prediction__scan__lab"  # to labs.Lab, for visible_to
+    deleted_path = "prediction__scan__deleted_at"
 
     objects = LabScopedQuerySet.as_manager()
 
@@ -287,6 +292,7 @@ class LesionReview(models.Model):
     decided_at = models.DateTimeField(auto_now_add=True)
 
     lab_path = "lesion__prediction__scan__lab"
+    deleted_path = "lesion__prediction__scan__deleted_at"
     objects = LabScopedQuerySet.as_manager()
 
     class Meta:

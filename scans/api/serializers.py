@@ -102,6 +102,7 @@ class ScanSerializer(serializers.ModelSerializer):
             "intensity_std",
             "uploaded_by",
             "uploaded_at",
+            "deleted_at",
             "file_url",
             "thumbnail_url",
         ]

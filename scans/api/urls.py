@@ -7,6 +7,8 @@ from . import views
 urlpatterns = [
     path("scans/", views.ScanListCreate.as_view(), name="scan-list"),
     path("scans/<int:pk>/", views.ScanDetail.as_view(), name="scan-detail"),
+    path("bin/", views.BinList.as_view(), name="bin-list"),
+    path("bin/<int:pk>/restore", views.ScanRestore.as_view(), name="bin-restore"),
     path("scans/<int:pk>/file", views.ScanFile.as_view(), name="scan-file"),
     path("scans/<int:pk>/thumbnail.png", views.ScanThumbnail.as_view(), name="scan-thumbnail"),
     path("studies/", views.StudyList.as_view(), name="study-list"),

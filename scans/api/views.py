@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 
 from inference import structures
 from labseg.downloads import stored_file_response
-from scans import services, uploads
+from scans import deletion, services, uploads
 from scans.files import HashedUploadedFile
 from scans.models import Lab, Mouse, Scan, Study, UploadSession
 
@@ -92,10 +92,38 @@ class ScanListCreate(generics.ListAPIView):
 
 
 class ScanDetail(generics.RetrieveAPIView):
+    """``GET /api/scans/{id}/``; ``DELETE`` moves it to the bin (lab admins; restorable)."""
+
     serializer_class = serializers.ScanSerializer
 
     def get_queryset(self) -> QuerySet[Scan]:
         return _scans_for(self.request.user)
+
+    def delete(self, request: Request, pk: int) -> Response:
+        scan = deletion.delete_scan(scan=self.get_object(), user=request.user)
+        return Response(serializers.ScanSerializer(scan).data)
+
+
+def _bin_for(user: Any) -> QuerySet[Scan]:
+    """Scans in the bin of the user's labs (``visible_to`` hides them)."""
+    return Scan.objects.filter(lab__memberships__user=user, deleted_at__isnull=False).distinct()
+
+
+class BinList(generics.ListAPIView):
+    """``GET /api/bin/``: scans in the bin of the user's labs, restorable until the purge."""
+
+    serializer_class = serializers.ScanSerializer
+
+    def get_queryset(self) -> QuerySet[Scan]:
+        return _bin_for(self.request.user).select_related("time_point__mouse__study", "lab")
+
+
+class ScanRestore(APIView):
+    """``POST /api/bin/{id}/restore``: the scan and everything made from it come back."""
+
+    def post(self, request: Request, pk: int) -> Response:
+        scan = deletion.restore_scan(scan=get_object_or_404(_bin_for(request.user), pk=pk), user=request.user)
+        return Response(serializers.ScanSerializer(scan).data)
 
 
 class ScanFile(APIView):
