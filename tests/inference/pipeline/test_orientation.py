@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from inference.cli import main
 from inference.phantom import Phantom, generate_phantom
 from inference.pipeline import predict_volume, segment_file
 from inference.pipeline.geometry import record_geometry, to_canonical
@@ -315,3 +316,23 @@ def test_a_head_without_a_closed_braincase_keeps_the_header(phantom: Phantom) ->
 
     assert finding.kept == "header" and finding.transform.is_identity
     assert "no braincase found" in finding.findings[1]
+
+
+def test_the_command_line_says_when_it_turned_a_scan_and_can_be_told_not_to(
+    phantom: Phantom, voxelwise_model: ModelCard, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scan = tmp_path / "lateral.nii.gz"
+    nib.save(
+        nib.Nifti1Image(LATERAL.apply(phantom.ct), np.diag([SPACING_MM, SPACING_MM, SPACING_MM, 1])), scan
+    )
+    common = ["segment", str(scan), "--model", str(voxelwise_model.folder), "--task", "organs", "--quiet"]
+
+    turned = main([*common, "--out", str(tmp_path / "anatomy")])
+    said = capsys.readouterr().out
+    kept = main([*common, "--out", str(tmp_path / "header"), "--orient", "header"])
+
+    assert turned == 0 and kept == 0
+    assert "orientation: Header and anatomy disagree." in said and "on its side" in said
+    assert "orientation:" not in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "header" / "manifest.json").read_text())
+    assert manifest["orientation"]["mode"] == "header"
