@@ -7,7 +7,11 @@ through a view that scopes it to the user's labs (such as ``/api/scans/{id}/file
 from django.contrib import admin
 from django.urls import include, path
 
+from labseg import health
+
 urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("api/", include("scans.api.urls")),
     path("api/", include("segmentation.api.urls")),
