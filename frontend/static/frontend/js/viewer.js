@@ -164,6 +164,55 @@ function setView(key) {
   for (const button of document.querySelectorAll("[data-view]")) button.setAttribute("aria-pressed", String(button.dataset.view === key));
 }
 
+// Keys, as a desktop viewer has them (listed in the help panel, scan.html #keys-help).
+const SLICE_AXIS = { axial: [0, 0, 1], coronal: [0, 1, 0], sagittal: [1, 0, 0], multiplanar: [0, 0, 1], render: [0, 0, 1] };
+const VIEW_KEYS = { a: "axial", c: "coronal", s: "sagittal", m: "multiplanar", r: "render" };
+const LAYER_KEYS = { o: "labels", u: "uncertainty", n: "annotation" };
+
+function currentView() {
+  return document.querySelector("[data-view][aria-pressed=true]")?.dataset.view ?? "multiplanar";
+}
+
+function stepSlice(steps) {
+  const [x, y, z] = SLICE_AXIS[currentView()];
+  nv.moveCrosshairInVox(x * steps, y * steps, z * steps);
+  document.body.dataset.sliceMoved = String(Date.now());
+}
+
+async function toggleKind(kind) {
+  const layers = config.layers.filter((l) => l.kind === kind);
+  if (!layers.length) return;
+  const visible = !layers.some((l) => l.visible);
+  for (const layer of layers) {
+    const box = document.getElementById(`layer-${layer.key}`);
+    if (box) box.checked = visible;
+    await showLayer(layer, visible);
+  }
+}
+
+function onKey(event) {
+  if (event.target.closest("input, textarea, select") || event.ctrlKey || event.metaKey || event.altKey) return;
+  const key = event.key;
+  const windows = Object.keys(config.windows);
+  let handled = true;
+  if (key === "ArrowUp" || key === "ArrowRight") stepSlice(1);
+  else if (key === "ArrowDown" || key === "ArrowLeft") stepSlice(-1);
+  else if (key === "PageUp") stepSlice(10);
+  else if (key === "PageDown") stepSlice(-10);
+  else if (/^[1-9]$/.test(key) && windows[Number(key) - 1]) setWindow(windows[Number(key) - 1]);
+  else if (VIEW_KEYS[key.toLowerCase()]) setView(VIEW_KEYS[key.toLowerCase()]);
+  else if (LAYER_KEYS[key.toLowerCase()]) toggleKind(LAYER_KEYS[key.toLowerCase()]);
+  else if (key === "?" || key === "h") toggleHelp();
+  else handled = false;
+  if (handled) event.preventDefault();
+}
+
+function toggleHelp() {
+  const help = document.getElementById("keys-help");
+  help.hidden = !help.hidden;
+  document.getElementById("keys-button").setAttribute("aria-expanded", String(!help.hidden));
+}
+
 function describeResolution() {
   const text = document.getElementById("resolution");
   const full = document.getElementById("full-res");
@@ -237,6 +286,8 @@ function buildLayerPanel(layers = config.layers) {
     box.disabled = layer.kind === "ct";
     slider.value = String(layer.kind === "ct" ? 1 : DEFAULT_OPACITY[layer.kind]);
     slider.hidden = layer.kind === "ct";
+    box.title = layer.kind === "ct" ? "The scan itself (always shown)" : `Show or hide ${layer.title}`;
+    slider.title = `Opacity of ${layer.title}`;
     box.addEventListener("change", () => showLayer(layer, box.checked));
     slider.addEventListener("input", () => setLayerOpacity(layer, Number(slider.value)));
     container.append(row);
@@ -359,6 +410,8 @@ function wireToolbar() {
   document.getElementById("full-res").addEventListener("click", () => reload("full", null));
   document.getElementById("region-res").addEventListener("click", () => reload("full", state.crosshairMm ?? null));
   document.getElementById("whole-scan").addEventListener("click", () => reload("preview", null));
+  document.getElementById("keys-button").addEventListener("click", toggleHelp);
+  document.addEventListener("keydown", onKey);
 }
 
 function csrfToken() {
