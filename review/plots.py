@@ -50,14 +50,39 @@ def _box(
         draw.ellipse([(centre - 2, _y(value) - 2), (centre + 2, _y(value) + 2)], outline=colour)
 
 
+#: The widest picture; a longer title is cut with an ellipsis rather than the picture widened.
+MAX_WIDTH = 1600
+
+
+def _fit(
+    draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, room: float
+) -> str:
+    """``text`` cut with an ellipsis to ``room`` pixels."""
+    if draw.textlength(text, font=font) <= room:
+        return text
+    while text and draw.textlength(text + "…", font=font) > room:
+        text = text[:-1]
+    return text + "…"
+
+
 def dice_box_plot_png(groups: Mapping[str, Mapping[str, Sequence[float]]], *, title: str = "") -> bytes:
-    """PNG bytes: for each structure (name -> {group -> Dice values}), one box per group."""
+    """PNG bytes: for each structure (name -> {group -> Dice values}), one box per group.
+
+    The picture is as wide as its structures, its title and its legend need (nothing is clipped),
+    up to ``MAX_WIDTH``, past which the title is cut with an ellipsis."""
     structures = list(groups)
-    width = LEFT + RIGHT + WIDTH_PER_STRUCTURE * max(len(structures), 1)
+    font = ImageFont.load_default(size=13)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    title = title or "Dice per structure"
+    wanted = max(
+        LEFT + RIGHT + WIDTH_PER_STRUCTURE * max(len(structures), 1),
+        LEFT + RIGHT + measure.textlength(title, font=font),
+        LEFT + RIGHT + 16 + max(measure.textlength(g, font=font) for g in GROUP_COLOURS),
+    )
+    width = int(min(MAX_WIDTH, max(wanted, LEFT + RIGHT + WIDTH_PER_STRUCTURE)))
     image = Image.new("RGB", (width, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=13)
-    draw.text((LEFT, 10), title or "Dice per structure", fill="black", font=font)
+    draw.text((LEFT, 10), _fit(draw, title, font, width - LEFT - RIGHT), fill="black", font=font)
     for tick in np.linspace(0, 1, 6):
         y = _y(float(tick))
         draw.line([(LEFT, y), (width - RIGHT, y)], fill=(225, 225, 225))
@@ -75,7 +100,7 @@ def dice_box_plot_png(groups: Mapping[str, Mapping[str, Sequence[float]]], *, ti
             values = groups[structure].get(group, [])
             if values:
                 _box(draw, x0 + g * box_width + 2, box_width - 4, values, GROUP_COLOURS[group])
-        label = by_name(structure).display_name
+        label = _fit(draw, by_name(structure).display_name, font, WIDTH_PER_STRUCTURE - 20)
         draw.text((x0, HEIGHT - BOTTOM + 8), label, fill="black", font=font)
     for g, group in enumerate(names):
         y = HEIGHT - 30 + g * 14 - 7
