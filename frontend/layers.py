@@ -208,6 +208,19 @@ def _consensus(layer: Layer, make_one: Callable[[Path, Path, Callable[[np.ndarra
     return make
 
 
+def _store_layer(name: str, layer: Layer, make_one: Callable[..., None]) -> str:
+    """Store ``name`` made by ``make_one(source, target, relabel)`` from the layer's file (or, for
+    the consensus, from its annotations' files), unless it is stored already."""
+    if layer.kind == "consensus":
+        return _store(name, _consensus(layer, make_one))
+
+    def make(target: Path) -> None:
+        with local_path(layer.files[0].name) as source:
+            make_one(source, target, _relabeller(layer.relabel[0]) if layer.relabel else None)
+
+    return _store(name, make)
+
+
 def preview_name(scan: Scan, layer: Layer, factor: int) -> str:
     return f"previews/scan_{scan.pk}/{layer.stem}.f{factor}.nii.gz"
 
@@ -230,14 +243,7 @@ def preview_file(scan: Scan, layer: Layer) -> str:
         else:
             previews.make_intensity_preview(source, target, max_voxels=preview_max_voxels())
 
-    if layer.kind == "consensus":
-        return _store(name, _consensus(layer, make_one))
-
-    def make(target: Path) -> None:
-        with local_path(layer.files[0].name) as source:
-            make_one(source, target, _relabeller(layer.relabel[0]) if layer.relabel else None)
-
-    return _store(name, make)
+    return _store_layer(name, layer, make_one)
 
 
 def parse_region(scan: Scan, text: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -272,14 +278,7 @@ def region_file(scan: Scan, layer: Layer, start: tuple[int, int, int], stop: tup
             label_intent=layer.kind == "annotation",
         )
 
-    if layer.kind == "consensus":
-        return _store(name, _consensus(layer, make_one))
-
-    def make(target: Path) -> None:
-        with local_path(layer.files[0].name) as source:
-            make_one(source, target, _relabeller(layer.relabel[0]) if layer.relabel else None)
-
-    return _store(name, make)
+    return _store_layer(name, layer, make_one)
 
 
 def full_file(scan: Scan, layer: Layer) -> str:

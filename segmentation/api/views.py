@@ -172,19 +172,20 @@ class StudyExportView(APIView):
         return _csv_response(kind, scans, f"{_safe(study.name)}-{kind}.csv")
 
 
+def _decision(request: Request, words: str) -> tuple[str, str]:
+    """The body's ``decision`` and its ``words`` (a note or a reason), as text."""
+    data = request.data if hasattr(request.data, "get") else {}
+    return str(data.get("decision", "")), str(data.get(words, ""))
+
+
 class PredictionQCView(APIView):
     """``POST /api/predictions/{id}/qc`` ``{"decision": "accepted"|"rejected", "note": "..."}``: a
     reviewer's decision on a prediction the QC gate flagged (403 for other roles)."""
 
     def post(self, request: Request, pk: int) -> Response:
         prediction = get_object_or_404(Prediction.objects.visible_to(request.user), pk=pk)
-        data = request.data if hasattr(request.data, "get") else {}
-        decisions.decide_qc(
-            prediction=prediction,
-            user=request.user,
-            decision=str(data.get("decision", "")),
-            note=str(data.get("note", "")),
-        )
+        decision, note = _decision(request, "note")
+        decisions.decide_qc(prediction=prediction, user=request.user, decision=decision, note=note)
         return Response(PredictionSerializer(Prediction.objects.get(pk=prediction.pk)).data)
 
 
@@ -194,16 +195,9 @@ class LesionReviewView(APIView):
     follow. Answers the prediction with its lesions."""
 
     def post(self, request: Request, pk: int) -> Response:
-        lesion = get_object_or_404(
-            Lesion.objects.visible_to(request.user).select_related("prediction"), pk=pk
-        )
-        data = request.data if hasattr(request.data, "get") else {}
-        decisions.review_lesion(
-            lesion=lesion,
-            user=request.user,
-            decision=str(data.get("decision", "")),
-            reason=str(data.get("reason", "")),
-        )
+        lesion = get_object_or_404(Lesion.objects.visible_to(request.user), pk=pk)
+        decision, reason = _decision(request, "reason")
+        decisions.review_lesion(lesion=lesion, user=request.user, decision=decision, reason=reason)
         return Response(PredictionSerializer(Prediction.objects.get(pk=lesion.prediction_id)).data)
 
 
