@@ -147,6 +147,7 @@ def scan_lesions(predictions: list[Prediction]) -> list[dict[str, Any]]:
             "index": lesion.index,
             "structure_id": lesion.structure_id,
             "centroid_mm": list(lesion.centroid_mm),
+            "anchor_mm": list(lesion.anchor_mm),
             "voxels": lesion.voxels,
             "volume_mm3": lesion.volume_mm3,
             "max_diameter_mm": lesion.max_diameter_mm,

@@ -242,6 +242,10 @@ class Lesion(models.Model):
     centroid_x_mm = models.FloatField()
     centroid_y_mm = models.FloatField()
     centroid_z_mm = models.FloatField()
+    #: The lesion's voxel nearest its centroid (world mm): where the viewer's "Go to" lands.
+    anchor_x_mm = models.FloatField(null=True, blank=True)
+    anchor_y_mm = models.FloatField(null=True, blank=True)
+    anchor_z_mm = models.FloatField(null=True, blank=True)
     voxels = models.BigIntegerField()
     volume_mm3 = models.FloatField()
     max_diameter_mm = models.FloatField()
@@ -264,6 +268,13 @@ class Lesion(models.Model):
     @property
     def centroid_mm(self) -> tuple[float, float, float]:
         return (self.centroid_x_mm, self.centroid_y_mm, self.centroid_z_mm)
+
+    @property
+    def anchor_mm(self) -> tuple[float, float, float]:
+        """A point inside the lesion (the centroid for rows stored before anchors existed)."""
+        if self.anchor_x_mm is None or self.anchor_y_mm is None or self.anchor_z_mm is None:
+            return self.centroid_mm
+        return (self.anchor_x_mm, self.anchor_y_mm, self.anchor_z_mm)
 
     @property
     def review(self) -> str:

@@ -69,6 +69,9 @@ class LesionRow:
     organ_id: int | None
     organ_name: str
     allocation: str
+    #: A point of the lesion itself, the voxel nearest its centroid: where "Go to" takes a viewer
+    #: (a curved lesion's centroid can lie in air). The point itself for coordinate lesions.
+    anchor_mm: tuple[float, float, float] | None = None
 
     def as_csv_row(self) -> dict[str, object]:
         return {
@@ -209,11 +212,15 @@ def _mask_lesions(
                 organ_id = _most_overlapped(organ_labels, grown, padded)
                 allocation = "overlap" if organ_id is not None else "none"
             centroid = _world(affine, centroid_index[None])[0]
+            inside = np.argwhere(component) + offset
+            nearest = inside[np.argmin((((inside - centroid_index) * spacing) ** 2).sum(axis=1))]
+            anchor = _world(affine, nearest[None].astype(np.float64))[0]
             rows.append(
                 LesionRow(
                     index=0,
                     structure_id=structure_id,
                     centroid_mm=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
+                    anchor_mm=(float(anchor[0]), float(anchor[1]), float(anchor[2])),
                     voxels=int(sizes[number - 1]),
                     volume_mm3=float(sizes[number - 1]) * voxel_mm3,
                     max_diameter_mm=max_diameter_mm(component, offset, affine),
@@ -260,6 +267,7 @@ def _point_lesions(
                 index=0,
                 structure_id=structure_id,
                 centroid_mm=(float(world[0]), float(world[1]), float(world[2])),
+                anchor_mm=(float(world[0]), float(world[1]), float(world[2])),
                 voxels=0,
                 volume_mm3=math.pi / 6.0 * diameter**3,
                 max_diameter_mm=diameter,

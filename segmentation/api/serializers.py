@@ -76,6 +76,7 @@ class StructureVolumeSerializer(serializers.ModelSerializer):
 
 class LesionSerializer(serializers.ModelSerializer):
     centroid_mm = serializers.ListField(child=serializers.FloatField(), read_only=True)
+    anchor_mm = serializers.ListField(child=serializers.FloatField(), read_only=True)
 
     class Meta:
         model = Lesion
@@ -85,6 +86,7 @@ class LesionSerializer(serializers.ModelSerializer):
             "review",
             "structure_id",
             "centroid_mm",
+            "anchor_mm",
             "voxels",
             "volume_mm3",
             "max_diameter_mm",

@@ -162,3 +162,20 @@ def test_organs_not_assessed_are_none_not_zero() -> None:
     assert counts[SUBCUTANEOUS] == 0
     assert metastasis_counts(rows, [])[SUBCUTANEOUS] is None
     assert metastasis_assessed_organs(None, {"liver"}) == []
+
+
+def test_a_curved_lesion_is_anchored_on_its_own_voxel_nearest_the_centroid() -> None:
+    # A "C" around an empty middle: its centroid lies in the hole, outside the lesion.
+    labels = np.zeros((50, 30, 30), dtype=np.uint8)
+    labels[10:20, 10:12, 10:20] = TUMOR
+    labels[10:12, 10:20, 10:20] = TUMOR
+    labels[18:20, 10:20, 10:20] = TUMOR
+    [row] = allocate(np.zeros_like(labels), AFFINE, labels)
+
+    inverse = np.linalg.inv(AFFINE)
+    centroid = np.rint(inverse[:3, :3] @ np.array(row.centroid_mm) + inverse[:3, 3]).astype(int)
+    anchor = np.rint(inverse[:3, :3] @ np.array(row.anchor_mm) + inverse[:3, 3]).astype(int)
+
+    assert labels[tuple(centroid)] == 0  # "Go to" the centroid would land in the hole
+    assert labels[tuple(anchor)] == TUMOR
+    assert np.linalg.norm(np.array(row.anchor_mm) - np.array(row.centroid_mm)) < 2.0

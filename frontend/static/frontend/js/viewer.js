@@ -369,7 +369,8 @@ function buildLesionPanel() {
       row.classList.add(`lesion-${lesion.review}`);
       row.title = `${lesion.review === "excluded" ? "Excluded" : "Confirmed"}: ${lesion.review_reason}`;
     }
-    row.querySelector(".goto").addEventListener("click", () => goTo(lesion.centroid_mm));
+    // To a voxel of the lesion itself: a curved lesion's centroid can lie in air.
+    row.querySelector(".goto").addEventListener("click", () => goTo(lesion.anchor_mm ?? lesion.centroid_mm));
     row.querySelector(".exclude").addEventListener("click", () => reviewLesion(lesion, "excluded"));
     row.querySelector(".confirm").addEventListener("click", () => reviewLesion(lesion, "confirmed"));
     table.tBodies[0].append(row);
