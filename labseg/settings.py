@@ -164,6 +164,8 @@ LABSEG_MAX_UPLOAD_BYTES = env.int("LABSEG_MAX_UPLOAD_BYTES", default=4 * 1024**3
 # A resumable upload idle this long is abandoned: beat sweeps its session and partial file.
 LABSEG_UPLOAD_ABANDON_AFTER_H = env.float("LABSEG_UPLOAD_ABANDON_AFTER_H", default=24.0)
 # A deleted scan stays in the bin (restorable) this long; beat then purges it with its files.
+# Bearer token for GET /metrics (Prometheus); without one only loopback clients may read it.
+LABSEG_METRICS_TOKEN = env.str("LABSEG_METRICS_TOKEN", default="")
 LABSEG_BIN_RETENTION_DAYS = env.float("LABSEG_BIN_RETENTION_DAYS", default=30.0)
 LABSEG_MAX_VOXELS = env.int("LABSEG_MAX_VOXELS", default=1100**3)
 LABSEG_MAX_DIM = env.int("LABSEG_MAX_DIM", default=4096)

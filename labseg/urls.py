@@ -8,10 +8,12 @@ from django.contrib import admin
 from django.urls import include, path
 
 from labseg import health
+from segmentation.metrics import metrics_view
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/", include("scans.api.urls")),
     path("api/", include("segmentation.api.urls")),
