@@ -19,7 +19,8 @@ from rest_framework.views import APIView
 
 from inference import structures
 from labseg.downloads import stored_file_response
-from scans import deletion, services, uploads
+from labseg.refusals import Refused
+from scans import curation, deletion, services, uploads
 from scans.files import HashedUploadedFile
 from scans.models import Lab, Mouse, Scan, Study, UploadSession
 
@@ -168,10 +169,61 @@ class MouseList(generics.ListAPIView):
 
 
 class MouseDetail(generics.RetrieveAPIView):
+    """``GET /api/mice/{id}/``; ``PATCH`` renames it or sets cohort, strain, sex, notes (admins)."""
+
     serializer_class = serializers.MouseSerializer
 
     def get_queryset(self) -> QuerySet[Mouse]:
         return Mouse.objects.visible_to(self.request.user).prefetch_related("time_points__scans")
+
+    def patch(self, request: Request, pk: int) -> Response:
+        changes = dict(request.data.items()) if hasattr(request.data, "items") else {}
+        mouse = curation.update_mouse(mouse=self.get_object(), user=request.user, changes=changes)
+        return Response(serializers.MouseSerializer(self.get_queryset().get(pk=mouse.pk)).data)
+
+
+class MouseMerge(APIView):
+    """``POST /api/mice/{id}/merge {"into": id}``: its scans join the other mouse (admins)."""
+
+    def post(self, request: Request, pk: int) -> Response:
+        mice = Mouse.objects.visible_to(request.user)
+        source = get_object_or_404(mice, pk=pk)
+        into = get_object_or_404(mice, pk=_id(request.data, "into"))
+        merged = curation.merge_mice(source=source, into=into, user=request.user)
+        return Response(serializers.MouseSerializer(merged).data)
+
+
+class ScanMove(APIView):
+    """``POST /api/scans/{id}/move {"mouse": id, "time_point": "8d"}`` (admins)."""
+
+    def post(self, request: Request, pk: int) -> Response:
+        scan = get_object_or_404(_scans_for(request.user), pk=pk)
+        mouse = get_object_or_404(Mouse.objects.visible_to(request.user), pk=_id(request.data, "mouse"))
+        time_point = str(request.data.get("time_point", "")) if hasattr(request.data, "get") else ""
+        moved = curation.move_scan(scan=scan, user=request.user, mouse=mouse, time_point=time_point)
+        return Response(serializers.ScanSerializer(moved).data)
+
+
+class CohortCreate(APIView):
+    """``POST /api/studies/{id}/cohorts {"name": ..., "treatment": ...}`` (admins)."""
+
+    def post(self, request: Request, pk: int) -> Response:
+        study = get_object_or_404(Study.objects.visible_to(request.user), pk=pk)
+        data = request.data if hasattr(request.data, "get") else {}
+        cohort = curation.create_cohort(
+            study=study,
+            user=request.user,
+            name=str(data.get("name", "")),
+            treatment=str(data.get("treatment", "")),
+        )
+        return Response({"id": cohort.pk, "name": cohort.name, "treatment": cohort.treatment}, status=201)
+
+
+def _id(data: Any, field: str) -> int:
+    value = data.get(field) if hasattr(data, "get") else None
+    if isinstance(value, bool) or not str(value).isdigit():
+        raise Refused(f"{field} must be the id (a number) of one of your lab's rows")
+    return int(value)
 
 
 class LabList(generics.ListAPIView):
