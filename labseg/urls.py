@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from labseg import health
-from segmentation.metrics import metrics_view
+from labseg.metrics import metrics_view
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),

@@ -21,7 +21,6 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
@@ -31,6 +30,7 @@ from labs.models import Lab
 
 from .files import IncomingFile, MovableFile, receive, safe_filename
 from .models import Mouse, Scan, Study, TimePoint, parse_offset_hours
+from .signals import scan_registered
 from .validation import ScanRejected, VolumeStats, check_not_label_map, read_header, read_volume
 
 logger = logging.getLogger(__name__)
@@ -236,8 +236,8 @@ def register_scan(
         lab,
         checked_s,
     )
-    if settings.LABSEG_SEGMENT_ON_UPLOAD:
-        _request_segmentation(scan=scan, user=user)
+    # Apps above scans act on a new scan through this signal (segmentation queues its jobs).
+    scan_registered.send(sender=Scan, scan=scan, user=user)
     return scan
 
 
@@ -290,15 +290,3 @@ def _thumbnail_png(stats: VolumeStats, affine: np.ndarray) -> bytes | None:
         logger.exception("could not draw the thumbnail; the scan is stored without one")
         return None
 
-
-def _request_segmentation(*, scan: Scan, user: Any) -> None:
-    from segmentation.services import NoModelAvailableError, request_segmentation
-
-    try:
-        request_segmentation(scan=scan, user=user)
-    except NoModelAvailableError as error:
-        logger.warning("scan %s is not queued for segmentation: %s", scan.pk, error)
-    except Exception:
-        # The scan is safely stored; a failure to queue it must not undo the upload. The
-        # reconciler or a researcher can request the segmentation again.
-        logger.exception("could not queue segmentation for scan %s", scan.pk)

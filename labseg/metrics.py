@@ -30,8 +30,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from review.models import ReviewAnalysis
 from scans.models import Scan
-
-from .models import InferenceJob
+from segmentation.models import InferenceJob
 
 KINDS = {"segmentation": InferenceJob, "analysis": ReviewAnalysis}
 
