@@ -73,7 +73,7 @@ def _move(
     if annotation.status not in allowed_from:
         names = " or ".join(Status(s).label.lower() for s in allowed_from)
         raise ReviewConflictError(
-            f"this annotation is {annotation.get_status_display().lower()}; only a {names} annotation "
+            f"this annotation is {annotation.get_status_display().lower()}; only one that is {names} "
             f"can become {Status(to).label.lower()}"
         )
     now = timezone.now()
@@ -133,6 +133,27 @@ def reject_annotation(*, annotation: Annotation, reviewer: Any, note: str) -> An
         note=note.strip(),
         reviewed=True,
     )
+
+
+def reopen_annotation(*, annotation: Annotation, reviewer: Any, note: str = "") -> Annotation:
+    """approved or rejected -> submitted (undo a review), by a reviewer or admin of the lab.
+
+    Refused once a newer version replaced it. The trail keeps both moves, the review and its undo.
+    """
+    require_reviewer(reviewer, annotation.scan.lab)
+    if AnnotationRevision.objects.filter(replaces=annotation).exists():
+        raise ReviewConflictError("a newer version replaced this annotation: review that one instead")
+    moved = _move(
+        annotation=annotation,
+        allowed_from=(Status.APPROVED, Status.REJECTED),
+        to=Status.SUBMITTED,
+        user=reviewer,
+        note=note.strip() or "review undone",
+        reviewed=False,
+    )
+    Annotation.objects.filter(pk=moved.pk).update(reviewer=None, review_note="", reviewed_at=None)
+    moved.refresh_from_db()
+    return moved
 
 
 def structure_table(given: dict[str, int] | None, label_values: set[int]) -> dict[str, int]:

@@ -28,6 +28,7 @@ urlpatterns = [
     route(r"annotations/(?P<pk>\d+)/submit", views.SubmitView.as_view(), "submit"),
     route(r"annotations/(?P<pk>\d+)/approve", views.ApproveView.as_view(), "approve"),
     route(r"annotations/(?P<pk>\d+)/reject", views.RejectView.as_view(), "reject"),
+    route(r"annotations/(?P<pk>\d+)/reopen", views.ReopenView.as_view(), "reopen"),
     route(r"annotations/(?P<pk>\d+)/replace", views.ReplaceView.as_view(), "replace"),
     route(r"annotations/(?P<pk>\d+)/history", views.HistoryView.as_view(), "history"),
     route(r"predictions/(?P<pk>\d+)/promote", views.PromoteView.as_view(), "promote"),

@@ -68,6 +68,13 @@ class RejectView(APIView):
         return _transition(request, pk, services.reject_annotation, "reviewer")
 
 
+class ReopenView(APIView):
+    """``POST /api/annotations/{id}/reopen``: undo an approval or rejection (reviewers)."""
+
+    def post(self, request: Request, pk: int) -> Response:
+        return _transition(request, pk, services.reopen_annotation, "reviewer")
+
+
 class ReplaceView(APIView):
     parser_classes = [MultiPartParser, FormParser]
 

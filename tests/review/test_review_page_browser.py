@@ -60,10 +60,24 @@ def walk_through_review(page, url: str) -> list[str]:  # type: ignore[no-untyped
     page.locator("#overlay-card").screenshot(path=str(ARTIFACTS / "2_disagreement_map.png"))
 
     first, second = (page.get_by_test_id(f"annotator-{name}") for name in ("A", "B"))
+    # A rejection without a note is refused beside the buttons, where the reviewer is looking.
+    first.get_by_role("button", name="Reject").click()
+    page.wait_for_function(
+        "document.querySelector('[data-testid=annotator-A] .form-error').textContent.includes('needs a note')"
+    )
+    error_box = first.locator(".form-error").bounding_box()
+    button_box = first.get_by_role("button", name="Reject").bounding_box()
+    assert first.locator(".form-error").is_visible() and error_box and button_box
+    assert abs(error_box["y"] - button_box["y"]) < 120  # beside the button, not at the top of the page
     first.get_by_label("Note").fill("The rim is drawn too generously on the caudal slices.")
     first.get_by_role("button", name="Reject").click()
     status = "document.querySelector('[data-testid=annotator-{}] [data-role=status]').textContent === '{}'"
     page.wait_for_function(status.format("A", "Rejected"))
+    second.get_by_role("button", name="Approve").click()
+    page.wait_for_function(status.format("B", "Approved"))
+    # A decision can be undone, and taken again.
+    second.get_by_role("button", name="Undo").click()
+    page.wait_for_function(status.format("B", "Submitted"))
     second.get_by_role("button", name="Approve").click()
     page.wait_for_function(status.format("B", "Approved"))
     assert "too generously" in first.locator("[data-role=note]").inner_text()
@@ -90,4 +104,5 @@ def test_a_reviewer_rejects_one_annotator_and_approves_the_other(
     assert statuses == {"A": "rejected", "B": "approved"}
     rejected = Annotation.objects.get(scan=phantom_scan, annotator_name="A")
     assert rejected.review_note == "The rim is drawn too generously on the caudal slices."
-    assert AnnotationTransition.objects.filter(annotation__scan=phantom_scan, by=reviewer).count() == 2
+    # reject A; approve B, undo, approve again
+    assert AnnotationTransition.objects.filter(annotation__scan=phantom_scan, by=reviewer).count() == 4

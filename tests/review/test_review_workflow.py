@@ -202,3 +202,33 @@ def test_a_replacement_may_bring_its_own_label_table(tumor_scan, reviewer, membe
 
     assert response.status_code == 201, response.content
     assert response.json()["structures"] == {"tumor": 1}
+
+
+def test_a_review_can_be_undone_and_the_trail_keeps_both_moves(tumor_scan, reviewer, member):
+    _, (annotation, *_) = tumor_scan()
+    reviewing = client_for(reviewer)
+    reviewing.post(f"/api/annotations/{annotation.pk}/reject", {"note": "tumor cut short"})
+
+    refused = client_for(member).post(f"/api/annotations/{annotation.pk}/reopen")
+    undone = reviewing.post(f"/api/annotations/{annotation.pk}/reopen", {"note": "wrong annotation"})
+    again = reviewing.post(f"/api/annotations/{annotation.pk}/reopen")
+    approved = reviewing.post(f"/api/annotations/{annotation.pk}/approve", {"note": "fine after all"})
+
+    assert refused.status_code == 403
+    assert undone.status_code == 200 and undone.json()["status"] == "submitted"
+    assert undone.json()["review_note"] == ""
+    assert again.status_code == 409
+    assert again.json()["detail"] == (
+        "this annotation is submitted; only one that is approved or rejected can become submitted"
+    )
+    assert approved.json()["status"] == "approved"
+    moves = list(
+        AnnotationTransition.objects.filter(annotation=annotation)
+        .order_by("pk")
+        .values_list("from_status", "to_status", "note")
+    )
+    assert moves[-3:] == [
+        ("submitted", "rejected", "tumor cut short"),
+        ("rejected", "submitted", "wrong annotation"),
+        ("submitted", "approved", "fine after all"),
+    ]

@@ -123,6 +123,15 @@ async function post(url, body) {
   return data;
 }
 
+function showStatus(card, annotation) {
+  const status = card.querySelector("[data-role=status]");
+  status.textContent = annotation.status[0].toUpperCase() + annotation.status.slice(1);
+  status.className = `badge status-${annotation.status}`;
+  const shown = card.querySelector("[data-role=note]");
+  shown.textContent = annotation.review_note ? `${annotation.reviewer}: ${annotation.review_note}` : "";
+  shown.hidden = !annotation.review_note;
+}
+
 function wireReviewForms() {
   for (const form of document.querySelectorAll(".review-form")) {
     form.addEventListener("submit", async (event) => {
@@ -131,18 +140,17 @@ function wireReviewForms() {
       const id = form.dataset.annotation;
       const note = form.querySelector("textarea").value;
       const card = form.closest(".annotator");
+      const problem = form.querySelector(".form-error");
+      problem.textContent = "";
       try {
         const annotation = await post(`/api/annotations/${id}/${action}`, { note });
-        const status = card.querySelector("[data-role=status]");
-        status.textContent = annotation.status[0].toUpperCase() + annotation.status.slice(1);
-        status.className = `badge status-${annotation.status}`;
-        const shown = card.querySelector("[data-role=note]");
-        shown.textContent = annotation.review_note ? `${annotation.reviewer}: ${annotation.review_note}` : "";
-        shown.hidden = !annotation.review_note;
-        form.remove();
+        showStatus(card, annotation);
+        // The decision can be undone from the same place, until a newer version replaces it.
+        form.querySelector("textarea").value = "";
+        form.dataset.decided = annotation.status === "submitted" ? "" : annotation.status;
         say(`${card.querySelector("h3").textContent.trim()}: ${annotation.status}.`, "success");
       } catch (error) {
-        say(error.message, "error");
+        problem.textContent = error.message; // beside the buttons, where the reviewer is looking
       }
     });
   }
