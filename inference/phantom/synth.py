@@ -124,14 +124,14 @@ def save_source(source: Source, path: Path) -> None:
         "fractions": source.fractions,
         "labelled": source.labelled,
         "tissue": source.tissue,
-        "spacing_mm": np.float32(source.spacing_mm),
+        "spacing_mm": np.asarray(source.spacing_mm, np.float32),
     }
     if source.ct is not None:
         arrays["ct"] = source.ct
     if source.disagreement is not None:
         arrays["disagreement"] = source.disagreement
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]
     tmp.replace(path)
 
 

@@ -1,6 +1,8 @@
 """``python -m inference.training.make_models``: remake every committed model from nothing.
 
-Phantoms (fixed seeds) -> train the organ and tumor models -> export to
+Phantoms (fixed seeds) -> train the organ and tumor models -> fine-tune them on domain-randomised
+volumes (``finetune_synth.py``, ``inference/phantom/synth.py``; ``--no-synth`` skips it, ``--init``
+starts it from a committed model instead of a fresh phantom model) -> export to
 ``inference/models/<name>/<version>/`` -> tune their post-processing on the validation phantoms
 (``calibrate.py``) -> train the organ model's outline refiners (``refiner.py``) on its outlines
 and tune again -> evaluate on held-out phantoms (native and
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from inference.jsonsafe import finite_or_null
+from inference.phantom.synth import phantom_pool
 from inference.phantom.writer import write_dataset
 from inference.pipeline import predict_volume
 from inference.pipeline.pictures import coronal_slice_png, projection_png
@@ -29,6 +33,7 @@ from inference.training.calibrate import calibrate, write_postprocess
 from inference.training.data import find_cases, load_cases
 from inference.training.evaluate import evaluate
 from inference.training.export import export_model
+from inference.training.finetune_synth import POOL_SEEDS, finetune
 from inference.training.model_card import update_card
 from inference.training.refiner import make_refiner
 from inference.training.tasks import TASKS
@@ -38,7 +43,7 @@ log = logging.getLogger(__name__)
 
 #: Version of each task's committed model (bump when its weights change: the registry refuses a
 #: changed sha256 under a version it already knows).
-VERSIONS = {"organs": "1.9.0", "tumor": "1.4.0"}
+VERSIONS = {"organs": "2.0.0", "tumor": "2.0.0"}
 #: (first seed, count, modality) of each phantom set. Test seeds never overlap training ones.
 SETS = {
     "train": (1000, 120, "native"),
@@ -48,6 +53,9 @@ SETS = {
 }
 #: Training seed and wall-clock budget (minutes on 2 CPU threads) per task.
 TRAINING = {"organs": (13, 85.0), "tumor": (12, 30.0)}
+#: Domain-randomised fine-tune (``finetune_synth.py``, issue 19) after the phantom training, per
+#: task: (seed, minutes on 2 CPU threads, share of synthetic volumes drawn from the Digimouse atlas).
+SYNTH = {"organs": (19, 70.0, 0.3), "tumor": (20, 68.0, 0.4)}
 #: Outline refiner networks of the organ model (``refiner.py``): structure -> (seed, minutes).
 #: Retrained whenever the organ model is (its outlines are their input), or with ``--refine``.
 REFINERS = {"intestine": (0, 35.0)}
@@ -119,6 +127,14 @@ def make_model(
         },
     )
     return folder
+
+
+def synth_pool(data: Path) -> None:
+    """The phantom label maps that ``finetune_synth`` draws from (training seeds) and checks on
+    (two validation seeds), cached under ``data/.cache/synth-sources``."""
+    folder = data.parent / ".cache" / "synth-sources"
+    phantom_pool(folder, POOL_SEEDS)
+    phantom_pool(folder, range(SETS["val"][0], SETS["val"][0] + 2))
 
 
 def recalibrate(folder: Path, folders: list[Path], data: Path, *, threads: int) -> None:
@@ -228,6 +244,19 @@ def main(argv: list[str] | None = None) -> None:
         help="organ structures whose outline refiner is retrained (default: all when the organ "
         "model is retrained, none otherwise); the organ model is then recalibrated",
     )
+    parser.add_argument(
+        "--no-synth",
+        action="store_true",
+        help="skip the domain-randomised fine-tune (finetune_synth.py) after the phantom training",
+    )
+    parser.add_argument(
+        "--no-digimouse", action="store_true", help="hold the Digimouse atlas out of the synthetic data"
+    )
+    parser.add_argument(
+        "--keep-postprocess",
+        action="store_true",
+        help="carry the --init model's tuned post-processing over instead of recalibrating",
+    )
     args = parser.parse_args(argv)
     if args.init is not None and len(args.train) != 1:
         parser.error("--init continues one model: name its task alone with --train")
@@ -235,26 +264,71 @@ def main(argv: list[str] | None = None) -> None:
     for name in SETS:
         ensure_phantoms(args.data, name)
     retrain = set() if args.skip_training else set(args.train)
-    folders = [
-        make_model(
-            t,
-            args.data,
-            args.out,
-            threads=args.threads,
-            device=args.device,
-            epochs=args.epochs,
-            init=args.init,
-            lr=args.lr,
-            minutes=args.minutes,
-            noise_hu=args.noise_hu,
-            seed=args.seed,
+    if retrain and not args.no_synth:
+        synth_pool(args.data)
+    folders = []
+    for t in ("organs", "tumor"):
+        final = args.out / TASKS[t].name / VERSIONS[t]
+        if t not in retrain:
+            folders.append(final)
+            continue
+        if args.no_synth:
+            folders.append(
+                make_model(
+                    t,
+                    args.data,
+                    args.out,
+                    threads=args.threads,
+                    device=args.device,
+                    epochs=args.epochs,
+                    init=args.init,
+                    lr=args.lr,
+                    minutes=args.minutes,
+                    noise_hu=args.noise_hu,
+                    seed=args.seed,
+                )
+            )
+            continue
+        init = args.init
+        if init is None:
+            # From nothing: the phantom model first (into data/, not committed), then the synth stage.
+            init = (
+                make_model(
+                    t,
+                    args.data,
+                    args.data / "models",
+                    threads=args.threads,
+                    device=args.device,
+                    epochs=args.epochs,
+                    noise_hu=args.noise_hu,
+                    seed=args.seed,
+                )
+                / "model.onnx"
+            )
+        seed, minutes, weight = SYNTH[t]
+        folders.append(
+            finetune(
+                t,
+                init,
+                final,
+                pool=args.data.parent / ".cache" / "synth-sources",
+                version=VERSIONS[t],
+                minutes=args.minutes or minutes,
+                lr=args.lr or 1e-3,
+                seed=args.seed or seed,
+                threads=args.threads,
+                digimouse=not args.no_digimouse,
+                digimouse_weight=weight,
+                synth_rate=0.65,
+                device=args.device,
+                command="python -m inference.training.make_models "
+                + " ".join(argv if argv is not None else sys.argv[1:]),
+            )
         )
-        if t in retrain
-        else args.out / TASKS[t].name / VERSIONS[t]
-        for t in ("organs", "tumor")
-    ]
     refine = list(REFINERS) if "organs" in retrain and args.refine is None else args.refine or []
     for task, folder in zip(("organs", "tumor"), folders, strict=True):
+        if task in retrain and args.keep_postprocess:
+            continue
         if task in retrain or task in args.calibrate or (task == "organs" and refine):
             recalibrate(folder, folders, args.data, threads=args.threads)
         if task == "organs" and refine:

@@ -48,11 +48,12 @@ class SynthPool:
         """One new case (the next seed)."""
         i = int(self._rng.choice(len(self.sources), p=self._p))
         source = self.sources[i]
-        centre = None
+        centre: tuple[int, int, int] | None = None
         if self.focus_ids and self._rng.random() < 0.5:
             hits = np.argwhere((source.fractions[list(self.focus_ids)] > 127).any(axis=0))
             if len(hits):
-                centre = tuple(int(v) for v in hits[int(self._rng.integers(len(hits)))])
+                x, y, z = (int(v) for v in hits[int(self._rng.integers(len(hits)))])
+                centre = (x, y, z)
         seed = self.seed * 1_000_000 + self.drawn
         self.drawn += 1
         sample = synth_sample(source, seed, shape=self.shape, centre=centre)
