@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -120,7 +121,7 @@ def phantom_source(seed: int, modality: str = "native") -> Source:
 
 def save_source(source: Source, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays: dict[str, np.ndarray] = {
+    arrays: dict[str, Any] = {  # Any: numpy's savez stub reads **arrays as its allow_pickle too
         "fractions": source.fractions,
         "labelled": source.labelled,
         "tissue": source.tissue,

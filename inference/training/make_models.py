@@ -19,6 +19,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -184,9 +185,9 @@ def make_pictures(folders: list[Path], data: Path, out: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for name in ("test_native", "test_contrast"):
         case = find_cases(data / name)[0]
-        image = nib.load(str(case / "ct.nii.gz"))
+        image = cast(nib.Nifti1Image, nib.load(str(case / "ct.nii.gz")))  # written by write_dataset
         ct = np.asanyarray(image.dataobj).astype(np.float32)
-        truth = np.asanyarray(nib.load(str(case / "labels.nii.gz")).dataobj)
+        truth = np.asanyarray(cast(nib.Nifti1Image, nib.load(str(case / "labels.nii.gz"))).dataobj)
         spacing = image.header.get_zooms()[:3]
         pred = predict_volume(ct, image.affine, cards, threads=2).labels
         kind = name.removeprefix("test_")

@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from inference.registry import DEFAULT_MODELS_DIR
 
@@ -62,9 +63,9 @@ def _verdict(name: str, row: Mapping[str, object]) -> str:
     return "; ".join(marks)
 
 
-def render_set(name: str, summary: Mapping[str, object]) -> str:
-    structures: Mapping[str, Mapping[str, object]] = summary["structures"]  # type: ignore[assignment]
-    who = sorted({k for row in structures.values() for k in row.get("dice_vs_annotator", {})})  # type: ignore[union-attr]
+def render_set(name: str, summary: Mapping[str, Any]) -> str:
+    structures: Mapping[str, Mapping[str, Any]] = summary["structures"]
+    who = sorted({k for row in structures.values() for k in row.get("dice_vs_annotator", {})})
     lines = [
         f"**{name}**",
         "",
@@ -74,7 +75,7 @@ def render_set(name: str, summary: Mapping[str, object]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for structure, row in structures.items():
-        versus: Mapping[str, object] = row.get("dice_vs_annotator", {})  # type: ignore[assignment]
+        versus: Mapping[str, object] = row.get("dice_vs_annotator", {})
         lines.append(
             "| "
             + " | ".join(

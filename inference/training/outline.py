@@ -114,7 +114,7 @@ def _own_smoothings(
     own: dict[int, tuple[float, ...]] = {}
     report: dict = {}
     for sid in list(levels):
-        best: tuple[float, tuple[float, ...], float, list] | None = None
+        best: tuple[float, tuple[float, float, float], float, list] | None = None
         for smoothing in SMOOTHINGS_MM:
             if smoothing == chosen:
                 continue
@@ -170,7 +170,7 @@ def tune_outline(
     sids = list(target.structures[1:])
     report: dict = {}
     # The best smoothing's distances are kept for the per-structure pass (at most two sets held).
-    best: tuple[float, tuple[float, ...], dict[int, float], list[_Case]] | None = None
+    best: tuple[float, tuple[float, float, float], dict[int, float], list[_Case]] | None = None
     for smoothing in SMOOTHINGS_MM:
         prepared = _prepare(runs, smoothing, sids)
         levels, score = _ascend(prepared, sids)

@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from inference.training.tasks import TASKS, TaskSpec
 from inference.training.warm_start import load_exported
 
 log = logging.getLogger(__name__)
+
+#: A volume as numpy reads it or as torch trains on it; helpers give back what they are given.
+_Volume = TypeVar("_Volume", np.ndarray, torch.Tensor)
 
 
 @dataclass
@@ -60,7 +64,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def normalise(hu: np.ndarray | torch.Tensor, spec: TaskSpec) -> np.ndarray | torch.Tensor:
+def normalise(hu: _Volume, spec: TaskSpec) -> _Volume:
     """Window [low_hu, high_hu] scaled to 0..1 (model.json's ``normalisation``)."""
     scaled = (hu - spec.low_hu) / (spec.high_hu - spec.low_hu)
     return scaled.clip(0.0, 1.0)
@@ -230,7 +234,8 @@ def train(
     elif init is not None:
         model.load_state_dict(torch.load(init, map_location="cpu")["state"])
     # channels-last: oneDNN's 3D convolution backward is 5-10x faster on CPU in this layout.
-    model = model.to(device=device, memory_format=torch.channels_last_3d)
+    # torch's typed overloads of Module.to omit memory_format, which Module.to documents and takes.
+    model = model.to(device=device, memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     iters_per_epoch = max(len(cases) // cfg.batch, 1)
     total = cfg.epochs * iters_per_epoch

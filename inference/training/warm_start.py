@@ -55,9 +55,18 @@ def _batchnorm_after(model: nn.Module, conv_path: str) -> nn.BatchNorm3d | None:
         return None
     parent = model.get_submodule(parent_path)
     nxt = int(index) + 1
-    if isinstance(parent, nn.Sequential) and nxt < len(parent) and isinstance(parent[nxt], nn.BatchNorm3d):
-        return parent[nxt]
+    if isinstance(parent, nn.Sequential) and nxt < len(parent):
+        following = parent[nxt]
+        if isinstance(following, nn.BatchNorm3d):
+            return following
     return None
+
+
+def _running_stats(bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running mean and variance buffers (the network's BatchNorms track them)."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise WarmStartError("the network's BatchNorm layers must track running statistics")
+    return bn.running_mean, bn.running_var
 
 
 @torch.no_grad()
@@ -77,6 +86,7 @@ def load_exported(model: UNet3D, path: Path, batches: Iterable[torch.Tensor]) ->
     folded_bias: dict[nn.BatchNorm3d, torch.Tensor] = {}
     for name, (weight, bias) in convs.items():
         conv = model.get_submodule(name)
+        assert isinstance(conv, nn.Conv3d | nn.ConvTranspose3d)  # the names are those of `expected`
         if tuple(conv.weight.shape) != weight.shape:
             raise WarmStartError(
                 f"{path}: layer {name} has weights {list(weight.shape)}, the network expects "
@@ -86,15 +96,18 @@ def load_exported(model: UNet3D, path: Path, batches: Iterable[torch.Tensor]) ->
         bn = _batchnorm_after(model, name)
         b = torch.from_numpy(bias) if bias is not None else torch.zeros(weight.shape[0])
         if bn is None:
+            if conv.bias is None:
+                raise WarmStartError(f"{path}: the network's layer {name} has neither a bias nor a BatchNorm")
             conv.bias.copy_(b)
             continue
         folded_bias[bn] = b
         bn.weight.fill_(1.0)
         bn.bias.copy_(b)
-        bn.running_mean.zero_()
-        bn.running_var.fill_(1.0 - bn.eps)
+        running_mean, running_var = _running_stats(bn)
+        running_mean.zero_()
+        running_var.fill_(1.0 - bn.eps)
     # Measure each BatchNorm's input statistics in the exact (folded) network.
-    sums: dict[nn.BatchNorm3d, list[torch.Tensor]] = {bn: [] for bn in folded_bias}
+    sums: dict[nn.Module, list[torch.Tensor]] = {bn: [] for bn in folded_bias}
 
     def record(bn: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         z = args[0].transpose(0, 1).flatten(1)
@@ -111,8 +124,9 @@ def load_exported(model: UNet3D, path: Path, batches: Iterable[torch.Tensor]) ->
     for bn, b in folded_bias.items():
         mean, square = torch.stack(sums[bn]).mean(0)
         var = (square - mean * mean).clamp_min(0.0)
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(var)
+        running_mean, running_var = _running_stats(bn)
+        running_mean.copy_(mean)
+        running_var.copy_(var)
         bn.weight.copy_(torch.sqrt(var + bn.eps))
         bn.bias.copy_(mean + b)
     x = batches[0]
