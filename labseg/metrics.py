@@ -32,7 +32,10 @@ from review.models import ReviewAnalysis
 from scans.models import Scan
 from segmentation.models import InferenceJob
 
-KINDS = {"segmentation": InferenceJob, "analysis": ReviewAnalysis}
+KINDS: dict[str, type[InferenceJob] | type[ReviewAnalysis]] = {
+    "segmentation": InferenceJob,
+    "analysis": ReviewAnalysis,
+}
 
 
 class FleetCollector:
@@ -60,7 +63,8 @@ class FleetCollector:
             recent = model.objects.filter(
                 finished_at__gte=now - timedelta(hours=1), started_at__isnull=False
             ).values_list("started_at", "finished_at")
-            durations = [(end - start).total_seconds() for start, end in recent]
+            # The filter leaves no empty time; the check tells the type checker so.
+            durations = [(end - start).total_seconds() for start, end in recent if start and end]
             if durations:
                 for q in (0.5, 0.9, 0.99):
                     seconds.add_metric([kind, str(q)], float(np.quantile(durations, q)))

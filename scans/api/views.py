@@ -223,7 +223,7 @@ def _id(data: Any, field: str) -> int:
     value = data.get(field) if hasattr(data, "get") else None
     if isinstance(value, bool) or not str(value).isdigit():
         raise Refused(f"{field} must be the id (a number) of one of your lab's rows")
-    return int(value)
+    return int(str(value))
 
 
 class LabList(generics.ListAPIView):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import cast
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -18,7 +19,9 @@ def _picture(title: str) -> Image.Image:
 def _ink_columns(image: Image.Image, top: int, bottom: int) -> int:
     """The rightmost column with dark pixels between rows ``top`` and ``bottom``."""
     gray = image.convert("L").crop((0, top, image.width, bottom))
-    dark = [x for x in range(gray.width) if min(gray.getpixel((x, y)) for y in range(gray.height)) < 128]
+    # An "L" picture's pixels are single ints.
+    darkest = [min(cast(int, gray.getpixel((x, y))) for y in range(gray.height)) for x in range(gray.width)]
+    dark = [x for x, value in enumerate(darkest) if value < 128]
     return max(dark) if dark else -1
 
 

@@ -32,7 +32,8 @@ def _named_by_rows() -> set[str]:
     for model in apps.get_models():
         for field in model._meta.get_fields():
             if isinstance(field, FileField):
-                names.update(str(v) for v in model.objects.values_list(field.attname, flat=True) if v)
+                stored = model._default_manager.values_list(field.attname, flat=True)
+                names.update(str(v) for v in stored if v)
     return names
 
 
