@@ -289,4 +289,3 @@ def _thumbnail_png(stats: VolumeStats, affine: np.ndarray) -> bytes | None:
         # A thumbnail is a convenience: a drawing failure must not refuse a valid scan.
         logger.exception("could not draw the thumbnail; the scan is stored without one")
         return None
-

@@ -105,7 +105,7 @@ def tiny_models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def tiny_models(transactional_db: Any, settings: Any, tiny_models_root: Path) -> dict[str, ModelVersion]:
-    """The tiny organ and lesion models (deterministic ONNX models from tests/segmentation/tiny.py), registered."""
+    """The tiny organ and lesion models (deterministic ONNX models, tests/segmentation/tiny.py)."""
     settings.LABSEG_MODELS_DIR = tiny_models_root
     services.sync_models(root=tiny_models_root)
     return {mv.task: mv for mv in ModelVersion.objects.filter(is_default=True)}

@@ -119,13 +119,13 @@ def test_add_lab_member_creates_the_user_and_sets_the_role(db):
         "reviewer",
         "--create-user",
         "--password",
-        "pw-123456",
+        "pale-mice-42x",
         stdout=out,
     )
     call_command("add_lab_member", "--lab", "Lab X", "--user", "carol", "--role", "admin", stdout=out)
 
     carol = get_user_model().objects.get(username="carol")
-    assert carol.check_password("pw-123456")
+    assert carol.check_password("pale-mice-42x")
     assert Membership.objects.get(user=carol, lab__name="Lab X").role == "admin"
 
 
