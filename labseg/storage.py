@@ -27,6 +27,14 @@ def _suffix(name: str) -> str:
     return Path(name).suffix
 
 
+def _local(store: Storage, name: str) -> Path | None:
+    """The file's own path on storage that has one (disk), None on storage without (S3)."""
+    try:
+        return Path(store.path(name))
+    except NotImplementedError:
+        return None
+
+
 @contextmanager
 def local_path(
     name: str | None, *, storage: Storage | None = None, folder: Path | None = None
@@ -40,11 +48,11 @@ def local_path(
     if not name:
         raise FileNotFoundError("no file is stored in this field")
     store = storage or default_storage
-    try:
-        yield Path(store.path(name))
+    in_place = _local(store, name)
+    if in_place is not None:
+        # Only the lookup is guarded: an error in the caller's block must reach the caller.
+        yield in_place
         return
-    except NotImplementedError:
-        pass
     with tempfile.NamedTemporaryFile(suffix=_suffix(name), dir=folder) as tmp:
         with store.open(name, "rb") as source:
             shutil.copyfileobj(source, tmp, COPY_CHUNK_BYTES)

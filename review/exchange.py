@@ -48,7 +48,7 @@ def nifti_upload_from_seg_nrrd(upload: Any, filename: str) -> tuple[SimpleUpload
     image = nib.Nifti1Image(labels, affine)
     image.header.set_data_dtype(np.uint8)
     name = filename[: -len(SEG_NRRD)] + ".nii.gz"
-    return SimpleUploadedFile(name, gzip.compress(image.to_bytes(), compresslevel=6)), name
+    return SimpleUploadedFile(name, gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)), name
 
 
 def canonical_labels(field: FieldFile, structures: dict[str, int] | None) -> tuple[np.ndarray, np.ndarray]:

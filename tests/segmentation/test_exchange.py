@@ -63,7 +63,12 @@ def test_a_prediction_goes_to_slicer_and_comes_back_as_annotation_versions(
     nrrd.write(out, edited, dict(header), index_order="F")
     upload = SimpleUploadedFile("M01_0h_corrected.seg.nrrd", out.getvalue())
     created = client.post(f"/api/scans/{scan.pk}/annotations/", {"file": upload, "annotator": "ana"})
-    again = SimpleUploadedFile("M01_0h_corrected_v2.seg.nrrd", out.getvalue().replace(b"liver", b"Liver", 1))
+    # Edited once more (another slab of liver gone), its segment named as a person types it.
+    second = edited.copy()
+    second[4:6][second[4:6] == BY_NAME["liver"].id] = 0
+    out_again = io.BytesIO()
+    nrrd.write(out_again, second, {**dict(header), "Segment1_Name": "Liver"}, index_order="F")
+    again = SimpleUploadedFile("M01_0h_corrected_v2.seg.nrrd", out_again.getvalue())
     bad = io.BytesIO()
     nrrd.write(bad, edited, {**dict(header), "Segment0_Name": "Segment_1"}, index_order="F")
     refused = client.post(
@@ -79,7 +84,7 @@ def test_a_prediction_goes_to_slicer_and_comes_back_as_annotation_versions(
     stream = io.BytesIO(exported.getvalue())
     back = nrrd.read_data(nrrd.read_header(stream), stream, index_order="F")
     assert np.array_equal(back, edited)
-    # A reviewer rejects it; the same file edited again comes back as its new version.
+    # A reviewer rejects it; the file edited again comes back as its new version.
     reviewer = APIClient()
     reviewer.force_authenticate(member_of(lab, role=Membership.Role.REVIEWER, username="rev"))
     assert (
