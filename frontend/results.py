@@ -17,8 +17,9 @@ from django.urls import reverse
 from inference.structures import BY_ID, BY_NAME, LESION_NAMES
 from review.models import Consensus
 from scans.models import Mouse, Scan, Study
+from segmentation.corrections import measured_all
 from segmentation.decisions import exclusions
-from segmentation.models import InferenceJob, Lesion, Prediction, StructureVolume
+from segmentation.models import InferenceJob, Lesion, Prediction
 
 TUMOR_ID = BY_NAME["tumor"].id
 METASTASIS_ID = BY_NAME["metastasis"].id
@@ -112,23 +113,42 @@ def jobs_of(scans: list[Scan]) -> dict[int, list[InferenceJob]]:
 
 
 def scan_volumes(predictions: list[Prediction]) -> list[dict[str, Any]]:
-    """One row per structure over the given predictions, by structure id (excluded lesions taken
-    out of the tumor and metastasis volumes)."""
-    excluded = {p.pk: exclusions(p) for p in predictions}
-    rows = StructureVolume.objects.filter(prediction__in=predictions).order_by("structure_id")
+    """One row per structure over the given predictions, by structure id, from the source that
+    stands for each (``segmentation.corrections``: a person's correction, else the model with
+    excluded lesions taken out). Structures not found are left out."""
+    rows: list[dict[str, Any]] = []
+    for numbers in measured_all(predictions):
+        for v in numbers.volumes:
+            if v.volume_mm3 is None:
+                continue
+            known = v.structure_id in BY_ID
+            rows.append(
+                {
+                    "structure_id": v.structure_id,
+                    "name": v.name,
+                    "display_name": BY_ID[v.structure_id].display_name if known else v.name,
+                    "colour": BY_ID[v.structure_id].colour_hex if known else "#888888",
+                    "voxels": v.voxels,
+                    "volume_mm3": v.volume_mm3,
+                    "low_mm3": v.low_mm3,
+                    "high_mm3": v.high_mm3,
+                    "source": numbers.source,
+                    "corrected": numbers.correction is not None,
+                }
+            )
+    return sorted(rows, key=lambda row: row["structure_id"])
+
+
+def volume_sources(predictions: list[Prediction]) -> list[dict[str, Any]]:
+    """Per prediction, where its volumes come from (the viewer says so above its table)."""
     return [
         {
-            "structure_id": v.structure_id,
-            "name": v.name,
-            "display_name": BY_ID[v.structure_id].display_name if v.structure_id in BY_ID else v.name,
-            "colour": BY_ID[v.structure_id].colour_hex if v.structure_id in BY_ID else "#888888",
-            "voxels": v.voxels,
-            "volume_mm3": excluded[v.prediction_id].volume(v.structure_id, v.volume_mm3),
-            "low_mm3": excluded[v.prediction_id].volume(v.structure_id, v.volume_low_mm3),
-            "high_mm3": excluded[v.prediction_id].volume(v.structure_id, v.volume_high_mm3),
+            "prediction_id": n.prediction.pk,
+            "task": n.prediction.model_version.get_task_display(),
+            "source": n.source,
+            "corrected": n.correction is not None,
         }
-        for v in rows
-        if v.structure_id != 0
+        for n in measured_all(predictions)
     ]
 
 
@@ -199,48 +219,45 @@ def mouse_series(mice: list[Mouse]) -> list[MouseSeries]:
     for scan in scans:
         mouse_id = scan.time_point.mouse_id
         first_offset.setdefault(mouse_id, scan.time_point.offset_hours)
-    volumes = (
-        StructureVolume.objects.filter(prediction__scan__in=scans)
-        .select_related("prediction__scan__time_point", "prediction__model_version")
-        .prefetch_related("prediction__qc_reviews", "prediction__lesions__reviews")
-        .order_by("prediction__scan__time_point__offset_hours", "-prediction__created_at")
+    predictions = (
+        Prediction.objects.filter(scan__in=scans)
+        .select_related("scan__time_point", "model_version")
+        .prefetch_related("volumes", "qc_reviews", "lesions__reviews")
+        .order_by("scan__time_point__offset_hours", "-created_at", "-pk")
     )
-    seen: set[tuple[int, str, int]] = set()
-    newest: dict[tuple[int, str], int] = {}
+    newest: dict[tuple[int, str], Prediction] = {}
+    for prediction in predictions:  # the newest prediction per scan and task
+        newest.setdefault((prediction.scan_id, prediction.model_version.task), prediction)
     tumor: dict[int, tuple[int, TumorPoint]] = {}
-    for v in volumes:
-        scan = v.prediction.scan
-        task = v.prediction.model_version.task
-        key = (scan.pk, task, v.structure_id)
-        if newest.setdefault((scan.pk, task), v.prediction_id) != v.prediction_id:
-            continue  # an older prediction by the same task
-        if key in seen or v.structure_id == 0:
-            continue
-        seen.add(key)
+    for numbers in measured_all(list(newest.values())):
+        prediction = numbers.prediction
+        scan = prediction.scan
         mouse_id = scan.time_point.mouse_id
         days = _days(scan.time_point.offset_hours - first_offset[mouse_id])
-        if not v.prediction.charted:
-            _hold_back(series[mouse_id], v.prediction, days)
+        if not numbers.charted:  # a correction is charted; a flagged prediction waits for a reviewer
+            _hold_back(series[mouse_id], prediction, days)
             continue
-        if v.name in LESION_NAMES:
-            if v.structure_id != TUMOR_ID:
-                continue
-            excluded = exclusions(v.prediction)  # lesions a person took out (the bed, a node)
-            tumor[scan.pk] = (
-                mouse_id,
-                TumorPoint(
+        for v in numbers.volumes:
+            if v.volume_mm3 is None:
+                continue  # not found: no point, never 0
+            if v.name in LESION_NAMES:
+                if v.structure_id != TUMOR_ID:
+                    continue
+                point = TumorPoint(
                     scan.pk,
                     scan.time_point.label,
                     days,
-                    excluded.volume(TUMOR_ID, v.volume_mm3),
-                    excluded.volume(TUMOR_ID, v.volume_low_mm3),
-                    excluded.volume(TUMOR_ID, v.volume_high_mm3),
-                    v.prediction.model_version.label,
-                ),
-            )
-        else:
-            organs = series[mouse_id].organs.setdefault(v.name, [])
-            organs.append((days, v.volume_mm3, v.volume_low_mm3, v.volume_high_mm3))
+                    v.volume_mm3,
+                    v.low_mm3 if v.low_mm3 is not None else v.volume_mm3,
+                    v.high_mm3 if v.high_mm3 is not None else v.volume_mm3,
+                    numbers.source,
+                )
+                tumor[scan.pk] = (mouse_id, point)
+            else:
+                organs = series[mouse_id].organs.setdefault(v.name, [])
+                low = v.low_mm3 if v.low_mm3 is not None else v.volume_mm3
+                high = v.high_mm3 if v.high_mm3 is not None else v.volume_mm3
+                organs.append((days, v.volume_mm3, low, high))
     for mouse_id, point in sorted(tumor.values(), key=lambda item: item[1].days):
         series[mouse_id].tumor.append(point)
     _annotated_tumor(series, scans, first_offset)

@@ -46,7 +46,8 @@ class AnnotationTransition(models.Model):
 
 
 class AnnotationRevision(models.Model):
-    """The lineage of one annotation: the rejected one it replaces, or the prediction it came from."""
+    """The lineage of one annotation: the rejected one it replaces, or the prediction it came from
+    (promoted for a desktop tool, or corrected in the viewer: ``correction``)."""
 
     annotation = models.OneToOneField(Annotation, on_delete=models.CASCADE, related_name="revision")
     replaces = models.OneToOneField(
@@ -66,7 +67,17 @@ class AnnotationRevision(models.Model):
         help_text="The prediction this annotation was promoted from, for a person to correct.",
     )
     version = models.PositiveIntegerField(
-        default=1, help_text="1 for a first annotation, +1 per replacement."
+        default=1, help_text="1 for a first annotation, +1 per replacement or per saved correction."
+    )
+    correction = models.BooleanField(
+        default=False,
+        help_text="Drawn over ``prediction`` with the viewer's drawing tools: volumes, CSVs and charts "
+        "use the newest correction of a prediction that no reviewer rejected (``review.corrections``).",
+    )
+    volumes = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="A correction's structures measured when it was saved: canonical id -> [voxels, mm3].",
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"

@@ -16,6 +16,7 @@ from django.db.models import Prefetch, QuerySet
 from inference import structures
 from scans.models import Scan
 
+from .corrections import corrections, measured
 from .decisions import exclusions
 from .models import Prediction
 
@@ -34,7 +35,8 @@ SCAN_ID_COLUMNS: tuple[str, ...] = (
     "scan_id",
 )
 #: ... then what made the numbers and the QC verdict on it (``ok``, ``needs_review``, ``accepted``,
-#: ``rejected``, ``not_checked``: ``segmentation.models.Prediction.qc``).
+#: ``rejected``, ``not_checked``: ``segmentation.models.Prediction.qc``; ``corrected`` for volumes
+#: a person redrew, ``segmentation.corrections``).
 SCAN_COLUMNS: tuple[str, ...] = (*SCAN_ID_COLUMNS, "source", "qc_status")
 VOLUME_COLUMNS: tuple[str, ...] = (
     *SCAN_COLUMNS,
@@ -90,15 +92,20 @@ def export_scans(scans: QuerySet[Scan]) -> QuerySet[Scan]:
     )
 
 
-def _predictions(scans: Iterable[Scan]) -> Iterator[tuple[Scan, Prediction]]:
-    """(scan, prediction) pairs, predictions in model order, fetched a chunk of scans at a time."""
+def _chunks(scans: Iterable[Scan]) -> Iterator[list[Scan]]:
     chunk: list[Scan] = []
     for scan in scans:
         chunk.append(scan)
         if len(chunk) >= CHUNK_SCANS:
-            yield from _predictions_of_chunk(chunk)
+            yield chunk
             chunk = []
     if chunk:
+        yield chunk
+
+
+def _predictions(scans: Iterable[Scan]) -> Iterator[tuple[Scan, Prediction]]:
+    """(scan, prediction) pairs, predictions in model order, fetched a chunk of scans at a time."""
+    for chunk in _chunks(scans):
         yield from _predictions_of_chunk(chunk)
 
 
@@ -125,34 +132,31 @@ def _predictions_of_chunk(chunk: Sequence[Scan]) -> Iterator[tuple[Scan, Predict
 
 
 def prediction_volume_rows(scans: Iterable[Scan]) -> Iterator[Row]:
-    """One row per structure volume of every prediction (background left out).
+    """One row per structure volume of every prediction (background left out), from the source
+    that stands for it (``segmentation.corrections``): a person's newest correction where there
+    is one (``source`` "corrected by ... from ...", ``qc_status`` "corrected"), else the model.
 
     A lesion of 0 mm^3 is data (no tumor). An organ the model did not find is not "0 mm^3": the
     scan may not show it (field of view) or the model missed it, so its volume cells are empty and
     ``assessment`` says "not found". Lesions a person excluded (``segmentation.decisions``) are
     taken out of the tumor and metastasis volumes, and ``assessment`` says how many.
     """
-    lesion_ids = {structures.by_name(name).id for name in structures.LESION_NAMES}
-    for scan, prediction in _predictions(scans):
-        base = scan_columns(scan, source=prediction.model_version.label, qc_status=prediction.qc["status"])
-        excluded = exclusions(prediction)
-        for volume in prediction.volumes.all():
-            if volume.structure_id == structures.BACKGROUND.id:
-                continue
-            found = volume.voxels > 0 or volume.structure_id in lesion_ids
-            sid = volume.structure_id
-            assessment = "measured" if found else "not found"
-            if sid in excluded.volume_mm3:
-                assessment = f"measured, excluded lesions taken out ({excluded.volume_mm3[sid]:.3f} mm3)"
-            yield {
-                **base,
-                "structure": volume.name,
-                "volume_mm3": excluded.volume(sid, volume.volume_mm3) if found else None,
-                "voxels": volume.voxels,
-                "volume_low_mm3": excluded.volume(sid, volume.volume_low_mm3) if found else None,
-                "volume_high_mm3": excluded.volume(sid, volume.volume_high_mm3) if found else None,
-                "assessment": assessment,
-            }
+    for chunk in _chunks(scans):
+        pairs = list(_predictions_of_chunk(chunk))
+        found = corrections([prediction for _, prediction in pairs])
+        for scan, prediction in pairs:
+            numbers = measured(prediction, found.get(prediction.pk))
+            base = scan_columns(scan, source=numbers.source, qc_status=numbers.qc_status)
+            for volume in numbers.volumes:
+                yield {
+                    **base,
+                    "structure": volume.name,
+                    "volume_mm3": volume.volume_mm3,
+                    "voxels": volume.voxels,
+                    "volume_low_mm3": volume.low_mm3,
+                    "volume_high_mm3": volume.high_mm3,
+                    "assessment": volume.assessment,
+                }
 
 
 def prediction_lesion_rows(scans: Iterable[Scan]) -> Iterator[Row]:

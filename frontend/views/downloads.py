@@ -20,7 +20,7 @@ from inference.structures import BY_NAME
 from labseg.downloads import csv_response
 from scans.models import Lab, Mouse, Scan, Study
 from segmentation import exports
-from segmentation.models import StructureVolume
+from segmentation.corrections import Measured, measured_all
 
 TUMOR_ID = BY_NAME["tumor"].id
 
@@ -61,15 +61,12 @@ def _ordered(scans: QuerySet[Scan]) -> QuerySet[Scan]:
     )
 
 
-def _newest_volumes(scans: QuerySet[Scan]) -> Iterator[StructureVolume]:
-    """Volumes of each scan's newest prediction per task, streamed in scan order."""
+def _newest_measured(scans: QuerySet[Scan]) -> Iterator[tuple[Scan, Measured]]:
+    """Each scan's newest prediction per task with the volumes that stand for it (a person's
+    correction where there is one: ``segmentation.corrections``), streamed in scan order."""
     for scan in _ordered(scans).iterator(chunk_size=200):
-        predictions = results.latest_predictions(scan)
-        for volume in StructureVolume.objects.filter(prediction__in=predictions).select_related(
-            "prediction__model_version"
-        ):
-            volume.prediction.scan = scan
-            yield volume
+        for numbers in measured_all(results.latest_predictions(scan)):
+            yield scan, numbers
 
 
 @require_GET
@@ -91,19 +88,19 @@ def tumor_csv(request: HttpRequest, lab: Lab, scope: str, pk: int) -> StreamingH
         for scan in _ordered(scans).order_by("time_point__mouse_id", "time_point__offset_hours"):
             mouse_id = scan.time_point.mouse_id
             first.setdefault(mouse_id, scan.time_point.offset_hours)
-        for volume in _newest_volumes(scans):
-            if volume.structure_id != TUMOR_ID:
+        for scan, numbers in _newest_measured(scans):
+            volume = numbers.volume(TUMOR_ID)
+            if volume is None:
                 continue
-            scan = volume.prediction.scan
             days = round((scan.time_point.offset_hours - first[scan.time_point.mouse_id]) / 24.0, 3)
             yield [
                 *_scan_cells(scan),
                 days,
-                volume.prediction.model_version.label,
+                numbers.source,
                 volume.volume_mm3,
-                volume.volume_low_mm3,
-                volume.volume_high_mm3,
-                volume.prediction.qc["status"],
+                volume.low_mm3,
+                volume.high_mm3,
+                numbers.qc_status,
             ]
 
     return csv_response(rows(), header, f"{stem}_tumor_volumes.csv")

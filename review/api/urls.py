@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from django.urls import URLPattern, path, re_path
 
-from . import views
+from . import corrections, views
 
 
 def route(pattern: str, view, name: str) -> URLPattern:  # type: ignore[no-untyped-def]
@@ -32,6 +32,7 @@ urlpatterns = [
     route(r"annotations/(?P<pk>\d+)/replace", views.ReplaceView.as_view(), "replace"),
     route(r"annotations/(?P<pk>\d+)/history", views.HistoryView.as_view(), "history"),
     route(r"predictions/(?P<pk>\d+)/promote", views.PromoteView.as_view(), "promote"),
+    route(r"predictions/(?P<pk>\d+)/corrections", corrections.CorrectionView.as_view(), "corrections"),
     route(r"scans/(?P<pk>\d+)/consensus", views.ConsensusView.as_view(), "consensus"),
     re_path(
         r"^consensus/(?P<pk>\d+)/(?P<kind>majority|staple|disagreement)\.nii\.gz$",
