@@ -141,18 +141,26 @@ class Workers:
         self.running: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(
-        self, name: str, *, with_beat: bool = False, env: dict[str, str] | None = None
+        self,
+        name: str,
+        *,
+        with_beat: bool = False,
+        env: dict[str, str] | None = None,
+        queues: str = "cpu,gpu",
+        wrap: Callable[[list[str]], list[str]] | None = None,
     ) -> subprocess.Popen[bytes]:
+        """``queues``: what it consumes; ``wrap``: runs the command elsewhere (another network
+        namespace: tests/fleet/hosts.py)."""
         command = [
             sys.executable, "-m", "celery", "-A", "labseg", "worker",
-            "-Q", "cpu,gpu", "-c", "1", "--pool", "prefork",
+            "-Q", queues, "-c", "1", "--pool", "prefork",
             "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "-l", "info",
         ]  # fmt: skip
         if with_beat:  # the reconciler runs through beat, embedded in this worker
             command += ["-B", "-s", str(self.tmp_path / f"beat-{name}")]
         log = (self.tmp_path / f"{name}.log").open("wb")
         process = subprocess.Popen(
-            command,
+            wrap(command) if wrap else command,
             cwd=REPO,
             env={**self.env, **(env or {})},
             stdout=log,
