@@ -32,6 +32,7 @@ from labseg.storage import local_path
 from review.files import annotation_values
 from review.services import consensus_annotations
 from scans.models import Annotation, Scan
+from segmentation.corrections import corrections, source_label
 from segmentation.models import Prediction
 
 LESION_IDS = tuple(BY_NAME[name].id for name in LESION_NAMES)
@@ -399,4 +400,30 @@ def viewer_config(scan: Scan, predictions: list[Prediction]) -> dict[str, Any]:
         "metastasisCounts": results.metastasis_counts(predictions),
         "models": [_model_info(p) for p in predictions],
         "downloads": downloads,
+        "volumeSources": results.volume_sources(predictions),
+        "corrections": correction_config(scan, predictions),
     }
+
+
+def correction_config(scan: Scan, predictions: list[Prediction]) -> list[dict[str, Any]]:
+    """What the viewer's drawing tools need per prediction: the labels it may draw (the model's
+    structures), the layer to start from (the newest correction, else the prediction) at full
+    resolution, and where to save (``review.corrections``)."""
+    newest = corrections(predictions)
+    rows = []
+    for prediction in predictions:
+        found = newest.get(prediction.pk)
+        start = f"ann-{found.annotation_id}" if found else f"pred-{prediction.pk}"
+        rows.append(
+            {
+                "predictionId": prediction.pk,
+                "task": prediction.model_version.get_task_display(),
+                "model": prediction.model_version.label,
+                "structureIds": sorted(int(s) for s in prediction.model_version.structures if int(s) != 0),
+                "startUrl": _layer_url(scan, start) + "?level=full",
+                "version": found.version if found else 0,
+                "source": source_label(prediction, found),
+                "saveUrl": reverse("review-api:corrections", args=[prediction.pk]),
+            }
+        )
+    return rows

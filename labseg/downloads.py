@@ -5,6 +5,12 @@ spreadsheets read them safely: ``None`` is an empty cell ("not assessed" is neve
 a spreadsheet would run as a formula (starting with ``= + - @``, tab or carriage return) is
 prefixed with an apostrophe. Download names go into ``Content-Disposition`` through Django's
 RFC 6266 helper, after control characters are removed, so no name can split the header.
+
+A stored file downloaded as an attachment is a 302 to a presigned URL where storage can sign one
+(S3, ``labseg.storage.presigned_url``, with the same ``Content-Disposition``), so large files never
+pass through the web process; local storage streams it. Inline files (the viewer's layers, pictures)
+always stream: a browser's ``fetch`` could follow a redirect to another origin only with CORS set
+on the bucket.
 """
 
 from __future__ import annotations
@@ -12,11 +18,14 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 from django.core.files.storage import default_storage
-from django.http import FileResponse, Http404, StreamingHttpResponse
+from django.http import FileResponse, Http404, HttpResponseRedirect, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.utils.http import content_disposition_header
+
+from labseg.storage import presigned_url
 
 Record = Mapping[str, Any] | Sequence[Any]
 
@@ -69,13 +78,34 @@ def csv_response(records: Iterable[Record], columns: Sequence[str], filename: st
     return attach(response, filename)
 
 
+@overload
+def stored_file_response(
+    name: str, filename: str, *, content_type: str | None = None, inline: Literal[True]
+) -> FileResponse: ...
+
+
+@overload
 def stored_file_response(
     name: str, filename: str, *, content_type: str | None = None, inline: bool = False
-) -> FileResponse:
-    """A stored file as a download; a missing file is a plain 404, never a 500."""
+) -> HttpResponseBase: ...
+
+
+def stored_file_response(
+    name: str, filename: str, *, content_type: str | None = None, inline: bool = False
+) -> HttpResponseBase:
+    """A stored file as a download (a presigned redirect where storage signs URLs) or inline (always
+    streamed); a missing file is a plain 404, never a 500."""
     if not name or not default_storage.exists(name):
         raise Http404("the stored file is missing")
     if content_type is None:
         content_type = "application/gzip" if name.lower().endswith(".gz") else "application/octet-stream"
+    if not inline:
+        disposition = content_disposition_header(True, safe_filename(filename)) or "attachment"
+        url = presigned_url(name, content_disposition=disposition, content_type=content_type)
+        if url is not None:
+            redirect = HttpResponseRedirect(url)
+            # The URL carries a signature that expires: no shared cache may keep it.
+            redirect["Cache-Control"] = "private, no-store"
+            return redirect
     response = FileResponse(default_storage.open(name, "rb"), content_type=content_type)
     return attach(response, filename, inline=inline)

@@ -131,13 +131,22 @@ MEDIA_ROOT = Path(env.str("LABSEG_MEDIA_ROOT", default=str(VAR_DIR / "media")))
 
 # Files go through Django's storage API so that workers on other machines can read them.
 # LABSEG_STORAGE=s3 uses django-storages' S3 backend (AWS_* settings from the environment).
-if env.str("LABSEG_STORAGE", default="local") == "s3":
+LABSEG_STORAGE = env.str("LABSEG_STORAGE", default="local")
+if LABSEG_STORAGE == "s3":
+    # Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, read by boto3 itself. Path-style
+    # addressing: a MinIO or other endpoint by host name has no per-bucket DNS names.
     _default_storage = {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
             "bucket_name": env.str("AWS_STORAGE_BUCKET_NAME"),
             "endpoint_url": env.str("AWS_S3_ENDPOINT_URL", default=None),
             "region_name": env.str("AWS_S3_REGION_NAME", default=None),
+            "addressing_style": env.str("AWS_S3_ADDRESSING_STYLE", default="path"),
+            "signature_version": "s3v4",
+            "querystring_expire": env.int("AWS_QUERYSTRING_EXPIRE", default=3600),
+            # A file opened for reading is spooled to FILE_UPLOAD_TEMP_DIR above this size (the
+            # backend's default 0 would hold a whole scan in memory).
+            "max_memory_size": 8 * 1024 * 1024,
             "file_overwrite": False,
         },
     }
@@ -150,6 +159,13 @@ STORAGES = {
     "default": _default_storage,
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# Downloads answer 302 to a presigned URL (the bytes go from storage to the client, not through
+# the web process) where the backend can sign URLs (S3); local storage streams (labseg/downloads.py).
+LABSEG_PRESIGNED_DOWNLOADS = env.bool("LABSEG_PRESIGNED_DOWNLOADS", default=True)
+# Where uploads wait while they are received and checked (resumable parts included). Empty: in
+# MEDIA_ROOT/tmp on local storage (same disk: storing is a rename), else VAR_DIR/tmp/uploads on the
+# web host (scans/files.py).
+LABSEG_UPLOAD_TMP_DIR = env.str("LABSEG_UPLOAD_TMP_DIR", default="")
 
 # Uploads: Django spools bodies above this size to a temporary file, never holding them in memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024

@@ -3,6 +3,9 @@
 Workers and pages hand NIfTI files to nibabel and the pipeline, which want a path. On disk storage
 the stored file's own path is used (no copy); on storage without local paths (S3) the file is
 streamed into a temporary file that is removed when the block ends.
+
+Downloads on storage that can sign URLs (S3: ``presigned_url``) go from storage to the client
+directly; ``labseg/downloads.py`` answers them with a redirect.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from django.conf import settings
 from django.core.files.storage import Storage, default_storage
 
 #: Bytes copied per read when a stored file is fetched.
@@ -33,6 +37,31 @@ def _local(store: Storage, name: str) -> Path | None:
         return Path(store.path(name))
     except NotImplementedError:
         return None
+
+
+def has_local_paths(storage: Storage | None = None) -> bool:
+    """Whether the storage keeps files on this machine's disk (local), not behind an API (S3)."""
+    return _local(storage or default_storage, "probe") is not None
+
+
+def presigned_url(
+    name: str, *, content_disposition: str, content_type: str, storage: Storage | None = None
+) -> str | None:
+    """A time-limited URL from which a client fetches ``name`` straight from storage, answered with
+    these ``Content-Disposition`` and ``Content-Type`` headers; None where the backend cannot sign
+    URLs (local disk) or ``LABSEG_PRESIGNED_DOWNLOADS`` is off."""
+    if not settings.LABSEG_PRESIGNED_DOWNLOADS:
+        return None
+    store = storage or default_storage
+    try:
+        from storages.backends.s3 import S3Storage
+    except ImportError:  # pragma: no cover - django-storages is a server requirement
+        return None
+    # A custom domain without a CloudFront signer gives unsigned URLs: those are not presigned.
+    if not isinstance(store, S3Storage) or not store.querystring_auth or store.custom_domain:
+        return None
+    parameters = {"ResponseContentDisposition": content_disposition, "ResponseContentType": content_type}
+    return str(store.url(name, parameters=parameters))
 
 
 @contextmanager

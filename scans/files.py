@@ -1,9 +1,11 @@
-"""Receiving files: streamed to a temporary file under ``MEDIA_ROOT/tmp`` while their sha256 is computed.
+"""Receiving files: streamed to a temporary file in ``upload_tmp_dir()`` while their sha256 is computed.
 
 Nothing here holds a whole upload in memory: request bodies arrive through
 :class:`HashingUploadHandler` (installed for every request in ``settings.FILE_UPLOAD_HANDLERS``)
-in 1 MiB pieces, and local files are copied in 1 MiB pieces. The temporary file sits on the same
-disk as local storage, so storing an accepted scan is a rename, not a second copy.
+in 1 MiB pieces, and local files are copied in 1 MiB pieces. On local storage the temporary file
+sits on the same disk (``MEDIA_ROOT/tmp``), so storing an accepted scan is a rename, not a second
+copy; on S3 it waits on the web host (``VAR_DIR/tmp/uploads``) and is streamed to the bucket in
+parts (``scans.services.save_incoming``): no media folder is needed at all.
 """
 
 from __future__ import annotations
@@ -25,14 +27,22 @@ from django.core.files import File
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler
 
+from labseg.storage import has_local_paths
+
 from .validation import ScanRejected, nifti_suffix
 
 PIECE_BYTES = 1024**2
 
 
 def upload_tmp_dir() -> Path:
-    """Where uploads wait while they are checked (``MEDIA_ROOT/tmp``); created on demand."""
-    path = Path(settings.MEDIA_ROOT) / "tmp"
+    """Where uploads wait while they are checked; created on demand. ``LABSEG_UPLOAD_TMP_DIR``, else
+    ``MEDIA_ROOT/tmp`` on local storage, else ``VAR_DIR/tmp/uploads`` on this host (S3)."""
+    if settings.LABSEG_UPLOAD_TMP_DIR:
+        path = Path(settings.LABSEG_UPLOAD_TMP_DIR)
+    elif has_local_paths():
+        path = Path(settings.MEDIA_ROOT) / "tmp"
+    else:
+        path = Path(settings.VAR_DIR) / "tmp" / "uploads"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

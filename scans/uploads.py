@@ -1,10 +1,12 @@
 """Resumable chunked uploads: create a session, PUT byte ranges in order, complete.
 
-The bytes accumulate in ``MEDIA_ROOT/tmp/chunks/<session id>.part``. A chunk must start at the
-session's current offset; the offset moves with a compare-and-set so two clients sending the
-same range cannot both win. Completion checks the sha256 the client computed, then hands the
-file to :func:`scans.services.register_scan`; the chunk file and the session are removed on
-completion or refusal.
+The bytes accumulate in ``upload_tmp_dir()/chunks/<session id>.part`` on the web host
+(``MEDIA_ROOT/tmp`` on local storage, a local folder on S3: a web tier of several hosts needs
+sticky sessions for uploads in progress). A chunk must start at the session's current offset; the
+offset moves with a compare-and-set so two clients sending the same range cannot both win.
+Completion checks the sha256 the client computed, then hands the file to
+:func:`scans.services.register_scan`, which streams it to storage; the chunk file and the session
+are removed on completion or refusal.
 """
 
 from __future__ import annotations

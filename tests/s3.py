@@ -14,7 +14,7 @@ Use:
   (``LABSEG_STORAGE=s3`` and the ``AWS_*`` settings read by ``labseg/settings.py``).
 * ``use_bucket(settings, bucket)``: this test process's default storage is the bucket (through
   pytest-django's ``settings`` fixture, undone after the test).
-* ``bucket.keys()``: every object name in the bucket, to prove nothing is left behind.
+* ``bucket.object_names()``: every object name in the bucket, to prove nothing is left behind.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class Bucket:
             aws_secret_access_key=SECRET_KEY,
         )
 
-    def keys(self) -> list[str]:
+    def object_names(self) -> list[str]:
         """Every object name in the bucket, sorted."""
         names: list[str] = []
         for page in self.client().get_paginator("list_objects_v2").paginate(Bucket=self.name):

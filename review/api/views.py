@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 from django.db.models import QuerySet
-from django.http import FileResponse, Http404, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
 from rest_framework import generics, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
@@ -191,7 +192,7 @@ def _structure_ids(wanted: Any) -> list[int] | None:
 
 
 class ConsensusFileView(APIView):
-    def get(self, request: Request, pk: int, kind: str) -> FileResponse:
+    def get(self, request: Request, pk: int, kind: str) -> HttpResponseBase:
         consensus = get_object_or_404(Consensus.objects.visible_to(request.user), pk=pk)
         if kind not in ("majority", "staple", "disagreement"):
             raise Http404("unknown consensus map")
@@ -310,7 +311,7 @@ class AnnotationDetail(generics.RetrieveAPIView):
 
 
 class AnnotationFile(APIView):
-    def get(self, request: Request, pk: int) -> FileResponse:
+    def get(self, request: Request, pk: int) -> HttpResponseBase:
         annotation = get_object_or_404(Annotation.objects.visible_to(request.user), pk=pk)
         return stored_file_response(annotation.file.name, annotation.original_filename)
 

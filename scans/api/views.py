@@ -11,6 +11,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.http import FileResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
 from rest_framework import generics, status
 from rest_framework.request import Request
@@ -128,9 +129,9 @@ class ScanRestore(APIView):
 
 
 class ScanFile(APIView):
-    """The NIfTI file exactly as uploaded."""
+    """The NIfTI file exactly as uploaded (on S3, a redirect to a presigned URL)."""
 
-    def get(self, request: Request, pk: int) -> FileResponse:
+    def get(self, request: Request, pk: int) -> HttpResponseBase:
         scan = get_object_or_404(Scan.objects.visible_to(request.user), pk=pk)
         return stored_file_response(scan.file.name, scan.original_filename)
 

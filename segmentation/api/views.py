@@ -7,7 +7,8 @@ import re
 from typing import Any
 
 from django.db.models import QuerySet
-from django.http import FileResponse, StreamingHttpResponse
+from django.http import StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
 from rest_framework import generics, status
 from rest_framework.exceptions import ValidationError
@@ -139,7 +140,7 @@ class PredictionDetailView(generics.RetrieveAPIView):
 class PredictionFileView(APIView):
     """``GET /api/predictions/{id}/labels`` or ``/uncertainty``: the NIfTI file (gzip)."""
 
-    def get(self, request: Request, pk: int, kind: str) -> FileResponse:
+    def get(self, request: Request, pk: int, kind: str) -> HttpResponseBase:
         prediction = get_object_or_404(Prediction.objects.visible_to(request.user), pk=pk)
         stored = prediction.labels if kind == "labels" else prediction.uncertainty
         filename = f"scan{prediction.scan_id}_{_safe(prediction.model_version.label)}_{kind}.nii.gz"

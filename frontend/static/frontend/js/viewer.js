@@ -6,7 +6,7 @@
 // second) and loads full resolution of the whole scan or of a region on request.
 // window.labsegViewer.firstFrameMs is the time from navigation to the first frame drawn with the
 // overlay (performance.now(), whose origin is the navigation start); tests and bench/viewer.py read it.
-import { Niivue, SLICE_TYPE, cmapper } from "../../vendor/niivue/niivue.js";
+import { Niivue, NVImage, NVImageFromUrlOptions, SLICE_TYPE, cmapper } from "../../vendor/niivue/niivue.js";
 import { barChart } from "./charts.js";
 
 const config = JSON.parse(document.getElementById("viewer-config").textContent);
@@ -436,7 +436,7 @@ async function reviewLesion(lesion, decision) {
     return;
   }
   const fresh = await (await fetch(`/scans/${config.scanId}/viewer.json`, { headers: { Accept: "application/json" } })).json();
-  Object.assign(config, { volumes: fresh.volumes, lesions: fresh.lesions, metastasisCounts: fresh.metastasisCounts });
+  Object.assign(config, { volumes: fresh.volumes, lesions: fresh.lesions, metastasisCounts: fresh.metastasisCounts, volumeSources: fresh.volumeSources });
   buildLesionPanel();
   buildMetastasisPanel();
   renderVolumes(fresh.volumes);
@@ -446,7 +446,7 @@ async function reviewLesion(lesion, decision) {
 function renderVolumes(volumes) {
   // The side panel's volume table, as the server renders it (scan.html), for runs that end later.
   const card = document.getElementById("volumes-card");
-  card.querySelector("table, p")?.remove();
+  card.querySelector(":scope > table, :scope > p")?.remove();
   const table = document.createElement("table");
   table.className = "data";
   table.id = "volumes";
@@ -462,6 +462,21 @@ function renderVolumes(volumes) {
     table.tBodies[0].append(row);
   }
   card.append(table);
+  renderSources(config.volumeSources ?? []);
+}
+
+// Where the table's numbers come from, per task: the model, or a person's correction of it.
+function renderSources(sources) {
+  const box = document.getElementById("volume-sources");
+  if (!box) return;
+  box.replaceChildren();
+  for (const s of sources) {
+    const line = document.createElement("p");
+    line.className = `muted volume-source${s.corrected ? " corrected" : ""}`;
+    line.dataset.prediction = s.prediction_id;
+    line.textContent = `${s.task}: ${s.source}`;
+    box.append(line);
+  }
 }
 
 // A segmentation that ends while the page is open: jobs.js announces it; fetch the scan's viewer
@@ -474,7 +489,8 @@ async function addFinishedRun(job) {
   const known = new Set(config.layers.map((l) => l.key));
   const added = fresh.layers.filter((l) => !known.has(l.key));
   config.layers.push(...added);
-  Object.assign(config, { volumes: fresh.volumes, lesions: fresh.lesions, metastasisCounts: fresh.metastasisCounts });
+  Object.assign(config, { volumes: fresh.volumes, lesions: fresh.lesions, metastasisCounts: fresh.metastasisCounts, volumeSources: fresh.volumeSources, corrections: fresh.corrections });
+  fillCorrectionPicker();
   buildLayerPanel(added);
   buildMetastasisPanel();
   buildLesionPanel();
@@ -489,12 +505,174 @@ document.addEventListener("labseg:job-finished", (event) => {
   addFinishedRun(event.detail).catch((error) => hook.errors.push(String(error)));
 });
 
+// Correction with NiiVue's drawing tools: the prediction (or its newest correction) becomes the
+// drawing at full resolution; pen, filled pen and eraser paint one canonical structure at a time
+// (the model's own, in their canonical colours); undo steps back; Save uploads the whole drawing
+// as NIfTI on the scan's grid to /api/predictions/{id}/corrections, a new annotation version.
+// The prediction itself is never changed.
+const draw = { active: null, tool: "pen", hiddenLayers: [] };
+
+function drawLut() {
+  // NiiVue's drawing palette: the canonical colours at the canonical ids, background clear.
+  return {
+    R: structures.map((s) => s.rgb[0]),
+    G: structures.map((s) => s.rgb[1]),
+    B: structures.map((s) => s.rgb[2]),
+    A: structures.map((s) => (s.id === 0 ? 0 : 255)),
+    I: structures.map((s) => s.id),
+    labels: structures.map((s) => s.display_name),
+  };
+}
+
+function correctionMessage(text, isError = false) {
+  const box = document.getElementById("correct-message");
+  box.textContent = text;
+  box.classList.toggle("error", isError);
+}
+
+function applyTool() {
+  const value = Number(document.getElementById("draw-label").value);
+  if (draw.tool === "erase") nv.setPenValue(0, false);
+  else nv.setPenValue(value, draw.tool === "fill");
+  for (const button of document.querySelectorAll("[data-tool]")) button.setAttribute("aria-pressed", String(button.dataset.tool === draw.tool));
+  const swatch = document.getElementById("draw-swatch");
+  swatch.style.background = draw.tool === "erase" ? "transparent" : byId.get(value)?.colour ?? "#888";
+}
+
+function fillLabelPicker(correction) {
+  const select = document.getElementById("draw-label");
+  select.replaceChildren();
+  for (const id of correction.structureIds) {
+    const s = byId.get(id);
+    if (!s) continue;
+    const option = document.createElement("option");
+    option.value = String(id);
+    option.textContent = s.display_name;
+    option.dataset.structure = s.name;
+    select.append(option);
+  }
+}
+
+async function startCorrection() {
+  const picker = document.getElementById("correct-prediction");
+  const correction = config.corrections.find((c) => String(c.predictionId) === picker.value);
+  if (!correction) return;
+  if (config.factor > 1 && (state.level !== "full" || state.region)) {
+    if (!config.fullAllowed) {
+      correctionMessage("This scan is too large to correct in the browser: download it for 3D Slicer or ITK-SNAP and upload the edit as an annotation.", true);
+      return;
+    }
+    correctionMessage("Loading full resolution to draw on…");
+    await reload("full", null);
+  }
+  correctionMessage("Loading the segmentation to correct…");
+  const image = await NVImage.loadFromUrl(NVImageFromUrlOptions(correction.startUrl, "", "start.nii.gz"));
+  nv.setDrawColormap(drawLut());
+  if (!nv.loadDrawing(image)) {
+    correctionMessage("The segmentation does not lie on the scan's grid, so it cannot be drawn on here.", true);
+    return;
+  }
+  draw.active = correction;
+  // The drawing replaces the model's layer on screen while it is edited.
+  draw.hiddenLayers = config.layers.filter((l) => l.kind === "labels" && l.visible);
+  for (const layer of draw.hiddenLayers) await showLayer(layer, false);
+  fillLabelPicker(correction);
+  nv.setDrawOpacity(0.6);
+  nv.opts.penSize = 3;
+  nv.setDrawingEnabled(true);
+  draw.tool = "pen";
+  applyTool();
+  document.getElementById("correct-start").hidden = true;
+  document.getElementById("correct-tools").hidden = false;
+  correctionMessage(`Drawing over ${correction.source}. Drag in a 2D view to paint; Save stores version ${correction.version + 1}.`);
+  document.body.dataset.drawing = "1";
+}
+
+async function stopCorrection() {
+  nv.setDrawingEnabled(false);
+  nv.closeDrawing();
+  for (const layer of draw.hiddenLayers) await showLayer(layer, true);
+  draw.hiddenLayers = [];
+  draw.active = null;
+  document.getElementById("correct-start").hidden = false;
+  document.getElementById("correct-tools").hidden = true;
+  delete document.body.dataset.drawing;
+}
+
+async function gzip(bytes) {
+  const stream = new Blob([bytes]).stream().pipeThrough(new CompressionStream("gzip"));
+  return new Response(stream).blob();
+}
+
+async function saveCorrection() {
+  const correction = draw.active;
+  if (!correction) return;
+  correctionMessage("Saving…");
+  const bytes = await nv.saveImage({ filename: "", isSaveDrawing: true, volumeByIndex: 0 });
+  if (!(bytes instanceof Uint8Array)) {
+    correctionMessage("Nothing to save: the drawing is empty.", true);
+    return;
+  }
+  const body = new FormData();
+  body.append("file", await gzip(bytes), "correction.nii.gz");
+  const response = await fetch(correction.saveUrl, { method: "POST", body, headers: { "X-CSRFToken": csrfToken(), Accept: "application/json" } });
+  const answer = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    correctionMessage(answer.detail ?? `The server answered ${response.status}.`, true);
+    return;
+  }
+  const fresh = await (await fetch(`/scans/${config.scanId}/viewer.json`, { headers: { Accept: "application/json" } })).json();
+  Object.assign(config, { volumes: fresh.volumes, volumeSources: fresh.volumeSources, corrections: fresh.corrections });
+  renderVolumes(fresh.volumes);
+  fillCorrectionPicker();
+  await stopCorrection();
+  correctionMessage(`Saved as version ${answer.version}: volumes, CSVs and charts now use ${answer.source}.`);
+  document.body.dataset.correctionSaved = String(answer.id);
+}
+
+function fillCorrectionPicker() {
+  const picker = document.getElementById("correct-prediction");
+  if (!picker) return;
+  const chosen = picker.value;
+  picker.replaceChildren();
+  for (const c of config.corrections ?? []) {
+    const option = document.createElement("option");
+    option.value = String(c.predictionId);
+    option.textContent = `${c.task} · ${c.source}`;
+    picker.append(option);
+  }
+  if (chosen) picker.value = chosen;
+  document.getElementById("correct-begin").disabled = !(config.corrections ?? []).length;
+}
+
+function wireCorrection() {
+  if (!document.getElementById("correct-card")) return;
+  fillCorrectionPicker();
+  const fail = (error) => {
+    correctionMessage(`Could not correct: ${error.message}`, true);
+    hook.errors.push(String(error));
+  };
+  document.getElementById("correct-begin").addEventListener("click", () => startCorrection().catch(fail));
+  for (const button of document.querySelectorAll("[data-tool]")) {
+    button.addEventListener("click", () => {
+      draw.tool = button.dataset.tool;
+      applyTool();
+    });
+  }
+  document.getElementById("draw-label").addEventListener("change", applyTool);
+  document.getElementById("draw-undo").addEventListener("click", () => nv.drawUndo());
+  document.getElementById("draw-save").addEventListener("click", () => saveCorrection().catch(fail));
+  document.getElementById("draw-cancel").addEventListener("click", () => stopCorrection().then(() => correctionMessage("")).catch(fail));
+}
+
 async function main() {
   hook.marks = { moduleMs: performance.now() };
   buildLayerPanel();
   buildStructurePanel();
   buildMetastasisPanel();
+  renderSources(config.volumeSources ?? []);
   wireToolbar();
+  wireCorrection();
   await nv.attachToCanvas(document.getElementById("gl"));
   hook.marks.canvasMs = performance.now();
   nv.onLocationChange = onLocation;
