@@ -349,17 +349,25 @@ def _field_of_view(source: Source, rng: np.random.Generator) -> tuple[str, int, 
 
 
 def _warp_coordinates(
-    source: Source, shape: tuple[int, int, int], origin: np.ndarray, rng: np.random.Generator
+    source: Source,
+    shape: tuple[int, int, int],
+    origin: np.ndarray,
+    rng: np.random.Generator,
+    variety: float = 1.0,
 ) -> tuple[np.ndarray, dict[str, object]]:
     """Source coordinates [3, X, Y, Z] of every output voxel: the output box at ``origin`` (source
     voxels), rotated and scaled about its centre, bent along the spine, deformed elastically, and
-    each of a few organs grown or shrunk about its own centre."""
+    each of a few organs grown or shrunk about its own centre.
+
+    ``variety`` above 1 widens the anatomy drawn from one source (``synth_sample``'s docstring);
+    at 1 the draws are exactly those of the committed 2.0.0 runs."""
     centre_out = (np.array(shape) - 1) / 2.0
     pose = str(rng.choice(["prone", "supine", "lateral"], p=[0.88, 0.08, 0.04]))
     roll = {"prone": 0.0, "supine": np.pi, "lateral": float(rng.choice([-0.5, 0.5])) * np.pi}[pose]
     small = rng.normal(0.0, [0.07, 0.07, 0.1])
     rot = _rotation(float(small[0]), float(small[1]), roll + float(small[2]))
-    scale = rng.uniform(0.85, 1.15) * rng.uniform(0.93, 1.07, size=3)
+    spread = 0.07 * (1.0 + 0.5 * (variety - 1.0))
+    scale = rng.uniform(0.85, 1.15) * rng.uniform(1.0 - spread, 1.0 + spread, size=3)
     # Output voxel p samples the source at origin + c + R^-1 diag(1/s) (p - c) (+ displacements).
     inv = rot.T / scale[:, None]
     grid = np.indices(shape, dtype=np.float32).reshape(3, -1) - centre_out[:, None].astype(np.float32)
@@ -373,26 +381,33 @@ def _warp_coordinates(
         freq = float(rng.uniform(0.5, 2.0)) * np.pi
         coords[axis] += amp * np.sin(freq * z + float(rng.uniform(0, 2 * np.pi)))[None, None, :]
     # Elastic: smooth random displacement, correlation ~4-8 voxels, up to ~1.5 voxels.
-    strength = float(rng.uniform(0.0, 1.6))
-    sigma = float(rng.uniform(4.0, 8.0))
+    strength = float(rng.uniform(0.0, 1.6 * variety))
+    sigma = float(rng.uniform(4.0, 8.0 + 4.0 * (variety - 1.0)))
     for axis in range(3):
         coords[axis] += strength * _smooth_field(rng, shape, sigma)
     # Per-organ: a few organs grow or shrink (0.8-1.2 in size) about their centre, the tissue
     # around them following smoothly.
     organs = [sid for sid in range(1, N_IDS) if sid != _BONE and source.labelled[sid]]
     grown: dict[str, float] = {}
-    for sid in rng.choice(organs, size=min(4, len(organs)), replace=False):
+    n_organs = min(round(4 + 2 * (variety - 1.0)), len(organs))
+    for sid in rng.choice(organs, size=n_organs, replace=False):
         mask = source.fractions[sid] > 127
         if mask.sum() < 8:
             continue
         idx = np.argwhere(mask)
         c = idx.mean(axis=0)
         radius = float(np.sqrt(((idx - c) ** 2).sum(axis=1).mean())) + 1.0
-        factor = float(rng.uniform(0.8, 1.2))
+        half = 0.2 * (1.0 + 0.5 * (variety - 1.0))
+        factor = float(rng.uniform(1.0 - half, 1.0 + half))
         d2 = ((coords - c[:, None, None, None].astype(np.float32)) ** 2).sum(axis=0)
         weight = np.exp(-d2 / (2 * (1.5 * radius) ** 2)).astype(np.float32)
         # Near the organ, output p samples the source at c + (p - c) / factor.
         coords += (coords - c[:, None, None, None].astype(np.float32)) * ((1.0 / factor - 1.0) * weight)
+        if variety > 1.0:
+            # Another mouse's organ also sits a little elsewhere among its neighbours: the
+            # organ and the tissue near it move together (up to ~1 mm per axis at variety 2).
+            shift = rng.normal(0.0, 0.5 * (variety - 1.0), size=3) * mm
+            coords -= (shift[:, None, None, None] * weight[None]).astype(np.float32)
         grown[STRUCTURES[sid].name] = round(factor, 3)
     params: dict[str, object] = {
         "pose": pose,
@@ -443,12 +458,17 @@ def synth_sample(
     *,
     shape: tuple[int, int, int] | None = None,
     centre: tuple[int, int, int] | None = None,
+    variety: float = 1.0,
 ) -> Sample:
     """One randomised training volume from ``source`` (see the module docstring).
 
     ``shape`` is the output box in coarse voxels (default: the source's whole grid); ``centre``
     where in the source that box is centred before the random field of view and pose (default:
-    the source's centre, moved at random). Same source and seed, same arrays.
+    the source's centre, moved at random). ``variety`` (>= 1) widens the anatomy one source
+    yields, so that one real mouse stands for many: per-axis scale +-7 % -> +-10.5 %, elastic
+    field up to 1.6 -> 3.2 voxels with a longer correlation, 4 -> 6 organs grown or shrunk by
+    +-20 % -> +-30 %, and each of them moved by ~0.5 mm (per axis, s.d.) among its neighbours
+    (figures at variety 2). Same source, seed and variety, same arrays.
     """
     rng = np.random.default_rng([seed, 19])
     src_shape = np.array(source.fractions.shape[1:])
@@ -460,7 +480,7 @@ def synth_sample(
     else:
         c = np.asarray(centre, dtype=float)
     origin = c - (np.array(out_shape) - 1) / 2.0
-    coords, params = _warp_coordinates(source, out_shape, origin, rng)  # type: ignore[arg-type]
+    coords, params = _warp_coordinates(source, out_shape, origin, rng, variety)  # type: ignore[arg-type]
     params["field_of_view"] = kind
 
     # Field of view: the scanned slab along the body, sometimes cut in-plane.

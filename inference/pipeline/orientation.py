@@ -55,6 +55,10 @@ MIN_LEFT_RIGHT_CONFIDENCE = 0.6
 WORK_MM = 1.0
 #: The smallest enclosed space taken for a braincase (the atlas heads measure 180-330 mm3 here).
 MIN_BRAINCASE_MM3 = 120.0
+#: A field of view no longer than this (mm along the body) that holds a braincase is a head
+#: alone: a mouse's head is 20-25 mm from nose to the back of the skull, and its neck puts the
+#: lungs' apex about 8-10 mm further, so nothing of the trunk is in such a scan.
+HEAD_ONLY_MAX_MM = 30.0
 #: Opening radius that removes the animal bed (plates 0.8-1.6 mm thick in our phantoms).
 BED_OPEN_MM = 1.5
 
@@ -183,6 +187,11 @@ class OrientationFinding:
         return None if self.kept == "header" else self.anatomy.is_identity
 
     @property
+    def head_only(self) -> bool:
+        """Whether the field of view holds a head and nothing of the trunk (``HEAD_ONLY_MAX_MM``)."""
+        return bool(self.measures.get("head_only", 0.0))
+
+    @property
     def overall_confidence(self) -> float:
         keys = ("long_axis", "dorsal", "cranial")
         return round(min(self.confidence.get(k, 0.0) for k in keys), 3)
@@ -197,6 +206,7 @@ class OrientationFinding:
             "confidence": round(self.overall_confidence, 3),
             "confidence_by_decision": {k: round(v, 3) for k, v in self.confidence.items()},
             "findings": list(self.findings),
+            "head_only": self.head_only,
             "seconds": round(self.seconds, 4),
         }
         return entry
@@ -735,6 +745,11 @@ def _words(
                 f"towards {_towards(work, dorsal.axis, dorsal.sign)} (the top of the head) and the "
                 f"teeth and snout towards {_towards(work, 0, cranial.sign)} (the nose)."
             )
+            if measures.get("head_only"):
+                said.append(
+                    "Nothing of the trunk fits in a field of view this short: its organs are not in "
+                    "view and are not assessed."
+                )
         else:
             said.append(
                 f"Head only ({work.length_mm:.0f} mm long), but no braincase found (the largest space "
@@ -782,6 +797,8 @@ def find_orientation(volume: np.ndarray, spacing_mm: Sequence[float]) -> Orienta
     else:
         dorsal, cranial = _head(work, measures)
         regime = "head"
+        if measures.get("braincase_mm3", 0.0) >= MIN_BRAINCASE_MM3 and work.length_mm <= HEAD_ONLY_MAX_MM:
+            measures["head_only"] = 1.0
     confidence["dorsal"] = dorsal.confidence
     confidence["cranial"] = cranial.confidence
     confidence["left_right"] = right.confidence if right is not None else 0.0

@@ -50,6 +50,7 @@ from inference.pipeline.postprocess import (
 from inference.pipeline.refiner import run_refiner
 from inference.pipeline.runtime import get_session, session_provider
 from inference.registry import TASKS, ModelCard
+from inference.structures import BY_ID
 
 Progress = Callable[[int, str], None]
 
@@ -124,6 +125,23 @@ def group_by_task(cards: Sequence[ModelCard]) -> dict[str, list[ModelCard]]:
 def _report(progress: Progress | None, percent: float, stage: str) -> None:
     if progress is not None:
         progress(round(percent), stage)
+
+
+#: What a head-only field of view can show (``OrientationFinding.head_only``); anything else the
+#: organ model draws there (the middle ear's air taken for lung, the neck's muscle for heart) is
+#: out of view by the anatomy's own measure, so it is taken out and reported as not in view.
+IN_A_HEAD = frozenset({"bones", "brain", "spinal_cord"})
+
+
+def drop_out_of_view(organs: np.ndarray, structures: Sequence[int]) -> list[int]:
+    """Clear the organ map's trunk organs in place (a head-only scan); returns their ids."""
+    outside = [
+        int(sid)
+        for sid in structures
+        if sid and BY_ID[int(sid)].kind != "lesion" and BY_ID[int(sid)].name not in IN_A_HEAD
+    ]
+    organs[np.isin(organs, outside)] = 0
+    return outside
 
 
 def detect_lesions(
@@ -276,6 +294,8 @@ def predict_volume(
                     )
         del scores, disagreement, image
     with timer("postprocess"):
+        if orientation is not None and orientation.head_only and "organs" in task_labels:
+            drop_out_of_view(task_labels["organs"], groups["organs"][0].structures)
         detect_lesions(task_labels, groups, canonical, geometry.spacing_mm)
     _report(progress, 95, "restore uncertainty")
     with timer("restore"):

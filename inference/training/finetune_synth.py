@@ -111,6 +111,7 @@ def finetune(
     synth_rate: float,
     device: str = "cpu",
     command: str = "",
+    variety: float = 1.0,
 ) -> Path:
     spec = TASKS[task]
     sources, cases = native_cases(pool, spec, POOL_SEEDS)
@@ -121,7 +122,7 @@ def finetune(
         sources.append(digimouse_source())
         weights.append(digimouse_weight / (1 - digimouse_weight) * (len(weights)))
     focus = (ID["tumor"],) if task == "tumor" else ()
-    synth = SynthPool(sources, spec, seed=seed, weights=weights, focus_ids=focus)
+    synth = SynthPool(sources, spec, seed=seed, weights=weights, focus_ids=focus, variety=variety)
     val: dict[str, list[Case]] = digimouse_cases(spec)
     if (pool / "native_08000.npz").exists():
         val["val_native"] = native_cases(pool, spec, range(8000, 8002))[1]
@@ -175,6 +176,7 @@ def finetune(
         "lr": lr,
         "noise_hu": cfg.noise_hu,
         "synth_rate": synth_rate,
+        "anatomy_variety": variety,
         "command": command or "python -m inference.training.finetune_synth " + " ".join(sys.argv[1:]),
         "history": cfg.history,
     }
@@ -213,6 +215,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-digimouse", action="store_true", help="hold the Digimouse atlas out")
     parser.add_argument("--digimouse-weight", type=float, default=0.3)
     parser.add_argument("--synth-rate", type=float, default=0.65)
+    parser.add_argument(
+        "--variety",
+        type=float,
+        default=1.0,
+        help="widen the anatomy drawn from each source (synth.synth_sample): 1 as 2.0.0, 2 for 2.1.0",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     finetune(
@@ -229,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         digimouse_weight=args.digimouse_weight,
         synth_rate=args.synth_rate,
         device=args.device,
+        variety=args.variety,
     )
 
 

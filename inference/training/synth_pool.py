@@ -35,6 +35,7 @@ class SynthPool:
     refresh_every: int = 4
     weights: Sequence[float] | None = None
     focus_ids: tuple[int, ...] = ()
+    variety: float = 1.0
     cases: list[Case] = field(default_factory=list)
     drawn: int = 0
 
@@ -56,7 +57,7 @@ class SynthPool:
                 centre = (x, y, z)
         seed = self.seed * 1_000_000 + self.drawn
         self.drawn += 1
-        sample = synth_sample(source, seed, shape=self.shape, centre=centre)
+        sample = synth_sample(source, seed, shape=self.shape, centre=centre, variety=self.variety)
         return case_from_arrays(
             f"synth-{source.name}-{seed}",
             self.spec,

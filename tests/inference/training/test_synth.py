@@ -100,6 +100,31 @@ def test_labels_move_with_the_image() -> None:
     assert moved >= 3
 
 
+def test_wider_anatomy_is_deterministic_and_keeps_labels_on_the_image() -> None:
+    """``variety`` (2.1.0's training) widens the shapes one source yields: more organs resized, over a
+    wider range, and moved among their neighbours; still deterministic, still aligned."""
+    source = tiny_source()
+    a, b = synth_sample(source, 5, variety=2.0), synth_sample(source, 5, variety=2.0)
+    assert np.array_equal(a.ct, b.ct) and a.params == b.params
+    # variety 1 is exactly the committed 2.0.0 generator: the default.
+    assert np.array_equal(synth_sample(source, 5, variety=1.0).ct, synth_sample(source, 5).ct)
+    factors, differs = [], 0
+    for seed in range(8):
+        wide, plain = synth_sample(source, seed, variety=2.0), synth_sample(source, seed)
+        organ_scale = wide.params["organ_scale"]
+        assert isinstance(organ_scale, dict)
+        factors += list(organ_scale.values())
+        differs += not np.array_equal(wide.fractions, plain.fractions)
+        hu = wide.params["hu"]
+        assert isinstance(hu, dict)
+        bone = wide.fractions[ID["bones"]] > 250
+        if bone.sum() >= 5:
+            assert abs(float(np.median(wide.ct[bone])) - hu["bones"]) < 0.3 * (hu["bones"] - hu["lung_left"])
+    assert differs == 8
+    assert min(factors) >= 0.7 and max(factors) <= 1.3
+    assert min(factors) < 0.8 or max(factors) > 1.2  # beyond 2.0.0's 0.8-1.2
+
+
 def test_beds_are_background_and_never_tumor() -> None:
     source = tiny_source()
     with_bed = [s for s in (synth_sample(source, seed) for seed in range(12)) if s.bed.any()]
