@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "segmentation.apps.SegmentationConfig",
     "review",
     "frontend",
+    "audit",
 ]
 
 MIDDLEWARE = [
@@ -78,8 +79,12 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Keeps the request for the who and from where of audit events (audit/context.py).
+    "audit.context.RequestContextMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A full disk (ENOSPC) in a plain Django view answers 507 in words (DRF views: refusals.py).
+    "labseg.refusals.DiskFullMiddleware",
 ]
 
 ROOT_URLCONF = "labseg.urls"
@@ -177,6 +182,8 @@ Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
 
 # Limits for scan validation (see scans/validation.py).
 LABSEG_MAX_UPLOAD_BYTES = env.int("LABSEG_MAX_UPLOAD_BYTES", default=4 * 1024**3)
+# Storage a lab may fill: its scans plus the declared sizes of its uploads in progress (0: no limit).
+LABSEG_LAB_QUOTA_BYTES = env.int("LABSEG_LAB_QUOTA_BYTES", default=0)
 # A resumable upload idle this long is abandoned: beat sweeps its session and partial file.
 LABSEG_UPLOAD_ABANDON_AFTER_H = env.float("LABSEG_UPLOAD_ABANDON_AFTER_H", default=24.0)
 # A deleted scan stays in the bin (restorable) this long; beat then purges it with its files.

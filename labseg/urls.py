@@ -19,5 +19,6 @@ urlpatterns = [
     path("api/", include("segmentation.api.urls")),
     path("api/", include("review.api.urls")),
     path("review/", include("review.urls")),
+    path("", include("audit.urls")),
     path("", include("frontend.urls")),
 ]

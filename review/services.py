@@ -24,6 +24,8 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+import audit
+from audit.models import AuditEvent
 from inference import structures as canonical
 from inference.structures import STRUCTURES
 from labs.models import Lab
@@ -90,8 +92,26 @@ def _move(
         AnnotationTransition.objects.create(
             annotation=annotation, from_status=annotation.status, to_status=to, by=user, note=note
         )
+        action = _AUDITED_MOVES.get((annotation.status in _REVIEWED, to))
+        if action is not None:
+            audit.record(
+                action,
+                lab=annotation.scan.lab,
+                actor=user,
+                target=annotation,
+                detail={"from": annotation.status, "to": to, "note": note},
+            )
     annotation.refresh_from_db()
     return annotation
+
+
+_REVIEWED = (Status.APPROVED, Status.REJECTED)
+#: Moves that are reviews, for the audit log: (moving from a reviewed state, to) -> action.
+_AUDITED_MOVES: dict[tuple[bool, str], str] = {
+    (False, Status.APPROVED): AuditEvent.Action.ANNOTATION_APPROVED,
+    (False, Status.REJECTED): AuditEvent.Action.ANNOTATION_REJECTED,
+    (True, Status.SUBMITTED): AuditEvent.Action.ANNOTATION_REOPENED,
+}
 
 
 def submit_annotation(*, annotation: Annotation, user: Any, note: str = "") -> Annotation:
@@ -362,5 +382,12 @@ def promote_prediction(*, prediction: Any, user: Any) -> Annotation:
             annotation=annotation,
             user=user,
             note=f"promoted from prediction {prediction.pk} ({model_version.label})",
+        )
+        audit.record(
+            AuditEvent.Action.PREDICTION_PROMOTED,
+            lab=scan.lab,
+            actor=user,
+            target=annotation,
+            detail={"prediction": prediction.pk, "model": model_version.label},
         )
     return annotation

@@ -29,6 +29,8 @@ from django.db.models import FileField
 from django.db.models.deletion import Collector
 from django.utils import timezone
 
+import audit
+from audit.models import AuditEvent
 from labs.rules import is_lab_admin
 from labseg.refusals import Refused
 
@@ -65,7 +67,9 @@ def delete_scan(*, scan: Scan, user: Any) -> Scan:
     if scan.deleted_at is not None:
         raise Refused(f"scan {scan.pk} is already in the bin", status=409)
     scan.deleted_at, scan.deleted_by = timezone.now(), user
-    scan.save(update_fields=["deleted_at", "deleted_by"])
+    with transaction.atomic():
+        scan.save(update_fields=["deleted_at", "deleted_by"])
+        audit.record(AuditEvent.Action.SCAN_DELETED, lab=scan.lab, actor=user, target=scan)
     logger.info("scan %s moved to the bin by %s", scan.pk, user)
     return scan
 
@@ -76,7 +80,9 @@ def restore_scan(*, scan: Scan, user: Any) -> Scan:
     if scan.deleted_at is None:
         raise Refused(f"scan {scan.pk} is not in the bin", status=409)
     scan.deleted_at, scan.deleted_by = None, None
-    scan.save(update_fields=["deleted_at", "deleted_by"])
+    with transaction.atomic():
+        scan.save(update_fields=["deleted_at", "deleted_by"])
+        audit.record(AuditEvent.Action.SCAN_RESTORED, lab=scan.lab, actor=user, target=scan)
     logger.info("scan %s restored by %s", scan.pk, user)
     return scan
 
@@ -113,8 +119,19 @@ def purge_scan(scan: Scan) -> list[str]:
     folders.update(d for d in map(posixpath.dirname, names) if UPLOAD_FOLDER.fullmatch(posixpath.basename(d)))
     for folder in folders:
         names.update(_walk(folder))
+    label = str(scan)
     with transaction.atomic():
         Scan.objects.filter(pk=scan.pk).delete()
+        audit.record(
+            AuditEvent.Action.SCAN_PURGED,
+            lab=scan.lab,
+            target=scan,
+            target_label=f"{label} ({scan.original_filename})",
+            detail={
+                "files": len(names),
+                "deleted_at": scan.deleted_at.isoformat() if scan.deleted_at else None,
+            },
+        )
     removed = []
     for name in sorted(names):
         try:

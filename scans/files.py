@@ -138,25 +138,39 @@ class HashingUploadHandler(FileUploadHandler):
 
     def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
         for consumer in self.consumers:
+            if consumer.error is not None:
+                # A write failed (a full disk): stop reading the body and free the space now.
+                self._discard()
+                raise consumer.error
             consumer.pieces.put(raw_data)
         return None
 
     def file_complete(self, file_size: int) -> HashedUploadedFile:
-        for consumer in self.consumers:
-            consumer.finish()
-        self.file.flush()
+        try:
+            for consumer in self.consumers:
+                consumer.finish()
+            self.file.flush()
+        except BaseException:
+            self._discard()
+            raise
         self.file.seek(0)
         self.file.size = file_size
         return self.file
 
     def upload_interrupted(self) -> None:
         if hasattr(self, "file"):
-            for consumer in self.consumers:
+            self._discard()
+
+    def _discard(self) -> None:
+        """Stop the consumers and delete the partial file (its disk space is freed at once)."""
+        for consumer in self.consumers:
+            if consumer.is_alive():
                 consumer.pieces.put(None)
                 consumer.join()
-            path = self.file.temporary_file_path()
+        path = self.file.temporary_file_path()
+        with contextlib.suppress(OSError):  # closing flushes: a full disk fails that flush too
             self.file.close()
-            Path(path).unlink(missing_ok=True)
+        Path(path).unlink(missing_ok=True)
 
 
 def copy_hashing(source: IO[bytes], *, limit_bytes: int | None = None) -> IncomingFile:

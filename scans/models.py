@@ -249,6 +249,9 @@ class UploadSession(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    #: The lab whose quota the declared size is reserved against (``scans.quota``); empty when the
+    #: user named no lab and belongs to several (the quota is then checked at completion).
+    lab = models.ForeignKey(Lab, on_delete=models.CASCADE, null=True, blank=True, related_name="+")
     filename = models.CharField(max_length=255)
     size_bytes = models.BigIntegerField()
     offset = models.BigIntegerField(default=0)

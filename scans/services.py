@@ -25,9 +25,12 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 
+import audit
+from audit.models import AuditEvent
 from inference.pipeline.pictures import projection_png
 from labs.models import Lab
 
+from . import quota
 from .files import IncomingFile, MovableFile, receive, safe_filename
 from .models import Mouse, Scan, Study, TimePoint, parse_offset_hours
 from .signals import scan_registered
@@ -88,6 +91,23 @@ def resolve_upload_target(*, user: Any, study: str, lab: str | None = None) -> U
     return UploadTarget(lab=labs[0], study_name=study)
 
 
+def upload_lab(*, user: Any, lab: str | None = None, study: str | None = None) -> Lab | None:
+    """The lab a resumable upload being opened will go to, for its quota: the ``lab`` named (id or
+    name), else the lab of an existing ``study``, else the user's only lab; None when the user
+    belongs to several and said nothing. Refuses users in no lab (403) and labs not theirs (404)."""
+    quota.require_uploader(user)
+    user_labs = Lab.objects.visible_to(user)
+    if lab not in (None, ""):
+        return _find_lab(user_labs, lab)
+    if study not in (None, ""):
+        try:
+            return resolve_upload_target(user=user, study=str(study)).lab
+        except ScanRejected:
+            pass  # a new study or an ambiguous name: decided when the upload completes
+    labs = list(user_labs[:2])
+    return labs[0] if len(labs) == 1 else None
+
+
 def _find_lab(user_labs: Any, lab: str | None) -> Lab:
     text = str(lab).strip()
     found = user_labs.filter(pk=int(text)).first() if text.isdigit() else None
@@ -143,14 +163,40 @@ def stored_files() -> Iterator[list[str]]:
 
 
 def save_incoming(incoming: IncomingFile, name: str, saved: list[str]) -> str:
-    """Move the received file to storage as ``name`` (recorded in ``saved``); the stored name."""
+    """Move the received file to storage as ``name`` (recorded in ``saved``); the stored name.
+
+    ``name`` must be new (labseg stores each upload in a folder of its own): a copy that fails
+    half-way (a full disk) leaves a partial file under that name, which is deleted at once.
+    """
     movable = MovableFile(incoming.path)
     try:
         stored = default_storage.save(name, movable)
+    except BaseException:
+        _delete_partial(name)
+        raise
     finally:
         movable.close()
     saved.append(stored)
     return stored
+
+
+def save_content(content: bytes, name: str, saved: list[str]) -> str:
+    """Store ``content`` as the new file ``name`` (recorded in ``saved``), as :func:`save_incoming`."""
+    try:
+        stored = default_storage.save(name, ContentFile(content))
+    except BaseException:
+        _delete_partial(name)
+        raise
+    saved.append(stored)
+    return stored
+
+
+def _delete_partial(name: str) -> None:
+    try:
+        if default_storage.exists(name):
+            default_storage.delete(name)
+    except OSError:
+        logger.exception("could not delete the partial file %s", name)
 
 
 def register_scan(
@@ -166,8 +212,9 @@ def register_scan(
 ) -> Scan:
     """Validate and store one scan; create the study, mouse and time point when new.
 
-    Raises :class:`ScanRejected` (400 bad file or fields, 409 duplicate, 413 too large) and leaves
-    nothing behind: no row, no stored file, no temporary file.
+    Raises :class:`ScanRejected` (400 bad file or fields, 409 duplicate, 413 too large or over the
+    lab's quota, ``scans.quota``) and leaves nothing behind: no row, no stored file, no temporary
+    file. Records the upload in the audit log, in the transaction that writes the scan.
     """
     incoming: IncomingFile | None = None
     try:
@@ -178,6 +225,8 @@ def register_scan(
         stored_name = safe_filename(original_filename)
         _check_mouse_study(lab=lab, mouse_identifier=mouse_identifier, study_name=study_name)
         incoming = receive(uploaded_file_path_or_file)
+        quota.check_upload_size(incoming.size_bytes)
+        quota.check_quota(lab, incoming.size_bytes)  # early, before the data is read; again below
         _refuse_duplicate_scan(lab=lab, sha256=incoming.sha256)
         header = read_header(incoming.path, original_filename)
         started = time.perf_counter()
@@ -190,10 +239,10 @@ def register_scan(
             file_name = save_incoming(incoming, f"{folder}/{stored_name}", saved)
             thumbnail_name = ""
             if thumbnail is not None:
-                thumbnail_name = default_storage.save(f"{folder}/thumbnail.png", ContentFile(thumbnail))
-                saved.append(thumbnail_name)
+                thumbnail_name = save_content(thumbnail, f"{folder}/thumbnail.png", saved)
             try:
                 with transaction.atomic():
+                    quota.check_quota(quota.lock_lab(lab), incoming.size_bytes)
                     time_point = _time_point(
                         lab=lab,
                         study_name=study_name,
@@ -220,6 +269,14 @@ def register_scan(
                         intensity_std=stats.std,
                         thumbnail=thumbnail_name,
                         uploaded_by=user if user is not None and user.is_authenticated else None,
+                    )
+                    audit.record(
+                        AuditEvent.Action.SCAN_UPLOADED,
+                        lab=lab,
+                        actor=scan.uploaded_by,
+                        target=scan,
+                        target_label=f"{scan.original_filename} ({mouse_identifier} {label}, {study_name})",
+                        detail={"sha256": scan.sha256, "size_bytes": scan.size_bytes},
                     )
             except IntegrityError:
                 # Two uploads of the same file raced past the duplicate check: the constraint decides.

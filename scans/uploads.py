@@ -19,8 +19,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
+from labseg.refusals import is_disk_full
+
+from . import quota
 from .files import PIECE_BYTES, IncomingFile, safe_filename, sha256_of, upload_tmp_dir
 from .models import Lab, Scan, UploadSession
 from .services import register_scan
@@ -48,20 +52,28 @@ def chunk_path(session: UploadSession) -> Path:
     return folder / f"{session.pk}.part"
 
 
-def create_upload(*, user: Any, filename: str, size_bytes: int) -> UploadSession:
-    """Open a resumable upload of ``size_bytes`` bytes for a NIfTI file called ``filename``."""
+def create_upload(*, user: Any, filename: str, size_bytes: int, lab: Lab | None = None) -> UploadSession:
+    """Open a resumable upload of ``size_bytes`` bytes for a NIfTI file called ``filename``.
+
+    Only lab members may open one (403). The declared size must be under the upload limit and fit
+    the quota of ``lab`` (413): the size is reserved against the lab's quota until the upload
+    completes or is abandoned. ``lab`` is None when the user did not say and belongs to several
+    labs; the quota is then checked at completion.
+    """
+    quota.require_uploader(user, lab)
     safe_filename(filename)
     if not isinstance(size_bytes, int) or isinstance(size_bytes, bool) or size_bytes <= 0:
         raise ScanRejected("size_bytes must be the file size in bytes, a positive whole number")
-    limit = settings.LABSEG_MAX_UPLOAD_BYTES
-    if size_bytes > limit:
-        raise ScanRejected(
-            f"the file ({size_bytes / 1024**3:.2f} GiB) is larger than the upload limit of "
-            f"{limit / 1024**3:.1f} GiB",
-            status=413,
-        )
-    session = UploadSession.objects.create(user=user, filename=filename, size_bytes=size_bytes)
-    chunk_path(session).touch()
+    quota.check_upload_size(size_bytes)
+    with transaction.atomic():
+        if lab is not None:
+            quota.check_quota(quota.lock_lab(lab), size_bytes)
+        session = UploadSession.objects.create(user=user, lab=lab, filename=filename, size_bytes=size_bytes)
+    try:
+        chunk_path(session).touch()
+    except BaseException:
+        session.delete()
+        raise
     return session
 
 
@@ -97,15 +109,24 @@ def append_chunk(*, session: UploadSession, content_range: str | None, body: Rea
         raise OffsetMismatch(session.offset, start)
     expected = end - start + 1
     received = 0
-    with chunk_path(session).open("r+b") as target:
-        target.seek(start)
-        while received < expected and (piece := body.read(min(PIECE_BYTES, expected - received))):
-            target.write(piece)
-            received += len(piece)
-        if received != expected:
-            # Keep the file consistent with the offset the database holds.
-            target.truncate(start)
-            raise ScanRejected(f"the chunk body holds {received} bytes but its Content-Range says {expected}")
+    try:
+        with chunk_path(session).open("r+b") as target:
+            target.seek(start)
+            while received < expected and (piece := body.read(min(PIECE_BYTES, expected - received))):
+                target.write(piece)
+                received += len(piece)
+            if received != expected:
+                # Keep the file consistent with the offset the database holds.
+                target.truncate(start)
+                raise ScanRejected(
+                    f"the chunk body holds {received} bytes but its Content-Range says {expected}"
+                )
+    except OSError as error:
+        if is_disk_full(error):
+            # The partial file would hold the last free space: the upload goes, whole, at once
+            # (the 507 says so; labseg/refusals.py).
+            discard_upload(session)
+        raise
     # Compare-and-set: only the request that found the offset at ``start`` may move it.
     moved = UploadSession.objects.filter(pk=session.pk, offset=start).update(offset=end + 1)
     session.refresh_from_db()
@@ -140,8 +161,11 @@ def complete_upload(
             f"the upload is incomplete: {session.offset} of {session.size_bytes} bytes received; send "
             f"the rest from byte {session.offset}"
         )
+    path = chunk_path(session)
     try:
-        path = chunk_path(session)
+        # The session's reserved room is released now: register_scan checks the quota again for
+        # the lab the scan goes to, with the real file.
+        UploadSession.objects.filter(pk=session.pk).update(lab=None)
         actual = sha256_of(path)
         if actual != (sha256 or "").strip().lower():
             raise ScanRejected(

@@ -14,6 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import transaction
+
+import audit
+from audit.models import AuditEvent
 from inference.structures import by_name
 from labs.rules import is_lab_member, is_lab_reviewer
 from labseg.refusals import Refused
@@ -38,7 +42,16 @@ def decide_qc(*, prediction: Prediction, user: Any, decision: str, note: str = "
         raise Refused("say why the prediction is rejected (a note), so the lab's record is complete")
     if len(note) > MAX_NOTE:
         raise Refused(f"the note is {len(note)} characters long; keep it under {MAX_NOTE}")
-    return QCReview.objects.create(prediction=prediction, decision=decision, note=note, decided_by=user)
+    with transaction.atomic():
+        review = QCReview.objects.create(prediction=prediction, decision=decision, note=note, decided_by=user)
+        audit.record(
+            AuditEvent.Action.PREDICTION_QC,
+            lab=prediction.scan.lab,
+            actor=user,
+            target=prediction,
+            detail={"decision": decision, "note": note},
+        )
+    return review
 
 
 @dataclass(frozen=True)
@@ -82,4 +95,13 @@ def review_lesion(*, lesion: Lesion, user: Any, decision: str, reason: str) -> L
         raise Refused("give the reason (for example: on the animal bed), so the lab's record is complete")
     if len(reason) > MAX_NOTE:
         raise Refused(f"the reason is {len(reason)} characters long; keep it under {MAX_NOTE}")
-    return LesionReview.objects.create(lesion=lesion, decision=decision, reason=reason, decided_by=user)
+    with transaction.atomic():
+        review = LesionReview.objects.create(lesion=lesion, decision=decision, reason=reason, decided_by=user)
+        audit.record(
+            AuditEvent.Action.LESION_REVIEWED,
+            lab=lesion.prediction.scan.lab,
+            actor=user,
+            target=lesion,
+            detail={"decision": decision, "reason": reason, "prediction": lesion.prediction_id},
+        )
+    return review

@@ -36,6 +36,8 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
+import audit
+from audit.models import AuditEvent
 from inference.jsonsafe import finite_or_null
 from labseg import jobs
 from labseg.jobs import JobLostError, ReconcileReport
@@ -134,7 +136,12 @@ def sync_models(*, root: Path | None = None) -> SyncReport:
             ModelVersion.objects.filter(task=task, is_default=True).exclude(pk=chosen.pk).update(
                 is_default=False
             )
-            ModelVersion.objects.filter(pk=chosen.pk).update(is_default=True)
+            if ModelVersion.objects.filter(pk=chosen.pk, is_default=False).update(is_default=True):
+                audit.record(
+                    AuditEvent.Action.MODEL_MADE_DEFAULT,
+                    target=chosen,
+                    detail={"task": task, "via": "sync_models"},
+                )
         report.defaults[task] = chosen.label
     if conflicts:
         raise ModelSyncError("; ".join(conflicts))
@@ -226,12 +233,21 @@ def enqueue_job(*, job_id: int) -> bool:
 def cancel_job(*, job: InferenceJob, user: Any = None) -> bool:
     """Cancel a queued or running job; a running worker stops at its next heartbeat or stage."""
     who = getattr(user, "username", "") or "an administrator"
-    updated = InferenceJob.objects.filter(pk=job.pk, state__in=jobs.ACTIVE).update(
-        state=InferenceJob.State.CANCELLED,
-        stage="cancelled",
-        finished_at=timezone.now(),
-        error=f"Cancelled by {who}.",
-    )
+    with transaction.atomic():
+        updated = InferenceJob.objects.filter(pk=job.pk, state__in=jobs.ACTIVE).update(
+            state=InferenceJob.State.CANCELLED,
+            stage="cancelled",
+            finished_at=timezone.now(),
+            error=f"Cancelled by {who}.",
+        )
+        if updated == 1:
+            audit.record(
+                AuditEvent.Action.JOB_CANCELLED,
+                lab=job.scan.lab,
+                actor=user,
+                target=job,
+                detail={"scan": job.scan_id, "model": job.model_version.label},
+            )
     job.refresh_from_db()
     return updated == 1
 

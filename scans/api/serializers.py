@@ -133,3 +133,6 @@ class CompleteUploadSerializer(ScanFieldsSerializer):
 class CreateUploadSerializer(serializers.Serializer):
     filename = serializers.CharField(max_length=255)
     size_bytes = serializers.IntegerField(min_value=1)
+    # The lab whose quota the upload is reserved against (id or name); or the study it goes to.
+    lab = serializers.CharField(max_length=120, required=False, allow_blank=True)
+    study = serializers.CharField(max_length=200, required=False, allow_blank=True)

@@ -21,7 +21,7 @@ from rest_framework.views import APIView
 from inference import structures
 from labseg.downloads import stored_file_response
 from labseg.refusals import Refused
-from scans import curation, deletion, services, uploads
+from scans import curation, deletion, quota, services, uploads
 from scans.files import HashedUploadedFile
 from scans.models import Lab, Mouse, Scan, Study, UploadSession
 
@@ -62,6 +62,8 @@ class ScanListCreate(generics.ListAPIView):
         return scans
 
     def post(self, request: Request) -> Response:
+        # Before a byte of the body is read: only lab members may send files.
+        quota.require_uploader(request.user)
         length = int(request.META.get("CONTENT_LENGTH") or 0)
         if length > settings.LABSEG_MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES:
             limit = settings.LABSEG_MAX_UPLOAD_BYTES / 1024**3
@@ -242,12 +244,19 @@ class StructureList(APIView):
 
 
 class UploadCreate(APIView):
-    """``POST /api/uploads/`` JSON ``{filename, size_bytes}`` opens a resumable upload."""
+    """``POST /api/uploads/`` JSON ``{filename, size_bytes[, lab, study]}`` opens a resumable upload
+    (lab members only; the size is checked against the upload limit and the lab's quota)."""
 
     def post(self, request: Request) -> Response:
         fields = serializers.CreateUploadSerializer(data=request.data)
         fields.is_valid(raise_exception=True)
-        session = uploads.create_upload(user=request.user, **fields.validated_data)
+        data = dict(fields.validated_data)
+        session = uploads.create_upload(
+            user=request.user,
+            filename=data["filename"],
+            size_bytes=data["size_bytes"],
+            lab=services.upload_lab(user=request.user, lab=data.get("lab"), study=data.get("study")),
+        )
         return Response(
             {"id": str(session.pk), "offset": session.offset, "size_bytes": session.size_bytes},
             status=status.HTTP_201_CREATED,

@@ -177,7 +177,8 @@ async function openSession(item) {
     localStorage.removeItem(resumeKey(item));
   }
   const { ok, status, data } = await api("POST", config.uploadsUrl, {
-    json: { filename: item.file.name, size_bytes: item.file.size },
+    // The lab is named so its storage quota is checked (and the size reserved) before any byte goes.
+    json: { filename: item.file.name, size_bytes: item.file.size, lab: config.lab },
   });
   if (!ok) throw new Refused(serverMessage(data, status));
   localStorage.setItem(resumeKey(item), data.id);
