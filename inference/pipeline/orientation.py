@@ -59,6 +59,9 @@ MIN_BRAINCASE_MM3 = 120.0
 #: alone: a mouse's head is 20-25 mm from nose to the back of the skull, and its neck puts the
 #: lungs' apex about 8-10 mm further, so nothing of the trunk is in such a scan.
 HEAD_ONLY_MAX_MM = 30.0
+#: ... and whose braincase is filled with soft tissue: at most this share of it air- or lung-dark
+#: (a thorax cut short looks like a skull at 1 mm, its ribs closing round the lungs' air).
+HEAD_ONLY_MAX_DARK = 0.2
 #: Opening radius that removes the animal bed (plates 0.8-1.6 mm thick in our phantoms).
 BED_OPEN_MM = 1.5
 
@@ -612,6 +615,11 @@ def _head(work: _Work, measures: dict[str, float]) -> tuple[_Votes, _Votes]:
             cavity, cavity_mm3, bone = bare, bare_mm3, work.body
             measures["head_shell_is_matter"] = 1.0
     measures["braincase_mm3"] = round(cavity_mm3, 1)
+    if cavity.any():
+        # What fills it: a brain is soft tissue; a rib cage cut short encloses the lungs' air.
+        # Lungs sit at -250..-800 HU, a third of the way from soft tissue to air or more.
+        dark = work.mean[cavity] < work.soft - 0.3 * (work.soft - work.air)
+        measures["braincase_dark_fraction"] = round(float(dark.mean()), 3)
     # A mouse's brain is ~400-450 mm3; a smaller enclosed space is a nasal or oral cavity, or a
     # skull with gaps (our phantoms' skull is left open where skin and fat come close).
     if cavity_mm3 < MIN_BRAINCASE_MM3:
@@ -797,7 +805,11 @@ def find_orientation(volume: np.ndarray, spacing_mm: Sequence[float]) -> Orienta
     else:
         dorsal, cranial = _head(work, measures)
         regime = "head"
-        if measures.get("braincase_mm3", 0.0) >= MIN_BRAINCASE_MM3 and work.length_mm <= HEAD_ONLY_MAX_MM:
+        if (
+            measures.get("braincase_mm3", 0.0) >= MIN_BRAINCASE_MM3
+            and measures.get("braincase_dark_fraction", 1.0) <= HEAD_ONLY_MAX_DARK
+            and work.length_mm <= HEAD_ONLY_MAX_MM
+        ):
             measures["head_only"] = 1.0
     confidence["dorsal"] = dorsal.confidence
     confidence["cranial"] = cranial.confidence

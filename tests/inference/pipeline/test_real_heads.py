@@ -48,6 +48,20 @@ def test_a_whole_mouse_is_not_a_head_alone() -> None:
     assert not finding.head_only
 
 
+def test_a_thorax_cut_short_is_not_a_head() -> None:
+    # At 1 mm its ribs close round the lungs like a skull round a brain (a 310-360 mm3 "braincase"
+    # in 12-22 mm of the real Digimouse thorax); what fills it, the lungs' air, tells them apart.
+    from inference.phantom import digimouse
+
+    mouse = digimouse.load()
+    ph = digimouse.render_ct(mouse, seed=1, spacing_mm=0.42, crop="whole")
+    z = np.nonzero((ph.labels == BY_NAME["lung_left"].id).any(axis=(0, 1)))[0]
+    margin = int(4 / 0.42)
+    for lo, hi in ((z.min(), z.max() + 1), (z.min() - margin, z.max() + margin)):
+        finding = find_orientation(ph.ct[:, :, lo:hi], (0.42, 0.42, 0.42))
+        assert not finding.head_only, (lo, hi, finding.measures)
+
+
 def test_out_of_view_organs_are_cleared_and_the_head_kept() -> None:
     ids = np.arange(16, dtype=np.uint8).reshape(2, 2, 4)
     organs = ids.copy()
