@@ -322,4 +322,5 @@ def series_json(series: list[MouseSeries]) -> list[dict[str, Any]]:
 
 
 def study_mice(study: Study) -> list[Mouse]:
-    return list(study.mice.select_related("cohort").prefetch_related("time_points").order_by("identifier"))
+    mice = study.mice.filter(deleted_at__isnull=True)  # not in the bin
+    return list(mice.select_related("cohort").prefetch_related("time_points").order_by("identifier"))

@@ -1,5 +1,6 @@
-"""Deletion through the bin: a deleted scan is hidden at once, restorable for
-``LABSEG_BIN_RETENTION_DAYS``, then purged with every file made from it.
+"""Deletion through the bin: a deleted scan, mouse or study is hidden at once, restorable for
+``LABSEG_BIN_RETENTION_DAYS``, then purged with every file made from it (a mouse with its scans, a
+study with its mice).
 
 Soft delete sets ``Scan.deleted_at``; ``visible_to`` hides the scan and every row made from it
 (predictions, annotations, jobs, lesions, consensus: each names its ``deleted_path``), so pages,
@@ -34,7 +35,7 @@ from audit.models import AuditEvent
 from labs.rules import is_lab_admin
 from labseg.refusals import Refused
 
-from .models import Scan
+from .models import Mouse, Scan, Study
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ PURGE_FOLDERS = (
 class PurgeReport:
     scans: list[int] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    mice: list[int] = field(default_factory=list)
+    studies: list[int] = field(default_factory=list)
 
 
 def _require_admin(user: Any, scan: Scan, what: str) -> None:
@@ -79,6 +82,11 @@ def restore_scan(*, scan: Scan, user: Any) -> Scan:
     _require_admin(user, scan, "restore")
     if scan.deleted_at is None:
         raise Refused(f"scan {scan.pk} is not in the bin", status=409)
+    mouse = scan.time_point.mouse
+    if mouse.deleted_at is not None:
+        raise Refused(
+            f"scan {scan.pk} went to the bin with mouse {mouse.identifier}: restore the mouse", status=409
+        )
     scan.deleted_at, scan.deleted_by = None, None
     with transaction.atomic():
         scan.save(update_fields=["deleted_at", "deleted_by"])
@@ -144,10 +152,118 @@ def purge_scan(scan: Scan) -> list[str]:
 
 
 def purge_expired(*, older_than: timedelta | None = None) -> PurgeReport:
-    """Purge every scan in the bin for longer than ``LABSEG_BIN_RETENTION_DAYS`` (beat, daily)."""
+    """Purge every scan, mouse and study in the bin for longer than ``LABSEG_BIN_RETENTION_DAYS``
+    (beat, daily)."""
     age = older_than if older_than is not None else timedelta(days=settings.LABSEG_BIN_RETENTION_DAYS)
     report = PurgeReport()
-    for scan in Scan.objects.filter(deleted_at__lt=timezone.now() - age).select_related("lab"):
+    cutoff = timezone.now() - age
+    for scan in Scan.objects.filter(deleted_at__lt=cutoff).select_related("lab"):
         report.files.extend(purge_scan(scan))
         report.scans.append(scan.pk)
+    for mouse in Mouse.objects.filter(deleted_at__lt=cutoff, study__deleted_at__isnull=True):
+        report.files.extend(purge_mouse(mouse))
+        report.mice.append(mouse.pk)
+    for study in Study.objects.filter(deleted_at__lt=cutoff):
+        report.files.extend(purge_study(study))
+        report.studies.append(study.pk)
     return report
+
+
+# --- mice and studies ---------------------------------------------------------------------------
+# A mouse (or a study) goes to the bin with its scans: they take the mouse's own ``deleted_at``, so
+# a restore brings back exactly what went with it (a scan deleted before stays in the bin). The
+# scans are then hidden, restored and purged like any scan; the mouse's and the study's rows go
+# with the last purge of their scans.
+
+
+def _require_lab_admin(user: Any, row: Mouse | Study, what: str) -> None:
+    if not is_lab_admin(user, row):
+        raise Refused(f"only an admin of {row.lab.name} can {what}", status=403)
+
+
+def delete_mouse(*, mouse: Mouse, user: Any) -> Mouse:
+    """Move ``mouse`` to the bin with its scans (and everything made from them)."""
+    _require_lab_admin(user, mouse, "delete its mice")
+    if mouse.deleted_at is not None:
+        raise Refused(f"mouse {mouse.identifier} is already in the bin", status=409)
+    now = timezone.now()
+    with transaction.atomic():
+        Scan.objects.filter(time_point__mouse=mouse, deleted_at__isnull=True).update(
+            deleted_at=now, deleted_by=user
+        )
+        Mouse.objects.filter(pk=mouse.pk).update(deleted_at=now, deleted_by=user)
+    logger.info("mouse %s moved to the bin by %s", mouse.pk, user)
+    mouse.refresh_from_db()
+    return mouse
+
+
+def restore_mouse(*, mouse: Mouse, user: Any) -> Mouse:
+    """Take ``mouse`` out of the bin with the scans that went with it."""
+    _require_lab_admin(user, mouse, "restore its mice")
+    if mouse.deleted_at is None:
+        raise Refused(f"mouse {mouse.identifier} is not in the bin", status=409)
+    if mouse.study.deleted_at is not None:
+        raise Refused(
+            f"mouse {mouse.identifier} went to the bin with its study {mouse.study.name}: restore the study",
+            status=409,
+        )
+    with transaction.atomic():
+        Scan.objects.filter(time_point__mouse=mouse, deleted_at=mouse.deleted_at).update(
+            deleted_at=None, deleted_by=None
+        )
+        Mouse.objects.filter(pk=mouse.pk).update(deleted_at=None, deleted_by=None)
+    logger.info("mouse %s restored by %s", mouse.pk, user)
+    mouse.refresh_from_db()
+    return mouse
+
+
+def delete_study(*, study: Study, user: Any) -> Study:
+    """Move ``study`` to the bin with its mice and their scans."""
+    _require_lab_admin(user, study, "delete its studies")
+    if study.deleted_at is not None:
+        raise Refused(f"study {study.name} is already in the bin", status=409)
+    now = timezone.now()
+    with transaction.atomic():
+        Scan.objects.filter(time_point__mouse__study=study, deleted_at__isnull=True).update(
+            deleted_at=now, deleted_by=user
+        )
+        Mouse.objects.filter(study=study, deleted_at__isnull=True).update(deleted_at=now, deleted_by=user)
+        Study.objects.filter(pk=study.pk).update(deleted_at=now, deleted_by=user)
+    logger.info("study %s moved to the bin by %s", study.pk, user)
+    study.refresh_from_db()
+    return study
+
+
+def restore_study(*, study: Study, user: Any) -> Study:
+    """Take ``study`` out of the bin with the mice and scans that went with it."""
+    _require_lab_admin(user, study, "restore its studies")
+    if study.deleted_at is None:
+        raise Refused(f"study {study.name} is not in the bin", status=409)
+    when = study.deleted_at
+    with transaction.atomic():
+        Scan.objects.filter(time_point__mouse__study=study, deleted_at=when).update(
+            deleted_at=None, deleted_by=None
+        )
+        Mouse.objects.filter(study=study, deleted_at=when).update(deleted_at=None, deleted_by=None)
+        Study.objects.filter(pk=study.pk).update(deleted_at=None, deleted_by=None)
+    logger.info("study %s restored by %s", study.pk, user)
+    study.refresh_from_db()
+    return study
+
+
+def purge_mouse(mouse: Mouse) -> list[str]:
+    """Delete ``mouse``: each of its scans with every file made from it, then its rows."""
+    removed: list[str] = []
+    for scan in Scan.objects.filter(time_point__mouse=mouse).select_related("lab"):
+        removed.extend(purge_scan(scan))
+    Mouse.objects.filter(pk=mouse.pk).delete()  # time points, weights, calipers cascade
+    return removed
+
+
+def purge_study(study: Study) -> list[str]:
+    """Delete ``study``: each of its mice as :func:`purge_mouse` does, then its rows."""
+    removed: list[str] = []
+    for mouse in Mouse.objects.filter(study=study):
+        removed.extend(purge_mouse(mouse))
+    Study.objects.filter(pk=study.pk).delete()  # cohorts cascade
+    return removed

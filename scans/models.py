@@ -22,8 +22,15 @@ class Study(models.Model):
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    deleted_at = models.DateTimeField(
+        null=True, blank=True, help_text="In the bin since (with its mice and scans): ``scans.deletion``."
+    )
+    deleted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
 
     lab_path = "lab"  # to labs.Lab, for visible_to
+    deleted_path = "deleted_at"  # a study in the bin is hidden by visible_to
 
     objects = LabScopedQuerySet.as_manager()
 
@@ -45,6 +52,7 @@ class Cohort(models.Model):
     description = models.TextField(blank=True)
 
     lab_path = "study__lab"  # to labs.Lab, for visible_to
+    deleted_path = "study__deleted_at"
 
     objects = LabScopedQuerySet.as_manager()
 
@@ -71,8 +79,15 @@ class Mouse(models.Model):
     cohort = models.ForeignKey(Cohort, on_delete=models.SET_NULL, null=True, blank=True, related_name="mice")
     notes = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    deleted_at = models.DateTimeField(
+        null=True, blank=True, help_text="In the bin since (with its scans): ``scans.deletion``."
+    )
+    deleted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
 
     lab_path = "lab"  # to labs.Lab, for visible_to
+    deleted_path = "deleted_at"  # a mouse in the bin (or of a study in the bin) is hidden
 
     objects = LabScopedQuerySet.as_manager()
 
@@ -133,6 +148,7 @@ class TimePoint(models.Model):
     acquired_on = models.DateField(null=True, blank=True)
 
     lab_path = "mouse__lab"  # to labs.Lab, for visible_to
+    deleted_path = "mouse__deleted_at"
 
     objects = LabScopedQuerySet.as_manager()
 

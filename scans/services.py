@@ -300,6 +300,19 @@ def register_scan(
 
 def _check_mouse_study(*, lab: Lab, mouse_identifier: str, study_name: str) -> None:
     mouse = Mouse.objects.filter(lab=lab, identifier=mouse_identifier).select_related("study").first()
+    # Names in the bin stay taken until the purge: a new scan must not join a hidden mouse or study.
+    if mouse is not None and mouse.deleted_at is not None:
+        raise ScanRejected(
+            f"mouse {mouse_identifier} is in the bin: a lab admin can restore it from the bin, or upload "
+            "under another mouse name",
+            status=409,
+        )
+    if Study.objects.filter(lab=lab, name=study_name, deleted_at__isnull=False).exists():
+        raise ScanRejected(
+            f"study {study_name!r} is in the bin: a lab admin can restore it from the bin, or upload to "
+            "another study",
+            status=409,
+        )
     if mouse is not None and mouse.study.name != study_name:
         raise ScanRejected(
             f"mouse {mouse_identifier} already belongs to study {mouse.study.name!r} in this lab: upload "

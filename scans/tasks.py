@@ -17,6 +17,10 @@ def sweep_uploads_task() -> dict[str, int]:
 
 @shared_task(name="scans.tasks.purge_bin_task", acks_late=True)
 def purge_bin_task() -> dict[str, int]:
-    """Purge scans in the bin for longer than ``LABSEG_BIN_RETENTION_DAYS`` (beat, daily)."""
+    """Purge scans, mice and studies in the bin for longer than ``LABSEG_BIN_RETENTION_DAYS``
+    (beat, daily)."""
     report = purge_expired()
-    return {"scans": len(report.scans), "files": len(report.files)}
+    counts = {"scans": len(report.scans), "files": len(report.files)}
+    if report.mice or report.studies:
+        counts.update(mice=len(report.mice), studies=len(report.studies))
+    return counts
