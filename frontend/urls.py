@@ -3,21 +3,23 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from frontend.views import curation, downloads, files, pages
+from frontend.views import downloads, files, pages
+from labs.lockout import LockoutAuthenticationForm
 
 app_name = "frontend"
 
 urlpatterns = [
     path(
         "login/",
-        auth_views.LoginView.as_view(template_name="frontend/registration/login.html"),
+        auth_views.LoginView.as_view(
+            template_name="frontend/registration/login.html", authentication_form=LockoutAuthenticationForm
+        ),
         name="login",
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("lab/", pages.switch_lab_view, name="switch-lab"),
     path("", pages.dashboard, name="dashboard"),
     path("upload/", pages.upload, name="upload"),
-    path("bin/", curation.bin_page, name="bin"),
     path("studies/<int:pk>/", pages.study, name="study"),
     path("mice/<int:pk>/", pages.mouse, name="mouse"),
     path("scans/<int:pk>/", pages.scan, name="scan"),

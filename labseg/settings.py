@@ -61,7 +61,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "rules",
     "labs",
     "scans",
@@ -209,6 +208,12 @@ LABSEG_DEVICE = env.str("LABSEG_DEVICE", default="auto")
 
 # Failed token logins per client address and minute before its attempts answer 429.
 LABSEG_AUTH_FAILURES_PER_MIN = env.int("LABSEG_AUTH_FAILURES_PER_MIN", default=20)
+# API tokens (labs/tokens.py) are stored hashed and expire this many days after they are made.
+LABSEG_TOKEN_TTL_DAYS = env.float("LABSEG_TOKEN_TTL_DAYS", default=90.0)
+# Sign-in lockout (labs/lockout.py): this many failed sign-ins of one account within the cool-off
+# refuse its sign-ins, the right password too, until the oldest failure is LABSEG_LOGIN_COOLOFF_MIN old.
+LABSEG_LOGIN_FAILURE_LIMIT = env.int("LABSEG_LOGIN_FAILURE_LIMIT", default=5)
+LABSEG_LOGIN_COOLOFF_MIN = env.float("LABSEG_LOGIN_COOLOFF_MIN", default=15.0)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -59,8 +59,13 @@ class PurgeReport:
     studies: list[int] = field(default_factory=list)
 
 
+def _manages(user: Any, row: Any) -> bool:
+    """A lab admin of the row's lab, or a superuser (global, as in the admin's bin actions)."""
+    return bool(getattr(user, "is_superuser", False)) or bool(is_lab_admin(user, row))
+
+
 def _require_admin(user: Any, scan: Scan, what: str) -> None:
-    if not is_lab_admin(user, scan):
+    if not _manages(user, scan):
         raise Refused(f"only an admin of {scan.lab.name} can {what} its scans", status=403)
 
 
@@ -177,7 +182,7 @@ def purge_expired(*, older_than: timedelta | None = None) -> PurgeReport:
 
 
 def _require_lab_admin(user: Any, row: Mouse | Study, what: str) -> None:
-    if not is_lab_admin(user, row):
+    if not _manages(user, row):
         raise Refused(f"only an admin of {row.lab.name} can {what}", status=403)
 
 

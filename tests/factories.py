@@ -67,3 +67,10 @@ def member_of(lab: Lab, *, role: str = Membership.Role.MEMBER, username: str | N
     user = UserFactory.create(username=username) if username else UserFactory.create()
     Membership.objects.create(lab=lab, user=user, role=role)
     return user
+
+
+def api_token(user: User, *, days: float | None = None) -> str:
+    """A new API token of ``user`` (the secret; ``labs/tokens.py`` stores only its hash)."""
+    from labs.tokens import issue
+
+    return issue(user, days=days)[1]

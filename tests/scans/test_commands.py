@@ -154,13 +154,18 @@ def test_create_demo_prints_the_address_make_run_serves(db):
     assert "log in at http://0.0.0.0:8123/ as demo" in out.getvalue()
 
 
-def test_drf_create_token_scripts_an_api_token(db):
+def test_create_api_token_scripts_an_api_token_shown_once(db):
+    from labs.models import ApiToken
+
     get_user_model().objects.create_user(username="robot", password="x-123456")
     out = StringIO()
 
-    call_command("drf_create_token", "robot", stdout=out)
+    call_command("create_api_token", "robot", stdout=out)
 
-    assert "Generated token" in out.getvalue()
+    secret = out.getvalue().split()[-1]
+    assert "valid until" in out.getvalue() and len(secret) >= 40
+    assert ApiToken.objects.get(user__username="robot").prefix == secret[:8]
+    assert not ApiToken.objects.filter(digest=secret).exists()
 
 
 def test_ground_truth_label_maps_become_annotations_never_scans(db, tumor_db):

@@ -83,7 +83,7 @@ def test_guessing_tokens_is_slowed_down_and_bursts_are_throttled(db, settings, m
     codes = [guesser.get("/api/scans/").status_code for _ in range(8)]
     waited = guesser.get("/api/scans/")
 
-    assert codes[:5] == [403] * 5 and codes[5:] == [429] * 3  # 403: "invalid token", counted
+    assert codes[:5] == [401] * 5 and codes[5:] == [429] * 3  # 401: "not valid", counted
     assert "throttled" in waited.json()["detail"].lower()
     # A signed-in client past its rate gets 429 too (DRF's user throttle).
     cache.clear()

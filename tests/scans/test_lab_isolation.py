@@ -87,10 +87,10 @@ def test_an_anonymous_client_is_refused_everywhere(lab_b_rows):
 
 
 def test_token_authentication_works(alice, scan_bytes):
-    from rest_framework.authtoken.models import Token
+    from tests.factories import api_token
 
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=alice).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token(alice)}")
 
     assert upload_scan(client, scan_bytes).status_code == 201
     assert client.get("/api/scans/").json()["count"] == 1
