@@ -25,7 +25,7 @@ from django.http import FileResponse, Http404, HttpResponseRedirect, StreamingHt
 from django.http.response import HttpResponseBase
 from django.utils.http import content_disposition_header
 
-from labseg.storage import presigned_url
+from labseg.storage import open_stream, presigned_url
 
 Record = Mapping[str, Any] | Sequence[Any]
 
@@ -107,5 +107,8 @@ def stored_file_response(
             # The URL carries a signature that expires: no shared cache may keep it.
             redirect["Cache-Control"] = "private, no-store"
             return redirect
-    response = FileResponse(default_storage.open(name, "rb"), content_type=content_type)
+    stream, size = open_stream(name)
+    response = FileResponse(stream, content_type=content_type)
+    if size is not None and not response.has_header("Content-Length"):
+        response["Content-Length"] = str(size)
     return attach(response, filename, inline=inline)

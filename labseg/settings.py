@@ -137,6 +137,12 @@ MEDIA_ROOT = Path(env.str("LABSEG_MEDIA_ROOT", default=str(VAR_DIR / "media")))
 # LABSEG_STORAGE=s3 uses django-storages' S3 backend (AWS_* settings from the environment).
 LABSEG_STORAGE = env.str("LABSEG_STORAGE", default="local")
 if LABSEG_STORAGE == "s3":
+    from boto3.s3.transfer import TransferConfig
+
+    # Files go to the bucket in 8 MiB parts, AWS_S3_MAX_CONCURRENCY at a time, and no more parts than
+    # that are read into the web process's memory while they are sent: memory stays flat.
+    _transfer = TransferConfig(max_concurrency=env.int("AWS_S3_MAX_CONCURRENCY", default=4))
+    _transfer.max_in_memory_upload_chunks = _transfer.max_request_concurrency
     # Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, read by boto3 itself. Path-style
     # addressing: a MinIO or other endpoint by host name has no per-bucket DNS names.
     _default_storage = {
@@ -151,6 +157,7 @@ if LABSEG_STORAGE == "s3":
             # A file opened for reading is spooled to FILE_UPLOAD_TEMP_DIR above this size (the
             # backend's default 0 would hold a whole scan in memory).
             "max_memory_size": 8 * 1024 * 1024,
+            "transfer_config": _transfer,
             "file_overwrite": False,
         },
     }

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 from django.conf import settings
 from django.core.files.storage import Storage, default_storage
@@ -39,6 +40,52 @@ def _local(store: Storage, name: str) -> Path | None:
         return None
 
 
+def _s3(store: Storage) -> Any | None:
+    """The store as django-storages' S3 backend, None for any other backend."""
+    try:
+        from storages.backends.s3 import S3Storage
+    except ImportError:  # pragma: no cover - django-storages is a server requirement
+        return None
+    return store if isinstance(store, S3Storage) else None
+
+
+def open_stream(name: str, *, storage: Storage | None = None) -> tuple[IO[bytes], int | None]:
+    """The stored file ``name`` opened for one pass from start to end, and its size when known.
+
+    On S3 the body of one streamed GET, read as it arrives: the backend's ``open`` would first spool
+    the whole object with parallel ranged GETs (a first byte only after the last), and a server
+    that slices the whole object for every range (moto's, ``tests/s3.py``) turns those quadratic.
+    A missing file raises ``FileNotFoundError`` on every backend.
+    """
+    store = storage or default_storage
+    s3 = _s3(store)
+    if s3 is None:
+        return store.open(name, "rb"), None
+    from botocore.exceptions import ClientError
+    from storages.utils import clean_name
+
+    try:
+        answer = s3.bucket.Object(s3._normalize_name(clean_name(name))).get()
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            raise FileNotFoundError(f"{name} is not in the bucket") from error
+        raise
+    return answer["Body"], int(answer["ContentLength"])
+
+
+def _copy_into(store: Storage, name: str, target: IO[bytes]) -> None:
+    source, _size = open_stream(name, storage=store)
+    with source:
+        shutil.copyfileobj(source, target, COPY_CHUNK_BYTES)
+
+
+def copy_to(name: str, path: Path, *, storage: Storage | None = None) -> Path:
+    """Copy the stored file ``name`` to the local file ``path`` (a job's own folder); returns it."""
+    with path.open("wb") as target:
+        _copy_into(storage or default_storage, name, target)
+    return path
+
+
 def has_local_paths(storage: Storage | None = None) -> bool:
     """Whether the storage keeps files on this machine's disk (local), not behind an API (S3)."""
     return _local(storage or default_storage, "probe") is not None
@@ -52,13 +99,9 @@ def presigned_url(
     URLs (local disk) or ``LABSEG_PRESIGNED_DOWNLOADS`` is off."""
     if not settings.LABSEG_PRESIGNED_DOWNLOADS:
         return None
-    store = storage or default_storage
-    try:
-        from storages.backends.s3 import S3Storage
-    except ImportError:  # pragma: no cover - django-storages is a server requirement
-        return None
+    store = _s3(storage or default_storage)
     # A custom domain without a CloudFront signer gives unsigned URLs: those are not presigned.
-    if not isinstance(store, S3Storage) or not store.querystring_auth or store.custom_domain:
+    if store is None or not store.querystring_auth or store.custom_domain:
         return None
     parameters = {"ResponseContentDisposition": content_disposition, "ResponseContentType": content_type}
     return str(store.url(name, parameters=parameters))
@@ -83,7 +126,6 @@ def local_path(
         yield in_place
         return
     with tempfile.NamedTemporaryFile(suffix=_suffix(name), dir=folder) as tmp:
-        with store.open(name, "rb") as source:
-            shutil.copyfileobj(source, tmp, COPY_CHUNK_BYTES)
+        _copy_into(store, name, tmp)
         tmp.flush()
         yield Path(tmp.name)

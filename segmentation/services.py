@@ -19,7 +19,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import shutil
 import socket
 import tempfile
 import time
@@ -39,7 +38,7 @@ from django.utils import timezone
 import audit
 from audit.models import AuditEvent
 from inference.jsonsafe import finite_or_null
-from labseg import jobs
+from labseg import jobs, storage
 from labseg.jobs import JobLostError, ReconcileReport
 from labseg.jobs import TransientJobError as TransientJobError  # raised by run_job, for its callers
 from labseg.refusals import Refused
@@ -312,9 +311,8 @@ def _execute(job: InferenceJob, heartbeat: jobs.Heartbeat) -> None:
         tmp_dir = Path(tmp)
         started = time.perf_counter()
         progress(1, "download")
-        scan_path = tmp_dir / Path(job.scan.file.name).name
-        with job.scan.file.open("rb") as source, scan_path.open("wb") as target:
-            shutil.copyfileobj(source, target, length=8 * 1024 * 1024)
+        # The worker's own copy, read through storage (S3: one streamed GET): no shared disk needed.
+        scan_path = storage.copy_to(job.scan.file.name, tmp_dir / Path(job.scan.file.name).name)
         seconds["download"] = time.perf_counter() - started
         out_dir = tmp_dir / "out"
         out_dir.mkdir()

@@ -64,6 +64,10 @@ class Bucket:
 
     def storage_options(self) -> dict[str, Any]:
         """django-storages ``S3Storage`` options, as ``labseg/settings.py`` builds them from ``env``."""
+        from boto3.s3.transfer import TransferConfig
+
+        transfer = TransferConfig(max_concurrency=4)
+        transfer.max_in_memory_upload_chunks = transfer.max_request_concurrency
         return {
             "bucket_name": self.name,
             "endpoint_url": self.endpoint_url,
@@ -74,6 +78,7 @@ class Bucket:
             "signature_version": "s3v4",
             "querystring_expire": 3600,
             "max_memory_size": 8 * 1024 * 1024,
+            "transfer_config": transfer,
             "file_overwrite": False,
         }
 
