@@ -16,13 +16,15 @@ accepts it (the server records who and when). The checks, each with its own reas
 - ``tumor_burden``: lesions above the humane-endpoint burden (2000 uL), or more than
   ``MAX_TUMOR_BODY_FRACTION`` of the body: suspicious before alarming.
 - ``lesion_outside_body``: a lesion mostly outside the mouse's body (on the animal bed, in air, in
-  another object) or whose mean intensity is air-like.
+  another object) or whose mean intensity is air-like; specks below the pipeline's smallest lesion
+  (``postprocess.DEFAULT_MIN_LESION_VOLUME_MM3``) are not lesions and are not counted.
 - ``uncertain``: more than ``MAX_UNCERTAIN_FRACTION`` of the labelled voxels very uncertain
   (map >= ``VERY_UNCERTAIN``). The map is calibrated so that 50 % means "annotators would
   disagree here", so outlines are always half uncertain: on held-out native phantoms 14-15 % of
   the labelled voxels are above 78 %.
-- ``intensity_calibrated`` / ``orientation_disagrees``: the scan was not in HU and was calibrated,
-  or its header's orientation disagreed with the anatomy: the numbers rest on that fix.
+- ``intensity_calibrated`` / ``orientation_disagrees``: the scan was not in HU and was calibrated
+  (by more than ``CALIBRATION_TOLERANCE_HU`` somewhere in -1000..+1000 HU), or its header's
+  orientation disagreed with the anatomy: the numbers rest on that fix.
 
 Structures the model can draw that lie outside the field of view are listed as ``not_in_view``
 ("not assessed": never a 0). Array contract: ``labels`` uint8 and ``uncertainty`` uint8 (0-255)
@@ -41,6 +43,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.pipeline.lesions import LesionRow
+from inference.pipeline.postprocess import DEFAULT_MIN_LESION_VOLUME_MM3
 from inference.pipeline.volumes import VolumeRow
 from inference.structures import BY_NAME, LESION_NAMES
 
@@ -88,6 +91,9 @@ HUMANE_BURDEN_MM3 = 2000.0
 MAX_TUMOR_BODY_FRACTION = 0.15
 #: A lesion with less than this fraction of its voxels in the body is not in the mouse.
 MIN_LESION_IN_BODY = 0.5
+#: A calibration that moves no value of -1000..+1000 by more than this many HU left the scan in
+#: HU for every purpose here (3x noise shifts the soft-tissue peak a few HU): not a reason.
+CALIBRATION_TOLERANCE_HU = 30.0
 AIR_LIKE_HU = -700.0
 BODY_HU = -350.0
 #: Uncertainty map value (0-255) from which a voxel counts as very uncertain (78 %), and the share
@@ -214,7 +220,12 @@ def _volume_reasons(volumes: Mapping[str, float], drawable: Collection[str], sca
 
 
 def _lesion_reasons(
-    labels: np.ndarray, hu: np.ndarray, body: np.ndarray, lesions: Sequence[LesionRow], body_mm3: float
+    labels: np.ndarray,
+    hu: np.ndarray,
+    body: np.ndarray,
+    lesions: Sequence[LesionRow],
+    body_mm3: float,
+    min_voxels: int = 1,
 ) -> list[Reason]:
     reasons = []
     lesion_ids = [BY_NAME[name].id for name in LESION_NAMES]
@@ -247,7 +258,7 @@ def _lesion_reasons(
     outside = [
         i
         for i in range(count)
-        if sizes[i] > 0 and (in_body[i] < MIN_LESION_IN_BODY or mean_hu[i] < AIR_LIKE_HU)
+        if sizes[i] >= min_voxels and (in_body[i] < MIN_LESION_IN_BODY or mean_hu[i] < AIR_LIKE_HU)
     ]
     if outside:
         voxels = int(sum(sizes[i] for i in outside))
@@ -307,7 +318,10 @@ def check_run(
     report.not_in_view = sorted(
         name for name in drawable if name in REGION_OF and REGION_OF[name] not in report.regions
     )
-    report.reasons.extend(_lesion_reasons(labels, hu, body, lesions, report.body_volume_mm3))
+    speck = DEFAULT_MIN_LESION_VOLUME_MM3 / (voxel_volume_mm3 * step**3)
+    report.reasons.extend(
+        _lesion_reasons(labels, hu, body, lesions, report.body_volume_mm3, max(1, int(np.ceil(speck))))
+    )
     if uncertainty is not None:
         labelled = np.asarray(labels) > 0
         if labelled.any():
@@ -320,7 +334,8 @@ def check_run(
                         f"drew (review from {100 * MAX_UNCERTAIN_FRACTION:.0f} %)",
                     )
                 )
-    if intensity is not None and intensity.get("units") == "calibrated":
+    moved = max(abs((slope - 1.0) * v + intercept) for v in (-1000.0, 1000.0))
+    if intensity is not None and intensity.get("units") == "calibrated" and moved > CALIBRATION_TOLERANCE_HU:
         report.reasons.append(
             Reason(
                 "intensity_calibrated",

@@ -107,6 +107,18 @@ def test_calibration_orientation_and_uncertainty_findings_ask_for_review(phantom
     assert "volume_range" not in _codes(report)  # the calibration put the 8-bit values back in HU
 
 
+def test_a_speck_in_air_and_a_near_identity_calibration_are_no_reason(phantom: Phantom) -> None:
+    # Measured by bench/qc_report.py: a torso crop's 8-voxel tumor speck in air and a 3x-noise scan
+    # "calibrated" by HU = 1.013 x value + 10 flagged good predictions; neither changes a number.
+    labels = phantom.labels.copy()
+    labels[2, 2, 2] = TUMOR  # one voxel, 0.07 mm3: below the pipeline's smallest lesion
+    nearly_hu = {"units": "calibrated", "slope": 1.013, "intercept": 10.0}
+
+    report = _check(phantom, labels, intensity=nearly_hu)
+
+    assert report.status == OK, [r.message for r in report.reasons]
+
+
 def test_regions_in_view_follow_what_was_found() -> None:
     assert regions_in_view(["brain"]) == ["head"]
     assert regions_in_view(["heart", "bladder"]) == ["thorax", "abdomen", "pelvis"]
