@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "review",
     "frontend",
     "audit",
+    "backups",
 ]
 
 MIDDLEWARE = [
