@@ -10,7 +10,11 @@ reference (``bench/aimos_reference.py``) from loading to writing its label map, 
 threads. Models: the registry's defaults; when ``inference/models/`` has none, networks of the
 architecture engineer B trains (``inference.training``) with random weights, which cost the same.
 
-    python bench/segment_speed.py [--threads 2] [--repeat 3] [--gpu] [--no-reference] [--model DIR ...]
+    python bench/segment_speed.py [--threads 2] [--repeat 3] [--device cpu|cuda] [--gpu]
+                                  [--no-reference] [--model DIR ...]
+
+``--device cuda`` times labseg on ONNX Runtime's CUDA provider (onnxruntime-gpu, requirements-gpu.txt)
+instead of the CPU, and stops at once, measuring nothing, on a machine without it.
 """
 
 from __future__ import annotations
@@ -168,11 +172,27 @@ def time_labseg(
     return cold, warm, cpu, stages
 
 
+def require_cuda() -> None:
+    """Stop with a plain message when this ONNX Runtime cannot run on CUDA (no GPU figure is faked)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if CUDA not in available:
+        sys.exit(
+            f"--device cuda: this ONNX Runtime ({ort.__version__}) has no CUDA provider "
+            f"(it has {', '.join(available)}). Install requirements-gpu.txt (onnxruntime-gpu) on a "
+            "machine with an NVIDIA GPU and its driver, or use --device cpu. Nothing was measured."
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="warm runs per volume")
     parser.add_argument("--gpu", action="store_true", help="also time ONNX Runtime's CUDA provider")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where labseg's main timings run"
+    )
     parser.add_argument("--no-reference", action="store_true", help="skip the AIMOS reference")
     parser.add_argument("--synthetic", action="store_true", help="synthetic bodies, not phantoms")
     parser.add_argument("--work", type=Path, default=None, help="folder for volumes and outputs")
@@ -187,6 +207,8 @@ def main() -> None:
         help="training checkpoints to use while inference/models/ has no model",
     )
     args = parser.parse_args()
+    if args.device == "cuda":
+        require_cuda()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="labseg-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -204,7 +226,7 @@ def main() -> None:
     figures: dict[str, dict[str, object]] = {}
     for name, scan in volumes.items():
         cold, warm, cpu, stages = time_labseg(
-            scan, work / "out", cards, device="cpu", threads=args.threads, repeat=args.repeat
+            scan, work / "out", cards, device=args.device, threads=args.threads, repeat=args.repeat
         )
         best = statistics.median(warm)
         row: dict[str, object] = {

@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from frontend.views import downloads, files, pages
+from frontend.views import downloads, files, fleet, pages
 from labs.lockout import LockoutAuthenticationForm
 
 app_name = "frontend"
@@ -20,6 +20,7 @@ urlpatterns = [
     path("lab/", pages.switch_lab_view, name="switch-lab"),
     path("", pages.dashboard, name="dashboard"),
     path("upload/", pages.upload, name="upload"),
+    path("workers/", fleet.workers, name="workers"),
     path("studies/<int:pk>/", pages.study, name="study"),
     path("mice/<int:pk>/", pages.mouse, name="mouse"),
     path("scans/<int:pk>/", pages.scan, name="scan"),

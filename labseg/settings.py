@@ -213,6 +213,8 @@ LABSEG_MODELS_DIR = Path(env.str("LABSEG_MODELS_DIR", default=str(BASE_DIR / "in
 LABSEG_REVIEW_INLINE_MAX_VOXELS = env.int("LABSEG_REVIEW_INLINE_MAX_VOXELS", default=8_000_000)
 LABSEG_INFERENCE_THREADS = env.int("LABSEG_INFERENCE_THREADS", default=0)
 LABSEG_DEVICE = env.str("LABSEG_DEVICE", default="auto")
+# Jobs go to the gpu queue while a live worker consumes it (labseg/fleet.py); the answer is cached.
+LABSEG_GPU_WORKERS_CACHE_S = env.float("LABSEG_GPU_WORKERS_CACHE_S", default=10.0)
 
 # Failed token logins per client address and minute before its attempts answer 429.
 LABSEG_AUTH_FAILURES_PER_MIN = env.int("LABSEG_AUTH_FAILURES_PER_MIN", default=20)

@@ -38,7 +38,7 @@ from django.utils import timezone
 import audit
 from audit.models import AuditEvent
 from inference.jsonsafe import finite_or_null
-from labseg import jobs, storage
+from labseg import fleet, jobs, storage
 from labseg.jobs import JobLostError, ReconcileReport
 from labseg.jobs import TransientJobError as TransientJobError  # raised by run_job, for its callers
 from labseg.refusals import Refused
@@ -161,10 +161,13 @@ def model_folder(model_version: ModelVersion) -> Path:
 
 
 def queue_for(model_version: ModelVersion) -> str:
-    """``gpu`` when this server runs models on CUDA or the model card asks for a GPU, else ``cpu``."""
+    """``gpu`` when this server runs models on CUDA, the model card asks for a GPU, or a live worker
+    consumes the ``gpu`` queue (``labseg.fleet.gpu_workers_up``, cached a few seconds); else ``cpu``."""
     device = str(settings.LABSEG_DEVICE).lower()
     wants_gpu = str(model_version.card.get("device", "")).lower() in ("cuda", "gpu")
-    return "gpu" if device in ("cuda", "gpu") or wants_gpu else "cpu"
+    if device in ("cuda", "gpu") or wants_gpu:
+        return "gpu"
+    return "gpu" if fleet.gpu_workers_up() else "cpu"
 
 
 # --------------------------------------------------------------------------------------------

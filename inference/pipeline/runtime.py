@@ -6,6 +6,7 @@ so a worker that segments many scans must pay it once, not per scan.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,8 @@ from inference.registry import ModelCard
 DEVICES = ("auto", "cpu", "cuda")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+
+logger = logging.getLogger(__name__)
 
 _sessions: dict[tuple[str, str, tuple[str, ...], int], ort.InferenceSession] = {}
 _lock = threading.Lock()
@@ -34,6 +37,7 @@ def providers_for(device: str) -> list[str]:
     if device == "cpu":
         return [CPU]
     if CUDA in available:
+        _preload_cuda_libraries()
         return [CUDA, CPU]
     if device == "cuda":
         raise DeviceError(
@@ -41,6 +45,39 @@ def providers_for(device: str) -> list[str]:
             "(install onnxruntime-gpu on a machine with an NVIDIA GPU, or use --device cpu)"
         )
     return [CPU]
+
+
+_preloaded: list[bool] = []
+
+
+def _preload_cuda_libraries() -> None:
+    """onnxruntime-gpu from requirements-gpu.txt brings CUDA and cuDNN as pip packages (its
+    ``cuda``/``cudnn`` extras); ``preload_dlls`` loads them from there once per process, so the image
+    needs no CUDA toolkit. A failure is only logged: the session then falls back to the CPU and
+    ``_log_fallback`` says so."""
+    if _preloaded or not hasattr(ort, "preload_dlls"):
+        return
+    _preloaded.append(True)
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # missing libraries: the provider will fail to load and say why
+        logger.warning("could not preload the CUDA and cuDNN libraries: %s", exc)
+
+
+def _log_fallback(device: str, providers: list[str], session: ort.InferenceSession, path: Path) -> None:
+    """Say which device runs the model when it is not the one the settings hoped for: ``auto`` on a
+    machine without a CUDA provider, or CUDA listed but not loaded (ONNX Runtime then falls back to
+    the CPU on its own, e.g. onnxruntime-gpu without a driver or CUDA libraries)."""
+    running = session_provider(session)
+    if device == "auto" and providers == [CPU]:
+        logger.info("no CUDA provider in this ONNX Runtime (%s); %s runs on the CPU", ort.__version__, path)
+    elif providers[0] == CUDA and running != CUDA:
+        logger.warning(
+            "CUDA was available but could not be loaded for %s (see ONNX Runtime's messages above: "
+            "driver or CUDA libraries); it runs on the CPU (%s)",
+            path,
+            running,
+        )
 
 
 def get_session(card: ModelCard, *, device: str = "auto", threads: int = 0) -> ort.InferenceSession:
@@ -73,6 +110,7 @@ def get_file_session(
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            _log_fallback(device, providers, session, path)
             if check is not None:
                 check(session)
             _sessions[key] = session

@@ -3,7 +3,8 @@ temp, var and media folders, reaching PostgreSQL and Redis only over TCP (``test
 
 Scans are uploaded through the API by this process (the web); the workers share the work, every
 (scan, model) gets exactly one prediction, and a worker killed mid-job has its job finished by the
-other. With local storage the media folder is the one thing shared (as an NFS mount would be).
+other. With S3 storage (moto's server over HTTP, ``tests/s3.py``) the hosts share no file at all;
+with local storage the media folder is the one thing shared (as an NFS mount would be).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.files.storage import default_storage
 from rest_framework.test import APIClient
 
 from scans.models import Scan
 from segmentation import services
 from segmentation.models import InferenceJob, ModelVersion, Prediction
 from tests.fleet.fleet import Fleet
+from tests.s3 import S3Server, s3_server, use_bucket
 from tests.segmentation.tiny import write_phantom
 from tests.workers import PrivateRedis, wait_for
 
@@ -30,12 +33,31 @@ SLOW_SHAPE = (224, 192, 192)
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
-@pytest.fixture
-def fleet(tmp_path: Path, media_root: Path, broker: PrivateRedis, models: Any) -> Iterator[Fleet]:
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    yield from s3_server(tmp_path_factory.mktemp("s3"))
+
+
+@pytest.fixture(params=["s3", "local"])
+def fleet(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    media_root: Path,
+    broker: PrivateRedis,
+    models: Any,
+    settings: Any,
+) -> Iterator[Fleet]:
     if shutil.which("redis-server") is None:
         pytest.fail("the fleet tests need redis-server on PATH")
-    made = Fleet(tmp_path / "fleet", broker_port=broker.port, shared_media=media_root)
-    made.root.mkdir()
+    root = tmp_path / "fleet"
+    root.mkdir()
+    if request.param == "s3":
+        server: S3Server = request.getfixturevalue("s3")
+        bucket = server.new_bucket()
+        use_bucket(settings, bucket)
+        made = Fleet(root, broker_port=broker.port, storage_env=bucket.env, s3_port=server.port)
+    else:
+        made = Fleet(root, broker_port=broker.port, shared_media=media_root)
     try:
         yield made
     finally:
@@ -48,7 +70,12 @@ def _finished(job_ids: list[int]) -> bool:
 
 
 def test_two_worker_hosts_share_the_uploads_with_one_prediction_per_scan_and_model(
-    fleet: Fleet, models: dict[str, ModelVersion], member: Any, tmp_path: Path, settings: Any
+    fleet: Fleet,
+    models: dict[str, ModelVersion],
+    member: Any,
+    tmp_path: Path,
+    settings: Any,
+    media_root: Path,
 ) -> None:
     settings.LABSEG_SEGMENT_ON_UPLOAD = True
     fleet.start("hostA")
@@ -93,8 +120,13 @@ def test_two_worker_hosts_share_the_uploads_with_one_prediction_per_scan_and_mod
         left = [p.name for p in (private / "tmp").iterdir() if p.name.startswith("labseg-")]
         assert not left, f"{name} left temporary files: {left}"
         assert not any((private / "media").rglob("*.nii.gz")), f"{name} wrote to its private media"
+    if fleet.shared_media is None:  # S3: every file is an object, none on any disk
+        assert not any(media_root.rglob("*.nii.gz"))
+        for prediction in Prediction.objects.filter(scan_id__in=scan_ids):
+            assert default_storage.exists(prediction.labels.name)
 
 
+@pytest.mark.parametrize("fleet", ["s3"], indirect=True)
 def test_a_worker_host_killed_mid_job_has_its_job_finished_by_the_other(
     fleet: Fleet, models: dict[str, ModelVersion], upload_scan: Callable[..., Scan]
 ) -> None:

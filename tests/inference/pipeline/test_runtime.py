@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 
 import numpy as np
 import onnxruntime as ort
@@ -15,6 +16,7 @@ from inference.pipeline.runtime import (
     clear_sessions,
     get_session,
     providers_for,
+    session_provider,
 )
 from inference.registry import ModelCard
 
@@ -63,3 +65,39 @@ def test_windows_cover_every_voxel_with_the_requested_overlap() -> None:
     assert starts[0] == 0 and starts[-1] == 100 - 32
     assert all(b - a <= 24 for a, b in itertools.pairwise(starts))
     assert gaussian_weights((8, 8, 8)).min() > 0
+
+
+def test_auto_on_a_machine_without_cuda_runs_on_the_cpu_and_says_so(
+    organ_model: ModelCard, caplog: pytest.LogCaptureFixture
+) -> None:
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has CUDA: auto takes it")
+    clear_sessions()
+
+    with caplog.at_level(logging.INFO, logger="inference.pipeline.runtime"):
+        session = get_session(organ_model, device="auto", threads=1)
+
+    assert session_provider(session) == "CPUExecutionProvider"
+    assert "no CUDA provider in this ONNX Runtime" in caplog.text and "runs on the CPU" in caplog.text
+
+
+def test_a_cuda_provider_that_cannot_load_falls_back_to_the_cpu_with_a_warning(
+    organ_model: ModelCard, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime-gpu lists CUDA even where no driver or CUDA library loads; ONNX Runtime then runs
+    the graph on the CPU. Here the CPU-only build is made to list CUDA, so the real session meets a
+    CUDA provider it cannot load, as such a machine would."""
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime loads CUDA for real")
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    clear_sessions()
+
+    with caplog.at_level(logging.INFO, logger="inference.pipeline.runtime"):
+        session = get_session(organ_model, device="auto", threads=1)
+
+    assert providers_for("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert session_provider(session) == "CPUExecutionProvider"
+    assert "could not be loaded" in caplog.text and "runs on the CPU" in caplog.text
+    clear_sessions()
