@@ -172,7 +172,7 @@ def save_incoming(incoming: IncomingFile, name: str, saved: list[str]) -> str:
     try:
         stored = default_storage.save(name, movable)
     except BaseException:
-        _delete_partial(name)
+        delete_partial(name)
         raise
     finally:
         movable.close()
@@ -185,13 +185,14 @@ def save_content(content: bytes, name: str, saved: list[str]) -> str:
     try:
         stored = default_storage.save(name, ContentFile(content))
     except BaseException:
-        _delete_partial(name)
+        delete_partial(name)
         raise
     saved.append(stored)
     return stored
 
 
-def _delete_partial(name: str) -> None:
+def delete_partial(name: str) -> None:
+    """Delete what a failed save left under the new name ``name`` (a partial copy), if anything."""
     try:
         if default_storage.exists(name):
             default_storage.delete(name)

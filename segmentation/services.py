@@ -41,8 +41,9 @@ from inference.jsonsafe import finite_or_null
 from labseg import fleet, jobs, storage
 from labseg.jobs import JobLostError, ReconcileReport
 from labseg.jobs import TransientJobError as TransientJobError  # raised by run_job, for its callers
-from labseg.refusals import Refused
+from labseg.refusals import Refused, is_disk_full
 from scans.models import Scan
+from scans.services import delete_partial
 
 from .models import InferenceJob, Lesion, ModelVersion, Prediction, StructureVolume
 
@@ -374,8 +375,14 @@ def _cards_for(model_version: ModelVersion) -> list[Any]:
 
 
 def _store(local: Path, name: str, stored: list[str]) -> str:
-    with local.open("rb") as handle:
-        saved = default_storage.save(name, File(handle, name=local.name))
+    """Store ``local`` as the new file ``name``; a copy that fails half-way (a full disk) is deleted
+    at once, not left holding the space (the attempt's folder is new, so the name was free)."""
+    try:
+        with local.open("rb") as handle:
+            saved = default_storage.save(name, File(handle, name=local.name))
+    except BaseException:
+        delete_partial(name)
+        raise
     stored.append(saved)
     return saved
 
@@ -487,6 +494,11 @@ def _failure_message(job: InferenceJob, exc: BaseException) -> str:
         return (
             f"Model {job.model_version.label} could not be loaded: {exc}. "
             "An administrator should re-install the model folder and run `manage.py sync_models`."
+        )
+    if is_disk_full(exc):
+        return (
+            "The server's disk is full, so this segmentation could not be stored (nothing of it was "
+            "kept). Ask your administrator to free space, then queue it again."
         )
     if isinstance(exc, FileNotFoundError) and job.stage in ("starting", "download"):
         return "The scan's file is missing from storage. Upload the scan again."
