@@ -18,6 +18,8 @@ urlpatterns = [
     path("api/", include("scans.api.urls")),
     path("api/", include("segmentation.api.urls")),
     path("api/", include("review.api.urls")),
+    path("api/", include("retraining.api.urls")),
+    path("retraining/", include("retraining.urls")),
     path("review/", include("review.urls")),
     path("", include("audit.urls")),
     path("", include("frontend.urls")),

@@ -18,6 +18,18 @@ from labs.querysets import LabScopedQuerySet
 from labseg.jobs import ACTIVE, BackgroundJob
 
 
+class ModelVersionQuerySet(models.QuerySet["ModelVersion"]):
+    def usable_by(self, lab: Any) -> ModelVersionQuerySet:
+        """The shipped models and the lab's own (another lab's fine-tuned models never)."""
+        return self.filter(models.Q(lab__isnull=True) | models.Q(lab=lab))
+
+    def visible_to(self, user: Any) -> ModelVersionQuerySet:
+        """The shipped models and those of the user's labs."""
+        if user is None or not user.is_authenticated:
+            return self.none()
+        return self.filter(models.Q(lab__isnull=True) | models.Q(lab__memberships__user=user)).distinct()
+
+
 class ModelVersion(models.Model):
     """One registered model folder: what it segments, its weights' sha256 and its model card."""
 
@@ -35,6 +47,18 @@ class ModelVersion(models.Model):
     folder = models.CharField(max_length=500, help_text="The model folder at registration time.")
     is_default = models.BooleanField(default=False, help_text="The model used for its task unless asked.")
     registered_at = models.DateTimeField(auto_now_add=True)
+    #: A model a lab fine-tuned (``retraining``) belongs to that lab and is invisible to the others;
+    #: null for the shipped models, which every lab uses.
+    lab = models.ForeignKey(
+        "labs.Lab", on_delete=models.CASCADE, null=True, blank=True, related_name="model_versions"
+    )
+    stored_prefix = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Storage folder of a lab model's files (model.onnx, model.json); empty if shipped.",
+    )
+
+    objects = ModelVersionQuerySet.as_manager()
 
     class Meta:
         ordering = ["task", "name", "-registered_at"]
@@ -52,6 +76,22 @@ class ModelVersion(models.Model):
     def label(self) -> str:
         """``name@version``, the source name used in exports."""
         return f"{self.name}@{self.version}"
+
+
+class LabDefaultModel(models.Model):
+    """The model a lab uses for a task instead of the shipped default (set by promoting a
+    candidate in ``retraining``; removed again by rolling back to the shipped one)."""
+
+    lab = models.ForeignKey("labs.Lab", on_delete=models.CASCADE, related_name="default_models")
+    task = models.CharField(max_length=16, choices=ModelVersion.Task.choices)
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["lab", "task"], name="one_lab_default_per_task")]
+
+    def __str__(self) -> str:
+        return f"{self.lab_id} {self.task}: {self.model_version}"
 
 
 class InferenceJobQuerySet(LabScopedQuerySet):

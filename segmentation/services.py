@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import shutil
 import socket
 import tempfile
 import time
@@ -45,7 +46,7 @@ from labseg.refusals import Refused, is_disk_full
 from scans.models import Scan
 from scans.services import delete_partial
 
-from .models import InferenceJob, Lesion, ModelVersion, Prediction, StructureVolume
+from .models import InferenceJob, LabDefaultModel, Lesion, ModelVersion, Prediction, StructureVolume
 
 logger = logging.getLogger(__name__)
 
@@ -148,17 +149,50 @@ def sync_models(*, root: Path | None = None) -> SyncReport:
     return report
 
 
-def default_model_versions() -> list[ModelVersion]:
-    """The default model of every task (organs first, so their labels are there for lesions)."""
-    return sorted(ModelVersion.objects.filter(is_default=True), key=lambda mv: mv.task != "organs")
+def default_model_versions(lab: Any = None) -> list[ModelVersion]:
+    """The default model of every task (organs first, so their labels are there for lesions):
+    the lab's own where it promoted one (``LabDefaultModel``), else the shipped default."""
+    chosen = {mv.task: mv for mv in ModelVersion.objects.filter(is_default=True, lab__isnull=True)}
+    if lab is not None:
+        for row in LabDefaultModel.objects.filter(lab=lab).select_related("model_version"):
+            chosen[row.task] = row.model_version
+    return sorted(chosen.values(), key=lambda mv: mv.task != "organs")
+
+
+def lab_default(lab: Any, task: str) -> ModelVersion | None:
+    """The model ``lab`` uses for ``task`` now."""
+    return next((mv for mv in default_model_versions(lab) if mv.task == task), None)
 
 
 def model_folder(model_version: ModelVersion) -> Path:
-    """Where this version's files are on this machine: the registered folder, else under the root."""
+    """Where this version's files are on this machine: the registered folder, else under the root;
+    a lab's model (stored, not shipped) is copied once from storage into ``VAR_DIR/models``."""
     folder = Path(model_version.folder)
     if folder.is_dir():
         return folder
+    if model_version.stored_prefix:
+        return _fetch_stored_model(model_version)
     return models_root() / model_version.name / model_version.version
+
+
+def _fetch_stored_model(model_version: ModelVersion) -> Path:
+    from inference.registry import file_sha256
+
+    local = Path(settings.VAR_DIR) / "models" / model_version.name / model_version.version
+    onnx_path = local / "model.onnx"
+    if onnx_path.exists() and file_sha256(onnx_path) == model_version.sha256:
+        return local
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model_version.version}-", dir=local.parent))
+    prefix = model_version.stored_prefix.rstrip("/")
+    _, names = default_storage.listdir(prefix)
+    for name in names:
+        with default_storage.open(f"{prefix}/{name}", "rb") as source, (tmp / name).open("wb") as target:
+            shutil.copyfileobj(source, target)
+    if local.exists():
+        shutil.rmtree(local, ignore_errors=True)
+    tmp.rename(local)
+    return local
 
 
 def queue_for(model_version: ModelVersion) -> str:
@@ -185,7 +219,7 @@ def request_segmentation(
     prediction); a failed or cancelled one is queued again. ``model_versions`` defaults to the
     default model of every task.
     """
-    versions = list(model_versions) if model_versions is not None else default_model_versions()
+    versions = list(model_versions) if model_versions is not None else default_model_versions(scan.lab)
     if not versions:
         raise NoModelAvailableError(
             "No segmentation model is installed. An administrator should run `manage.py sync_models`."
@@ -309,7 +343,7 @@ def _execute(job: InferenceJob, heartbeat: jobs.Heartbeat) -> None:
     seconds: dict[str, float] = {}
     progress = heartbeat.progress
 
-    cards = _cards_for(job.model_version)
+    cards = _cards_for(job.model_version, job.scan.lab)
     tasks = tuple(card.task for card in cards)
     with tempfile.TemporaryDirectory(prefix=f"labseg-job{job.pk}-") as tmp:
         tmp_dir = Path(tmp)
@@ -351,7 +385,7 @@ def _execute(job: InferenceJob, heartbeat: jobs.Heartbeat) -> None:
             raise
 
 
-def _cards_for(model_version: ModelVersion) -> list[Any]:
+def _cards_for(model_version: ModelVersion, lab: Any = None) -> list[Any]:
     """The model cards to run: the job's model, plus the default organ model for a lesion model
     (lesions are allocated to the organs predicted in the same pipeline call)."""
     from inference.registry import load_card
@@ -365,7 +399,7 @@ def _cards_for(model_version: ModelVersion) -> list[Any]:
         )
     if model_version.task == ModelVersion.Task.ORGANS:
         return [card]
-    organs = ModelVersion.objects.filter(task=ModelVersion.Task.ORGANS, is_default=True).first()
+    organs = lab_default(lab, ModelVersion.Task.ORGANS)
     if organs is None:
         raise _PermanentError(
             f"Model {model_version.label} allocates lesions to organs, but no organ model is installed. "

@@ -18,7 +18,18 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ModelVersion
-        fields = ["id", "name", "version", "label", "task", "sha256", "structures", "metrics", "is_default"]
+        fields = [
+            "id",
+            "name",
+            "version",
+            "label",
+            "task",
+            "sha256",
+            "structures",
+            "metrics",
+            "is_default",
+            "lab",
+        ]
 
 
 class ModelVersionBriefSerializer(serializers.ModelSerializer):

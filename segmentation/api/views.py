@@ -38,14 +38,16 @@ class SegmentScanView(APIView):
 
     def post(self, request: Request, pk: int) -> Response:
         scan = get_object_or_404(Scan.objects.visible_to(request.user), pk=pk)
-        versions = _requested_versions(request.data.get("models") if hasattr(request.data, "get") else None)
+        versions = _requested_versions(
+            request.data.get("models") if hasattr(request.data, "get") else None, lab=scan.lab
+        )
         jobs = services.request_segmentation(scan=scan, user=request.user, model_versions=versions)
         by_pk = {job.pk: job for job in _jobs().filter(pk__in=[j.pk for j in jobs])}
         jobs_data = InferenceJobSerializer([by_pk[j.pk] for j in jobs], many=True).data
         return Response({"jobs": jobs_data}, status=status.HTTP_202_ACCEPTED)
 
 
-def _requested_versions(models: Any) -> list[ModelVersion] | None:
+def _requested_versions(models: Any, *, lab: Any) -> list[ModelVersion] | None:
     if not models:
         return None
     if isinstance(models, str):
@@ -53,9 +55,10 @@ def _requested_versions(models: Any) -> list[ModelVersion] | None:
     versions = []
     for label in models:
         name, _, version = str(label).partition("@")
-        found = ModelVersion.objects.filter(name=name, version=version).first() if version else None
+        usable = ModelVersion.objects.usable_by(lab)  # another lab's fine-tuned models do not exist here
+        found = usable.filter(name=name, version=version).first() if version else None
         if found is None:
-            known = ", ".join(mv.label for mv in ModelVersion.objects.all()) or "none"
+            known = ", ".join(mv.label for mv in usable) or "none"
             raise ValidationError({"models": f"unknown model {label!r}; use name@version, one of: {known}"})
         versions.append(found)
     return versions
@@ -203,8 +206,10 @@ class LesionReviewView(APIView):
 
 
 class ModelVersionListView(generics.ListAPIView):
-    """``GET /api/models/``: the registered model versions (the registry is shared by all labs)."""
+    """``GET /api/models/``: the shipped model versions and those fine-tuned by the user's labs."""
 
     serializer_class = ModelVersionSerializer
     pagination_class = None
-    queryset = ModelVersion.objects.order_by("task", "name", "version")
+
+    def get_queryset(self) -> QuerySet[ModelVersion]:
+        return ModelVersion.objects.visible_to(self.request.user).order_by("task", "name", "version")

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class RetrainingConfig(AppConfig):
+    name = "retraining"
+    verbose_name = "Retraining"
+    default_auto_field = "django.db.models.BigAutoField"
