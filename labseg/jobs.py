@@ -5,14 +5,24 @@ that inherits ``BackgroundJob`` and a Celery task that takes the row's id and ca
 database, not the broker, is the truth about a job; a message only carries the id. The rules:
 
 * **Claim.** ``claim`` is a compare-and-set on ``state``: a queued row, or a running row whose
-  heartbeat is older than ``LABSEG_JOB_TIMEOUT_S`` (its worker is presumed lost). Each claim adds
-  one to ``attempts`` and writes a fresh ``claim_token``; a worker writes to its row only while the
-  token is still its own (``finish``, ``Heartbeat.beat``), so a worker that was presumed lost and
-  comes back cannot overwrite the run that replaced it. A duplicate message is therefore harmless.
+  heartbeat is older than ``lost_after_s()`` (``LABSEG_JOB_LOST_AFTER_BEATS`` missed beats, 20 s
+  by default: its worker is presumed lost). Each claim adds one to ``attempts`` and writes a fresh
+  ``claim_token``; a worker writes to its row only while the token is still its own (``finish``,
+  ``Heartbeat.beat``), so a worker that was presumed lost and comes back cannot overwrite the run
+  that replaced it. A duplicate message is therefore harmless.
+* **Take-over of a redelivered job.** A message that finds its row running under another claim
+  (Celery redelivers the message of a worker whose pool process was SIGKILLed, ``acks_late`` +
+  ``reject_on_worker_lost``) does not give up at once: ``run`` watches the row for up to
+  ``lost_after_s()``. If its heartbeat moves, the other worker is alive and this message is
+  dropped; if it falls silent, the same compare-and-set claim takes the job over there and then.
+  Two workers can never both run it: the claim is one ``UPDATE ... WHERE`` that only one of them
+  wins (a fresh ``claim_token``), and from then on the old worker's heartbeat, progress and
+  ``finish`` (which writes the prediction in the same transaction) match no row, so its writes
+  are refused and its run stops at its next progress report (``JobLostError``).
 * **Heartbeat that stops when the work hangs.** The work reports progress through
   ``Heartbeat.progress(percent, stage)``; a thread touches ``heartbeat_at`` every
-  ``min(30, LABSEG_JOB_TIMEOUT_S / 4)`` seconds, but only while the last progress report is less
-  than ``LABSEG_JOB_STALL_S`` old. Work that hangs (a stalled file read, a deadlocked library)
+  ``heartbeat_interval_s()`` (``LABSEG_JOB_HEARTBEAT_S``, 5 s), but only while the last progress
+  report is less than ``LABSEG_JOB_STALL_S`` old. Work that hangs (a stalled file read, a deadlocked library)
   stops reporting, so its heartbeat stops too and the reconciler takes the job back. A stage must
   therefore report progress at least every ``LABSEG_JOB_STALL_S`` seconds.
 * **Time limits.** ``task_options`` gives every job task Celery's ``soft_time_limit``
@@ -23,10 +33,15 @@ database, not the broker, is the truth about a job; a message only carries the i
   ``run`` records any failure past the limit as the limit. A process killed by the hard limit
   cannot write anything; the reconciler recognises its row (silent, and its attempt ran past the
   soft limit) and fails it with the same message instead of running it again.
-* **Reconciler.** ``reconcile`` (beat, every ``LABSEG_RECONCILE_EVERY_S``) re-queues running rows
-  whose heartbeat is stale and sends them again, or fails them after ``LABSEG_JOB_MAX_ATTEMPTS``
-  claims; it resends queued rows whose message was never sent (broker down at enqueue) or was
-  lost (a broker restart), i.e. rows last sent more than ``LABSEG_JOB_TIMEOUT_S`` ago.
+* **Reconciler.** ``reconcile`` (beat, every ``LABSEG_RECONCILE_EVERY_S``, 10 s) re-queues running
+  rows whose heartbeat is older than ``lost_after_s()`` and sends them again, or fails them after
+  ``LABSEG_JOB_MAX_ATTEMPTS`` claims; it resends queued rows whose message was never sent (broker
+  down at enqueue) or was lost (a broker restart), i.e. rows last sent more than
+  ``LABSEG_JOB_TIMEOUT_S`` ago. This, not redelivery, is what recovers a job whose whole worker
+  was SIGKILLed: with Redis the dead worker's unacknowledged message comes back only after the
+  broker's ``visibility_timeout`` (an hour), so beat sends the job again within
+  ``lost_after_s() + LABSEG_RECONCILE_EVERY_S`` (30 s by default) of its last heartbeat. The old
+  message, when it does come back, finds the row finished and is dropped.
 * **Retries for transient errors only.** A failure that ``is_transient`` (database, broker or
   network connection errors; a kind may widen the rule, e.g. storage errors) puts the row back to
   queued and raises ``TransientJobError``, which the task retries with backoff while attempts are
@@ -129,9 +144,17 @@ class JobLostError(Exception):
 
 
 def job_timeout_s() -> float:
-    """Seconds of heartbeat silence before a running job counts as lost (and of a queued job's
-    message before it is sent again)."""
+    """Seconds after its last send before a queued job's message is sent again; also the longest
+    heartbeat silence a running job is ever allowed (``lost_after_s`` is usually much shorter)."""
     return float(settings.LABSEG_JOB_TIMEOUT_S)
+
+
+def lost_after_s() -> float:
+    """Seconds of heartbeat silence after which a running job's worker is presumed lost and the job
+    may be taken over: ``LABSEG_JOB_LOST_AFTER_BEATS`` heartbeat intervals, at most
+    ``LABSEG_JOB_TIMEOUT_S``. Several intervals, so that one slow beat (a busy database, a long
+    pause of the process) is not mistaken for a dead worker."""
+    return min(job_timeout_s(), float(settings.LABSEG_JOB_LOST_AFTER_BEATS) * heartbeat_interval_s())
 
 
 def max_attempts() -> int:
@@ -153,8 +176,9 @@ def time_limit_s() -> int:
 
 
 def heartbeat_interval_s() -> float:
-    """Four beats per timeout, at most every 30 s and at least every 0.5 s."""
-    return max(0.5, min(30.0, job_timeout_s() / 4))
+    """Every ``LABSEG_JOB_HEARTBEAT_S``, at least four beats per ``LABSEG_JOB_TIMEOUT_S``, and at
+    most every 0.5 s."""
+    return max(0.5, min(float(settings.LABSEG_JOB_HEARTBEAT_S), job_timeout_s() / 4))
 
 
 def task_options() -> dict[str, Any]:
@@ -257,7 +281,7 @@ def claim(
     or None when another worker got there first, the row is finished or cancelled, or its worker
     is still alive.
     """
-    stale = float(stale_after_s if stale_after_s is not None else job_timeout_s())
+    stale = float(stale_after_s if stale_after_s is not None else lost_after_s())
     now = timezone.now()
     claimable = Q(state=BackgroundJob.State.QUEUED) | (
         Q(state=BackgroundJob.State.RUNNING) & _silent_since(now - timedelta(seconds=stale))
@@ -276,6 +300,58 @@ def claim(
     if updated != 1:
         return None
     return model._default_manager.select_related(*related).get(pk=job_id)
+
+
+def take_over_when_silent(
+    model: type[J],
+    job_id: int,
+    *,
+    worker_host: str,
+    related: Sequence[str] = (),
+    poll_s: float | None = None,
+) -> J | None:
+    """For a message that found its row running under another claim: watch the row, and claim it
+    as soon as its heartbeat is older than ``lost_after_s()``.
+
+    A redelivered message (the pool process of the worker that ran it was SIGKILLed) arrives while
+    the dead run's last heartbeat is still fresh; dropping it would leave the job to the reconciler.
+    Returns None as soon as the row's heartbeat moves or its claim changes (its worker is alive,
+    or another worker took it), when it is no longer running, or after ``lost_after_s()`` plus a
+    beat; else the row, claimed by the same compare-and-set as ``claim`` (only one of several
+    watchers wins it, and the dead run's writes are refused from then on: see ``finish``).
+    """
+    manager = model._default_manager
+    seen = manager.filter(pk=job_id).values("state", "claim_token", "heartbeat_at").first()
+    if seen is None or seen["state"] != BackgroundJob.State.RUNNING or seen["heartbeat_at"] is None:
+        return None
+    interval, lost = heartbeat_interval_s(), lost_after_s()
+    poll = float(poll_s if poll_s is not None else min(1.0, interval / 2))
+    silent_for = (timezone.now() - seen["heartbeat_at"]).total_seconds()
+    deadline = time.monotonic() + max(0.0, lost - silent_for) + interval
+    logger.info(
+        "%s %s is running under another claim (silent for %.1f s); taking it over if it stays "
+        "silent for %.0f s",
+        model.noun,
+        job_id,
+        silent_for,
+        lost,
+    )
+    while time.monotonic() < deadline:
+        time.sleep(poll)
+        now = manager.filter(pk=job_id).values("state", "claim_token", "heartbeat_at").first()
+        if now != seen:
+            return None  # it beat, finished, or was claimed by someone else: not ours to take
+        job = claim(model, job_id, worker_host=worker_host, related=related)
+        if job is not None:
+            logger.warning(
+                "%s %s: its worker stopped heartbeating; taken over by %s (attempt %s)",
+                model.noun,
+                job_id,
+                worker_host,
+                job.attempts,
+            )
+            return job
+    return None
 
 
 def _mine(job: BackgroundJob) -> models.QuerySet[Any]:
@@ -437,6 +513,8 @@ def run(
     """
     job = claim(model, job_id, worker_host=worker_host, related=related)
     if job is None:
+        job = take_over_when_silent(model, job_id, worker_host=worker_host, related=related)
+    if job is None:
         return None
     if job.attempts > max_attempts():
         finish(
@@ -532,8 +610,8 @@ def reconcile(
     timeout_s: float | None = None,
     send: Callable[..., bool] | None = None,
 ) -> ReconcileReport:
-    """Take back running rows whose heartbeat is older than ``timeout_s`` and resend queued rows
-    last sent (or never sent) more than ``timeout_s`` ago.
+    """Take back running rows whose heartbeat is older than ``lost_after_s()`` and resend queued
+    rows last sent (or never sent) more than ``LABSEG_JOB_TIMEOUT_S`` ago (``timeout_s``: both).
 
     A silent running row is re-queued and sent again; it fails instead when it has had
     ``LABSEG_JOB_MAX_ATTEMPTS`` claims, or when its attempt ran past the soft time limit before
@@ -541,11 +619,14 @@ def reconcile(
     ``send(job_id=...)`` defaults to ``enqueue``; messages go out after the transaction commits,
     and sending twice is harmless (only one worker wins the claim).
     """
-    timeout = float(timeout_s if timeout_s is not None else job_timeout_s())
+    # A running row is lost after ``lost_after_s`` of silence; a queued one is resent only after
+    # ``LABSEG_JOB_TIMEOUT_S`` (a long queue is not a lost message). ``timeout_s`` sets both.
+    running_after = float(timeout_s if timeout_s is not None else lost_after_s())
+    queued_after = float(timeout_s if timeout_s is not None else job_timeout_s())
     deliver = send or (lambda *, job_id: enqueue(model, job_id))
     report = ReconcileReport()
     now = timezone.now()
-    cutoff = now - timedelta(seconds=timeout)
+    cutoff = now - timedelta(seconds=running_after)
     limit, soft = max_attempts(), soft_time_limit_s()
     running = BackgroundJob.State.RUNNING
     for job in model._default_manager.filter(_silent_since(cutoff), state=running):
@@ -582,8 +663,9 @@ def reconcile(
             error="",
         ):
             report.requeued.append(job.pk)
+    sent_before = now - timedelta(seconds=queued_after)
     stale_queued = model._default_manager.filter(state=BackgroundJob.State.QUEUED).filter(
-        Q(enqueued_at__lt=cutoff) | Q(enqueued_at__isnull=True, queued_at__lt=cutoff)
+        Q(enqueued_at__lt=sent_before) | Q(enqueued_at__isnull=True, queued_at__lt=sent_before)
     )
     report.resent.extend(stale_queued.exclude(pk__in=report.requeued).values_list("pk", flat=True))
     for job_id in [*report.requeued, *report.resent]:

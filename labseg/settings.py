@@ -61,6 +61,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served from here (no CDN)
     "rules",
     "labs",
     "scans",
@@ -206,8 +208,14 @@ LABSEG_SEGMENT_ON_UPLOAD = env.bool("LABSEG_SEGMENT_ON_UPLOAD", default=True)
 LABSEG_PREVIEW_MAX_BYTES = env.int("LABSEG_PREVIEW_MAX_BYTES", default=64 * 1024**2)
 LABSEG_PREVIEW_MAX_VOXELS = env.int("LABSEG_PREVIEW_MAX_VOXELS", default=2_500_000)
 LABSEG_UPLOAD_CHUNK_BYTES = env.int("LABSEG_UPLOAD_CHUNK_BYTES", default=8 * 1024**2)
-# A running job's worker beats every min(30, timeout/4) s; a job silent for this long is re-queued.
+# Background jobs (labseg/jobs.py): a running job's worker touches its heartbeat every
+# LABSEG_JOB_HEARTBEAT_S (at least 4 times per LABSEG_JOB_TIMEOUT_S); after LABSEG_JOB_LOST_AFTER_BEATS
+# missed beats (20 s) its worker is presumed lost and the job is taken over (a redelivered message
+# claims it, or beat's reconciler sends it again). A queued job's message is resent after
+# LABSEG_JOB_TIMEOUT_S, which also caps the silence allowed to a running job.
 LABSEG_JOB_TIMEOUT_S = env.int("LABSEG_JOB_TIMEOUT_S", default=300)
+LABSEG_JOB_HEARTBEAT_S = env.float("LABSEG_JOB_HEARTBEAT_S", default=5.0)
+LABSEG_JOB_LOST_AFTER_BEATS = env.int("LABSEG_JOB_LOST_AFTER_BEATS", default=4)
 LABSEG_JOB_MAX_ATTEMPTS = env.int("LABSEG_JOB_MAX_ATTEMPTS", default=3)
 LABSEG_MODELS_DIR = Path(env.str("LABSEG_MODELS_DIR", default=str(BASE_DIR / "inference" / "models")))
 # Scans above this many voxels get their consensus computed by a worker (review.tasks), not in the request.
@@ -244,6 +252,24 @@ REST_FRAMEWORK = {
         "user": env.str("LABSEG_THROTTLE_USER", default="3000/min"),
     },
     "EXCEPTION_HANDLER": "labseg.refusals.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# OpenAPI 3 schema at /api/schema/, Swagger UI at /api/docs/ (labseg/urls.py), for signed-in users.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "labseg API",
+    "DESCRIPTION": "Scans, segmentations, annotations and reviews of your labs (README.md, API).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SCHEMA_PATH_PREFIX": "/api/",
+    # Importing the hook's module also describes the plain APIViews (labseg/openapi.py).
+    "PREPROCESSING_HOOKS": ["labseg.openapi.deduplicate_trailing_slashes"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"AnnotationStatusEnum": "scans.models.Annotation.Status"},
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Celery: the database, not the broker, is the truth about a job (segmentation.models.InferenceJob).
@@ -282,7 +308,9 @@ if LABSEG_JOB_TIME_LIMIT_S <= LABSEG_JOB_SOFT_TIME_LIMIT_S:
         "LABSEG_JOB_TIME_LIMIT_S (the hard limit) must be larger than LABSEG_JOB_SOFT_TIME_LIMIT_S, "
         "or a job is killed before it can record why it stopped."
     )
-_reconcile_every_s = env.float("LABSEG_RECONCILE_EVERY_S", default=60.0)
+# Often, so that a job whose whole worker was SIGKILLed is sent again within lost + this (30 s):
+# Redis would redeliver its unacknowledged message only after the visibility_timeout above.
+_reconcile_every_s = env.float("LABSEG_RECONCILE_EVERY_S", default=10.0)
 # One reconciler per kind of job, each through labseg.jobs.reconcile.
 CELERY_BEAT_SCHEDULE = {
     "sweep-uploads": {"task": "scans.tasks.sweep_uploads_task", "schedule": 3600.0},

@@ -6,6 +6,7 @@ through a view that scopes it to the user's labs (such as ``/api/scans/{id}/file
 
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from labseg import health
 from labseg.metrics import metrics_view
@@ -15,6 +16,8 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("scans.api.urls")),
     path("api/", include("segmentation.api.urls")),
     path("api/", include("review.api.urls")),

@@ -12,6 +12,7 @@ from typing import Any
 from django.db import transaction
 
 from labs.rules import is_lab_admin
+from labseg.ids import parse_id
 from labseg.refusals import Refused
 
 from .models import Cohort, Mouse, Scan, Study, TimePoint, parse_offset_hours
@@ -54,7 +55,8 @@ def update_mouse(*, mouse: Mouse, user: Any, changes: dict[str, Any]) -> Mouse:
             if cohort in (None, ""):
                 mouse.cohort = None
             else:
-                found = Cohort.objects.filter(study=mouse.study, pk=cohort).first()
+                cohort_id = parse_id(cohort, "cohort", of=f"a cohort of the study {mouse.study.name}")
+                found = Cohort.objects.filter(study=mouse.study, pk=cohort_id).first()
                 if found is None:
                     raise Refused(f"cohort {cohort} is not a cohort of the study {mouse.study.name}")
                 mouse.cohort = found

@@ -29,6 +29,7 @@ import audit
 from audit.models import AuditEvent
 from inference.pipeline.pictures import projection_png
 from labs.models import Lab
+from labseg.ids import is_id
 
 from . import quota
 from .files import IncomingFile, MovableFile, receive, safe_filename
@@ -63,7 +64,8 @@ def resolve_upload_target(*, user: Any, study: str, lab: str | None = None) -> U
     visible = Study.objects.visible_to(user)
     if chosen_lab is not None:
         visible = visible.filter(lab=chosen_lab)
-    if study.isdigit() and (by_id := visible.filter(pk=int(study)).first()):
+    # is_id, not isdigit: "²" or a 20-digit number must not reach the query (ValueError, overflow).
+    if is_id(study) and (by_id := visible.filter(pk=int(study)).first()):
         return UploadTarget(lab=by_id.lab, study_name=by_id.name)
     matches = list(visible.filter(name=study).select_related("lab"))
     if len(matches) == 1:
@@ -110,7 +112,7 @@ def upload_lab(*, user: Any, lab: str | None = None, study: str | None = None) -
 
 def _find_lab(user_labs: Any, lab: str | None) -> Lab:
     text = str(lab).strip()
-    found = user_labs.filter(pk=int(text)).first() if text.isdigit() else None
+    found = user_labs.filter(pk=int(text)).first() if is_id(text) else None
     found = found or user_labs.filter(name=text).first()
     if found is None:
         raise ScanRejected(f"you are not a member of a lab called {text!r}", status=404)

@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 
 from inference import structures
 from labseg.downloads import stored_file_response
-from labseg.refusals import Refused
+from labseg.ids import parse_id
 from scans import curation, deletion, quota, services, uploads
 from scans.files import HashedUploadedFile
 from scans.models import Lab, Mouse, Scan, Study, UploadSession
@@ -49,7 +49,7 @@ class ScanListCreate(generics.ListAPIView):
         ):
             value = self.request.query_params.get(parameter)
             if value and value.isdigit():
-                scans = scans.filter(**{lookup: int(value)})
+                scans = scans.filter(**{lookup: parse_id(value, parameter)})
         # By name, as a folder upload knows them: the scan an annotation file belongs to.
         for parameter, lookup in (
             ("study_name", "time_point__mouse__study__name"),
@@ -167,7 +167,7 @@ class MouseList(generics.ListAPIView):
         mice = Mouse.objects.visible_to(self.request.user).select_related("study", "cohort")
         study = self.request.query_params.get("study")
         if study and study.isdigit():
-            mice = mice.filter(study_id=int(study))
+            mice = mice.filter(study_id=parse_id(study, "study"))
         return mice.prefetch_related("time_points__scans")
 
 
@@ -223,10 +223,7 @@ class CohortCreate(APIView):
 
 
 def _id(data: Any, field: str) -> int:
-    value = data.get(field) if hasattr(data, "get") else None
-    if isinstance(value, bool) or not str(value).isdigit():
-        raise Refused(f"{field} must be the id (a number) of one of your lab's rows")
-    return int(str(value))
+    return parse_id(data.get(field) if hasattr(data, "get") else None, field)
 
 
 class LabList(generics.ListAPIView):

@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from labseg.downloads import csv_response, stored_file_response
+from labseg.ids import is_id, parse_id
 from labseg.refusals import Refused
 from scans.models import Scan, Study
 from segmentation import decisions, exports, services
@@ -82,13 +83,11 @@ class JobList(generics.ListAPIView):
         jobs = _visible_jobs(self.request)
         scan = self.request.query_params.get("scan")
         if scan:
-            if not scan.isdigit():
-                raise ValidationError({"scan": "scan must be a scan id (a number)"})
-            jobs = jobs.filter(scan_id=int(scan))
+            jobs = jobs.filter(scan_id=parse_id(scan, "scan", of="a scan"))
         ids = self.request.query_params.get("ids")
         if ids:
             wanted = ids.split(",")
-            if len(wanted) > MAX_JOB_IDS or not all(part.isdigit() for part in wanted):
+            if len(wanted) > MAX_JOB_IDS or not all(is_id(part) for part in wanted):
                 raise ValidationError({"ids": f"ids must be up to {MAX_JOB_IDS} job ids, comma-separated"})
             jobs = jobs.filter(pk__in=[int(part) for part in wanted])
         state = self.request.query_params.get("state")

@@ -95,7 +95,7 @@ def test_an_analysis_left_running_by_a_killed_worker_is_queued_again_and_sent(
     assert_one_set_of_results(scan)
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # worker-a's heartbeat thread has its own connection
 def test_a_redelivered_message_takes_over_an_analysis_whose_worker_went_silent(
     tumor_scan: Callable[..., Any], reviewer: Any
 ) -> None:
@@ -103,7 +103,12 @@ def test_a_redelivered_message_takes_over_an_analysis_whose_worker_went_silent(
     analysis = request_analysis(scan=scan, user=reviewer)
     first = jobs.claim(ReviewAnalysis, analysis.pk, worker_host="worker-a")
     assert first is not None
-    assert run_analysis(analysis_id=analysis.pk, worker_host="worker-b") is None, "worker-a is alive"
+    alive = jobs.Heartbeat(first, interval_s=0.2)  # worker-a beats: a message for it is dropped
+    alive.start()
+    try:
+        assert run_analysis(analysis_id=analysis.pk, worker_host="worker-b") is None, "worker-a is alive"
+    finally:
+        alive.stop()
 
     ReviewAnalysis.objects.filter(pk=analysis.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
     done = run_analysis(analysis_id=analysis.pk, worker_host="worker-b")
