@@ -230,9 +230,56 @@ def test_the_audit_page_lists_filters_and_pages_a_labs_events(lab_a, lab_b):
 
     assert page_one.status_code == 200
     text = page_one.content.decode()
+    assert f'href="/labs/{lab_a.pk}/audit/">Audit log</a>' in text  # the admin's menu links here
     assert "Page 1 of 2 (62 events)" in text and text.count('data-action="membership.added"') == 50
     assert "extra59" in text  # newest first
     assert "admin_a in Lab A" in page_two.content.decode()
     assert "No event of this kind yet." in filtered.content.decode()
     assert as_member.status_code == 403 and "only an admin of Lab A" in as_member.content.decode()
     assert other_admin.status_code == 404
+
+
+def test_a_membership_added_in_the_admin_names_the_admin_who_did_it(lab_a):
+    root = UserFactory.create(username="root", is_superuser=True, is_staff=True)
+    ana = UserFactory.create(username="ana")
+    client = APIClient()
+    client.force_login(root)
+
+    response = client.post(
+        "/admin/labs/membership/add/", {"lab": lab_a.pk, "user": ana.pk, "role": Membership.Role.REVIEWER}
+    )
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    event = only(Action.MEMBER_ADDED)
+    assert (event.actor_name, event.lab_id, event.detail) == (
+        "root",
+        lab_a.pk,
+        {"user": "ana", "role": "reviewer"},
+    )
+    assert event.ip == "127.0.0.1"
+
+
+def test_a_labs_own_default_model_is_recorded_when_set_and_removed(lab_a):
+    from segmentation.models import LabDefaultModel
+
+    model = ModelVersion.objects.create(
+        name="tumor-net",
+        version="1.1",
+        task="tumor",
+        sha256="1" * 64,
+        structures=[0, 14],
+        card={},
+        folder="x",
+    )
+    chosen = LabDefaultModel.objects.create(lab=lab_a, task="tumor", model_version=model)
+    chosen.delete()
+
+    made = AuditEvent.objects.get(action=Action.MODEL_MADE_DEFAULT, lab_id=lab_a.pk)
+    removed = only(Action.MODEL_DEFAULT_REMOVED)
+    assert (made.lab_id, made.target_type, made.target_id, made.detail["task"]) == (
+        lab_a.pk,
+        "modelversion",
+        str(model.pk),
+        "tumor",
+    )
+    assert (removed.lab_id, removed.target_id) == (lab_a.pk, str(model.pk))
