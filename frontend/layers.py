@@ -5,9 +5,12 @@ Layer keys: ``ct``; ``pred-<prediction id>`` (labels), ``unc-<prediction id>`` (
 uint8 0-255); ``ann-<annotation id>`` (relabelled to canonical ids); ``consensus`` (label chosen by
 more than half of the scan's approved annotations: ``review.services.consensus_annotations``, the
 one meaning of consensus, shared with the review app's majority and STAPLE maps). Label layers are
-uint8 .nii.gz with the NIfTI label intent. Previews live under ``previews/scan_<id>/`` in storage
-and are made on first request; they never change because predictions and uploaded files are
-immutable, and a consensus is stored under the ids of the annotations it was made of.
+uint8 .nii.gz with the NIfTI label intent. Previews live under ``previews/scan_<id>/`` in storage,
+one per level (``first``: a small grid the viewer draws at once; ``preview``: the grid it refines to
+next); they are made by a worker when a scan, prediction or annotation is stored
+(``frontend/apps.py``, ``make_previews``), else on first request, and never change because
+predictions and uploaded files are immutable, and a consensus is stored under the ids of the
+annotations it was made of.
 """
 
 from __future__ import annotations
@@ -69,6 +72,29 @@ def preview_max_voxels() -> int:
     ``settings.LABSEG_PREVIEW_MAX_VOXELS``, 2.5 million by default (a 192x192x520 scan at half
     resolution per axis)."""
     return int(settings.LABSEG_PREVIEW_MAX_VOXELS)
+
+
+def first_max_voxels() -> int:
+    """Voxel budget of the first frame's grid (``settings.LABSEG_PREVIEW_FIRST_VOXELS``, 400 000 by
+    default): software WebGL draws it with its overlays in well under a second, and the viewer then
+    refines to the ``preview`` grid and, for scans up to ``LABSEG_VIEWER_AUTO_FULL_VOXELS``, to full
+    resolution."""
+    return min(int(settings.LABSEG_PREVIEW_FIRST_VOXELS), preview_max_voxels())
+
+
+#: The preview levels, coarsest first: what the viewer loads one after the other.
+LEVELS = ("first", "preview")
+
+
+def level_factor(scan: Scan, level: str) -> int:
+    budget = first_max_voxels() if level == "first" else preview_max_voxels()
+    return previews.preview_factor(scan.shape, max_voxels=budget)
+
+
+def auto_full(scan: Scan) -> bool:
+    """Whether the viewer refines to full resolution on its own, after the previews."""
+    voxels = int(np.prod([int(s) for s in scan.shape[:3]]))
+    return full_allowed(scan) and voxels <= int(settings.LABSEG_VIEWER_AUTO_FULL_VOXELS)
 
 
 def full_allowed(scan: Scan) -> bool:
@@ -226,9 +252,10 @@ def preview_name(scan: Scan, layer: Layer, factor: int) -> str:
     return f"previews/scan_{scan.pk}/{layer.stem}.f{factor}.nii.gz"
 
 
-def preview_file(scan: Scan, layer: Layer) -> str:
-    """Storage name of the layer's preview (made on first request)."""
-    factor = scan_factor(scan)
+def preview_file(scan: Scan, layer: Layer, level: str = "preview") -> str:
+    """Storage name of the layer's preview at ``level`` (``LEVELS``; made now unless stored)."""
+    factor = level_factor(scan, level)
+    budget = first_max_voxels() if level == "first" else preview_max_voxels()
     name = preview_name(scan, layer, factor)
 
     def make_one(source: Path, target: Path, relabel: Callable[[np.ndarray], np.ndarray] | None) -> None:
@@ -242,9 +269,20 @@ def preview_file(scan: Scan, layer: Layer) -> str:
                 label_intent=layer.kind == "annotation",
             )
         else:
-            previews.make_intensity_preview(source, target, max_voxels=preview_max_voxels())
+            previews.make_intensity_preview(source, target, max_voxels=budget)
 
     return _store_layer(name, layer, make_one)
+
+
+def make_previews(scan: Scan, keys: list[str]) -> list[str]:
+    """Store every level's preview of the layers ``keys`` of ``scan`` (the worker's job when a scan,
+    prediction or annotation is stored, so that no viewer waits for one); returns their names."""
+    names = []
+    for key in keys:
+        layer = resolve_layer(scan, key)
+        for level in LEVELS:
+            names.append(preview_file(scan, layer, level))
+    return names
 
 
 def parse_region(scan: Scan, text: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -389,6 +427,10 @@ def viewer_config(scan: Scan, predictions: list[Prediction]) -> dict[str, Any]:
         "shape": list(scan.shape)[:3],
         "spacingMm": list(scan.spacing_mm)[:3],
         "factor": scan_factor(scan),
+        # Loaded in this order, each replacing the last once drawn; then full resolution when
+        # autoFull (else on request, or by region).
+        "levels": [{"level": level, "factor": level_factor(scan, level)} for level in LEVELS],
+        "autoFull": auto_full(scan),
         "fullAllowed": full_allowed(scan),
         "sizeBytes": scan.size_bytes,
         "layers": layer_rows,

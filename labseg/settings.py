@@ -207,6 +207,10 @@ LABSEG_ANNOTATION_AFFINE_TOLERANCE_MM = env.float("LABSEG_ANNOTATION_AFFINE_TOLE
 LABSEG_SEGMENT_ON_UPLOAD = env.bool("LABSEG_SEGMENT_ON_UPLOAD", default=True)
 LABSEG_PREVIEW_MAX_BYTES = env.int("LABSEG_PREVIEW_MAX_BYTES", default=64 * 1024**2)
 LABSEG_PREVIEW_MAX_VOXELS = env.int("LABSEG_PREVIEW_MAX_VOXELS", default=2_500_000)
+# The viewer's first frame grid, and up to which size it refines to full resolution on its own
+# (frontend/layers.py).
+LABSEG_PREVIEW_FIRST_VOXELS = env.int("LABSEG_PREVIEW_FIRST_VOXELS", default=400_000)
+LABSEG_VIEWER_AUTO_FULL_VOXELS = env.int("LABSEG_VIEWER_AUTO_FULL_VOXELS", default=8_000_000)
 LABSEG_UPLOAD_CHUNK_BYTES = env.int("LABSEG_UPLOAD_CHUNK_BYTES", default=8 * 1024**2)
 # Background jobs (labseg/jobs.py): a running job's worker touches its heartbeat every
 # LABSEG_JOB_HEARTBEAT_S (at least 4 times per LABSEG_JOB_TIMEOUT_S); after LABSEG_JOB_LOST_AFTER_BEATS

@@ -10,8 +10,6 @@ app_name = "review"
 
 urlpatterns = [
     path("scans/<int:pk>/", views.scan_review, name="scan"),
-    path("scans/<int:pk>/ct.nii.gz", views.scan_volume, name="scan-volume"),
-    path("annotations/<int:pk>/labels.nii.gz", views.annotation_volume, name="annotation-volume"),
     path(
         "scans/<int:pk>/disagreement/<str:structure>.nii.gz",
         views.live_disagreement,

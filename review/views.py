@@ -1,5 +1,6 @@
-"""Pages of the review app: the per-scan review page and the study QC page, plus the volumes the
-review page's viewer loads. Every lookup is scoped to the signed-in user's labs."""
+"""Pages of the review app: the per-scan review page and the study QC page, plus the live
+disagreement map the review page's viewer loads (its CT and annotations are the viewer's previews,
+``frontend/layers.py``). Every lookup is scoped to the signed-in user's labs."""
 
 from __future__ import annotations
 
@@ -49,17 +50,23 @@ def scan_review(request: HttpRequest, pk: int) -> HttpResponse:
         }
         for i, a in enumerate(annotations)
     ]
+    # One viewer, one CT: the scan and every annotator come from the viewer's previews (the same
+    # grid, made when they were stored: frontend/layers.py), coarsest level first.
+    layer_url = "/".join(reverse("frontend:scan-layer", args=[scan.pk, "ct"]).split("/")[:-1])
     viewer_config = {
         "scan": scan.pk,
-        "scan_url": reverse("review:scan-volume", args=[scan.pk]),
+        "ct_url": f"{layer_url}/ct.nii.gz",
+        # The levels to refine through after the first frame (frontend's viewer.json says them).
+        "viewer_json": reverse("frontend:scan-viewer-config", args=[scan.pk]),
         "disagreement_url": reverse("review:live-disagreement", args=[scan.pk, "__structure__"]),
         "annotations": [
             {
                 "id": row["annotation"].pk,
                 "name": row["annotation"].annotator_name,
                 "colour": row["colour"],
-                "url": reverse("review:annotation-volume", args=[row["annotation"].pk]),
-                "values": row["values"],
+                "url": f"{layer_url}/ann-{row['annotation'].pk}.nii.gz",
+                # The layer is relabelled to canonical ids (frontend.layers.resolve_layer).
+                "ids": sorted(by_name(name).id for name in row["values"]),
             }
             for row in rows
         ],
@@ -77,20 +84,6 @@ def scan_review(request: HttpRequest, pk: int) -> HttpResponse:
         ),
     }
     return render(request, "review/scan_review.html", context)
-
-
-@require_GET
-@login_required
-def scan_volume(request: HttpRequest, pk: int) -> FileResponse:
-    scan = get_object_or_404(Scan.objects.visible_to(request.user), pk=pk)
-    return stored_file_response(scan.file.name, f"scan{scan.pk}.nii.gz", inline=True)
-
-
-@require_GET
-@login_required
-def annotation_volume(request: HttpRequest, pk: int) -> FileResponse:
-    annotation = get_object_or_404(Annotation.objects.visible_to(request.user), pk=pk)
-    return stored_file_response(annotation.file.name, f"annotation{annotation.pk}.nii.gz", inline=True)
 
 
 @require_GET
@@ -136,8 +129,11 @@ def study_qc(request: HttpRequest, pk: int) -> HttpResponse:
         for key in ("intersubject_percent", "interannotator_percent", "intraannotator_percent"):
             row[key + "_text"] = _percent(row[key])
     show_lab(request, study.lab)
+    groups = studies.dice_groups(study)
     context = {
         "study": study,
+        # Drawn as box plots in the browser (review/static/review/study_qc.js -> charts.js).
+        "dice": {"groups": groups, "labels": {name: by_name(name).display_name for name in groups}},
         "variability": variability,
         "model_comparisons": studies.compare_models(study),
     }

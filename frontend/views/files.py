@@ -34,7 +34,8 @@ def _nifti(name: str, filename: str) -> FileResponse:
 @require_GET
 @lab_page
 def layer(request: HttpRequest, lab: Lab, pk: int, key: str) -> HttpResponseBase:
-    """``?level=preview`` (default), ``?level=full``, ``?region=x,y,z`` (full resolution around a
+    """``?level=preview`` (default), ``?level=first`` (the coarser grid of the first frame),
+    ``?level=full``, ``?region=x,y,z`` (full resolution around a
     point in mm) or ``?download=1`` (the stored file as an attachment, any size). Refusals are
     JSON ``{"detail": message}``."""
     scan = _scan(request, lab, pk)
@@ -51,10 +52,13 @@ def layer(request: HttpRequest, lab: Lab, pk: int, key: str) -> HttpResponseBase
             response = _nifti(name, f"scan{scan.pk}_{key}_region.nii.gz")
             response["X-Labseg-Region"] = ",".join(map(str, (*start, *stop)))
             return response
-        if request.GET.get("level") == "full":
+        level = request.GET.get("level", "preview")
+        if level == "full":
             name = layers.full_file(scan, the_layer)
+        elif level in layers.LEVELS:
+            name = layers.preview_file(scan, the_layer, level)
         else:
-            name = layers.preview_file(scan, the_layer)
+            raise layers.LayerNotFoundError(f"unknown level {level!r}: first, preview or full")
     except Refused as error:
         return json_refusal(error)
     suffix = ".nii.gz" if name.endswith(".gz") else ".nii"

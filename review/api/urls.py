@@ -56,5 +56,5 @@ urlpatterns = [
     re_path(
         r"^studies/(?P<pk>\d+)/models\.csv$", views.StudyModelsCsvView.as_view(), name="study-models-csv"
     ),
-    re_path(r"^studies/(?P<pk>\d+)/qc\.png$", views.StudyQcPngView.as_view(), name="study-qc-png"),
+    re_path(r"^studies/(?P<pk>\d+)/dice\.json$", views.StudyDiceView.as_view(), name="study-dice"),
 ]

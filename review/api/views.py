@@ -21,7 +21,7 @@ from labseg.downloads import csv_response, stored_file_response
 from scans.models import Annotation, Scan, Study
 from segmentation.models import Prediction
 
-from .. import analysis, exchange, plots, services, studies
+from .. import analysis, exchange, services, studies
 from ..models import Agreement, Consensus, PredictionComparison, ReviewAnalysis
 from .serializers import (
     AgreementSerializer,
@@ -254,11 +254,12 @@ class StudyModelsCsvView(APIView):
         return csv_response(rows, studies.MODEL_COMPARISON_COLUMNS, f"study_{study.pk}_model_comparison.csv")
 
 
-class StudyQcPngView(APIView):
-    def get(self, request: Request, pk: int) -> HttpResponse:
-        study = _study(request, pk)
-        png = plots.dice_box_plot_png(studies.dice_groups(study), title=f"Dice per structure: {study.name}")
-        return HttpResponse(png, content_type="image/png")
+class StudyDiceView(APIView):
+    """Dice values per structure and group ("annotator vs annotator", "model vs annotator"): what
+    the study QC page draws as box plots in the browser (``charts.js``, the one charting path)."""
+
+    def get(self, request: Request, pk: int) -> Response:
+        return Response(studies.dice_groups(_study(request, pk)))
 
 
 class ScanAnnotations(generics.ListAPIView):

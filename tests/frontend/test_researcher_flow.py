@@ -160,12 +160,13 @@ def test_a_researcher_uploads_segments_views_and_downloads(
     assert page.evaluate("window.labsegViewer.errors") == []
     screenshot(page, "02-viewer")
 
-    # Overlays: annotator A in outline mode, the organ labels off, the uncertainty heatmap on, the
-    # liver hidden.
+    # Overlays: annotator A in outline mode (a band of its edge, frontend/static/frontend/js/outlines.js),
+    # the organ labels off, the uncertainty heatmap on, the liver hidden.
     page.locator("[data-kind=annotation] input[type=checkbox]").check()
     page.wait_for_function(
         "window.labsegViewer.config.layers.some(l => l.kind === 'annotation' && l.volume"
-        " && l.volume.hdr.intent_code === 1002)"
+        " && l.volume.labelsAsLoaded && l.volume.img.filter(Boolean).length"
+        " <= l.volume.labelsAsLoaded.filter(Boolean).length)"
     )
     organ_layer = page.locator("[data-kind=labels]").filter(has_text="Organs")
     organ_layer.locator("input[type=checkbox]").uncheck()

@@ -179,10 +179,10 @@ def test_another_lab_cannot_read_or_compute_agreement(tumor_scan, reviewer, othe
     assert client.post(f"/api/scans/{scan.pk}/consensus", {}, format="json").status_code == 404
     assert client.get(f"/api/scans/{scan.pk}/agreement").status_code == 404
     assert client.get(f"/api/studies/{scan.study.pk}/agreement.csv").status_code == 404
-    assert client.get(f"/api/studies/{scan.study.pk}/qc.png").status_code == 404
+    assert client.get(f"/api/studies/{scan.study.pk}/dice.json").status_code == 404
 
 
-def test_study_csvs_qc_picture_and_variability(lab, reviewer, tumor_scan):
+def test_study_csvs_dice_values_and_variability(lab, reviewer, tumor_scan):
     from tests.factories import StudyFactory
 
     study = StudyFactory(lab=lab)
@@ -206,7 +206,7 @@ def test_study_csvs_qc_picture_and_variability(lab, reviewer, tumor_scan):
             )
         )
     )
-    picture = client.get(f"/api/studies/{study.pk}/qc.png")
+    dice = client.get(f"/api/studies/{study.pk}/dice.json")
 
     kinds = {row["kind"] for row in agreement}
     assert kinds == {
@@ -224,8 +224,11 @@ def test_study_csvs_qc_picture_and_variability(lab, reviewer, tumor_scan):
     assert float(tumor["intersubject_percent"]) == pytest.approx(0.0, abs=1e-9)
     assert float(tumor["intraannotator_percent"]) == pytest.approx(0.0, abs=1e-9)
     assert 1.0 < float(tumor["interannotator_percent"]) < 40.0
-    assert picture.status_code == 200 and picture["Content-Type"] == "image/png"
-    assert picture.content[:8] == b"\x89PNG\r\n\x1a\n"
+    # The box plots' numbers: three annotators give three pairs per scan, the model one per annotator.
+    assert dice.status_code == 200
+    assert len(dice.json()["tumor"]["annotator vs annotator"]) == 9
+    assert len(dice.json()["tumor"]["model vs annotator"]) == 9
+    assert all(0.0 <= v <= 1.0 for values in dice.json()["tumor"].values() for v in values)
 
 
 def test_two_models_on_the_same_scans_get_a_wilcoxon_test(lab, reviewer, tumor_scan):

@@ -39,6 +39,22 @@ def session_cookie(user) -> str:  # type: ignore[no-untyped-def]
     return client.cookies[settings.SESSION_COOKIE_NAME].value
 
 
+def overlay_pixels(page):  # type: ignore[no-untyped-def]
+    """The overlay canvas as the screen shows it (RGB), after the next frame."""
+    import io
+
+    from PIL import Image
+
+    page.evaluate("new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)))")
+    return np.asarray(Image.open(io.BytesIO(page.locator("#overlay").screenshot())).convert("RGB"))
+
+
+def coloured(pixels) -> int:  # type: ignore[no-untyped-def]
+    """How many pixels are strongly coloured (the annotators' outlines; the CT is grey)."""
+    channels = pixels.astype(int)
+    return int(((channels.max(axis=2) - channels.min(axis=2)) > 80).sum())
+
+
 def walk_through_review(page, url: str) -> list[str]:  # type: ignore[no-untyped-def]
     """The reviewer's steps in the browser; returns the page's JavaScript errors."""
     errors: list[str] = []
@@ -49,10 +65,25 @@ def walk_through_review(page, url: str) -> list[str]:  # type: ignore[no-untyped
     for name in ("A", "B"):
         card = page.get_by_test_id(f"annotator-{name}")
         assert card.is_visible()
-        assert card.locator("canvas[data-loaded=true]").count() == 1
         assert card.locator("[data-role=status]").inner_text() == "Submitted"
+    # One viewer and one CT for every annotator, refined from the first preview level once idle.
+    assert page.locator("canvas").count() == 1
     assert page.locator("#overlay[data-loaded=true]").count() == 1
+    page.wait_for_function("window.labsegReview.settled", timeout=60_000)
+    assert page.evaluate("window.labsegReview.errors") == []
     page.screenshot(path=str(ARTIFACTS / "1_both_annotators.png"), full_page=True)
+
+    # Each annotator's outline can be switched off and on, and made thicker: the pixels follow.
+    both = overlay_pixels(page)
+    page.get_by_test_id("annotator-A").get_by_label("Shown in the viewer").uncheck()
+    page.wait_for_function("document.querySelector('#overlay').dataset.hidden !== ''")
+    without_a = overlay_pixels(page)
+    page.get_by_test_id("annotator-A").get_by_label("Shown in the viewer").check()
+    page.wait_for_function("document.querySelector('#overlay').dataset.hidden === ''")
+    assert np.array_equal(overlay_pixels(page), both) and not np.array_equal(without_a, both)
+    page.locator("#outline-width").fill("4")
+    page.wait_for_selector("#overlay[data-outline-width='4']")
+    assert coloured(overlay_pixels(page)) > coloured(both)  # a wider band of the annotators' colours
 
     page.get_by_label("Disagreement map").check()
     page.wait_for_selector("#overlay[data-disagreement=on]", timeout=30_000)

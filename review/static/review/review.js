@@ -1,56 +1,30 @@
-// Review page: every annotator's label map over the CT, side by side (filled) and overlaid
-// (outlines), the disagreement map on demand, and approve / reject with a note.
-// NiiVue is served by the frontend app as an ES module under /static/vendor/niivue/.
-import { Niivue } from "../vendor/niivue/niivue.js";
+// Review page: one NiiVue viewer, one CT: every annotator's label map outlined in their colour over
+// the scan, each switchable from its card, the outline width adjustable, the disagreement map on
+// demand, and approve / reject / undo with a note. The CT and the annotations come from the viewer's
+// previews (the same grid, made when they were stored), the coarsest level first for the first
+// frame, then the finer level once the page is idle; a full-resolution CT per annotator is never
+// loaded. NiiVue is served by the frontend app as an ES module under /static/vendor/niivue/.
+// window.labsegReview: firstFrameMs, level, settled (tests and bench/viewer.py read them).
+import { Niivue, NVImage } from "../vendor/niivue/niivue.js";
+import { DEFAULT_WIDTH, outline } from "../frontend/js/outlines.js";
 
 const config = JSON.parse(document.getElementById("review-config").textContent);
 const csrfToken = document.querySelector("input[name=csrfmiddlewaretoken]").value;
 const message = document.getElementById("review-message");
-const NIFTI_INTENT_LABEL = 1002;
+const hook = (window.labsegReview = { firstFrameMs: null, level: null, settled: false, errors: [] });
+const state = { level: "first", width: DEFAULT_WIDTH, hidden: new Set() };
 
 function rgb(hex) {
   const n = parseInt(hex.slice(1), 16);
   return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
 }
 
-// A label lookup table that paints every label value of this annotator in one colour, so the
-// outline colour says who drew it; ``alpha`` is the fill (0 = outline only).
-function annotatorLut(annotation, alpha) {
+// A label lookup table that paints every structure of this annotator in one colour, so the
+// outline's colour says who drew it (the layer holds canonical structure ids).
+function annotatorLut(annotation) {
   const [r, g, b] = rgb(annotation.colour);
-  const values = [...new Set(Object.values(annotation.values))].sort((x, y) => x - y);
-  return {
-    R: [0, ...values.map(() => r)],
-    G: [0, ...values.map(() => g)],
-    B: [0, ...values.map(() => b)],
-    A: [0, ...values.map(() => alpha)],
-    I: [0, ...values],
-  };
-}
-
-function asLabelMap(volume, annotation, alpha) {
-  volume.hdr.intent_code = NIFTI_INTENT_LABEL;
-  volume.setColormapLabel(annotatorLut(annotation, alpha));
-}
-
-async function viewer(canvas, sliceType) {
-  const nv = new Niivue({
-    backColor: [0, 0, 0, 1],
-    crosshairWidth: 0,
-    show3Dcrosshair: false,
-    isColorbar: false,
-    loadingText: "loading…",
-  });
-  await nv.attachToCanvas(canvas);
-  nv.setSliceType(sliceType);
-  return nv;
-}
-
-function ctVolume() {
-  return { url: config.scan_url, name: `scan${config.scan}.nii.gz`, colormap: "gray" };
-}
-
-function annotationVolume(a) {
-  return { url: a.url, name: `annotation${a.id}.nii.gz`, colormap: "gray", opacity: 1 };
+  const ids = annotation.ids;
+  return { R: [0, ...ids.map(() => r)], G: [0, ...ids.map(() => g)], B: [0, ...ids.map(() => b)], A: [0, ...ids.map(() => 255)], I: [0, ...ids] };
 }
 
 function say(text, kind = "info") {
@@ -61,27 +35,66 @@ function say(text, kind = "info") {
 
 let overlay = null;
 let disagreementVolume = null;
+const annotationVolumes = new Map(); // annotation id -> its volume at the level shown
 
-async function showSideBySide() {
-  for (const a of config.annotations) {
-    const canvas = document.getElementById(`viewer-${a.id}`);
-    const nv = await viewer(canvas, 1);
-    await nv.loadVolumes([ctVolume(), annotationVolume(a)]);
-    asLabelMap(nv.volumes[1], a, 255);
-    nv.setOpacity(1, 0.5); // the CT stays readable under the fill
-    nv.updateGLVolume();
-    canvas.dataset.loaded = "true";
-  }
+async function readAnnotation(a, level) {
+  const volume = await NVImage.loadFromUrl({ url: `${a.url}?level=${level}`, name: `ann-${a.id}.nii.gz`, opacity: state.hidden.has(a.id) ? 0 : 1 });
+  volume.setColormapLabel(annotatorLut(a));
+  return outline(volume, state.width);
 }
 
-async function showOverlay() {
-  const canvas = document.getElementById("overlay");
-  overlay = await viewer(canvas, 1);
-  await overlay.loadVolumes([ctVolume(), ...config.annotations.map(annotationVolume)]);
-  config.annotations.forEach((a, i) => asLabelMap(overlay.volumes[i + 1], a, 0));
-  overlay.setAtlasOutline(1);
+// Read the CT and every annotator at ``level`` apart from the scene, then swap them in at once.
+async function showLevel(level) {
+  const ct = NVImage.loadFromUrl({ url: `${config.ct_url}?level=${level}`, name: "ct.nii.gz", colormap: "gray" });
+  const volumes = await Promise.all([ct, ...config.annotations.map((a) => readAnnotation(a, level))]);
+  if (volumes[0].global_min <= -500) Object.assign(volumes[0], { cal_min: -160, cal_max: 240 }); // soft tissue, in HU
+  config.annotations.forEach((a, i) => annotationVolumes.set(a.id, volumes[i + 1]));
+  if (disagreementVolume) volumes.push(disagreementVolume);
+  overlay.volumes = volumes;
+  overlay.back = volumes[0];
+  overlay.overlays = volumes.slice(1);
   overlay.updateGLVolume();
+  state.level = hook.level = level;
+  await new Promise((resolve) => requestAnimationFrame(resolve));
+  document.getElementById("overlay").dataset.level = level;
+}
+
+async function startViewer() {
+  const canvas = document.getElementById("overlay");
+  overlay = new Niivue({ backColor: [0, 0, 0, 1], crosshairWidth: 0, show3Dcrosshair: false, isColorbar: false, loadingText: "", multiplanarShowRender: 0 });
+  await overlay.attachToCanvas(canvas);
+  overlay.setSliceType(1);
+  await showLevel("first");
+  hook.firstFrameMs = performance.now();
   canvas.dataset.loaded = "true";
+}
+
+// After the first frame, once idle: the finer preview level, where it is finer.
+async function refine() {
+  const response = await fetch(config.viewer_json, { headers: { Accept: "application/json" } });
+  const levels = response.ok ? (await response.json()).levels : [];
+  const finer = levels.slice(1).filter((l, i) => l.factor < levels[i].factor);
+  for (const l of finer) {
+    await new Promise((resolve) => (window.requestIdleCallback ?? setTimeout)(resolve, { timeout: 1000 }));
+    await showLevel(l.level);
+  }
+  hook.settled = true;
+  document.body.dataset.reviewSettled = "true";
+}
+
+function showAnnotator(id, shown) {
+  if (shown) state.hidden.delete(id);
+  else state.hidden.add(id);
+  const volume = annotationVolumes.get(id);
+  if (volume) overlay.setOpacity(overlay.volumes.indexOf(volume), shown ? 1 : 0);
+  document.getElementById("overlay").dataset.hidden = [...state.hidden].join(",");
+}
+
+async function setOutlineWidth(width) {
+  state.width = width;
+  await Promise.all([...annotationVolumes.values()].map((v) => outline(v, width)));
+  overlay.updateGLVolume();
+  document.getElementById("overlay").dataset.outlineWidth = String(width);
 }
 
 function structure() {
@@ -99,8 +112,8 @@ async function setDisagreement(on) {
   if (on && structure()) {
     const url = config.disagreement_url.replace("__structure__", structure());
     try {
-      const volume = await overlay.addVolumeFromUrl({ url, name: `disagreement_${structure()}.nii.gz`, colormap: "warm", opacity: 0.8, cal_min: 0.01, cal_max: 0.5 });
-      disagreementVolume = volume ?? overlay.volumes[overlay.volumes.length - 1];
+      disagreementVolume = await NVImage.loadFromUrl({ url, name: `disagreement_${structure()}.nii.gz`, colormap: "warm", opacity: 0.8, cal_min: 0.01, cal_max: 0.5 });
+      overlay.addVolume(disagreementVolume);
     } catch (error) {
       toggle.checked = false;
       say(`The disagreement map could not be loaded: ${error}`, "error");
@@ -175,15 +188,24 @@ function wireReviewForms() {
 async function main() {
   wireReviewForms();
   if (!config.annotations.length) return;
-  await showOverlay();
-  await showSideBySide();
+  await startViewer();
   document.getElementById("disagreement-toggle").addEventListener("change", (e) => setDisagreement(e.target.checked));
   document.getElementById("structure")?.addEventListener("change", () => {
     const toggle = document.getElementById("disagreement-toggle");
     if (toggle.checked) setDisagreement(true);
   });
   document.getElementById("slice-type").addEventListener("change", (e) => overlay.setSliceType(Number(e.target.value)));
+  const width = document.getElementById("outline-width");
+  width.value = String(state.width);
+  width.addEventListener("change", () => setOutlineWidth(Number(width.value)));
+  for (const box of document.querySelectorAll("[data-show-annotation]")) {
+    box.addEventListener("change", () => showAnnotator(Number(box.dataset.showAnnotation), box.checked));
+  }
   document.body.dataset.reviewReady = "true";
+  await refine();
 }
 
-main().catch((error) => say(`The viewer could not start: ${error}`, "error"));
+main().catch((error) => {
+  hook.errors.push(String(error));
+  say(`The viewer could not start: ${error}`, "error");
+});

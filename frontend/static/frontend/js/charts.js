@@ -146,4 +146,94 @@ export function barChart(container, bars, options = {}) {
   return svg;
 }
 
+/** The value at fraction q (0..1) of sorted values, interpolated linearly (numpy's default). */
+export function quantile(sorted, q) {
+  const at = (sorted.length - 1) * q;
+  const low = Math.floor(at);
+  const high = Math.ceil(at);
+  return sorted[low] + (sorted[high] - sorted[low]) * (at - low);
+}
+
+/** Tukey's box: quartiles, median, whiskers at the furthest values within 1.5 IQR, outliers. */
+export function tukey(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const [q1, median, q3] = [0.25, 0.5, 0.75].map((q) => quantile(sorted, q));
+  const iqr = q3 - q1;
+  const inside = sorted.filter((v) => v >= q1 - 1.5 * iqr && v <= q3 + 1.5 * iqr);
+  const low = inside[0];
+  const high = inside[inside.length - 1];
+  return { q1, median, q3, low, high, outliers: sorted.filter((v) => v < low || v > high) };
+}
+
+/**
+ * Box plots on a 0..1 axis (Dice): for each category (name, label), one box per group.
+ * data: {category: {group: [values]}}; groups: [{name, colour}]; options: {labels, yLabel, title}.
+ * The SVG is as wide as its categories need and scales to its container; the legend is HTML under
+ * it, so neither the title nor the legend can be clipped at any name length.
+ */
+export function boxPlot(container, data, groups, options = {}) {
+  container.replaceChildren();
+  container.classList.add("chart");
+  const categories = Object.keys(data);
+  if (!categories.length) {
+    const empty = document.createElement("p");
+    empty.className = "muted";
+    empty.textContent = options.empty ?? "No data yet.";
+    container.append(empty);
+    return null;
+  }
+  const perCategory = 40 + 36 * groups.length;
+  const m = { top: 12, right: 16, bottom: 40, left: 52 };
+  const width = m.left + m.right + perCategory * categories.length;
+  const height = options.height ?? 300;
+  const sy = (v) => m.top + (1 - v) * (height - m.top - m.bottom);
+  const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": options.title ?? "box plot", style: `max-width:${Math.max(width, 360)}px` });
+  const grid = el("g", { class: "grid" });
+  const axis = el("g", { class: "axis" });
+  for (const t of niceTicks(0, 1)) {
+    grid.append(el("line", { x1: m.left, x2: width - m.right, y1: sy(t), y2: sy(t) }));
+    axis.append(el("text", { x: m.left - 6, y: sy(t) + 4, "text-anchor": "end" }, fmt(t)));
+  }
+  axis.append(el("line", { x1: m.left, x2: m.left, y1: m.top, y2: height - m.bottom }));
+  if (options.yLabel) {
+    const mid = (m.top + height - m.bottom) / 2;
+    axis.append(el("text", { x: 12, y: mid, "text-anchor": "middle", transform: `rotate(-90 12 ${mid})` }, options.yLabel));
+  }
+  svg.append(grid, axis);
+  categories.forEach((category, c) => {
+    const x0 = m.left + c * perCategory + 20;
+    const label = options.labels?.[category] ?? category;
+    const name = el("text", { x: x0 + (perCategory - 40) / 2, y: height - m.bottom + 18, "text-anchor": "middle", class: "category" }, label);
+    name.append(el("title", {}, label));
+    svg.append(name);
+    groups.forEach((group, g) => {
+      const values = data[category][group.name] ?? [];
+      if (!values.length) return;
+      const b = tukey(values);
+      const x = x0 + g * 36;
+      const centre = x + 14;
+      const box = el("g", { class: "box", "data-category": category, "data-group": group.name, "data-median": b.median });
+      box.append(el("title", {}, `${label}, ${group.name}: median ${b.median.toFixed(3)} (n = ${values.length})`));
+      box.append(el("line", { x1: centre, x2: centre, y1: sy(b.high), y2: sy(b.q3), stroke: group.colour }));
+      box.append(el("line", { x1: centre, x2: centre, y1: sy(b.q1), y2: sy(b.low), stroke: group.colour }));
+      for (const w of [b.low, b.high]) box.append(el("line", { x1: centre - 7, x2: centre + 7, y1: sy(w), y2: sy(w), stroke: group.colour }));
+      box.append(el("rect", { x, y: sy(b.q3), width: 28, height: Math.max(1, sy(b.q1) - sy(b.q3)), fill: group.colour, "fill-opacity": 0.3, stroke: group.colour }));
+      box.append(el("line", { x1: x, x2: x + 28, y1: sy(b.median), y2: sy(b.median), stroke: group.colour, "stroke-width": 3 }));
+      for (const v of b.outliers) box.append(el("circle", { cx: centre, cy: sy(v), r: 2.5, fill: "none", stroke: group.colour }));
+      svg.append(box);
+    });
+  });
+  container.append(svg);
+  const legend = document.createElement("div");
+  legend.className = "legend";
+  for (const group of groups) {
+    const item = document.createElement("span");
+    item.innerHTML = `<span class="swatch" style="background:${group.colour}"></span>`;
+    item.append(document.createTextNode(group.name));
+    legend.append(item);
+  }
+  container.append(legend);
+  return svg;
+}
+
 export const PALETTE = ["#2f6feb", "#e8590c", "#2b8a3e", "#ae3ec9", "#c92a2a", "#1098ad", "#5c940d", "#862e9c"];

@@ -2,21 +2,26 @@
 // the canonical colours with per-structure toggles and opacity, annotations as outlines, consensus,
 // uncertainty heatmap, a crosshair readout, lesion markers and the side panel's charts.
 //
-// It opens on the server's preview (a few million voxels: software WebGL draws that in about a
-// second) and loads full resolution of the whole scan or of a region on request.
-// window.labsegViewer.firstFrameMs is the time from navigation to the first frame drawn with the
-// overlay (performance.now(), whose origin is the navigation start); tests and bench/viewer.py read it.
+// It opens progressively: the 2D planes first on the server's smallest preview (config.levels[0],
+// a few hundred thousand voxels that software WebGL draws at once), then each finer level replaces
+// the last once the page is idle, up to full resolution when config.autoFull (else full resolution
+// of the whole scan or of a region on request). The 3D render is drawn only on request (the 3D view,
+// or the "3D tile" button): without a GPU it blocks the page for seconds.
+// window.labsegViewer: firstFrameMs (performance.now() when the code first drew the scan with its
+// overlay), level (the level shown), settled (the progressive load ended); tests and
+// bench/viewer.py read them (the bench also times the frame as the screen shows it).
 import { Niivue, NVImage, NVImageFromUrlOptions, SLICE_TYPE, cmapper } from "../../vendor/niivue/niivue.js";
 import { barChart } from "./charts.js";
+import { DEFAULT_WIDTH, outline } from "./outlines.js";
 
 const config = JSON.parse(document.getElementById("viewer-config").textContent);
 const structures = config.structures;
 const byId = new Map(structures.map((s) => [s.id, s]));
 const byName = new Map(structures.map((s) => [s.name, s]));
 const hidden = new Set(); // structure ids switched off
-const state = { level: "preview", region: null, window: config.defaultWindow, loaded: new Map() };
+const state = { level: config.levels[0].level, region: null, window: config.defaultWindow, outlineWidth: DEFAULT_WIDTH };
 const status = document.getElementById("viewer-status");
-const hook = (window.labsegViewer = { firstFrameMs: null, errors: [], level: "preview", config });
+const hook = (window.labsegViewer = { firstFrameMs: null, errors: [], level: null, levels: [], settled: false, renderShown: false, config });
 
 const LABEL_KINDS = new Set(["labels", "annotation", "consensus"]);
 const DEFAULT_ON = new Set(["ct", "labels"]);
@@ -56,13 +61,12 @@ function labelLut(alpha = 255) {
 
 function layerUrl(layer) {
   if (state.region) return `${layer.url}?region=${state.region.map((v) => v.toFixed(2)).join(",")}`;
-  return state.level === "full" ? `${layer.url}?level=full` : layer.url;
+  return `${layer.url}?level=${state.level}`;
 }
 
 function volumeOptions(layer, visible) {
   const opacity = visible ? (layer.kind === "ct" ? 1 : (layer.opacity ?? DEFAULT_OPACITY[layer.kind])) : 0;
   const options = { url: layerUrl(layer), name: `${layer.key}.nii.gz`, opacity };
-  pendingByUrl.set(options.url, layer);
   if (layer.kind === "ct") {
     const w = config.windows[state.window];
     options.colormap = "gray";
@@ -75,20 +79,26 @@ function volumeOptions(layer, visible) {
   return options;
 }
 
-// NiiVue's URL loader ignores a colormapLabel option, so each volume gets its lookup table in the
-// hook NiiVue calls between reading a file and adding it to the scene (no second texture pass).
-// Predictions and the consensus are filled; each annotator is drawn as outlines: NiiVue outlines
-// volumes with the NIfTI label intent (1002) when atlasOutline is set, so only annotations keep it.
-const pendingByUrl = new Map();
-nv.onVolumeAddedFromUrl = (options, volume) => {
-  const layer = pendingByUrl.get(options.url);
-  if (!layer) return;
-  pendingByUrl.delete(options.url);
-  layer.volume = volume;
+// Each volume is read apart from the scene (NVImage.loadFromUrl ignores a colormapLabel option),
+// given its lookup table, and joins the scene only when every volume of its level is ready, so a
+// finer level replaces the coarser one without a blank frame. Predictions and the consensus are
+// filled; each annotator is drawn as a band of DEFAULT_WIDTH voxels (outlines.js, width control).
+async function readVolume(layer, visible) {
+  const volume = await NVImage.loadFromUrl(volumeOptions(layer, visible));
   if (LABEL_KINDS.has(layer.kind)) volume.colormapLabel = labelLut();
-  if (layer.kind === "annotation") volume.hdr.intent_code = 1002;
+  if (layer.kind === "annotation") await outline(volume, state.outlineWidth);
   else if (volume.hdr.intent_code === 1002) volume.hdr.intent_code = 0;
-};
+  return volume;
+}
+
+async function setOutlineWidth(width) {
+  state.outlineWidth = width;
+  const annotations = config.layers.filter((l) => l.kind === "annotation" && l.volume);
+  await Promise.all(annotations.map((l) => outline(l.volume, width)));
+  nv.updateGLVolume();
+  await frameDrawn();
+  document.body.dataset.outlineWidth = String(width);
+}
 
 function layerOf(key) {
   return config.layers.find((l) => l.key === key);
@@ -98,25 +108,52 @@ function visibleLayers() {
   return config.layers.filter((l) => l.visible);
 }
 
-async function loadAll() {
-  // One loadVolumes call fetches the CT and every visible overlay in parallel.
+async function loadAll({ quiet = false } = {}) {
+  // The CT and every visible overlay are fetched and read in parallel, then swapped in at once.
   const wanted = visibleLayers();
   const t0 = performance.now();
-  setStatus(state.region ? "Loading full resolution of the region…" : state.level === "full" ? "Loading full resolution…" : "Loading preview…");
+  if (!quiet) setStatus(state.region ? "Loading full resolution of the region…" : state.level === "full" ? "Loading full resolution…" : "Loading…");
+  const volumes = await Promise.all(wanted.map((layer) => readVolume(layer, true)));
   for (const layer of config.layers) layer.volume = null;
-  nv.opts.multiplanarShowRender = 0; // SHOW_RENDER.NEVER until the slices are on screen
-  await nv.loadVolumes(wanted.map((layer) => volumeOptions(layer, true)));
+  wanted.forEach((layer, i) => (layer.volume = volumes[i]));
+  nv.volumes = volumes;
+  nv.back = volumes[0];
+  nv.overlays = volumes.slice(1);
+  nv.updateGLVolume();
+  if (state.window) setWindow(state.window);
   await frameDrawn();
   hook.level = state.region ? "region" : state.level;
+  hook.levels.push(hook.level);
   hook.lastLoadMs = performance.now() - t0;
   describeResolution();
-  setStatus("");
+  if (!quiet) setStatus("");
+  document.body.dataset.level = hook.level;
 }
 
 function frameDrawn() {
+  // No gl.finish(): it would hold the main thread until software WebGL has drawn.
   nv.drawScene();
-  nv.gl.finish();
+  if (hook.firstFrameMs) nv.createOnLocationChange(); // the readout follows layers and levels
   return new Promise((resolve) => requestAnimationFrame(() => resolve(performance.now())));
+}
+
+function idle() {
+  return new Promise((resolve) => (window.requestIdleCallback ?? setTimeout)(() => resolve(), { timeout: 1000 }));
+}
+
+// After the first frame: each finer preview level, then full resolution when config.autoFull, each
+// once the page is idle; a level the researcher chose meanwhile (region, whole scan) stops it.
+async function refine() {
+  const steps = config.levels.slice(1).filter((l, i) => l.factor < config.levels[i].factor).map((l) => l.level);
+  if (config.autoFull && config.factor > 1) steps.push("full");
+  for (const level of steps) {
+    await idle();
+    if (state.manual) break;
+    state.level = level;
+    await loadAll({ quiet: true });
+  }
+  hook.settled = true;
+  document.body.dataset.settled = "1";
 }
 
 async function showLayer(layer, visible) {
@@ -126,7 +163,8 @@ async function showLayer(layer, visible) {
     nv.setOpacity(index, visible ? (layer.opacity ?? DEFAULT_OPACITY[layer.kind]) : 0);
   } else if (visible) {
     setStatus(`Loading ${layer.title}…`);
-    await nv.addVolumeFromUrl(volumeOptions(layer, true));
+    layer.volume = await readVolume(layer, true);
+    nv.addVolume(layer.volume);
     setStatus("");
   }
   await frameDrawn();
@@ -160,6 +198,7 @@ function setWindow(key) {
 const VIEWS = { multiplanar: SLICE_TYPE.MULTIPLANAR, axial: SLICE_TYPE.AXIAL, coronal: SLICE_TYPE.CORONAL, sagittal: SLICE_TYPE.SAGITTAL, render: SLICE_TYPE.RENDER };
 
 function setView(key) {
+  if (key === "render") hook.renderShown = true; // the 3D render, on request only
   nv.setSliceType(VIEWS[key]);
   for (const button of document.querySelectorAll("[data-view]")) button.setAttribute("aria-pressed", String(button.dataset.view === key));
 }
@@ -168,6 +207,7 @@ function setView(key) {
 const SLICE_AXIS = { axial: [0, 0, 1], coronal: [0, 1, 0], sagittal: [1, 0, 0], multiplanar: [0, 0, 1], render: [0, 0, 1] };
 const VIEW_KEYS = { a: "axial", c: "coronal", s: "sagittal", m: "multiplanar", r: "render" };
 const LAYER_KEYS = { o: "labels", u: "uncertainty", n: "annotation" };
+const OUTLINE_WIDTHS = [1, 2, 3, 4];
 
 function currentView() {
   return document.querySelector("[data-view][aria-pressed=true]")?.dataset.view ?? "multiplanar";
@@ -191,7 +231,8 @@ async function toggleKind(kind) {
 }
 
 function onKey(event) {
-  if (event.target.closest("input, textarea, select") || event.ctrlKey || event.metaKey || event.altKey) return;
+  // Typing or a slider keeps its keys; a ticked checkbox does not (a layer toggled, then a key).
+  if (event.target.closest("input:not([type=checkbox]), textarea, select") || event.ctrlKey || event.metaKey || event.altKey) return;
   const key = event.key;
   const windows = Object.keys(config.windows);
   let handled = true;
@@ -202,9 +243,18 @@ function onKey(event) {
   else if (/^[1-9]$/.test(key) && windows[Number(key) - 1]) setWindow(windows[Number(key) - 1]);
   else if (VIEW_KEYS[key.toLowerCase()]) setView(VIEW_KEYS[key.toLowerCase()]);
   else if (LAYER_KEYS[key.toLowerCase()]) toggleKind(LAYER_KEYS[key.toLowerCase()]);
+  else if (key === "t") toggleRenderTile();
+  else if (key === "[" || key === "]") stepOutlineWidth(key === "]" ? 1 : -1);
   else if (key === "?" || key === "h") toggleHelp();
   else handled = false;
   if (handled) event.preventDefault();
+}
+
+function stepOutlineWidth(step) {
+  const slider = document.getElementById("outline-width");
+  const width = Math.min(OUTLINE_WIDTHS.at(-1), Math.max(OUTLINE_WIDTHS[0], state.outlineWidth + step));
+  slider.value = String(width);
+  setOutlineWidth(width);
 }
 
 function toggleHelp() {
@@ -223,9 +273,10 @@ function describeResolution() {
   } else if (state.level === "full" || config.factor === 1) {
     text.textContent = "Full resolution";
   } else {
-    text.textContent = `Preview (1 voxel per ${config.factor}³)`;
+    const factor = config.levels.find((l) => l.level === state.level)?.factor ?? config.factor;
+    text.textContent = factor > 1 ? `Preview (1 voxel per ${factor}³)` : "Full resolution";
   }
-  const isPreview = !state.region && state.level === "preview" && config.factor > 1;
+  const isPreview = !state.region && state.level !== "full" && config.factor > 1;
   full.hidden = !(isPreview && config.fullAllowed);
   region.hidden = !(config.factor > 1) || Boolean(state.region);
   whole.hidden = !(state.region || (state.level === "full" && config.factor > 1));
@@ -249,7 +300,7 @@ function onLocation(location) {
   const found = structureAt(location);
   const uncertainty = config.layers.find((l) => l.kind === "uncertainty" && l.volume && l.visible);
   const parts = [
-    `CT ${Number.isFinite(value) ? value.toFixed(0) : "–"}${state.level === "preview" && !state.region && config.factor > 1 ? " (preview mean)" : ""}`,
+    `CT ${Number.isFinite(value) ? value.toFixed(0) : "–"}${state.level !== "full" && !state.region && config.factor > 1 ? " (preview mean)" : ""}`,
     found ? `${found.structure.display_name} (${found.layer.title})` : "no structure",
     `x ${x.toFixed(2)} y ${y.toFixed(2)} z ${z.toFixed(2)} mm`,
   ];
@@ -383,22 +434,23 @@ function buildLesionPanel() {
   container.append(table);
 }
 
-// The 3D render joins the multiplanar view once the slices are on screen, and only for volumes of
-// preview size: without a GPU, ray-casting a full-resolution scan on every redraw takes seconds.
-const RENDER_TILE_MAX_VOXELS = 4e6;
-function showRenderTile() {
-  const dims = nv.back?.hdr?.dims;
-  if (!dims || dims[1] * dims[2] * dims[3] > RENDER_TILE_MAX_VOXELS) return;
-  nv.opts.multiplanarShowRender = 2; // SHOW_RENDER.AUTO: in the free tile
-  nv.drawScene();
+// The 3D render joins the multiplanar view only on request (button or T): without a GPU,
+// ray-casting on every redraw blocks the page (2.7 s at the first frame, measured in issue 21).
+async function toggleRenderTile() {
+  const on = nv.opts.multiplanarShowRender !== 2;
+  nv.opts.multiplanarShowRender = on ? 2 : 0; // SHOW_RENDER.AUTO (the free tile) or NEVER
+  if (on) hook.renderShown = true;
+  document.getElementById("render-tile").setAttribute("aria-pressed", String(on));
+  await frameDrawn();
+  document.body.dataset.renderTile = on ? "on" : "off";
 }
 
 async function reload(level, region) {
   state.level = level;
   state.region = region;
+  state.manual = true; // the researcher chose: the progressive load stops here
   try {
     await loadAll();
-    showRenderTile();
   } catch (error) {
     setStatus(`Could not load the volumes: ${error.message}`);
     hook.errors.push(String(error));
@@ -412,6 +464,10 @@ function wireToolbar() {
   document.getElementById("region-res").addEventListener("click", () => reload("full", state.crosshairMm ?? null));
   document.getElementById("whole-scan").addEventListener("click", () => reload("preview", null));
   document.getElementById("keys-button").addEventListener("click", toggleHelp);
+  document.getElementById("render-tile").addEventListener("click", toggleRenderTile);
+  const width = document.getElementById("outline-width");
+  width.value = String(state.outlineWidth);
+  width.addEventListener("change", () => setOutlineWidth(Number(width.value)));
   document.addEventListener("keydown", onKey);
 }
 
@@ -495,7 +551,11 @@ async function addFinishedRun(job) {
   buildMetastasisPanel();
   buildLesionPanel();
   renderVolumes(fresh.volumes);
-  for (const layer of added) if (layer.visible) await nv.addVolumeFromUrl(volumeOptions(layer, true));
+  for (const layer of added) {
+    if (!layer.visible) continue;
+    layer.volume = await readVolume(layer, true);
+    nv.addVolume(layer.volume);
+  }
   await frameDrawn();
   hook.overlayDrawn = config.layers.some((l) => l.kind === "labels" && l.volume);
   document.body.dataset.overlaysUpdated = String(Date.now());
@@ -685,10 +745,15 @@ async function main() {
   }
   hook.firstFrameMs = performance.now();
   hook.overlayDrawn = config.layers.some((l) => l.kind === "labels" && l.volume);
-  showRenderTile();
   buildLesionPanel();
   nv.createOnLocationChange();
   document.body.dataset.viewerReady = "1";
+  try {
+    await refine();
+  } catch (error) {
+    setStatus(`Could not load the finer levels: ${error.message}`);
+    hook.errors.push(String(error));
+  }
 }
 
 main();
