@@ -57,7 +57,10 @@ def test_a_database_of_the_previous_migrations_keeps_its_labs_members_and_permis
 
     new = migrate(latest())
 
-    assert table_names() == tables_before  # no table made, renamed or dropped
+    # Nothing renamed or dropped; the move made no table (Lab and Membership keep scans_lab and
+    # scans_membership). Tables of models added since (tokens, audit, ...) are new, as they should be.
+    assert tables_before <= table_names()
+    assert not (table_names() - tables_before) & {"labs_lab", "labs_membership"}
     lab_model = new.get_model("labs", "Lab")
     moved = lab_model.objects.get(name="Imaging lab")
     assert moved.pk == lab.pk
