@@ -6,13 +6,21 @@ never holds the file in memory either), and prints MB/s (file bytes / seconds un
 answer, validation and storage included) and the server's peak resident memory (VmHWM) after
 each upload. Flat memory means the peak after 500 MB is about the peak after 50 MB.
 
-Usage: ``DATABASE_URL=postgres://postgres@127.0.0.1:5432/labseg_bench .venv/bin/python bench/upload.py``
-(the database is created when missing and emptied first; segmentation on upload is switched off).
+``--storage s3`` measures the resumable upload instead (``POST /api/uploads/``, 8 MiB chunks with
+``PUT``, ``complete``: the parts assembled on the web host, checked, then streamed to the bucket in
+parts) twice per file: on local storage and on S3, an S3 server over HTTP on loopback (moto's
+server, ``tests/s3.py``) with no local media folder. MB/s counts from the first request to the 201
+of ``complete``; ``complete`` alone (sha256, checks, storing) is printed beside it.
+
+Usage: ``DATABASE_URL=postgres://postgres@127.0.0.1:5432/labseg_bench .venv/bin/python bench/upload.py
+[--storage s3]`` (the database is created when missing and emptied first; segmentation on upload is
+switched off).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import http.client
 import json
 import os
@@ -31,9 +39,12 @@ import nibabel as nib
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: tests/s3.py is importable
 OUT = REPO / "bench" / "out"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/labseg_bench"
 PIECE_BYTES = 1024**2
+#: The browser's resumable chunk size (LABSEG_UPLOAD_CHUNK_BYTES).
+CHUNK_BYTES = 8 * 1024**2
 #: (label, grid) of int16 volumes: 320x320x256 = 52 MB, 640x640x640 = 524 MB.
 SIZES = [("50 MB", (320, 320, 256)), ("500 MB", (640, 640, 640))]
 
@@ -140,6 +151,67 @@ def upload(port: int, token: str, path: Path, mouse: str) -> tuple[float, dict]:
     return seconds, answer
 
 
+def _request(
+    port: int, token: str, method: str, url: str, body: bytes, content_type: str, **headers: str
+) -> dict:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    connection.request(
+        method,
+        url,
+        body=body,
+        headers={"Content-Type": content_type, "Authorization": f"Token {token}", **headers},
+    )
+    response = connection.getresponse()
+    answer = json.loads(response.read() or b"{}")
+    connection.close()
+    if response.status not in (200, 201):
+        raise RuntimeError(f"{method} {url} answered {response.status}: {answer}")
+    return answer
+
+
+def resumable_upload(port: int, token: str, path: Path, mouse: str) -> tuple[float, float, dict]:
+    """Create, send the file in 8 MiB chunks (hashed by the client on the way), complete: the total
+    seconds, the seconds of ``complete`` alone, and the scan's JSON."""
+    size = path.stat().st_size
+    started = time.perf_counter()
+    created = _request(
+        port,
+        token,
+        "POST",
+        "/api/uploads/",
+        json.dumps({"filename": path.name, "size_bytes": size}).encode(),
+        "application/json",
+    )
+    hasher = hashlib.sha256()
+    with path.open("rb") as source:
+        start = 0
+        while chunk := source.read(CHUNK_BYTES):
+            hasher.update(chunk)
+            end = start + len(chunk) - 1
+            _request(
+                port,
+                token,
+                "PUT",
+                f"/api/uploads/{created['id']}/",
+                chunk,
+                "application/octet-stream",
+                **{"Content-Range": f"bytes {start}-{end}/{size}"},
+            )
+            start = end + 1
+    fields = {"sha256": hasher.hexdigest(), "study": "Bench", "mouse": mouse, "time_point": "0h"}
+    completing = time.perf_counter()
+    answer = _request(
+        port,
+        token,
+        "POST",
+        f"/api/uploads/{created['id']}/complete/",
+        json.dumps(fields).encode(),
+        "application/json",
+    )
+    done = time.perf_counter()
+    return done - started, done - completing, answer
+
+
 def wait_for(port: int, process: subprocess.Popen) -> None:
     for _ in range(100):
         if process.poll() is not None:
@@ -152,17 +224,123 @@ def wait_for(port: int, process: subprocess.Popen) -> None:
     raise RuntimeError("the server did not start")
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def prepare(env: dict[str, str]) -> str:
+    """Migrate and empty the database, create the bench user; its API token."""
+    manage("migrate", "--noinput", env=env)
+    manage("flush", "--noinput", env=env)
+    manage(
+        "add_lab_member",
+        "--lab",
+        "Bench lab",
+        "--user",
+        "bench",
+        "--create-user",
+        "--password",
+        "bench-pass-1",
+        env=env,
+    )
+    return manage("create_api_token", "bench", env=env).split()[-1]
+
+
+def start_server(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+    wait_for(port, server)
+    return server
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def bench_multipart(files: list[tuple[str, Path]], env: dict[str, str], port: int) -> None:
+    """The plain upload (``POST /api/scans/``) on the storage ``env`` names."""
+    token = prepare(env)
+    server_log = OUT / "upload-server.log"
+    server = start_server(port, env, server_log)
+    try:
+        print(f"server pid {server.pid}: peak RSS {peak_rss_mib(server.pid):.0f} MiB before any upload")
+        for index, (label, path) in enumerate(files):
+            size_mb = path.stat().st_size / 1e6
+            cpu_before = cpu_seconds(server.pid)
+            seconds, answer = upload(port, token, path, mouse=f"B{index:02d}")
+            cpu_used = cpu_seconds(server.pid) - cpu_before
+            grid = "x".join(map(str, answer["shape"]))
+            print(
+                f"{label:>6} ({size_mb:.0f} MB, grid {grid}): {size_mb / seconds:.0f} MB/s ({seconds:.2f} s), "  # noqa: E501
+                f"server peak RSS {peak_rss_mib(server.pid):.0f} MiB"
+            )
+            checks = [line for line in server_log.read_text().splitlines() if "data checked" in line]
+            print(f"        server: {checks[-1].split(': ', 1)[-1] if checks else 'no log line'}")
+            print(
+                f"        server CPU {cpu_used:.2f} s for this upload ({size_mb / cpu_used:.0f} MB per CPU "
+                f"second); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+            )
+    finally:
+        stop_server(server)
+
+
+def bench_resumable(
+    files: list[tuple[str, Path]], env: dict[str, str], port: int, storage: str, s3_pid: int | None = None
+) -> None:
+    """The resumable upload on the storage ``env`` names, one fresh web process per storage."""
+    token = prepare(env)
+    server = start_server(port, env, OUT / f"upload-server-{storage}.log")
+    try:
+        print(
+            f"[{storage}] web pid {server.pid}: peak RSS {peak_rss_mib(server.pid):.0f} MiB before any upload"
+        )
+        for index, (label, path) in enumerate(files):
+            size_mb = path.stat().st_size / 1e6
+            cpu_before = cpu_seconds(server.pid)
+            s3_cpu_before = cpu_seconds(s3_pid) if s3_pid else 0.0
+            client_cpu_before = time.process_time()
+            seconds, completing, _answer = resumable_upload(port, token, path, mouse=f"R{index:02d}")
+            cpu_used = cpu_seconds(server.pid) - cpu_before
+            client_cpu = time.process_time() - client_cpu_before
+            extra = f", S3 server peak RSS {peak_rss_mib(s3_pid):.0f} MiB" if s3_pid else ""
+            print(
+                f"[{storage}] {label:>6} resumable ({size_mb:.0f} MB): {size_mb / seconds:.0f} MB/s "
+                f"({seconds:.2f} s, of which complete {completing:.2f} s), web peak RSS "
+                f"{peak_rss_mib(server.pid):.0f} MiB{extra}"
+            )
+            s3_cpu = f", S3 server {cpu_seconds(s3_pid) - s3_cpu_before:.2f} s" if s3_pid else ""
+            print(
+                f"        CPU seconds: web {cpu_used:.2f} s ({size_mb / cpu_used:.0f} MB per CPU second)"
+                f"{s3_cpu}, client {client_cpu:.2f} s; load average {os.getloadavg()[0]:.1f} on "
+                f"{os.cpu_count()} cores"
+            )
+    finally:
+        stop_server(server)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0, help="Server port (default: a free one).")
     parser.add_argument(
+        "--storage",
+        choices=("local", "s3"),
+        default="local",
+        help="local: the plain upload on local storage; s3: the resumable upload on local storage and "
+        "on an S3 server over HTTP (moto, loopback), side by side.",
+    )
+    parser.add_argument(
         "--keep-files", action="store_true", help="Keep the generated NIfTI files in bench/out."
     )
     args = parser.parse_args()
-    if not args.port:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            args.port = probe.getsockname()[1]
+    port = args.port or free_port()
 
     OUT.mkdir(parents=True, exist_ok=True)
     files = [
@@ -181,50 +359,28 @@ def main() -> None:
         "LABSEG_LOG_LEVEL": "INFO",
         "DJANGO_DEBUG": "true",
     }
-    manage("migrate", "--noinput", env=env)
-    manage("flush", "--noinput", env=env)
-    manage(
-        "add_lab_member",
-        "--lab",
-        "Bench lab",
-        "--user",
-        "bench",
-        "--create-user",
-        "--password",
-        "bench-pass-1",
-        env=env,
-    )
-    token = manage("drf_create_token", "bench", env=env).split()[2]
-    server_log = OUT / "upload-server.log"
-    server = subprocess.Popen(
-        [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{args.port}"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=server_log.open("wb"),
-    )
     try:
-        wait_for(args.port, server)
-        print(f"server pid {server.pid}: peak RSS {peak_rss_mib(server.pid):.0f} MiB before any upload")
-        for index, (label, path) in enumerate(files):
-            size_mb = path.stat().st_size / 1e6
-            cpu_before = cpu_seconds(server.pid)
-            seconds, answer = upload(args.port, token, path, mouse=f"B{index:02d}")
-            cpu_used = cpu_seconds(server.pid) - cpu_before
-            grid = "x".join(map(str, answer["shape"]))
+        if args.storage == "local":
+            bench_multipart(files, env, port)
+            return
+        from tests.s3 import S3Server
+
+        bench_resumable(files, env, port, "local")
+        server = S3Server(var_dir / "s3").start()
+        try:
+            bucket = server.new_bucket("bench")
+            # No local media folder: MEDIA_ROOT lies under a plain file.
+            (var_dir / "not-a-folder").write_text("")
+            s3_env = {**env, **bucket.env, "LABSEG_MEDIA_ROOT": str(var_dir / "not-a-folder" / "media")}
+            assert server.process is not None
+            bench_resumable(files, s3_env, port, "s3", s3_pid=server.process.pid)
             print(
-                f"{label:>6} ({size_mb:.0f} MB, grid {grid}): {size_mb / seconds:.0f} MB/s ({seconds:.2f} s), "  # noqa: E501
-                f"server peak RSS {peak_rss_mib(server.pid):.0f} MiB"
+                f"[s3] objects in the bucket: {len(bucket.object_names())}; media folder made: "
+                f"{(var_dir / 'not-a-folder' / 'media').exists()}"
             )
-            checks = [line for line in server_log.read_text().splitlines() if "data checked" in line]
-            print(f"        server: {checks[-1].split(': ', 1)[-1] if checks else 'no log line'}")
-            print(
-                f"        server CPU {cpu_used:.2f} s for this upload ({size_mb / cpu_used:.0f} MB per CPU "
-                f"second); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
-            )
+        finally:
+            server.stop()
     finally:
-        server.terminate()
-        server.wait(timeout=30)
         shutil.rmtree(var_dir, ignore_errors=True)
         if not args.keep_files:
             for _, path in files:
