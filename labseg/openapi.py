@@ -490,3 +490,108 @@ describe(
     "review.api.views.ItksnapLabels",
     get=extend_schema(responses=_text("text/plain", "ITK-SNAP label description file.")),
 )
+
+
+# --------------------------------------------------------------------------------------------
+# The bin of mice and studies (scans/api/bin.py)
+# --------------------------------------------------------------------------------------------
+
+_object = OpenApiResponse(OpenApiTypes.OBJECT, description="The row as JSON.")
+_objects = OpenApiResponse(
+    inline_serializer("BinRow", {"id": serializers.IntegerField()}, many=True),
+    description="The rows in the bin of your labs, newest first.",
+)
+
+describe("scans.api.bin.BinMice", "scans.api.bin.BinStudies", get=extend_schema(responses=_objects))
+describe(
+    "scans.api.bin.MouseRestore",
+    "scans.api.bin.StudyRestore",
+    post=extend_schema(request=None, responses=_object),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# retraining (retraining/api/views.py)
+# --------------------------------------------------------------------------------------------
+
+describe(
+    "retraining.api.views.TrainingSets",
+    get=extend_schema(
+        operation_id="training_sets_list",
+        responses=OpenApiResponse(
+            inline_serializer("TrainingSetRow", {"id": serializers.IntegerField()}, many=True),
+            description="The training sets of your labs.",
+        ),
+    ),
+    post=extend_schema(
+        request=inline_serializer(
+            "TrainingSetRequest",
+            {
+                "name": serializers.CharField(),
+                "task": serializers.CharField(),
+                "study": serializers.IntegerField(required=False),
+                "lab": serializers.IntegerField(required=False),
+                "validation_fraction": serializers.FloatField(required=False),
+                "seed": serializers.IntegerField(required=False),
+            },
+        ),
+        responses={201: _object},
+    ),
+)
+describe(
+    "retraining.api.views.TrainingSetDetail",
+    "retraining.api.views.TrainingJobDetail",
+    "retraining.api.views.LabModels",
+    get=extend_schema(responses=_object),
+)
+describe(
+    "retraining.api.views.Train",
+    post=extend_schema(
+        request=inline_serializer(
+            "TrainRequest",
+            {
+                "epochs": serializers.IntegerField(required=False),
+                "steps_per_epoch": serializers.IntegerField(required=False),
+                "learning_rate": serializers.FloatField(required=False),
+                "minutes": serializers.FloatField(required=False),
+                "from_scratch": serializers.BooleanField(required=False),
+            },
+        ),
+        responses={202: _object},
+    ),
+)
+describe("retraining.api.views.CancelTraining", post=extend_schema(request=None, responses=_object))
+describe(
+    "retraining.api.views.RollBack",
+    post=extend_schema(
+        request=inline_serializer("RollBackRequest", {"reason": serializers.CharField()}),
+        responses={201: _object},
+    ),
+)
+describe(
+    "retraining.api.views.Promote",
+    post=extend_schema(
+        request=inline_serializer(
+            "PromotionRequest",
+            {"reason": serializers.CharField(), "lab": serializers.IntegerField(required=False)},
+        ),
+        responses={201: _object},
+    ),
+)
+describe(
+    "retraining.api.views.Rerun",
+    post=extend_schema(
+        request=inline_serializer("RerunRequest", {"task": serializers.CharField(required=False)}),
+        responses={202: _object},
+    ),
+)
+describe(
+    "retraining.api.views.ModelChanges",
+    get=extend_schema(
+        parameters=[
+            OpenApiParameter("before", int, required=True, description="A model version's id."),
+            OpenApiParameter("after", int, required=True, description="A model version's id."),
+        ],
+        responses=_object,
+    ),
+)

@@ -15,6 +15,7 @@ tested in tests/scans/test_chunked_upload.py.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,8 +41,10 @@ from tests.segmentation.tiny import write_phantom, write_tiny_models
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-#: Cases per operation and mode (positive, negative).
-EXAMPLES = 4
+#: Cases per operation and mode (positive, negative); the same cases every run (derandomized).
+#: LABSEG_FUZZ_EXAMPLES=N runs N new random cases per operation and mode instead (a deeper run).
+EXAMPLES = int(os.environ.get("LABSEG_FUZZ_EXAMPLES", "4"))
+RANDOM = "LABSEG_FUZZ_EXAMPLES" in os.environ
 #: What cannot be fuzzed meaningfully (see the module's docstring).
 EXCLUDED = {"PUT /api/uploads/{id}/"}
 
@@ -127,7 +130,7 @@ def test_no_generated_request_gets_a_server_error(
             max_examples=EXAMPLES * 2,
             deadline=None,
             database=None,
-            derandomize=True,
+            derandomize=not RANDOM,
             phases=[Phase.explicit, Phase.generate],
             suppress_health_check=list(HealthCheck),
         )
