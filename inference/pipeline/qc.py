@@ -166,14 +166,27 @@ class QCReport:
 
 def body_mask(hu: np.ndarray) -> np.ndarray:
     """The largest 26-connected region denser than ``BODY_HU``, holes filled (the lungs and the
-    gut's gas are inside the body): the mouse, without a bed or an object apart from it."""
+    gut's gas are inside the body): the mouse, without a bed or an object apart from it.
+
+    Holes are filled in 3D and also slice by slice along each axis: where the field of view cuts
+    through the chest, the lungs open onto the cut face and are no 3D hole, but every slice across
+    the body still rings them (a lung nodule there is inside the mouse)."""
     dense = np.asarray(hu) > BODY_HU
     components, count = ndimage.label(dense, structure=np.ones((3, 3, 3), dtype=bool))
     if count == 0:
         return dense
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
-    return np.asarray(ndimage.binary_fill_holes(components == int(np.argmax(sizes))))
+    mouse = components == int(np.argmax(sizes))
+    body = np.asarray(ndimage.binary_fill_holes(mouse))
+    for axis in range(3):
+        flat = np.zeros((3, 3, 3), dtype=bool)
+        flat[tuple(1 if i == axis else slice(None) for i in range(3))] = True  # no link across slices
+        flat[tuple(slice(None) if i != axis else 1 for i in range(3))] &= np.array(
+            [[False, True, False], [True, True, True], [False, True, False]]
+        )
+        body |= np.asarray(ndimage.binary_fill_holes(mouse, structure=flat))
+    return body
 
 
 def regions_in_view(found: Collection[str]) -> list[str]:

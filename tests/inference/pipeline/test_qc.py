@@ -119,6 +119,22 @@ def test_a_speck_in_air_and_a_near_identity_calibration_are_no_reason(phantom: P
     assert report.status == OK, [r.message for r in report.reasons]
 
 
+def test_a_lung_nodule_at_a_cut_through_the_chest_is_inside_the_body(phantom: Phantom) -> None:
+    # Measured by bench/qc_report.py: on a torso crop the lungs open onto the cut face, so they were
+    # no 3D hole of the body mask and a true nodule there was called "outside the body".
+    lung = np.argwhere(np.isin(phantom.labels, [BY_NAME["lung_left"].id, BY_NAME["lung_right"].id]))
+    cut = int(np.median(lung[:, 2]))
+    ct, labels = phantom.ct[:, :, :cut].copy(), phantom.labels[:, :, :cut].copy()
+    labels[labels == TUMOR] = 0
+    near_face = lung[(lung[:, 2] >= cut - 3) & (lung[:, 2] < cut)][:6]
+    labels[tuple(near_face.T)] = BY_NAME["metastasis"].id
+    ct[tuple(near_face.T)] = 40  # a soft-tissue nodule
+
+    report = _check(phantom, labels, ct)
+
+    assert "lesion_outside_body" not in _codes(report), [r.message for r in report.reasons]
+
+
 def test_regions_in_view_follow_what_was_found() -> None:
     assert regions_in_view(["brain"]) == ["head"]
     assert regions_in_view(["heart", "bladder"]) == ["thorax", "abdomen", "pelvis"]
