@@ -187,7 +187,7 @@ export function boxPlot(container, data, groups, options = {}) {
   const width = m.left + m.right + perCategory * categories.length;
   const height = options.height ?? 300;
   const sy = (v) => m.top + (1 - v) * (height - m.top - m.bottom);
-  const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": options.title ?? "box plot", style: `max-width:${Math.max(width, 360)}px` });
+  const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": options.title ?? "box plot", style: `width:${width}px;max-width:100%` }); // its own size: text as large as the page's
   const grid = el("g", { class: "grid" });
   const axis = el("g", { class: "axis" });
   for (const t of niceTicks(0, 1)) {
