@@ -233,9 +233,9 @@ def main(argv: list[str] | None = None) -> int:
                 {"status": "refused" if refused else "accepted", "codes": [], "reasons": [message]},
             )
     good = [r for r in rows if not r["bad"]]
-    bad = [r for r in rows if r["bad"]]
+    bad_rows = [r for r in rows if r["bad"]]
     wrongly = [r for r in good if r["status"] != "ok"]
-    caught = [r for r in bad if r["status"] in ("needs_review", "refused")]
+    caught = [r for r in bad_rows if r["status"] in ("needs_review", "refused")]
     flagged = [r for r in rows if r["status"] == "needs_review"]
     print()
     print(f"models: committed defaults; {len(rows)} cases in {time.perf_counter() - started:.0f} s")
@@ -246,17 +246,17 @@ def main(argv: list[str] | None = None) -> int:
         f"good in-distribution predictions wrongly flagged: {len(wrongly)} of {len(good)} ({share:.1f} %; "
         f"target < 5 %) {'PASS' if share < 5 else 'FAIL'}"
     )
-    for group in sorted({r["group"] for r in bad}):
-        members = [r for r in bad if r["group"] == group]
+    for group in sorted({r["group"] for r in bad_rows}):
+        members = [r for r in bad_rows if r["group"] == group]
         hit = [r for r in members if r in caught]
         print(f"{group}: caught {len(hit)} of {len(members)}")
     print(
-        f"bad cases caught: {len(caught)} of {len(bad)} (target 100 %) "
-        f"{'PASS' if len(caught) == len(bad) else 'FAIL'}"
+        f"bad cases caught: {len(caught)} of {len(bad_rows)} (target 100 %) "
+        f"{'PASS' if len(caught) == len(bad_rows) else 'FAIL'}"
     )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
-    return 0 if share < 5 and len(caught) == len(bad) else 1
+    return 0 if share < 5 and len(caught) == len(bad_rows) else 1
 
 
 if __name__ == "__main__":
