@@ -24,8 +24,9 @@ class Command(BaseCommand):
             "--timeout-s",
             type=float,
             default=None,
-            help="Seconds without a heartbeat (running) or since the last send (queued); "
-            "default LABSEG_JOB_TIMEOUT_S.",
+            help="Seconds without a heartbeat (running) and since the last send (queued); default "
+            "LABSEG_JOB_LOST_AFTER_BEATS heartbeats (20 s) for running jobs and LABSEG_JOB_TIMEOUT_S "
+            "for queued ones.",
         )
 
     def handle(self, *args: Any, timeout_s: float | None = None, **options: Any) -> None:
