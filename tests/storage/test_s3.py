@@ -28,6 +28,8 @@ from rest_framework.test import APIClient
 
 from scans.deletion import purge_scan
 from scans.models import Scan, UploadSession
+from scans.services import register_scan
+from segmentation import services
 from segmentation.models import InferenceJob, ModelVersion, Prediction
 from tests.s3 import Bucket
 from tests.segmentation.tiny import write_phantom
@@ -207,3 +209,33 @@ def test_on_s3_without_presigned_downloads_the_file_is_streamed(
     assert _sha256(_streamed(response)) == _sha256(path.read_bytes())
     assert response["Content-Disposition"] == 'attachment; filename="CT_M09_0h.nii.gz"'
     assert len(bucket.object_names()) == 2  # the scan and its thumbnail
+
+
+def test_a_scan_missing_from_the_bucket_fails_its_job_in_plain_words(
+    models: dict[str, ModelVersion],
+    bucket: Bucket,
+    broker: PrivateRedis,
+    member: Any,
+    tmp_path: Path,
+    settings: Any,
+) -> None:
+    settings.LABSEG_SEGMENT_ON_UPLOAD = False
+    path = write_phantom(tmp_path / "CT_M10_0h.nii.gz", seed=10)
+    scan = register_scan(
+        lab=member.memberships.get().lab,
+        uploaded_file_path_or_file=path,
+        original_filename=path.name,
+        study_name="S3 study",
+        mouse_identifier="M10",
+        time_point_label="0h",
+        user=member,
+    )
+    bucket.client().delete_object(Bucket=bucket.name, Key=scan.file.name)
+    [job] = services.request_segmentation(scan=scan, model_versions=[models["organs"]])
+
+    finished = services.run_job(job.pk, worker_host="worker-a")
+
+    assert finished is not None and finished.state == "failed"
+    assert finished.error == "The scan's file is missing from storage. Upload the scan again."
+    assert not Prediction.objects.filter(scan=scan).exists()
+    assert not [name for name in bucket.object_names() if "/predictions/" in name]
