@@ -58,20 +58,27 @@ def workers_seen(*, timeout_s: float = 1.0, with_active: bool = False) -> list[W
     ]
 
 
-_gpu_cache: dict[str, float | bool] = {}
+#: Broker URI -> (is a gpu worker up, when the answer expires): an answer about one broker never
+#: stands for another (a process whose Celery app is pointed elsewhere asks again).
+_gpu_cache: dict[str, tuple[bool, float]] = {}
 _gpu_lock = threading.Lock()
 
 
 def gpu_workers_up() -> bool:
     """Whether a live worker consumes the ``gpu`` queue (cached ``LABSEG_GPU_WORKERS_CACHE_S``)."""
+    if not _can_broadcast():
+        return False
+    from .celery import app
+
     ttl = float(settings.LABSEG_GPU_WORKERS_CACHE_S)
+    broker = str(app.connection_for_read().as_uri())
     with _gpu_lock:
-        expires = float(_gpu_cache.get("expires", 0.0))
+        up, expires = _gpu_cache.get(broker, (False, 0.0))
         if time.monotonic() < expires:
-            return bool(_gpu_cache["up"])
+            return up
     up = any(GPU_QUEUE in worker.queues for worker in workers_seen(timeout_s=0.5))
     with _gpu_lock:
-        _gpu_cache.update(up=up, expires=time.monotonic() + ttl)
+        _gpu_cache[broker] = (up, time.monotonic() + ttl)
     return up
 
 
