@@ -73,12 +73,32 @@ def _disk_full_body(exc: BaseException) -> dict[str, str]:
     return {"detail": DISK_FULL_MESSAGE}
 
 
+#: What a researcher reads when a text sent to the API holds a NUL character.
+NUL_TEXT_MESSAGE = (
+    "A text you sent holds a NUL character (\\x00), which cannot be stored: remove it and send again."
+)
+
+
+def is_nul_text(exc: BaseException) -> bool:
+    """PostgreSQL refusing a text with a NUL byte (a query filter, a note): the input's fault.
+
+    DRF's serializer fields refuse NUL themselves; this covers every text a view reads by hand.
+    The statement failed, so nothing of it was stored (services write in ``transaction.atomic``).
+    """
+    from django.db import DataError
+
+    return isinstance(exc, DataError) and "NUL (0x00)" in str(exc)
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler, plus :class:`Refused` as its status and body, and a full disk as 507."""
+    """DRF's handler, plus :class:`Refused` as its status and body, a full disk as 507 and a text
+    with a NUL character as 400."""
     if isinstance(exc, Refused):
         return Response(exc.body(), status=exc.status)
     if is_disk_full(exc):
         return Response(_disk_full_body(exc), status=DISK_FULL_STATUS)
+    if is_nul_text(exc):
+        return Response({"detail": NUL_TEXT_MESSAGE}, status=400)
     return drf_exception_handler(exc, context)
 
 

@@ -1,6 +1,7 @@
-"""Ids that are not ids answer 400 in words, never 500 (labseg/ids.py): "null", a superscript
-digit ("²".isdigit() is True but int() refuses it), a number past bigint. Each case was a 500
-(the first found by tests/labseg/test_schemathesis.py: PATCH /api/mice/{id}/ {"cohort": "null"})."""
+"""Ids that are not ids, and texts with a NUL character, answer 400 in words, never 500
+(labseg/ids.py, labseg/refusals.py). Ids: "null", a superscript digit ("²".isdigit() is True but
+int() refuses it), a number past bigint. Each case was a 500; tests/labseg/test_schemathesis.py
+found PATCH /api/mice/{id}/ {"cohort": "null"} and GET /api/scans/?time_point=<text with NUL>."""
 
 from __future__ import annotations
 
@@ -96,3 +97,13 @@ def test_an_upload_to_a_study_named_like_a_huge_number_is_refused_in_words(admin
 def test_an_upload_to_a_lab_named_like_a_huge_number_is_refused_in_words(admin: Any) -> None:
     with pytest.raises(ScanRejected, match="not a member of a lab"):
         resolve_upload_target(user=admin, study="New study", lab=str(MAX_ID + 1))
+
+
+def test_a_text_with_a_nul_character_answers_400_and_stores_nothing(client: APIClient, mouse: Mouse) -> None:
+    # GET /api/scans/?time_point=...%00... was a 500 (schemathesis, PostgreSQL refuses NUL in text).
+    listed = client.get("/api/scans/", {"time_point": "8d\x00", "mouse_name": "M\x00"})
+    assert listed.status_code == 400 and "NUL character" in listed.json()["detail"]
+    patched = client.patch(f"/api/mice/{mouse.pk}/", {"notes": "a\x00b", "strain": "C57BL/6"}, format="json")
+    assert patched.status_code == 400 and "NUL character" in patched.json()["detail"]
+    mouse.refresh_from_db()
+    assert (mouse.notes, mouse.strain) == ("", "")
