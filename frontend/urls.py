@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from frontend.views import downloads, files, fleet, pages
+from frontend.views import curation, downloads, files, fleet, pages
 from labs.lockout import LockoutAuthenticationForm
 
 app_name = "frontend"
@@ -21,6 +21,7 @@ urlpatterns = [
     path("", pages.dashboard, name="dashboard"),
     path("upload/", pages.upload, name="upload"),
     path("workers/", fleet.workers, name="workers"),
+    path("bin/", curation.bin_page, name="bin"),
     path("studies/<int:pk>/", pages.study, name="study"),
     path("mice/<int:pk>/", pages.mouse, name="mouse"),
     path("scans/<int:pk>/", pages.scan, name="scan"),
