@@ -106,7 +106,7 @@ class TrainingJob(BackgroundJob):
     )
     epochs = models.PositiveSmallIntegerField(default=10)
     steps_per_epoch = models.PositiveSmallIntegerField(default=8)
-    learning_rate = models.FloatField(default=1e-3)
+    learning_rate = models.FloatField(default=1e-4)
     max_minutes = models.FloatField(help_text="Time limit of this job (LABSEG_TRAIN_MAX_MINUTES at most).")
     max_memory_mb = models.FloatField(default=0, help_text="Memory limit (0: none).")
     items = models.JSONField(default=list, help_text="The set's items with their sha256s, as trained.")

@@ -163,7 +163,7 @@ def request_training(
     user: Any,
     epochs: int = 10,
     steps_per_epoch: int = 8,
-    learning_rate: float = 1e-3,
+    learning_rate: float = 1e-4,
     minutes: float | None = None,
     from_scratch: bool = False,
 ) -> TrainingJob:
@@ -173,7 +173,7 @@ def request_training(
     if not 1 <= epochs <= 500 or not 1 <= steps_per_epoch <= 1000:
         raise Refused("epochs must lie between 1 and 500, steps_per_epoch between 1 and 1000.")
     if not 0.0 < learning_rate <= 0.1:
-        raise Refused("learning_rate must lie in (0, 0.1], e.g. 0.001 to fine-tune.")
+        raise Refused("learning_rate must lie in (0, 0.1], e.g. 0.0001 to fine-tune, 0.003 from scratch.")
     limit = max_minutes()
     minutes = limit if minutes is None else float(minutes)
     if not 0 < minutes <= limit:

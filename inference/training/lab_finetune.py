@@ -59,7 +59,7 @@ class FinetuneConfig:
     epochs: int = 10
     steps_per_epoch: int = 8
     batch: int = 2
-    lr: float = 1e-3
+    lr: float = 1e-4  # fine-tuning a converged model; 3e-3 from scratch
     seed: int = 0
     threads: int = 2
     device: str = "auto"
@@ -141,10 +141,11 @@ def _fit_crop(spec: TaskSpec, cases: Sequence[Case], crop: tuple[int, int, int] 
     """The task with a crop no larger than the smallest case (multiples of 8), or ``crop``."""
     from dataclasses import replace
 
-    if crop is None:
-        smallest = np.min([c.ct.shape for c in cases], axis=0)
-        crop = tuple(int(max(16, min(s, int(m) // 8 * 8))) for s, m in zip(spec.crop, smallest, strict=True))  # type: ignore[assignment]
-    return replace(spec, crop=tuple(int(c) for c in crop))  # type: ignore[arg-type]
+    if crop is not None:
+        return replace(spec, crop=(int(crop[0]), int(crop[1]), int(crop[2])))
+    smallest = np.min([c.ct.shape for c in cases], axis=0)
+    x, y, z = (max(16, min(s, int(m) // 8 * 8)) for s, m in zip(spec.crop, smallest, strict=True))
+    return replace(spec, crop=(x, y, z))
 
 
 def _train_mode(model: UNet3D, *, freeze_batchnorm: bool) -> None:

@@ -140,14 +140,15 @@ class Train(APIView):
         training_set = get_object_or_404(_sets(request), pk=pk)
         data = _data(request)
         minutes = data.get("minutes")
+        from_scratch = str(data.get("from_scratch", "")).lower() in ("1", "true", "yes")
         job = services.request_training(
             training_set=training_set,
             user=request.user,
             epochs=_number(data, "epochs", 10, int),
             steps_per_epoch=_number(data, "steps_per_epoch", 8, int),
-            learning_rate=_number(data, "learning_rate", 1e-3),
+            learning_rate=_number(data, "learning_rate", 3e-3 if from_scratch else 1e-4),
             minutes=None if minutes in (None, "") else _number(data, "minutes", 0.0),
-            from_scratch=str(data.get("from_scratch", "")).lower() in ("1", "true", "yes"),
+            from_scratch=from_scratch,
         )
         return Response(job_json(job), status=status.HTTP_202_ACCEPTED)
 

@@ -73,7 +73,7 @@ class Migration(migrations.Migration):
                 ('error', models.TextField(blank=True, help_text='What went wrong, in words a researcher can act on.')),
                 ('epochs', models.PositiveSmallIntegerField(default=10)),
                 ('steps_per_epoch', models.PositiveSmallIntegerField(default=8)),
-                ('learning_rate', models.FloatField(default=0.001)),
+                ('learning_rate', models.FloatField(default=0.0001)),
                 ('max_minutes', models.FloatField(help_text='Time limit of this job (LABSEG_TRAIN_MAX_MINUTES at most).')),
                 ('max_memory_mb', models.FloatField(default=0, help_text='Memory limit (0: none).')),
                 ('items', models.JSONField(default=list, help_text="The set's items with their sha256s, as trained.")),
