@@ -17,17 +17,18 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from labseg.celery import app as celery_app
 from scans.models import Scan
 from segmentation import services
 from segmentation.models import InferenceJob, ModelVersion, Prediction
-from tests.workers import PrivateRedis, Workers, private_broker, started_workers, wait_for
+from tests.workers import REPO, PrivateRedis, Workers, private_broker, started_workers, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -87,6 +88,21 @@ def _wait_ready(workers: Workers, tmp_path: Path, name: str) -> str:
     return str(line.rsplit(" ", 2)[-2])
 
 
+def _start_beat(workers: Workers, tmp_path: Path) -> None:
+    """``celery beat`` in its own process group, stopped with the workers."""
+    log = (tmp_path / "beat.log").open("wb")
+    command = [sys.executable, "-m", "celery", "-A", "labseg", "beat", "-l", "info"]
+    command += ["-s", str(tmp_path / "beat-schedule")]
+    workers.running["beat"] = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env={**workers.env, **PRODUCTION_TIMING},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
 def _running_inside_pipeline(job: InferenceJob, workers: Workers) -> None:
     wait_for(
         lambda: InferenceJob.objects.filter(pk=job.pk, state="running", progress__gt=3).exists(),
@@ -144,20 +160,18 @@ def test_a_job_whose_whole_worker_is_sigkilled_is_sent_again_by_beat_and_finishe
     organs: ModelVersion, upload_scan: Callable[..., Scan], workers: Workers, tmp_path: Path
 ) -> None:
     scan = upload_scan(shape=SLOW_SHAPE)
-    # A second worker with beat is already up, as in a deployment; it stops taking jobs until the
-    # first worker has this one (the job takes seconds, a worker's start about as long).
-    workers.start("rescuer", with_beat=True, env=PRODUCTION_TIMING)
-    rescuer = _wait_ready(workers, tmp_path, "rescuer")
-    celery_app.control.cancel_consumer("cpu", destination=[rescuer], reply=True, timeout=10)
-    workers.start("doomed", env=PRODUCTION_TIMING)
-    _wait_ready(workers, tmp_path, "doomed")
+    # As deployed: two workers and beat in its own process (so it survives either worker).
+    _start_beat(workers, tmp_path)
+    for name in ("one", "two"):
+        workers.start(name, env=PRODUCTION_TIMING)
+        _wait_ready(workers, tmp_path, name)
     [job] = services.request_segmentation(scan=scan, model_versions=[organs])
     _running_inside_pipeline(job, workers)
     job.refresh_from_db()
-    assert job.worker_host.startswith("doomed@")
-    celery_app.control.add_consumer("cpu", destination=[rescuer], reply=True, timeout=10)
+    doomed = job.worker_host.partition("@")[0]
+    rescuer = "two" if doomed == "one" else "one"
 
-    workers.kill("doomed")
+    workers.kill(doomed)
     killed_at = time.monotonic()
 
     taken_over_s, recovered_s = _recovered(job, killed_at, workers)
@@ -167,6 +181,6 @@ def test_a_job_whose_whole_worker_is_sigkilled_is_sent_again_by_beat_and_finishe
     )
     job.refresh_from_db()
     assert job.state == "succeeded", f"{job.error}\n{workers.logs()}"
-    assert job.worker_host.startswith("rescuer@") and job.attempts == 2
+    assert job.worker_host.startswith(f"{rescuer}@") and job.attempts == 2
     assert recovered_s < RECOVERY_LIMIT_S, workers.logs()
     assert Prediction.objects.filter(scan=scan).count() == 1
