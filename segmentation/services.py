@@ -386,7 +386,7 @@ def _execute(job: InferenceJob, heartbeat: jobs.Heartbeat) -> None:
 
 
 def _cards_for(model_version: ModelVersion, lab: Any = None) -> list[Any]:
-    """The model cards to run: the job's model, plus the default organ model for a lesion model
+    """The model cards to run: the job's model, plus the lab's default organ model for a lesion model
     (lesions are allocated to the organs predicted in the same pipeline call)."""
     from inference.registry import load_card
 
