@@ -321,9 +321,15 @@ def take_over_when_silent(
     watchers wins it, and the dead run's writes are refused from then on: see ``finish``).
     """
     manager = model._default_manager
-    seen = manager.filter(pk=job_id).values("state", "claim_token", "heartbeat_at").first()
+    fields = ("state", "claim_token", "heartbeat_at", "started_at")
+    seen = manager.filter(pk=job_id).values(*fields).first()
     if seen is None or seen["state"] != BackgroundJob.State.RUNNING or seen["heartbeat_at"] is None:
         return None
+    if (
+        seen["started_at"]
+        and (seen["heartbeat_at"] - seen["started_at"]).total_seconds() >= soft_time_limit_s()
+    ):
+        return None  # the hard time limit killed it: the reconciler fails it with that message
     interval, lost = heartbeat_interval_s(), lost_after_s()
     poll = float(poll_s if poll_s is not None else min(1.0, interval / 2))
     silent_for = (timezone.now() - seen["heartbeat_at"]).total_seconds()
@@ -338,7 +344,7 @@ def take_over_when_silent(
     )
     while time.monotonic() < deadline:
         time.sleep(poll)
-        now = manager.filter(pk=job_id).values("state", "claim_token", "heartbeat_at").first()
+        now = manager.filter(pk=job_id).values(*fields).first()
         if now != seen:
             return None  # it beat, finished, or was claimed by someone else: not ours to take
         job = claim(model, job_id, worker_host=worker_host, related=related)

@@ -129,3 +129,16 @@ def test_a_queued_job_is_not_resent_before_the_job_timeout(
     InferenceJob.objects.filter(pk=job.pk).update(enqueued_at=timezone.now() - timedelta(seconds=60))
     report = jobs.reconcile(InferenceJob, send=lambda *, job_id: True)
     assert report.resent == [] and report.requeued == []
+
+
+def test_a_message_does_not_take_over_a_run_the_hard_time_limit_killed(
+    fast_beats: float, running: InferenceJob
+) -> None:
+    # Silent after running past the soft limit: the reconciler fails it with "took longer than".
+    now = timezone.now()
+    InferenceJob.objects.filter(pk=running.pk).update(
+        started_at=now - timedelta(seconds=jobs.soft_time_limit_s() + 100),
+        heartbeat_at=now - timedelta(seconds=60),
+    )
+    assert jobs.take_over_when_silent(InferenceJob, running.pk, worker_host="worker-b", poll_s=0.1) is None
+    assert InferenceJob.objects.values_list("worker_host", "attempts").get(pk=running.pk) == ("worker-a", 1)
