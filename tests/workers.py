@@ -10,6 +10,7 @@ noticed within seconds; a test changes any other setting per worker with ``start
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -85,6 +86,12 @@ class PrivateRedis:
             check=False,
         )
         return done.stdout.strip()
+
+    def queued_tasks(self, queue: str = "cpu") -> list[str]:
+        """Task names of the messages waiting in ``queue`` (an upload also queues its previews
+        there: frontend/apps.py)."""
+        raw = self.cli("--raw", "lrange", queue, "0", "-1")
+        return [json.loads(line)["headers"]["task"] for line in raw.splitlines() if line.strip()]
 
 
 def private_broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PrivateRedis]:

@@ -7,7 +7,6 @@ test restarts its broker) and ``celery worker`` subprocesses against pytest-djan
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -118,13 +117,6 @@ def test_a_job_whose_worker_is_killed_completes_once_on_a_new_worker(
     assert Prediction.objects.filter(scan=scan).count() == 1
 
 
-def _queued(broker: PrivateRedis) -> list[str]:
-    """Task names of the messages waiting in the cpu queue (the previews of each upload wait there
-    too: frontend/apps.py)."""
-    raw = broker.cli("--raw", "lrange", "cpu", "0", "-1")
-    return [json.loads(line)["headers"]["task"] for line in raw.splitlines() if line.strip()]
-
-
 def test_jobs_queued_when_the_broker_restarts_are_not_lost(
     e2e_models: dict[str, ModelVersion],
     upload_scan: Callable[..., Scan],
@@ -133,7 +125,7 @@ def test_jobs_queued_when_the_broker_restarts_are_not_lost(
 ) -> None:
     scans = [upload_scan(mouse=f"M0{n}", segment=True) for n in (1, 2)]
     jobs = list(InferenceJob.objects.filter(scan__in=scans))
-    assert len(jobs) == 4 and _queued(broker).count(InferenceJob.task_name) == 4
+    assert len(jobs) == 4 and broker.queued_tasks().count(InferenceJob.task_name) == 4
 
     broker.stop()
     broker.start()
