@@ -100,6 +100,7 @@ def test_a_segmentation_corrected_with_the_drawing_tools_changes_the_volumes(
     revision = AnnotationRevision.objects.get(correction=True)
     assert revision.prediction_id == prediction.pk and revision.version == 1
     after = _tumor_row(page, csv_url)
+    assert phantom_scan.uploaded_by is not None
     username = phantom_scan.uploaded_by.get_username()
     assert after["source"] == f"corrected by {username} from {prediction.model_version.label}"
     assert after["qc_status"] == "corrected"
