@@ -1,6 +1,6 @@
 """What docker/compose.yaml and docker/Dockerfile promise, read from the files (no Docker here):
 scaling workers, a one-shot migrate that the services wait for, a TLS proxy as the only published
-web entry, memory limits everywhere, a beat health check, MinIO and GPU profiles."""
+web entry, memory limits everywhere, a beat health check, MinIO, GPU and training profiles."""
 
 from __future__ import annotations
 
@@ -69,3 +69,21 @@ def test_workers_scale_and_s3_and_gpu_have_their_profiles() -> None:
     assert re.search(r"^onnxruntime==1\.22\.\*$", server, re.M), (
         "the GPU build follows the CPU build's version"
     )
+
+
+def test_torch_is_only_in_the_training_image() -> None:
+    """The retraining loop's worker serves the `train` queue from the one image built with
+    requirements-train.txt; the server's and the GPU worker's requirements have no torch."""
+    services = _compose()["services"]
+    train = services["train-worker"]
+    assert train["profiles"] == ["train"] and train["build"]["target"] == "train"
+    assert train["command"][train["command"].index("-Q") + 1] == "train"
+    assert train["mem_limit"]
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    stages = re.split(r"^FROM ", dockerfile, flags=re.M)
+    with_torch = [
+        stage.split()[2] for stage in stages[1:] if "pip install -r requirements-train.txt" in stage
+    ]
+    assert with_torch == ["train"]
+    for name in ("requirements.txt", "requirements-gpu.txt"):
+        assert not re.search(r"^torch", (DOCKER.parent / name).read_text(), re.M), name
