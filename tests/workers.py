@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import kombu.pools
 import pytest
 from django.db import connection
 
@@ -123,9 +124,11 @@ def point_celery_at(monkeypatch: pytest.MonkeyPatch, url: str) -> Iterator[None]
 
 
 def reset_celery_pools() -> None:
-    if celery_app._pool is not None:
-        celery_app._pool.force_close_all()
-        celery_app._pool = None
+    # Celery takes its pool from kombu's process-wide registry, keyed by broker URL: a pool closed
+    # here would be handed back, closed, the next time that URL is used ("Acquire on closed
+    # pool"), so the registry is emptied too.
+    kombu.pools.reset()
+    celery_app._pool = None
     celery_app.amqp._producer_pool = None
 
 
