@@ -50,7 +50,7 @@ run: install
 	$(BIN)/python manage.py sync_models || echo "no segmentation model registered yet: run 'make models'"
 	$(BIN)/python manage.py create_demo --url http://$(HOST):$(PORT)/
 	@trap 'trap - INT TERM EXIT; kill -TERM $$worker $$web 2>/dev/null; wait; exit 0' INT TERM EXIT; \
-	$(BIN)/celery -A labseg worker -B -Q cpu,gpu --concurrency 1 --loglevel INFO \
+	$(BIN)/celery -A labseg worker -B -Q cpu,gpu,train --concurrency 1 --loglevel INFO \
 		--schedule var/celerybeat-schedule & worker=$$!; \
 	$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT) & web=$$!; \
 	wait -n
