@@ -56,7 +56,8 @@ class BinAdmin(LabScopedAdmin):
         self.message_user(request, f"{moved} {name} moved to the bin; {self._restorable()}")
 
     def send_to_bin(self, row: Any, user: Any) -> None:
-        raise NotImplementedError
+        """Each admin names its row's bin function (scans/deletion.py); there is no default."""
+        raise NotImplementedError(f"{type(self).__name__} must say how its rows go to the bin")
 
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
         self._to_bin(request, [obj])

@@ -20,13 +20,13 @@ import logging
 import posixpath
 import re
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import router, transaction
-from django.db.models import FileField
+from django.db.models import FileField, QuerySet
 from django.db.models.deletion import Collector
 from django.utils import timezone
 
@@ -186,17 +186,27 @@ def _require_lab_admin(user: Any, row: Mouse | Study, what: str) -> None:
         raise Refused(f"only an admin of {row.lab.name} can {what}", status=403)
 
 
+def _stamp(rows: list[QuerySet[Any]], *, when: datetime | None, user: Any) -> None:
+    """Put ``rows`` in the bin at ``when`` by ``user`` (or, with None, take them out), together.
+    Restoring matches the parent's own ``deleted_at``: rows binned earlier on their own stay."""
+    with transaction.atomic():
+        for queryset in rows:
+            queryset.update(deleted_at=when, deleted_by=user)
+
+
 def delete_mouse(*, mouse: Mouse, user: Any) -> Mouse:
     """Move ``mouse`` to the bin with its scans (and everything made from them)."""
     _require_lab_admin(user, mouse, "delete its mice")
     if mouse.deleted_at is not None:
         raise Refused(f"mouse {mouse.identifier} is already in the bin", status=409)
-    now = timezone.now()
-    with transaction.atomic():
-        Scan.objects.filter(time_point__mouse=mouse, deleted_at__isnull=True).update(
-            deleted_at=now, deleted_by=user
-        )
-        Mouse.objects.filter(pk=mouse.pk).update(deleted_at=now, deleted_by=user)
+    _stamp(
+        [
+            Scan.objects.filter(time_point__mouse=mouse, deleted_at__isnull=True),
+            Mouse.objects.filter(pk=mouse.pk),
+        ],
+        when=timezone.now(),
+        user=user,
+    )
     logger.info("mouse %s moved to the bin by %s", mouse.pk, user)
     mouse.refresh_from_db()
     return mouse
@@ -212,11 +222,14 @@ def restore_mouse(*, mouse: Mouse, user: Any) -> Mouse:
             f"mouse {mouse.identifier} went to the bin with its study {mouse.study.name}: restore the study",
             status=409,
         )
-    with transaction.atomic():
-        Scan.objects.filter(time_point__mouse=mouse, deleted_at=mouse.deleted_at).update(
-            deleted_at=None, deleted_by=None
-        )
-        Mouse.objects.filter(pk=mouse.pk).update(deleted_at=None, deleted_by=None)
+    _stamp(
+        [
+            Scan.objects.filter(time_point__mouse=mouse, deleted_at=mouse.deleted_at),
+            Mouse.objects.filter(pk=mouse.pk),
+        ],
+        when=None,
+        user=None,
+    )
     logger.info("mouse %s restored by %s", mouse.pk, user)
     mouse.refresh_from_db()
     return mouse
@@ -227,13 +240,15 @@ def delete_study(*, study: Study, user: Any) -> Study:
     _require_lab_admin(user, study, "delete its studies")
     if study.deleted_at is not None:
         raise Refused(f"study {study.name} is already in the bin", status=409)
-    now = timezone.now()
-    with transaction.atomic():
-        Scan.objects.filter(time_point__mouse__study=study, deleted_at__isnull=True).update(
-            deleted_at=now, deleted_by=user
-        )
-        Mouse.objects.filter(study=study, deleted_at__isnull=True).update(deleted_at=now, deleted_by=user)
-        Study.objects.filter(pk=study.pk).update(deleted_at=now, deleted_by=user)
+    _stamp(
+        [
+            Scan.objects.filter(time_point__mouse__study=study, deleted_at__isnull=True),
+            Mouse.objects.filter(study=study, deleted_at__isnull=True),
+            Study.objects.filter(pk=study.pk),
+        ],
+        when=timezone.now(),
+        user=user,
+    )
     logger.info("study %s moved to the bin by %s", study.pk, user)
     study.refresh_from_db()
     return study
@@ -245,12 +260,15 @@ def restore_study(*, study: Study, user: Any) -> Study:
     if study.deleted_at is None:
         raise Refused(f"study {study.name} is not in the bin", status=409)
     when = study.deleted_at
-    with transaction.atomic():
-        Scan.objects.filter(time_point__mouse__study=study, deleted_at=when).update(
-            deleted_at=None, deleted_by=None
-        )
-        Mouse.objects.filter(study=study, deleted_at=when).update(deleted_at=None, deleted_by=None)
-        Study.objects.filter(pk=study.pk).update(deleted_at=None, deleted_by=None)
+    _stamp(
+        [
+            Scan.objects.filter(time_point__mouse__study=study, deleted_at=when),
+            Mouse.objects.filter(study=study, deleted_at=when),
+            Study.objects.filter(pk=study.pk),
+        ],
+        when=None,
+        user=None,
+    )
     logger.info("study %s restored by %s", study.pk, user)
     study.refresh_from_db()
     return study
