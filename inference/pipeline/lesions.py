@@ -29,6 +29,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 
+from inference.pipeline.volumes import label_counts
 from inference.structures import BY_ID, BY_NAME, ORGAN_NAMES, by_name
 
 SUBCUTANEOUS = "subcutaneous/other"
@@ -347,7 +348,7 @@ def metastasis_assessed_organs(organ_labels: np.ndarray | None, searched: Collec
     field of view, or not found, was not assessed)."""
     if organ_labels is None:
         return []
-    present = {int(v) for v in np.unique(organ_labels)}
+    present = {int(v) for v in np.flatnonzero(label_counts(organ_labels, 256))}
     return [name for name in ORGAN_NAMES if name in searched and BY_NAME[name].id in present]
 
 

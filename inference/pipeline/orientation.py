@@ -235,8 +235,14 @@ def _pool(volume: np.ndarray, factors: Sequence[int]) -> tuple[np.ndarray, np.nd
     One axis at a time, as sums and maxima of strided views (a reshape to six axes and one
     reduction is several times slower: numpy walks the small block axes with large strides).
     """
+    volume = np.asarray(volume)
+    if volume.flags.f_contiguous and not volume.flags.c_contiguous:
+        # A scan from nibabel is Fortran-ordered: pooled as its C-ordered transpose, every
+        # strided view below reads whole runs of memory (about 6 times faster).
+        mean, peak = _pool(volume.T, tuple(reversed(factors)))
+        return mean.T, peak.T
     n = [int(s) // f for s, f in zip(volume.shape, factors, strict=True)]
-    total = np.asarray(volume)[: n[0] * factors[0], : n[1] * factors[1], : n[2] * factors[2]]
+    total = volume[: n[0] * factors[0], : n[1] * factors[1], : n[2] * factors[2]]
     peak = total
     # Largest factor first: every later pass reads less.
     for axis in sorted(range(3), key=lambda a: -factors[a]):

@@ -9,12 +9,15 @@ ensemble (mean of their probabilities); the organ map is drawn first and lesions
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
+from inference.pipeline.animals import find_animals
 from inference.pipeline.geometry import (
     Geometry,
     channel_argmax,
@@ -98,6 +101,8 @@ class PipelineOutput:
     #: What the anatomy said about the mouse's pose and the turn applied before the models ran
     #: (None with ``orient="header"``); ``geometry`` stays the header's.
     orientation: OrientationFinding | None = None
+    #: Animals found in the field of view (``animals.find_animals``; 0 when no tissue was).
+    animals: int = 1
 
 
 def group_by_task(cards: Sequence[ModelCard]) -> dict[str, list[ModelCard]]:
@@ -173,6 +178,105 @@ def detect_lesions(
         np.copyto(lesions, np.uint8(rule["structure"]), where=found & (lesions == 0))
 
 
+def spacing_on(geometry: Geometry, grid: Sequence[int]) -> list[float]:
+    """Voxel size (mm, canonical axes) of the model grid ``grid`` over the scan's field of view."""
+    return [s * n / g for s, n, g in zip(geometry.spacing_mm, geometry.canonical_shape, grid, strict=True)]
+
+
+@dataclass
+class _TaskOutput:
+    """One task's share of ``predict_volume``: its label map on the canonical grid, its
+    uncertainty on its model grid, and the seconds its stages took (in its own thread)."""
+
+    labels: np.ndarray
+    uncertainty: np.ndarray
+    grid: tuple[int, int, int]
+    providers: dict[str, str]
+    cleaning: CleanReport
+    scores: np.ndarray | None
+    seconds: dict[str, float]
+
+
+def _segment_task(
+    task: str,
+    members: Sequence[ModelCard],
+    *,
+    canonical: np.ndarray,
+    geometry: Geometry,
+    resampled: Mapping[tuple[int, int, int], np.ndarray],
+    animals: Mapping[tuple[int, int, int], np.ndarray],
+    device: str,
+    threads: int,
+    min_lesion_volume_mm3: float,
+    max_whole_voxels: int,
+    batch_size: int,
+    keep_scores: bool,
+) -> _TaskOutput:
+    """Inference, component rules and restore for one task's ensemble ``members``."""
+    timer = StageTimer()
+    lead = members[0]
+    providers: dict[str, str] = {}
+    with timer("preprocess"):
+        grid = resampled_shape(geometry.canonical_shape, geometry.spacing_mm, lead.input_spacing_mm)
+        image = normalise(resampled[grid], lead.normalisation)
+        fill = pad_value(lead.normalisation, image)
+    members_logits: list[np.ndarray] = []
+    disagreement: np.ndarray | None = None
+    for card in members:
+        with timer("inference"):
+            session = get_session(card, device=device, threads=threads)
+            providers[card.key] = session_provider(session)
+            raw = run_model(
+                session,
+                card,
+                image,
+                pad_value=fill,
+                max_whole_voxels=max_whole_voxels,
+                batch_size=batch_size,
+            )
+        members_logits.append(raw.logits)
+        if raw.disagreement_logit is not None:
+            odds = calibrate_uncertainty(sigmoid(raw.disagreement_logit), card.uncertainty_threshold)
+            odds /= len(members)
+            disagreement = odds if disagreement is None else disagreement + odds
+    with timer("postprocess"):
+        scores = ensemble_scores(members_logits, lead.activation)
+        del members_logits
+        for channel, offset in enumerate(lead.score_offsets):
+            if offset:
+                scores[channel] += np.float32(offset)
+        kept = scores.copy() if keep_scores else None
+        grid_spacing = spacing_on(geometry, grid)
+        cleaning = clean(
+            scores,
+            lead.structures,
+            grid_spacing,
+            min_lesion_volume_mm3=min_lesion_volume_mm3,
+            animals=animals[grid],
+        )
+        uncertainty = uncertainty_from(scores, disagreement)
+    with timer("restore"):
+        labels = upsample_argmax(scores, geometry.canonical_shape, lead.structures)
+        if lead.refinements:
+            coarse = channel_argmax(scores)
+            for rule in lead.refinements:
+                if "network" in rule:
+                    run_refiner(labels, canonical, lead, rule, geometry.spacing_mm, device, threads)
+                    continue
+                apply_refinement(
+                    labels, coarse, canonical, rule, lead.structures, grid_spacing, geometry.spacing_mm
+                )
+    return _TaskOutput(
+        labels=labels,
+        uncertainty=uncertainty,
+        grid=grid,
+        providers=providers,
+        cleaning=cleaning,
+        scores=kept,
+        seconds=timer.seconds,
+    )
+
+
 def predict_volume(
     volume: np.ndarray,
     affine: np.ndarray,
@@ -218,81 +322,53 @@ def predict_volume(
             geometry = turned(geometry, orientation.transform.array)
             canonical = orientation.transform.apply(canonical)
     resampled: dict[tuple[int, int, int], np.ndarray] = {}
-    uncertainty_by_grid: dict[tuple[int, int, int], np.ndarray] = {}
-    task_labels: dict[str, np.ndarray] = {}
-    providers: dict[str, str] = {}
-    cleaning: dict[str, CleanReport] = {}
-    kept: dict[str, np.ndarray] = {}
-    share = 90.0 / len(groups)
-    for number, (task, members) in enumerate(groups.items()):
-        base = 5.0 + number * share
-        lead = members[0]
-        _report(progress, base, f"preprocess {task}")
-        with timer("preprocess"):
-            grid = resampled_shape(geometry.canonical_shape, geometry.spacing_mm, lead.input_spacing_mm)
+    with timer("preprocess"):
+        for members in groups.values():
+            grid = resampled_shape(geometry.canonical_shape, geometry.spacing_mm, members[0].input_spacing_mm)
             if grid not in resampled:
                 resampled[grid] = resample_linear(canonical, grid, antialias=True)
-            image = normalise(resampled[grid], lead.normalisation)
-            fill = pad_value(lead.normalisation, image)
-        members_logits: list[np.ndarray] = []
-        disagreement: np.ndarray | None = None
-        for card in members:
-            _report(progress, base + 0.15 * share, f"inference {card.key}")
-            with timer("inference"):
-                session = get_session(card, device=device, threads=threads)
-                providers[card.key] = session_provider(session)
-                raw = run_model(
-                    session,
-                    card,
-                    image,
-                    pad_value=fill,
-                    max_whole_voxels=max_whole_voxels,
-                    batch_size=batch_size,
-                )
-            members_logits.append(raw.logits)
-            if raw.disagreement_logit is not None:
-                odds = calibrate_uncertainty(sigmoid(raw.disagreement_logit), card.uncertainty_threshold)
-                odds /= len(members)
-                disagreement = odds if disagreement is None else disagreement + odds
-        _report(progress, base + 0.7 * share, f"postprocess {task}")
-        with timer("postprocess"):
-            scores = ensemble_scores(members_logits, lead.activation)
-            del members_logits
-            for channel, offset in enumerate(lead.score_offsets):
-                if offset:
-                    scores[channel] += np.float32(offset)
-            if keep_scores:
-                kept[task] = scores.copy()
-            grid_spacing = [
-                s * n / g for s, n, g in zip(geometry.spacing_mm, geometry.canonical_shape, grid, strict=True)
-            ]
-            cleaning[task] = clean(
-                scores, lead.structures, grid_spacing, min_lesion_volume_mm3=min_lesion_volume_mm3
-            )
-            uncertainty = uncertainty_from(scores, disagreement)
-            previous = uncertainty_by_grid.get(grid)
-            uncertainty_by_grid[grid] = uncertainty if previous is None else np.maximum(previous, uncertainty)
-        _report(progress, base + 0.85 * share, f"restore {task}")
-        with timer("restore"):
-            task_labels[task] = upsample_argmax(scores, geometry.canonical_shape, lead.structures)
-            if lead.refinements:
-                coarse = channel_argmax(scores)
-                for rule in lead.refinements:
-                    if "network" in rule:
-                        run_refiner(
-                            task_labels[task], canonical, lead, rule, geometry.spacing_mm, device, threads
-                        )
-                        continue
-                    apply_refinement(
-                        task_labels[task],
-                        coarse,
-                        canonical,
-                        rule,
-                        lead.structures,
-                        grid_spacing,
-                        geometry.spacing_mm,
-                    )
-        del scores, disagreement, image
+        animals = {grid: find_animals(hu, spacing_on(geometry, grid)) for grid, hu in resampled.items()}
+    run = partial(
+        _segment_task,
+        canonical=canonical,
+        geometry=geometry,
+        resampled=resampled,
+        animals={grid: found[0] for grid, found in animals.items()},
+        device=device,
+        threads=threads,
+        min_lesion_volume_mm3=min_lesion_volume_mm3,
+        max_whole_voxels=max_whole_voxels,
+        batch_size=batch_size,
+        keep_scores=keep_scores,
+    )
+    keys = ", ".join(card.key for members in groups.values() for card in members)
+    _report(progress, 5, f"inference {keys}")
+    outputs: dict[str, _TaskOutput] = {}
+    if len(groups) > 1 and threads != 1:
+        # The tasks are independent until their maps are merged. Side by side, one task's
+        # single-threaded numpy and scipy work (restore, rules) fills the core that the other's
+        # ONNX Runtime session leaves idle; with ``threads=1`` they stay one after the other.
+        with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="labseg-task") as pool:
+            futures = {pool.submit(run, task, members): task for task, members in groups.items()}
+            for done, future in enumerate(as_completed(futures), start=1):
+                outputs[futures[future]] = future.result()
+                _report(progress, 5 + 90 * done / len(groups), f"restore {futures[future]}")
+    else:
+        for done, (task, members) in enumerate(groups.items(), start=1):
+            outputs[task] = run(task, members)
+            _report(progress, 5 + 90 * done / len(groups), f"restore {task}")
+    task_labels = {task: outputs[task].labels for task in groups}  # pipeline order: organs first
+    providers = {key: name for out in outputs.values() for key, name in out.providers.items()}
+    cleaning = {task: out.cleaning for task, out in outputs.items()}
+    kept = {task: out.scores for task, out in outputs.items() if out.scores is not None}
+    uncertainty_by_grid: dict[tuple[int, int, int], np.ndarray] = {}
+    for out in outputs.values():
+        for stage, seconds in out.seconds.items():
+            timer.seconds[stage] = timer.seconds.get(stage, 0.0) + seconds
+        previous = uncertainty_by_grid.get(out.grid)
+        uncertainty_by_grid[out.grid] = (
+            out.uncertainty if previous is None else np.maximum(previous, out.uncertainty)
+        )
     with timer("postprocess"):
         if orientation is not None and orientation.head_only and "organs" in task_labels:
             drop_out_of_view(task_labels["organs"], groups["organs"][0].structures)
@@ -334,6 +410,7 @@ def predict_volume(
             scores=kept,
             intensity=calibration,
             orientation=orientation,
+            animals=max(count for _, count in animals.values()),
         )
     _report(progress, 100, "done")
     return result

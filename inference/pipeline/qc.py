@@ -25,6 +25,8 @@ accepts it (the server records who and when). The checks, each with its own reas
 - ``intensity_calibrated`` / ``orientation_disagrees``: the scan was not in HU and was calibrated
   (by more than ``CALIBRATION_TOLERANCE_HU`` somewhere in -1000..+1000 HU), or its header's
   orientation disagreed with the anatomy: the numbers rest on that fix.
+- ``several_animals``: more than one mouse in the field of view (``animals.find_animals``). The
+  models segment each, but a scan's volumes and counts add up over all of them.
 
 Structures the model can draw that lie outside the field of view are listed as ``not_in_view``
 ("not assessed": never a 0). Array contract: ``labels`` uint8 and ``uncertainty`` uint8 (0-255)
@@ -43,7 +45,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.pipeline.lesions import LesionRow
-from inference.pipeline.postprocess import DEFAULT_MIN_LESION_VOLUME_MM3
+from inference.pipeline.postprocess import DEFAULT_MIN_LESION_VOLUME_MM3, bounding_box, fill_holes
 from inference.pipeline.volumes import VolumeRow
 from inference.structures import BY_NAME, LESION_NAMES
 
@@ -178,14 +180,10 @@ def body_mask(hu: np.ndarray) -> np.ndarray:
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
     mouse = components == int(np.argmax(sizes))
-    body = np.asarray(ndimage.binary_fill_holes(mouse))
-    for axis in range(3):
-        flat = np.zeros((3, 3, 3), dtype=bool)
-        flat[tuple(1 if i == axis else slice(None) for i in range(3))] = True  # no link across slices
-        flat[tuple(slice(None) if i != axis else 1 for i in range(3))] &= np.array(
-            [[False, True, False], [True, True, True], [False, True, False]]
-        )
-        body |= np.asarray(ndimage.binary_fill_holes(mouse, structure=flat))
+    # A 3D hole is a hole in every slice through it, so the slice fills hold the 3D fill too.
+    body = fill_holes(mouse, across=0)
+    for axis in (1, 2):
+        body |= fill_holes(mouse, across=axis)
     return body
 
 
@@ -261,8 +259,11 @@ def _lesion_reasons(
             )
         )
     mask = np.isin(labels, lesion_ids)
-    if not mask.any():
+    box = bounding_box(mask, 0)
+    if box is None:
         return reasons
+    # Lesions are small: measuring them inside their bounding box skips the rest of the scan.
+    mask, hu, body = mask[box], hu[box], body[box]
     components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
     index = np.arange(1, count + 1)
     in_body = ndimage.mean(body, components, index)
@@ -297,6 +298,7 @@ def check_run(
     uncertainty: np.ndarray | None = None,
     intensity: Mapping[str, Any] | None = None,
     orientation: Mapping[str, Any] | None = None,
+    animals: int = 1,
 ) -> QCReport:
     """Every check above on one run; ``structure_ids`` are the structures the models can draw."""
     drawable = {s.name for s in BY_NAME.values() if s.id in set(structure_ids)}
@@ -354,6 +356,14 @@ def check_run(
                 "intensity_calibrated",
                 "the scan was not in Hounsfield units and was calibrated from its air and soft-tissue peaks "
                 f"(HU = {slope:.4g} x value {intercept:+.0f}): check the overlay",
+            )
+        )
+    if animals > 1:
+        report.reasons.append(
+            Reason(
+                "several_animals",
+                f"{animals} mice lie in the field of view: each is segmented, but this scan's volumes and "
+                "lesion counts add up over all of them; crop the scan to one mouse for per-mouse figures",
             )
         )
     if orientation is not None and orientation.get("agrees_with_header") is False:

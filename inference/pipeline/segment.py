@@ -200,6 +200,7 @@ def segment_file(
             uncertainty=output.uncertainty,
             intensity=intensity_entry,
             orientation=orientation,
+            animals=output.animals,
         )
     report(93, "write")
     out = Path(out_dir)
