@@ -518,3 +518,17 @@ def test_a_large_nodule_inside_the_lung_stays_whole_under_the_wall_rule() -> Non
     )
 
     assert np.array_equal(found, ball)
+
+
+def test_no_growth_where_the_organ_meets_tissue_as_bright_as_itself() -> None:
+    # A kidney-like block (40 HU) pressed against muscle-like tissue (40 HU) on one side and fat
+    # (-100 HU) two voxels away on the other: the scan shows an edge only on the fat side.
+    hu = np.full((16, 6, 6), 40.0, np.float32)
+    hu[11:] = -100.0  # fat from x = 11
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[5:10] = LIVER  # drawn one voxel short of the fat edge (x = 10 is still bright)
+
+    refine_edge(labels, hu, LIVER, edge_hu=-20.0, margin_voxels=1)
+
+    rows = np.unique(np.nonzero(labels == LIVER)[0])
+    assert rows.tolist() == [5, 6, 7, 8, 9, 10]  # grew onto the fat edge, not into the muscle at x = 4
