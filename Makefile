@@ -32,7 +32,7 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-train.txt | $(BIN)/
 	touch $(STAMP)
 
 # frontend/vendor.sh runs `npm ci` and copies NiiVue's ES module build into static files.
-$(NIIVUE): $(wildcard package.json package-lock.json)
+$(NIIVUE): $(wildcard package.json package-lock.json) frontend/niivue-patch.mjs
 	bash frontend/vendor.sh
 
 # The browser tests drive Debian's Chromium (Playwright's own download is not used).

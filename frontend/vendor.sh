@@ -16,6 +16,8 @@ dest="frontend/static/vendor/niivue"
 mkdir -p "$dest"
 # The source map is not shipped, so drop the comment that points at it (avoids a 404 per page).
 sed '/^\/\/# sourceMappingURL=/d' "$src" > "$dest/niivue.js"
+# A few changes for the viewer's speed without a GPU (frontend/niivue-patch.mjs says which and why).
+node frontend/niivue-patch.mjs "$dest/niivue.js"
 cp node_modules/@niivue/niivue/package.json "$dest/package.json"
 version="$(node -p "require('./node_modules/@niivue/niivue/package.json').version")"
 echo "vendor.sh: NiiVue $version copied to $dest/niivue.js"

@@ -6,6 +6,7 @@
 // loaded. NiiVue is served by the frontend app as an ES module under /static/vendor/niivue/.
 // window.labsegReview: firstFrameMs, level, settled (tests and bench/viewer.py read them).
 import { Niivue, NVImage } from "../vendor/niivue/niivue.js";
+import { quietScene } from "../frontend/js/gpu.js";
 import { DEFAULT_WIDTH, outline } from "../frontend/js/outlines.js";
 
 const config = JSON.parse(document.getElementById("review-config").textContent);
@@ -34,6 +35,7 @@ function say(text, kind = "info") {
 }
 
 let overlay = null;
+let update = null; // every texture rebuild, built while the page keeps answering (gpu.js)
 let disagreementVolume = null;
 const annotationVolumes = new Map(); // annotation id -> its volume at the level shown
 
@@ -48,14 +50,16 @@ async function showLevel(level) {
   const ct = NVImage.loadFromUrl({ url: `${config.ct_url}?level=${level}`, name: "ct.nii.gz", colormap: "gray" });
   const volumes = await Promise.all([ct, ...config.annotations.map((a) => readAnnotation(a, level))]);
   if (volumes[0].global_min <= -500) Object.assign(volumes[0], { cal_min: -160, cal_max: 240 }); // soft tissue, in HU
+  await new Promise((resolve) => setTimeout(resolve, 0)); // reading and building: two tasks
   config.annotations.forEach((a, i) => annotationVolumes.set(a.id, volumes[i + 1]));
   if (disagreementVolume) volumes.push(disagreementVolume);
-  overlay.volumes = volumes;
-  overlay.back = volumes[0];
-  overlay.overlays = volumes.slice(1);
-  overlay.updateGLVolume();
+  await update(() => {
+    overlay.volumes = volumes;
+    overlay.back = volumes[0];
+    overlay.overlays = volumes.slice(1);
+    overlay.updateGLVolume();
+  });
   state.level = hook.level = level;
-  await new Promise((resolve) => requestAnimationFrame(resolve));
   document.getElementById("overlay").dataset.level = level;
 }
 
@@ -63,6 +67,7 @@ async function startViewer() {
   const canvas = document.getElementById("overlay");
   overlay = new Niivue({ backColor: [0, 0, 0, 1], crosshairWidth: 0, show3Dcrosshair: false, isColorbar: false, loadingText: "", multiplanarShowRender: 0 });
   await overlay.attachToCanvas(canvas);
+  update = quietScene(overlay);
   overlay.setSliceType(1);
   await showLevel("first");
   hook.firstFrameMs = performance.now();
@@ -86,14 +91,15 @@ function showAnnotator(id, shown) {
   if (shown) state.hidden.delete(id);
   else state.hidden.add(id);
   const volume = annotationVolumes.get(id);
-  if (volume) overlay.setOpacity(overlay.volumes.indexOf(volume), shown ? 1 : 0);
-  document.getElementById("overlay").dataset.hidden = [...state.hidden].join(",");
+  if (volume) volume.opacity = shown ? 1 : 0;
+  const canvas = document.getElementById("overlay");
+  return (volume ? update() : Promise.resolve()).then(() => (canvas.dataset.hidden = [...state.hidden].join(",")));
 }
 
 async function setOutlineWidth(width) {
   state.width = width;
   await Promise.all([...annotationVolumes.values()].map((v) => outline(v, width)));
-  overlay.updateGLVolume();
+  await update();
   document.getElementById("overlay").dataset.outlineWidth = String(width);
 }
 
@@ -106,14 +112,16 @@ async function setDisagreement(on) {
   const toggle = document.getElementById("disagreement-toggle");
   const canvas = document.getElementById("overlay");
   if (disagreementVolume) {
-    overlay.removeVolume(disagreementVolume);
+    const old = disagreementVolume;
     disagreementVolume = null;
+    await update(() => overlay.removeVolume(old));
   }
   if (on && structure()) {
     const url = config.disagreement_url.replace("__structure__", structure());
     try {
-      disagreementVolume = await NVImage.loadFromUrl({ url, name: `disagreement_${structure()}.nii.gz`, colormap: "warm", opacity: 0.8, cal_min: 0.01, cal_max: 0.5 });
-      overlay.addVolume(disagreementVolume);
+      const volume = await NVImage.loadFromUrl({ url, name: `disagreement_${structure()}.nii.gz`, colormap: "warm", opacity: 0.8, cal_min: 0.01, cal_max: 0.5 });
+      disagreementVolume = volume;
+      await update(() => overlay.addVolume(volume));
     } catch (error) {
       toggle.checked = false;
       say(`The disagreement map could not be loaded: ${error}`, "error");
@@ -121,7 +129,6 @@ async function setDisagreement(on) {
   }
   document.getElementById("disagreement-legend").hidden = !disagreementVolume;
   canvas.dataset.disagreement = disagreementVolume ? "on" : "off";
-  overlay.updateGLVolume();
 }
 
 async function post(url, body) {

@@ -12,6 +12,7 @@
 // bench/viewer.py read them (the bench also times the frame as the screen shows it).
 import { Niivue, NVImage, NVImageFromUrlOptions, SLICE_TYPE, cmapper } from "../../vendor/niivue/niivue.js";
 import { barChart } from "./charts.js";
+import { quietScene } from "./gpu.js";
 import { DEFAULT_WIDTH, outline } from "./outlines.js";
 
 const config = JSON.parse(document.getElementById("viewer-config").textContent);
@@ -21,7 +22,7 @@ const byName = new Map(structures.map((s) => [s.name, s]));
 const hidden = new Set(); // structure ids switched off
 const state = { level: config.levels[0].level, region: null, window: config.defaultWindow, outlineWidth: DEFAULT_WIDTH };
 const status = document.getElementById("viewer-status");
-const hook = (window.labsegViewer = { firstFrameMs: null, errors: [], level: null, levels: [], settled: false, renderShown: false, config });
+const hook = (window.labsegViewer = { firstFrameMs: null, errors: [], level: null, levels: [], loads: [], settled: false, renderShown: false, config, marks: { moduleMs: performance.now() } });
 
 const LABEL_KINDS = new Set(["labels", "annotation", "consensus"]);
 const DEFAULT_ON = new Set(["ct", "labels"]);
@@ -40,6 +41,8 @@ const nv = new Niivue({
   atlasOutline: 1,
 });
 hook.nv = nv;
+// Every texture rebuild goes through update(): built while the page keeps answering (gpu.js).
+const update = quietScene(nv);
 
 function setStatus(text) {
   status.textContent = text;
@@ -95,8 +98,7 @@ async function setOutlineWidth(width) {
   state.outlineWidth = width;
   const annotations = config.layers.filter((l) => l.kind === "annotation" && l.volume);
   await Promise.all(annotations.map((l) => outline(l.volume, width)));
-  nv.updateGLVolume();
-  await frameDrawn();
+  await redraw();
   document.body.dataset.outlineWidth = String(width);
 }
 
@@ -114,27 +116,49 @@ async function loadAll({ quiet = false } = {}) {
   const t0 = performance.now();
   if (!quiet) setStatus(state.region ? "Loading full resolution of the region…" : state.level === "full" ? "Loading full resolution…" : "Loading…");
   const volumes = await Promise.all(wanted.map((layer) => readVolume(layer, true)));
-  for (const layer of config.layers) layer.volume = null;
-  wanted.forEach((layer, i) => (layer.volume = volumes[i]));
-  nv.volumes = volumes;
-  nv.back = volumes[0];
-  nv.overlays = volumes.slice(1);
-  nv.updateGLVolume();
-  if (state.window) setWindow(state.window);
-  await frameDrawn();
+  await nextTask(); // the last volume's reading and the rebuild are two tasks, not one long one
+  mark("read");
+  const t1 = performance.now();
+  // One rebuild with the window already on the CT (a second one doubled the GPU's work).
+  await redraw(() => {
+    for (const layer of config.layers) layer.volume = null;
+    wanted.forEach((layer, i) => (layer.volume = volumes[i]));
+    nv.volumes = volumes;
+    nv.back = volumes[0];
+    nv.overlays = volumes.slice(1);
+    applyWindow();
+    nv.updateGLVolume();
+  });
+  mark("drawn");
   hook.level = state.region ? "region" : state.level;
   hook.levels.push(hook.level);
-  hook.lastLoadMs = performance.now() - t0;
+  // Per level: ms to read its volumes, and then to build their textures and draw them.
+  hook.loads.push({ level: hook.level, readMs: Math.round(t1 - t0), builtMs: Math.round(performance.now() - t1) });
   describeResolution();
   if (!quiet) setStatus("");
   document.body.dataset.level = hook.level;
 }
 
+// A change to the volumes (or just a frame, with ``change`` null for a rebuild), drawn once the GPU
+// has built it; the readout then follows layers and levels.
+async function redraw(change = null) {
+  await update(change);
+  if (hook.firstFrameMs) nv.createOnLocationChange();
+}
+
+// A frame without rebuilding textures (the view, the 3D tile): NiiVue draws it at once.
 function frameDrawn() {
-  // No gl.finish(): it would hold the main thread until software WebGL has drawn.
   nv.drawScene();
-  if (hook.firstFrameMs) nv.createOnLocationChange(); // the readout follows layers and levels
   return new Promise((resolve) => requestAnimationFrame(() => resolve(performance.now())));
+}
+
+function nextTask() {
+  return new Promise((resolve) => setTimeout(resolve, 0));
+}
+
+// When each step of the first level ended (ms since navigation), for bench/viewer.py.
+function mark(step) {
+  if (!hook.firstFrameMs) hook.marks[`${step}Ms`] = performance.now();
 }
 
 function idle() {
@@ -159,40 +183,50 @@ async function refine() {
 async function showLayer(layer, visible) {
   layer.visible = visible;
   if (layer.volume) {
-    const index = nv.volumes.indexOf(layer.volume);
-    nv.setOpacity(index, visible ? (layer.opacity ?? DEFAULT_OPACITY[layer.kind]) : 0);
+    layer.volume.opacity = visible ? (layer.opacity ?? DEFAULT_OPACITY[layer.kind]) : 0;
+    await redraw();
   } else if (visible) {
     setStatus(`Loading ${layer.title}…`);
-    layer.volume = await readVolume(layer, true);
-    nv.addVolume(layer.volume);
+    const volume = await readVolume(layer, true);
+    layer.volume = volume;
+    await redraw(() => nv.addVolume(volume));
     setStatus("");
+  } else {
+    await frameDrawn();
   }
-  await frameDrawn();
   document.body.dataset.layersChanged = String(Date.now());
 }
 
 function setLayerOpacity(layer, opacity) {
   layer.opacity = opacity;
-  if (layer.volume && layer.visible) nv.setOpacity(nv.volumes.indexOf(layer.volume), opacity);
+  if (layer.volume && layer.visible) {
+    layer.volume.opacity = opacity;
+    redraw(); // a slider's steps during one rebuild make one more rebuild, not one each
+  }
 }
 
 function refreshLabels() {
   for (const layer of config.layers) {
     if (layer.volume && LABEL_KINDS.has(layer.kind)) layer.volume.colormapLabel = labelLut();
   }
-  nv.updateGLVolume();
+  return redraw();
+}
+
+// The chosen window on the CT volume (NiiVue applies it when it builds the CT's texture).
+function applyWindow() {
+  const ct = layerOf("ct").volume;
+  if (!ct || !state.window) return;
+  const w = config.windows[state.window];
+  ct.cal_min = w.low ?? ct.robust_min; // auto: the percentile range NiiVue computed on load
+  ct.cal_max = w.high ?? ct.robust_max;
 }
 
 function setWindow(key) {
   state.window = key;
-  const ct = layerOf("ct").volume;
-  if (ct) {
-    const w = config.windows[key];
-    ct.cal_min = w.low ?? ct.robust_min; // auto: the percentile range NiiVue computed on load
-    ct.cal_max = w.high ?? ct.robust_max;
-    nv.updateGLVolume();
-  }
   for (const button of document.querySelectorAll("[data-window]")) button.setAttribute("aria-pressed", String(button.dataset.window === key));
+  if (!layerOf("ct").volume) return Promise.resolve();
+  applyWindow();
+  return redraw();
 }
 
 const VIEWS = { multiplanar: SLICE_TYPE.MULTIPLANAR, axial: SLICE_TYPE.AXIAL, coronal: SLICE_TYPE.CORONAL, sagittal: SLICE_TYPE.SAGITTAL, render: SLICE_TYPE.RENDER };
@@ -553,10 +587,10 @@ async function addFinishedRun(job) {
   renderVolumes(fresh.volumes);
   for (const layer of added) {
     if (!layer.visible) continue;
-    layer.volume = await readVolume(layer, true);
-    nv.addVolume(layer.volume);
+    const volume = await readVolume(layer, true);
+    layer.volume = volume;
+    await redraw(() => nv.addVolume(volume));
   }
-  await frameDrawn();
   hook.overlayDrawn = config.layers.some((l) => l.kind === "labels" && l.volume);
   document.body.dataset.overlaysUpdated = String(Date.now());
 }
@@ -726,7 +760,6 @@ function wireCorrection() {
 }
 
 async function main() {
-  hook.marks = { moduleMs: performance.now() };
   buildLayerPanel();
   buildStructurePanel();
   buildMetastasisPanel();
