@@ -20,6 +20,15 @@ Per navigation:
   watched until the page settled (3 s without a long task once the viewer's progressive load ended).
 - **longest task** over the whole load, and the old metric ``window.labsegViewer.firstFrameMs``
   (when the viewer's code had drawn its first frame) beside them.
+- **steps** of the first frame, from the page's own marks (medians): its module running, WebGL
+  set up (NiiVue's shaders compiled), the first level's volumes read, its textures built and drawn.
+
+``--trace`` adds one navigation per page recorded with Chrome's tracing (the timeline, the JavaScript
+sampling profiler and the GPU process), kept as ``bench/out/viewer/trace_<page>.json`` (open it in
+chrome://tracing or Perfetto), and prints every task over 100 ms with what filled it: trace events
+(``Commit`` / ``GLES2::ReadPixels``: the compositor reading the WebGL canvas back, waiting for the
+GPU's work; ``RunMicrotasks``: JavaScript) and the functions the profiler sampled most in it
+(``(idle)`` inside a task is the main thread waiting for the GPU process).
 
 Chromium renders WebGL in software here (no GPU) and the 2 CPU cores may be shared: these are
 upper bounds; the figures printed are medians.
@@ -40,7 +49,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import io
+import json
 import os
 import socket
 import statistics
@@ -232,6 +243,21 @@ class Run:
     longest_ms: float
     old_first_frame_s: float | None
     level: str
+    marks: dict[str, float]
+
+
+#: The page's marks of its first frame (``hook.marks``), in the order they happen.
+STEPS = (("moduleMs", "module"), ("canvasMs", "WebGL set up"), ("readMs", "read"), ("drawnMs", "drawn"))
+#: What --trace records: the renderer's timeline, the JavaScript sampling profiler, the GPU process.
+TRACE_CATEGORIES = [
+    "devtools.timeline",
+    "disabled-by-default-devtools.timeline",
+    "v8.execute",
+    "disabled-by-default-v8.cpu_profiler",
+    "blink.user_timing",
+    "gpu",
+    "disabled-by-default-gpu.service",
+]
 
 
 def _counts(jpeg: bytes, box: dict[str, float]) -> tuple[int, int]:
@@ -254,11 +280,16 @@ def _counts(jpeg: bytes, box: dict[str, float]) -> tuple[int, int]:
     return int(grey.sum()), int(colour.sum())
 
 
-def _measure_once(browser: Any, base: str, state: dict, url: str, canvas: str, ready: str) -> Run:
-    """One navigation in a fresh context, with the screencast and the long-task observer on."""
+def _measure_once(
+    browser: Any, base: str, state: dict, url: str, canvas: str, ready: str, trace: Path | None = None
+) -> Run:
+    """One navigation in a fresh context, with the screencast and the long-task observer on (and
+    Chrome's tracing, into ``trace``, when given)."""
     context = browser.new_context(viewport={"width": 1440, "height": 900}, storage_state=state)
     context.add_init_script(LONG_TASKS)
     page = context.new_page()
+    if trace is not None:
+        browser.start_tracing(page=page, categories=TRACE_CATEGORIES)
     frames: list[tuple[float, bytes]] = []
     cdp = context.new_cdp_session(page)
 
@@ -295,6 +326,9 @@ def _measure_once(browser: Any, base: str, state: dict, url: str, canvas: str, r
     tasks = page.evaluate("window.__bench.longTasks")
     old = page.evaluate("window.labsegViewer ? window.labsegViewer.firstFrameMs : null")
     level = page.evaluate("window.labsegViewer ? window.labsegViewer.level : 'review'")
+    marks = page.evaluate("(window.labsegViewer || window.labsegReview || {}).marks || {}")
+    if trace is not None:
+        trace.write_bytes(browser.stop_tracing())
     context.close()
     on_screen_ms = None
     for stamp, jpeg in sorted(frames):
@@ -307,7 +341,80 @@ def _measure_once(browser: Any, base: str, state: dict, url: str, canvas: str, r
     blocking_ends = [start + duration for start, duration in tasks if duration > BLOCKING_MS]
     answers_ms = max([on_screen_ms, *blocking_ends])
     longest = max((duration for _, duration in tasks), default=0.0)
-    return Run(on_screen_ms / 1000, answers_ms / 1000, longest, old / 1000 if old else None, level)
+    return Run(on_screen_ms / 1000, answers_ms / 1000, longest, old / 1000 if old else None, level, marks)
+
+
+def _long_tasks(trace: dict[str, Any], min_ms: float = 100.0, top: int = 5) -> list[str]:
+    """The page's main-thread tasks over ``min_ms`` in a Chrome trace, each with the trace events
+    and the sampled JavaScript functions (self time) that filled it."""
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    threads = {
+        (e["pid"], e["tid"]): e["args"]["name"]
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "thread_name"
+    }
+    # The page's renderer: the process that ran the viewer's scripts (other renderers are Chrome's).
+    pids = {e["pid"] for e in events if "/static/" in str(e.get("args", {}).get("data", {}).get("url", ""))}
+    main = {key for key, name in threads.items() if name == "CrRendererMain" and key[0] in pids}
+    starts = [e["ts"] for e in events if e.get("name") == "navigationStart" and e["pid"] in pids]
+    origin = min(starts) if starts else 0
+    nodes: dict[tuple[Any, int], dict[str, Any]] = {}
+    samples: list[tuple[float, tuple[Any, int]]] = []
+    clock: dict[Any, float] = {
+        (e["pid"], e["id"]): e["args"]["data"]["startTime"] for e in events if e.get("name") == "Profile"
+    }
+    for e in events:
+        if e.get("name") != "ProfileChunk" or e["pid"] not in pids:
+            continue
+        key = (e["pid"], e["id"])
+        data = e["args"]["data"]
+        for node in data.get("cpuProfile", {}).get("nodes", []):
+            nodes[(key, node["id"])] = node
+        t = clock.get(key, 0.0)
+        ids, deltas = data.get("cpuProfile", {}).get("samples", []), data.get("timeDeltas", [])
+        for node_id, delta in zip(ids, deltas, strict=False):  # a chunk may end between the two
+            t += delta
+            samples.append((t, (key, node_id)))
+        clock[key] = t
+
+    def name(node_id: tuple[Any, int]) -> str:
+        frame = nodes.get(node_id, {}).get("callFrame", {})
+        function = frame.get("functionName") or "(anonymous)"
+        script = str(frame.get("url", "")).rsplit("/", 1)[-1]
+        return f"{function} ({script}:{int(frame.get('lineNumber', -1)) + 1})" if script else function
+
+    tasks = [
+        e
+        for e in events
+        if e.get("ph") == "X"
+        and (e["pid"], e["tid"]) in main
+        and e.get("name") in ("RunTask", "ThreadControllerImpl::RunTask")
+        and e.get("dur", 0) > min_ms * 1000
+    ]
+    lines = []
+    for task in sorted(tasks, key=lambda e: e["ts"]):
+        start, end = task["ts"], task["ts"] + task["dur"]
+        lines.append(f"  task at {(start - origin) / 1000:.0f} ms: {task['dur'] / 1000:.0f} ms")
+        inside: collections.Counter[str] = collections.Counter()
+        for e in events:
+            if (
+                e is not task
+                and e.get("ph") == "X"
+                and (e["pid"], e["tid"]) == (task["pid"], task["tid"])
+                and start <= e["ts"] < end
+                and e.get("dur", 0) > 0.2 * task["dur"]
+                and e["name"] not in ("RunTask", "ThreadControllerImpl::RunTask")
+            ):
+                inside[e["name"]] += e["dur"] / 1000
+        if inside:
+            lines.append("    events: " + ", ".join(f"{n} {ms:.0f} ms" for n, ms in inside.most_common(top)))
+        sampled = collections.Counter(name(node) for t, node in samples if start <= t < end)
+        total = sum(sampled.values())
+        if total:
+            per = task["dur"] / 1000 / total
+            named = [(n, count) for n, count in sampled.most_common(top + 1) if n != "(root)"][:top]
+            lines.append("    sampled: " + ", ".join(f"{n} {count * per:.0f} ms" for n, count in named))
+    return lines
 
 
 VIEWER_READY = (
@@ -316,9 +423,18 @@ VIEWER_READY = (
 REVIEW_READY = "document.body.dataset.reviewReady === 'true'"
 
 
-def _measure(browser: Any, base: str, state: dict, url: str, canvas: str, ready: str, runs: int) -> list[Run]:
-    """A warm-up navigation (the browser's first WebGL page), then ``runs`` cold contexts."""
-    return [_measure_once(browser, base, state, url, canvas, ready) for _ in range(1 + runs)]
+def _measure(
+    browser: Any, base: str, state: dict, url: str, canvas: str, ready: str, runs: int, trace: str = ""
+) -> list[Run]:
+    """A warm-up navigation (the browser's first WebGL page), then ``runs`` cold contexts; with
+    ``trace`` (a name), one more, traced, whose long tasks are printed (not counted)."""
+    results = [_measure_once(browser, base, state, url, canvas, ready) for _ in range(1 + runs)]
+    if trace:
+        path = OUT / f"trace_{trace}.json"
+        _measure_once(browser, base, state, url, canvas, ready, trace=path)
+        print(f"{trace}: tasks over 100 ms in one traced load ({path.relative_to(REPO)})")
+        print("\n".join(_long_tasks(json.loads(path.read_bytes())) or ["  none"]), flush=True)
+    return results
 
 
 def _median(values: list[float]) -> float:
@@ -356,6 +472,13 @@ def _report(
         f"longest ms: {', '.join(f'{r.longest_ms:.0f}' for r in runs)}; " + "; ".join(verdicts),
         flush=True,
     )
+    steps = [
+        f"{title} {_median([r.marks[key] for r in runs]) / 1000:.2f} s"
+        for key, title in STEPS
+        if all(key in r.marks for r in runs)
+    ]
+    if steps:
+        print(f"{'':<24} first frame's steps: {', '.join(steps)}", flush=True)
 
 
 def main() -> None:
@@ -366,6 +489,10 @@ def main() -> None:
         "--large-shape", default=",".join(map(str, LARGE_SHAPE)), help="i,j,k of the large scan"
     )
     parser.add_argument("--preview-voxels", type=int, help="the server's LABSEG_PREVIEW_MAX_VOXELS")
+    parser.add_argument(
+        "--trace", action="store_true", help="one more traced load per page: its long tasks, named"
+    )
+    parser.add_argument("--only", choices=("viewer", "review", "large"), help="measure one page only")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if args.preview_voxels:
@@ -377,7 +504,7 @@ def main() -> None:
     _seed_annotators(small_id)
     _seed("40 MB", SMALL_SHAPE, SMALL_SPACING)  # the annotators' previews
     large_id = None
-    if not args.skip_large:
+    if not args.skip_large and args.only in (None, "large"):
         spacing = SMALL_SPACING * SMALL_SHAPE[0] / large[0]
         large_mb = 2 * large[0] * large[1] * large[2] / 1e6
         large_id = _seed(f"{large_mb:.0f} MB", (large[0], large[1], large[2]), spacing)
@@ -400,14 +527,19 @@ def main() -> None:
             )
             print(f"{'page':<24} {'on screen':>10} {'answering':>10} {'longest':>11} {'old metric':>8}")
             viewer = ("canvas#gl", VIEWER_READY, args.runs)
-            results = _measure(browser, base, state, f"/scans/{small_id}/", *viewer)
-            _report("40 MB viewer", results, 1.5, 2.0, None)
-            results = _measure(
-                browser, base, state, f"/review/scans/{small_id}/", "canvas#overlay", REVIEW_READY, args.runs
-            )
-            _report("review, 3 annotators", results, 2.0, None, REVIEW_LONGEST_MS)
-            if large_id is not None:
-                results = _measure(browser, base, state, f"/scans/{large_id}/", *viewer)
+            wanted = {args.only} if args.only else {"viewer", "review", "large"}
+            if "viewer" in wanted:
+                trace = "viewer" if args.trace else ""
+                results = _measure(browser, base, state, f"/scans/{small_id}/", *viewer, trace=trace)
+                _report("40 MB viewer", results, 1.5, 2.0, None)
+            if "review" in wanted:
+                review = ("canvas#overlay", REVIEW_READY, args.runs)
+                trace = "review" if args.trace else ""
+                results = _measure(browser, base, state, f"/review/scans/{small_id}/", *review, trace=trace)
+                _report("review, 3 annotators", results, 2.0, None, REVIEW_LONGEST_MS)
+            if large_id is not None and "large" in wanted:
+                trace = "large" if args.trace else ""
+                results = _measure(browser, base, state, f"/scans/{large_id}/", *viewer, trace=trace)
                 _report(f"{'x'.join(map(str, large))} via preview", results, 3.0, None, None)
             browser.close()
     finally:

@@ -16,6 +16,7 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
+from frontend.layers import LEVELS, level_factor
 from inference import metrics
 from inference.structures import by_id, by_name
 from labs.current import show_lab
@@ -56,8 +57,8 @@ def scan_review(request: HttpRequest, pk: int) -> HttpResponse:
     viewer_config = {
         "scan": scan.pk,
         "ct_url": f"{layer_url}/ct.nii.gz",
-        # The levels to refine through after the first frame (frontend's viewer.json says them).
-        "viewer_json": reverse("frontend:scan-viewer-config", args=[scan.pk]),
+        # The levels, coarsest first: the first frame's, then those to refine through once idle.
+        "levels": [{"level": level, "factor": level_factor(scan, level)} for level in LEVELS],
         "disagreement_url": reverse("review:live-disagreement", args=[scan.pk, "__structure__"]),
         "annotations": [
             {

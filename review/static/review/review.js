@@ -12,7 +12,8 @@ import { DEFAULT_WIDTH, outline } from "../frontend/js/outlines.js";
 const config = JSON.parse(document.getElementById("review-config").textContent);
 const csrfToken = document.querySelector("input[name=csrfmiddlewaretoken]").value;
 const message = document.getElementById("review-message");
-const hook = (window.labsegReview = { firstFrameMs: null, level: null, settled: false, errors: [] });
+// marks: when each step of the first frame ended (ms since navigation), for bench/viewer.py.
+const hook = (window.labsegReview = { firstFrameMs: null, level: null, settled: false, errors: [], marks: { moduleMs: performance.now() } });
 const state = { level: "first", width: DEFAULT_WIDTH, hidden: new Set() };
 
 function rgb(hex) {
@@ -45,12 +46,18 @@ async function readAnnotation(a, level) {
   return outline(volume, state.width);
 }
 
-// Read the CT and every annotator at ``level`` apart from the scene, then swap them in at once.
-async function showLevel(level) {
+// The CT and every annotator at ``level``, read apart from the scene.
+function readLevel(level) {
   const ct = NVImage.loadFromUrl({ url: `${config.ct_url}?level=${level}`, name: "ct.nii.gz", colormap: "gray" });
-  const volumes = await Promise.all([ct, ...config.annotations.map((a) => readAnnotation(a, level))]);
+  return Promise.all([ct, ...config.annotations.map((a) => readAnnotation(a, level))]);
+}
+
+// Swap the volumes of ``level`` in at once (read now, unless ``reading`` already).
+async function showLevel(level, reading = null) {
+  const volumes = await (reading ?? readLevel(level));
   if (volumes[0].global_min <= -500) Object.assign(volumes[0], { cal_min: -160, cal_max: 240 }); // soft tissue, in HU
   await new Promise((resolve) => setTimeout(resolve, 0)); // reading and building: two tasks
+  if (!hook.firstFrameMs) hook.marks.readMs = performance.now();
   config.annotations.forEach((a, i) => annotationVolumes.set(a.id, volumes[i + 1]));
   if (disagreementVolume) volumes.push(disagreementVolume);
   await update(() => {
@@ -66,18 +73,21 @@ async function showLevel(level) {
 async function startViewer() {
   const canvas = document.getElementById("overlay");
   overlay = new Niivue({ backColor: [0, 0, 0, 1], crosshairWidth: 0, show3Dcrosshair: false, isColorbar: false, loadingText: "", multiplanarShowRender: 0 });
+  // The first level is read while NiiVue sets up WebGL (its shaders), not after.
+  const reading = readLevel("first");
+  reading.catch(() => {}); // reported by showLevel
   await overlay.attachToCanvas(canvas);
+  hook.marks.canvasMs = performance.now();
   update = quietScene(overlay);
   overlay.setSliceType(1);
-  await showLevel("first");
-  hook.firstFrameMs = performance.now();
+  await showLevel("first", reading);
+  hook.firstFrameMs = hook.marks.drawnMs = performance.now();
   canvas.dataset.loaded = "true";
 }
 
 // After the first frame, once idle: the finer preview level, where it is finer.
 async function refine() {
-  const response = await fetch(config.viewer_json, { headers: { Accept: "application/json" } });
-  const levels = response.ok ? (await response.json()).levels : [];
+  const levels = config.levels;
   const finer = levels.slice(1).filter((l, i) => l.factor < levels[i].factor);
   for (const l of finer) {
     await new Promise((resolve) => (window.requestIdleCallback ?? setTimeout)(resolve, { timeout: 1000 }));

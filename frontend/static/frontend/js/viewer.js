@@ -110,12 +110,17 @@ function visibleLayers() {
   return config.layers.filter((l) => l.visible);
 }
 
-async function loadAll({ quiet = false } = {}) {
-  // The CT and every visible overlay are fetched and read in parallel, then swapped in at once.
+// The CT and every visible overlay of the current level, fetched and read in parallel.
+function readLevel() {
   const wanted = visibleLayers();
-  const t0 = performance.now();
+  return { wanted, t0: performance.now(), reading: Promise.all(wanted.map((layer) => readVolume(layer, true))) };
+}
+
+async function loadAll({ quiet = false, level = null } = {}) {
+  // Swapped in at once, so a finer level replaces the coarser one without a blank frame.
   if (!quiet) setStatus(state.region ? "Loading full resolution of the region…" : state.level === "full" ? "Loading full resolution…" : "Loading…");
-  const volumes = await Promise.all(wanted.map((layer) => readVolume(layer, true)));
+  const { wanted, t0, reading } = level ?? readLevel();
+  const volumes = await reading;
   await nextTask(); // the last volume's reading and the rebuild are two tasks, not one long one
   mark("read");
   const t1 = performance.now();
@@ -766,11 +771,19 @@ async function main() {
   renderSources(config.volumeSources ?? []);
   wireToolbar();
   wireCorrection();
+  // The page's layout is final before the canvas first draws: a panel or toolbar line that changes
+  // it afterwards resizes the canvas, and NiiVue then draws a second full frame (150-200 ms without
+  // a GPU) straight after the first.
+  buildLesionPanel();
+  describeResolution();
+  // The first level's volumes are read while NiiVue sets up WebGL (its shaders), not after.
+  const first = readLevel();
+  first.reading.catch(() => {}); // reported below, by loadAll
   await nv.attachToCanvas(document.getElementById("gl"));
   hook.marks.canvasMs = performance.now();
   nv.onLocationChange = onLocation;
   try {
-    await loadAll();
+    await loadAll({ level: first });
   } catch (error) {
     setStatus(`Could not load the scan: ${error.message}`);
     hook.errors.push(String(error));
@@ -778,7 +791,6 @@ async function main() {
   }
   hook.firstFrameMs = performance.now();
   hook.overlayDrawn = config.layers.some((l) => l.kind === "labels" && l.volume);
-  buildLesionPanel();
   nv.createOnLocationChange();
   document.body.dataset.viewerReady = "1";
   try {
