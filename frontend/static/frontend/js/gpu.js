@@ -9,7 +9,7 @@
 // are gathered into one more rebuild.
 
 const POLL_MS = 16;
-const GIVE_UP_MS = 30_000; // a fence that never signals (a lost context): draw anyway
+const GIVE_UP_MS = 5_000; // a fence not signalled by then (a lost context, a browser that never updates it): draw anyway, which waits for the GPU
 
 /** Resolve once the GPU has run every command issued so far, without blocking the main thread. */
 export function gpuIdle(gl) {

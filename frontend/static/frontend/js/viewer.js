@@ -151,6 +151,10 @@ async function redraw(change = null) {
   if (hook.firstFrameMs) nv.createOnLocationChange();
 }
 
+function report(error) {
+  hook.errors.push(String(error));
+}
+
 // A frame without rebuilding textures (the view, the 3D tile): NiiVue draws it at once.
 function frameDrawn() {
   nv.drawScene();
@@ -206,7 +210,7 @@ function setLayerOpacity(layer, opacity) {
   layer.opacity = opacity;
   if (layer.volume && layer.visible) {
     layer.volume.opacity = opacity;
-    redraw(); // a slider's steps during one rebuild make one more rebuild, not one each
+    redraw().catch(report); // a slider's steps during one rebuild make one more rebuild, not one each
   }
 }
 
@@ -231,7 +235,7 @@ function setWindow(key) {
   for (const button of document.querySelectorAll("[data-window]")) button.setAttribute("aria-pressed", String(button.dataset.window === key));
   if (!layerOf("ct").volume) return Promise.resolve();
   applyWindow();
-  return redraw();
+  return redraw().catch(report);
 }
 
 const VIEWS = { multiplanar: SLICE_TYPE.MULTIPLANAR, axial: SLICE_TYPE.AXIAL, coronal: SLICE_TYPE.CORONAL, sagittal: SLICE_TYPE.SAGITTAL, render: SLICE_TYPE.RENDER };
@@ -397,7 +401,7 @@ function buildStructurePanel() {
     label.firstElementChild.addEventListener("change", (event) => {
       if (event.target.checked) hidden.delete(s.id);
       else hidden.add(s.id);
-      refreshLabels();
+      refreshLabels().catch(report);
     });
     container.append(label);
   }
