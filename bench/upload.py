@@ -7,10 +7,13 @@ answer, validation and storage included) and the server's peak resident memory (
 each upload. Flat memory means the peak after 500 MB is about the peak after 50 MB.
 
 ``--storage s3`` measures the resumable upload instead (``POST /api/uploads/``, 8 MiB chunks with
-``PUT``, ``complete``: the parts assembled on the web host, checked, then streamed to the bucket in
-parts) twice per file: on local storage and on S3, an S3 server over HTTP on loopback (moto's
+``PUT``, ``complete``: the parts assembled on the web host; on S3 the file then goes to the bucket in
+parts read from disk while its sha256 and data are checked, ``labseg.storage.store_file``) twice per
+file: on local storage and on S3, an S3 server over HTTP on loopback (moto's
 server, ``tests/s3.py``) with no local media folder. MB/s counts from the first request to the 201
-of ``complete``; ``complete`` alone (sha256, checks, storing) is printed beside it.
+of ``complete``; ``complete`` alone (sha256, checks, storing) is printed beside it, with the CPU
+seconds of the web process, the S3 server and this client during each upload, and the web process's
+peak RSS (VmHWM) before and after each upload.
 
 Usage: ``DATABASE_URL=postgres://postgres@127.0.0.1:5432/labseg_bench .venv/bin/python bench/upload.py
 [--storage s3]`` (the database is created when missing and emptied first; segmentation on upload is
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
+import itertools
 import json
 import os
 import shutil
@@ -298,10 +302,9 @@ def bench_resumable(
     """The resumable upload on the storage ``env`` names, one fresh web process per storage."""
     token = prepare(env)
     server = start_server(port, env, OUT / f"upload-server-{storage}.log")
+    peaks = [peak_rss_mib(server.pid)]
     try:
-        print(
-            f"[{storage}] web pid {server.pid}: peak RSS {peak_rss_mib(server.pid):.0f} MiB before any upload"
-        )
+        print(f"[{storage}] web pid {server.pid}: peak RSS {peaks[0]:.0f} MiB before any upload")
         for index, (label, path) in enumerate(files):
             size_mb = path.stat().st_size / 1e6
             cpu_before = cpu_seconds(server.pid)
@@ -310,11 +313,12 @@ def bench_resumable(
             seconds, completing, _answer = resumable_upload(port, token, path, mouse=f"R{index:02d}")
             cpu_used = cpu_seconds(server.pid) - cpu_before
             client_cpu = time.process_time() - client_cpu_before
+            peaks.append(peak_rss_mib(server.pid))
             extra = f", S3 server peak RSS {peak_rss_mib(s3_pid):.0f} MiB" if s3_pid else ""
             print(
                 f"[{storage}] {label:>6} resumable ({size_mb:.0f} MB): {size_mb / seconds:.0f} MB/s "
                 f"({seconds:.2f} s, of which complete {completing:.2f} s), web peak RSS "
-                f"{peak_rss_mib(server.pid):.0f} MiB{extra}"
+                f"{peaks[-1]:.0f} MiB{extra}"
             )
             s3_cpu = f", S3 server {cpu_seconds(s3_pid) - s3_cpu_before:.2f} s" if s3_pid else ""
             print(
@@ -322,6 +326,9 @@ def bench_resumable(
                 f"{s3_cpu}, client {client_cpu:.2f} s; load average {os.getloadavg()[0]:.1f} on "
                 f"{os.cpu_count()} cores"
             )
+        # Flat memory: the largest file raises the web process's peak no more than the smallest did.
+        growth = ", ".join(f"+{after - before:.0f} MiB" for before, after in itertools.pairwise(peaks))
+        print(f"[{storage}] web peak RSS {' -> '.join(f'{p:.0f}' for p in peaks)} MiB (per upload: {growth})")
     finally:
         stop_server(server)
 

@@ -147,6 +147,19 @@ if LABSEG_STORAGE == "s3":
     # that are read into the web process's memory while they are sent: memory stays flat.
     _transfer = TransferConfig(max_concurrency=env.int("AWS_S3_MAX_CONCURRENCY", default=4))
     _transfer.max_in_memory_upload_chunks = _transfer.max_request_concurrency
+    from botocore.config import Config as _BotoConfig
+
+    # Request bodies carry a CRC32 checksum that S3 verifies (botocore's default); over HTTPS botocore
+    # then leaves the payload out of the SigV4 signature, and with AWS_S3_PAYLOAD_SIGNING=false
+    # (default) it does so over plain HTTP too (a MinIO inside the network): signing costs the web
+    # process a SHA-256 pass over every byte stored (labseg/storage.py).
+    _client_config = _BotoConfig(
+        s3={
+            "addressing_style": env.str("AWS_S3_ADDRESSING_STYLE", default="path"),
+            "payload_signing_enabled": env.bool("AWS_S3_PAYLOAD_SIGNING", default=False),
+        },
+        signature_version="s3v4",
+    )
     # Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, read by boto3 itself. Path-style
     # addressing: a MinIO or other endpoint by host name has no per-bucket DNS names.
     _default_storage = {
@@ -162,6 +175,7 @@ if LABSEG_STORAGE == "s3":
             # backend's default 0 would hold a whole scan in memory).
             "max_memory_size": 8 * 1024 * 1024,
             "transfer_config": _transfer,
+            "client_config": _client_config,
             "file_overwrite": False,
         },
     }

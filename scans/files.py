@@ -49,12 +49,18 @@ def upload_tmp_dir() -> Path:
 
 @dataclass
 class IncomingFile:
-    """A received file waiting in ``upload_tmp_dir()``; ``owned`` files are deleted after use."""
+    """A received file waiting in ``upload_tmp_dir()``; ``owned`` files are deleted after use.
+
+    ``sha256_claimed`` marks a ``sha256`` that the client computed and this server has not yet:
+    :func:`scans.services.register_scan` hashes the file while it is being stored and refuses it
+    when they differ.
+    """
 
     path: Path
     sha256: str
     size_bytes: int
     owned: bool = True
+    sha256_claimed: bool = False
 
     def discard(self) -> None:
         if self.owned:

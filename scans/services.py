@@ -15,6 +15,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +31,10 @@ from audit.models import AuditEvent
 from inference.pipeline.pictures import projection_png
 from labs.models import Lab
 from labseg.ids import is_id
+from labseg.storage import has_local_paths, store_file
 
 from . import quota
-from .files import IncomingFile, MovableFile, receive, safe_filename
+from .files import IncomingFile, receive, safe_filename, sha256_of
 from .models import Mouse, Scan, Study, TimePoint, parse_offset_hours
 from .signals import scan_registered
 from .validation import ScanRejected, VolumeStats, check_not_label_map, read_header, read_volume
@@ -170,14 +172,11 @@ def save_incoming(incoming: IncomingFile, name: str, saved: list[str]) -> str:
     ``name`` must be new (labseg stores each upload in a folder of its own): a copy that fails
     half-way (a full disk) leaves a partial file under that name, which is deleted at once.
     """
-    movable = MovableFile(incoming.path)
     try:
-        stored = default_storage.save(name, movable)
+        stored = store_file(incoming.path, name)
     except BaseException:
         delete_partial(name)
         raise
-    finally:
-        movable.close()
     saved.append(stored)
     return stored
 
@@ -200,6 +199,13 @@ def delete_partial(name: str) -> None:
             default_storage.delete(name)
     except OSError:
         logger.exception("could not delete the partial file %s", name)
+
+
+def check_sha256(incoming: IncomingFile) -> None:
+    """Refuse a file whose sha256 differs from the one its client claimed (``incoming.sha256``)."""
+    if sha256_of(incoming.path) != incoming.sha256:
+        raise ScanRejected("the file received differs from the file sent (sha256 mismatch): upload it again")
+    incoming.sha256_claimed = False
 
 
 def register_scan(
@@ -230,16 +236,38 @@ def register_scan(
         incoming = receive(uploaded_file_path_or_file)
         quota.check_upload_size(incoming.size_bytes)
         quota.check_quota(lab, incoming.size_bytes)  # early, before the data is read; again below
+        if incoming.sha256_claimed and Scan.objects.filter(lab=lab, sha256=incoming.sha256).exists():
+            check_sha256(incoming)  # only the file the client claims to send is refused as a duplicate
         _refuse_duplicate_scan(lab=lab, sha256=incoming.sha256)
-        header = read_header(incoming.path, original_filename)
-        started = time.perf_counter()
-        stats = read_volume(incoming.path, header, preview=True)
-        check_not_label_map(stats, original_filename)
-        thumbnail = _thumbnail_png(stats, header.affine)
-        checked_s = time.perf_counter() - started
+        try:
+            header = read_header(incoming.path, original_filename)
+        except ScanRejected:
+            if incoming.sha256_claimed:
+                check_sha256(incoming)  # a file damaged on the way is refused as such
+            raise
         folder = f"labs/{lab.pk}/scans/{uuid.uuid4().hex}"
-        with stored_files() as saved:
-            file_name = save_incoming(incoming, f"{folder}/{stored_name}", saved)
+        # Leaving the block waits for the pool first (the upload's name is then in ``saved``), so a
+        # refusal deletes what the upload stored.
+        with stored_files() as saved, ThreadPoolExecutor(1, thread_name_prefix="scan-store") as pool:
+            # On S3 the upload (bound by the S3 server) runs while this process reads the data (bound
+            # by this process's core) instead of after it. On disk storage storing is a rename, done
+            # once the data is checked.
+            uploading = (
+                None
+                if has_local_paths()
+                else pool.submit(save_incoming, incoming, f"{folder}/{stored_name}", saved)
+            )
+            if incoming.sha256_claimed:
+                check_sha256(incoming)
+            started = time.perf_counter()
+            stats = read_volume(incoming.path, header, preview=True)
+            check_not_label_map(stats, original_filename)
+            thumbnail = _thumbnail_png(stats, header.affine)
+            checked_s = time.perf_counter() - started
+            if uploading is None:
+                file_name = save_incoming(incoming, f"{folder}/{stored_name}", saved)
+            else:
+                file_name = uploading.result()
             thumbnail_name = ""
             if thumbnail is not None:
                 thumbnail_name = save_content(thumbnail, f"{folder}/thumbnail.png", saved)

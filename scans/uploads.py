@@ -4,9 +4,9 @@ The bytes accumulate in ``upload_tmp_dir()/chunks/<session id>.part`` on the web
 (``MEDIA_ROOT/tmp`` on local storage, a local folder on S3: a web tier of several hosts needs
 sticky sessions for uploads in progress). A chunk must start at the session's current offset; the
 offset moves with a compare-and-set so two clients sending the same range cannot both win.
-Completion checks the sha256 the client computed, then hands the file to
-:func:`scans.services.register_scan`, which streams it to storage; the chunk file and the session
-are removed on completion or refusal.
+Completion hands the file, with the sha256 the client computed, to
+:func:`scans.services.register_scan`, which checks that sha256 and streams the file to storage;
+the chunk file and the session are removed on completion or refusal.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from django.utils import timezone
 from labseg.refusals import is_disk_full
 
 from . import quota
-from .files import PIECE_BYTES, IncomingFile, safe_filename, sha256_of, upload_tmp_dir
+from .files import PIECE_BYTES, IncomingFile, safe_filename, upload_tmp_dir
 from .models import Lab, Scan, UploadSession
 from .services import register_scan
 from .validation import ScanRejected
@@ -166,12 +166,14 @@ def complete_upload(
         # The session's reserved room is released now: register_scan checks the quota again for
         # the lab the scan goes to, with the real file.
         UploadSession.objects.filter(pk=session.pk).update(lab=None)
-        actual = sha256_of(path)
-        if actual != (sha256 or "").strip().lower():
-            raise ScanRejected(
-                "the file received differs from the file sent (sha256 mismatch): upload it again"
-            )
-        incoming = IncomingFile(path=path, sha256=actual, size_bytes=session.size_bytes)
+        # register_scan hashes the file while it stores it (on S3 the upload and the hash overlap)
+        # and refuses it, leaving nothing behind, when the sha256 differs from the client's.
+        incoming = IncomingFile(
+            path=path,
+            sha256=(sha256 or "").strip().lower(),
+            size_bytes=session.size_bytes,
+            sha256_claimed=True,
+        )
         return register_scan(
             lab=lab,
             uploaded_file_path_or_file=incoming,

@@ -68,6 +68,11 @@ class Bucket:
 
         transfer = TransferConfig(max_concurrency=4)
         transfer.max_in_memory_upload_chunks = transfer.max_request_concurrency
+        from botocore.config import Config
+
+        client_config = Config(
+            s3={"addressing_style": "path", "payload_signing_enabled": False}, signature_version="s3v4"
+        )
         return {
             "bucket_name": self.name,
             "endpoint_url": self.endpoint_url,
@@ -79,6 +84,7 @@ class Bucket:
             "querystring_expire": 3600,
             "max_memory_size": 8 * 1024 * 1024,
             "transfer_config": transfer,
+            "client_config": client_config,
             "file_overwrite": False,
         }
 
