@@ -109,6 +109,10 @@ def get_file_session(
             options.inter_op_num_threads = 1
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # predict_volume runs the organ and tumor tasks side by side: threads spinning while
+            # they wait for work would take the core the other task's numpy work needs
+            # (bench/segment_speed.py, 192 x 192 x 520: 2.65-2.7 s warm without, 2.75-2.9 s with).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
             _log_fallback(device, providers, session, path)
             if check is not None:
