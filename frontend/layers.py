@@ -34,6 +34,7 @@ from labseg.refusals import Refused
 from labseg.storage import local_path
 from review.files import annotation_values
 from review.services import consensus_annotations
+from scans.levels import LEVELS, first_max_voxels, level_factor, preview_max_voxels
 from scans.models import Annotation, Scan
 from segmentation.corrections import corrections, source_label
 from segmentation.models import Prediction
@@ -65,30 +66,6 @@ class RegionRefusedError(Refused):
     """The requested full-resolution view is too large; the message says what to do instead."""
 
     status = 413
-
-
-def preview_max_voxels() -> int:
-    """Voxel budget of the viewer's first view (software WebGL draws about 2M voxels in ~1 s);
-    ``settings.LABSEG_PREVIEW_MAX_VOXELS``, 2.5 million by default (a 192x192x520 scan at half
-    resolution per axis)."""
-    return int(settings.LABSEG_PREVIEW_MAX_VOXELS)
-
-
-def first_max_voxels() -> int:
-    """Voxel budget of the first frame's grid (``settings.LABSEG_PREVIEW_FIRST_VOXELS``, 400 000 by
-    default): software WebGL draws it with its overlays in well under a second, and the viewer then
-    refines to the ``preview`` grid and, for scans up to ``LABSEG_VIEWER_AUTO_FULL_VOXELS``, to full
-    resolution."""
-    return min(int(settings.LABSEG_PREVIEW_FIRST_VOXELS), preview_max_voxels())
-
-
-#: The preview levels, coarsest first: what the viewer loads one after the other.
-LEVELS = ("first", "preview")
-
-
-def level_factor(scan: Scan, level: str) -> int:
-    budget = first_max_voxels() if level == "first" else preview_max_voxels()
-    return previews.preview_factor(scan.shape, max_voxels=budget)
 
 
 def auto_full(scan: Scan) -> bool:

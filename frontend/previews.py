@@ -14,13 +14,14 @@ one grid and overlay exactly. Pure numpy + nibabel: no Django here.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from scans.levels import preview_factor
 
 #: Slabs along the last axis are read one at a time, so a 2 GB scan never sits in memory whole.
 _SLAB_BYTES = 64 * 1024**2
@@ -32,18 +33,6 @@ class Grid:
 
     shape: tuple[int, int, int]
     affine: np.ndarray
-
-
-def preview_factor(shape: Iterable[int], *, max_voxels: int) -> int:
-    """The smallest integer factor per axis that brings ``shape`` to at most ``max_voxels`` voxels."""
-    dims = [int(s) for s in shape][:3]
-    voxels = math.prod(dims)
-    if voxels <= max_voxels:
-        return 1
-    factor = max(1, math.ceil((voxels / max_voxels) ** (1 / 3)))
-    while math.prod(max(1, d // factor) for d in dims) > max_voxels:
-        factor += 1
-    return factor
 
 
 def preview_grid(grid: Grid, factor: int) -> Grid:

@@ -16,11 +16,11 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
-from frontend.layers import LEVELS, level_factor
 from inference import metrics
 from inference.structures import by_id, by_name
 from labs.current import show_lab
 from labseg.downloads import stored_file_response
+from scans.levels import LEVELS, level_factor
 from scans.models import Annotation, Scan, Study
 
 from . import studies
