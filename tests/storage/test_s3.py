@@ -33,6 +33,7 @@ from segmentation import services
 from segmentation.models import InferenceJob, ModelVersion, Prediction
 from tests.s3 import Bucket
 from tests.segmentation.tiny import write_phantom
+from tests.uploads import resumable_upload
 from tests.workers import PrivateRedis, Workers, private_broker, started_workers, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -57,22 +58,7 @@ def _sha256(data: bytes) -> str:
 
 
 def _resumable_upload(client: APIClient, path: Path, **fields: str) -> Any:
-    content = path.read_bytes()
-    created = client.post("/api/uploads/", {"filename": path.name, "size_bytes": len(content)}, format="json")
-    assert created.status_code == 201, created.content
-    upload_id = created.json()["id"]
-    for start in range(0, len(content), CHUNK_BYTES):
-        piece = content[start : start + CHUNK_BYTES]
-        sent = client.put(
-            f"/api/uploads/{upload_id}/",
-            piece,
-            content_type="application/octet-stream",
-            HTTP_CONTENT_RANGE=f"bytes {start}-{start + len(piece) - 1}/{len(content)}",
-        )
-        assert sent.status_code == 200, sent.content
-    return client.post(
-        f"/api/uploads/{upload_id}/complete/", {"sha256": _sha256(content), **fields}, format="json"
-    )
+    return resumable_upload(client, path.read_bytes(), path.name, chunk_bytes=CHUNK_BYTES, **fields)
 
 
 def _follow_presigned(response: Any, bucket: Bucket) -> tuple[bytes, dict[str, str]]:

@@ -18,6 +18,7 @@ from labseg.storage import UPLOAD_PART_BYTES, store_file
 from scans.models import Scan, UploadSession
 from tests.s3 import Bucket
 from tests.scans.niftis import nifti_bytes, volume
+from tests.uploads import resumable_upload
 
 pytestmark = pytest.mark.django_db
 
@@ -76,19 +77,7 @@ def test_store_file_keeps_the_names_storage_save_gives(tmp_path: Path, bucket: B
 
 
 def _resumable(client: APIClient, content: bytes, sha256: str, filename: str = "CT_M01_8d.nii") -> Any:
-    created = client.post("/api/uploads/", {"filename": filename, "size_bytes": len(content)}, format="json")
-    assert created.status_code == 201, created.content
-    upload_id = created.json()["id"]
-    for start in range(0, len(content), CHUNK_BYTES):
-        piece = content[start : start + CHUNK_BYTES]
-        sent = client.put(
-            f"/api/uploads/{upload_id}/",
-            piece,
-            content_type="application/octet-stream",
-            HTTP_CONTENT_RANGE=f"bytes {start}-{start + len(piece) - 1}/{len(content)}",
-        )
-        assert sent.status_code == 200, sent.content
-    return client.post(f"/api/uploads/{upload_id}/complete/", {"sha256": sha256, **FIELDS}, format="json")
+    return resumable_upload(client, content, filename, chunk_bytes=CHUNK_BYTES, sha256=sha256, **FIELDS)
 
 
 @pytest.fixture
