@@ -37,10 +37,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import nibabel as nib
 import numpy as np
+
+if TYPE_CHECKING:
+    from tests.s3 import Bucket
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: tests/s3.py is importable
@@ -333,6 +337,30 @@ def bench_resumable(
         stop_server(server)
 
 
+def direct_upload(bucket: Bucket, file: tuple[str, Path], storage: str) -> None:
+    """The peer: the same file sent straight to the S3 server by boto3 (``upload_file``, 8 MiB
+    parts, 4 at a time), no web process in between: what the server itself allows on this machine."""
+    from boto3.s3.transfer import TransferConfig
+
+    label, path = file
+    client = bucket.client(config=bucket.storage_options()["client_config"])
+    size_mb = path.stat().st_size / 1e6
+    started = time.perf_counter()
+    client.upload_file(
+        str(path),
+        bucket.name,
+        f"direct/{path.name}",
+        Config=TransferConfig(
+            multipart_threshold=8 * 1024**2, multipart_chunksize=8 * 1024**2, max_concurrency=4
+        ),
+    )
+    seconds = time.perf_counter() - started
+    print(
+        f"[{storage}] {label:>6} straight to the S3 server with boto3, no web process: "
+        f"{size_mb / seconds:.0f} MB/s ({seconds:.2f} s)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0, help="Server port (default: a free one).")
@@ -342,6 +370,12 @@ def main() -> None:
         default="local",
         help="local: the plain upload on local storage; s3: the resumable upload on local storage and "
         "on an S3 server over HTTP (moto, loopback), side by side.",
+    )
+    parser.add_argument(
+        "--s3-server",
+        choices=("rclone", "moto", "both"),
+        default="both",
+        help="With --storage s3: the S3 server on loopback (rclone serve s3, compiled; moto, Python).",
     )
     parser.add_argument(
         "--keep-files", action="store_true", help="Keep the generated NIfTI files in bench/out."
@@ -370,23 +404,26 @@ def main() -> None:
         if args.storage == "local":
             bench_multipart(files, env, port)
             return
-        from tests.s3 import S3Server
+        from tests.s3 import RcloneS3Server, S3Server
 
         bench_resumable(files, env, port, "local")
-        server = S3Server(var_dir / "s3").start()
-        try:
-            bucket = server.new_bucket("bench")
-            # No local media folder: MEDIA_ROOT lies under a plain file.
-            (var_dir / "not-a-folder").write_text("")
-            s3_env = {**env, **bucket.env, "LABSEG_MEDIA_ROOT": str(var_dir / "not-a-folder" / "media")}
-            assert server.process is not None
-            bench_resumable(files, s3_env, port, "s3", s3_pid=server.process.pid)
-            print(
-                f"[s3] objects in the bucket: {len(bucket.object_names())}; media folder made: "
-                f"{(var_dir / 'not-a-folder' / 'media').exists()}"
-            )
-        finally:
-            server.stop()
+        # No local media folder on S3: MEDIA_ROOT lies under a plain file.
+        (var_dir / "not-a-folder").write_text("")
+        servers = {"rclone": RcloneS3Server, "moto": S3Server}
+        for kind in servers if args.s3_server == "both" else [args.s3_server]:
+            server = servers[kind](var_dir / f"s3-{kind}").start()
+            try:
+                bucket = server.new_bucket("bench")
+                s3_env = {**env, **bucket.env, "LABSEG_MEDIA_ROOT": str(var_dir / "not-a-folder" / "media")}
+                assert server.process is not None
+                bench_resumable(files, s3_env, port, f"s3-{kind}", s3_pid=server.process.pid)
+                print(
+                    f"[s3-{kind}] objects in the bucket: {len(bucket.object_names())}; media folder made: "
+                    f"{(var_dir / 'not-a-folder' / 'media').exists()}"
+                )
+                direct_upload(bucket, files[-1], f"s3-{kind}")
+            finally:
+                server.stop()
     finally:
         shutil.rmtree(var_dir, ignore_errors=True)
         if not args.keep_files:

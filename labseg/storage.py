@@ -5,7 +5,9 @@ the stored file's own path is used (no copy); on storage without local paths (S3
 streamed into a temporary file that is removed when the block ends.
 
 Files received by the web process go to storage with :func:`store_file`: a rename on disk storage, and
-on S3 a multipart upload read part by part from the file on disk (no part is held in memory).
+on S3 a multipart upload read part by part from the file on disk (no part is held in memory). A
+resumable upload sends its parts while the rest of the file still arrives: :func:`open_multipart`,
+:func:`send_part` and :func:`finish_multipart` (``scans/upload_parts.py``).
 
 Downloads on storage that can sign URLs (S3: ``presigned_url``) go from storage to the client
 directly; ``labseg/downloads.py`` answers them with a redirect.
@@ -17,7 +19,9 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -125,21 +129,176 @@ def store_file(path: Path, name: str, *, storage: Storage | None = None) -> str:
         with path.open("rb") as source:
             return str(store.save(name, _MovableFile(source, path)))
     from boto3.s3.transfer import TransferConfig
-    from storages.utils import clean_name
 
-    name = store.get_available_name(name)
-    cleaned = clean_name(name)
-    key = s3._normalize_name(cleaned)
-    size = path.stat().st_size
-    part_bytes = max(UPLOAD_PART_BYTES, -(-size // S3_MAX_PARTS))
-    configured = s3.transfer_config
+    cleaned, key = _new_key(s3, name)
+    part_bytes = part_size(path.stat().st_size)
     transfer = TransferConfig(
-        multipart_threshold=part_bytes,
-        multipart_chunksize=part_bytes,
-        max_concurrency=configured.max_request_concurrency if configured else 4,
+        multipart_threshold=part_bytes, multipart_chunksize=part_bytes, max_concurrency=_concurrency(s3)
     )
     s3.bucket.upload_file(str(path), key, ExtraArgs=s3._get_write_parameters(key), Config=transfer)
-    return str(cleaned)
+    return cleaned
+
+
+def part_size(size: int) -> int:
+    """Bytes per part of a multipart upload of ``size`` bytes (S3 allows at most 10,000 parts)."""
+    return max(UPLOAD_PART_BYTES, -(-size // S3_MAX_PARTS))
+
+
+def part_ranges(size: int) -> list[tuple[int, int, int]]:
+    """``(part number, first byte, length)`` of each part of a ``size``-byte multipart upload."""
+    step = part_size(size)
+    return [(index + 1, start, min(step, size - start)) for index, start in enumerate(range(0, size, step))]
+
+
+def _new_key(s3: Any, name: str) -> tuple[str, str]:
+    """The stored name a new file ``name`` gets (as ``Storage.save`` would give it) and its key."""
+    from storages.utils import clean_name
+
+    cleaned = str(clean_name(s3.get_available_name(name)))
+    return cleaned, str(s3._normalize_name(cleaned))
+
+
+def _concurrency(s3: Any) -> int:
+    configured = s3.transfer_config
+    return int(configured.max_request_concurrency) if configured else 4
+
+
+#: What each part and the completion repeat from the multipart upload's parameters (as boto3's own
+#: multipart uploads do, ``s3transfer.upload.UploadSubmissionTask``).
+_PART_ARGS = ("ChecksumAlgorithm", "SSECustomerKey", "SSECustomerAlgorithm", "SSECustomerKeyMD5")
+_COMPLETE_ARGS = ("SSECustomerKey", "SSECustomerAlgorithm", "SSECustomerKeyMD5")
+
+
+@dataclass(frozen=True)
+class Multipart:
+    """A multipart upload open on S3 for the new file ``name``: its parts can be sent in any order,
+    by any process, until :func:`finish_multipart` completes it or :func:`abort_multipart` drops it."""
+
+    name: str
+    upload_id: str
+    size: int
+
+    def parameters(self, s3: Any) -> dict[str, Any]:
+        key = s3._normalize_name(self.name)
+        parameters = dict(s3._get_write_parameters(key))
+        # boto3's own uploads ask for a CRC32 of every part when the client computes checksums
+        # (botocore's default, ``request_checksum_calculation``); the completion repeats them.
+        if s3.bucket.meta.client.meta.config.request_checksum_calculation == "when_supported":
+            parameters.setdefault("ChecksumAlgorithm", "CRC32")
+        return {"Bucket": s3.bucket_name, "Key": key, **parameters}
+
+
+def _s3_or_refuse(storage: Storage | None) -> Any:
+    s3 = _s3(storage or default_storage)
+    if s3 is None:
+        raise ValueError("multipart uploads exist only on S3 storage")
+    return s3
+
+
+def open_multipart(name: str, size: int, *, storage: Storage | None = None) -> Multipart | None:
+    """Open a multipart upload for the new file ``name`` of ``size`` bytes; None where the storage
+    has no multipart uploads (disk: the file is stored whole by :func:`store_file`)."""
+    s3 = _s3(storage or default_storage)
+    if s3 is None:
+        return None
+    cleaned, _key = _new_key(s3, name)
+    opened = Multipart(cleaned, "", size)
+    created = s3.bucket.meta.client.create_multipart_upload(**opened.parameters(s3))
+    return Multipart(cleaned, str(created["UploadId"]), size)
+
+
+def _part_fields(answer: dict[str, Any], number: int) -> dict[str, Any]:
+    fields = {"PartNumber": number, "ETag": answer["ETag"]}
+    fields.update({key: value for key, value in answer.items() if key.startswith("Checksum") and value})
+    fields.pop("ChecksumType", None)
+    return fields
+
+
+def send_part(
+    multipart: Multipart, number: int, path: Path, *, storage: Storage | None = None
+) -> dict[str, Any]:
+    """Send part ``number`` of ``multipart`` from the local file ``path`` (read as the socket sends
+    it, never whole); what the completion needs of it (number, ETag, checksum)."""
+    from s3transfer.utils import ReadFileChunk
+
+    s3 = _s3_or_refuse(storage)
+    parameters = multipart.parameters(s3)
+    _number, start, length = part_ranges(multipart.size)[number - 1]
+    extra = {key: parameters[key] for key in _PART_ARGS if key in parameters}
+    with ReadFileChunk.from_filename(str(path), start, length, callbacks=[]) as body:
+        answer = s3.bucket.meta.client.upload_part(
+            Bucket=parameters["Bucket"],
+            Key=parameters["Key"],
+            UploadId=multipart.upload_id,
+            PartNumber=number,
+            Body=body,
+            **extra,
+        )
+    return _part_fields(answer, number)
+
+
+def sent_parts(multipart: Multipart, *, storage: Storage | None = None) -> dict[int, dict[str, Any]]:
+    """The parts of ``multipart`` the bucket holds whole, by number (S3's ListParts)."""
+    s3 = _s3_or_refuse(storage)
+    parameters = multipart.parameters(s3)
+    lengths = {number: length for number, _start, length in part_ranges(multipart.size)}
+    pages = s3.bucket.meta.client.get_paginator("list_parts").paginate(
+        Bucket=parameters["Bucket"], Key=parameters["Key"], UploadId=multipart.upload_id
+    )
+    held: dict[int, dict[str, Any]] = {}
+    for page in pages:
+        for part in page.get("Parts", []):
+            number = int(part["PartNumber"])
+            if lengths.get(number) == int(part["Size"]):
+                held[number] = _part_fields(part, number)
+    return held
+
+
+def finish_multipart(
+    multipart: Multipart,
+    path: Path,
+    *,
+    sent: dict[int, dict[str, Any]] | None = None,
+    storage: Storage | None = None,
+) -> str:
+    """Send the parts of ``multipart`` the bucket lacks from the whole local file ``path``, then
+    complete it; the stored name. ``sent`` are parts this process knows arrived; the bucket is
+    asked for the rest (another process may have sent them). A failure aborts the upload."""
+    s3 = _s3_or_refuse(storage)
+    try:
+        held = {**sent_parts(multipart, storage=s3), **(sent or {})}
+        missing = [number for number, _start, _length in part_ranges(multipart.size) if number not in held]
+        with ThreadPoolExecutor(_concurrency(s3), thread_name_prefix="s3-part") as pool:
+            for part in pool.map(lambda number: send_part(multipart, number, path, storage=s3), missing):
+                held[part["PartNumber"]] = part
+        parameters = multipart.parameters(s3)
+        extra = {key: parameters[key] for key in _COMPLETE_ARGS if key in parameters}
+        s3.bucket.meta.client.complete_multipart_upload(
+            Bucket=parameters["Bucket"],
+            Key=parameters["Key"],
+            UploadId=multipart.upload_id,
+            MultipartUpload={"Parts": [held[number] for number in sorted(held)]},
+            **extra,
+        )
+    except BaseException:
+        abort_multipart(multipart, storage=s3)
+        raise
+    return multipart.name
+
+
+def abort_multipart(multipart: Multipart, *, storage: Storage | None = None) -> None:
+    """Drop ``multipart`` and the parts it holds; one already completed or aborted is left as it is."""
+    from botocore.exceptions import ClientError
+
+    s3 = _s3_or_refuse(storage)
+    parameters = multipart.parameters(s3)
+    try:
+        s3.bucket.meta.client.abort_multipart_upload(
+            Bucket=parameters["Bucket"], Key=parameters["Key"], UploadId=multipart.upload_id
+        )
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
+            raise
 
 
 def has_local_paths(storage: Storage | None = None) -> bool:

@@ -18,6 +18,7 @@ import re
 import tempfile
 import threading
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -61,6 +62,10 @@ class IncomingFile:
     size_bytes: int
     owned: bool = True
     sha256_claimed: bool = False
+    #: Where storing already began (a resumable upload's parts sent to S3 while it arrived): the
+    #: name the file will have, and the call that finishes storing it there and returns that name.
+    stored_name: str = ""
+    finish_storing: Callable[[], str] | None = None
 
     def discard(self) -> None:
         if self.owned:

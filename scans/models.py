@@ -271,6 +271,11 @@ class UploadSession(models.Model):
     filename = models.CharField(max_length=255)
     size_bytes = models.BigIntegerField()
     offset = models.BigIntegerField(default=0)
+    #: On S3, the multipart upload the file's parts go to while the rest arrives
+    #: (``scans/upload_parts.py``): the name the scan will be stored under and the upload's id.
+    #: Empty on disk storage, and where none could be opened (the file is then stored whole).
+    stored_name = models.CharField(max_length=1024, blank=True, default="")
+    storage_upload_id = models.CharField(max_length=1024, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

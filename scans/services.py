@@ -11,6 +11,7 @@ Annotation files go through the same helpers from the annotation lifecycle
 from __future__ import annotations
 
 import logging
+import posixpath
 import time
 import unicodedata
 import uuid
@@ -173,7 +174,7 @@ def save_incoming(incoming: IncomingFile, name: str, saved: list[str]) -> str:
     half-way (a full disk) leaves a partial file under that name, which is deleted at once.
     """
     try:
-        stored = store_file(incoming.path, name)
+        stored = incoming.finish_storing() if incoming.finish_storing else store_file(incoming.path, name)
     except BaseException:
         delete_partial(name)
         raise
@@ -201,11 +202,19 @@ def delete_partial(name: str) -> None:
         logger.exception("could not delete the partial file %s", name)
 
 
+SHA256_MISMATCH = "the file received differs from the file sent (sha256 mismatch): upload it again"
+
+
 def check_sha256(incoming: IncomingFile) -> None:
     """Refuse a file whose sha256 differs from the one its client claimed (``incoming.sha256``)."""
     if sha256_of(incoming.path) != incoming.sha256:
-        raise ScanRejected("the file received differs from the file sent (sha256 mismatch): upload it again")
+        raise ScanRejected(SHA256_MISMATCH)
     incoming.sha256_claimed = False
+
+
+def scan_folder(lab: Lab) -> str:
+    """A new folder in storage for one scan's files (the scan and its thumbnail) in ``lab``."""
+    return f"labs/{lab.pk}/scans/{uuid.uuid4().hex}"
 
 
 def register_scan(
@@ -245,18 +254,16 @@ def register_scan(
             if incoming.sha256_claimed:
                 check_sha256(incoming)  # a file damaged on the way is refused as such
             raise
-        folder = f"labs/{lab.pk}/scans/{uuid.uuid4().hex}"
+        # A resumable upload's parts may already be in the bucket under the name chosen when it opened.
+        folder = posixpath.dirname(incoming.stored_name) if incoming.stored_name else scan_folder(lab)
+        file_name = incoming.stored_name or f"{folder}/{stored_name}"
         # Leaving the block waits for the pool first (the upload's name is then in ``saved``), so a
         # refusal deletes what the upload stored.
         with stored_files() as saved, ThreadPoolExecutor(1, thread_name_prefix="scan-store") as pool:
             # On S3 the upload (bound by the S3 server) runs while this process reads the data (bound
             # by this process's core) instead of after it. On disk storage storing is a rename, done
             # once the data is checked.
-            uploading = (
-                None
-                if has_local_paths()
-                else pool.submit(save_incoming, incoming, f"{folder}/{stored_name}", saved)
-            )
+            uploading = None if has_local_paths() else pool.submit(save_incoming, incoming, file_name, saved)
             if incoming.sha256_claimed:
                 check_sha256(incoming)
             started = time.perf_counter()
@@ -264,10 +271,7 @@ def register_scan(
             check_not_label_map(stats, original_filename)
             thumbnail = _thumbnail_png(stats, header.affine)
             checked_s = time.perf_counter() - started
-            if uploading is None:
-                file_name = save_incoming(incoming, f"{folder}/{stored_name}", saved)
-            else:
-                file_name = uploading.result()
+            file_name = save_incoming(incoming, file_name, saved) if uploading is None else uploading.result()
             thumbnail_name = ""
             if thumbnail is not None:
                 thumbnail_name = save_content(thumbnail, f"{folder}/thumbnail.png", saved)

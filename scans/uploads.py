@@ -6,13 +6,17 @@ sticky sessions for uploads in progress). A chunk must start at the session's cu
 offset moves with a compare-and-set so two clients sending the same range cannot both win.
 Completion hands the file, with the sha256 the client computed, to
 :func:`scans.services.register_scan`, which checks that sha256 and streams the file to storage;
-the chunk file and the session are removed on completion or refusal.
+the chunk file and the session are removed on completion or refusal. On S3 the parts go to the bucket
+while the rest arrives (``scans/upload_parts.py``), so completion does not wait for the whole transfer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -24,13 +28,45 @@ from django.utils import timezone
 
 from labseg.refusals import is_disk_full
 
-from . import quota
+from . import quota, upload_parts
 from .files import PIECE_BYTES, IncomingFile, safe_filename, upload_tmp_dir
 from .models import Lab, Scan, UploadSession
-from .services import register_scan
+from .services import SHA256_MISMATCH, register_scan, scan_folder
 from .validation import ScanRejected
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+
+#: The sha256 of the bytes this process received of each upload, from the first byte on, and how
+#: far it got: completion then needs no second pass over the file. A chunk another process took (a
+#: server of several processes) leaves that upload's entry behind, and completion hashes the file.
+_hashes: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+_hashes_lock = threading.Lock()
+#: Uploads followed at once per process; the oldest entries go first (abandoned uploads).
+HASHES_KEPT = 256
+
+
+def _hash_at(session: UploadSession, start: int) -> Any | None:
+    """A copy of the hash of the upload's first ``start`` bytes, if this process holds it."""
+    if start == 0:
+        return hashlib.sha256()
+    with _hashes_lock:
+        held = _hashes.get(str(session.pk))
+    return held[0].copy() if held is not None and held[1] == start else None
+
+
+def _hash_moved(session: UploadSession, hasher: Any, end: int) -> None:
+    with _hashes_lock:
+        _hashes[str(session.pk)] = (hasher, end)
+        _hashes.move_to_end(str(session.pk))
+        while len(_hashes) > HASHES_KEPT:
+            _hashes.popitem(last=False)
+
+
+def _received_sha256(session: UploadSession) -> str | None:
+    """The sha256 of the whole upload, if this process hashed every byte as it arrived."""
+    with _hashes_lock:
+        held = _hashes.pop(str(session.pk), None)
+    return held[0].hexdigest() if held is not None and held[1] == session.size_bytes else None
 
 
 class OffsetMismatch(ScanRejected):
@@ -61,7 +97,7 @@ def create_upload(*, user: Any, filename: str, size_bytes: int, lab: Lab | None 
     labs; the quota is then checked at completion.
     """
     quota.require_uploader(user, lab)
-    safe_filename(filename)
+    stored_name = safe_filename(filename)
     if not isinstance(size_bytes, int) or isinstance(size_bytes, bool) or size_bytes <= 0:
         raise ScanRejected("size_bytes must be the file size in bytes, a positive whole number")
     quota.check_upload_size(size_bytes)
@@ -74,6 +110,9 @@ def create_upload(*, user: Any, filename: str, size_bytes: int, lab: Lab | None 
     except BaseException:
         session.delete()
         raise
+    if lab is not None:
+        # Without a lab the scan's name is known only at completion: the file is stored then.
+        upload_parts.open_for(session, f"{scan_folder(lab)}/{stored_name}")
     return session
 
 
@@ -109,11 +148,14 @@ def append_chunk(*, session: UploadSession, content_range: str | None, body: Rea
         raise OffsetMismatch(session.offset, start)
     expected = end - start + 1
     received = 0
+    hasher = _hash_at(session, start)
     try:
         with chunk_path(session).open("r+b") as target:
             target.seek(start)
             while received < expected and (piece := body.read(min(PIECE_BYTES, expected - received))):
                 target.write(piece)
+                if hasher is not None:
+                    hasher.update(piece)
                 received += len(piece)
             if received != expected:
                 # Keep the file consistent with the offset the database holds.
@@ -132,10 +174,18 @@ def append_chunk(*, session: UploadSession, content_range: str | None, body: Rea
     session.refresh_from_db()
     if moved != 1:
         raise OffsetMismatch(session.offset, start)
+    if hasher is not None:
+        _hash_moved(session, hasher, end + 1)
+    upload_parts.send_received(session, start, end + 1, chunk_path(session))
     return session
 
 
-def discard_upload(session: UploadSession) -> None:
+def discard_upload(session: UploadSession, *, stored: bool = False) -> None:
+    """Remove the upload's chunk file and session; what it sent to storage too unless ``stored``."""
+    with _hashes_lock:
+        _hashes.pop(str(session.pk), None)
+    if not stored:
+        upload_parts.abort(session)
     chunk_path(session).unlink(missing_ok=True)
     session.delete()
 
@@ -162,19 +212,29 @@ def complete_upload(
             f"the rest from byte {session.offset}"
         )
     path = chunk_path(session)
+    scan: Scan | None = None
     try:
         # The session's reserved room is released now: register_scan checks the quota again for
         # the lab the scan goes to, with the real file.
         UploadSession.objects.filter(pk=session.pk).update(lab=None)
-        # register_scan hashes the file while it stores it (on S3 the upload and the hash overlap)
-        # and refuses it, leaving nothing behind, when the sha256 differs from the client's.
+        # Unless this process hashed every byte as it arrived, register_scan hashes the file while
+        # it stores it (on S3 the upload and the hash overlap). Either way a sha256 that differs
+        # from the client's is refused, leaving nothing behind.
+        claimed = (sha256 or "").strip().lower()
+        received = _received_sha256(session)
+        if received is not None and received != claimed:
+            raise ScanRejected(SHA256_MISMATCH)
         incoming = IncomingFile(
             path=path,
-            sha256=(sha256 or "").strip().lower(),
+            sha256=received or claimed,
             size_bytes=session.size_bytes,
-            sha256_claimed=True,
+            sha256_claimed=received is None,
         )
-        return register_scan(
+        if upload_parts.multipart_of(session) is not None and session.lab_id == lab.pk:
+            # The parts sent so far are under a name in the lab's folder: the scan keeps it.
+            incoming.stored_name = session.stored_name
+            incoming.finish_storing = lambda: upload_parts.finish(session, path)
+        scan = register_scan(
             lab=lab,
             uploaded_file_path_or_file=incoming,
             original_filename=session.filename,
@@ -184,8 +244,9 @@ def complete_upload(
             modality=modality,
             user=user,
         )
+        return scan
     finally:
-        discard_upload(session)
+        discard_upload(session, stored=scan is not None and bool(incoming.stored_name))
 
 
 @dataclass

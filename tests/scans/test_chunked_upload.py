@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
+from scans import uploads
 from scans.models import Scan, UploadSession
 
 from .niftis import iter_files, nifti_bytes, volume
@@ -122,3 +125,34 @@ def test_an_upload_over_the_limit_is_refused_before_any_byte(client_a, settings)
     response = client_a.post("/api/uploads/", {"filename": "a.nii.gz", "size_bytes": 5000}, format="json")
 
     assert response.status_code == 413
+
+
+@pytest.mark.parametrize("hashed_on_arrival", [True, False])
+def test_the_sha256_is_checked_whether_or_not_this_process_saw_every_chunk(client_a, hashed_on_arrival):
+    content = nifti_bytes(volume(), compressed=False)
+    total = len(content)
+    half = total // 2
+    digest = hashlib.sha256(content).hexdigest()
+    for claimed, status in (("ab" * 32, 400), (digest, 201)):
+        upload_id = client_a.post(
+            "/api/uploads/", {"filename": "CT_M05_24h.nii", "size_bytes": total}, format="json"
+        ).json()["id"]
+        assert _put(client_a, upload_id, content[:half], 0, total).status_code == 200
+        if not hashed_on_arrival:
+            uploads._hashes.clear()  # as if another web process had taken the first chunk
+        assert _put(client_a, upload_id, content[half:], half, total).status_code == 200
+        whole = uploads._hashes.get(upload_id)
+        assert (whole is not None and whole[1] == total) is hashed_on_arrival
+
+        done = client_a.post(
+            f"/api/uploads/{upload_id}/complete/", {"sha256": claimed, **FIELDS}, format="json"
+        )
+
+        assert done.status_code == status, done.json()
+        if status == 400:
+            assert "sha256 mismatch" in done.json()["detail"]
+            assert not Scan.objects.exists()
+        else:
+            assert Scan.objects.get().sha256 == digest
+        assert upload_id not in uploads._hashes
+    assert not UploadSession.objects.exists()

@@ -1,21 +1,34 @@
 """Uploads stored on S3 (moto's server over HTTP, ``tests/s3.py``): the file goes to the bucket in
 parts read from disk as they are sent (``labseg.storage.store_file``), while the web process checks
 the data (``scans.services.register_scan``); a refusal found meanwhile leaves nothing in the bucket,
-no multipart upload open, no row."""
+no multipart upload open, no row. A resumable upload's parts go while the rest still arrives
+(``scans/upload_parts.py``); those missing at completion are sent then, from the chunk file."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import tracemalloc
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
 
-from labseg.storage import UPLOAD_PART_BYTES, store_file
+from labs.models import Lab, Membership
+from labseg.storage import (
+    UPLOAD_PART_BYTES,
+    abort_multipart,
+    open_multipart,
+    send_part,
+    sent_parts,
+    store_file,
+)
+from scans import upload_parts
 from scans.models import Scan, UploadSession
+from scans.uploads import chunk_path, sweep_abandoned_uploads
+from tests.factories import LabFactory
 from tests.s3 import Bucket
 from tests.scans.niftis import nifti_bytes, volume
 from tests.uploads import resumable_upload
@@ -141,3 +154,126 @@ def test_a_refusal_found_while_the_file_is_stored_leaves_nothing_behind(
     assert _open_multipart_uploads(bucket) == []
     assert Scan.objects.count() == (1 if case == "duplicate-claim" else 0)
     assert not UploadSession.objects.exists()
+
+
+def _upload_until_complete(client: APIClient, content: bytes, chunk_bytes: int, **opening: Any) -> str:
+    """Open a resumable upload and send every byte of ``content``, without completing it; its id."""
+    opened = {"filename": "CT_M01_8d.nii", "size_bytes": len(content), **opening}
+    created = client.post("/api/uploads/", opened, format="json")
+    assert created.status_code == 201, created.content
+    upload_id = str(created.json()["id"])
+    for start in range(0, len(content), chunk_bytes):
+        piece = content[start : start + chunk_bytes]
+        sent = client.put(
+            f"/api/uploads/{upload_id}/",
+            piece,
+            content_type="application/octet-stream",
+            HTTP_CONTENT_RANGE=f"bytes {start}-{start + len(piece) - 1}/{len(content)}",
+        )
+        assert sent.status_code == 200, sent.content
+    return upload_id
+
+
+def _complete(client: APIClient, upload_id: str, content: bytes, **fields: str) -> Any:
+    digest = hashlib.sha256(content).hexdigest()
+    body = {"sha256": digest, **FIELDS, **fields}
+    return client.post(f"/api/uploads/{upload_id}/complete/", body, format="json")
+
+
+def _parts_in_bucket(session: UploadSession) -> list[int]:
+    """The numbers of the parts of ``session`` the bucket holds, once this process's sends landed."""
+    upload_parts._collect(session)
+    multipart = upload_parts.multipart_of(session)
+    assert multipart is not None
+    return sorted(sent_parts(multipart))
+
+
+@pytest.mark.parametrize("chunk_bytes", [3 * 1024 * 1024, 8 * 1024 * 1024, 11 * 1024 * 1024 + 5])
+def test_the_parts_go_to_the_bucket_while_the_rest_arrives(
+    api: APIClient, bucket: Bucket, chunk_bytes: int
+) -> None:
+    content = nifti_bytes(volume(SHAPE), compressed=False)
+    parts = -(-len(content) // UPLOAD_PART_BYTES)
+    assert parts == 3
+
+    upload_id = _upload_until_complete(api, content, chunk_bytes)
+
+    session = UploadSession.objects.get(pk=upload_id)
+    assert session.storage_upload_id and session.stored_name.endswith("/CT_M01_8d.nii")
+    # Before completion every part is in the bucket, 8 MiB each whatever the client's chunks were.
+    assert _parts_in_bucket(session) == [1, 2, 3]
+    assert bucket.object_names() == []
+
+    done = _complete(api, upload_id, content)
+
+    assert done.status_code == 201, done.content
+    scan = Scan.objects.get(pk=done.json()["id"])
+    assert scan.file.name == session.stored_name
+    head = bucket.client().head_object(Bucket=bucket.name, Key=scan.file.name)
+    assert head["ETag"].strip('"').endswith(f"-{parts}")
+    stored = bucket.client().get_object(Bucket=bucket.name, Key=scan.file.name)["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == scan.sha256
+    assert sorted(bucket.object_names()) == sorted([scan.file.name, scan.thumbnail.name])
+    assert _open_multipart_uploads(bucket) == []
+
+
+def test_parts_that_never_arrived_are_sent_at_completion(api: APIClient, bucket: Bucket) -> None:
+    content = nifti_bytes(volume(SHAPE), compressed=False)
+    upload_id = _upload_until_complete(api, content, CHUNK_BYTES)
+    session = UploadSession.objects.get(pk=upload_id)
+    assert _parts_in_bucket(session) == [1, 2, 3]
+    # As if another web process had taken the chunks and died before sending them: only part 2
+    # reached the bucket (parts 1 and 3 are sent, from the chunk file, at completion).
+    sent = upload_parts.multipart_of(session)
+    assert sent is not None
+    abort_multipart(sent)
+    reopened = open_multipart(session.stored_name, session.size_bytes)
+    assert reopened is not None
+    send_part(reopened, 2, chunk_path(session))
+    UploadSession.objects.filter(pk=upload_id).update(storage_upload_id=reopened.upload_id)
+
+    done = _complete(api, upload_id, content)
+
+    assert done.status_code == 201, done.content
+    scan = Scan.objects.get(pk=done.json()["id"])
+    stored = bucket.client().get_object(Bucket=bucket.name, Key=scan.file.name)["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == hashlib.sha256(content).hexdigest()
+    assert _open_multipart_uploads(bucket) == []
+
+
+def test_an_upload_completed_into_another_lab_or_abandoned_leaves_no_parts(
+    api: APIClient, bucket: Bucket, member: Any
+) -> None:
+    content = nifti_bytes(volume(SHAPE), compressed=False)
+    first_lab = Lab.objects.get(memberships__user=member)
+    other = LabFactory.create(name="Second lab")
+    Membership.objects.create(lab=other, user=member, role=Membership.Role.MEMBER)
+    upload_id = _upload_until_complete(api, content, CHUNK_BYTES, lab=first_lab.pk)
+    assert _open_multipart_uploads(bucket) != []
+
+    # Completed into the other lab: the scan is stored under that lab's folder, the parts sent
+    # under the first lab's name are dropped.
+    done = _complete(api, upload_id, content, lab=str(other.pk), study="Second lab's study")
+    assert done.status_code == 201, done.content
+    scan = Scan.objects.get(pk=done.json()["id"])
+    assert scan.lab == other and scan.file.name.startswith(f"labs/{other.pk}/")
+    assert _open_multipart_uploads(bucket) == []
+
+    # Abandoned half-way: the hourly sweep aborts what it sent.
+    names = bucket.object_names()
+    half = content[: 2 * UPLOAD_PART_BYTES + 5]
+    opened = {"filename": "late.nii", "size_bytes": len(content), "lab": first_lab.pk}
+    created = api.post("/api/uploads/", opened, format="json")
+    late = created.json()["id"]
+    sent = api.put(
+        f"/api/uploads/{late}/",
+        half,
+        content_type="application/octet-stream",
+        HTTP_CONTENT_RANGE=f"bytes 0-{len(half) - 1}/{len(content)}",
+    )
+    assert sent.status_code == 200, sent.content
+    assert _open_multipart_uploads(bucket) != []
+
+    assert sweep_abandoned_uploads(older_than=timedelta(0)).sessions == 1
+    assert _open_multipart_uploads(bucket) == []
+    assert bucket.object_names() == names
