@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -349,6 +350,7 @@ def upsample_argmax(
     class_values: Sequence[int],
     *,
     chunk_voxels: int = 1 << 20,
+    workers: int = 1,
 ) -> np.ndarray:
     """Label map on ``out_shape``: argmax over K of the trilinearly interpolated class ``scores``.
 
@@ -358,7 +360,8 @@ def upsample_argmax(
     class, interpolation (a convex combination with the same weights for every class) cannot
     change the winner, so that label is copied. Elsewhere (near borders) the interpolated score of
     every class that is the argmax at one of the cell's corners is compared. Work is done in slabs
-    along x of about ``chunk_voxels`` output voxels.
+    along x of about ``chunk_voxels`` output voxels, ``workers`` slabs at a time (NumPy's indexing
+    and arithmetic release the GIL, so threads share the work).
     """
     scores = np.asarray(scores, dtype=np.float32)
     n_classes = scores.shape[0]
@@ -382,7 +385,8 @@ def upsample_argmax(
     out = np.empty(tuple(int(s) for s in out_shape), dtype=np.uint8)
     plane = int(out_shape[1]) * int(out_shape[2])
     step = max(1, chunk_voxels // max(plane, 1))
-    for start in range(0, int(out_shape[0]), step):
+
+    def fill(start: int) -> None:
         x_slice = slice(start, min(start + step, int(out_shape[0])))
         labels = _gather(argmax, maps, x_slice)
         border = _gather(mixed, maps, x_slice)
@@ -407,4 +411,12 @@ def upsample_argmax(
                 winner[index[better]] = k
             labels[ix, iy, iz] = winner
         out[x_slice] = values[labels]
+
+    starts = range(0, int(out_shape[0]), step)
+    if workers <= 1:
+        for start in starts:
+            fill(start)
+    else:
+        with ThreadPoolExecutor(workers, thread_name_prefix="upsample") as pool:
+            list(pool.map(fill, starts))
     return out

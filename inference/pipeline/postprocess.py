@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -671,6 +672,8 @@ def outline_band(
     labels: np.ndarray,
     spacing_mm: Sequence[float],
     outlines: Sequence[tuple[Sequence[float], dict[int, float]]],
+    *,
+    workers: int = 1,
 ) -> np.ndarray:
     """uint8 map of the outline bands where annotators part: 0 outside, 128-255 inside.
 
@@ -678,19 +681,36 @@ def outline_band(
     smoothed share of structure ``s`` (``outline_distances``) lies within ``levels[s]`` of one half
     sits on the outline, in a band whose width follows how hard that structure's boundary is to
     draw (tuned per structure on annotated validation scans: narrow for lungs and bone, wide for
-    spleen and gut). The value is highest on the outline itself.
+    spleen and gut). The value is highest on the outline itself. Structures are smoothed
+    ``workers`` at a time (SciPy's filters release the GIL).
     """
     band = np.zeros(labels.shape, dtype=np.uint8)
     boxes = ndimage.find_objects(labels)
-    for smoothing_mm, levels in outlines:
-        wanted = [sid for sid, level in levels.items() if level > 0]
-        distances = outline_distances(
-            labels, spacing_mm, smoothing_mm=smoothing_mm, structures=wanted, boxes=boxes
+
+    def shade(
+        smoothing_mm: Sequence[float], levels: dict[int, float], sid: int
+    ) -> tuple[tuple[slice, ...], np.ndarray] | None:
+        found = outline_distances(
+            labels, spacing_mm, smoothing_mm=smoothing_mm, structures=[sid], boxes=boxes
         )
-        for sid, (box, dist) in distances.items():
-            closeness = 1.0 - dist / np.float32(levels[sid])
-            value = np.where(closeness > 0, np.float32(128.0) + np.float32(127.0) * closeness, 0)
-            np.maximum(band[box], value.astype(np.uint8), out=band[box])
+        if sid not in found:
+            return None
+        box, dist = found[sid]
+        closeness = 1.0 - dist / np.float32(levels[sid])
+        value = np.where(closeness > 0, np.float32(128.0) + np.float32(127.0) * closeness, 0)
+        return box, value.astype(np.uint8)
+
+    jobs = [
+        (smoothing_mm, levels, sid)
+        for smoothing_mm, levels in outlines
+        for sid, level in levels.items()
+        if level > 0
+    ]
+    with ThreadPoolExecutor(max(workers, 1), thread_name_prefix="outline") as pool:
+        for shaded in pool.map(lambda job: shade(*job), jobs):
+            if shaded is not None:
+                box, value = shaded
+                np.maximum(band[box], value, out=band[box])
     return band
 
 

@@ -8,9 +8,10 @@ ensemble (mean of their probabilities); the organ map is drawn first and lesions
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -50,7 +51,7 @@ from inference.pipeline.postprocess import (
     voxels_across,
     voxels_within,
 )
-from inference.pipeline.refiner import run_refiner
+from inference.pipeline.refiner import RefinerDecision, apply_decision, decide_refiner, run_refiner
 from inference.pipeline.runtime import get_session, session_provider
 from inference.registry import TASKS, ModelCard
 from inference.structures import BY_ID
@@ -178,6 +179,11 @@ def detect_lesions(
         np.copyto(lesions, np.uint8(rule["structure"]), where=found & (lesions == 0))
 
 
+def _workers(threads: int) -> int:
+    """Threads for the NumPy and SciPy stages: the ``threads`` asked for, all cores for 0 (automatic)."""
+    return threads if threads > 0 else len(os.sched_getaffinity(0))
+
+
 def spacing_on(geometry: Geometry, grid: Sequence[int]) -> list[float]:
     """Voxel size (mm, canonical axes) of the model grid ``grid`` over the scan's field of view."""
     return [s * n / g for s, n, g in zip(geometry.spacing_mm, geometry.canonical_shape, grid, strict=True)]
@@ -256,16 +262,9 @@ def _segment_task(
         )
         uncertainty = uncertainty_from(scores, disagreement)
     with timer("restore"):
-        labels = upsample_argmax(scores, geometry.canonical_shape, lead.structures)
+        labels = upsample_argmax(scores, geometry.canonical_shape, lead.structures, workers=_workers(threads))
         if lead.refinements:
-            coarse = channel_argmax(scores)
-            for rule in lead.refinements:
-                if "network" in rule:
-                    run_refiner(labels, canonical, lead, rule, geometry.spacing_mm, device, threads)
-                    continue
-                apply_refinement(
-                    labels, coarse, canonical, rule, lead.structures, grid_spacing, geometry.spacing_mm
-                )
+            refine(labels, scores, canonical, lead, grid_spacing, geometry.spacing_mm, device, threads)
     return _TaskOutput(
         labels=labels,
         uncertainty=uncertainty,
@@ -275,6 +274,46 @@ def _segment_task(
         scores=kept,
         seconds=timer.seconds,
     )
+
+
+def refine(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    canonical: np.ndarray,
+    card: ModelCard,
+    grid_spacing_mm: Sequence[float],
+    spacing_mm: Sequence[float],
+    device: str,
+    threads: int,
+) -> None:
+    """Apply ``card``'s ``refine`` rules to the full-resolution ``labels``, in their order (in place).
+
+    Every rule moves voxels only between its own structure and background, so a refiner network
+    whose structure no earlier rule touches sees the same mask now as in its turn: its network
+    runs beside the earlier rules (on the core they leave idle), and its decision is written in
+    its turn, against the background the earlier rules left.
+    """
+    coarse = channel_argmax(scores)
+    touched: set[int] = set()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="refiner") as ahead:
+        decisions: dict[int, Future[RefinerDecision | None]] = {}
+        for index, rule in enumerate(card.refinements):
+            sid = int(rule["structure"])
+            if "network" in rule and sid not in touched:
+                own = labels == sid
+                decisions[index] = ahead.submit(
+                    decide_refiner, own, canonical, card, rule, spacing_mm, device, threads
+                )
+            touched.add(sid)
+        for index, rule in enumerate(card.refinements):
+            if index in decisions:
+                apply_decision(labels, decisions[index].result())
+            elif "network" in rule:
+                run_refiner(labels, canonical, card, rule, spacing_mm, device, threads)
+            else:
+                apply_refinement(
+                    labels, coarse, canonical, rule, card.structures, grid_spacing_mm, spacing_mm
+                )
 
 
 def predict_volume(
@@ -388,7 +427,8 @@ def predict_volume(
                 np.copyto(merged, labels, where=labels > 0)
         outlines = [group for card in cards for group in card.uncertainty_outlines]
         if outlines:
-            mark_outlines(uncertainty_u8, outline_band(merged, geometry.spacing_mm, outlines))
+            band = outline_band(merged, geometry.spacing_mm, outlines, workers=_workers(threads))
+            mark_outlines(uncertainty_u8, band)
 
         def back(array: np.ndarray | None) -> np.ndarray | None:
             return None if array is None else from_canonical(array, geometry)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,61 @@ def refiner_logits(session: ort.InferenceSession, inputs: np.ndarray, *, context
     return out
 
 
+@dataclass(frozen=True)
+class RefinerDecision:
+    """What a refiner decided for one structure, before it is written into a label map.
+
+    ``own`` is the structure's mask and ``shell`` the band around its outline (inside ``box``);
+    ``inside`` where the network puts the structure. Computed from the structure's mask alone, so
+    it can be worked out while other rules, which move only their own structure's voxels, run.
+    """
+
+    structure_id: int
+    box: tuple[slice, ...]
+    own: np.ndarray
+    shell: np.ndarray
+    inside: np.ndarray
+
+
+def refiner_decision(
+    own_any: np.ndarray,
+    intensity: np.ndarray,
+    structure_id: int,
+    session: ort.InferenceSession,
+    *,
+    margin_voxels: int,
+    scale_hu: float,
+    clip: float,
+    context_voxels: int,
+) -> RefinerDecision | None:
+    """The refiner's decision on the outline of the structure whose mask is ``own_any``; None when
+    the structure is absent or the margin is nothing."""
+    box = bounding_box(own_any, margin_voxels + context_voxels)
+    if box is None or margin_voxels <= 0:
+        return None
+    own = own_any[box]
+    logits = refiner_logits(
+        session, refiner_input(intensity[box], own, scale_hu=scale_hu, clip=clip), context=context_voxels
+    )
+    return RefinerDecision(structure_id, box, own, outline_shell(own, margin_voxels), logits > 0)
+
+
+def apply_decision(labels: np.ndarray, decision: RefinerDecision | None) -> int:
+    """Write ``decision`` into ``labels`` (in place): in the band, only voxels that are background
+    or the structure's own change. Returns the number changed."""
+    if decision is None:
+        return 0
+    sub = labels[decision.box]
+    own = decision.own
+    band = decision.shell & ((sub == 0) | own)
+    decided = band & decision.inside
+    grow = decided & ~own
+    shed = band & own & ~decided
+    sub[grow] = decision.structure_id
+    sub[shed] = 0
+    return int(grow.sum() + shed.sum())
+
+
 def refine_by_network(
     labels: np.ndarray,
     intensity: np.ndarray,
@@ -87,22 +143,52 @@ def refine_by_network(
     """Redraw ``structure_id`` within ``margin_voxels`` of its outline with a refiner (in place).
 
     Only voxels labelled background or ``structure_id`` change. Returns the number changed."""
-    own_any = labels == structure_id
-    box = bounding_box(own_any, margin_voxels + context_voxels)
-    if box is None or margin_voxels <= 0:
-        return 0
-    sub = labels[box]
-    own = own_any[box]
-    band = outline_shell(own, margin_voxels) & ((sub == 0) | own)
-    logits = refiner_logits(
-        session, refiner_input(intensity[box], own, scale_hu=scale_hu, clip=clip), context=context_voxels
+    decision = refiner_decision(
+        labels == structure_id,
+        intensity,
+        structure_id,
+        session,
+        margin_voxels=margin_voxels,
+        scale_hu=scale_hu,
+        clip=clip,
+        context_voxels=context_voxels,
     )
-    decided = band & (logits > 0)
-    grow = decided & ~own
-    shed = band & own & ~decided
-    sub[grow] = structure_id
-    sub[shed] = 0
-    return int(grow.sum() + shed.sum())
+    return apply_decision(labels, decision)
+
+
+def decide_refiner(
+    own_any: np.ndarray,
+    canonical: np.ndarray,
+    card: ModelCard,
+    rule: dict,
+    spacing_mm: Sequence[float],
+    device: str,
+    threads: int,
+) -> RefinerDecision | None:
+    """The decision of one refiner-network ``refine`` rule of ``card`` on the mask ``own_any`` of
+    its structure; None (the network's outline stays) on scans whose voxels are far from the
+    refiner's training spacing."""
+    if not spacing_fits(rule, spacing_mm):
+        log.info(
+            "refiner %s skipped: scan voxels %s mm, trained at %s mm",
+            rule["network"],
+            [round(float(s), 3) for s in spacing_mm],
+            rule["spacing_mm"],
+        )
+        return None
+    session = get_file_session(
+        card.folder / str(rule["network"]), str(rule["sha256"]), device=device, threads=threads
+    )
+    return refiner_decision(
+        own_any,
+        canonical,
+        int(rule["structure"]),
+        session,
+        margin_voxels=voxels_across(float(rule["margin_mm"]), spacing_mm),
+        scale_hu=float(rule["scale_hu"]),
+        clip=float(rule["clip"]),
+        context_voxels=int(rule["context_voxels"]),
+    )
 
 
 def run_refiner(
@@ -114,28 +200,7 @@ def run_refiner(
     device: str,
     threads: int,
 ) -> int:
-    """Apply one refiner-network ``refine`` rule of ``card``, in place.
-
-    Skipped (the network's outline stays) on scans whose voxels are far from the refiner's
-    training spacing. Returns the number of voxels changed."""
-    if not spacing_fits(rule, spacing_mm):
-        log.info(
-            "refiner %s skipped: scan voxels %s mm, trained at %s mm",
-            rule["network"],
-            [round(float(s), 3) for s in spacing_mm],
-            rule["spacing_mm"],
-        )
-        return 0
-    session = get_file_session(
-        card.folder / str(rule["network"]), str(rule["sha256"]), device=device, threads=threads
-    )
-    return refine_by_network(
-        labels,
-        canonical,
-        int(rule["structure"]),
-        session,
-        margin_voxels=voxels_across(float(rule["margin_mm"]), spacing_mm),
-        scale_hu=float(rule["scale_hu"]),
-        clip=float(rule["clip"]),
-        context_voxels=int(rule["context_voxels"]),
-    )
+    """Apply one refiner-network ``refine`` rule of ``card``, in place (``decide_refiner``, then
+    ``apply_decision``). Returns the number of voxels changed."""
+    own_any = labels == int(rule["structure"])
+    return apply_decision(labels, decide_refiner(own_any, canonical, card, rule, spacing_mm, device, threads))

@@ -532,3 +532,21 @@ def test_no_growth_where_the_organ_meets_tissue_as_bright_as_itself() -> None:
 
     rows = np.unique(np.nonzero(labels == LIVER)[0])
     assert rows.tolist() == [5, 6, 7, 8, 9, 10]  # grew onto the fat edge, not into the muscle at x = 4
+
+
+def test_the_outline_band_is_the_same_whatever_the_number_of_threads() -> None:
+    rng = np.random.default_rng(4)
+    labels = np.zeros((30, 28, 26), dtype=np.uint8)
+    for sid in (1, 2, 5, 7):
+        centre = rng.integers(6, 20, size=3)
+        x, y, z = np.ogrid[:30, :28, :26]
+        labels[(x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 <= rng.integers(9, 40)] = (
+            sid
+        )
+    outlines = [((0.2, 0.2, 0.2), {1: 0.3, 2: 0.25, 5: 0.4}), ((0.2, 0.2, 0.4), {7: 0.35, 2: 0.0})]
+
+    serial = outline_band(labels, (0.2, 0.2, 0.2), outlines)
+    threaded = outline_band(labels, (0.2, 0.2, 0.2), outlines, workers=3)
+
+    assert np.count_nonzero(serial) > 0
+    np.testing.assert_array_equal(serial, threaded)

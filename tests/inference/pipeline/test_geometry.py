@@ -108,6 +108,9 @@ def test_upsampled_argmax_equals_argmax_of_interpolated_probabilities(classes: i
 
     fast = upsample_argmax(scores, out_shape, list(range(classes)), chunk_voxels=500)
     reference = dense_argmax(scores, out_shape)
+    # Slabs filled by threads give the very same map.
+    threaded = upsample_argmax(scores, out_shape, list(range(classes)), chunk_voxels=500, workers=3)
+    np.testing.assert_array_equal(threaded, fast)
 
     agreement = float(np.mean(fast == reference))
     # Two classes: exact. More: a class that is nowhere a corner's winner may rarely win in between.

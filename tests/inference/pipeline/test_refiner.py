@@ -203,3 +203,36 @@ def test_the_pipeline_applies_a_card_refiner_after_the_network(tmp_path: Path) -
     expected = without.copy()
     expected[band] = np.where(hu[band] > 0, GUT, 0)
     np.testing.assert_array_equal(with_rule, expected)
+
+
+def test_refining_with_the_network_ahead_of_the_earlier_rules_changes_nothing() -> None:
+    """``predict.refine`` runs the refiner network beside the rules before it; the labels must be
+    the same as rule after rule (each rule moves only its own structure and background)."""
+    from inference.pipeline.postprocess import apply_refinement
+    from inference.pipeline.predict import refine
+
+    committed = default_model("organs")
+    hu, truth = _tube_scan(np.random.default_rng(2))
+    coarse = truth.reshape(20, 3, 20, 3, 20, 3).mean(axis=(1, 3, 5)) > 0.5
+    outline = np.repeat(np.repeat(np.repeat(coarse, 3, 0), 3, 1), 3, 2)
+    labels = np.where(outline, np.uint8(GUT), np.uint8(0))
+    # Bright rods beside the tube: bone for the intensity rule that runs before the refiner.
+    hu[:, 5:8, 5:8] = 900.0
+    labels[:, 4:9, 4:9] = 11
+    scores = np.zeros((len(committed.structures), 20, 20, 20), np.float32)
+    for channel, sid in enumerate(committed.structures):
+        scores[channel] = (labels[::3, ::3, ::3] == sid).astype(np.float32)
+    spacing, grid = (0.21, 0.21, 0.21), (0.63, 0.63, 0.63)
+
+    ahead = labels.copy()
+    refine(ahead, scores, hu, committed, grid, spacing, "cpu", 1)
+
+    one_by_one = labels.copy()
+    coarse_argmax = np.argmax(scores, axis=0)
+    for rule in committed.refinements:
+        if "network" in rule:
+            run_refiner(one_by_one, hu, committed, rule, spacing, "cpu", 1)
+        else:
+            apply_refinement(one_by_one, coarse_argmax, hu, rule, committed.structures, grid, spacing)
+    assert not np.array_equal(ahead, labels)
+    np.testing.assert_array_equal(ahead, one_by_one)
