@@ -276,6 +276,14 @@ def _segment_task(
     )
 
 
+def _full_uncertainty(low_res: Sequence[np.ndarray], shape: Sequence[int]) -> np.ndarray:
+    """The tasks' uncertainty maps on the scan's grid as uint8, the highest of them per voxel."""
+    full = upsample_to_uint8(low_res[0], shape)
+    for other in low_res[1:]:
+        np.maximum(full, upsample_to_uint8(other, shape), out=full)
+    return full
+
+
 def refine(
     labels: np.ndarray,
     scores: np.ndarray,
@@ -408,17 +416,19 @@ def predict_volume(
         uncertainty_by_grid[out.grid] = (
             out.uncertainty if previous is None else np.maximum(previous, out.uncertainty)
         )
-    with timer("postprocess"):
-        if orientation is not None and orientation.head_only and "organs" in task_labels:
-            drop_out_of_view(task_labels["organs"], groups["organs"][0].structures)
-        detect_lesions(task_labels, groups, canonical, geometry.spacing_mm)
-    _report(progress, 95, "restore uncertainty")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labseg-uncertainty") as side:
+        # The uncertainty map needs no labels: it is upsampled while the lesions are looked for.
+        upsampled = side.submit(
+            _full_uncertainty, list(uncertainty_by_grid.values()), geometry.canonical_shape
+        )
+        with timer("postprocess"):
+            if orientation is not None and orientation.head_only and "organs" in task_labels:
+                drop_out_of_view(task_labels["organs"], groups["organs"][0].structures)
+            detect_lesions(task_labels, groups, canonical, geometry.spacing_mm)
+        _report(progress, 95, "restore uncertainty")
+        with timer("restore"):
+            uncertainty_u8 = upsampled.result()
     with timer("restore"):
-        uncertainty_u8: np.ndarray | None = None
-        for low_res in uncertainty_by_grid.values():
-            full = upsample_to_uint8(low_res, geometry.canonical_shape)
-            uncertainty_u8 = full if uncertainty_u8 is None else np.maximum(uncertainty_u8, full)
-        assert uncertainty_u8 is not None
         organs = task_labels.get("organs")
         lesions = task_labels.get("tumor")
         merged = organs.copy() if organs is not None else np.zeros(geometry.canonical_shape, dtype=np.uint8)

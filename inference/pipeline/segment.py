@@ -169,55 +169,59 @@ def segment_file(
         intensity=intensity,
         orient=orient,
     )
-    report(85, "lesions")
-    with timer("lesions"):
-        lesions = lesions_for(output, scan.affine, source, organ_map)
-        organs = output.organ_labels if output.organ_labels is not None else organ_map
-        # Lesions a person gave were looked for everywhere; a model only where its card says.
-        searched = (
-            set(ORGAN_NAMES) if source is not None else {o for c in chosen for o in c.metastasis_organs}
-        )
-        assessed = metastasis_assessed_organs(organs, searched)
-        counts = metastasis_counts(lesions, assessed)
-    report(90, "volumes")
-    with timer("volumes"):
-        volumes = structure_volumes(
-            output.labels,
-            output.geometry.voxel_volume_mm3,
-            output.uncertainty,
-            structure_ids=output.structure_ids,
-        )
-    with timer("qc"):
-        intensity_entry = output.intensity.as_json() if output.intensity is not None else None
-        orientation = orientation_entry(output.orientation, output.geometry.axcodes)
-        qc = check_run(
-            labels=output.labels,
-            scan=scan.data,
-            voxel_volume_mm3=output.geometry.voxel_volume_mm3,
-            volumes=volumes,
-            lesions=lesions,
-            structure_ids=output.structure_ids,
-            uncertainty=output.uncertainty,
-            intensity=intensity_entry,
-            orientation=orientation,
-            animals=output.animals,
-        )
-    report(93, "write")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {key: out / name for key, name in OUTPUT_NAMES.items()}
-    with timer("write"), ThreadPoolExecutor(max_workers=2) as pool:
-        # zlib releases the GIL: the two maps compress side by side.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        # The two maps are compressed (zlib releases the GIL) and the volumes counted while the
+        # lesions are found and the run is checked: each needs only the pipeline's output.
         maps = [
             pool.submit(
                 _publish, paths[key], partial(save_map, data=array, affine=scan.affine, header=scan.header)
             )
             for key, array in (("labels", output.labels), ("uncertainty", output.uncertainty))
         ]
-        _publish(paths["volumes"], lambda p: write_volumes_csv(p, volumes))
-        _publish(paths["lesions"], lambda p: write_lesions_csv(p, lesions))
-        for future in maps:
-            future.result()
+        counting = pool.submit(
+            structure_volumes,
+            output.labels,
+            output.geometry.voxel_volume_mm3,
+            output.uncertainty,
+            structure_ids=output.structure_ids,
+        )
+        report(85, "lesions")
+        with timer("lesions"):
+            lesions = lesions_for(output, scan.affine, source, organ_map)
+            organs = output.organ_labels if output.organ_labels is not None else organ_map
+            # Lesions a person gave were looked for everywhere; a model only where its card says.
+            searched = (
+                set(ORGAN_NAMES) if source is not None else {o for c in chosen for o in c.metastasis_organs}
+            )
+            assessed = metastasis_assessed_organs(organs, searched)
+            counts = metastasis_counts(lesions, assessed)
+        report(90, "volumes")
+        with timer("volumes"):
+            volumes = counting.result()
+        with timer("qc"):
+            intensity_entry = output.intensity.as_json() if output.intensity is not None else None
+            orientation = orientation_entry(output.orientation, output.geometry.axcodes)
+            qc = check_run(
+                labels=output.labels,
+                scan=scan.data,
+                voxel_volume_mm3=output.geometry.voxel_volume_mm3,
+                volumes=volumes,
+                lesions=lesions,
+                structure_ids=output.structure_ids,
+                uncertainty=output.uncertainty,
+                intensity=intensity_entry,
+                orientation=orientation,
+                animals=output.animals,
+            )
+        report(93, "write")
+        with timer("write"):
+            _publish(paths["volumes"], lambda p: write_volumes_csv(p, volumes))
+            _publish(paths["lesions"], lambda p: write_lesions_csv(p, lesions))
+            for future in maps:
+                future.result()
     seconds = {**timer.seconds, **output.seconds}
     seconds["total"] = time.perf_counter() - started
     manifest = build_manifest(
