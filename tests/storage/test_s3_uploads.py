@@ -31,7 +31,7 @@ from scans.uploads import chunk_path, sweep_abandoned_uploads
 from tests.factories import LabFactory
 from tests.s3 import Bucket
 from tests.scans.niftis import nifti_bytes, volume
-from tests.uploads import resumable_upload
+from tests.uploads import put_chunk, resumable_upload, send_chunks
 
 pytestmark = pytest.mark.django_db
 
@@ -157,21 +157,7 @@ def test_a_refusal_found_while_the_file_is_stored_leaves_nothing_behind(
 
 
 def _upload_until_complete(client: APIClient, content: bytes, chunk_bytes: int, **opening: Any) -> str:
-    """Open a resumable upload and send every byte of ``content``, without completing it; its id."""
-    opened = {"filename": "CT_M01_8d.nii", "size_bytes": len(content), **opening}
-    created = client.post("/api/uploads/", opened, format="json")
-    assert created.status_code == 201, created.content
-    upload_id = str(created.json()["id"])
-    for start in range(0, len(content), chunk_bytes):
-        piece = content[start : start + chunk_bytes]
-        sent = client.put(
-            f"/api/uploads/{upload_id}/",
-            piece,
-            content_type="application/octet-stream",
-            HTTP_CONTENT_RANGE=f"bytes {start}-{start + len(piece) - 1}/{len(content)}",
-        )
-        assert sent.status_code == 200, sent.content
-    return upload_id
+    return send_chunks(client, content, "CT_M01_8d.nii", chunk_bytes=chunk_bytes, **opening)
 
 
 def _complete(client: APIClient, upload_id: str, content: bytes, **fields: str) -> Any:
@@ -263,15 +249,8 @@ def test_an_upload_completed_into_another_lab_or_abandoned_leaves_no_parts(
     names = bucket.object_names()
     half = content[: 2 * UPLOAD_PART_BYTES + 5]
     opened = {"filename": "late.nii", "size_bytes": len(content), "lab": first_lab.pk}
-    created = api.post("/api/uploads/", opened, format="json")
-    late = created.json()["id"]
-    sent = api.put(
-        f"/api/uploads/{late}/",
-        half,
-        content_type="application/octet-stream",
-        HTTP_CONTENT_RANGE=f"bytes 0-{len(half) - 1}/{len(content)}",
-    )
-    assert sent.status_code == 200, sent.content
+    late = api.post("/api/uploads/", opened, format="json").json()["id"]
+    assert put_chunk(api, late, half, 0, len(content)).status_code == 200
     assert _open_multipart_uploads(bucket) != []
 
     assert sweep_abandoned_uploads(older_than=timedelta(0)).sessions == 1
