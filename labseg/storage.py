@@ -144,10 +144,16 @@ def part_size(size: int) -> int:
     return max(UPLOAD_PART_BYTES, -(-size // S3_MAX_PARTS))
 
 
+def part_range(size: int, number: int) -> tuple[int, int]:
+    """``(first byte, length)`` of part ``number`` (from 1) of a ``size``-byte multipart upload."""
+    step = part_size(size)
+    start = (number - 1) * step
+    return start, min(step, size - start)
+
+
 def part_ranges(size: int) -> list[tuple[int, int, int]]:
     """``(part number, first byte, length)`` of each part of a ``size``-byte multipart upload."""
-    step = part_size(size)
-    return [(index + 1, start, min(step, size - start)) for index, start in enumerate(range(0, size, step))]
+    return [(number, *part_range(size, number)) for number in range(1, -(-size // part_size(size)) + 1)]
 
 
 def _new_key(s3: Any, name: str) -> tuple[str, str]:
@@ -179,13 +185,18 @@ class Multipart:
     size: int
 
     def parameters(self, s3: Any) -> dict[str, Any]:
-        key = s3._normalize_name(self.name)
-        parameters = dict(s3._get_write_parameters(key))
-        # boto3's own uploads ask for a CRC32 of every part when the client computes checksums
-        # (botocore's default, ``request_checksum_calculation``); the completion repeats them.
-        if s3.bucket.meta.client.meta.config.request_checksum_calculation == "when_supported":
-            parameters.setdefault("ChecksumAlgorithm", "CRC32")
-        return {"Bucket": s3.bucket_name, "Key": key, **parameters}
+        return _multipart_parameters(s3, self.name)
+
+
+def _multipart_parameters(s3: Any, name: str) -> dict[str, Any]:
+    """Bucket, key and the parameters ``Storage.save`` gives the stored file ``name``."""
+    key = s3._normalize_name(name)
+    parameters = dict(s3._get_write_parameters(key))
+    # boto3's own uploads ask for a CRC32 of every part when the client computes checksums
+    # (botocore's default, ``request_checksum_calculation``); the completion repeats them.
+    if s3.bucket.meta.client.meta.config.request_checksum_calculation == "when_supported":
+        parameters.setdefault("ChecksumAlgorithm", "CRC32")
+    return {"Bucket": s3.bucket_name, "Key": key, **parameters}
 
 
 def _s3_or_refuse(storage: Storage | None) -> Any:
@@ -202,8 +213,7 @@ def open_multipart(name: str, size: int, *, storage: Storage | None = None) -> M
     if s3 is None:
         return None
     cleaned, _key = _new_key(s3, name)
-    opened = Multipart(cleaned, "", size)
-    created = s3.bucket.meta.client.create_multipart_upload(**opened.parameters(s3))
+    created = s3.bucket.meta.client.create_multipart_upload(**_multipart_parameters(s3, cleaned))
     return Multipart(cleaned, str(created["UploadId"]), size)
 
 
@@ -223,7 +233,7 @@ def send_part(
 
     s3 = _s3_or_refuse(storage)
     parameters = multipart.parameters(s3)
-    _number, start, length = part_ranges(multipart.size)[number - 1]
+    start, length = part_range(multipart.size, number)
     extra = {key: parameters[key] for key in _PART_ARGS if key in parameters}
     with ReadFileChunk.from_filename(str(path), start, length, callbacks=[]) as body:
         answer = s3.bucket.meta.client.upload_part(

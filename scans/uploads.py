@@ -246,7 +246,8 @@ def complete_upload(
         )
         return scan
     finally:
-        discard_upload(session, stored=scan is not None and bool(incoming.stored_name))
+        # A scan stored under the multipart upload's name completed it; anything else drops it.
+        discard_upload(session, stored=scan is not None and scan.file.name == session.stored_name)
 
 
 @dataclass

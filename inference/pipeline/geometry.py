@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
 from nibabel import orientations
+
+from inference.pipeline.parallel import executor
 
 Shape3 = tuple[int, int, int]
 
@@ -412,11 +413,6 @@ def upsample_argmax(
             labels[ix, iy, iz] = winner
         out[x_slice] = values[labels]
 
-    starts = range(0, int(out_shape[0]), step)
-    if workers <= 1:
-        for start in starts:
-            fill(start)
-    else:
-        with ThreadPoolExecutor(workers, thread_name_prefix="upsample") as pool:
-            list(pool.map(fill, starts))
+    with executor(workers, "upsample") as pool:
+        list(pool.map(fill, range(0, int(out_shape[0]), step)))
     return out

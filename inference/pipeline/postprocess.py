@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
 from inference.pipeline.geometry import channel_argmax
+from inference.pipeline.parallel import executor
 from inference.structures import BY_ID
 
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
@@ -706,7 +706,7 @@ def outline_band(
         for sid, level in levels.items()
         if level > 0
     ]
-    with ThreadPoolExecutor(max(workers, 1), thread_name_prefix="outline") as pool:
+    with executor(workers, "outline") as pool:
         for shaded in pool.map(lambda job: shade(*job), jobs):
             if shaded is not None:
                 box, value = shaded

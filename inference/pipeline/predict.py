@@ -8,7 +8,6 @@ ensemble (mean of their probabilities); the organ map is drawn first and lesions
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -35,6 +34,7 @@ from inference.pipeline.infer import DEFAULT_MAX_WHOLE_VOXELS, run_model
 from inference.pipeline.intensity import IntensityCalibration, intensity_for
 from inference.pipeline.normalise import normalise, pad_value
 from inference.pipeline.orientation import ORIENT_CHOICES, OrientationFinding, find_orientation
+from inference.pipeline.parallel import beside, workers_for
 from inference.pipeline.postprocess import (
     DEFAULT_MIN_LESION_VOLUME_MM3,
     MIN_DIM_SHELL,
@@ -179,11 +179,6 @@ def detect_lesions(
         np.copyto(lesions, np.uint8(rule["structure"]), where=found & (lesions == 0))
 
 
-def _workers(threads: int) -> int:
-    """Threads for the NumPy and SciPy stages: the ``threads`` asked for, all cores for 0 (automatic)."""
-    return threads if threads > 0 else len(os.sched_getaffinity(0))
-
-
 def spacing_on(geometry: Geometry, grid: Sequence[int]) -> list[float]:
     """Voxel size (mm, canonical axes) of the model grid ``grid`` over the scan's field of view."""
     return [s * n / g for s, n, g in zip(geometry.spacing_mm, geometry.canonical_shape, grid, strict=True)]
@@ -262,7 +257,9 @@ def _segment_task(
         )
         uncertainty = uncertainty_from(scores, disagreement)
     with timer("restore"):
-        labels = upsample_argmax(scores, geometry.canonical_shape, lead.structures, workers=_workers(threads))
+        labels = upsample_argmax(
+            scores, geometry.canonical_shape, lead.structures, workers=workers_for(threads)
+        )
         if lead.refinements:
             refine(labels, scores, canonical, lead, grid_spacing, geometry.spacing_mm, device, threads)
     return _TaskOutput(
@@ -299,11 +296,11 @@ def refine(
     Every rule moves voxels only between its own structure and background, so a refiner network
     whose structure no earlier rule touches sees the same mask now as in its turn: its network
     runs beside the earlier rules (on the core they leave idle), and its decision is written in
-    its turn, against the background the earlier rules left.
+    its turn, against the background the earlier rules left (on one thread, in the order given).
     """
     coarse = channel_argmax(scores)
     touched: set[int] = set()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="refiner") as ahead:
+    with beside(threads, "refiner") as ahead:
         decisions: dict[int, Future[RefinerDecision | None]] = {}
         for index, rule in enumerate(card.refinements):
             sid = int(rule["structure"])
@@ -416,7 +413,7 @@ def predict_volume(
         uncertainty_by_grid[out.grid] = (
             out.uncertainty if previous is None else np.maximum(previous, out.uncertainty)
         )
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labseg-uncertainty") as side:
+    with beside(threads, "labseg-uncertainty") as side:
         # The uncertainty map needs no labels: it is upsampled while the lesions are looked for.
         upsampled = side.submit(
             _full_uncertainty, list(uncertainty_by_grid.values()), geometry.canonical_shape
@@ -437,7 +434,7 @@ def predict_volume(
                 np.copyto(merged, labels, where=labels > 0)
         outlines = [group for card in cards for group in card.uncertainty_outlines]
         if outlines:
-            band = outline_band(merged, geometry.spacing_mm, outlines, workers=_workers(threads))
+            band = outline_band(merged, geometry.spacing_mm, outlines, workers=workers_for(threads))
             mark_outlines(uncertainty_u8, band)
 
         def back(array: np.ndarray | None) -> np.ndarray | None:
