@@ -14,6 +14,7 @@ from django.http import FileResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
 from rest_framework import generics, status
+from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -263,7 +264,13 @@ class UploadCreate(APIView):
 def _session_for(request: Request, pk: str) -> UploadSession:
     # Uploads belong to the user who opened them; anyone else gets 404. The API needs sign-in
     # (IsAuthenticated in settings.REST_FRAMEWORK), so the user is an account.
-    return get_object_or_404(UploadSession.objects.filter(user=cast(User, request.user)), pk=pk)
+    session = UploadSession.objects.filter(user=cast(User, request.user), pk=pk).first()
+    if session is None:
+        raise NotFound(
+            "there is no upload in progress with this id: it was completed, refused or left idle too long "
+            "(LABSEG_UPLOAD_ABANDON_AFTER_H), or it is another user's; open a new upload"
+        )
+    return session
 
 
 class UploadChunk(APIView):

@@ -156,3 +156,23 @@ def test_the_sha256_is_checked_whether_or_not_this_process_saw_every_chunk(clien
             assert Scan.objects.get().sha256 == digest
         assert upload_id not in uploads._hashes
     assert not UploadSession.objects.exists()
+
+
+def test_an_upload_that_is_gone_is_refused_in_words(client_a):
+    content = nifti_bytes(volume(), compressed=False)
+    upload_id = client_a.post(
+        "/api/uploads/", {"filename": "CT_M05_24h.nii", "size_bytes": len(content)}, format="json"
+    ).json()["id"]
+    _put(client_a, upload_id, content, 0, len(content))
+    refused = client_a.post(
+        f"/api/uploads/{upload_id}/complete/", {"sha256": "ab" * 32, **FIELDS}, format="json"
+    )
+    assert refused.status_code == 400
+
+    for answer in (
+        client_a.get(f"/api/uploads/{upload_id}/"),
+        _put(client_a, upload_id, content, 0, len(content)),
+        client_a.post(f"/api/uploads/{upload_id}/complete/", {"sha256": "ab" * 32, **FIELDS}, format="json"),
+    ):
+        assert answer.status_code == 404
+        assert "no upload in progress with this id" in answer.json()["detail"]
