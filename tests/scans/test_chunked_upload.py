@@ -8,6 +8,7 @@ import pytest
 
 from scans import uploads
 from scans.models import Scan, UploadSession
+from tests.uploads import send_chunks
 
 from .niftis import iter_files, nifti_bytes, volume
 
@@ -160,10 +161,7 @@ def test_the_sha256_is_checked_whether_or_not_this_process_saw_every_chunk(clien
 
 def test_an_upload_that_is_gone_is_refused_in_words(client_a):
     content = nifti_bytes(volume(), compressed=False)
-    upload_id = client_a.post(
-        "/api/uploads/", {"filename": "CT_M05_24h.nii", "size_bytes": len(content)}, format="json"
-    ).json()["id"]
-    _put(client_a, upload_id, content, 0, len(content))
+    upload_id = send_chunks(client_a, content, "CT_M05_24h.nii", chunk_bytes=len(content))
     refused = client_a.post(
         f"/api/uploads/{upload_id}/complete/", {"sha256": "ab" * 32, **FIELDS}, format="json"
     )
