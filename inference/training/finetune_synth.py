@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
         "--variety",
         type=float,
         default=1.0,
-        help="widen the anatomy drawn from each source (synth.synth_sample): 1 as 2.0.0, 2 for 2.1.0",
+        help="widen the anatomy drawn from each source (synth.synth_sample): "
+        "1 as 2.0.0, 2 for 2.1.0, 2.5 for 2.2.0",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
