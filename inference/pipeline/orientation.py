@@ -62,6 +62,8 @@ HEAD_ONLY_MAX_MM = 30.0
 #: ... and whose braincase is filled with soft tissue: at most this share of it air- or lung-dark
 #: (a thorax cut short looks like a skull at 1 mm, its ribs closing round the lungs' air).
 HEAD_ONLY_MAX_DARK = 0.2
+#: The length at each end of a head whose mean cross-section tells the nose (narrow) from the neck.
+HEAD_END_MM = 1.5
 #: Opening radius that removes the animal bed (plates 0.8-1.6 mm thick in our phantoms).
 BED_OPEN_MM = 1.5
 
@@ -649,16 +651,41 @@ def _head(work: _Work, measures: dict[str, float]) -> tuple[_Votes, _Votes]:
         1 if toward[axis] > 0 else -1,
         min(_ramp(abs(toward[axis]), 0.15, 0.4), _ramp(alignment, 0.8, 0.93)),
     )
-    # Cranial: teeth ahead of the braincase, and the snout the far end of the bone from it.
+    # Cranial, four votes: the teeth ahead of the braincase; the snout the far end of the bone
+    # from it (fooled when the neck and shoulders are in view: their bone reaches further); the
+    # nose the narrower end (the body tapers to it, while a field of view or a dissection cuts the
+    # neck wide); the body's volume centre behind the middle. In the real Digimouse head and neck
+    # cut 16-40 mm long, the teeth and snout votes point backwards from 22-24 mm on and the other
+    # two hold (end widths 0.18-0.28 against 0.70-0.77 of the widest section; volume centre
+    # 0.41-0.44): tests/inference/pipeline/test_orientation.py.
     half = float(extent[0]) / 2
     teeth_ahead = (c_teeth - c_cavity)[0] / half
     bones = np.argwhere(bone)[:, 0] * work.step[0]
     far = (bones.max() - c_cavity[0]) - (c_cavity[0] - bones.min())
     snout = far / half
-    measures.update(head_teeth_ahead=round(float(teeth_ahead), 3), head_snout=round(float(snout), 3))
-    score = np.sign(teeth_ahead) * _ramp(abs(teeth_ahead), 0.1, 0.4) + np.sign(snout) * _ramp(
-        abs(snout), 0.1, 0.4
+    area = work.body.sum(axis=(1, 2)).astype(np.float64)
+    end = max(1, round(HEAD_END_MM / work.step[0]))
+    taper = float(
+        np.log(
+            (area[work.lo : work.lo + end].mean() + 1.0)
+            / (area[work.hi - end + 1 : work.hi + 1].mean() + 1.0)
+        )
     )
+    n = work.hi - work.lo + 1
+    centre = (float(area @ np.arange(area.size)) / float(area.sum()) - work.lo) / max(n - 1, 1)
+    measures.update(
+        head_teeth_ahead=round(float(teeth_ahead), 3),
+        head_snout=round(float(snout), 3),
+        head_taper_log=round(taper, 3),
+        head_volume_centre=round(centre, 3),
+    )
+    score = (
+        np.sign(teeth_ahead) * _ramp(abs(teeth_ahead), 0.1, 0.4)
+        + np.sign(snout) * _ramp(abs(snout), 0.1, 0.4)
+        + np.sign(taper) * _ramp(abs(taper), np.log(1.3), np.log(2.5))
+        - np.sign(centre - 0.5) * _ramp(abs(centre - 0.5), 0.03, 0.07)
+    )
+    measures["head_cranial_score"] = round(float(score), 3)
     cranial = _Votes(0, 1 if score > 0 else -1, _ramp(abs(float(score)), 0.3, 1.0))
     return dorsal, cranial
 
@@ -715,13 +742,15 @@ def _words(
 ) -> list[str]:
     """The findings, one plain sentence per piece of evidence."""
     axis_name = _AXIS[work.axes[0]]
+    shape = f"(elongation {measures['elongation']:.2f}, alignment {measures['long_alignment']:.2f})"
     said = [
-        f"The body's long axis runs along the scan's {axis_name} axis "
-        f"(elongation {measures['elongation']:.2f}, alignment {measures['long_alignment']:.2f})."
+        f"A head alone, with no clear long axis along one of the scan's axes {shape}: its nose axis, "
+        f"nearest the scan's {axis_name} axis, is taken from its braincase, teeth and snout."
+        if measures.get("long_axis_from_head")
+        else f"The body's long axis runs along the scan's {axis_name} axis {shape}."
         if confidence["long_axis"] >= MIN_CONFIDENCE
-        else "The body has no clear long axis along one of the scan's axes "
-        f"(elongation {measures['elongation']:.2f}, alignment {measures['long_alignment']:.2f}): "
-        "a short or oblique field of view."
+        else f"The body has no clear long axis along one of the scan's axes {shape}: a short or oblique "
+        "field of view."
     ]
     if regime == "body":
         said.append(
@@ -817,6 +846,15 @@ def find_orientation(volume: np.ndarray, spacing_mm: Sequence[float]) -> Orienta
             and work.length_mm <= HEAD_ONLY_MAX_MM
         ):
             measures["head_only"] = 1.0
+            # A head alone is nearly as wide as it is long, and often lies obliquely: the body's
+            # elongation says little there. Its own landmarks do: when the braincase (dorsal) and
+            # the nose end (cranial, measured along the long axis) both point clearly, that
+            # axis is the nose's, and the nearest axis-aligned pose is taken (the models find
+            # 1.3-15x more brain in the real 8-bit heads so turned: inference/models/README.md).
+            head_axis = min(dorsal.confidence, cranial.confidence)
+            if confidence["long_axis"] < MIN_CONFIDENCE <= head_axis:
+                confidence["long_axis"] = head_axis
+                measures["long_axis_from_head"] = 1.0
     confidence["dorsal"] = dorsal.confidence
     confidence["cranial"] = cranial.confidence
     confidence["left_right"] = right.confidence if right is not None else 0.0

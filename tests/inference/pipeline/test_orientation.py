@@ -31,7 +31,6 @@ LATERAL = AxisTransform(((1, 1), (0, -1), (2, 1)))  # 90 degrees about the long 
 MIRROR_X = AxisTransform(((0, -1), (1, 1), (2, 1)))  # left and right swapped, nothing else
 POSES = AxisTransform.every()
 TEMPLATE, TEMPLATE_LABELS = "low_res_template_UCHAR.nii.gz", "low_res_template_UCHAR-label.nii.gz"
-RAW_HEADS = ("C57BL6_J_.nii.gz", "BALB_CJ_.nii.gz")
 DIGIMOUSE = SHARED / "realdata" / "digimouse" / "digimouse_labels.nii.gz"
 #: HU for Digimouse's tissues (its labels.json); everything else in the body is soft tissue.
 DIGIMOUSE_HU = {0: -1000, 2: 1000, 9: 45, 13: 12, 15: 25, 18: 62, 21: -430}
@@ -186,16 +185,24 @@ def test_the_template_gets_one_pose_from_every_rotation(realdata: Path) -> None:
         assert pose.then(finding.transform) == expected, pose.describe()
 
 
-@pytest.mark.parametrize("name", RAW_HEADS)
-def test_an_oblique_raw_head_scan_keeps_its_header_in_every_rotation(realdata: Path, name: str) -> None:
-    # These heads lie about 45 degrees off the scanner's axes: no axis permutation is "the" pose.
+@pytest.mark.parametrize(("name", "poses"), [("C57BL6_J_.nii.gz", 2), ("BALB_CJ_.nii.gz", 1)])
+def test_an_oblique_raw_head_scan_is_turned_the_same_way_from_every_rotation(
+    realdata: Path, name: str, poses: int
+) -> None:
+    # These heads lie obliquely (no clear long axis), but a head's own landmarks (the braincase up,
+    # the teeth and snout forward) name its nearest axis-aligned pose, and the models find its
+    # brain there (inference/models/README.md). C57BL6_J_ lies about 45 degrees between two
+    # such poses: its braincase is as far up-and-back along x as along y, so either is as near.
     volume, spacing_mm = load_canonical(realdata / name)
 
+    found = set()
     for pose in (p for p in POSES if not p.is_mirror):
         finding = find_orientation(pose.apply(volume), pose.spacing(spacing_mm))
-        assert finding.kept == "header" and finding.transform.is_identity, pose.describe()
-        assert finding.confidence["long_axis"] < 0.5
+        assert finding.head_only and finding.kept == "left-right", pose.describe()
+        assert not finding.transform.is_mirror
         assert "no clear long axis" in finding.findings[0]
+        found.add(pose.then(finding.transform))
+    assert len(found) == poses
 
 
 @pytest.fixture(scope="module")
@@ -231,6 +238,27 @@ def test_real_anatomy_is_put_back_with_the_header_handedness(
     # Digimouse's stomach holds no gas: its left cannot be read, so the header's handedness is kept.
     assert finding.kept == "left-right" and pose.then(finding.transform).is_identity
     assert finding.measures["braincase_mm3"] > 200 and finding.measures["lungs_mm3"] > 200
+
+
+@pytest.mark.parametrize("length_mm", [24, 30, 36])
+def test_a_real_head_and_neck_is_never_turned_head_down(
+    digimouse: tuple[np.ndarray, np.ndarray, tuple[float, float, float]], length_mm: int
+) -> None:
+    # The nose end of the real anatomy, cut 24-36 mm long: the whole head, then with the neck and
+    # shoulders, whose bone reaches further from the braincase than the snout (that vote, with the
+    # teeth's, turned such cuts head-down); the taper to the nose and the volume centre outvote
+    # them. At 36 mm the top of the thorax is in view and no head vote is sure: the header stays.
+    ct, _, spacing_mm = digimouse
+    body = np.nonzero((ct > -500).any(axis=(0, 1)))[0]
+    cut = ct[:, :, body.max() + 1 - round(length_mm / spacing_mm[2]) : body.max() + 1]
+
+    for pose in (p for p in POSES if not p.is_mirror):
+        finding = find_orientation(pose.apply(cut), pose.spacing(spacing_mm))
+        if length_mm <= 30:
+            assert finding.kept == "left-right" and finding.head_only, pose.describe()
+            assert pose.then(finding.transform).is_identity, pose.describe()
+        else:
+            assert finding.kept == "header" or pose.then(finding.transform).is_identity, pose.describe()
 
 
 @pytest.mark.parametrize(

@@ -88,14 +88,12 @@ def test_the_committed_models_find_brain_and_bones_and_nothing_of_the_trunk(
     assert found <= set(IN_A_HEAD)
     assert {"brain", "bones"} <= found
     volumes = {row.name: row.volume_mm3 for row in result.volumes}
-    # Found, not measured well: an adult mouse brain is 400-500 mm^3, and mouse-organs 2.2.0 draws
-    # 196 (C57BL6_J_) and 18 mm^3 (BALB_CJ_; 2.1.0: 283 and 70; 2.0.0: 251 and 174): the model
-    # card says so, and the QC tells the user: a brain under an adult's is never reported silently.
-    assert volumes["brain"] > 10
-    brain_flagged = any(
-        r["code"] == "volume_range" and r["structure"] == "brain" for r in result.manifest["qc"]["reasons"]
-    )
-    assert volumes["brain"] >= 400 or brain_flagged
+    # Found, not yet measured well: an adult mouse brain is 400-500 mm^3. Turned to its nearest
+    # pose by its own landmarks, mouse-organs 2.2.0 draws 250 (C57BL6_J_) and 279 mm^3 (BALB_CJ_);
+    # left as its header had it, 196 and 18 (the model card says so). The QC's range for a mouse
+    # of this size (229-707 mm^3) holds both, so it names no brain; calibrated 8-bit intensities
+    # always send the scan to review (below).
+    assert volumes["brain"] > 200
     assert not result.lesions
     assert (labels == BY_NAME["tumor"].id).sum() == 0 and (labels == BY_NAME["metastasis"].id).sum() == 0
     manifest = result.manifest
