@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
@@ -32,6 +32,7 @@ from inference.pipeline.geometry import (
 )
 from inference.pipeline.infer import DEFAULT_MAX_WHOLE_VOXELS, run_model
 from inference.pipeline.intensity import IntensityCalibration, intensity_for
+from inference.pipeline.noise import SMOOTH_ABOVE_HU, for_threshold_rules
 from inference.pipeline.normalise import normalise, pad_value
 from inference.pipeline.orientation import ORIENT_CHOICES, OrientationFinding, find_orientation
 from inference.pipeline.parallel import beside, workers_for
@@ -203,6 +204,7 @@ def _segment_task(
     members: Sequence[ModelCard],
     *,
     canonical: np.ndarray,
+    rules_hu: np.ndarray,
     geometry: Geometry,
     resampled: Mapping[tuple[int, int, int], np.ndarray],
     animals: Mapping[tuple[int, int, int], np.ndarray],
@@ -213,7 +215,8 @@ def _segment_task(
     batch_size: int,
     keep_scores: bool,
 ) -> _TaskOutput:
-    """Inference, component rules and restore for one task's ensemble ``members``."""
+    """Inference, component rules and restore for one task's ensemble ``members``. ``rules_hu`` is
+    what the intensity threshold rules read (``noise.for_threshold_rules``)."""
     timer = StageTimer()
     lead = members[0]
     providers: dict[str, str] = {}
@@ -261,7 +264,9 @@ def _segment_task(
             scores, geometry.canonical_shape, lead.structures, workers=workers_for(threads)
         )
         if lead.refinements:
-            refine(labels, scores, canonical, lead, grid_spacing, geometry.spacing_mm, device, threads)
+            refine(
+                labels, scores, canonical, rules_hu, lead, grid_spacing, geometry.spacing_mm, device, threads
+            )
     return _TaskOutput(
         labels=labels,
         uncertainty=uncertainty,
@@ -285,6 +290,7 @@ def refine(
     labels: np.ndarray,
     scores: np.ndarray,
     canonical: np.ndarray,
+    rules_hu: np.ndarray,
     card: ModelCard,
     grid_spacing_mm: Sequence[float],
     spacing_mm: Sequence[float],
@@ -297,6 +303,8 @@ def refine(
     whose structure no earlier rule touches sees the same mask now as in its turn: its network
     runs beside the earlier rules (on the core they leave idle), and its decision is written in
     its turn, against the background the earlier rules left (on one thread, in the order given).
+    Refiner networks read ``canonical``; the threshold rules ``rules_hu`` (a blurred copy of a very
+    noisy scan, ``noise.for_threshold_rules``).
     """
     coarse = channel_argmax(scores)
     touched: set[int] = set()
@@ -316,9 +324,7 @@ def refine(
             elif "network" in rule:
                 run_refiner(labels, canonical, card, rule, spacing_mm, device, threads)
             else:
-                apply_refinement(
-                    labels, coarse, canonical, rule, card.structures, grid_spacing_mm, spacing_mm
-                )
+                apply_refinement(labels, coarse, rules_hu, rule, card.structures, grid_spacing_mm, spacing_mm)
 
 
 def predict_volume(
@@ -367,6 +373,18 @@ def predict_volume(
             canonical = orientation.transform.apply(canonical)
     resampled: dict[tuple[int, int, int], np.ndarray] = {}
     with timer("preprocess"):
+        rules_hu, noise, width = for_threshold_rules(canonical)
+        if width:
+            calibration = replace(
+                calibration,
+                findings=(
+                    *calibration.findings,
+                    f"The scan's noise ({noise:.0f} HU per voxel in soft tissue) is above the "
+                    f"{SMOOTH_ABOVE_HU:.0f} HU that the bone, spinal cord and outline rules were tuned "
+                    f"for: they read it through a {width}x{width}x{width}-voxel median, so that noise "
+                    "is not drawn as bone.",
+                ),
+            )
         for members in groups.values():
             grid = resampled_shape(geometry.canonical_shape, geometry.spacing_mm, members[0].input_spacing_mm)
             if grid not in resampled:
@@ -375,6 +393,7 @@ def predict_volume(
     run = partial(
         _segment_task,
         canonical=canonical,
+        rules_hu=rules_hu,
         geometry=geometry,
         resampled=resampled,
         animals={grid: found[0] for grid, found in animals.items()},
@@ -421,7 +440,7 @@ def predict_volume(
         with timer("postprocess"):
             if orientation is not None and orientation.head_only and "organs" in task_labels:
                 drop_out_of_view(task_labels["organs"], groups["organs"][0].structures)
-            detect_lesions(task_labels, groups, canonical, geometry.spacing_mm)
+            detect_lesions(task_labels, groups, rules_hu, geometry.spacing_mm)
         _report(progress, 95, "restore uncertainty")
         with timer("restore"):
             uncertainty_u8 = upsampled.result()
