@@ -371,6 +371,29 @@ def test_bright_nodules_inside_the_lungs_are_found_and_the_rim_is_not() -> None:
     assert not no_host.any()
 
 
+def test_a_ribs_halo_against_the_lung_is_no_nodule() -> None:
+    # A rib (bone, 900 HU) runs along the lung inside its reach; its partial-volume halo (-100 HU,
+    # bright for the rule) lies in the lung. A real nodule sits in the middle. On the real
+    # Digimouse anatomy such halos were 96 "metastases" (19-22 mm^3) in a tumor-free mouse.
+    organs = np.zeros((20, 20, 20), np.uint8)
+    organs[4:16, 4:16, 4:16] = LUNG
+    hu = np.full(organs.shape, -430.0, np.float32)
+    hu[organs == 0] = 40.0
+    organs[3, 4:16, 6:8] = BONES
+    hu[3, 4:16, 6:8] = 900.0
+    hu[4:6, 4:16, 6:8] = -100.0  # the halo: two voxels deep into the lung
+    hu[9:11, 9:11, 9:11] = 60.0  # the nodule
+
+    # The committed lung rule's shell share (mouse-tumor 2.0.0: half the shell dim parenchyma).
+    found = detect_bright_lesions(
+        organs, hu, hosts=[LUNG], min_hu=-150.0, erode_voxels=1, min_voxels=2, min_dim_shell=0.5
+    )
+
+    assert set(zip(*np.nonzero(found), strict=True)) == {
+        (x, y, z) for x in (9, 10) for y in (9, 10) for z in (9, 10)
+    }
+
+
 def test_the_lesion_models_detect_rule_runs_on_the_organ_map_of_the_same_call(tmp_path: Path) -> None:
     organs = write_threshold_model(
         tmp_path / "organs" / "1", structures=(0, LUNG), thresholds=(0.3,), normalisation=WINDOW
