@@ -589,8 +589,6 @@ def nodule_candidates(
         wanted &= ~np.isin(thick, wall[wall > 0])
     labelled, sizes = _components(wanted)
     seeded = np.bincount(labelled[seeds], minlength=sizes.size) > 0
-    if bone.any():
-        seeded[np.unique(labelled[ndimage.binary_dilation(bone, structure=CONNECTIVITY_26)])] = False
     # A nodule sits in parenchyma: most of the voxel shell around it must be dim tissue. A bright
     # fragment of the lung's rim (contrast-enhanced blood or heart beyond the erosion) fails.
     grown = ndimage.grey_dilation(labelled, footprint=CONNECTIVITY_26)
@@ -598,6 +596,9 @@ def nodule_candidates(
     owner = grown[shell]
     total = np.bincount(owner, minlength=sizes.size)
     dim = np.bincount(owner, weights=(near & ~bright)[shell], minlength=sizes.size)
+    # Bone in the shell (each shell voxel counts for its highest-numbered neighbour: a rib's halo
+    # touches its rib along many voxels, so none is missed that way).
+    seeded &= np.bincount(owner, weights=bone[shell], minlength=sizes.size) == 0
     share = np.divide(dim, total, out=np.zeros(sizes.size), where=total > 0)
     return NoduleCandidates(organ_labels.shape, box, labelled, sizes, seeded, share)
 
