@@ -581,7 +581,7 @@ def format_table(report: dict[str, Any]) -> str:
     variants = report["variants"]
     names = [n for n in ORDER if any(n in v["summary"]["dice"] for v in variants.values())]
     head_row = f"{'variant':<16}{'n':>3} " + " ".join(f"{SHORT.get(n, n)[:6]:>6}" for n in names)
-    lines = [head_row + f" {'tumD':>5} {'FPmed':>6} {'FPmax':>6}  verdict"]
+    lines = [head_row + f" {'tumD':>5} {'FPmed':>6} {'FPmax':>6} {'MFPmax':>6}  verdict"]
     notes = []
     for variant, entry in variants.items():
         s = entry["summary"]
@@ -589,7 +589,8 @@ def format_table(report: dict[str, Any]) -> str:
         fp = s.get("tumor_fp_mm3", {})
         tumor_dice = _finite(s.get("tumors", {}).get("dice_median_ge_50mm3"))
         tumor_cell = f"{'-':>5}" if tumor_dice is None else f"{tumor_dice:>5.2f}"
-        fp_cells = f"{fp.get('median', float('nan')):>6.1f} {fp.get('max', float('nan')):>6.1f}"
+        mfp = s.get("metastasis_fp_mm3", {}).get("max", float("nan"))
+        fp_cells = f"{fp.get('median', float('nan')):>6.1f} {fp.get('max', float('nan')):>6.1f} {mfp:>6.1f}"
         verdict = "ok" if s["verdict"]["pass"] else "FAIL"
         lines.append(f"{variant:<16}{s['cases']:>3} {cells} {tumor_cell} {fp_cells}  {verdict}")
         if s["absent_claimed_mm3"]:
@@ -599,8 +600,8 @@ def format_table(report: dict[str, Any]) -> str:
             notes.append(f"{variant}: {s['refused']} scan(s) refused")
     lines.append(
         f"Dice: median over cases; tumD: median Dice of true tumors >= 50 mm3; FPmed/FPmax: tumor "
-        f"false-positive volume (mm3) median/max per scan. Targets: big organs >= {BIG_ORGAN_DICE:.2f}, "
-        f"tumor FP <= {TUMOR_FP_MM3:.0f} mm3."
+        f"false-positive volume (mm3) median/max per scan; MFPmax: metastasis false positives, max. "
+        f"Targets: big organs >= {BIG_ORGAN_DICE:.2f}, tumor and metastasis FP <= {TUMOR_FP_MM3:.0f} mm3."
     )
     lines.extend(notes)
     verdict = report["verdict"]
@@ -621,8 +622,10 @@ def markdown_table(report: dict[str, Any]) -> str:
     variants = report["variants"]
     names = [n for n in ORDER if any(n in v["summary"]["dice"] for v in variants.values())]
     rows = [
-        "| variant | n | " + " | ".join(names) + " | tumor Dice | tumor FP mm3 median / max | verdict |",
-        "| --- | --- | " + " | ".join("---" for _ in names) + " | --- | --- | --- |",
+        "| variant | n | "
+        + " | ".join(names)
+        + " | tumor Dice | tumor FP mm3 median / max | metastasis FP mm3 max | verdict |",
+        "| --- | --- | " + " | ".join("---" for _ in names) + " | --- | --- | --- | --- |",
     ]
     for variant, entry in variants.items():
         s = entry["summary"]
@@ -634,12 +637,14 @@ def markdown_table(report: dict[str, Any]) -> str:
         tumor = _finite(s.get("tumors", {}).get("dice_median_ge_50mm3"))
         fp = s.get("tumor_fp_mm3", {})
         fp_cell = f"{fp['median']:.1f} / {fp['max']:.1f}" if fp else ""
+        mfp = s.get("metastasis_fp_mm3", {})
+        mfp_cell = f"{mfp['max']:.1f}" if mfp else ""
         tumor_cell = "" if tumor is None else f"{tumor:.3f}"
         verdict = "ok" if s["verdict"]["pass"] else "FAIL"
         rows.append(
             f"| {variant} | {s['cases']} | "
             + " | ".join(cells)
-            + f" | {tumor_cell} | {fp_cell} | {verdict} |"
+            + f" | {tumor_cell} | {fp_cell} | {mfp_cell} | {verdict} |"
         )
     return "\n".join(rows)
 

@@ -13,7 +13,9 @@ from inference.pipeline.noise import MEDIAN_VOXELS, SMOOTH_ABOVE_HU, for_thresho
 @pytest.fixture(scope="module")
 def phantom_hu() -> tuple[np.ndarray, float]:
     phantom = generate_phantom(seed=9000, spacing_mm=0.42, n_annotators=0)
-    return phantom.ct.astype(np.float32), float(phantom.meta["scanner"]["noise_hu"])
+    scanner = phantom.meta["scanner"]
+    assert isinstance(scanner, dict)
+    return phantom.ct.astype(np.float32), float(scanner["noise_hu"])
 
 
 @pytest.mark.parametrize("added_hu", [0.0, 100.0, 250.0])

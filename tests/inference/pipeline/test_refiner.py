@@ -225,7 +225,7 @@ def test_refining_with_the_network_ahead_of_the_earlier_rules_changes_nothing() 
     spacing, grid = (0.21, 0.21, 0.21), (0.63, 0.63, 0.63)
 
     ahead = labels.copy()
-    refine(ahead, scores, hu, committed, grid, spacing, "cpu", 2)  # 2 threads: the network runs ahead
+    refine(ahead, scores, hu, hu, committed, grid, spacing, "cpu", 2)  # 2 threads: the network runs ahead
 
     one_by_one = labels.copy()
     coarse_argmax = np.argmax(scores, axis=0)
