@@ -68,3 +68,12 @@ def for_threshold_rules(volume: np.ndarray) -> tuple[np.ndarray, float, int]:
         noise,
         MEDIAN_VOXELS,
     )
+
+
+def threshold_rules_finding(noise: float, width: int) -> str:
+    """The manifest's sentence when ``for_threshold_rules`` chose the median (``width`` > 0)."""
+    return (
+        f"The scan's noise ({noise:.0f} HU per voxel in soft tissue) is above the {SMOOTH_ABOVE_HU:.0f} HU "
+        f"that the bone, spinal cord and outline rules were tuned for: they read it through a "
+        f"{width}x{width}x{width}-voxel median, so that noise is not drawn as bone."
+    )

@@ -32,7 +32,7 @@ from inference.pipeline.geometry import (
 )
 from inference.pipeline.infer import DEFAULT_MAX_WHOLE_VOXELS, run_model
 from inference.pipeline.intensity import IntensityCalibration, intensity_for
-from inference.pipeline.noise import SMOOTH_ABOVE_HU, for_threshold_rules
+from inference.pipeline.noise import for_threshold_rules, threshold_rules_finding
 from inference.pipeline.normalise import normalise, pad_value
 from inference.pipeline.orientation import ORIENT_CHOICES, OrientationFinding, find_orientation
 from inference.pipeline.parallel import beside, workers_for
@@ -303,8 +303,8 @@ def refine(
     whose structure no earlier rule touches sees the same mask now as in its turn: its network
     runs beside the earlier rules (on the core they leave idle), and its decision is written in
     its turn, against the background the earlier rules left (on one thread, in the order given).
-    Refiner networks read ``canonical``; the threshold rules ``rules_hu`` (a blurred copy of a very
-    noisy scan, ``noise.for_threshold_rules``).
+    Refiner networks read ``canonical``; the threshold rules ``rules_hu`` (``canonical`` itself, or
+    its median-filtered copy when the scan is very noisy: ``noise.for_threshold_rules``).
     """
     coarse = channel_argmax(scores)
     touched: set[int] = set()
@@ -376,14 +376,7 @@ def predict_volume(
         rules_hu, noise, width = for_threshold_rules(canonical)
         if width:
             calibration = replace(
-                calibration,
-                findings=(
-                    *calibration.findings,
-                    f"The scan's noise ({noise:.0f} HU per voxel in soft tissue) is above the "
-                    f"{SMOOTH_ABOVE_HU:.0f} HU that the bone, spinal cord and outline rules were tuned "
-                    f"for: they read it through a {width}x{width}x{width}-voxel median, so that noise "
-                    "is not drawn as bone.",
-                ),
+                calibration, findings=(*calibration.findings, threshold_rules_finding(noise, width))
             )
         for members in groups.values():
             grid = resampled_shape(geometry.canonical_shape, geometry.spacing_mm, members[0].input_spacing_mm)

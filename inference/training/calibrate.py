@@ -46,6 +46,7 @@ from inference.jsonsafe import finite_or_null
 from inference.metrics import dice
 from inference.pipeline import predict_volume
 from inference.pipeline.postprocess import (
+    BONES,
     FACE_NEIGHBOURS,
     nodule_candidates,
     voxels_across,
@@ -68,7 +69,6 @@ BONE_MARGIN_MM = (0.63, 1.26)
 BONE_CONNECTED = (False, True)
 #: Margins (mm) of the spinal-canal rule; None stands for "no rule".
 CORD_MARGIN_MM = (None, 0.63, 1.26)
-BONES = BY_NAME["bones"].id
 CORD = BY_NAME["spinal_cord"].id
 METASTASIS = BY_NAME["metastasis"].id
 LUNGS = (BY_NAME["lung_left"].id, BY_NAME["lung_right"].id)
