@@ -40,13 +40,21 @@ def session_cookie(user) -> str:  # type: ignore[no-untyped-def]
 
 
 def overlay_pixels(page):  # type: ignore[no-untyped-def]
-    """The overlay canvas as the screen shows it (RGB), after the next frame."""
+    """The overlay canvas as the screen shows it (RGB), once a frame with the scan is on screen:
+    a canvas whose WebGL context was lost shows none until it is restored (review.js keeps the
+    viewer through that; a busy software renderer lost one in a CI run)."""
     import io
 
     from PIL import Image
 
-    page.evaluate("new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)))")
-    return np.asarray(Image.open(io.BytesIO(page.locator("#overlay").screenshot())).convert("RGB"))
+    for _ in range(50):
+        page.evaluate("new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)))")
+        pixels = np.asarray(Image.open(io.BytesIO(page.locator("#overlay").screenshot())).convert("RGB"))
+        grey = pixels.min(axis=2)
+        if ((grey > 40) & (grey < 250)).mean() > 0.01:  # the CT's greys, not a flat blank
+            return pixels
+        page.wait_for_timeout(300)
+    raise AssertionError("the review page's overlay shows no picture of the scan")
 
 
 def coloured(pixels) -> int:  # type: ignore[no-untyped-def]
@@ -137,3 +145,38 @@ def test_a_reviewer_rejects_one_annotator_and_approves_the_other(
     assert rejected.review_note == "The rim is drawn too generously on the caudal slices."
     # reject A; approve B, undo, approve again
     assert AnnotationTransition.objects.filter(annotation__scan=phantom_scan, by=reviewer).count() == 4
+
+
+def test_the_overlay_comes_back_and_answers_after_the_webgl_context_is_lost(
+    live_server, browser, phantom_scan, reviewer
+):
+    """A GPU process that crashes or resets takes the canvas's WebGL context with it; the page
+    gets it back and draws what the reviewer asked for meanwhile (WEBGL_lose_context makes the
+    loss, as browsers provide for this test)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1100})
+    context.add_cookies(
+        [{"name": settings.SESSION_COOKIE_NAME, "value": session_cookie(reviewer), "url": live_server.url}]
+    )
+    try:
+        page = context.new_page()
+        page.goto(f"{live_server.url}/review/scans/{phantom_scan.pk}/")
+        page.wait_for_function("window.labsegReview.settled", timeout=60_000)
+        both = overlay_pixels(page)
+        shown = page.get_by_test_id("annotator-A").get_by_label("Shown in the viewer")
+
+        page.evaluate(
+            "window.lossTest = document.querySelector('#overlay').getContext('webgl2')"
+            ".getExtension('WEBGL_lose_context'); window.lossTest.loseContext()"
+        )
+        page.wait_for_selector("#overlay[data-context=lost]")
+        shown.uncheck()  # asked for while the context is gone
+        page.evaluate("window.lossTest.restoreContext()")
+        page.wait_for_selector("#overlay[data-context=restored]", timeout=30_000)
+        without_a = overlay_pixels(page)
+        assert coloured(without_a) < coloured(both)  # drawn as asked: B's outline only
+        shown.check()
+        page.wait_for_function("document.querySelector('#overlay').dataset.hidden === ''")
+        assert np.abs(overlay_pixels(page).astype(int) - both.astype(int)).max() <= 2
+        assert page.evaluate("[window.labsegReview.contextLosses, window.labsegReview.errors]") == [1, []]
+    finally:
+        context.close()

@@ -6,7 +6,7 @@
 // loaded. NiiVue is served by the frontend app as an ES module under /static/vendor/niivue/.
 // window.labsegReview: firstFrameMs, level, settled (tests and bench/viewer.py read them).
 import { Niivue, NVImage } from "../vendor/niivue/niivue.js";
-import { quietScene } from "../frontend/js/gpu.js";
+import { keepThroughContextLoss, quietScene } from "../frontend/js/gpu.js";
 import { DEFAULT_WIDTH, outline } from "../frontend/js/outlines.js";
 
 const config = JSON.parse(document.getElementById("review-config").textContent);
@@ -79,6 +79,7 @@ async function startViewer() {
   await overlay.attachToCanvas(canvas);
   hook.marks.canvasMs = performance.now();
   update = quietScene(overlay);
+  keepThroughContextLoss(overlay, hook);
   overlay.setSliceType(1);
   await showLevel("first", reading);
   hook.firstFrameMs = hook.marks.drawnMs = performance.now();

@@ -88,3 +88,36 @@ export function quietScene(nv) {
     return promise;
   };
 }
+
+/**
+ * Keep a viewer alive through a lost WebGL context. A GPU process that crashes or resets (a driver
+ * update, a busy machine's software renderer, too many tabs) takes the canvas's context with it:
+ * the canvas keeps its last frame and answers nothing more. The browser gives a context back only
+ * to a page that prevented the loss; NiiVue's init() then makes its shaders and textures again
+ * from the volumes it still holds, and draws. ``hook.contextLosses`` counts them (tests read it);
+ * the canvas's data-context says "lost" until the picture is back ("restored").
+ */
+export function keepThroughContextLoss(nv, hook) {
+  const canvas = nv.canvas;
+  hook.contextLosses = 0;
+  canvas.addEventListener("webglcontextlost", (event) => {
+    event.preventDefault();
+    hook.contextLosses++;
+    canvas.dataset.context = "lost";
+  });
+  canvas.addEventListener("webglcontextrestored", async () => {
+    try {
+      await nv.init();
+      // init() leaves the drawing's texture at 2x2x2: a correction being drawn lives on in
+      // drawBitmap and goes back into a texture of the scan's size.
+      if (nv.drawBitmap && nv.back?.dims) {
+        const unit = nv.gl.TEXTURE7; // NiiVue's drawing texture unit
+        nv.drawTexture = nv.opts.is2DSliceShader ? nv.r8Tex2D(nv.drawTexture, unit, nv.back.dims) : nv.r8Tex(nv.drawTexture, unit, nv.back.dims, true);
+        nv.refreshDrawing(true);
+      }
+      canvas.dataset.context = "restored";
+    } catch (error) {
+      hook.errors.push(`the picture could not be redrawn after the graphics were reset: ${error}`);
+    }
+  });
+}

@@ -12,7 +12,7 @@
 // bench/viewer.py read them (the bench also times the frame as the screen shows it).
 import { Niivue, NVImage, NVImageFromUrlOptions, SLICE_TYPE, cmapper } from "../../vendor/niivue/niivue.js";
 import { barChart } from "./charts.js";
-import { quietScene } from "./gpu.js";
+import { keepThroughContextLoss, quietScene } from "./gpu.js";
 import { DEFAULT_WIDTH, outline } from "./outlines.js";
 
 const config = JSON.parse(document.getElementById("viewer-config").textContent);
@@ -784,6 +784,7 @@ async function main() {
   const first = readLevel();
   first.reading.catch(() => {}); // reported below, by loadAll
   await nv.attachToCanvas(document.getElementById("gl"));
+  keepThroughContextLoss(nv, hook);
   hook.marks.canvasMs = performance.now();
   nv.onLocationChange = onLocation;
   try {
