@@ -52,6 +52,7 @@ from inference.pipeline.postprocess import (
     voxels_across,
     voxels_within,
 )
+from inference.pipeline.qc import organ_centres
 from inference.pipeline.refiner import RefinerDecision, apply_decision, decide_refiner, run_refiner
 from inference.pipeline.runtime import get_session, session_provider
 from inference.registry import TASKS, ModelCard
@@ -105,6 +106,8 @@ class PipelineOutput:
     orientation: OrientationFinding | None = None
     #: Animals found in the field of view (``animals.find_animals``; 0 when no tissue was).
     animals: int = 1
+    #: Each organ's centre (mm) in the canonical pose, for the QC's layout check (qc.organ_centres).
+    organ_centres: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
 
 def group_by_task(cards: Sequence[ModelCard]) -> dict[str, list[ModelCard]]:
@@ -470,6 +473,7 @@ def predict_volume(
             intensity=calibration,
             orientation=orientation,
             animals=max(count for _, count in animals.values()),
+            organ_centres=organ_centres(organs, geometry.spacing_mm) if organs is not None else {},
         )
     _report(progress, 100, "done")
     return result

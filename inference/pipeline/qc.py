@@ -27,6 +27,11 @@ accepts it (the server records who and when). The checks, each with its own reas
   orientation disagreed with the anatomy: the numbers rest on that fix.
 - ``several_animals``: more than one mouse in the field of view (``animals.find_animals``). The
   models segment each, but a scan's volumes and counts add up over all of them.
+- ``layout``: the organs are not where they lie in every mouse: the centre of one more than
+  ``LAYOUT_TOLERANCE_MM`` on the wrong side of another's (brain cranial of heart, heart cranial of
+  liver and kidneys, those cranial of the bladder; the left lung and kidney left of the right
+  ones). Volumes can be in range while the models draw organs in the wrong places, as on anatomy
+  they do not know; the centres come from the canonical pose (``organ_centres``), one mouse only.
 
 Structures the model can draw that lie outside the field of view are listed as ``not_in_view``
 ("not assessed": never a 0). Array contract: ``labels`` uint8 and ``uncertainty`` uint8 (0-255)
@@ -97,6 +102,23 @@ MIN_LESION_IN_BODY = 0.5
 #: HU for every purpose here (3x noise shifts the soft-tissue peak a few HU): not a reason.
 CALIBRATION_TOLERANCE_HU = 30.0
 AIR_LIKE_HU = -700.0
+#: Pairs whose first organ's centre lies cranial of the second's in every mouse (9-20 mm apart in
+#: Digimouse, 10-38 in the phantoms), and pairs whose first lies on the mouse's left of the second
+#: (6.5-11.5 mm apart in Digimouse, 9-10.5 in the phantoms).
+CRANIAL_OF: tuple[tuple[str, str], ...] = (
+    ("brain", "heart"),
+    ("heart", "liver"),
+    ("heart", "kidney_left"),
+    ("heart", "kidney_right"),
+    ("liver", "bladder"),
+    ("kidney_left", "bladder"),
+    ("kidney_right", "bladder"),
+)
+LEFT_OF: tuple[tuple[str, str], ...] = (("lung_left", "lung_right"), ("kidney_left", "kidney_right"))
+#: How far (mm) one centre may lie on the wrong side of another before the layout is named.
+LAYOUT_TOLERANCE_MM = 1.0
+#: Structures smaller than this (mm^3) are too little of an organ for their centre to say much.
+LAYOUT_MIN_MM3 = 5.0
 BODY_HU = -350.0
 #: Uncertainty map value (0-255) from which a voxel counts as very uncertain (78 %), and the share
 #: of labelled voxels that may be so before the run needs review (twice the held-out phantoms').
@@ -193,6 +215,56 @@ def regions_in_view(found: Collection[str]) -> list[str]:
     if "thorax" in regions and "pelvis" in regions:
         regions.add("abdomen")
     return [r for r in ("head", "thorax", "abdomen", "pelvis") if r in regions]
+
+
+def organ_centres(
+    labels: np.ndarray, spacing_mm: Sequence[float], *, step: int = 2
+) -> dict[str, tuple[float, float, float]]:
+    """The centre (mm) of each structure of ``labels`` larger than ``LAYOUT_MIN_MM3``, measured on
+    every ``step``-th voxel. ``labels`` must be in the canonical pose (geometry and orientation
+    modules: +x the mouse's right, +y ventral, +z cranial) for ``layout`` to read them."""
+    sampled = np.asarray(labels)[::step, ::step, ::step]
+    voxel_mm3 = float(np.prod(spacing_mm)) * step**3
+    counts = np.bincount(sampled.ravel(), minlength=256)
+    ids = [int(i) for i in np.flatnonzero(counts) if i and counts[i] * voxel_mm3 >= LAYOUT_MIN_MM3]
+    if not ids:
+        return {}
+    centres = ndimage.center_of_mass(np.ones(sampled.shape, dtype=np.uint8), sampled, ids)
+    names = {s.id: s.name for s in BY_NAME.values()}
+    return {
+        names[i]: tuple(float(c * step * s) for c, s in zip(centre, spacing_mm, strict=True))  # type: ignore[misc]
+        for i, centre in zip(ids, centres, strict=True)
+        if i in names
+    }
+
+
+def _words(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def _layout_reasons(centres: Mapping[str, Sequence[float]]) -> list[Reason]:
+    wrong = []
+    for cranial, caudal in CRANIAL_OF:
+        if cranial in centres and caudal in centres:
+            gap = centres[cranial][2] - centres[caudal][2]
+            if gap < -LAYOUT_TOLERANCE_MM:
+                wrong.append(f"{_words(cranial)} {-gap:.0f} mm caudal of {_words(caudal)}")
+    for left, right in LEFT_OF:
+        if left in centres and right in centres:
+            gap = centres[left][0] - centres[right][0]
+            if gap > LAYOUT_TOLERANCE_MM:
+                wrong.append(f"{_words(left)} {gap:.0f} mm right of {_words(right)}")
+    if not wrong:
+        return []
+    return [
+        Reason(
+            "layout",
+            "the organs are not laid out as in a mouse ("
+            + "; ".join(wrong)
+            + "): the models may have met anatomy they do not know, or the file is mirrored; "
+            "check the overlay",
+        )
+    ]
 
 
 def _volume_reasons(volumes: Mapping[str, float], drawable: Collection[str], scale: float) -> list[Reason]:
@@ -299,8 +371,10 @@ def check_run(
     intensity: Mapping[str, Any] | None = None,
     orientation: Mapping[str, Any] | None = None,
     animals: int = 1,
+    centres: Mapping[str, Sequence[float]] | None = None,
 ) -> QCReport:
-    """Every check above on one run; ``structure_ids`` are the structures the models can draw."""
+    """Every check above on one run; ``structure_ids`` are the structures the models can draw;
+    ``centres`` the organ centres in the canonical pose (``organ_centres``), where known."""
     drawable = {s.name for s in BY_NAME.values() if s.id in set(structure_ids)}
     by_name = {row.name: row.volume_mm3 for row in volumes if row.voxels > 0}
     report = QCReport()
@@ -358,6 +432,8 @@ def check_run(
                 f"(HU = {slope:.4g} x value {intercept:+.0f}): check the overlay",
             )
         )
+    if centres is not None and animals <= 1:
+        report.reasons.extend(_layout_reasons(centres))
     if animals > 1:
         report.reasons.append(
             Reason(

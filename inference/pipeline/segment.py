@@ -215,6 +215,7 @@ def segment_file(
                 intensity=intensity_entry,
                 orientation=orientation,
                 animals=output.animals,
+                centres=output.organ_centres,
             )
         report(93, "write")
         with timer("write"):

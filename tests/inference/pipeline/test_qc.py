@@ -10,7 +10,7 @@ import pytest
 
 from inference.phantom import Phantom, generate_phantom
 from inference.pipeline.lesions import allocate
-from inference.pipeline.qc import NEEDS_REVIEW, OK, check_run, regions_in_view
+from inference.pipeline.qc import NEEDS_REVIEW, OK, check_run, organ_centres, regions_in_view
 from inference.pipeline.volumes import structure_volumes
 from inference.structures import BY_NAME, STRUCTURES
 
@@ -139,3 +139,41 @@ def test_regions_in_view_follow_what_was_found() -> None:
     assert regions_in_view(["brain"]) == ["head"]
     assert regions_in_view(["heart", "bladder"]) == ["thorax", "abdomen", "pelvis"]
     assert regions_in_view([]) == []
+
+
+def _swapped(labels: np.ndarray, a: str, b: str) -> np.ndarray:
+    out = labels.copy()
+    out[labels == BY_NAME[a].id] = BY_NAME[b].id
+    out[labels == BY_NAME[b].id] = BY_NAME[a].id
+    return out
+
+
+def test_organs_in_their_places_pass_the_layout_check(phantom: Phantom) -> None:
+    centres = organ_centres(phantom.labels, (SPACING_MM,) * 3)
+
+    report = _check(phantom, phantom.labels, centres=centres)
+
+    assert "layout" not in _codes(report)
+    assert {"brain", "heart", "liver", "lung_left", "kidney_right", "bladder"} <= set(centres)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "words"),
+    [
+        ("lung_left", "lung_right", "lung left"),  # sides swapped, as a mirrored file or a lost model
+        ("heart", "bladder", "heart"),  # an organ drawn at the other end of the body
+    ],
+)
+def test_organs_drawn_in_the_wrong_places_are_named_though_their_volumes_fit(
+    phantom: Phantom, a: str, b: str, words: str
+) -> None:
+    labels = _swapped(phantom.labels, a, b)
+    centres = organ_centres(labels, (SPACING_MM,) * 3)
+
+    report = _check(phantom, labels, centres=centres)
+
+    layout = [r for r in report.reasons if r.code == "layout"]
+    assert report.status == NEEDS_REVIEW and len(layout) == 1
+    assert words in layout[0].message and "check the overlay" in layout[0].message
+    # Several mice in one field: their organs' centres mean nothing, so no layout is read.
+    assert "layout" not in _codes(_check(phantom, labels, centres=centres, animals=2))
