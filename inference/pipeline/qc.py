@@ -242,7 +242,7 @@ def _words(name: str) -> str:
     return name.replace("_", " ")
 
 
-def _layout_reasons(centres: Mapping[str, Sequence[float]]) -> list[Reason]:
+def layout_reasons(centres: Mapping[str, Sequence[float]]) -> list[Reason]:
     wrong = []
     for cranial, caudal in CRANIAL_OF:
         if cranial in centres and caudal in centres:
@@ -433,7 +433,7 @@ def check_run(
             )
         )
     if centres is not None and animals <= 1:
-        report.reasons.extend(_layout_reasons(centres))
+        report.reasons.extend(layout_reasons(centres))
     if animals > 1:
         report.reasons.append(
             Reason(

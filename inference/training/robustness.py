@@ -55,6 +55,7 @@ from inference.phantom.generator import generate_phantom
 from inference.phantom.scanner import paint_bed
 from inference.phantom.writer import write_dataset, write_flat
 from inference.pipeline import predict_volume
+from inference.pipeline.qc import layout_reasons
 from inference.registry import ModelCard, find_model, load_card
 from inference.structures import BY_ID, BY_NAME, STRUCTURES
 from inference.training.evaluate import finite_median, load_canonical, tumor_scores
@@ -382,10 +383,13 @@ def score_case(case: Case, cards: Sequence[ModelCard], *, threads: int = 2) -> d
         out = predict_volume(case.ct, case.affine, cards, threads=threads)
         pred = np.asarray(out.labels)
         seconds = {k: round(v, 3) for k, v in out.seconds.items()}
+        # What the QC's layout check would say of the run (one mouse in view; qc.check_run).
+        layout = [r.message for r in layout_reasons(out.organ_centres)] if out.animals <= 1 else []
     except ValueError as error:  # a refusal (e.g. no credible intensity fit) scores as nothing found
         refused = str(error) or type(error).__name__
         pred = np.zeros(case.labels.shape, np.uint8)
         seconds = {}
+        layout = []
     truth = case.labels
     region = case.region or (slice(None), slice(None), slice(None))
     pred_r, truth_r = pred[region], truth[region]
@@ -420,6 +424,8 @@ def score_case(case: Case, cards: Sequence[ModelCard], *, threads: int = 2) -> d
     transform = {k: case.meta[k] for k in TRANSFORM_KEYS if k in case.meta}
     if transform:
         result["transform"] = transform
+    if layout:
+        result["layout"] = layout
     if refused is not None:
         result["refused"] = refused
     result["seconds"] = {**seconds, "total": round(time.perf_counter() - started, 3)}
@@ -556,7 +562,8 @@ def _brief(row: dict[str, Any]) -> str:
     big = " ".join(f"{n}={row['dice'][n]:.2f}" for n in BIG_ORGANS if n in row["dice"])
     fp = f" tumorFP={row['tumor_fp_mm3']:.0f}mm3" if "tumor_fp_mm3" in row else ""
     refused = " REFUSED" if "refused" in row else ""
-    return f"{big}{fp} ({row['seconds']['total']:.1f} s){refused}"
+    layout = " LAYOUT FLAGGED" if row.get("layout") else ""
+    return f"{big}{fp} ({row['seconds']['total']:.1f} s){refused}{layout}"
 
 
 SHORT = {
