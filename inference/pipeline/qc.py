@@ -27,6 +27,11 @@ accepts it (the server records who and when). The checks, each with its own reas
   orientation disagreed with the anatomy: the numbers rest on that fix.
 - ``several_animals``: more than one mouse in the field of view (``animals.find_animals``). The
   models segment each, but a scan's volumes and counts add up over all of them.
+- ``tissue``: an organ drawn on the wrong kind of tissue, by its median HU: lungs that hold no
+  air (above ``LUNG_MAX_HU``), a solid organ that is mostly air (below ``SOLID_MIN_HU``), bones
+  that are not dense (below ``BONE_MIN_HU``). No upper bound for solid organs: contrast agent
+  takes kidneys and bladder far above soft tissue. Only structures of at least
+  ``LAYOUT_MIN_MM3`` are read.
 - ``layout``: the organs are not where they lie in every mouse: the centre of one more than
   ``LAYOUT_TOLERANCE_MM`` on the wrong side of another's (brain cranial of heart, heart cranial of
   liver and kidneys, those cranial of the bladder; the left lung and kidney left of the right
@@ -115,6 +120,13 @@ CRANIAL_OF: tuple[tuple[str, str], ...] = (
     ("kidney_right", "bladder"),
 )
 LEFT_OF: tuple[tuple[str, str], ...] = (("lung_left", "lung_right"), ("kidney_left", "kidney_right"))
+#: Median HU bounds of the ``tissue`` check. On the held-out phantoms (native, 3x noise, 8-bit
+#: calibrated, clipped, contrast) and Digimouse the lungs the models draw sit at -400 to -510, the
+#: solid organs at 17-211, the bones at 678-915.
+LUNG_MAX_HU = -100.0
+SOLID_MIN_HU = -200.0
+BONE_MIN_HU = 200.0
+SOLID_ORGANS = ("heart", "liver", "kidney_left", "kidney_right", "spleen", "bladder", "brain")
 #: How far (mm) one centre may lie on the wrong side of another before the layout is named.
 LAYOUT_TOLERANCE_MM = 1.0
 #: Structures smaller than this (mm^3) are too little of an organ for their centre to say much.
@@ -236,6 +248,32 @@ def organ_centres(
         for i, centre in zip(ids, centres, strict=True)
         if i in names
     }
+
+
+def tissue_reasons(labels: np.ndarray, hu: np.ndarray, voxel_volume_mm3: float) -> list[Reason]:
+    """The ``tissue`` check on ``labels`` and the scan in HU (same grid), read on every second
+    voxel along each axis (a median needs no more, and costs a sort)."""
+    labels, hu, voxel_volume_mm3 = labels[::2, ::2, ::2], hu[::2, ::2, ::2], voxel_volume_mm3 * 8
+    ids = {name: BY_NAME[name].id for name in ("lung_left", "lung_right", "bones", *SOLID_ORGANS)}
+    counts = np.bincount(np.asarray(labels).ravel(), minlength=256)
+    present = {n: i for n, i in ids.items() if counts[i] * voxel_volume_mm3 >= LAYOUT_MIN_MM3}
+    if not present:
+        return []
+    medians = dict(zip(present, ndimage.median(hu, labels, list(present.values())), strict=True))
+    reasons = []
+    for name, value in medians.items():
+        if name.startswith("lung") and value > LUNG_MAX_HU:
+            wrong = f"holds no air (median {value:.0f} HU; lungs sit below {LUNG_MAX_HU:.0f})"
+        elif name in SOLID_ORGANS and value < SOLID_MIN_HU:
+            wrong = f"is mostly air (median {value:.0f} HU)"
+        elif name == "bones" and value < BONE_MIN_HU:
+            wrong = f"is not dense (median {value:.0f} HU; bone sits above {BONE_MIN_HU:.0f})"
+        else:
+            continue
+        reasons.append(
+            Reason("tissue", f"the {_words(name)} the models drew {wrong}: check the overlay", name)
+        )
+    return reasons
 
 
 def _words(name: str) -> str:
@@ -394,6 +432,7 @@ def check_run(
     # Organ volume follows body mass; only a whole mouse in view tells its mass.
     scale = float(np.clip(report.body_volume_mm3 / REFERENCE_BODY_MM3, 0.55, 1.45)) if whole_body else 1.0
     report.reasons.extend(_volume_reasons(by_name, drawable, scale))
+    report.reasons.extend(tissue_reasons(labels, hu, voxel_volume_mm3 * step**3))
     for region in report.regions:
         for name in EXPECTED_IN[region]:
             if name in drawable and name not in by_name:

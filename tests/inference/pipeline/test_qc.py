@@ -177,3 +177,26 @@ def test_organs_drawn_in_the_wrong_places_are_named_though_their_volumes_fit(
     assert words in layout[0].message and "check the overlay" in layout[0].message
     # Several mice in one field: their organs' centres mean nothing, so no layout is read.
     assert "layout" not in _codes(_check(phantom, labels, centres=centres, animals=2))
+
+
+def test_organs_drawn_on_the_wrong_tissue_are_named(phantom: Phantom) -> None:
+    # A confused model: the heart's label painted over the lungs (air), the lungs' over the liver
+    # (no air), the bones' over the brain (not dense). Each is named once, by what its tissue says.
+    labels = phantom.labels.copy()
+    ids = {n: BY_NAME[n].id for n in ("heart", "lung_left", "lung_right", "liver", "bones", "brain")}
+    labels[phantom.labels == ids["heart"]] = 0
+    labels[phantom.labels == ids["lung_left"]] = ids["heart"]
+    labels[phantom.labels == ids["liver"]] = ids["lung_right"]
+    labels[phantom.labels == ids["lung_right"]] = 0
+    labels[phantom.labels == ids["bones"]] = 0
+    labels[phantom.labels == ids["brain"]] = ids["bones"]
+
+    report = _check(phantom, labels)
+
+    tissue = {r.structure: r.message for r in report.reasons if r.code == "tissue"}
+    assert set(tissue) == {"heart", "lung_right", "bones"}
+    assert "is mostly air" in tissue["heart"]
+    assert "holds no air" in tissue["lung_right"]
+    assert "is not dense" in tissue["bones"]
+    # The truth passes: each organ on its own tissue (the first test checks the whole verdict).
+    assert "tissue" not in _codes(_check(phantom, phantom.labels))
