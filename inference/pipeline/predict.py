@@ -18,6 +18,7 @@ from functools import partial
 import numpy as np
 
 from inference.pipeline.animals import find_animals
+from inference.pipeline.braincase import BraincaseFill, fill_braincase
 from inference.pipeline.geometry import (
     Geometry,
     channel_argmax,
@@ -108,6 +109,9 @@ class PipelineOutput:
     animals: int = 1
     #: Each organ's centre (mm) in the canonical pose, for the QC's layout check (qc.organ_centres).
     organ_centres: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    #: The brain measured against its braincase, and grown into it where drawn short
+    #: (braincase.py; None where no brain or no bone near it was drawn).
+    braincase: BraincaseFill | None = None
 
 
 def group_by_task(cards: Sequence[ModelCard]) -> dict[str, list[ModelCard]]:
@@ -436,6 +440,11 @@ def predict_volume(
         with timer("postprocess"):
             if orientation is not None and orientation.head_only and "organs" in task_labels:
                 drop_out_of_view(task_labels["organs"], groups["organs"][0].structures)
+            braincase = (
+                fill_braincase(task_labels["organs"], rules_hu, geometry.spacing_mm)
+                if "organs" in task_labels
+                else None
+            )
             detect_lesions(task_labels, groups, rules_hu, geometry.spacing_mm)
         _report(progress, 95, "restore uncertainty")
         with timer("restore"):
@@ -474,6 +483,7 @@ def predict_volume(
             orientation=orientation,
             animals=max(count for _, count in animals.values()),
             organ_centres=organ_centres(organs, geometry.spacing_mm) if organs is not None else {},
+            braincase=braincase,
         )
     _report(progress, 100, "done")
     return result

@@ -242,8 +242,11 @@ def segment_file(
             "metastasis_counts": counts,
             "metastases_assessed_in": assessed,
             "postprocess": {
-                task: {"components_removed": r.components_removed, "voxels_removed": r.voxels_removed}
-                for task, r in output.cleaning.items()
+                **{
+                    task: {"components_removed": r.components_removed, "voxels_removed": r.voxels_removed}
+                    for task, r in output.cleaning.items()
+                },
+                "braincase": output.braincase.as_json() if output.braincase is not None else None,
             },
             "uncertainty": "disagreement head where the model has one, else normalised (1 - top probability)",
         },
