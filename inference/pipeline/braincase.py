@@ -111,7 +111,9 @@ def _directions(count: int) -> np.ndarray:
 def _radii(brain: np.ndarray, bone: np.ndarray, centre: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """Per direction of ``_directions(RAYS)``: how far (mm) from ``centre`` the braincase reaches."""
     directions = _directions(RAYS)
-    radii = np.arange(0.0, float(np.linalg.norm(np.array(brain.shape) * spacing)), float(spacing.min()) / 2)
+    # Far enough for the brain's furthest voxel plus the reach to the skull, and no further.
+    furthest = float(np.linalg.norm(np.argwhere(brain) * spacing - centre, axis=1).max())
+    radii = np.arange(0.0, furthest + REACH_MM + float(spacing.max()), float(spacing.min()) / 2)
     points = np.rint((centre + radii[None, :, None] * directions[:, None, :]) / spacing).astype(np.int64)
     inside = ((points >= 0) & (points < np.array(brain.shape))).all(axis=-1)
     points = np.minimum(np.maximum(points, 0), np.array(brain.shape) - 1)
