@@ -88,6 +88,21 @@ def qc_of(scans: list[Scan]) -> dict[int, list[dict[str, Any]]]:
     return found
 
 
+def reading_notes(manifest: dict[str, Any] | None) -> list[str]:
+    """How the pipeline read a scan, in its manifest's own words: the intensity calibration, the
+    orientation verdict and a brain grown to its skull (``inference.pipeline``)."""
+    manifest = manifest or {}
+    intensity = manifest.get("intensity") or {}
+    orientation = manifest.get("orientation") or {}
+    braincase = (manifest.get("postprocess") or {}).get("braincase") or {}
+    notes = [str(n) for n in intensity.get("findings") or []]
+    if orientation.get("summary"):
+        notes.append(str(orientation["summary"]))
+    if braincase.get("finding"):
+        notes.append(str(braincase["finding"]))
+    return notes
+
+
 def qc_row(prediction: Prediction) -> dict[str, Any]:
     qc = prediction.qc
     return {
@@ -98,6 +113,7 @@ def qc_row(prediction: Prediction) -> dict[str, Any]:
         "label": QC_LABELS.get(qc["status"], qc["status"]),
         "reasons": [r["message"] for r in qc["reasons"]],
         "not_in_view": qc["not_in_view"],
+        "reading": reading_notes(prediction.manifest),
         "decision": qc["decision"],
         # A decision can still be changed through the API; the page offers the first one.
         "reviewable": qc["pipeline_status"] == "needs_review" and qc["decision"] is None,

@@ -97,6 +97,30 @@ def test_pages_show_only_the_current_labs_data_and_the_switcher_changes_it(scan:
     assert "Phantom study" in page and "Other Lab" in page  # the switcher lists both labs
 
 
+def test_the_scan_page_says_how_the_scan_was_read(client_for: Client, scan: Scan) -> None:
+    # The pipeline's own words from the run's manifest (here a calibrated 8-bit head whose brain
+    # was grown to its skull), beside the QC verdict they explain.
+    prediction = Prediction.objects.get(scan=scan)
+    manifest = {
+        **prediction.manifest,
+        "qc": {
+            "status": "needs_review",
+            "reasons": [{"code": "intensity_calibrated", "message": "calibrated"}],
+        },
+        "intensity": {"units": "calibrated", "findings": ["Not in Hounsfield units (values 0 to 132)."]},
+        "orientation": {"summary": "Header and anatomy disagree: the mouse lies on its side."},
+        "postprocess": {"braincase": {"finding": "The brain the model drew (242 mm^3) was grown."}},
+    }
+    # Predictions are immutable through the model; a queryset update stands for a run that wrote this.
+    Prediction.objects.filter(pk=prediction.pk).update(manifest=manifest)
+
+    page = client_for.get(f"/scans/{scan.pk}/").content.decode()
+
+    reading = page[page.index("How the scan was read") :]
+    for words in ("Not in Hounsfield units", "lies on its side", "was grown"):
+        assert words in reading.split("</details>")[0]
+
+
 def test_a_user_outside_the_lab_sees_nothing_of_it(scan: Scan) -> None:
     outsider_lab = LabFactory.create(name="Elsewhere")
     client = Client()
