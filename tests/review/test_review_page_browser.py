@@ -84,7 +84,10 @@ def walk_through_review(page, url: str) -> list[str]:  # type: ignore[no-untyped
     # Each annotator's outline can be switched off and on, and made thicker: the pixels follow.
     both = overlay_pixels(page)
     page.get_by_test_id("annotator-A").get_by_label("Shown in the viewer").uncheck()
-    page.wait_for_function("document.querySelector('#overlay').dataset.hidden !== ''")
+    # data-hidden names the hidden annotators once the frame without them is drawn ("" before: a
+    # wait for "not ''" on an attribute not yet set passed at once, and a CI run compared the old
+    # frame with itself).
+    page.wait_for_function("Boolean(document.querySelector('#overlay').dataset.hidden)")
     without_a = overlay_pixels(page)
     page.get_by_test_id("annotator-A").get_by_label("Shown in the viewer").check()
     page.wait_for_function("document.querySelector('#overlay').dataset.hidden === ''")
