@@ -20,12 +20,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from inference.pipeline.postprocess import bounding_box
 from inference.structures import BY_NAME
 
 BRAIN = BY_NAME["brain"].id
@@ -90,16 +92,7 @@ class BraincaseFill:
         }
 
 
-def _box(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
-    """The bounding box of ``mask`` grown by ``margin`` voxels per axis, clipped to the volume."""
-    box = []
-    for axis, size in enumerate(mask.shape):
-        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        low, high = int(present[0]) - margin[axis], int(present[-1]) + 1 + margin[axis]
-        box.append(slice(max(low, 0), min(high, size)))
-    return tuple(box)
-
-
+@lru_cache(maxsize=1)
 def _directions(count: int) -> np.ndarray:
     """``count`` unit vectors spread evenly over the sphere (a Fibonacci lattice)."""
     i = np.arange(count) + 0.5
@@ -147,8 +140,9 @@ def fill_braincase(organs: np.ndarray, hu: np.ndarray, spacing_mm: Sequence[floa
     brain = organs == BRAIN
     if brain.sum() * voxel_mm3 < MIN_BRAIN_MM3:
         return None
-    margin = [math.ceil((REACH_MM + 1.0) / s) for s in spacing_mm]
-    outer = _box(brain, margin)
+    margin = max(math.ceil((REACH_MM + 1.0) / s) for s in spacing_mm)
+    outer = bounding_box(brain, margin)
+    assert outer is not None  # the brain holds voxels (checked above)
     parts, count = ndimage.label(brain[outer], structure=np.ones((3, 3, 3), dtype=bool))
     sizes = np.bincount(parts.ravel(), minlength=count + 1)
     found = []
@@ -156,7 +150,8 @@ def fill_braincase(organs: np.ndarray, hu: np.ndarray, spacing_mm: Sequence[floa
         if index == 0:
             continue
         one = parts == index
-        inner = _box(one, margin)
+        inner = bounding_box(one, margin)
+        assert inner is not None
         box = tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner, strict=True))
         result = _fill_one(organs[box], one[inner], hu[box], spacing_mm)
         if result is not None:

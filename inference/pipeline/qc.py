@@ -57,7 +57,7 @@ from scipy import ndimage
 from inference.pipeline.lesions import LesionRow
 from inference.pipeline.postprocess import DEFAULT_MIN_LESION_VOLUME_MM3, bounding_box, fill_holes
 from inference.pipeline.volumes import VolumeRow
-from inference.structures import BY_NAME, LESION_NAMES
+from inference.structures import BY_ID, BY_NAME, LESION_NAMES
 
 OK = "ok"
 NEEDS_REVIEW = "needs_review"
@@ -242,12 +242,12 @@ def organ_centres(
     if not ids:
         return {}
     centres = ndimage.center_of_mass(np.ones(sampled.shape, dtype=np.uint8), sampled, ids)
-    names = {s.id: s.name for s in BY_NAME.values()}
-    return {
-        names[i]: tuple(float(c * step * s) for c, s in zip(centre, spacing_mm, strict=True))  # type: ignore[misc]
-        for i, centre in zip(ids, centres, strict=True)
-        if i in names
-    }
+    found: dict[str, tuple[float, float, float]] = {}
+    for i, centre in zip(ids, centres, strict=True):
+        if i in BY_ID:
+            x, y, z = (float(c * step * s) for c, s in zip(centre, spacing_mm, strict=True))
+            found[BY_ID[i].name] = (x, y, z)
+    return found
 
 
 def tissue_reasons(labels: np.ndarray, hu: np.ndarray, voxel_volume_mm3: float) -> list[Reason]:
