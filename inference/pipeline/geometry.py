@@ -131,6 +131,20 @@ def from_canonical(array: np.ndarray, geometry: Geometry) -> np.ndarray:
     return orientations.apply_orientation(array, geometry._from_canonical)
 
 
+def fortran_copy(array: np.ndarray) -> np.ndarray:
+    """``array`` (3D) in Fortran order, as NIfTI stores voxels; itself when it already is.
+
+    ``np.asfortranarray`` of a C-ordered map walks one of the two arrays a byte at a time across
+    its largest stride (0.09 s for a 192 x 192 x 520 uint8 map); copied one plane across the
+    middle axis at a time, both sides stay within a few cache lines per row (0.02 s)."""
+    if array.flags.f_contiguous:
+        return array
+    out = np.empty(array.shape, dtype=array.dtype, order="F")
+    for j in range(array.shape[1]):
+        out[:, j, :] = array[:, j, :]
+    return out
+
+
 def resampled_shape(
     shape: Sequence[int], spacing_mm: Sequence[float], target_spacing_mm: Sequence[float]
 ) -> Shape3:
@@ -383,12 +397,28 @@ def upsample_argmax(
     present = [k for k in range(n_classes) if np.any(argmax == k)]
     touching = {k: _cells_touching(argmax == k) for k in present} if np.any(mixed) else {}
 
-    out = np.empty(tuple(int(s) for s in out_shape), dtype=np.uint8)
-    plane = int(out_shape[1]) * int(out_shape[2])
+    # Output voxels whose cell is all channel 0 (background) are background: only the box of
+    # the other cells is computed (a tumor map's is a few percent of the scan).
+    out = np.full(tuple(int(s) for s in out_shape), values[0], dtype=np.uint8)
+    busy = mixed | (argmax != 0)
+    if not busy.any():
+        return out
+    ranges = []
+    for axis, m in enumerate(maps):
+        cells = np.flatnonzero(busy.any(axis=tuple(a for a in range(3) if a != axis)))
+        ranges.append(
+            slice(
+                int(np.searchsorted(m.lo, cells[0], side="left")),
+                int(np.searchsorted(m.lo, cells[-1], side="right")),
+            )
+        )
+    maps = [maps[0], *(_sliced(m, r) for m, r in zip(maps[1:], ranges[1:], strict=True))]
+    inner = out[:, ranges[1], ranges[2]]
+    plane = inner.shape[1] * inner.shape[2]
     step = max(1, chunk_voxels // max(plane, 1))
 
     def fill(start: int) -> None:
-        x_slice = slice(start, min(start + step, int(out_shape[0])))
+        x_slice = slice(start, min(start + step, ranges[0].stop))
         labels = _gather(argmax, maps, x_slice)
         border = _gather(mixed, maps, x_slice)
         if np.any(border):
@@ -411,8 +441,13 @@ def upsample_argmax(
                 best[index[better]] = value[better]
                 winner[index[better]] = k
             labels[ix, iy, iz] = winner
-        out[x_slice] = values[labels]
+        inner[x_slice] = values[labels]
 
     with executor(workers, "upsample") as pool:
-        list(pool.map(fill, range(0, int(out_shape[0]), step)))
+        list(pool.map(fill, range(ranges[0].start, ranges[0].stop, step)))
     return out
+
+
+def _sliced(m: AxisMap, part: slice) -> AxisMap:
+    """The interpolation of the output voxels ``part`` of an axis."""
+    return AxisMap(lo=m.lo[part], hi=m.hi[part], w=m.w[part], nearest=m.nearest[part])

@@ -22,6 +22,7 @@ from inference.pipeline.braincase import BraincaseFill, fill_braincase
 from inference.pipeline.geometry import (
     Geometry,
     channel_argmax,
+    fortran_copy,
     from_canonical,
     record_geometry,
     resample_linear,
@@ -46,6 +47,7 @@ from inference.pipeline.postprocess import (
     clean,
     detect_bright_lesions,
     ensemble_scores,
+    label_mask,
     mark_outlines,
     outline_band,
     sigmoid,
@@ -154,7 +156,7 @@ def drop_out_of_view(organs: np.ndarray, structures: Sequence[int]) -> list[int]
         for sid in structures
         if sid and BY_ID[int(sid)].kind != "lesion" and BY_ID[int(sid)].name not in IN_A_HEAD
     ]
-    organs[np.isin(organs, outside)] = 0
+    organs[label_mask(organs, outside)] = 0
     return outside
 
 
@@ -432,58 +434,61 @@ def predict_volume(
         uncertainty_by_grid[out.grid] = (
             out.uncertainty if previous is None else np.maximum(previous, out.uncertainty)
         )
-    with beside(threads, "labseg-uncertainty") as side:
+    with beside(threads, "labseg-side") as side:
         # The uncertainty map needs no labels: it is upsampled while the lesions are looked for.
         upsampled = side.submit(
             _full_uncertainty, list(uncertainty_by_grid.values()), geometry.canonical_shape
         )
+        organs = task_labels.get("organs")
         with timer("postprocess"):
-            if orientation is not None and orientation.head_only and "organs" in task_labels:
-                drop_out_of_view(task_labels["organs"], groups["organs"][0].structures)
-            braincase = (
-                fill_braincase(task_labels["organs"], rules_hu, geometry.spacing_mm)
-                if "organs" in task_labels
-                else None
-            )
+            if orientation is not None and orientation.head_only and organs is not None:
+                drop_out_of_view(organs, groups["organs"][0].structures)
+            braincase = fill_braincase(organs, rules_hu, geometry.spacing_mm) if organs is not None else None
+            # The organ map is final here (lesions go into their own map): its centres are
+            # measured beside the lesion search.
+            centres = side.submit(organ_centres, organs, geometry.spacing_mm) if organs is not None else None
             detect_lesions(task_labels, groups, rules_hu, geometry.spacing_mm)
         _report(progress, 95, "restore uncertainty")
         with timer("restore"):
             uncertainty_u8 = upsampled.result()
-    with timer("restore"):
-        organs = task_labels.get("organs")
-        lesions = task_labels.get("tumor")
-        merged = organs.copy() if organs is not None else np.zeros(geometry.canonical_shape, dtype=np.uint8)
-        for task, labels in task_labels.items():
-            if task != "organs":
-                np.copyto(merged, labels, where=labels > 0)
-        outlines = [group for card in cards for group in card.uncertainty_outlines]
-        if outlines:
-            band = outline_band(merged, geometry.spacing_mm, outlines, workers=workers_for(threads))
-            mark_outlines(uncertainty_u8, band)
+        with timer("restore"):
+            lesions = task_labels.get("tumor")
+            merged = (
+                organs.copy() if organs is not None else np.zeros(geometry.canonical_shape, dtype=np.uint8)
+            )
+            for task, labels in task_labels.items():
+                if task != "organs":
+                    np.copyto(merged, labels, where=labels > 0)
+            outlines = [group for card in cards for group in card.uncertainty_outlines]
+            if outlines:
+                band = outline_band(merged, geometry.spacing_mm, outlines, workers=workers_for(threads))
+                mark_outlines(uncertainty_u8, band)
 
-        def back(array: np.ndarray | None) -> np.ndarray | None:
-            return None if array is None else from_canonical(array, geometry)
+            def back(array: np.ndarray | None) -> np.ndarray | None:
+                return None if array is None else from_canonical(array, geometry)
 
-        result = PipelineOutput(
             # The two maps that get written are copied to Fortran order, as NIfTI stores voxels
-            # (writing a C-ordered map costs a slower transposed copy inside nibabel); the
-            # per-task maps, used only for lesion allocation, stay views.
-            labels=np.asfortranarray(back(merged)),
-            uncertainty=np.asfortranarray(back(uncertainty_u8)),
-            organ_labels=back(organs),
-            lesion_labels=back(lesions),
-            geometry=header_geometry,
-            seconds=timer.seconds,
-            providers=providers,
-            cards=list(cards),
-            structure_ids=sorted({s for card in cards for s in card.structures if s != 0}),
-            cleaning=cleaning,
-            scores=kept,
-            intensity=calibration,
-            orientation=orientation,
-            animals=max(count for _, count in animals.values()),
-            organ_centres=organ_centres(organs, geometry.spacing_mm) if organs is not None else {},
-            braincase=braincase,
-        )
+            # (writing a C-ordered map costs a slower transposed copy inside nibabel), side by
+            # side; the per-task maps, used only for lesion allocation, stay views.
+            labels_written = side.submit(fortran_copy, back(merged))
+            uncertainty_written = fortran_copy(back(uncertainty_u8))
+            result = PipelineOutput(
+                labels=labels_written.result(),
+                uncertainty=uncertainty_written,
+                organ_labels=back(organs),
+                lesion_labels=back(lesions),
+                geometry=header_geometry,
+                seconds=timer.seconds,
+                providers=providers,
+                cards=list(cards),
+                structure_ids=sorted({s for card in cards for s in card.structures if s != 0}),
+                cleaning=cleaning,
+                scores=kept,
+                intensity=calibration,
+                orientation=orientation,
+                animals=max(count for _, count in animals.values()),
+                organ_centres=centres.result() if centres is not None else {},
+                braincase=braincase,
+            )
     _report(progress, 100, "done")
     return result

@@ -55,7 +55,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.pipeline.lesions import LesionRow
-from inference.pipeline.postprocess import DEFAULT_MIN_LESION_VOLUME_MM3, bounding_box, fill_holes
+from inference.pipeline.postprocess import DEFAULT_MIN_LESION_VOLUME_MM3, bounding_box, fill_holes, label_mask
 from inference.pipeline.volumes import VolumeRow
 from inference.structures import BY_ID, BY_NAME, LESION_NAMES
 
@@ -235,17 +235,26 @@ def organ_centres(
     """The centre (mm) of each structure of ``labels`` larger than ``LAYOUT_MIN_MM3``, measured on
     every ``step``-th voxel. ``labels`` must be in the canonical pose (geometry and orientation
     modules: +x the mouse's right, +y ventral, +z cranial) for ``layout`` to read them."""
-    sampled = np.asarray(labels)[::step, ::step, ::step]
+    sampled = np.ascontiguousarray(np.asarray(labels)[::step, ::step, ::step])
     voxel_mm3 = float(np.prod(spacing_mm)) * step**3
-    counts = np.bincount(sampled.ravel(), minlength=256)
+    flat = sampled.ravel()
+    counts = np.bincount(flat, minlength=256)
     ids = [int(i) for i in np.flatnonzero(counts) if i and counts[i] * voxel_mm3 >= LAYOUT_MIN_MM3]
     if not ids:
         return {}
-    centres = ndimage.center_of_mass(np.ones(sampled.shape, dtype=np.uint8), sampled, ids)
+    # Per axis, voxels per (label, plane): one bincount each, where ``ndimage.center_of_mass``
+    # walks the array once per label and coordinate (0.13 s on a 192 x 192 x 520 map).
+    sums = np.zeros((3, 256))
+    for axis, n in enumerate(sampled.shape):
+        shape = [1, 1, 1]
+        shape[axis] = n
+        plane = np.broadcast_to(np.arange(n, dtype=np.int32).reshape(shape), sampled.shape).ravel()
+        per_plane = np.bincount(plane * 256 + flat, minlength=256 * n).reshape(n, 256)
+        sums[axis] = np.arange(n) @ per_plane
     found: dict[str, tuple[float, float, float]] = {}
-    for i, centre in zip(ids, centres, strict=True):
+    for i in ids:
         if i in BY_ID:
-            x, y, z = (float(c * step * s) for c, s in zip(centre, spacing_mm, strict=True))
+            x, y, z = (float(sums[a, i] / counts[i] * step * s) for a, s in enumerate(spacing_mm))
             found[BY_ID[i].name] = (x, y, z)
     return found
 
@@ -368,7 +377,7 @@ def _lesion_reasons(
                 "tumor",
             )
         )
-    mask = np.isin(labels, lesion_ids)
+    mask = label_mask(labels, lesion_ids)
     box = bounding_box(mask, 0)
     if box is None:
         return reasons
@@ -397,6 +406,45 @@ def _lesion_reasons(
     return reasons
 
 
+@dataclass(frozen=True)
+class QCView:
+    """What the checks read of a run's maps: every ``step``-th voxel of the labels, the scan in
+    HU and the uncertainty map, and the body mask (``body_mask``: the costliest part, so a caller
+    can build it while the volumes are still being counted)."""
+
+    step: int
+    labels: np.ndarray
+    hu: np.ndarray
+    uncertainty: np.ndarray | None
+    body: np.ndarray
+
+    @classmethod
+    def of(
+        cls,
+        labels: np.ndarray,
+        scan: np.ndarray,
+        intensity: Mapping[str, Any] | None = None,
+        uncertainty: np.ndarray | None = None,
+    ) -> QCView:
+        step = 2 if np.asarray(labels).size > FULL_GRID_MAX_VOXELS else 1
+        slope, intercept = _calibration(intensity)
+        hu = np.asarray(scan)[::step, ::step, ::step].astype(np.float32) * np.float32(slope) + np.float32(
+            intercept
+        )
+        return cls(
+            step=step,
+            labels=np.asarray(labels)[::step, ::step, ::step],
+            hu=hu,
+            uncertainty=None if uncertainty is None else np.asarray(uncertainty)[::step, ::step, ::step],
+            body=body_mask(hu),
+        )
+
+
+def _calibration(intensity: Mapping[str, Any] | None) -> tuple[float, float]:
+    """``(slope, intercept)`` of the run's intensity map to HU (the identity for HU scans)."""
+    return float((intensity or {}).get("slope") or 1.0), float((intensity or {}).get("intercept") or 0.0)
+
+
 def check_run(
     *,
     labels: np.ndarray,
@@ -410,22 +458,19 @@ def check_run(
     orientation: Mapping[str, Any] | None = None,
     animals: int = 1,
     centres: Mapping[str, Sequence[float]] | None = None,
+    view: QCView | None = None,
 ) -> QCReport:
     """Every check above on one run; ``structure_ids`` are the structures the models can draw;
-    ``centres`` the organ centres in the canonical pose (``organ_centres``), where known."""
+    ``centres`` the organ centres in the canonical pose (``organ_centres``), where known;
+    ``view`` the ``QCView`` of ``labels``, ``scan``, ``intensity`` and ``uncertainty`` when the
+    caller built it already."""
     drawable = {s.name for s in BY_NAME.values() if s.id in set(structure_ids)}
     by_name = {row.name: row.volume_mm3 for row in volumes if row.voxels > 0}
     report = QCReport()
-    step = 2 if np.asarray(labels).size > FULL_GRID_MAX_VOXELS else 1
-    labels = np.asarray(labels)[::step, ::step, ::step]
-    slope = float((intensity or {}).get("slope") or 1.0)
-    intercept = float((intensity or {}).get("intercept") or 0.0)
-    hu = np.asarray(scan)[::step, ::step, ::step].astype(np.float32) * np.float32(slope) + np.float32(
-        intercept
-    )
-    if uncertainty is not None:
-        uncertainty = np.asarray(uncertainty)[::step, ::step, ::step]
-    body = body_mask(hu)
+    if view is None:
+        view = QCView.of(labels, scan, intensity, uncertainty)
+    step, labels, hu, uncertainty, body = view.step, view.labels, view.hu, view.uncertainty, view.body
+    slope, intercept = _calibration(intensity)
     report.body_volume_mm3 = float(body.sum()) * voxel_volume_mm3 * step**3
     report.regions = regions_in_view(by_name)
     whole_body = {"head", "thorax", "abdomen", "pelvis"} <= set(report.regions)

@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 #: A refiner runs on scans whose voxels are within this factor of the spacing it was trained at
 #: (its kernels count voxels, not millimetres); elsewhere the network's outline stays.
 SPACING_TOLERANCE = 1.25
-#: Output voxels along the first axis per tile (bounds the memory of one pass).
-TILE_VOXELS = 48
+#: Output voxels per tile, in whole planes across the first axis (bounds the memory of one pass:
+#: 16 float32 channels, 128 MB a layer). A gut's box is about 0.8 M voxels: one tile, since
+#: every cut costs ``2 * context`` planes computed twice.
+TILE_VOXELS = 2_000_000
 
 
 def spacing_fits(rule: dict[str, Any], spacing_mm: Sequence[float]) -> bool:
@@ -65,8 +67,9 @@ def refiner_logits(session: ort.InferenceSession, inputs: np.ndarray, *, context
     name = session.get_inputs()[0].name
     n = inputs.shape[1]
     out = np.empty(inputs.shape[1:], dtype=np.float32)
-    for start in range(0, n, TILE_VOXELS):
-        stop = min(start + TILE_VOXELS, n)
+    planes = max(1, TILE_VOXELS // max(1, inputs.shape[2] * inputs.shape[3]))
+    for start in range(0, n, planes):
+        stop = min(start + planes, n)
         lo, hi = max(start - context, 0), min(stop + context, n)
         tile = np.ascontiguousarray(inputs[None, :, lo:hi])
         logits = session.run(None, {name: tile})[0][0, 0]

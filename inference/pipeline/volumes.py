@@ -52,38 +52,36 @@ class VolumeRow:
         return asdict(self)
 
 
-def label_counts(labels: np.ndarray, bins: int, where: np.ndarray | None = None) -> np.ndarray:
-    """Voxels per label value (``bins`` values), only where ``where`` is set when it is given.
+def label_counts(labels: np.ndarray, bins: int) -> np.ndarray:
+    """Voxels per label value (``bins`` values).
 
     ``np.bincount`` of a whole scan first widens every uint8 voxel to 8 bytes (150 MB for a
-    192 x 192 x 520 map) and a boolean index walks a Fortran-ordered map across its strides;
-    counting in 1 M-voxel slabs of the C-ordered view does neither."""
+    192 x 192 x 520 map); counting in 1 M-voxel slabs of the C-ordered view does not."""
     labels = np.asarray(labels)
     if labels.ndim and labels.flags.f_contiguous and not labels.flags.c_contiguous:
         labels = labels.T
-        where = None if where is None else np.asarray(where).T
     counts = np.zeros(bins, dtype=np.int64)
     if labels.ndim == 0 or labels.size == 0:
         return counts
     step = max(1, (1 << 20) // max(1, labels[0].size))
     for start in range(0, labels.shape[0], step):
-        slab = labels[start : start + step]
-        values = slab.ravel() if where is None else slab[where[start : start + step]]
-        counts += np.bincount(values, minlength=bins)[:bins]
+        counts += np.bincount(labels[start : start + step].ravel(), minlength=bins)[:bins]
     return counts
 
 
-def _neighbour_bits_sparse(labels: np.ndarray, where: tuple[np.ndarray, ...]) -> np.ndarray:
-    """Bit ``k`` set when the voxel at ``where`` has a 6-neighbour labelled ``k`` (not its own)."""
-    own = labels[where]
+def _neighbour_bits_sparse(labels: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """Bit ``k`` set when the voxel at flat index ``flat`` (of the C-ordered ``labels``) has a
+    6-neighbour labelled ``k`` (not its own). Flat indices, because ``np.nonzero`` of a 3D mask
+    costs five times ``np.flatnonzero`` of its ravel."""
+    values = labels.reshape(-1)
+    own = values[flat]
     seen = np.zeros(own.size, dtype=np.uint64)
-    for axis in range(3):
+    strides = np.cumprod((1, *labels.shape[:0:-1]))[::-1]
+    for axis, (n, stride) in enumerate(zip(labels.shape, strides, strict=True)):
+        coordinate = flat // int(stride) % n if axis else flat // int(stride)
         for step in (-1, 1):
-            coordinate = where[axis] + step
-            inside = (coordinate >= 0) & (coordinate < labels.shape[axis])
-            neighbour = list(where)
-            neighbour[axis] = np.clip(coordinate, 0, labels.shape[axis] - 1)
-            value = labels[tuple(neighbour)]
+            inside = (coordinate + step >= 0) & (coordinate + step < n)
+            value = values[np.where(inside, flat + step * int(stride), flat)]
             keep = inside & (value != own) & (value != 0)
             seen[keep] |= np.left_shift(np.uint64(1), value[keep].astype(np.uint64))
     return seen
@@ -104,22 +102,14 @@ def _neighbour_bits_dense(labels: np.ndarray, candidates: np.ndarray) -> np.ndar
     return seen[candidates].astype(np.uint64)
 
 
-def _borders(labels: np.ndarray) -> np.ndarray:
-    """True where a 6-neighbour carries another label (only these voxels can touch a structure)."""
-    border = np.zeros(labels.shape, dtype=bool)
-    for axis in range(3):
-        for here, there in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):
-            index_here = (slice(None),) * axis + (here,)
-            border[index_here] |= labels[index_here] != labels[(slice(None),) * axis + (there,)]
-    return border
+def _uncertain_counts(labels: np.ndarray, uncertain: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per structure id: the uncertain voxels it holds, and the uncertain voxels labelled
+    otherwise that have a 6-neighbour of that id.
 
-
-def _uncertain_neighbours(labels: np.ndarray, uncertain: np.ndarray, bins: int) -> np.ndarray:
-    """Per structure id: uncertain voxels labelled otherwise that have a 6-neighbour of that id.
-
-    Only uncertain voxels on a label border can count. Each collects the ids of its neighbours as
-    bits of one integer (ids < 64), so a voxel touching the same structure on several faces
-    counts once, without sorting pairs.
+    Each uncertain voxel collects the ids of its neighbours that differ from its own as bits of
+    one integer (ids < 64), so a voxel touching the same structure on several faces counts once,
+    without sorting pairs. Uncertain voxels are few (about 1 % of a scan: the outline bands), so
+    their neighbours are read where they are; a voxel inside a structure collects no bit.
     """
     counts = np.zeros(bins, dtype=np.int64)
     if labels.flags.f_contiguous and not labels.flags.c_contiguous:
@@ -127,23 +117,18 @@ def _uncertain_neighbours(labels: np.ndarray, uncertain: np.ndarray, bins: int) 
         # below mix them with fresh C-ordered arrays, a strided walk several times slower. The
         # 6-neighbourhood is the same on the transposed (C-ordered) view, so the counts are too.
         labels, uncertain = labels.T, uncertain.T
-    rows = np.nonzero(np.any(uncertain, axis=(1, 2)))[0]
-    if rows.size == 0:
-        return counts
-    # Work inside the x range holding uncertain voxels, one plane wider for their neighbours.
-    start, stop = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, labels.shape[0])
-    labels, uncertain = labels[start:stop], uncertain[start:stop]
-    candidates = uncertain & _borders(labels)
-    where = np.nonzero(candidates)
-    if where[0].size == 0:
-        return counts
-    if where[0].size > labels.size // 8:
-        seen = _neighbour_bits_dense(labels, candidates)
+    labels, uncertain = np.ascontiguousarray(labels), np.ascontiguousarray(uncertain)
+    flat = np.flatnonzero(uncertain)
+    if flat.size == 0:
+        return counts, counts.copy()
+    held = np.bincount(labels.reshape(-1)[flat], minlength=bins)[:bins]
+    if flat.size > labels.size // 8:
+        seen = _neighbour_bits_dense(labels, uncertain)
     else:
-        seen = _neighbour_bits_sparse(labels, where)
+        seen = _neighbour_bits_sparse(labels, flat)
     for structure_id in range(1, min(bins, 64)):
         counts[structure_id] = int(np.count_nonzero(seen & np.uint64(1 << structure_id)))
-    return counts
+    return held, counts
 
 
 def structure_volumes(
@@ -160,8 +145,7 @@ def structure_volumes(
         structure_ids = [i for i in range(1, bins) if voxels[i] > 0]
     if uncertainty is not None:
         uncertain = np.asarray(uncertainty) >= UNCERTAIN_FROM
-        unsure = label_counts(labels, bins, where=uncertain)
-        growth = _uncertain_neighbours(np.asarray(labels), uncertain, bins)
+        unsure, growth = _uncertain_counts(np.asarray(labels), uncertain, bins)
     else:
         unsure = np.zeros(bins, dtype=np.int64)
         growth = np.zeros(bins, dtype=np.int64)

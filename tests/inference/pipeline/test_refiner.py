@@ -81,7 +81,7 @@ def test_tiles_give_the_same_logits_as_one_pass(monkeypatch: pytest.MonkeyPatch,
     inputs = rng.normal(0, 1, (2, 37, 20, 24)).astype(np.float32)
 
     whole = session.run(None, {"scan_outline": inputs[None]})[0][0, 0]
-    monkeypatch.setattr(refiner, "TILE_VOXELS", 8)
+    monkeypatch.setattr(refiner, "TILE_VOXELS", 8 * 20 * 24)  # tiles of 8 planes
     tiled = refiner_logits(session, inputs, context=int(rule["context_voxels"]))
 
     np.testing.assert_allclose(tiled, whole, atol=1e-4)
