@@ -470,8 +470,8 @@ def predict_volume(
             # The two maps that get written are copied to Fortran order, as NIfTI stores voxels
             # (writing a C-ordered map costs a slower transposed copy inside nibabel), side by
             # side; the per-task maps, used only for lesion allocation, stay views.
-            labels_written = side.submit(fortran_copy, back(merged))
-            uncertainty_written = fortran_copy(back(uncertainty_u8))
+            labels_written = side.submit(fortran_copy, from_canonical(merged, geometry))
+            uncertainty_written = fortran_copy(from_canonical(uncertainty_u8, geometry))
             result = PipelineOutput(
                 labels=labels_written.result(),
                 uncertainty=uncertainty_written,
