@@ -18,6 +18,10 @@ from inference.registry import ModelCard
 
 #: A volume up to this many voxels (after padding) goes through the network in one pass.
 DEFAULT_MAX_WHOLE_VOXELS = 12_000_000
+#: Denser than air (HU, on the model grid): what ``content_box`` keeps in view.
+CONTENT_HU = -500.0
+#: ``content_box`` crops only when that leaves out at least this share of the voxels.
+CROP_MIN_SAVING = 0.2
 
 
 @dataclass
@@ -118,6 +122,30 @@ def _sliding(
     return RawOutput(logits=logits, disagreement_logit=disagreement, passes=len(starts))
 
 
+#: The logit given outside the box the network saw: background certain, annotators agreeing.
+OUTSIDE_LOGIT = 20.0
+
+
+def content_box(hu: np.ndarray, margin: int, multiple: int = 1) -> tuple[slice, ...] | None:
+    """The box around every voxel denser than air (``CONTENT_HU``) of ``hu``, ``margin`` voxels
+    wider, grown (within the array) to a multiple of ``multiple`` along each axis; None when it
+    would hold nearly the whole array anyway (``CROP_MIN_SAVING``) or nothing is there."""
+    dense = np.asarray(hu) > CONTENT_HU
+    box = []
+    for axis, n in enumerate(dense.shape):
+        along = np.flatnonzero(dense.any(axis=tuple(a for a in range(dense.ndim) if a != axis)))
+        if along.size == 0:
+            return None
+        start, stop = max(int(along[0]) - margin, 0), min(int(along[-1]) + margin + 1, n)
+        # Grown to the network's multiple with more of the scan, not with padding.
+        length = min(_round_up(stop - start, multiple), n)
+        start = min(max(start - (length - (stop - start)) // 2, 0), n - length)
+        box.append(slice(start, start + length))
+    if math.prod(s.stop - s.start for s in box) > (1.0 - CROP_MIN_SAVING) * dense.size:
+        return None
+    return tuple(box)
+
+
 def run_model(
     session: ort.InferenceSession,
     card: ModelCard,
@@ -126,11 +154,33 @@ def run_model(
     pad_value: float = 0.0,
     max_whole_voxels: int = DEFAULT_MAX_WHOLE_VOXELS,
     batch_size: int = 2,
+    box: tuple[slice, ...] | None = None,
 ) -> RawOutput:
     """Logits of ``card``'s network for ``image``: one pass when the padded volume has at most
-    ``max_whole_voxels`` voxels, else Gaussian-weighted sliding windows of the card's patch size."""
+    ``max_whole_voxels`` voxels, else Gaussian-weighted sliding windows of the card's patch size.
+
+    With ``box`` (``content_box``: the animal and whatever lies near it, with air all round) the
+    network sees only that part of ``image``; outside it every voxel is background, certain
+    (``OUTSIDE_LOGIT``)."""
     if image.ndim != 3:
         raise ValueError(f"the network input must be 3D, got shape {image.shape}")
+    if box is not None:
+        inner = run_model(
+            session,
+            card,
+            image[box],
+            pad_value=pad_value,
+            max_whole_voxels=max_whole_voxels,
+            batch_size=batch_size,
+        )
+        logits = np.full((inner.logits.shape[0], *image.shape), -OUTSIDE_LOGIT, dtype=np.float32)
+        logits[0] = 0.0
+        logits[(slice(None), *box)] = inner.logits
+        disagreement = None
+        if inner.disagreement_logit is not None:
+            disagreement = np.full(image.shape, -OUTSIDE_LOGIT, dtype=np.float32)
+            disagreement[box] = inner.disagreement_logit
+        return RawOutput(logits=logits, disagreement_logit=disagreement, passes=inner.passes)
     k = card.divisible_by
     padded_voxels = math.prod(_round_up(n, k) for n in image.shape)
     if padded_voxels <= max_whole_voxels:

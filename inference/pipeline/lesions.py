@@ -29,7 +29,6 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 
-from inference.pipeline.volumes import label_counts
 from inference.structures import BY_ID, BY_NAME, ORGAN_NAMES, by_name
 
 SUBCUTANEOUS = "subcutaneous/other"
@@ -342,13 +341,13 @@ def metastasis_counts(
     return counts
 
 
-def metastasis_assessed_organs(organ_labels: np.ndarray | None, searched: Collection[str]) -> list[str]:
+def metastasis_assessed_organs(present: Collection[int] | None, searched: Collection[str]) -> list[str]:
     """The organs where metastases were really looked for in this scan: those the models search
-    (``searched``, from the model cards) that this scan's organ map holds (an organ outside the
-    field of view, or not found, was not assessed)."""
-    if organ_labels is None:
+    (``searched``, from the model cards) that this scan's organ map holds (``present``: its ids,
+    ``volumes.labels_present``; None without an organ map). An organ outside the field of view,
+    or not found, was not assessed."""
+    if present is None:
         return []
-    present = {int(v) for v in np.flatnonzero(label_counts(organ_labels, 256))}
     return [name for name in ORGAN_NAMES if name in searched and BY_NAME[name].id in present]
 
 

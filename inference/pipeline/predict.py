@@ -32,7 +32,7 @@ from inference.pipeline.geometry import (
     upsample_argmax,
     upsample_to_uint8,
 )
-from inference.pipeline.infer import DEFAULT_MAX_WHOLE_VOXELS, run_model
+from inference.pipeline.infer import DEFAULT_MAX_WHOLE_VOXELS, content_box, run_model
 from inference.pipeline.intensity import IntensityCalibration, intensity_for
 from inference.pipeline.noise import for_threshold_rules, threshold_rules_finding
 from inference.pipeline.normalise import normalise, pad_value
@@ -58,10 +58,15 @@ from inference.pipeline.postprocess import (
 from inference.pipeline.qc import organ_centres
 from inference.pipeline.refiner import RefinerDecision, apply_decision, decide_refiner, run_refiner
 from inference.pipeline.runtime import get_session, session_provider
+from inference.pipeline.volumes import labels_present
 from inference.registry import TASKS, ModelCard
 from inference.structures import BY_ID
 
 Progress = Callable[[int, str], None]
+
+#: Air kept in view around the animals when the networks run (``infer.content_box``): past
+#: their receptive field's reach into air, so what they draw on the animal does not change.
+CROP_MARGIN_MM = 5.0
 
 
 class StageTimer:
@@ -109,6 +114,8 @@ class PipelineOutput:
     orientation: OrientationFinding | None = None
     #: Animals found in the field of view (``animals.find_animals``; 0 when no tissue was).
     animals: int = 1
+    #: The ids the organ map holds (None without one): where metastases were looked for.
+    organ_ids: frozenset[int] | None = None
     #: Each organ's centre (mm) in the canonical pose, for the QC's layout check (qc.organ_centres).
     organ_centres: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     #: The brain measured against its braincase, and grown into it where drawn short
@@ -233,6 +240,12 @@ def _segment_task(
         grid = resampled_shape(geometry.canonical_shape, geometry.spacing_mm, lead.input_spacing_mm)
         image = normalise(resampled[grid], lead.normalisation)
         fill = pad_value(lead.normalisation, image)
+        # The network sees the animals and what lies near them; the air beyond is background.
+        box = content_box(
+            resampled[grid],
+            voxels_across(CROP_MARGIN_MM, spacing_on(geometry, grid)),
+            lead.divisible_by,
+        )
     members_logits: list[np.ndarray] = []
     disagreement: np.ndarray | None = None
     for card in members:
@@ -246,6 +259,7 @@ def _segment_task(
                 pad_value=fill,
                 max_whole_voxels=max_whole_voxels,
                 batch_size=batch_size,
+                box=box,
             )
         members_logits.append(raw.logits)
         if raw.disagreement_logit is not None:
@@ -444,9 +458,10 @@ def predict_volume(
             if orientation is not None and orientation.head_only and organs is not None:
                 drop_out_of_view(organs, groups["organs"][0].structures)
             braincase = fill_braincase(organs, rules_hu, geometry.spacing_mm) if organs is not None else None
-            # The organ map is final here (lesions go into their own map): its centres are
-            # measured beside the lesion search.
+            # The organ map is final here (lesions go into their own map): its centres and ids
+            # are read beside the lesion search.
             centres = side.submit(organ_centres, organs, geometry.spacing_mm) if organs is not None else None
+            organ_ids = side.submit(labels_present, organs) if organs is not None else None
             detect_lesions(task_labels, groups, rules_hu, geometry.spacing_mm)
         _report(progress, 95, "restore uncertainty")
         with timer("restore"):
@@ -487,6 +502,7 @@ def predict_volume(
                 intensity=calibration,
                 orientation=orientation,
                 animals=max(count for _, count in animals.values()),
+                organ_ids=organ_ids.result() if organ_ids is not None else None,
                 organ_centres=centres.result() if centres is not None else {},
                 braincase=braincase,
             )

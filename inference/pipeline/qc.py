@@ -214,10 +214,16 @@ def body_mask(hu: np.ndarray) -> np.ndarray:
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
     mouse = components == int(np.argmax(sizes))
+    # Filled inside the mouse's box, one voxel wider: that ring is background joined to
+    # everything outside, so each slice's holes are the same as in the whole field of view.
+    box = bounding_box(mouse, 1)
+    assert box is not None  # the largest component has a voxel
     # A 3D hole is a hole in every slice through it, so the slice fills hold the 3D fill too.
-    body = fill_holes(mouse, across=0)
+    filled = fill_holes(mouse[box], across=0)
     for axis in (1, 2):
-        body |= fill_holes(mouse, across=axis)
+        filled |= fill_holes(mouse[box], across=axis)
+    body = np.zeros_like(mouse)
+    body[box] = filled
     return body
 
 

@@ -33,7 +33,7 @@ from inference.pipeline.manifest import build_manifest, orientation_entry
 from inference.pipeline.postprocess import DEFAULT_MIN_LESION_VOLUME_MM3
 from inference.pipeline.predict import PipelineOutput, StageTimer, predict_volume
 from inference.pipeline.qc import QCView, check_run
-from inference.pipeline.volumes import VolumeRow, structure_volumes, write_volumes_csv
+from inference.pipeline.volumes import VolumeRow, labels_present, structure_volumes, write_volumes_csv
 from inference.registry import ModelCard, default_model
 from inference.structures import ORGAN_NAMES
 
@@ -172,7 +172,7 @@ def segment_file(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {key: out / name for key, name in OUTPUT_NAMES.items()}
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=3) as pool:
         # The two maps are compressed (zlib releases the GIL) and the volumes counted while the
         # lesions are found and the run is checked: each needs only the pipeline's output.
         maps = [
@@ -188,12 +188,14 @@ def segment_file(
             output.uncertainty,
             structure_ids=output.structure_ids,
         )
-        organs = output.organ_labels if output.organ_labels is not None else organ_map
         # Lesions a person gave were looked for everywhere; a model only where its card says.
         searched = (
             set(ORGAN_NAMES) if source is not None else {o for c in chosen for o in c.metastasis_organs}
         )
-        assessing = pool.submit(metastasis_assessed_organs, organs, searched)
+        present = output.organ_ids if output.organ_labels is not None else None
+        if present is None and organ_map is not None:
+            present = labels_present(organ_map)
+        assessed = metastasis_assessed_organs(present, searched)
         report(85, "lesions")
         with timer("lesions"):
             lesions = lesions_for(output, scan.affine, source, organ_map)
@@ -202,9 +204,7 @@ def segment_file(
             orientation = orientation_entry(output.orientation, output.geometry.axcodes)
             # The QC's body mask is drawn while the volumes are counted; the checks need both.
             view = QCView.of(output.labels, scan.data, intensity_entry, output.uncertainty)
-        with timer("lesions"):
-            assessed = assessing.result()
-            counts = metastasis_counts(lesions, assessed)
+        counts = metastasis_counts(lesions, assessed)
         report(90, "volumes")
         with timer("volumes"):
             volumes = counting.result()

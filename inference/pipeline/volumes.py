@@ -69,6 +69,11 @@ def label_counts(labels: np.ndarray, bins: int) -> np.ndarray:
     return counts
 
 
+def labels_present(labels: np.ndarray) -> frozenset[int]:
+    """The label values ``labels`` holds (background included when there is any)."""
+    return frozenset(int(v) for v in np.flatnonzero(label_counts(labels, 256)))
+
+
 def _neighbour_bits_sparse(labels: np.ndarray, flat: np.ndarray) -> np.ndarray:
     """Bit ``k`` set when the voxel at flat index ``flat`` (of the C-ordered ``labels``) has a
     6-neighbour labelled ``k`` (not its own). Flat indices, because ``np.nonzero`` of a 3D mask

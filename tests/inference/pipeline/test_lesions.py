@@ -16,6 +16,7 @@ from inference.pipeline.lesions import (
     metastasis_counts,
     read_points_csv,
 )
+from inference.pipeline.volumes import labels_present
 from inference.structures import BY_NAME
 
 LIVER = BY_NAME["liver"].id
@@ -151,7 +152,7 @@ def test_organs_not_assessed_are_none_not_zero() -> None:
     rows = allocate(organs(), AFFINE, labels)
     lungs_only_model = ("lung_left", "lung_right")
 
-    assessed = metastasis_assessed_organs(organs(), {"liver", *lungs_only_model})
+    assessed = metastasis_assessed_organs(labels_present(organs()), {"liver", *lungs_only_model})
     counts = metastasis_counts(rows, assessed)
 
     # The liver was searched and shown: its one metastasis counts. The kidney's metastasis was not
