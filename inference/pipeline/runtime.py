@@ -64,7 +64,7 @@ def keep_freed_memory() -> bool:
     kernel when it is freed, so each scan faults all of them in again, zero-filled: 0.2-0.8 s of
     kernel time a scan, on top of 3 s of work (``bench/segment_speed.py``, 192 x 192 x 520).
     Buffers up to ``HEAP_BUFFER_MAX`` now come from the heap and stay there: a worker keeps its
-    peak memory (about 1.5 GB for such a scan) between jobs instead of paying for it again.
+    peak memory (1.0-1.15 GB for such a scan) between jobs instead of paying for it again.
     Called when the first session is made, so only processes that segment do it. Returns whether
     the allocator took the settings."""
     if _heap_kept:
