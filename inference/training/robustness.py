@@ -99,12 +99,13 @@ VARIANTS: dict[str, str] = {
     "8bit": "linear map to 0-255, uint8, no HU",
     "neighbour": "a second mouse side by side in one field",
     "bed": "a curved plastic bed under the mouse",
+    "wide": "a field of view 2.5 times as wide and high, the mouse 2-3 % of it",
     "digimouse": "Digimouse atlas (real anatomy), whole body",
     "digimouse_torso": "Digimouse atlas (real anatomy), torso",
 }
 DIGIMOUSE_VARIANTS = ("digimouse", "digimouse_torso")
 #: What a variant did to a case, copied from its ``meta`` into the report.
-TRANSFORM_KEYS = ("permutation", "flips", "rescale", "neighbour", "bed_added")
+TRANSFORM_KEYS = ("permutation", "flips", "rescale", "neighbour", "bed_added", "widened")
 
 
 @dataclass
@@ -270,6 +271,28 @@ def beside(case: Case, other: Case, on_right: bool, seed: int) -> Case:
     )
 
 
+def widen(case: Case, factor: float, seed: int) -> Case:
+    """The mouse in the middle of a field of view ``factor`` times as wide and high (x and y), the
+    added air with the scan's noise: a big bore, or a rat-sized field of view. Scored everywhere,
+    so whatever is drawn in the added air counts against the models."""
+    nx, ny, nz = case.ct.shape
+    px, py = round((factor - 1) * nx / 2), round((factor - 1) * ny / 2)
+    rng = np.random.default_rng([seed, 19, 5])
+    noise_hu = float(case.meta.get("scanner", {}).get("noise_hu", 0.0))
+    shape = (nx + 2 * px, ny + 2 * py, nz)
+    ct = np.rint(-1000.0 + rng.standard_normal(shape, dtype=np.float32) * noise_hu).astype(case.ct.dtype)
+    ct[px : px + nx, py : py + ny] = case.ct
+    shift = np.eye(4)
+    shift[0, 3], shift[1, 3] = -px, -py
+    return replace(
+        case,
+        ct=ct,
+        labels=np.pad(case.labels, ((px, px), (py, py), (0, 0))),
+        affine=case.affine @ shift,
+        meta={**case.meta, "widened": factor},
+    )
+
+
 def add_bed(case: Case, seed: int) -> Case:
     """A curved plastic bed under (ventral to) the mouse, blurred and noisy like the scan; a phantom
     generated with a bed keeps its own. Labels are unchanged (the bed is background)."""
@@ -357,6 +380,7 @@ def make_case(variant: str, base: Case, seed: int, source: PhantomSource, neighb
         "8bit": lambda: rescale_8bit(base),
         "neighbour": lambda: beside(base, source.native(neighbour_seed), seed % 2 == 0, seed),
         "bed": lambda: add_bed(base, seed),
+        "wide": lambda: widen(base, 2.5, seed),
     }
     if variant not in transforms:
         raise ValueError(f"unknown variant {variant!r}; variants are {', '.join(VARIANTS)}")

@@ -136,6 +136,19 @@ def test_neighbour_sits_beside_without_moving_the_first_mouse(case: Case) -> Non
         assert both.ct.shape[0] == nx + other.ct.shape[0]
 
 
+def test_a_wide_field_keeps_the_mouse_where_it_was_in_the_world(case: Case) -> None:
+    wide = robustness.widen(case, 2.5, seed=4)
+    nx, ny, nz = case.ct.shape
+    px, py = (wide.ct.shape[0] - nx) // 2, (wide.ct.shape[1] - ny) // 2
+
+    assert wide.ct.shape[2] == nz and wide.ct.shape[0] >= 2.4 * nx and wide.ct.shape[1] >= 2.4 * ny
+    assert np.array_equal(wide.ct[px : px + nx, py : py + ny], case.ct)
+    assert np.array_equal(wide.labels[px : px + nx, py : py + ny], case.labels)
+    assert wide.labels.sum() == case.labels.sum() and wide.region is None
+    assert np.allclose(_world(wide.affine, (px + 5, py + 6, 7)), _world(case.affine, (5, 6, 7)))
+    assert (wide.ct > -500).mean() < 0.2 * (case.ct > -500).mean()
+
+
 def test_bed_is_added_under_the_mouse_only(case: Case) -> None:
     seed = next(
         s for s in range(9000, 9100) if not generate_phantom(s, spacing_mm=1.0, n_annotators=0).meta["bed"]
