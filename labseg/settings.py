@@ -313,6 +313,10 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A worker's pool process keeps the memory of its largest scan between jobs (the pipeline asks
+# glibc to, inference/pipeline/runtime.py keep_freed_memory); one that ends a job holding more than
+# this is replaced by a fresh one, so a very large scan cannot pin its memory for good (kB).
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = env.int("LABSEG_WORKER_MAX_MEMORY_MB", default=4096) * 1024
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
