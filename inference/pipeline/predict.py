@@ -64,8 +64,8 @@ from inference.structures import BY_ID
 
 Progress = Callable[[int, str], None]
 
-#: Air kept in view around the animals when the networks run (``infer.content_box``): past
-#: their receptive field's reach into air, so what they draw on the animal does not change.
+#: Air kept in view around the animals when the networks run (``infer.content_box``): they see
+#: the same input whatever the scanner's field of view (the model card's "Field of view").
 CROP_MARGIN_MM = 5.0
 
 
