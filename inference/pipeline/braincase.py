@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from inference.pipeline.postprocess import bounding_box
+from inference.pipeline.geometry import bounding_box
 from inference.structures import BY_NAME
 
 BRAIN = BY_NAME["brain"].id

@@ -131,6 +131,17 @@ def from_canonical(array: np.ndarray, geometry: Geometry) -> np.ndarray:
     return orientations.apply_orientation(array, geometry._from_canonical)
 
 
+def bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, ...] | None:
+    """Slices around the voxels of ``mask``, ``pad`` voxels wider on every side (None if empty)."""
+    box = []
+    for axis in range(mask.ndim):
+        along = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if along.size == 0:
+            return None
+        box.append(slice(max(int(along[0]) - pad, 0), min(int(along[-1]) + pad + 1, mask.shape[axis])))
+    return tuple(box)
+
+
 def fortran_copy(array: np.ndarray) -> np.ndarray:
     """``array`` (3D) in Fortran order, as NIfTI stores voxels; itself when it already is.
 
@@ -400,18 +411,16 @@ def upsample_argmax(
     # Output voxels whose cell is all channel 0 (background) are background: only the box of
     # the other cells is computed (a tumor map's is a few percent of the scan).
     out = np.full(tuple(int(s) for s in out_shape), values[0], dtype=np.uint8)
-    busy = mixed | (argmax != 0)
-    if not busy.any():
+    cells = bounding_box(mixed | (argmax != 0), 0)
+    if cells is None:
         return out
-    ranges = []
-    for axis, m in enumerate(maps):
-        cells = np.flatnonzero(busy.any(axis=tuple(a for a in range(3) if a != axis)))
-        ranges.append(
-            slice(
-                int(np.searchsorted(m.lo, cells[0], side="left")),
-                int(np.searchsorted(m.lo, cells[-1], side="right")),
-            )
+    ranges = [
+        slice(
+            int(np.searchsorted(m.lo, c.start, side="left")),
+            int(np.searchsorted(m.lo, c.stop - 1, side="right")),
         )
+        for m, c in zip(maps, cells, strict=True)
+    ]
     maps = [maps[0], *(_sliced(m, r) for m, r in zip(maps[1:], ranges[1:], strict=True))]
     inner = out[:, ranges[1], ranges[2]]
     plane = inner.shape[1] * inner.shape[2]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from inference.pipeline.geometry import bounding_box
 from inference.registry import ModelCard
 
 #: A volume up to this many voxels (after padding) goes through the network in one pass.
@@ -131,15 +132,14 @@ def content_box(hu: np.ndarray, margin: int, multiple: int = 1) -> tuple[slice, 
     wider, grown (within the array) to a multiple of ``multiple`` along each axis; None when it
     would hold nearly the whole array anyway (``CROP_MIN_SAVING``) or nothing is there."""
     dense = np.asarray(hu) > CONTENT_HU
+    tight = bounding_box(dense, margin)
+    if tight is None:
+        return None
     box = []
-    for axis, n in enumerate(dense.shape):
-        along = np.flatnonzero(dense.any(axis=tuple(a for a in range(dense.ndim) if a != axis)))
-        if along.size == 0:
-            return None
-        start, stop = max(int(along[0]) - margin, 0), min(int(along[-1]) + margin + 1, n)
+    for part, n in zip(tight, dense.shape, strict=True):
         # Grown to the network's multiple with more of the scan, not with padding.
-        length = min(_round_up(stop - start, multiple), n)
-        start = min(max(start - (length - (stop - start)) // 2, 0), n - length)
+        length = min(_round_up(part.stop - part.start, multiple), n)
+        start = min(max(part.start - (length - (part.stop - part.start)) // 2, 0), n - length)
         box.append(slice(start, start + length))
     if math.prod(s.stop - s.start for s in box) > (1.0 - CROP_MIN_SAVING) * dense.size:
         return None

@@ -30,6 +30,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from scipy.signal import find_peaks
 
+from inference.pipeline.geometry import bounding_box
+
 Units = Literal["HU", "calibrated"]
 Mode = Literal["auto", "hu"]
 MODES: tuple[Mode, ...] = ("auto", "hu")
@@ -237,13 +239,12 @@ def _animal_box(volume: np.ndarray, whole: _Survey) -> tuple[slice, ...] | None:
     above = min((peak.value for peak in whole.peaks if peak.value > air.value), default=whole.p999)
     threshold = (air.value + above) / 2
     step = max(1, int(np.ceil((volume.size / SAMPLE_VOXELS) ** (1.0 / 3))))
-    bright = volume[::step, ::step, ::step] > threshold
+    sampled = bounding_box(volume[::step, ::step, ::step] > threshold, 0)
+    if sampled is None:
+        return None
     box = []
-    for axis, n in enumerate(volume.shape):
-        along = np.flatnonzero(bright.any(axis=tuple(a for a in range(3) if a != axis)))
-        if along.size == 0:
-            return None
-        start, stop = int(along[0]) * step, int(along[-1]) * step + step
+    for part, n in zip(sampled, volume.shape, strict=True):
+        start, stop = part.start * step, part.stop * step
         margin = (stop - start) // 10 + step
         box.append(slice(max(start - margin, 0), min(stop + margin, n)))
     if np.prod([s.stop - s.start for s in box]) > 0.5 * volume.size:

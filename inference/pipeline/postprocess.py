@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from inference.pipeline.geometry import channel_argmax
+from inference.pipeline.geometry import bounding_box, channel_argmax
 from inference.pipeline.parallel import executor
 from inference.structures import BY_ID, BY_NAME
 
@@ -448,17 +448,6 @@ def label_mask(labels: np.ndarray, ids: Sequence[int]) -> np.ndarray:
     for value in {int(i) for i in ids}:
         mask |= labels == value
     return mask
-
-
-def bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, ...] | None:
-    """Slices around the voxels of ``mask``, ``pad`` voxels wider on every side (None if empty)."""
-    box = []
-    for axis in range(mask.ndim):
-        along = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if along.size == 0:
-            return None
-        box.append(slice(max(int(along[0]) - pad, 0), min(int(along[-1]) + pad + 1, mask.shape[axis])))
-    return tuple(box)
 
 
 def apply_refinement(

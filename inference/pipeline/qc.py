@@ -54,8 +54,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from inference.pipeline.geometry import bounding_box
 from inference.pipeline.lesions import LesionRow
-from inference.pipeline.postprocess import DEFAULT_MIN_LESION_VOLUME_MM3, bounding_box, fill_holes, label_mask
+from inference.pipeline.postprocess import DEFAULT_MIN_LESION_VOLUME_MM3, fill_holes, label_mask
 from inference.pipeline.volumes import VolumeRow
 from inference.structures import BY_ID, BY_NAME, LESION_NAMES
 

@@ -27,7 +27,8 @@ import numpy as np
 import onnxruntime as ort
 from scipy import ndimage
 
-from inference.pipeline.postprocess import FACE_NEIGHBOURS, bounding_box, voxels_across
+from inference.pipeline.geometry import bounding_box
+from inference.pipeline.postprocess import FACE_NEIGHBOURS, voxels_across
 from inference.pipeline.runtime import get_file_session
 from inference.registry import ModelCard
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from inference.metrics import dice
 from inference.pipeline import predict_volume
-from inference.pipeline.postprocess import bounding_box, refine_edge, voxels_across
+from inference.pipeline.geometry import bounding_box
+from inference.pipeline.postprocess import refine_edge, voxels_across
 from inference.registry import ModelCard
 from inference.structures import BY_ID
 from inference.training.evaluate import load_canonical

@@ -32,7 +32,7 @@ from torch import nn
 from inference.jsonsafe import finite_or_null
 from inference.metrics import dice
 from inference.pipeline import predict_volume
-from inference.pipeline.postprocess import bounding_box
+from inference.pipeline.geometry import bounding_box
 from inference.pipeline.refiner import outline_shell, refine_by_network, refiner_input, spacing_fits
 from inference.registry import ModelCard, file_sha256, load_card
 from inference.structures import BY_NAME
