@@ -260,6 +260,11 @@ def _survey_of(sample: np.ndarray) -> _Survey:
     few = content[:: max(1, content.size // 200_000)]
     p05, p1, p999 = (float(v) for v in np.percentile(few, [0.5, 1, 99.9]))
     low = float(content.min())
+    if float(content.max()) == low:
+        # No histogram to read (and none numpy can bin): an empty or blank volume.
+        raise _refuse(
+            f"every voxel holds the same value ({_num(low)}), so it is a blank volume, not a CT scan"
+        )
     distinct, quantum = _distinct(few)
     # A handful of values (a label map, a noiseless test volume) is no quantisation: bin them finely.
     peaks, smooth = _find_peaks(

@@ -158,6 +158,7 @@ def test_the_fit_maps_the_peaks_to_air_and_soft_tissue(phantom: Phantom) -> None
         ("label map 0-14", lambda p: p.labels, "distinct values"),
         ("inverted (bone dark)", lambda p: (3000 - p.ct.astype(np.int32)).astype(np.int16), "peaks"),
         ("inside the body, no air", lambda p: inside(p.ct).astype(np.int32) + 1024, "peak"),
+        ("all air (a blank volume)", lambda p: np.full(p.ct.shape, -1000, np.int16), "same value (-1000)"),
     ],
 )
 def test_scans_without_credible_peaks_are_refused_in_plain_words(
