@@ -25,6 +25,9 @@ The evidence, in the order it is used:
   region deep inside the body), the braincase (where the skull is closed), the body's volume
   centre (caudal of the middle) and the bone at the two ends (the skull's end has more);
   left/right from the stomach's gas (air just caudal to the lungs, on the mouse's left);
+- a trunk without its head (shoulders to hips, thorax and abdomen: shorter than a whole body,
+  no braincase, lungs in view): the spine as in a body; the head end from the lungs alone, which
+  fill the cranial part of a trunk (the other body votes need the head in view);
 - head scans: the braincase (the largest space with bone on all six sides, at least 120 mm3)
   lies dorsal and caudal in the skull, the teeth (the densest voxels) ventral and at the cranial
   end; a head is left/right symmetric, so its handedness is kept from the header.
@@ -64,6 +67,22 @@ HEAD_ONLY_MAX_MM = 30.0
 HEAD_ONLY_MAX_DARK = 0.2
 #: The length at each end of a head whose mean cross-section tells the nose (narrow) from the neck.
 HEAD_END_MM = 1.5
+#: A scan shorter than a whole body, with no braincase, is read as a trunk (shoulders to hips,
+#: the field of view of a torso scan) from this length on ...
+TRUNK_MIN_MM = 20.0
+#: ... when its lungs hold at least this much air-dark volume, more than a bowel's gas pocket (the
+#: Digimouse torso's lungs measure 323-331 mm3 here at 0.1-0.35 mm voxels; the gas that our
+#: phantoms' abdomens alone hold, 15-34 mm3).
+TRUNK_MIN_LUNGS_MM3 = 150.0
+#: ... and whose lungs' centre lies this far from its middle (a share of its length: unsure at the
+#: first, sure at the second). A trunk cut mostly through the thorax has its sternum in as many
+#: cross-sections as its spine and can be read upside down (the Digimouse torso's cranial 25-30
+#: mm, lungs at 0.56-0.64 of its length); shoulders to hips, with the abdomen in view, puts the
+#: lungs' centre at 0.75 (Digimouse) to 0.87 (our phantoms).
+TRUNK_LUNGS_OFF_MIDDLE = (0.17, 0.22)
+#: Length of a whole body: the head end is voted by the braincase, the volume centre and the bone
+#: at the ends as well as the lungs.
+BODY_MIN_MM = 45.0
 #: Opening radius that removes the animal bed (plates 0.8-1.6 mm thick in our phantoms).
 BED_OPEN_MM = 1.5
 
@@ -520,13 +539,17 @@ def _lungs(work: _Work, trunk: np.ndarray, measures: dict[str, float]) -> np.nda
     return lungs if volume >= 30.0 else None
 
 
-def _trunk_cranial(work: _Work, lungs: np.ndarray | None, measures: dict[str, float]) -> _Votes:
+def _trunk_cranial(
+    work: _Work, lungs: np.ndarray | None, measures: dict[str, float], *, whole_body: bool = True
+) -> _Votes:
     """Cranial along the long axis, four votes (each 0..1 towards one end, summed): the lungs lie
     in the cranial part of the body; the braincase, where the skull is closed, at the cranial
     end; the body's volume centre lies caudal of its middle (the abdomen is the widest part, the
     head and neck the narrowest; Digimouse 0.44 of its length from the tail end, our phantoms
     0.42-0.43); the skull makes more bone at the cranial end than pelvis and hind legs at the
-    other (strong in our phantoms, even in Digimouse)."""
+    other (strong in our phantoms, even in Digimouse). A trunk without its head (``whole_body``
+    False) has only the lungs' vote: it has no skull, and its widest part and its bonier end
+    depend on where the field of view cuts it."""
     n = work.hi - work.lo + 1
 
     def vote(fraction: float, low: float, high: float) -> float:
@@ -537,7 +560,10 @@ def _trunk_cranial(work: _Work, lungs: np.ndarray | None, measures: dict[str, fl
     if lungs is not None:
         fraction = (float(np.nonzero(lungs)[0].mean()) - work.lo) / max(n - 1, 1)
         measures["lungs_along_body"] = round(fraction, 3)
-        score += vote(fraction, 0.03, 0.10)
+        score += vote(fraction, *((0.03, 0.10) if whole_body else TRUNK_LUNGS_OFF_MIDDLE))
+    if not whole_body:
+        measures["cranial_score"] = round(score, 3)
+        return _Votes(0, 1 if score > 0 else -1, _ramp(abs(score), 0.3, 1.0))
     braincase, braincase_mm3 = _enclosed(work.bone, work.step)
     if braincase_mm3 >= MIN_BRAINCASE_MM3:
         fraction = (float(np.nonzero(braincase)[0].mean()) - work.lo) / max(n - 1, 1)
@@ -557,6 +583,22 @@ def _trunk_cranial(work: _Work, lungs: np.ndarray | None, measures: dict[str, fl
     score += (1.0 if ratio > 0 else -1.0) * _ramp(abs(float(ratio)), np.log(1.2), np.log(2.0))
     measures["cranial_score"] = round(score, 3)
     return _Votes(0, 1 if score > 0 else -1, _ramp(abs(score), 0.3, 1.0))
+
+
+def _body(
+    work: _Work, measures: dict[str, float], *, whole_body: bool
+) -> tuple[_Votes, _Votes, _Votes | None]:
+    """Dorsal, cranial and (where the lungs and the stomach's gas tell it) right in a body or, with
+    ``whole_body`` False, a trunk without its head."""
+    centres = _slice_centres(work)
+    dorsal = _spine(work, centres, measures)
+    trunk = _trunk(work)
+    lungs = _lungs(work, trunk, measures)
+    cranial = _trunk_cranial(work, lungs, measures, whole_body=whole_body)
+    right = None
+    if lungs is not None and dorsal.confidence > 0:
+        right = _trunk_left_right(work, trunk, lungs, centres, cranial, dorsal, measures)
+    return dorsal, cranial, right
 
 
 def _trunk_left_right(
@@ -752,7 +794,12 @@ def _words(
         else f"The body has no clear long axis along one of the scan's axes {shape}: a short or oblique "
         "field of view."
     ]
-    if regime == "body":
+    if regime == "trunk":
+        said.append(
+            f"A trunk without its head ({work.length_mm:.0f} mm long, no braincase in view): the head "
+            "end is read from the lungs alone."
+        )
+    if regime in ("body", "trunk"):
         said.append(
             f"The spine (bone at one place in {100 * measures.get('spine_presence', 0):.0f} % of the "
             f"cross-sections) lies towards {_towards(work, dorsal.axis, dorsal.sign)}: the mouse's back."
@@ -762,7 +809,8 @@ def _words(
             cues.append(f"the lungs ({measures['lungs_mm3']:.0f} mm3 of air inside the body)")
         if "braincase_along_body" in measures:
             cues.append(f"the braincase ({measures['braincase_mm3']:.0f} mm3)")
-        cues += ["the body's narrower end", "the bone at the ends"]
+        if regime == "body":
+            cues += ["the body's narrower end", "the bone at the ends"]
         said.append(
             f"The head end is towards {_towards(work, 0, cranial.sign)}, weighing {', '.join(cues)} "
             f"(score {abs(measures.get('cranial_score', 0.0)):.2f})."
@@ -828,14 +876,8 @@ def find_orientation(volume: np.ndarray, spacing_mm: Sequence[float]) -> Orienta
     }
     measures["body_length_mm"] = round(work.length_mm, 1)
     right: _Votes | None = None
-    if work.length_mm >= 45.0:
-        centres = _slice_centres(work)
-        dorsal = _spine(work, centres, measures)
-        trunk = _trunk(work)
-        lungs = _lungs(work, trunk, measures)
-        cranial = _trunk_cranial(work, lungs, measures)
-        if lungs is not None and dorsal.confidence > 0:
-            right = _trunk_left_right(work, trunk, lungs, centres, cranial, dorsal, measures)
+    if work.length_mm >= BODY_MIN_MM:
+        dorsal, cranial, right = _body(work, measures, whole_body=True)
         regime = "body"
     else:
         dorsal, cranial = _head(work, measures)
@@ -855,6 +897,17 @@ def find_orientation(volume: np.ndarray, spacing_mm: Sequence[float]) -> Orienta
             if confidence["long_axis"] < MIN_CONFIDENCE <= head_axis:
                 confidence["long_axis"] = head_axis
                 measures["long_axis_from_head"] = 1.0
+        elif work.length_mm >= TRUNK_MIN_MM and (
+            measures.get("braincase_mm3", 0.0) < MIN_BRAINCASE_MM3
+            or measures.get("braincase_dark_fraction", 1.0) > HEAD_ONLY_MAX_DARK
+        ):
+            # No skull in view (a dark "braincase" is the rib cage round the lungs): a trunk, when
+            # its lungs say so (a torso scan cut shoulders to hips).
+            trunk_measures = dict(measures)
+            votes = _body(work, trunk_measures, whole_body=False)
+            if trunk_measures.get("lungs_mm3", 0.0) >= TRUNK_MIN_LUNGS_MM3:
+                (dorsal, cranial, right), regime = votes, "trunk"
+                measures.update(trunk_measures)
     confidence["dorsal"] = dorsal.confidence
     confidence["cranial"] = cranial.confidence
     confidence["left_right"] = right.confidence if right is not None else 0.0

@@ -22,7 +22,8 @@ its own dtype, with its affine) and scored against the truth moved the same way:
 - ``bed``: a curved plastic bed (``phantom.scanner.paint_bed``) under every mouse.
 - ``digimouse`` / ``digimouse_torso``: the real-anatomy source, CT rendered from the Digimouse
   atlas (``phantom.digimouse.render_ct``), whole body and torso. It has no intestine or spinal
-  cord labels (those are not scored) and no tumor.
+  cord labels (those are not scored) and no tumor. ``digimouse_torso_supine`` /
+  ``digimouse_torso_lateral``: that torso turned about its long axis, header unchanged.
 
 Per variant it prints the median Dice of each structure (the big organs first), the median volume
 claimed for labelled structures that are absent (e.g. a liver in a head-only scan), and the tumor
@@ -102,8 +103,10 @@ VARIANTS: dict[str, str] = {
     "wide": "a field of view 2.5 times as wide and high, the mouse 2-3 % of it",
     "digimouse": "Digimouse atlas (real anatomy), whole body",
     "digimouse_torso": "Digimouse atlas (real anatomy), torso",
+    "digimouse_torso_supine": "Digimouse torso rotated 180 degrees about the long axis, header unchanged",
+    "digimouse_torso_lateral": "Digimouse torso rotated 90 degrees about the long axis, header unchanged",
 }
-DIGIMOUSE_VARIANTS = ("digimouse", "digimouse_torso")
+DIGIMOUSE_VARIANTS = ("digimouse", "digimouse_torso", "digimouse_torso_supine", "digimouse_torso_lateral")
 #: What a variant did to a case, copied from its ``meta`` into the report.
 TRANSFORM_KEYS = ("permutation", "flips", "rescale", "neighbour", "bed_added", "widened")
 
@@ -347,11 +350,11 @@ class PhantomSource:
 
 
 def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = None) -> Case:
-    """The Digimouse atlas rendered as CT (whole body or torso), seed 0."""
+    """The Digimouse atlas rendered as CT (whole body or torso, turned as ``variant`` says), seed 0."""
     mouse = digimouse.load(atlas_dir)
-    crop: Literal["whole", "torso"] = "torso" if variant.endswith("torso") else "whole"
+    crop: Literal["whole", "torso"] = "torso" if "torso" in variant else "whole"
     phantom = digimouse.render_ct(mouse, seed=0, spacing_mm=spacing_mm, crop=crop)
-    return Case(
+    case = Case(
         name=f"digimouse_{crop}",
         ct=phantom.ct,
         labels=phantom.labels,
@@ -359,6 +362,11 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
         labelled=mouse.labelled,
         meta=phantom.meta,
     )
+    turns = {"supine": 2, "lateral": 1}
+    for pose, quarter_turns in turns.items():
+        if variant.endswith(pose):
+            return replace(rotate_long_axis(case, quarter_turns), name=f"digimouse_{crop}_{pose}")
+    return case
 
 
 def make_case(variant: str, base: Case, seed: int, source: PhantomSource, neighbour_seed: int) -> Case:
