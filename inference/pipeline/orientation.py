@@ -48,6 +48,8 @@ import numpy as np
 from nibabel import orientations
 from scipy import ndimage
 
+from inference.pipeline.straighten import Straightening
+
 #: ``predict_volume(orient=...)``: read the pose from the anatomy, or trust the header alone.
 ORIENT_CHOICES = ("anatomy", "header")
 #: Confidence (0..1) a decision needs before the anatomy overrules the header.
@@ -204,6 +206,8 @@ class OrientationFinding:
     kept: str  # "nothing" (anatomy used whole), "left-right" (header's handedness) or "header"
     seconds: float = 0.0
     measures: dict[str, float] = field(default_factory=dict)
+    #: The turn that straightened an oblique mouse after the whole-axis one (``straighten.py``).
+    straightening: Straightening | None = None
 
     @property
     def agrees_with_header(self) -> bool | None:
@@ -231,6 +235,7 @@ class OrientationFinding:
             "confidence_by_decision": {k: round(v, 3) for k, v in self.confidence.items()},
             "findings": list(self.findings),
             "head_only": self.head_only,
+            "straightened": self.straightening.as_json() if self.straightening is not None else None,
             "seconds": round(self.seconds, 4),
         }
         return entry

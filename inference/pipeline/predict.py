@@ -58,6 +58,7 @@ from inference.pipeline.postprocess import (
 from inference.pipeline.qc import organ_centres
 from inference.pipeline.refiner import RefinerDecision, apply_decision, decide_refiner, run_refiner
 from inference.pipeline.runtime import get_session, session_provider
+from inference.pipeline.straighten import find_tilt
 from inference.pipeline.volumes import labels_present
 from inference.registry import TASKS, ModelCard
 from inference.structures import BY_ID
@@ -394,6 +395,20 @@ def predict_volume(
             # One more lossless turn on top of the header's; from_canonical undoes both.
             geometry = turned(geometry, orientation.transform.array)
             canonical = orientation.transform.apply(canonical)
+    # An oblique mouse is straightened (resampled) for the models and its maps put back after.
+    scan_geometry = geometry
+    straightening = None
+    if orientation is not None and not orientation.head_only:
+        with timer("preprocess"):
+            straightening = find_tilt(canonical, geometry.spacing_mm)
+            if straightening is not None:
+                canonical = straightening.apply(canonical)
+                geometry = replace(geometry, canonical_shape=straightening.shape)
+                orientation = replace(
+                    orientation,
+                    findings=[*orientation.findings, straightening.finding],
+                    straightening=straightening,
+                )
     resampled: dict[tuple[int, int, int], np.ndarray] = {}
     with timer("preprocess"):
         rules_hu, noise, width = for_threshold_rules(canonical)
@@ -478,6 +493,12 @@ def predict_volume(
             if outlines:
                 band = outline_band(merged, geometry.spacing_mm, outlines, workers=workers_for(threads))
                 mark_outlines(uncertainty_u8, band)
+
+            if straightening is not None:
+                merged, uncertainty_u8 = straightening.undo(merged), straightening.undo(uncertainty_u8)
+                organs = straightening.undo(organs) if organs is not None else None
+                lesions = straightening.undo(lesions) if lesions is not None else None
+                geometry = scan_geometry
 
             def back(array: np.ndarray | None) -> np.ndarray | None:
                 return None if array is None else from_canonical(array, geometry)

@@ -23,7 +23,9 @@ its own dtype, with its affine) and scored against the truth moved the same way:
 - ``digimouse`` / ``digimouse_torso``: the real-anatomy source, CT rendered from the Digimouse
   atlas (``phantom.digimouse.render_ct``), whole body and torso. It has no intestine or spinal
   cord labels (those are not scored) and no tumor. ``digimouse_torso_supine`` /
-  ``digimouse_torso_lateral``: that torso turned about its long axis, header unchanged.
+  ``digimouse_torso_lateral``: that torso turned about its long axis, header unchanged;
+  ``digimouse_tilted`` / ``digimouse_torso_tilted``: the mouse lying 20 degrees diagonally in the
+  scanner (turned about its dorso-ventral axis), whole, or its torso cut by the axial field.
 
 Per variant it prints the median Dice of each structure (the big organs first), the median volume
 claimed for labelled structures that are absent (e.g. a liver in a head-only scan), and the tumor
@@ -105,8 +107,19 @@ VARIANTS: dict[str, str] = {
     "digimouse_torso": "Digimouse atlas (real anatomy), torso",
     "digimouse_torso_supine": "Digimouse torso rotated 180 degrees about the long axis, header unchanged",
     "digimouse_torso_lateral": "Digimouse torso rotated 90 degrees about the long axis, header unchanged",
+    "digimouse_tilted": "Digimouse lying 20 degrees diagonally in the scanner",
+    "digimouse_torso_tilted": "Digimouse lying 20 degrees diagonally, torso cut by the axial field",
 }
-DIGIMOUSE_VARIANTS = ("digimouse", "digimouse_torso", "digimouse_torso_supine", "digimouse_torso_lateral")
+DIGIMOUSE_VARIANTS = (
+    "digimouse",
+    "digimouse_torso",
+    "digimouse_torso_supine",
+    "digimouse_torso_lateral",
+    "digimouse_tilted",
+    "digimouse_torso_tilted",
+)
+#: The diagonal of the tilted Digimouse variants (degrees, about the dorso-ventral axis).
+TILT_DEG = 20.0
 #: What a variant did to a case, copied from its ``meta`` into the report.
 TRANSFORM_KEYS = ("permutation", "flips", "rescale", "neighbour", "bed_added", "widened")
 
@@ -353,7 +366,9 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
     """The Digimouse atlas rendered as CT (whole body or torso, turned as ``variant`` says), seed 0."""
     mouse = digimouse.load(atlas_dir)
     crop: Literal["whole", "torso"] = "torso" if "torso" in variant else "whole"
-    phantom = digimouse.render_ct(mouse, seed=0, spacing_mm=spacing_mm, crop=crop)
+    tilt = variant.endswith("tilted")
+    # A tilted torso is cut from the tilted body, as the scanner's axial field of view cuts it.
+    phantom = digimouse.render_ct(mouse, seed=0, spacing_mm=spacing_mm, crop="whole" if tilt else crop)
     case = Case(
         name=f"digimouse_{crop}",
         ct=phantom.ct,
@@ -362,6 +377,16 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
         labelled=mouse.labelled,
         meta=phantom.meta,
     )
+    if tilt:
+        ct = ndimage.rotate(case.ct.astype(np.float32), TILT_DEG, axes=(0, 2), order=1, cval=-1000.0)
+        labels = ndimage.rotate(case.labels, TILT_DEG, axes=(0, 2), order=0, cval=0)
+        z0, z1 = digimouse.torso_range(labels, spacing_mm) if crop == "torso" else (0, labels.shape[2])
+        return replace(
+            case,
+            name=f"digimouse_{crop}_tilted",
+            ct=np.ascontiguousarray(np.rint(ct[:, :, z0:z1]).astype(np.int16)),
+            labels=np.ascontiguousarray(labels[:, :, z0:z1]),
+        )
     turns = {"supine": 2, "lateral": 1}
     for pose, quarter_turns in turns.items():
         if variant.endswith(pose):
