@@ -105,8 +105,8 @@ class PipelineOutput:
     structure_ids: list[int]
     cleaning: dict[str, CleanReport] = field(default_factory=dict)
     #: With ``keep_scores``: each task's class scores on its model grid (canonical axes, turned
-    #: as ``orientation`` says), after the card's ``score_offsets`` and before the component rules
-    #: (for calibration).
+    #: and straightened as ``orientation`` says), after the card's ``score_offsets`` and before
+    #: the component rules (for calibration).
     scores: dict[str, np.ndarray] = field(default_factory=dict)
     #: How the scan's values were read as HU (confirmed, or calibrated from air and soft tissue).
     intensity: IntensityCalibration | None = None
