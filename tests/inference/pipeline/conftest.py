@@ -14,6 +14,18 @@ from tests.inference.pipeline.tiny_models import write_threshold_model
 WINDOW = {"kind": "window", "low_hu": 0, "high_hu": 1000}
 
 
+def voxelwise_model(folder: Path, spacing_mm: float) -> ModelCard:
+    """A threshold model on a scan's own grid (``spacing_mm``): liver 300-600 HU, brain above,
+    voxel by voxel, so a turned or straightened scan must give the scan's own labels back."""
+    return write_threshold_model(
+        folder / "tiny-organs" / "0.0.1",
+        thresholds=(0.3, 0.6),
+        structures=(0, 4, 12),
+        spacing_mm=(spacing_mm, spacing_mm, spacing_mm),
+        normalisation=WINDOW,
+    )
+
+
 def rotation_z(degrees: float) -> np.ndarray:
     angle = np.deg2rad(degrees)
     matrix = np.eye(4)

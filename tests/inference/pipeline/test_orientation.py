@@ -18,8 +18,7 @@ from inference.pipeline.geometry import record_geometry, to_canonical
 from inference.pipeline.orientation import AxisTransform, find_orientation
 from inference.registry import ModelCard
 from tests.conftest import SHARED
-from tests.inference.pipeline.conftest import WINDOW, body_phantom
-from tests.inference.pipeline.tiny_models import write_threshold_model
+from tests.inference.pipeline.conftest import body_phantom, voxelwise_model
 from tests.nifti import load_nifti
 
 #: Coarse phantoms keep the 48 poses fast (0.2 s to paint, ~0.1 s a pose to read).
@@ -277,26 +276,18 @@ def test_real_anatomy_with_stomach_gas_shows_a_mirror_image(
 
 
 @pytest.fixture(scope="module")
-def voxelwise_model(tmp_path_factory: pytest.TempPathFactory) -> ModelCard:
-    """A threshold model on the phantom's own grid: liver 300-600 HU, brain above, voxel by voxel,
-    so a turned scan must give exactly the turned labels."""
-    return write_threshold_model(
-        tmp_path_factory.mktemp("orientation-model") / "tiny-organs" / "0.0.1",
-        thresholds=(0.3, 0.6),
-        structures=(0, 4, 12),
-        spacing_mm=(SPACING_MM, SPACING_MM, SPACING_MM),
-        normalisation=WINDOW,
-    )
+def voxelwise(tmp_path_factory: pytest.TempPathFactory) -> ModelCard:
+    return voxelwise_model(tmp_path_factory.mktemp("orientation-model"), SPACING_MM)
 
 
 @pytest.mark.parametrize("pose", [SUPINE, LATERAL, MIRROR_X], ids=["supine", "lateral", "mirrored"])
 def test_the_pipeline_turns_a_scan_and_puts_its_maps_back_on_the_scan_grid(
-    phantom: Phantom, voxelwise_model: ModelCard, pose: AxisTransform
+    phantom: Phantom, voxelwise: ModelCard, pose: AxisTransform
 ) -> None:
     affine = np.diag([SPACING_MM, SPACING_MM, SPACING_MM, 1.0])
-    prone = predict_volume(phantom.ct, affine, [voxelwise_model], threads=1, orient="header")
+    prone = predict_volume(phantom.ct, affine, [voxelwise], threads=1, orient="header")
 
-    turned = predict_volume(pose.apply(phantom.ct), affine, [voxelwise_model], threads=1)
+    turned = predict_volume(pose.apply(phantom.ct), affine, [voxelwise], threads=1)
 
     assert turned.orientation is not None and turned.orientation.transform == pose.inverse()
     assert turned.labels.shape == pose.shape(phantom.ct.shape)
@@ -305,26 +296,26 @@ def test_the_pipeline_turns_a_scan_and_puts_its_maps_back_on_the_scan_grid(
     assert turned.geometry.canonical_shape == pose.shape(phantom.ct.shape)  # the header's, not the pose
 
 
-def test_orient_header_trusts_the_header(phantom: Phantom, voxelwise_model: ModelCard) -> None:
+def test_orient_header_trusts_the_header(phantom: Phantom, voxelwise: ModelCard) -> None:
     affine = np.diag([SPACING_MM, SPACING_MM, SPACING_MM, 1.0])
 
-    output = predict_volume(SUPINE.apply(phantom.ct), affine, [voxelwise_model], threads=1, orient="header")
+    output = predict_volume(SUPINE.apply(phantom.ct), affine, [voxelwise], threads=1, orient="header")
 
     assert output.orientation is None
     with pytest.raises(ValueError, match="orient must be one of anatomy, header"):
-        predict_volume(phantom.ct, affine, [voxelwise_model], orient="sideways")
+        predict_volume(phantom.ct, affine, [voxelwise], orient="sideways")
 
 
 def test_the_manifest_says_when_header_and_anatomy_disagree(
-    phantom: Phantom, voxelwise_model: ModelCard, tmp_path: Path
+    phantom: Phantom, voxelwise: ModelCard, tmp_path: Path
 ) -> None:
     scan = tmp_path / "supine.nii.gz"
     nib.save(
         nib.Nifti1Image(SUPINE.apply(phantom.ct), np.diag([SPACING_MM, SPACING_MM, SPACING_MM, 1])), scan
     )
 
-    result = segment_file(scan, tmp_path / "anatomy", cards=[voxelwise_model])
-    header_only = segment_file(scan, tmp_path / "header", cards=[voxelwise_model], orient="header")
+    result = segment_file(scan, tmp_path / "anatomy", cards=[voxelwise])
+    header_only = segment_file(scan, tmp_path / "header", cards=[voxelwise], orient="header")
 
     entry = json.loads(result.manifest_path.read_text())["orientation"]
     assert entry["header"] == "RAS" and entry["agrees_with_header"] is False
@@ -348,13 +339,13 @@ def test_a_head_without_a_closed_braincase_keeps_the_header(phantom: Phantom) ->
 
 
 def test_the_command_line_says_when_it_turned_a_scan_and_can_be_told_not_to(
-    phantom: Phantom, voxelwise_model: ModelCard, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    phantom: Phantom, voxelwise: ModelCard, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     scan = tmp_path / "lateral.nii.gz"
     nib.save(
         nib.Nifti1Image(LATERAL.apply(phantom.ct), np.diag([SPACING_MM, SPACING_MM, SPACING_MM, 1])), scan
     )
-    common = ["segment", str(scan), "--model", str(voxelwise_model.folder), "--task", "organs", "--quiet"]
+    common = ["segment", str(scan), "--model", str(voxelwise.folder), "--task", "organs", "--quiet"]
 
     turned = main([*common, "--out", str(tmp_path / "anatomy")])
     said = capsys.readouterr().out

@@ -3,8 +3,6 @@ straightened for the models and every map is put back on the scan's grid."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -17,8 +15,7 @@ from inference.pipeline.manifest import orientation_entry
 from inference.pipeline.straighten import MIN_TILT_DEG, find_tilt
 from inference.registry import ModelCard
 from tests.conftest import SHARED
-from tests.inference.pipeline.conftest import WINDOW
-from tests.inference.pipeline.tiny_models import write_threshold_model
+from tests.inference.pipeline.conftest import voxelwise_model
 
 SPACING_MM = 0.42
 AFFINE = np.diag([SPACING_MM, SPACING_MM, SPACING_MM, 1.0])
@@ -76,19 +73,12 @@ def test_a_straightened_map_goes_back_onto_the_scan_grid(real_mouse: Phantom) ->
 
 
 @pytest.fixture(scope="module")
-def voxelwise_model(tmp_path_factory: pytest.TempPathFactory) -> ModelCard:
-    """Liver 300-600 HU and brain above, voxel by voxel, on the scan's own grid."""
-    return write_threshold_model(
-        tmp_path_factory.mktemp("straighten-model") / "tiny-organs" / "0.0.1",
-        thresholds=(0.3, 0.6),
-        structures=(0, 4, 12),
-        spacing_mm=(SPACING_MM, SPACING_MM, SPACING_MM),
-        normalisation=WINDOW,
-    )
+def voxelwise(tmp_path_factory: pytest.TempPathFactory) -> ModelCard:
+    return voxelwise_model(tmp_path_factory.mktemp("straighten-model"), SPACING_MM)
 
 
 def test_the_pipeline_straightens_an_oblique_mouse_and_says_so(
-    real_mouse: Phantom, voxelwise_model: ModelCard, tmp_path: Path
+    real_mouse: Phantom, voxelwise: ModelCard
 ) -> None:
     # A ball of 450 HU, 12 mm across, in the liver, drawn as "liver" by a voxelwise threshold (and
     # kept as the largest such part): run on the straightened scan and put back, it must lie where
@@ -100,8 +90,8 @@ def test_the_pipeline_straightens_an_oblique_mouse_and_says_so(
     ct[ball] = 450
     near = tuple(slice(int(c) - 20, int(c) + 21) for c in centre)
 
-    out = predict_volume(ct, AFFINE, [voxelwise_model], threads=1)
-    header = predict_volume(ct, AFFINE, [voxelwise_model], threads=1, orient="header")
+    out = predict_volume(ct, AFFINE, [voxelwise], threads=1)
+    header = predict_volume(ct, AFFINE, [voxelwise], threads=1, orient="header")
 
     assert out.orientation is not None and out.orientation.straightening is not None
     assert abs(out.orientation.straightening.tilt_deg - 20) < 3.5
