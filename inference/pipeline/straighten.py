@@ -175,7 +175,7 @@ def find_tilt(volume: np.ndarray, spacing_mm: Sequence[float]) -> Straightening 
     # The axis through the cross-sections' centres (a line fitted to x and y against z), not the
     # body's principal axis: a torso cut by the scanner's axial field of view ends in oblique
     # faces, which pull a principal axis further from z (13-35 degrees read for a Digimouse
-    # torso turned 10-30; its cross-sections' centres say 11-32).
+    # torso turned 10-30; its cross-sections' centres say 10-29).
     dz = points[:, 2] - centre[2]
     slope = (points[:, :2] - centre[:2]).T @ dz / max(float(dz @ dz), 1e-9)
     axis = np.array([slope[0], slope[1], 1.0])
