@@ -43,12 +43,15 @@ import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from nibabel import orientations
 from scipy import ndimage
 
-from inference.pipeline.straighten import Straightening
+if TYPE_CHECKING:
+    from inference.pipeline.straighten import Straightening
+
 
 #: ``predict_volume(orient=...)``: read the pose from the anatomy, or trust the header alone.
 ORIENT_CHOICES = ("anatomy", "header")
@@ -246,7 +249,7 @@ class OrientationFinding:
 # ----------------------------------------------------------------------------------------------
 
 
-def _factors(shape: Sequence[int], spacing_mm: Sequence[float]) -> tuple[int, int, int]:
+def work_factors(shape: Sequence[int], spacing_mm: Sequence[float]) -> tuple[int, int, int]:
     """Whole block sizes that give about ``WORK_MM`` voxels, finer for a small field of view
     (at least ~96 voxels along the longest side, so a 25 mm head is measured at ~0.26 mm)."""
     fov = max(n * s for n, s in zip(shape, spacing_mm, strict=True))
@@ -255,7 +258,7 @@ def _factors(shape: Sequence[int], spacing_mm: Sequence[float]) -> tuple[int, in
     return (f[0], f[1], f[2])
 
 
-def _pool(volume: np.ndarray, factors: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def pool(volume: np.ndarray, factors: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Block mean and block maximum (float32) over whole blocks of ``factors`` voxels.
 
     One axis at a time, as sums and maxima of strided views (a reshape to six axes and one
@@ -265,7 +268,7 @@ def _pool(volume: np.ndarray, factors: Sequence[int]) -> tuple[np.ndarray, np.nd
     if volume.flags.f_contiguous and not volume.flags.c_contiguous:
         # A scan from nibabel is Fortran-ordered: pooled as its C-ordered transpose, every
         # strided view below reads whole runs of memory (about 6 times faster).
-        mean, peak = _pool(volume.T, tuple(reversed(factors)))
+        mean, peak = pool(volume.T, tuple(reversed(factors)))
         return mean.T, peak.T
     n = [int(s) // f for s, f in zip(volume.shape, factors, strict=True)]
     total = volume[: n[0] * factors[0], : n[1] * factors[1], : n[2] * factors[2]]
@@ -327,14 +330,14 @@ def _otsu3_low(values: np.ndarray, bins: int = 128) -> float:
     return float(edges[a + 1])
 
 
-def _open_mm(mask: np.ndarray, radius_mm: float, step_mm: Sequence[float] | np.ndarray) -> np.ndarray:
+def open_mm(mask: np.ndarray, radius_mm: float, step_mm: Sequence[float] | np.ndarray) -> np.ndarray:
     """Morphological opening by a ball of about ``radius_mm`` (an octahedron of whole voxels:
     cheaper than a Euclidean ball and as good at removing thin plates)."""
     iterations = max(1, round(radius_mm / min(step_mm)))
     return ndimage.binary_opening(mask, ndimage.generate_binary_structure(3, 1), iterations=iterations)
 
 
-def _largest(mask: np.ndarray) -> tuple[np.ndarray, int]:
+def largest(mask: np.ndarray) -> tuple[np.ndarray, int]:
     labels, count = ndimage.label(mask)
     if count == 0:
         return mask, 0
@@ -411,15 +414,15 @@ def _covariance_mm2(mask: np.ndarray, step_mm: np.ndarray) -> np.ndarray:
 
 def _prepare(volume: np.ndarray, spacing_mm: Sequence[float], measures: dict[str, float]) -> _Work | None:
     """Pool, split air / soft tissue / bone, find the body and its long axis (moved first)."""
-    factors = _factors(volume.shape, spacing_mm)
-    mean, peak = _pool(volume, factors)
+    factors = work_factors(volume.shape, spacing_mm)
+    mean, peak = pool(volume, factors)
     step = np.array([s * f for s, f in zip(spacing_mm, factors, strict=True)], dtype=np.float64)
     t_air = _otsu3_low(mean.ravel()[:: max(1, mean.size // 400_000)])
     matter = mean > t_air
-    body, count = _largest(_open_mm(matter, BED_OPEN_MM, step))
+    body, count = largest(open_mm(matter, BED_OPEN_MM, step))
     if count < 0.5 * matter.sum():
         # Thin everywhere (a bare skull, as in an atlas template): nothing to open away.
-        body, count = _largest(matter)
+        body, count = largest(matter)
         measures["body_not_opened"] = 1.0
     measures["body_mm3"] = round(count * float(np.prod(step)), 1)
     if count * np.prod(step) < 50.0:
@@ -517,7 +520,7 @@ def _trunk(work: _Work) -> np.ndarray:
     near the surface, which is why the lungs and the gas are looked for 2.5 mm deep."""
     reach = max(1, round(BED_OPEN_MM / float(min(work.step))))
     near = ndimage.binary_dilation(work.body, ndimage.generate_binary_structure(3, 1), iterations=reach)
-    return _open_mm(ndimage.binary_fill_holes(work.matter & near), 3.0, work.step)
+    return open_mm(ndimage.binary_fill_holes(work.matter & near), 3.0, work.step)
 
 
 def _lungs(work: _Work, trunk: np.ndarray, measures: dict[str, float]) -> np.ndarray | None:
@@ -651,7 +654,7 @@ def _enclosed(shell: np.ndarray, step_mm: np.ndarray, reach_mm: float = 8.0) -> 
     for axis in range(3):
         reach = max(2, round(reach_mm / step_mm[axis]))
         enclosed &= _window_hits(shell, axis, reach, True) & _window_hits(shell, axis, reach, False)
-    cavity, size = _largest(enclosed)
+    cavity, size = largest(enclosed)
     return cavity, size * float(np.prod(step_mm))
 
 

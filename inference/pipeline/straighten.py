@@ -8,8 +8,9 @@ degrees). On the Digimouse CT tilted in the scan (inference/models/README.md, Or
 right kidney fell from 0.86 to 0.72-0.78 at 20 degrees and the tumor network drew 13-1,900 mm^3 of
 "tumor" at the body's oblique cut from 20-30 degrees of pitch.
 
-When the body's principal axis (limbs, tail and bed opened away) lies more than ``MIN_TILT_DEG``
-off the canonical z axis, the scan is resampled (linearly, on its own voxel size) turned about the
+When the body's axis (the line through its cross-sections' centres, limbs, tail and bed opened
+away, on the orientation finder's ~1 mm pooled copy) lies more than ``MIN_TILT_DEG`` off the
+canonical z axis, the scan is resampled (linearly, on its own voxel size) turned about the
 body's centre so that the axis lies along z; the models run on that, and every map is put back on
 the scan's grid voxel by voxel (nearest voxel: a label map stays a label map). The turn is the
 smallest rotation that takes the axis onto z, so it never mirrors nor spins the mouse about its
@@ -30,15 +31,14 @@ import numpy as np
 from scipy import ndimage
 
 from inference.pipeline.geometry import bounding_box
+from inference.pipeline.orientation import largest, open_mm, pool, work_factors
 
 #: Tilts below this (degrees between the body's axis and z) are left alone: the networks learned
 #: mice turned by up to 4-6 degrees.
 MIN_TILT_DEG = 7.0
-#: Beyond this the finder's whole-axis answer is itself unsure (it keeps the header from ~20
-#: degrees on); a tilt this large is left as it is rather than guessed.
+#: Beyond this the finder's whole-axis answer is itself unsure (a supine Digimouse tilted 35
+#: degrees keeps its header); a tilt this large is left as it is rather than guessed.
 MAX_TILT_DEG = 40.0
-#: The body's axis is read on a copy of about this voxel size.
-WORK_MM = 1.0
 #: Matter (mouse, bed) above this HU.
 MATTER_HU = -400.0
 #: Opening radius that takes the bed, legs and tail off the body before its axis is read.
@@ -123,18 +123,6 @@ class Straightening:
         )
 
 
-def _pooled(volume: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Block means of about ``WORK_MM`` and their voxel size."""
-    factors = [max(1, round(WORK_MM / s)) for s in spacing_mm]
-    cut = tuple(slice(0, (n // f) * f) for n, f in zip(volume.shape, factors, strict=True))
-    v = np.asarray(volume[cut], dtype=np.float32)
-    if min(v.shape) == 0:
-        return v, np.asarray(spacing_mm, dtype=np.float64)
-    shape = [n // f for n, f in zip(v.shape, factors, strict=True)]
-    pooled = v.reshape(shape[0], factors[0], shape[1], factors[1], shape[2], factors[2]).mean(axis=(1, 3, 5))
-    return pooled, np.asarray(spacing_mm, dtype=np.float64) * np.asarray(factors)
-
-
 def _rotation_onto_z(axis: np.ndarray) -> np.ndarray:
     """The smallest rotation taking the unit vector ``axis`` (with a positive z) onto +z."""
     z = np.array([0.0, 0.0, 1.0])
@@ -150,24 +138,17 @@ def find_tilt(volume: np.ndarray, spacing_mm: Sequence[float]) -> Straightening 
     """The turn that straightens the mouse in ``volume`` (HU, canonical pose by whole axes), or
     None when it lies within ``MIN_TILT_DEG`` of the z axis, further than ``MAX_TILT_DEG`` from
     it, or has no clear long axis."""
-    pooled, step = _pooled(volume, spacing_mm)
+    factors = work_factors(volume.shape, spacing_mm)
+    pooled, _ = pool(volume, factors)
+    step = np.asarray(spacing_mm, dtype=np.float64) * np.asarray(factors)
     if pooled.size == 0:
         return None
     matter = pooled > MATTER_HU
-    radius = [max(1, round(TRUNK_OPEN_MM / s)) for s in step]
-    ball = np.zeros([2 * r + 1 for r in radius], dtype=bool)
-    grid = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
-    ball[sum((g * s / TRUNK_OPEN_MM) ** 2 for g, s in zip(grid, step, strict=True)) <= 1.0] = True
-    trunk = ndimage.binary_opening(matter, structure=ball)
-    labels, count = ndimage.label(trunk)
-    if count == 0:
+    trunk, size = largest(open_mm(matter, TRUNK_OPEN_MM, step))
+    if size < 100:
         return None
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
     # Pooled voxel centres, in mm from the scan's first voxel.
-    points = (np.argwhere(labels == int(np.argmax(sizes))) + 0.5) * step - 0.5 * np.asarray(spacing_mm)
-    if len(points) < 100:
-        return None
+    points = (np.argwhere(trunk) + 0.5) * step - 0.5 * np.asarray(spacing_mm)
     centre = points.mean(axis=0)
     values = np.linalg.eigvalsh(np.cov((points - centre).T))
     if values[1] <= 0 or math.sqrt(values[2] / values[1]) < MIN_ELONGATION:
