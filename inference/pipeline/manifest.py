@@ -57,7 +57,8 @@ def model_entry(card: ModelCard) -> dict[str, Any]:
 def orientation_entry(finding: OrientationFinding | None, header_axcodes: Sequence[str]) -> dict[str, Any]:
     """The manifest's ``orientation``: what the header said, what the anatomy says, the turn
     applied, whether they agree (None when the anatomy is too unsure to say), confidence, and
-    the findings in plain words; ``{"mode": "header"}`` when the anatomy was not consulted."""
+    the findings in plain words (the summary also says when an oblique mouse was straightened);
+    ``{"mode": "header"}`` when the anatomy was not consulted."""
     if finding is None:
         return {
             "mode": "header",
@@ -71,6 +72,8 @@ def orientation_entry(finding: OrientationFinding | None, header_axcodes: Sequen
         summary = "Header and anatomy agree."
     else:
         summary = "The anatomy could not confirm the header's orientation; the header was used."
+    if finding.straightening is not None:
+        summary = f"{summary} {finding.straightening.finding}"
     return {"mode": "anatomy", "summary": summary, **entry}
 
 

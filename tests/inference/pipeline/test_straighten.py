@@ -101,4 +101,5 @@ def test_the_pipeline_straightens_an_oblique_mouse_and_says_so(
     entry = orientation_entry(out.orientation, ("R", "A", "S"))
     assert entry["straightened"]["tilt_deg"] == pytest.approx(out.orientation.straightening.tilt_deg, abs=0.1)
     assert "degrees off the scan's" in " ".join(entry["findings"])
+    assert "straightened for the models" in str(entry["summary"])
     assert header.orientation is None
