@@ -12,11 +12,12 @@ parameter random: a deformation (small rotation, anisotropic scale, smooth elast
 label fractions move with it, so image and labels stay aligned), a field of view (head, thorax,
 torso, whole body, in-plane crops), sometimes a second mouse and a bed, each tissue's mean HU and
 spread sampled widely in CT's physical order (air < lung < fat < soft tissue < bone), textures in
-the unlabelled body, and a scanner (blur, voxel size as residual noise after box-averaging,
-noise 5-80 HU, bias field, rings, streaks, beam hardening near bone). The image is rendered
-directly on the coarse grid as ``sum_k fraction_k * intensity_k``: that is what box-averaging a
-piecewise-constant scan gives, so partial volume at every outline is right and a sample costs
-tens of milliseconds.
+the unlabelled body (with ``plain_body``, sometimes one smooth level near the organs' own and no
+fat between them, so that only their shapes place their edges), and a scanner (blur, voxel size as
+residual noise after box-averaging, noise 5-80 HU, bias field, rings, streaks, beam hardening near
+bone). The image is rendered directly on the coarse grid as ``sum_k fraction_k * intensity_k``:
+that is what box-averaging a piecewise-constant scan gives, so partial volume at every outline is
+right and a sample costs tens of milliseconds.
 
 Array contract: every volume is (x, y, z) in closest-canonical RAS order (x to the mouse's right,
 y ventral, z cranial), float32 HU for images, uint8 (255 = whole voxel) for fractions, with
@@ -459,6 +460,7 @@ def synth_sample(
     shape: tuple[int, int, int] | None = None,
     centre: tuple[int, int, int] | None = None,
     variety: float = 1.0,
+    plain_body: float = 0.0,
 ) -> Sample:
     """One randomised training volume from ``source`` (see the module docstring).
 
@@ -468,7 +470,9 @@ def synth_sample(
     yields, so that one real mouse stands for many: per-axis scale +-7 % -> +-10.5 %, elastic
     field up to 1.6 -> 3.2 voxels with a longer correlation, 4 -> 6 organs grown or shrunk by
     +-20 % -> +-30 %, and each of them moved by ~0.5 mm (per axis, s.d.) among its neighbours
-    (figures at variety 2). Same source, seed and variety, same arrays.
+    (figures at variety 2). ``plain_body`` is the chance that the unlabelled body is drawn as one
+    smooth tissue near the organs' level with no fat between them (at 0, the default, every volume
+    is drawn as by 2.2.0's generator). Same source, seed, variety and plain_body, same arrays.
     """
     rng = np.random.default_rng([seed, 19])
     src_shape = np.array(source.fractions.shape[1:])
@@ -594,6 +598,16 @@ def synth_sample(
     surface = ndimage.gaussian_filter(body, 1.0) < rng.uniform(0.6, 0.95)
     fat = np.where(surface & (rng.random() < 0.7), np.maximum(fat, 0.8), fat)
     rest_tex = (fat * fat_hu + (1 - fat) * muscle_hu) + float(rng.uniform(0, 20)) * fields[1]
+    plain_rng = np.random.default_rng([seed, 29])  # its own stream: plain_body=0 draws as before
+    if plain_rng.random() < plain_body:
+        # A plain body: the unlabelled tissue one smooth level close to the organs' own, no fat
+        # between them (a lean mouse; a simple tissue model). Organ edges are then barely in the
+        # image and the network has to place them by their shapes.
+        soft = [m for sid, m in means.items() if tissue_class(sid) == "soft"] or [muscle_hu]
+        muscle_hu = float(np.clip(np.mean(soft) + plain_rng.normal(0.0, 10.0), *HU_RANGES["soft"]))
+        fat = np.where(surface & (plain_rng.random() < 0.5), 0.8, 0.0)
+        rest_tex = fat * fat_hu + (1 - fat) * muscle_hu + float(plain_rng.uniform(0, 8)) * fields[1]
+        params["plain_body"] = True
     image += rest * rest_tex
 
     # Scanner: beam hardening near bone, rings, streaks, bias, blur, noise (as left after the

@@ -112,6 +112,7 @@ def finetune(
     device: str = "cpu",
     command: str = "",
     variety: float = 1.0,
+    plain_body: float = 0.0,
 ) -> Path:
     spec = TASKS[task]
     sources, cases = native_cases(pool, spec, POOL_SEEDS)
@@ -122,7 +123,9 @@ def finetune(
         sources.append(digimouse_source())
         weights.append(digimouse_weight / (1 - digimouse_weight) * (len(weights)))
     focus = (ID["tumor"],) if task == "tumor" else ()
-    synth = SynthPool(sources, spec, seed=seed, weights=weights, focus_ids=focus, variety=variety)
+    synth = SynthPool(
+        sources, spec, seed=seed, weights=weights, focus_ids=focus, variety=variety, plain_body=plain_body
+    )
     val: dict[str, list[Case]] = digimouse_cases(spec)
     if (pool / "native_08000.npz").exists():
         val["val_native"] = native_cases(pool, spec, range(8000, 8002))[1]
@@ -177,6 +180,7 @@ def finetune(
         "noise_hu": cfg.noise_hu,
         "synth_rate": synth_rate,
         "anatomy_variety": variety,
+        "plain_body": plain_body,
         "command": command or "python -m inference.training.finetune_synth " + " ".join(sys.argv[1:]),
         "history": cfg.history,
     }
@@ -222,6 +226,13 @@ def main(argv: list[str] | None = None) -> None:
         help="widen the anatomy drawn from each source (synth.synth_sample): "
         "1 as 2.0.0, 2 for 2.1.0, 2.5 for 2.2.0",
     )
+    parser.add_argument(
+        "--plain-body",
+        type=float,
+        default=0.0,
+        help="chance that a synthetic volume's unlabelled body is one smooth tissue near the organs' "
+        "level, no fat between organs (synth.synth_sample); 0 for 2.2.0 and earlier",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     finetune(
@@ -239,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
         synth_rate=args.synth_rate,
         device=args.device,
         variety=args.variety,
+        plain_body=args.plain_body,
     )
 
 

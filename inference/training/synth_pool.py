@@ -36,6 +36,7 @@ class SynthPool:
     weights: Sequence[float] | None = None
     focus_ids: tuple[int, ...] = ()
     variety: float = 1.0
+    plain_body: float = 0.0
     cases: list[Case] = field(default_factory=list)
     drawn: int = 0
 
@@ -57,7 +58,9 @@ class SynthPool:
                 centre = (x, y, z)
         seed = self.seed * 1_000_000 + self.drawn
         self.drawn += 1
-        sample = synth_sample(source, seed, shape=self.shape, centre=centre, variety=self.variety)
+        sample = synth_sample(
+            source, seed, shape=self.shape, centre=centre, variety=self.variety, plain_body=self.plain_body
+        )
         return case_from_arrays(
             f"synth-{source.name}-{seed}",
             self.spec,

@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from inference.phantom import digimouse
 from inference.phantom.synth import (
@@ -123,6 +124,34 @@ def test_wider_anatomy_is_deterministic_and_keeps_labels_on_the_image() -> None:
     assert differs == 8
     assert min(factors) >= 0.7 and max(factors) <= 1.3
     assert min(factors) < 0.8 or max(factors) > 1.2  # beyond 2.0.0's 0.8-1.2
+
+
+def test_plain_body_puts_the_unlabelled_tissue_at_the_organs_level() -> None:
+    """``plain_body`` (2.3.0's training) draws some volumes' unlabelled body as one smooth tissue
+    near the soft organs' level with no fat inside it: the organs' edges then hardly show and only
+    their shapes place them. At 0 (the default) every volume is drawn as before."""
+    source = tiny_source()
+    assert np.array_equal(synth_sample(source, 3, plain_body=0.0).ct, synth_sample(source, 3).ct)
+    a, b = synth_sample(source, 3, plain_body=1.0), synth_sample(source, 3, plain_body=1.0)
+    assert np.array_equal(a.ct, b.ct) and a.params == b.params
+    flagged = 0
+    for seed in range(6):
+        sample = synth_sample(source, seed, plain_body=1.0)
+        flagged += bool(sample.params.get("plain_body"))
+        hu = sample.params["hu"]
+        assert isinstance(hu, dict)
+        soft = [hu[name] for name in ("heart", "liver") if name in hu]
+        assert abs(hu["muscle"] - float(np.mean(soft))) < 45.0
+        # Deep inside the body, away from every organ and the skin, no fat-like voxel is left.
+        labelled = sample.fractions[1:].sum(axis=0) > 0
+        inside = ndimage.binary_erosion(sample.ct > -500, iterations=3) & ~ndimage.binary_dilation(
+            labelled, iterations=2
+        )
+        if inside.sum() >= 20:
+            residual = float(sample.params["scanner"]["residual_noise_hu"])  # type: ignore[index]
+            assert float(np.median(sample.ct[inside])) > hu["muscle"] - 20.0 - residual
+    assert flagged == 6
+    assert not any(synth_sample(source, seed).params.get("plain_body") for seed in range(6))
 
 
 def test_beds_are_background_and_never_tumor() -> None:
