@@ -474,6 +474,8 @@ def synth_sample(
     smooth tissue near the organs' level with no fat between them (at 0, the default, every volume
     is drawn as by 2.2.0's generator). Same source, seed, variety and plain_body, same arrays.
     """
+    if not 0.0 <= plain_body <= 1.0:
+        raise ValueError(f"plain_body is a chance: 0 to 1, not {plain_body}")
     rng = np.random.default_rng([seed, 19])
     src_shape = np.array(source.fractions.shape[1:])
     kind, z_lo, z_hi = _field_of_view(source, rng)

@@ -234,6 +234,10 @@ def main(argv: list[str] | None = None) -> None:
         "level, no fat between organs (synth.synth_sample); 0 for 2.2.0 and earlier",
     )
     args = parser.parse_args(argv)
+    if not 0.0 <= args.plain_body <= 1.0:
+        parser.error(f"--plain-body is the share of volumes drawn so: give 0 to 1, not {args.plain_body}")
+    if args.variety < 1.0:
+        parser.error(f"--variety widens the anatomy: give 1 (as 2.0.0) or more, not {args.variety}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     finetune(
         args.task,

@@ -127,7 +127,7 @@ def test_wider_anatomy_is_deterministic_and_keeps_labels_on_the_image() -> None:
 
 
 def test_plain_body_puts_the_unlabelled_tissue_at_the_organs_level() -> None:
-    """``plain_body`` (2.3.0's training) draws some volumes' unlabelled body as one smooth tissue
+    """``plain_body`` (tried for a 2.3.0, not shipped: see the model card) draws some volumes' unlabelled body as one smooth tissue
     near the soft organs' level with no fat inside it: the organs' edges then hardly show and only
     their shapes place them. At 0 (the default) every volume is drawn as before."""
     source = tiny_source()
@@ -152,6 +152,24 @@ def test_plain_body_puts_the_unlabelled_tissue_at_the_organs_level() -> None:
             assert float(np.median(sample.ct[inside])) > hu["muscle"] - 20.0 - residual
     assert flagged == 6
     assert not any(synth_sample(source, seed).params.get("plain_body") for seed in range(6))
+    with pytest.raises(ValueError, match="plain_body is a chance"):
+        synth_sample(source, 3, plain_body=1.5)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--plain-body", "35"], "--plain-body is the share"), (["--variety", "0.5"], "--variety widens")],
+)
+def test_finetune_refuses_settings_out_of_range(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inference.training.finetune_synth import main
+
+    base = ["--task", "organs", "--init", "x/model.onnx", "--out", "y", "--version", "9.9.9"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(base + args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_beds_are_background_and_never_tumor() -> None:
