@@ -127,9 +127,10 @@ def test_wider_anatomy_is_deterministic_and_keeps_labels_on_the_image() -> None:
 
 
 def test_plain_body_puts_the_unlabelled_tissue_at_the_organs_level() -> None:
-    """``plain_body`` (tried for a 2.3.0, not shipped: see the model card) draws some volumes' unlabelled body as one smooth tissue
-    near the soft organs' level with no fat inside it: the organs' edges then hardly show and only
-    their shapes place them. At 0 (the default) every volume is drawn as before."""
+    """``plain_body`` (tried for a 2.3.0, not shipped: see the model card) draws some volumes'
+    unlabelled body as one smooth tissue near the soft organs' level with no fat inside it: the
+    organs' edges then hardly show and only their shapes place them. At 0 (the default) every
+    volume is drawn as before."""
     source = tiny_source()
     assert np.array_equal(synth_sample(source, 3, plain_body=0.0).ct, synth_sample(source, 3).ct)
     a, b = synth_sample(source, 3, plain_body=1.0), synth_sample(source, 3, plain_body=1.0)
