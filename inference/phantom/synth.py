@@ -15,9 +15,10 @@ spread sampled widely in CT's physical order (air < lung < fat < soft tissue < b
 the unlabelled body (with ``plain_body``, sometimes one smooth level near the organs' own and no
 fat between them, so that only their shapes place their edges), and a scanner (blur, voxel size as
 residual noise after box-averaging, noise 5-80 HU, bias field, rings, streaks, beam hardening near
-bone). The image is rendered directly on the coarse grid as ``sum_k fraction_k * intensity_k``:
-that is what box-averaging a piecewise-constant scan gives, so partial volume at every outline is
-right and a sample costs tens of milliseconds.
+bone; with ``clipped``, sometimes an export that cut the values off below -600..-300 HU and above
+700-1500 HU, as the tumor database's [-400, 1000] does). The image is rendered directly on the
+coarse grid as ``sum_k fraction_k * intensity_k``: that is what box-averaging a piecewise-constant
+scan gives, so partial volume at every outline is right and a sample costs tens of milliseconds.
 
 Array contract: every volume is (x, y, z) in closest-canonical RAS order (x to the mouse's right,
 y ventral, z cranial), float32 HU for images, uint8 (255 = whole voxel) for fractions, with
@@ -461,6 +462,7 @@ def synth_sample(
     centre: tuple[int, int, int] | None = None,
     variety: float = 1.0,
     plain_body: float = 0.0,
+    clipped: float = 0.0,
 ) -> Sample:
     """One randomised training volume from ``source`` (see the module docstring).
 
@@ -472,10 +474,14 @@ def synth_sample(
     +-20 % -> +-30 %, and each of them moved by ~0.5 mm (per axis, s.d.) among its neighbours
     (figures at variety 2). ``plain_body`` is the chance that the unlabelled body is drawn as one
     smooth tissue near the organs' level with no fat between them (at 0, the default, every volume
-    is drawn as by 2.2.0's generator). Same source, seed, variety and plain_body, same arrays.
+    is drawn as by 2.2.0's generator). ``clipped`` is the chance that the scan's values are cut
+    off at both ends as some exports do (air then reads -600..-300 HU inside the field of view; at
+    0, the default, none is). Same source, seed and options, same arrays.
     """
     if not 0.0 <= plain_body <= 1.0:
         raise ValueError(f"plain_body is a chance: 0 to 1, not {plain_body}")
+    if not 0.0 <= clipped <= 1.0:
+        raise ValueError(f"clipped is a chance: 0 to 1, not {clipped}")
     rng = np.random.default_rng([seed, 19])
     src_shape = np.array(source.fractions.shape[1:])
     kind, z_lo, z_hi = _field_of_view(source, rng)
@@ -662,6 +668,13 @@ def synth_sample(
         residual_noise_hu=round(residual, 2),
         bias_hu=round(bias, 1),
     )
+    clip_rng = np.random.default_rng([seed, 31])  # its own stream: clipped=0 draws as before
+    if clip_rng.random() < clipped:
+        # An export clipped at both ends: air inside the field of view reads as dark as lung, so
+        # the network must not take "brighter than -1000" for body.
+        low, high = float(clip_rng.uniform(-600.0, -300.0)), float(clip_rng.uniform(700.0, 1500.0))
+        image = np.clip(image, low, high)
+        scanner["clipped_hu"] = [round(low, 1), round(high, 1)]
     params["scanner"] = scanner
     params["hu"] = {
         "air": round(air_hu, 1),

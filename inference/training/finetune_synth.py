@@ -113,6 +113,7 @@ def finetune(
     command: str = "",
     variety: float = 1.0,
     plain_body: float = 0.0,
+    clipped: float = 0.0,
 ) -> Path:
     spec = TASKS[task]
     sources, cases = native_cases(pool, spec, POOL_SEEDS)
@@ -124,7 +125,14 @@ def finetune(
         weights.append(digimouse_weight / (1 - digimouse_weight) * (len(weights)))
     focus = (ID["tumor"],) if task == "tumor" else ()
     synth = SynthPool(
-        sources, spec, seed=seed, weights=weights, focus_ids=focus, variety=variety, plain_body=plain_body
+        sources,
+        spec,
+        seed=seed,
+        weights=weights,
+        focus_ids=focus,
+        variety=variety,
+        plain_body=plain_body,
+        clipped=clipped,
     )
     val: dict[str, list[Case]] = digimouse_cases(spec)
     if (pool / "native_08000.npz").exists():
@@ -181,6 +189,7 @@ def finetune(
         "synth_rate": synth_rate,
         "anatomy_variety": variety,
         "plain_body": plain_body,
+        "clipped": clipped,
         "command": command or "python -m inference.training.finetune_synth " + " ".join(sys.argv[1:]),
         "history": cfg.history,
     }
@@ -233,9 +242,17 @@ def main(argv: list[str] | None = None) -> None:
         help="chance that a synthetic volume's unlabelled body is one smooth tissue near the organs' "
         "level, no fat between organs (synth.synth_sample); 0 for 2.2.0 and earlier",
     )
+    parser.add_argument(
+        "--clipped",
+        type=float,
+        default=0.0,
+        help="chance that a synthetic volume's values are cut off at both ends as some exports do "
+        "(synth.synth_sample); 0 for 2.2.0 and earlier",
+    )
     args = parser.parse_args(argv)
-    if not 0.0 <= args.plain_body <= 1.0:
-        parser.error(f"--plain-body is the share of volumes drawn so: give 0 to 1, not {args.plain_body}")
+    for flag, share in (("--plain-body", args.plain_body), ("--clipped", args.clipped)):
+        if not 0.0 <= share <= 1.0:
+            parser.error(f"{flag} is the share of volumes drawn so: give 0 to 1, not {share}")
     if args.variety < 1.0:
         parser.error(f"--variety widens the anatomy: give 1 (as 2.0.0) or more, not {args.variety}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -255,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device,
         variety=args.variety,
         plain_body=args.plain_body,
+        clipped=args.clipped,
     )
 
 

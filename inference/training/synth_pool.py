@@ -37,6 +37,7 @@ class SynthPool:
     focus_ids: tuple[int, ...] = ()
     variety: float = 1.0
     plain_body: float = 0.0
+    clipped: float = 0.0
     cases: list[Case] = field(default_factory=list)
     drawn: int = 0
 
@@ -59,7 +60,13 @@ class SynthPool:
         seed = self.seed * 1_000_000 + self.drawn
         self.drawn += 1
         sample = synth_sample(
-            source, seed, shape=self.shape, centre=centre, variety=self.variety, plain_body=self.plain_body
+            source,
+            seed,
+            shape=self.shape,
+            centre=centre,
+            variety=self.variety,
+            plain_body=self.plain_body,
+            clipped=self.clipped,
         )
         return case_from_arrays(
             f"synth-{source.name}-{seed}",

@@ -157,9 +157,37 @@ def test_plain_body_puts_the_unlabelled_tissue_at_the_organs_level() -> None:
         synth_sample(source, 3, plain_body=1.5)
 
 
+def test_clipped_exports_cut_the_values_off_and_keep_the_padding_air() -> None:
+    """``clipped`` draws some volumes as an export clipped at both ends (the tumor database's
+    [-400, 1000] HU): air inside the field of view reads -600..-300 HU, nothing above the top cut,
+    while outside the scanned slab stays -1000 HU as the pipeline pads. At 0 nothing changes."""
+    source = tiny_source()
+    assert np.array_equal(synth_sample(source, 4, clipped=0.0).ct, synth_sample(source, 4).ct)
+    for seed in range(5):
+        sample = synth_sample(source, seed, clipped=1.0)
+        low, high = sample.params["scanner"]["clipped_hu"]  # type: ignore[index]
+        assert -600.0 <= low <= -300.0 and 700.0 <= high <= 1500.0
+        inside = sample.ct > -1000.0
+        floor = float(sample.ct[inside].min())  # the parameters are recorded to 0.1 HU
+        assert abs(floor - low) <= 0.05 and float(sample.ct.max()) <= high + 0.05
+        assert (sample.ct[inside] == floor).mean() > 0.05  # the air piles up at the cut
+        # The anatomy is the unclipped draw's: same labels, same soft tissue.
+        unclipped = synth_sample(source, seed)
+        assert np.array_equal(sample.fractions, unclipped.fractions)
+        soft = (unclipped.ct > low) & (unclipped.ct < high)
+        assert np.allclose(sample.ct[soft], unclipped.ct[soft])
+    assert not any("clipped_hu" in synth_sample(source, s).params["scanner"] for s in range(5))  # type: ignore[operator]
+    with pytest.raises(ValueError, match="clipped is a chance"):
+        synth_sample(source, 3, clipped=-0.1)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--plain-body", "35"], "--plain-body is the share"), (["--variety", "0.5"], "--variety widens")],
+    [
+        (["--plain-body", "35"], "--plain-body is the share"),
+        (["--clipped", "2"], "--clipped is the share"),
+        (["--variety", "0.5"], "--variety widens"),
+    ],
 )
 def test_finetune_refuses_settings_out_of_range(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str]
