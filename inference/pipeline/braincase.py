@@ -1,18 +1,18 @@
 """The brain fills its braincase: where the organ model drew it short, the skull says how far it goes.
 
-On the real 8-bit head scans of ``../shared/realdata/mouse_ct_atlas/`` (calibrated, turned to
-their pose) ``mouse-organs`` 2.2.0 draws the dorsal brain and leaves a rim under the skull and the
-ventral brain undrawn: 242 and 273 mm^3, where an adult mouse brain is 400-500 mm^3 and the atlas'
-endocranial label (label 15 of ``low_res_template_UCHAR-label.nii.gz``) holds 458 mm^3. The
-braincase is measured here from the brain's centre outwards: along each of ``RAYS`` directions,
+On the real 8-bit head scans of ``../shared/realdata/mouse_ct_atlas/`` (calibrated, turned to their
+pose) ``mouse-organs`` 2.2.0 draws the dorsal brain and leaves a rim under the skull and the ventral
+brain undrawn: 242 and 273 mm^3 (2.4.0: 239 and 348), where an adult mouse brain is 400-500 mm^3 and
+the atlas' endocranial label (label 15 of ``low_res_template_UCHAR-label.nii.gz``) holds 458 mm^3.
+The braincase is measured here from the brain's centre outwards: along each of ``RAYS`` directions,
 to the first bone met, where that bone lies within ``REACH_MM`` beyond the drawn brain (the skull
-round it), else only to the drawn brain's edge (a foramen, or no skull drawn); of what those
-radii enclose, the soft tissue that is not bone nor another organ. Jaw and cheek bones lie behind
-the skull along every ray, so they never widen it (a convex hull of the skull did, and grew the
+round it), else only to the drawn brain's edge (a foramen, or no skull drawn); of what those radii
+enclose, the soft tissue that is not bone nor another organ. Jaw and cheek bones lie behind the
+skull along every ray, so they never widen it (a convex hull of the skull did, and grew the
 Digimouse brain into the muscles beside it). The drawn brain fills 94 % of its braincase on the
-Digimouse CT, 98-99 % on held-out phantoms, the true Digimouse brain 87 %, and 70-71 % on the real
-heads; a brain that fills less than ``FILLED`` is grown into the rest (background voxels joined
-to the brain), and the manifest says so with the volumes before and after.
+Digimouse CT, 98-99 % on held-out phantoms, the true Digimouse brain 87 %, and 70-82 % on the real
+heads; a brain that fills less than ``FILLED`` is grown into the rest (background voxels joined to
+the brain), and the manifest says so with the volumes before and after.
 """
 
 from __future__ import annotations
