@@ -478,10 +478,9 @@ def synth_sample(
     off at both ends as some exports do (air then reads -600..-300 HU inside the field of view; at
     0, the default, none is). Same source, seed and options, same arrays.
     """
-    if not 0.0 <= plain_body <= 1.0:
-        raise ValueError(f"plain_body is a chance: 0 to 1, not {plain_body}")
-    if not 0.0 <= clipped <= 1.0:
-        raise ValueError(f"clipped is a chance: 0 to 1, not {clipped}")
+    for name, chance in (("plain_body", plain_body), ("clipped", clipped)):
+        if not 0.0 <= chance <= 1.0:
+            raise ValueError(f"{name} is a chance: 0 to 1, not {chance}")
     rng = np.random.default_rng([seed, 19])
     src_shape = np.array(source.fractions.shape[1:])
     kind, z_lo, z_hi = _field_of_view(source, rng)
@@ -669,7 +668,7 @@ def synth_sample(
         bias_hu=round(bias, 1),
     )
     clip_rng = np.random.default_rng([seed, 31])  # its own stream: clipped=0 draws as before
-    if clip_rng.random() < clipped:
+    if clipped and clip_rng.random() < clipped:
         # An export clipped at both ends: air inside the field of view reads as dark as lung, so
         # the network must not take "brighter than -1000" for body.
         low, high = float(clip_rng.uniform(-600.0, -300.0)), float(clip_rng.uniform(700.0, 1500.0))
