@@ -16,7 +16,8 @@ the unlabelled body (with ``plain_body``, sometimes one smooth level near the or
 fat between them, so that only their shapes place their edges), and a scanner (blur, voxel size as
 residual noise after box-averaging, noise 5-80 HU, bias field, rings, streaks, beam hardening near
 bone; with ``clipped``, sometimes an export that cut the values off below -600..-300 HU and above
-700-1500 HU, as the tumor database's [-400, 1000] does). The image is rendered directly on the
+700-1500 HU, as the tumor database's [-400, 1000] does; with ``rolled``, sometimes a mouse lying
+part-way on its side). The image is rendered directly on the
 coarse grid as ``sum_k fraction_k * intensity_k``: that is what box-averaging a piecewise-constant
 scan gives, so partial volume at every outline is right and a sample costs tens of milliseconds.
 
@@ -356,18 +357,20 @@ def _warp_coordinates(
     origin: np.ndarray,
     rng: np.random.Generator,
     variety: float = 1.0,
+    extra_roll: float = 0.0,
 ) -> tuple[np.ndarray, dict[str, object]]:
     """Source coordinates [3, X, Y, Z] of every output voxel: the output box at ``origin`` (source
     voxels), rotated and scaled about its centre, bent along the spine, deformed elastically, and
     each of a few organs grown or shrunk about its own centre.
 
     ``variety`` above 1 widens the anatomy drawn from one source (``synth_sample``'s docstring);
-    at 1 the draws are exactly those of the committed 2.0.0 runs."""
+    at 1 the draws are exactly those of the committed 2.0.0 runs. ``extra_roll`` (radians) turns
+    the mouse further about its long axis, part-way onto its side."""
     centre_out = (np.array(shape) - 1) / 2.0
     pose = str(rng.choice(["prone", "supine", "lateral"], p=[0.88, 0.08, 0.04]))
     roll = {"prone": 0.0, "supine": np.pi, "lateral": float(rng.choice([-0.5, 0.5])) * np.pi}[pose]
     small = rng.normal(0.0, [0.07, 0.07, 0.1])
-    rot = _rotation(float(small[0]), float(small[1]), roll + float(small[2]))
+    rot = _rotation(float(small[0]), float(small[1]), roll + extra_roll + float(small[2]))
     spread = 0.07 * (1.0 + 0.5 * (variety - 1.0))
     scale = rng.uniform(0.85, 1.15) * rng.uniform(1.0 - spread, 1.0 + spread, size=3)
     # Output voxel p samples the source at origin + c + R^-1 diag(1/s) (p - c) (+ displacements).
@@ -414,6 +417,7 @@ def _warp_coordinates(
     params: dict[str, object] = {
         "pose": pose,
         "rotation_rad": [round(float(a), 3) for a in small],
+        "extra_roll_deg": round(float(np.degrees(extra_roll)), 1),
         "scale": [round(float(s), 3) for s in scale],
         "elastic_voxels": round(strength, 2),
         "organ_scale": grown,
@@ -463,6 +467,7 @@ def synth_sample(
     variety: float = 1.0,
     plain_body: float = 0.0,
     clipped: float = 0.0,
+    rolled: float = 0.0,
 ) -> Sample:
     """One randomised training volume from ``source`` (see the module docstring).
 
@@ -476,22 +481,29 @@ def synth_sample(
     smooth tissue near the organs' level with no fat between them (at 0, the default, every volume
     is drawn as by 2.2.0's generator). ``clipped`` is the chance that the scan's values are cut
     off at both ends as some exports do (air then reads -600..-300 HU inside the field of view; at
-    0, the default, none is). Same source, seed and options, same arrays.
+    0, the default, none is). ``rolled`` is the chance that the mouse lies part-way on its side:
+    turned a further 10-40 degrees either way about its long axis (beside the few degrees every
+    volume gets; at 0, the default, none is). Same source, seed and options, same arrays.
     """
-    for name, chance in (("plain_body", plain_body), ("clipped", clipped)):
+    for name, chance in (("plain_body", plain_body), ("clipped", clipped), ("rolled", rolled)):
         if not 0.0 <= chance <= 1.0:
             raise ValueError(f"{name} is a chance: 0 to 1, not {chance}")
     rng = np.random.default_rng([seed, 19])
     src_shape = np.array(source.fractions.shape[1:])
     kind, z_lo, z_hi = _field_of_view(source, rng)
-    out_shape = tuple(int(s) for s in (shape if shape is not None else src_shape))
+    nx, ny, nz = (int(s) for s in (shape if shape is not None else src_shape))
+    out_shape = (nx, ny, nz)
     if centre is None:
         c = src_shape / 2.0 + rng.normal(0, 2.0, size=3)
         c[2] = rng.uniform(z_lo, z_hi)
     else:
         c = np.asarray(centre, dtype=float)
     origin = c - (np.array(out_shape) - 1) / 2.0
-    coords, params = _warp_coordinates(source, out_shape, origin, rng, variety)  # type: ignore[arg-type]
+    roll_rng = np.random.default_rng([seed, 37])  # its own stream: rolled=0 draws as before
+    extra_roll = 0.0
+    if rolled and roll_rng.random() < rolled:
+        extra_roll = float(roll_rng.choice([-1.0, 1.0]) * np.radians(roll_rng.uniform(10.0, 40.0)))
+    coords, params = _warp_coordinates(source, out_shape, origin, rng, variety, extra_roll)
     params["field_of_view"] = kind
 
     # Field of view: the scanned slab along the body, sometimes cut in-plane.

@@ -114,6 +114,7 @@ def finetune(
     variety: float = 1.0,
     plain_body: float = 0.0,
     clipped: float = 0.0,
+    rolled: float = 0.0,
 ) -> Path:
     spec = TASKS[task]
     sources, cases = native_cases(pool, spec, POOL_SEEDS)
@@ -133,6 +134,7 @@ def finetune(
         variety=variety,
         plain_body=plain_body,
         clipped=clipped,
+        rolled=rolled,
     )
     val: dict[str, list[Case]] = digimouse_cases(spec)
     if (pool / "native_08000.npz").exists():
@@ -190,6 +192,7 @@ def finetune(
         "anatomy_variety": variety,
         "plain_body": plain_body,
         "clipped": clipped,
+        "rolled": rolled,
         "command": command or "python -m inference.training.finetune_synth " + " ".join(sys.argv[1:]),
         "history": cfg.history,
     }
@@ -249,8 +252,19 @@ def main(argv: list[str] | None = None) -> None:
         help="chance that a synthetic volume's values are cut off at both ends as some exports do "
         "(synth.synth_sample); 0 for 2.2.0 and earlier",
     )
+    parser.add_argument(
+        "--rolled",
+        type=float,
+        default=0.0,
+        help="chance that a synthetic volume's mouse lies part-way on its side, turned 10-40 degrees "
+        "about its long axis (synth.synth_sample); 0 for 2.4.0 and earlier",
+    )
     args = parser.parse_args(argv)
-    for flag, share in (("--plain-body", args.plain_body), ("--clipped", args.clipped)):
+    for flag, share in (
+        ("--plain-body", args.plain_body),
+        ("--clipped", args.clipped),
+        ("--rolled", args.rolled),
+    ):
         if not 0.0 <= share <= 1.0:
             parser.error(f"{flag} is the share of volumes drawn so: give 0 to 1, not {share}")
     if args.variety < 1.0:
@@ -273,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
         variety=args.variety,
         plain_body=args.plain_body,
         clipped=args.clipped,
+        rolled=args.rolled,
     )
 
 

@@ -13,7 +13,8 @@ its own dtype, with its affine) and scored against the truth moved the same way:
   times the phantom's own.
 - ``spacing0.14`` / ``spacing0.28`` / ``spacing0.35``: the same mouse generated at that voxel size.
 - ``supine``: the array rotated 180 degrees about the long axis, header unchanged (a mouse on its
-  back, or an exporter that dropped the orientation); ``lateral``: 90 degrees (on its side).
+  back, or an exporter that dropped the orientation); ``lateral``: 90 degrees (on its side);
+  ``rolled``: 20 degrees (half-way onto its side, which no whole-axis turn undoes).
 - ``permuted``: the array's axes permuted and flipped (one of the 47 non-identity orientations,
   drawn per case) and the affine changed to match, so a header-aware reader recovers the mouse.
 - ``8bit``: the volume mapped linearly from [min, max] to 0-255 and stored as uint8 (no HU).
@@ -23,7 +24,8 @@ its own dtype, with its affine) and scored against the truth moved the same way:
 - ``digimouse`` / ``digimouse_torso``: the real-anatomy source, CT rendered from the Digimouse
   atlas (``phantom.digimouse.render_ct``), whole body and torso. It has no intestine or spinal
   cord labels (those are not scored) and no tumor. ``digimouse_torso_supine`` /
-  ``digimouse_torso_lateral``: that torso turned about its long axis, header unchanged;
+  ``digimouse_torso_lateral`` / ``digimouse_torso_rolled``: that torso turned 180, 90 or 20 degrees
+  about its long axis, header unchanged;
   ``digimouse_tilted`` / ``digimouse_torso_tilted``: the mouse lying 20 degrees diagonally in the
   scanner (turned about its dorso-ventral axis), whole, or its torso cut by the axial field.
 
@@ -98,6 +100,7 @@ VARIANTS: dict[str, str] = {
     "spacing0.35": "0.35 mm voxels",
     "supine": "rotated 180 degrees about the long axis, header unchanged",
     "lateral": "rotated 90 degrees about the long axis, header unchanged",
+    "rolled": "rolled 20 degrees about the long axis, header unchanged",
     "permuted": "axes permuted and flipped in the array, affine updated",
     "8bit": "linear map to 0-255, uint8, no HU",
     "neighbour": "a second mouse side by side in one field",
@@ -107,6 +110,7 @@ VARIANTS: dict[str, str] = {
     "digimouse_torso": "Digimouse atlas (real anatomy), torso",
     "digimouse_torso_supine": "Digimouse torso rotated 180 degrees about the long axis, header unchanged",
     "digimouse_torso_lateral": "Digimouse torso rotated 90 degrees about the long axis, header unchanged",
+    "digimouse_torso_rolled": "Digimouse torso rolled 20 degrees about the long axis, header unchanged",
     "digimouse_tilted": "Digimouse lying 20 degrees diagonally in the scanner",
     "digimouse_torso_tilted": "Digimouse lying 20 degrees diagonally, torso cut by the axial field",
 }
@@ -115,11 +119,14 @@ DIGIMOUSE_VARIANTS = (
     "digimouse_torso",
     "digimouse_torso_supine",
     "digimouse_torso_lateral",
+    "digimouse_torso_rolled",
     "digimouse_tilted",
     "digimouse_torso_tilted",
 )
 #: The diagonal of the tilted Digimouse variants (degrees, about the dorso-ventral axis).
 TILT_DEG = 20.0
+#: The part-way roll of the ``rolled`` variants (degrees, about the long axis).
+ROLL_DEG = 20.0
 #: What a variant did to a case, copied from its ``meta`` into the report.
 TRANSFORM_KEYS = ("permutation", "flips", "rescale", "neighbour", "bed_added", "widened")
 
@@ -205,6 +212,20 @@ def rotate_long_axis(case: Case, quarter_turns: int) -> Case:
         case,
         ct=np.ascontiguousarray(np.rot90(case.ct, k, axes=(0, 1))),
         labels=np.ascontiguousarray(np.rot90(case.labels, k, axes=(0, 1))),
+    )
+
+
+def roll_long_axis(case: Case, degrees: float) -> Case:
+    """The array turned about its z (long) axis by ``degrees``, affine unchanged, grown so that
+    nothing is cut off: a mouse lying part-way on its side where the header says prone. The CT
+    is interpolated linearly (air, -1000 HU, fills the new corners), the truth by nearest voxel."""
+    ct = ndimage.rotate(case.ct.astype(np.float32), degrees, axes=(0, 1), order=1, cval=-1000.0)
+    labels = ndimage.rotate(case.labels, degrees, axes=(0, 1), order=0, cval=0)
+    return replace(
+        case,
+        ct=np.ascontiguousarray(np.rint(ct).astype(case.ct.dtype)),
+        labels=np.ascontiguousarray(labels),
+        region=None,
     )
 
 
@@ -387,6 +408,8 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
             ct=np.ascontiguousarray(np.rint(ct[:, :, z0:z1]).astype(np.int16)),
             labels=np.ascontiguousarray(labels[:, :, z0:z1]),
         )
+    if variant.endswith("rolled"):
+        return replace(roll_long_axis(case, ROLL_DEG), name=f"digimouse_{crop}_rolled")
     turns = {"supine": 2, "lateral": 1}
     for pose, quarter_turns in turns.items():
         if variant.endswith(pose):
@@ -409,6 +432,7 @@ def make_case(variant: str, base: Case, seed: int, source: PhantomSource, neighb
         "spacing0.35": lambda: source.at_spacing(seed, 0.35),
         "supine": lambda: rotate_long_axis(base, 2),
         "lateral": lambda: rotate_long_axis(base, 1),
+        "rolled": lambda: roll_long_axis(base, ROLL_DEG),
         "permuted": lambda: permute_axes(base, *orientation_choice(seed)),
         "8bit": lambda: rescale_8bit(base),
         "neighbour": lambda: beside(base, source.native(neighbour_seed), seed % 2 == 0, seed),

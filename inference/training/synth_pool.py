@@ -38,6 +38,7 @@ class SynthPool:
     variety: float = 1.0
     plain_body: float = 0.0
     clipped: float = 0.0
+    rolled: float = 0.0
     cases: list[Case] = field(default_factory=list)
     drawn: int = 0
 
@@ -67,6 +68,7 @@ class SynthPool:
             variety=self.variety,
             plain_body=self.plain_body,
             clipped=self.clipped,
+            rolled=self.rolled,
         )
         return case_from_arrays(
             f"synth-{source.name}-{seed}",

@@ -263,3 +263,23 @@ def test_command_runs_end_to_end_and_writes_the_json(
     markdown = robustness.markdown_table(report).splitlines()
     assert len(markdown) == 2 + len(report["variants"])
     assert markdown[2].startswith("| native | 1 | ") and markdown[-1].endswith("| FAIL |")
+
+
+def test_a_part_way_roll_turns_the_truth_with_the_image(case: Case) -> None:
+    rolled = robustness.roll_long_axis(case, 20.0)
+    assert np.array_equal(rolled.affine, case.affine)  # header unchanged
+    assert rolled.ct.dtype == case.ct.dtype and rolled.ct.shape[2] == case.ct.shape[2]
+
+    def centre(c: Case, name: str) -> np.ndarray:
+        return np.argwhere(c.labels == BY_NAME[name].id)[:, :2].mean(axis=0)
+
+    def angle(c: Case) -> float:
+        d = centre(c, "lung_right") - centre(c, "lung_left")
+        return float(np.degrees(np.arctan2(d[1], d[0])))
+
+    # The lungs' left-right line turns by the roll (sign: ndimage.rotate's, axes (0, 1)).
+    assert abs(abs(angle(rolled) - angle(case)) - 20.0) < 2.0
+    liver = BY_NAME["liver"].id
+    kept = (rolled.labels == liver).sum() / (case.labels == liver).sum()
+    assert 0.97 < kept < 1.03  # nothing cut off by the turn
+    assert abs(np.median(rolled.ct[rolled.labels == liver]) - np.median(case.ct[case.labels == liver])) < 10

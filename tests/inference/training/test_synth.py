@@ -181,11 +181,41 @@ def test_clipped_exports_cut_the_values_off_and_keep_the_padding_air() -> None:
         synth_sample(source, 3, clipped=-0.1)
 
 
+def _bone_angle_deg(sample_fractions: np.ndarray) -> float:
+    """Where the bone rod lies round the box's centre, in degrees in the x-y plane."""
+    bone = sample_fractions[ID["bones"]].astype(np.float64)
+    x, y = np.indices(bone.shape[:2], dtype=np.float64)
+    weight = bone.sum(axis=2)
+    cx, cy = (float((a * weight).sum() / weight.sum()) for a in (x, y))
+    half = (np.array(bone.shape[:2]) - 1) / 2.0
+    return float(np.degrees(np.arctan2(cy - half[1], cx - half[0])))
+
+
+def test_rolled_mice_lie_part_way_on_their_side() -> None:
+    """``rolled`` turns some mice a further 10-40 degrees about the long axis, either way; the
+    labels turn with the image, and at 0 nothing changes."""
+    source = tiny_source()
+    assert np.array_equal(synth_sample(source, 4, rolled=0.0).ct, synth_sample(source, 4).ct)
+    signs = set()
+    for seed in range(6):
+        sample = synth_sample(source, seed, rolled=1.0)
+        extra = float(sample.params["extra_roll_deg"])  # type: ignore[arg-type]
+        assert 10.0 <= abs(extra) <= 40.0
+        signs.add(extra > 0)
+        turned = _bone_angle_deg(sample.fractions) - _bone_angle_deg(synth_sample(source, seed).fractions)
+        assert abs((turned - extra + 180.0) % 360.0 - 180.0) < 5.0
+    assert signs == {True, False}
+    assert all(synth_sample(source, s).params["extra_roll_deg"] == 0.0 for s in range(4))
+    with pytest.raises(ValueError, match="rolled is a chance"):
+        synth_sample(source, 3, rolled=1.5)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--plain-body", "35"], "--plain-body is the share"),
         (["--clipped", "2"], "--clipped is the share"),
+        (["--rolled", "-0.2"], "--rolled is the share"),
         (["--variety", "0.5"], "--variety widens"),
     ],
 )
