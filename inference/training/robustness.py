@@ -215,18 +215,23 @@ def rotate_long_axis(case: Case, quarter_turns: int) -> Case:
     )
 
 
-def roll_long_axis(case: Case, degrees: float) -> Case:
-    """The array turned about its z (long) axis by ``degrees``, affine unchanged, grown so that
-    nothing is cut off: a mouse lying part-way on its side where the header says prone. The CT
-    is interpolated linearly (air, -1000 HU, fills the new corners), the truth by nearest voxel."""
-    ct = ndimage.rotate(case.ct.astype(np.float32), degrees, axes=(0, 1), order=1, cval=-1000.0)
-    labels = ndimage.rotate(case.labels, degrees, axes=(0, 1), order=0, cval=0)
+def turn(case: Case, degrees: float, axes: tuple[int, int]) -> Case:
+    """The array turned by ``degrees`` in the plane of ``axes``, affine unchanged, grown so that
+    nothing is cut off. The CT is interpolated linearly (air, -1000 HU, fills the new corners),
+    the truth by nearest voxel."""
+    ct = ndimage.rotate(case.ct.astype(np.float32), degrees, axes=axes, order=1, cval=-1000.0)
+    labels = ndimage.rotate(case.labels, degrees, axes=axes, order=0, cval=0)
     return replace(
         case,
         ct=np.ascontiguousarray(np.rint(ct).astype(case.ct.dtype)),
         labels=np.ascontiguousarray(labels),
         region=None,
     )
+
+
+def roll_long_axis(case: Case, degrees: float) -> Case:
+    """A mouse lying part-way on its side where the header says prone: turned about z."""
+    return turn(case, degrees, (0, 1))
 
 
 def orientation_choice(seed: int) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
@@ -399,15 +404,10 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
         meta=phantom.meta,
     )
     if tilt:
-        ct = ndimage.rotate(case.ct.astype(np.float32), TILT_DEG, axes=(0, 2), order=1, cval=-1000.0)
-        labels = ndimage.rotate(case.labels, TILT_DEG, axes=(0, 2), order=0, cval=0)
-        z0, z1 = digimouse.torso_range(labels, spacing_mm) if crop == "torso" else (0, labels.shape[2])
-        return replace(
-            case,
-            name=f"digimouse_{crop}_tilted",
-            ct=np.ascontiguousarray(np.rint(ct[:, :, z0:z1]).astype(np.int16)),
-            labels=np.ascontiguousarray(labels[:, :, z0:z1]),
-        )
+        tilted = replace(turn(case, TILT_DEG, (0, 2)), name=f"digimouse_{crop}_tilted")
+        if crop == "whole":
+            return tilted
+        return crop_z(tilted, *digimouse.torso_range(tilted.labels, spacing_mm))
     if variant.endswith("rolled"):
         return replace(roll_long_axis(case, ROLL_DEG), name=f"digimouse_{crop}_rolled")
     turns = {"supine": 2, "lateral": 1}
