@@ -115,6 +115,9 @@ def finetune(
     plain_body: float = 0.0,
     clipped: float = 0.0,
     rolled: float = 0.0,
+    batch: int = 2,
+    workers: int = 0,
+    steps_per_epoch: int = 0,
 ) -> Path:
     spec = TASKS[task]
     sources, cases = native_cases(pool, spec, POOL_SEEDS)
@@ -147,6 +150,9 @@ def finetune(
         threads=threads,
         device=device,
         synth_rate=synth_rate,
+        batch=batch,
+        loader_workers=workers,
+        steps_per_epoch=steps_per_epoch,
     )
     work = Path("data") / "checkpoints" / f"{spec.name}-{version}"
     work.mkdir(parents=True, exist_ok=True)
@@ -162,6 +168,11 @@ def finetune(
         checkpoint_every=5,
     )
     seconds = time.monotonic() - t0
+    drawn = sum(cfg.synth_drawn.values())
+    last_seed = max(
+        (synth.for_worker(w, max(workers, 1)).seed_of(n - 1) for w, n in cfg.synth_drawn.items() if n),
+        default=0,
+    )
     training = {
         "data": (
             f"{synth_rate:.0%} of crops from domain-randomised volumes (inference/phantom/synth.py) "
@@ -172,16 +183,18 @@ def finetune(
                 if digimouse
                 else " (no Digimouse)"
             )
-            + f"; the rest from those phantoms' native scans; {synth.drawn} volumes drawn"
+            + f"; the rest from those phantoms' native scans; {drawn} volumes drawn"
         ),
         "seeds": {
             "training": seed,
             "phantoms": list(POOL_SEEDS),
-            "synth_volumes": [seed * 1_000_000, seed * 1_000_000 + synth.drawn - 1],
+            "synth_volumes": [seed * 1_000_000, last_seed],
         },
         "digimouse": digimouse,
         "epochs": len(cfg.history),
-        "steps": len(cfg.history) * max(len(cases) // cfg.batch, 1),
+        "steps": len(cfg.history) * (cfg.steps_per_epoch or max(len(cases) // cfg.batch, 1)),
+        "batch": cfg.batch,
+        "batch_workers": workers,
         "seconds": round(seconds, 1),
         "device": device,
         "threads": threads,
@@ -196,6 +209,8 @@ def finetune(
         "command": command or "python -m inference.training.finetune_synth " + " ".join(sys.argv[1:]),
         "history": cfg.history,
     }
+    # Kept beside the checkpoint, so that a run whose export fails can be exported again from it.
+    (work / "training.json").write_text(json.dumps(finite_or_null(training), indent=1) + "\n")
     export_model(model, spec, out, version=version, input_spacing_mm=0.63, training=training)
     carry_postprocess(init.parent, out)
     return out
@@ -259,7 +274,27 @@ def main(argv: list[str] | None = None) -> None:
         help="chance that a synthetic volume's mouse lies part-way on its side, turned 10-40 degrees "
         "about its long axis (synth.synth_sample); 0 for 2.4.0 and earlier",
     )
+    parser.add_argument("--batch", type=int, default=2, help="crops per step (2 on the CPU)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes that make the batches, for a GPU (0: made in line, as on the CPU)",
+    )
+    parser.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=0,
+        help="steps between progress checks and checkpoints (0: one pass over the phantoms)",
+    )
     args = parser.parse_args(argv)
+    for flag, value, least in (
+        ("--batch", args.batch, 1),
+        ("--workers", args.workers, 0),
+        ("--steps-per-epoch", args.steps_per_epoch, 0),
+    ):
+        if value < least:
+            parser.error(f"{flag} is a count: give {least} or more, not {value}")
     for flag, share in (
         ("--plain-body", args.plain_body),
         ("--clipped", args.clipped),
@@ -288,6 +323,9 @@ def main(argv: list[str] | None = None) -> None:
         plain_body=args.plain_body,
         clipped=args.clipped,
         rolled=args.rolled,
+        batch=args.batch,
+        workers=args.workers,
+        steps_per_epoch=args.steps_per_epoch,
     )
 
 

@@ -4,14 +4,16 @@
 CPU, more than a training step's crops are worth alone; so the trainer keeps ``size`` synthetic
 volumes and replaces one every ``refresh_every`` steps, round robin, each drawn from a source
 picked by weight with the next seed. Every pool case is a ``Case`` like a phantom's, so the
-trainer's crops, augmentation and partial-label loss apply unchanged.
+trainer's crops, augmentation and partial-label loss apply unchanged. Where crops are made in
+worker processes (``crop_stream.py``) each worker keeps its own pool (``for_worker``), drawing
+every ``stride``-th seed from ``offset`` so that no two workers draw the same volume.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -39,14 +41,26 @@ class SynthPool:
     plain_body: float = 0.0
     clipped: float = 0.0
     rolled: float = 0.0
+    offset: int = 0
+    stride: int = 1
     cases: list[Case] = field(default_factory=list)
     drawn: int = 0
 
     def __post_init__(self) -> None:
         w = np.ones(len(self.sources)) if self.weights is None else np.asarray(self.weights, float)
         self._p = w / w.sum()
-        self._rng = np.random.default_rng([self.seed, 23])
+        # One pool keeps the stream that runs before workers existed; each worker has its own.
+        key = [self.seed, 23] if self.stride == 1 else [self.seed, 23, self.offset, self.stride]
+        self._rng = np.random.default_rng(key)
         self._next = 0
+
+    def for_worker(self, worker: int, workers: int) -> SynthPool:
+        """An empty pool like this one for worker ``worker`` of ``workers`` (its own seeds)."""
+        return replace(self, offset=worker, stride=workers, cases=[], drawn=0)
+
+    def seed_of(self, k: int) -> int:
+        """The generator seed of this pool's ``k``-th volume."""
+        return self.seed * 1_000_000 + self.offset + k * self.stride
 
     def draw(self) -> Case:
         """One new case (the next seed)."""
@@ -58,7 +72,7 @@ class SynthPool:
             if len(hits):
                 x, y, z = (int(v) for v in hits[int(self._rng.integers(len(hits)))])
                 centre = (x, y, z)
-        seed = self.seed * 1_000_000 + self.drawn
+        seed = self.seed_of(self.drawn)
         self.drawn += 1
         sample = synth_sample(
             source,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 (the idiom every PyTorch reader knows)
 
+from inference.training.crop_stream import crop_batches
 from inference.training.data import Case, load_cases
 from inference.training.losses import disagreement_loss, partial_label_loss
 from inference.training.network import UNet3D
@@ -55,7 +56,13 @@ class TrainConfig:
     noise_hu: float = 12.0
     #: Share of crops drawn from domain-randomised volumes when a synth pool is given.
     synth_rate: float = 0.65
+    #: Processes that make the batches (``crop_stream.py``; for a GPU); 0 makes them in line.
+    loader_workers: int = 0
+    #: Steps between progress checks and checkpoints; 0 for one pass over the cases.
+    steps_per_epoch: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    #: Synthetic volumes each batch-making worker drew (filled in by ``train``).
+    synth_drawn: dict[int, int] = field(default_factory=dict)
 
 
 def pick_device(name: str) -> torch.device:
@@ -138,11 +145,11 @@ def sample_batch(
                 ]
             )
         ct = _crop(case.ct, start, src, -1000.0)
-        frac = _crop(case.fractions.astype(np.float32) / 255.0, start, src, 0.0)
+        frac = _crop(case.fractions, start, src, 0.0) / 255.0
         outside = frac.sum(axis=0) == 0
         frac[0][outside] = 1.0
-        ign = _crop(case.ignore.astype(np.float32) / 255.0, start, src, 0.0)
-        dis = _crop(case.disagreement.astype(np.float32) / 255.0, start, src, 0.0)
+        ign = _crop(case.ignore, start, src, 0.0) / 255.0
+        dis = _crop(case.disagreement, start, src, 0.0) / 255.0
         stack = torch.from_numpy(np.concatenate([ct[None], frac, ign[None], dis[None]]))[None]
         stack = F.interpolate(stack, size=tuple(int(s) for s in size), mode="trilinear", align_corners=False)[
             0
@@ -237,7 +244,10 @@ def train(
     # torch's typed overloads of Module.to omit memory_format, which Module.to documents and takes.
     model = model.to(device=device, memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    iters_per_epoch = max(len(cases) // cfg.batch, 1)
+    iters_per_epoch = cfg.steps_per_epoch or max(len(cases) // cfg.batch, 1)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest kernels
+    batches = crop_batches(cases, spec, cfg, synth, pin=device.type == "cuda") if cfg.loader_workers else None
     total = cfg.epochs * iters_per_epoch
     t0 = time.monotonic()
     step = 0
@@ -248,11 +258,15 @@ def train(
             progress = max(step / total, (time.monotonic() - t0) / (60 * cfg.max_minutes))
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-            if synth is not None:
-                synth.step(step)
-            image, target, labelled, weight, disagree = (
-                t.to(device) for t in sample_batch(cases, spec, cfg, rng, synth.cases if synth else None)
-            )
+            if batches is not None:
+                tensors, (worker, drawn) = next(batches)
+                cfg.synth_drawn[worker] = drawn
+            else:
+                if synth is not None:
+                    synth.step(step)
+                    cfg.synth_drawn[0] = synth.drawn
+                tensors = sample_batch(cases, spec, cfg, rng, synth.cases if synth else None)
+            image, target, labelled, weight, disagree = (t.to(device, non_blocking=True) for t in tensors)
             image = image.contiguous(memory_format=torch.channels_last_3d)
             logits, dis_logit = model(image)
             loss = partial_label_loss(logits, target, labelled, weight) + disagreement_loss(
@@ -263,6 +277,8 @@ def train(
             opt.step()
             losses.append(loss.item())
             step += 1
+            if time.monotonic() - t0 >= 60 * cfg.max_minutes:
+                break  # a long epoch (``steps_per_epoch``) must not outrun the time budget
         minutes = (time.monotonic() - t0) / 60
         entry: dict[str, object] = {
             "epoch": epoch + 1,
@@ -286,6 +302,8 @@ def train(
         if minutes >= cfg.max_minutes:
             log.info("time budget of %.0f minutes reached after %d epochs", cfg.max_minutes, epoch + 1)
             break
+    if batches is not None:
+        batches.close()  # ends the DataLoader's worker processes now, not at garbage collection
     model.eval()
     return model.to(memory_format=torch.contiguous_format)
 

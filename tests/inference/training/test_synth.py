@@ -217,6 +217,8 @@ def test_rolled_mice_lie_part_way_on_their_side() -> None:
         (["--clipped", "2"], "--clipped is the share"),
         (["--rolled", "-0.2"], "--rolled is the share"),
         (["--variety", "0.5"], "--variety widens"),
+        (["--batch", "0"], "--batch is a count: give 1 or more, not 0"),
+        (["--workers", "-2"], "--workers is a count: give 0 or more, not -2"),
     ],
 )
 def test_finetune_refuses_settings_out_of_range(
@@ -281,3 +283,35 @@ def test_a_short_run_on_synthetic_data_lowers_the_loss() -> None:
     losses = [float(h["loss"]) for h in cfg.history]
     assert len(losses) >= 10
     assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
+
+
+def test_batches_made_by_worker_processes_train_with_seeds_of_their_own() -> None:
+    spec = TaskSpec(
+        name="tiny",
+        task="organs",
+        structures=(0, ID["heart"], ID["lung_left"], ID["lung_right"], ID["liver"], ID["bones"]),
+        factor=3,
+        low_hu=-1000.0,
+        high_hu=1000.0,
+        base_channels=4,
+        crop=(16, 16, 24),
+    )
+    pool = SynthPool([tiny_source()], spec, seed=3, size=2, shape=(20, 20, 32), refresh_every=2)
+    # Two workers draw interleaved seeds, never the same volume, and none of the one-pool stream's
+    # order is disturbed: worker 0 of 1 is the pool itself.
+    assert {pool.for_worker(0, 2).seed_of(k) for k in range(50)}.isdisjoint(
+        {pool.for_worker(1, 2).seed_of(k) for k in range(50)}
+    )
+    assert [pool.for_worker(0, 1).seed_of(k) for k in range(3)] == [pool.seed_of(k) for k in range(3)]
+    cfg = TrainConfig(
+        epochs=2, batch=4, lr=1e-3, seed=0, threads=1, device="cpu", max_minutes=2.0, synth_rate=1.0
+    )
+    cfg.loader_workers, cfg.steps_per_epoch = 2, 3
+    drawn = synth_sample(tiny_source(), 99)
+    native = case_from_arrays("native", spec, drawn.ct, drawn.fractions, drawn.labelled)
+    train(spec, [native], cfg, synth=pool)
+    assert [h["epoch"] for h in cfg.history] == [1, 2]
+    assert all(np.isfinite(float(h["loss"])) for h in cfg.history)
+    # Both workers filled their own pool of 2 and refreshed it at the one-pool rate per crop.
+    assert sorted(cfg.synth_drawn) == [0, 1]
+    assert all(n >= 2 for n in cfg.synth_drawn.values())
