@@ -1,5 +1,5 @@
-"""An oblique mouse (pipeline/straighten.py): its tilt is read from the anatomy, the scan is
-straightened for the models and every map is put back on the scan's grid."""
+"""An oblique mouse (pipeline/straighten.py): its tilt and its roll are read from the anatomy, the
+scan is straightened for the models and every map is put back on the scan's grid."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from inference.phantom import Phantom, generate_phantom
 from inference.phantom import digimouse as atlas
 from inference.pipeline import predict_volume
 from inference.pipeline.manifest import orientation_entry
-from inference.pipeline.straighten import MIN_TILT_DEG, find_tilt
+from inference.pipeline.straighten import MIN_ROLL_DEG, MIN_TILT_DEG, find_tilt
 from inference.registry import ModelCard
 from tests.conftest import SHARED
 from tests.inference.pipeline.conftest import voxelwise_model
@@ -55,6 +55,38 @@ def test_a_mouse_along_the_scan_is_left_as_it_is(real_mouse: Phantom, degrees: i
     assert degrees < MIN_TILT_DEG
     assert find_tilt(ct, (SPACING_MM,) * 3) is None
     assert find_tilt(generate_phantom(9000, spacing_mm=0.84, n_annotators=0).ct, (0.84,) * 3) is None
+
+
+@pytest.fixture(scope="module")
+def upright_phantom() -> Phantom:
+    return generate_phantom(9000, spacing_mm=SPACING_MM, n_annotators=0)
+
+
+@pytest.mark.parametrize("degrees", [20, -25, 35])
+def test_a_mouse_rolled_onto_its_side_is_read_off_its_spine_and_turned_back(
+    upright_phantom: Phantom, degrees: int
+) -> None:
+    # Turned about the scan's z axis (its long axis): positive turns put the spine towards +x,
+    # the mouse onto its right side.
+    ct = tilted(upright_phantom.ct, degrees, (0, 1), -1000)
+    turn = find_tilt(ct, (SPACING_MM,) * 3)
+
+    assert turn is not None and abs(turn.roll_deg - degrees) < 4.0
+    assert turn.tilt_deg < MIN_TILT_DEG
+    assert ("right" if degrees > 0 else "left") + " side" in turn.finding
+    # Turned back, the same reading finds it upright.
+    assert find_tilt(turn.apply(ct), (SPACING_MM,) * 3) is None
+
+
+def test_a_mouse_rolled_less_than_the_models_learned_is_left_as_it_lies(
+    upright_phantom: Phantom, real_mouse: Phantom
+) -> None:
+    assert MIN_ROLL_DEG >= 10
+    assert find_tilt(tilted(upright_phantom.ct, 8, (0, 1), -1000), (SPACING_MM,) * 3) is None
+    # The atlas lies rolled a few degrees (the models learned it so): rolled 20 degrees further it
+    # is read at more than 20 and turned back past its own pose, to the spine straight dorsal.
+    turn = find_tilt(tilted(real_mouse.ct, 20, (0, 1), -1000), (SPACING_MM,) * 3)
+    assert turn is not None and 20 < turn.roll_deg < 32
 
 
 def test_a_straightened_map_goes_back_onto_the_scan_grid(real_mouse: Phantom) -> None:
@@ -103,3 +135,25 @@ def test_the_pipeline_straightens_an_oblique_mouse_and_says_so(
     assert "degrees off the scan's" in " ".join(entry["findings"])
     assert "straightened for the models" in str(entry["summary"])
     assert header.orientation is None
+
+
+def test_the_pipeline_turns_a_rolled_mouse_back_and_says_so(
+    real_mouse: Phantom, voxelwise: ModelCard
+) -> None:
+    # As above, a 450 HU ball in the liver, the mouse now rolled 25 degrees onto its right side.
+    ct = tilted(real_mouse.ct, 25, (0, 1), -1000)
+    centre = np.argwhere(tilted(real_mouse.labels, 25, (0, 1), 0) == 4).mean(axis=0)
+    grid = np.indices(ct.shape, dtype=np.float32)
+    ball = sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) <= (6.0 / SPACING_MM) ** 2
+    ct[ball] = 450
+    near = tuple(slice(int(c) - 20, int(c) + 21) for c in centre)
+
+    out = predict_volume(ct, AFFINE, [voxelwise], threads=1)
+
+    assert out.orientation is not None and out.orientation.straightening is not None
+    assert out.orientation.straightening.roll_deg > MIN_ROLL_DEG
+    assert out.labels.shape == ct.shape
+    assert dice(out.labels[near] == 4, ball[near]) > 0.95
+    entry = orientation_entry(out.orientation, ("R", "A", "S"))
+    assert entry["straightened"]["roll_deg"] == pytest.approx(out.orientation.straightening.roll_deg, abs=0.1)
+    assert "onto its right side (read off its spine)" in " ".join(entry["findings"])
