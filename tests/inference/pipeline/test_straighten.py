@@ -109,18 +109,24 @@ def voxelwise(tmp_path_factory: pytest.TempPathFactory) -> ModelCard:
     return voxelwise_model(tmp_path_factory.mktemp("straighten-model"), SPACING_MM)
 
 
-def test_the_pipeline_straightens_an_oblique_mouse_and_says_so(
-    real_mouse: Phantom, voxelwise: ModelCard
-) -> None:
-    # A ball of 450 HU, 12 mm across, in the liver, drawn as "liver" by a voxelwise threshold (and
-    # kept as the largest such part): run on the straightened scan and put back, it must lie where
-    # the scan's own voxels are, on its grid.
-    ct = tilted(real_mouse.ct, 20, (0, 2), -1000)
-    centre = np.argwhere(tilted(real_mouse.labels, 20, (0, 2), 0) == 4).mean(axis=0)
+def ball_in_the_liver(
+    mouse: Phantom, degrees: float, axes: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...]]:
+    """The mouse turned, with a ball of 450 HU, 12 mm across, in its liver: (ct, ball, the box round
+    it). A voxelwise threshold draws the ball as "liver" (and keeps it as the largest such part):
+    run on the straightened scan and put back, it must lie where the scan's own voxels are."""
+    ct = tilted(mouse.ct, degrees, axes, -1000)
+    centre = np.argwhere(tilted(mouse.labels, degrees, axes, 0) == 4).mean(axis=0)
     grid = np.indices(ct.shape, dtype=np.float32)
     ball = sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) <= (6.0 / SPACING_MM) ** 2
     ct[ball] = 450
-    near = tuple(slice(int(c) - 20, int(c) + 21) for c in centre)
+    return ct, ball, tuple(slice(int(c) - 20, int(c) + 21) for c in centre)
+
+
+def test_the_pipeline_straightens_an_oblique_mouse_and_says_so(
+    real_mouse: Phantom, voxelwise: ModelCard
+) -> None:
+    ct, ball, near = ball_in_the_liver(real_mouse, 20, (0, 2))
 
     out = predict_volume(ct, AFFINE, [voxelwise], threads=1)
     header = predict_volume(ct, AFFINE, [voxelwise], threads=1, orient="header")
@@ -140,13 +146,8 @@ def test_the_pipeline_straightens_an_oblique_mouse_and_says_so(
 def test_the_pipeline_turns_a_rolled_mouse_back_and_says_so(
     real_mouse: Phantom, voxelwise: ModelCard
 ) -> None:
-    # As above, a 450 HU ball in the liver, the mouse now rolled 25 degrees onto its right side.
-    ct = tilted(real_mouse.ct, 25, (0, 1), -1000)
-    centre = np.argwhere(tilted(real_mouse.labels, 25, (0, 1), 0) == 4).mean(axis=0)
-    grid = np.indices(ct.shape, dtype=np.float32)
-    ball = sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) <= (6.0 / SPACING_MM) ** 2
-    ct[ball] = 450
-    near = tuple(slice(int(c) - 20, int(c) + 21) for c in centre)
+    # The mouse rolled 25 degrees onto its right side.
+    ct, ball, near = ball_in_the_liver(real_mouse, 25, (0, 1))
 
     out = predict_volume(ct, AFFINE, [voxelwise], threads=1)
 

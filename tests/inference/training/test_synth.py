@@ -35,6 +35,19 @@ def _ellipsoid(
     return r2 < 1.0
 
 
+#: A small organ task for training runs of seconds on ``tiny_source``'s volumes.
+TINY_SPEC = TaskSpec(
+    name="tiny",
+    task="organs",
+    structures=(0, ID["heart"], ID["lung_left"], ID["lung_right"], ID["liver"], ID["bones"]),
+    factor=3,
+    low_hu=-1000.0,
+    high_hu=1000.0,
+    base_channels=4,
+    crop=(16, 16, 24),
+)
+
+
 def tiny_source() -> Source:
     """A small mouse-like label map drawn at 3x and box-averaged: body, two lungs around a heart,
     a liver, a spine-like bone rod, a brain at the cranial end; 24 x 24 x 40 coarse voxels."""
@@ -262,16 +275,7 @@ def test_digimouse_samples_mark_its_unlabelled_structures() -> None:
 
 
 def test_a_short_run_on_synthetic_data_lowers_the_loss() -> None:
-    spec = TaskSpec(
-        name="tiny",
-        task="organs",
-        structures=(0, ID["heart"], ID["lung_left"], ID["lung_right"], ID["liver"], ID["bones"]),
-        factor=3,
-        low_hu=-1000.0,
-        high_hu=1000.0,
-        base_channels=4,
-        crop=(16, 16, 24),
-    )
+    spec = TINY_SPEC
     source = tiny_source()
     # Four synthetic volumes, kept (no refresh): the network must learn them within a minute.
     pool = SynthPool([source], spec, seed=0, size=4, shape=(20, 20, 32), refresh_every=10**6)
@@ -286,16 +290,7 @@ def test_a_short_run_on_synthetic_data_lowers_the_loss() -> None:
 
 
 def test_batches_made_by_worker_processes_train_with_seeds_of_their_own() -> None:
-    spec = TaskSpec(
-        name="tiny",
-        task="organs",
-        structures=(0, ID["heart"], ID["lung_left"], ID["lung_right"], ID["liver"], ID["bones"]),
-        factor=3,
-        low_hu=-1000.0,
-        high_hu=1000.0,
-        base_channels=4,
-        crop=(16, 16, 24),
-    )
+    spec = TINY_SPEC
     pool = SynthPool([tiny_source()], spec, seed=3, size=2, shape=(20, 20, 32), refresh_every=2)
     # Two workers draw interleaved seeds, never the same volume, and none of the one-pool stream's
     # order is disturbed: worker 0 of 1 is the pool itself.
