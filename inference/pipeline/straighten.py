@@ -23,7 +23,7 @@ having already put its back as near dorsal as whole axes can) is a second case: 
 table). The roll is read off the spine (``read_roll``): in the straightened frame, the bone that
 sits at the same place relative to the trunk's centre along the whole trunk. A mouse rolled
 ``MIN_ROLL_DEG`` or more is turned about its long axis until the spine lies straight dorsal; less
-is left as it lies, since the models learned the Digimouse atlas, which lies rolled ~13 degrees.
+is left as it lies, since the models learned the Digimouse atlas, which lies rolled 6-11 degrees.
 
 Array contract: ``[x, y, z]`` header-canonical arrays (after the orientation finder's turn),
 ``spacing_mm`` their voxel size; HU in.
@@ -56,7 +56,8 @@ MIN_ELONGATION = 1.4
 #: Air kept round the turned matter's box.
 MARGIN_MM = 2.0
 #: Rolls (degrees about the long axis, read off the spine) below this are left alone: the
-#: Digimouse atlas, which the models train on, reads 12.6-12.9 as it lies, upright phantoms -3 to 4.
+#: Digimouse atlas, which the models train on, reads 6.1-10.5 as it lies (0.14-0.42 mm voxels,
+#: whole and torso), upright held-out phantoms -1.4 to 0.4.
 MIN_ROLL_DEG = 15.0
 #: A roll past this would have been a quarter turn of the orientation finder's: left as it is.
 MAX_ROLL_DEG = 45.0
@@ -67,6 +68,10 @@ BONE_HU = 400.0
 #: Slabs along the long axis, and the cells of the offsets from a slab's centre, in mm.
 SLAB_MM = 1.0
 CELL_MM = 0.5
+#: Offsets are binned up to this many cells (20 mm) either way of a slab's centre.
+HALF_CELLS = 40
+#: Slabs with less trunk than this share of the median slab's are the thin ends, left out.
+MIN_SLAB_SHARE = 0.3
 #: The spine's cell must hold bone in at least this share of the trunk's slabs (ribs, skull and
 #: pelvis hold bone in a few slabs at any one place).
 MIN_SPINE_SHARE = 0.3
@@ -186,45 +191,47 @@ def read_roll(
     ``trunk_mm``: the trunk's points (mm from the scan's first voxel); ``rotation`` and ``centre``:
     the turn that lays the long axis along z. In that frame the trunk is cut into ``SLAB_MM`` slabs;
     the offsets of a slab's bone (on a ``ROLL_WORK_MM`` copy, block maxima over ``BONE_HU``) from
-    its trunk's centre are binned in ``CELL_MM`` cells, and the cell holding bone in the most slabs
-    is the spine: the roll is the angle between straight dorsal (-y) and the direction to it."""
+    its trunk's centre are binned in ``CELL_MM`` cells, each cell counting the slabs it holds bone
+    in. The spine is the plateau of cells round the best one, and the roll is the angle between
+    straight dorsal (-y) and the plateau's count-weighted centre."""
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     factors = [max(1, round(ROLL_WORK_MM / float(s))) for s in spacing]
     _, peak = pool(volume, factors)
-    fine = spacing * np.asarray(factors)
-    bone = (np.argwhere(peak > BONE_HU) + 0.5) * fine - 0.5 * spacing
+    bone = (np.argwhere(peak > BONE_HU) + 0.5) * spacing * np.asarray(factors) - 0.5 * spacing
     trunk = (trunk_mm - centre) @ rotation.T
     bone = (bone - centre) @ rotation.T
-    slab_of_trunk = np.floor(trunk[:, 2] / SLAB_MM).astype(np.int64)
-    slabs, inverse, counts = np.unique(slab_of_trunk, return_inverse=True, return_counts=True)
+    # Slabs indexed from the trunk's first one; each slab's trunk centre (x, y).
+    trunk_slab = np.floor(trunk[:, 2] / SLAB_MM).astype(np.int64)
+    first = int(trunk_slab.min())
+    trunk_slab -= first
+    counts = np.bincount(trunk_slab)
     # The trunk's own slabs: not the thin ends (snout, tail root) where a centre means little.
-    kept = counts >= 0.3 * np.median(counts)
+    kept = counts >= MIN_SLAB_SHARE * np.median(counts[counts > 0])
     if kept.sum() < 8 or len(bone) == 0:
         return None
-    centres = np.stack([np.bincount(inverse, weights=trunk[:, i]) / counts for i in (0, 1)], axis=1)
-    where = np.searchsorted(slabs, np.floor(bone[:, 2] / SLAB_MM).astype(np.int64))
-    inside = (where < len(slabs)) & (
-        slabs[np.minimum(where, len(slabs) - 1)] == np.floor(bone[:, 2] / SLAB_MM)
+    centres = np.stack(
+        [np.bincount(trunk_slab, weights=trunk[:, i]) / np.maximum(counts, 1) for i in (0, 1)], axis=1
     )
-    inside &= kept[np.minimum(where, len(slabs) - 1)]
-    offsets = bone[inside, :2] - centres[where[inside]]
-    cells = np.floor(offsets / CELL_MM).astype(np.int64)
-    near = (np.abs(cells) < 40).all(axis=1)  # within 20 mm of the centre
-    span = 80
-    keys = np.unique((where[inside][near] * span + (cells[near, 0] + 40)) * span + (cells[near, 1] + 40))
-    grid = np.bincount(keys % (span * span), minlength=span * span).reshape(span, span).astype(np.float64)
+    bone_slab = np.floor(bone[:, 2] / SLAB_MM).astype(np.int64) - first
+    on_trunk = (bone_slab >= 0) & (bone_slab < len(counts))
+    on_trunk[on_trunk] = kept[bone_slab[on_trunk]]
+    bone, bone_slab = bone[on_trunk], bone_slab[on_trunk]
+    cells = np.floor((bone[:, :2] - centres[bone_slab]) / CELL_MM).astype(np.int64) + HALF_CELLS
+    near = ((cells >= 0) & (cells < 2 * HALF_CELLS)).all(axis=1)
+    # Each (slab, cell) once: a cell's count is the number of slabs it holds bone in.
+    slab_cells = np.unique(np.column_stack([bone_slab[near], cells[near]]), axis=0)
+    grid = np.zeros((2 * HALF_CELLS, 2 * HALF_CELLS))
+    np.add.at(grid, (slab_cells[:, 1], slab_cells[:, 2]), 1.0)
     best = np.unravel_index(int(np.argmax(grid)), grid.shape)
     if grid[best] < MIN_SPINE_SHARE * kept.sum():
         return None
     # The spine is 1.5-2 mm across: its cells form a plateau of near-equal counts, whose argmax is
-    # any of them. Its centre is the count-weighted centre of the cells round the best that hold
-    # bone in at least 3/4 as many slabs.
+    # any of them. Its centre is the count-weighted centre of the cells joined to the best that
+    # hold bone in at least 3/4 as many slabs.
     plateau, _ = ndimage.label(grid >= 0.75 * grid[best], structure=np.ones((3, 3), bool))
-    spine = plateau == plateau[best]
-    weights = np.where(spine, grid, 0.0)
-    ix, iy = np.indices(grid.shape, dtype=np.float64)
-    x = float(((ix - 40 + 0.5) * CELL_MM * weights).sum() / weights.sum())
-    y = float(((iy - 40 + 0.5) * CELL_MM * weights).sum() / weights.sum())
+    weights = np.where(plateau == plateau[best], grid, 0.0)
+    offset_mm = (np.indices(grid.shape) - HALF_CELLS + 0.5) * CELL_MM
+    x, y = (float((axis_mm * weights).sum() / weights.sum()) for axis_mm in offset_mm)
     if math.hypot(x, y) < 1.0:
         return None
     return math.degrees(math.atan2(x, -y))

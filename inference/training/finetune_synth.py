@@ -29,7 +29,7 @@ from inference.jsonsafe import finite_or_null
 from inference.phantom.synth import ID, digimouse_source, load_source
 from inference.training.data import Case, block_mean, case_from_arrays
 from inference.training.export import export_model
-from inference.training.synth_pool import SynthPool
+from inference.training.synth_pool import SynthPool, volume_seed
 from inference.training.tasks import TASKS, TaskSpec
 from inference.training.train import TrainConfig, train
 
@@ -170,8 +170,7 @@ def finetune(
     seconds = time.monotonic() - t0
     drawn = sum(cfg.synth_drawn.values())
     last_seed = max(
-        (synth.for_worker(w, max(workers, 1)).seed_of(n - 1) for w, n in cfg.synth_drawn.items() if n),
-        default=0,
+        (volume_seed(seed, n - 1, w, max(workers, 1)) for w, n in cfg.synth_drawn.items() if n), default=0
     )
     training = {
         "data": (

@@ -24,6 +24,11 @@ from inference.training.tasks import TaskSpec
 log = logging.getLogger(__name__)
 
 
+def volume_seed(seed: int, k: int, worker: int = 0, workers: int = 1) -> int:
+    """The generator seed of the ``k``-th volume that worker ``worker`` of ``workers`` draws."""
+    return seed * 1_000_000 + worker + k * workers
+
+
 @dataclass
 class SynthPool:
     """``sources`` with relative ``weights`` (default equal); ``focus_ids``: canonical ids the
@@ -60,7 +65,7 @@ class SynthPool:
 
     def seed_of(self, k: int) -> int:
         """The generator seed of this pool's ``k``-th volume."""
-        return self.seed * 1_000_000 + self.offset + k * self.stride
+        return volume_seed(self.seed, k, self.offset, self.stride)
 
     def draw(self) -> Case:
         """One new case (the next seed)."""
