@@ -302,6 +302,16 @@ def _segment_task(
     )
 
 
+def merge_tasks(task_labels: Mapping[str, np.ndarray], shape: Sequence[int]) -> np.ndarray:
+    """The written label map: the organ map (or background) with every other task's labels on top."""
+    organs = task_labels.get("organs")
+    merged = organs.copy() if organs is not None else np.zeros(tuple(shape), dtype=np.uint8)
+    for task, labels in task_labels.items():
+        if task != "organs":
+            np.copyto(merged, labels, where=labels > 0)
+    return merged
+
+
 def _full_uncertainty(low_res: Sequence[np.ndarray], shape: Sequence[int]) -> np.ndarray:
     """The tasks' uncertainty maps on the scan's grid as uint8, the highest of them per voxel."""
     full = upsample_to_uint8(low_res[0], shape)
@@ -482,23 +492,19 @@ def predict_volume(
         with timer("restore"):
             uncertainty_u8 = upsampled.result()
         with timer("restore"):
-            lesions = task_labels.get("tumor")
-            merged = (
-                organs.copy() if organs is not None else np.zeros(geometry.canonical_shape, dtype=np.uint8)
-            )
-            for task, labels in task_labels.items():
-                if task != "organs":
-                    np.copyto(merged, labels, where=labels > 0)
+            merged = merge_tasks(task_labels, geometry.canonical_shape)
             outlines = [group for card in cards for group in card.uncertainty_outlines]
             if outlines:
                 band = outline_band(merged, geometry.spacing_mm, outlines, workers=workers_for(threads))
                 mark_outlines(uncertainty_u8, band)
 
             if straightening is not None:
-                merged, uncertainty_u8 = straightening.undo(merged), straightening.undo(uncertainty_u8)
-                organs = straightening.undo(organs) if organs is not None else None
-                lesions = straightening.undo(lesions) if lesions is not None else None
+                # Each task's map is put back once and the merged map made again from them.
+                task_labels = {task: straightening.undo(labels) for task, labels in task_labels.items()}
+                uncertainty_u8 = straightening.undo(uncertainty_u8, labels=False)
                 geometry = scan_geometry
+                merged = merge_tasks(task_labels, geometry.canonical_shape)
+            organs, lesions = task_labels.get("organs"), task_labels.get("tumor")
 
             def back(array: np.ndarray | None) -> np.ndarray | None:
                 return None if array is None else from_canonical(array, geometry)

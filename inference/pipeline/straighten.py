@@ -12,7 +12,9 @@ When the body's axis (the line through its cross-sections' centres, limbs, tail 
 away, on the orientation finder's ~1 mm pooled copy) lies more than ``MIN_TILT_DEG`` off the
 canonical z axis, the scan is resampled (linearly, on its own voxel size) turned about the
 body's centre so that the axis lies along z; the models run on that, and every map is put back on
-the scan's grid voxel by voxel (nearest voxel: a label map stays a label map). The turn is the
+the scan's grid (``Straightening.undo``: a label map by a vote of the eight straightened voxels
+around each scan voxel, weighted as linear interpolation weighs them, so a label map stays a
+label map and a thin structure keeps its width; the uncertainty map linearly). The turn is the
 smallest rotation that takes the axis onto z, so it never mirrors nor spins the mouse about its
 own axis. A mouse within ``MIN_TILT_DEG`` is left as it is: the resampling would cost more than it
 gives there.
@@ -116,8 +118,18 @@ class Straightening:
         )
         return out.astype(volume.dtype) if np.issubdtype(volume.dtype, np.integer) else out
 
-    def undo(self, array: np.ndarray) -> np.ndarray:
-        """A map on the straightened grid put back on the scan's grid (nearest voxel, 0 outside)."""
+    def undo(self, array: np.ndarray, *, labels: bool = True) -> np.ndarray:
+        """A map on the straightened grid put back on the scan's grid (0 outside what it covers).
+
+        A label map (``labels``) takes, at each scan voxel, the label with the most weight among
+        the eight straightened voxels around it, each weighted as linear interpolation would
+        weigh it: the nearest voxel alone shifts every outline by up to half a voxel at random,
+        which thins a spinal cord or a cortical bone a few voxels across (rolled phantoms,
+        medians of four: bones 0.848 -> 0.874 Dice with the vote, cord 0.875 -> 0.883; the model
+        card's first section). Where the nearest voxel's whole neighbourhood holds one label,
+        the vote cannot differ from it and it is kept as it is. Any other map (uncertainty) is
+        put back linearly.
+        """
         matrix, offset = self._matrix(forward=False)
         out = np.zeros(self.source_shape, dtype=array.dtype)
         # Only the scan voxels the straightened grid covers can be anything but 0.
@@ -128,9 +140,18 @@ class Straightening:
         if np.any(hi <= lo):
             return out
         region = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-        out[region] = ndimage.affine_transform(
-            array, matrix, offset + matrix @ lo, tuple(int(v) for v in hi - lo), order=0, cval=0
-        )
+        shifted = offset + matrix @ lo
+        box = tuple(int(v) for v in hi - lo)
+        if labels:
+            nearest = ndimage.affine_transform(array, matrix, shifted, box, order=0, cval=0)
+            vote_at_borders(nearest, array, matrix, shifted)
+            out[region] = nearest
+        else:
+            smooth = ndimage.affine_transform(
+                np.asarray(array, dtype=np.float32), matrix, shifted, box, order=1, cval=0.0
+            )
+            integer = np.issubdtype(array.dtype, np.integer)
+            out[region] = np.rint(smooth).astype(array.dtype) if integer else smooth
         return out
 
     def _corners_in_scan(self, indices: np.ndarray) -> np.ndarray:
@@ -160,6 +181,42 @@ class Straightening:
             f"The mouse lay obliquely ({'; '.join(lay)}): the scan was resampled with the mouse "
             "straightened for the models, and the results were put back on the scan's grid."
         )
+
+
+#: Scan voxels voted on at a time (eight corners each, in float64: about 130 MB).
+VOTE_CHUNK = 1 << 20
+
+
+def vote_at_borders(nearest: np.ndarray, source: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> None:
+    """Relabel, in place, the voxels of ``nearest`` (``source`` resampled by nearest voxel through
+    ``affine_transform``'s ``matrix`` and ``offset``) that sit next to another label: each takes
+    the label whose share of the eight ``source`` voxels around its point, weighted linearly, is
+    largest. Points beyond ``source`` count as label 0, as ``nearest`` took them."""
+    box = bounding_box(nearest, 1)  # labels and the layer of background round them
+    if box is None:
+        return
+    labelled = nearest[box]
+    border = ndimage.maximum_filter(labelled, size=3) != ndimage.minimum_filter(labelled, size=3)
+    where = np.argwhere(border) + np.array([b.start for b in box])
+    steps = np.array(list(np.ndindex(2, 2, 2)), dtype=np.int64)  # the eight corners' offsets
+    size = np.array(source.shape, dtype=np.int64)
+    for start in range(0, len(where), VOTE_CHUNK):
+        index = where[start : start + VOTE_CHUNK]
+        point = index @ matrix.T + offset
+        base = np.floor(point).astype(np.int64)
+        frac = point - base
+        # [n, 8]: each corner's label (0 beyond the source) and linear weight.
+        corner = base[:, None, :] + steps[None, :, :]
+        inside = np.all((corner >= 0) & (corner < size), axis=2)
+        clipped = np.clip(corner, 0, size - 1)
+        votes = np.where(inside, source[clipped[..., 0], clipped[..., 1], clipped[..., 2]], 0)
+        weight = np.prod(np.where(steps[None, :, :] == 1, frac[:, None, :], 1.0 - frac[:, None, :]), axis=2)
+        # Each corner's label scored by the weight of every corner that carries it.
+        share = np.zeros(weight.shape, dtype=np.float64)
+        for k in range(8):
+            share += weight[:, k : k + 1] * (votes == votes[:, k : k + 1])
+        winner = votes[np.arange(len(votes)), np.argmax(share, axis=1)]
+        nearest[index[:, 0], index[:, 1], index[:, 2]] = winner
 
 
 def _rotation_onto_z(axis: np.ndarray) -> np.ndarray:

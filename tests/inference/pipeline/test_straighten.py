@@ -3,6 +3,8 @@ scan is straightened for the models and every map is put back on the scan's grid
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -12,8 +14,9 @@ from inference.phantom import Phantom, generate_phantom
 from inference.phantom import digimouse as atlas
 from inference.pipeline import predict_volume
 from inference.pipeline.manifest import orientation_entry
-from inference.pipeline.straighten import MIN_ROLL_DEG, MIN_TILT_DEG, find_tilt
+from inference.pipeline.straighten import MIN_ROLL_DEG, MIN_TILT_DEG, Straightening, find_tilt
 from inference.registry import ModelCard
+from inference.training import robustness
 from tests.conftest import SHARED
 from tests.inference.pipeline.conftest import voxelwise_model
 
@@ -78,6 +81,24 @@ def test_a_mouse_rolled_onto_its_side_is_read_off_its_spine_and_turned_back(
     assert find_tilt(turn.apply(ct), (SPACING_MM,) * 3) is None
 
 
+@pytest.mark.parametrize("degrees", [0, 20, -25])
+def test_the_roll_is_read_off_the_spine_with_a_bed_under_the_mouse(
+    upright_phantom: Phantom, degrees: int
+) -> None:
+    # A rolled mouse on a level curved bed (the robustness report's bed, drawn after the roll).
+    ct = tilted(upright_phantom.ct, degrees, (0, 1), -1000) if degrees else upright_phantom.ct
+    labels = np.zeros(ct.shape, np.uint8)
+    case = robustness.add_bed(robustness.Case("bed", ct, labels, AFFINE), seed=9000)
+    assert case.meta["bed_added"] and np.count_nonzero(case.ct != ct) > 1000
+
+    turn = find_tilt(case.ct, (SPACING_MM,) * 3)
+
+    if degrees:
+        assert turn is not None and abs(turn.roll_deg - degrees) < 4.0
+    else:
+        assert turn is None
+
+
 def test_a_mouse_rolled_less_than_the_models_learned_is_left_as_it_lies(
     upright_phantom: Phantom, real_mouse: Phantom
 ) -> None:
@@ -102,6 +123,69 @@ def test_a_straightened_map_goes_back_onto_the_scan_grid(real_mouse: Phantom) ->
     assert dice(back, liver) > 0.97
     # Straightened, the liver's own long axis lies nearer the scan's z axis than it did.
     assert abs(ndimage.center_of_mass(straight)[2] - turn.shape[2] / 2) < turn.shape[2] / 2
+
+
+def rolled_about_centre(shape: tuple[int, int, int], spacing: float, degrees: float) -> Straightening:
+    """A grid of ``shape`` turned by ``degrees`` about z through its centre, onto a grid as large."""
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    centre = (np.array(shape) - 1) * spacing / 2
+    return Straightening(
+        rotation=np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]),
+        centre_mm=centre,
+        origin_mm=-centre,
+        shape=shape,
+        source_shape=shape,
+        spacing_mm=(spacing,) * 3,
+        tilt_deg=0.0,
+        roll_deg=-degrees,
+    )
+
+
+def cord_and_ball(points: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Label 13 in a cylinder 1 mm across along z, 2 mm off ``centre``; label 4 in a ball beside it."""
+    x, y, z = (points[..., a] - centre[a] for a in range(3))
+    out = np.zeros(points.shape[:-1], np.uint8)
+    out[(x - 2.0) ** 2 + y**2 <= 0.5**2] = 13
+    out[(x + 1.5) ** 2 + (y - 1.0) ** 2 + z**2 <= 1.2**2] = 4
+    return out
+
+
+@pytest.mark.parametrize("degrees", [10, 20, 35])
+def test_a_label_map_goes_back_by_a_vote_that_keeps_thin_structures(degrees: int) -> None:
+    spacing, shape = 0.2, (60, 60, 30)
+    turn = rolled_about_centre(shape, spacing, -degrees)
+    grid = np.stack(np.meshgrid(*[np.arange(n) * spacing for n in shape], indexing="ij"), axis=-1)
+    truth = cord_and_ball(grid, turn.centre_mm)
+    # Each straightened voxel drawn from the same shapes at its own point: p = R^T (o + j s) + c.
+    straight = cord_and_ball((grid + turn.origin_mm) @ turn.rotation + turn.centre_mm, turn.centre_mm)
+    # What the nearest straightened voxel alone would give, for comparison.
+    index = np.rint(((grid - turn.centre_mm) @ turn.rotation.T - turn.origin_mm) / spacing).astype(int)
+    inside = np.all((index >= 0) & (index < np.array(shape)), axis=-1)
+    clipped = np.clip(index, 0, np.array(shape) - 1)
+    nearest = np.where(inside, straight[clipped[..., 0], clipped[..., 1], clipped[..., 2]], 0)
+
+    back = turn.undo(straight)
+
+    assert back.dtype == np.uint8 and set(np.unique(back)) <= {0, 4, 13}
+    assert dice(back == 4, truth == 4) > max(0.955, dice(nearest == 4, truth == 4))
+    assert dice(back == 13, truth == 13) >= max(0.84, dice(nearest == 13, truth == 13))
+    # Away from any outline the vote is the nearest voxel's label.
+    far = ndimage.minimum_filter(nearest, size=5) == ndimage.maximum_filter(nearest, size=5)
+    assert np.array_equal(back[far], nearest[far])
+
+
+def test_an_uncertainty_map_goes_back_linearly() -> None:
+    turn = rolled_about_centre((40, 40, 10), 0.2, 30)
+    ramp = np.broadcast_to(np.linspace(0, 240, 40, dtype=np.float32)[None, :, None], (40, 40, 10))
+    back = turn.undo(np.rint(ramp).astype(np.uint8), labels=False)
+    # The ramp rises along the straightened y axis: back on the scan grid it still rises evenly,
+    # with no steps a nearest voxel would leave (at most one grey level off a plane fitted to it).
+    core = back[10:30, 10:30, 5].astype(np.float64)
+    along_x, along_y = np.mgrid[10:30, 10:30]
+    design = np.stack([along_x.ravel(), along_y.ravel(), np.ones(along_x.size)], axis=1)
+    fit, *_ = np.linalg.lstsq(design, core.ravel(), rcond=None)
+    assert np.abs(design @ fit - core.ravel()).max() <= 1.0
+    assert fit[0] != 0 and fit[1] != 0
 
 
 @pytest.fixture(scope="module")
