@@ -9,6 +9,11 @@ inference.phantom.synth``; each also gives its native scan) and, unless ``--no-d
 real Digimouse atlas (weight ``--digimouse-weight`` among the sources), which is the project's
 only real-anatomy test source: train without it to measure generalisation to it.
 
+The other direction, ``--no-phantoms``: the procedural phantoms held out, every crop drawn from
+synthetic volumes of the atlas alone, to measure how one real mouse's shapes carry over to
+anatomy never trained on (the held-out test phantoms). Without ``--init`` the network starts
+from random weights, so that neither direction has seen the other's source at all.
+
 The result is exported to ``--out`` with the post-processing rules (and outline refiner files)
 of ``--init``'s folder carried over unchanged, ready for ``evaluate`` or ``calibrate``.
 """
@@ -38,6 +43,8 @@ log = logging.getLogger(__name__)
 #: Seeds of the phantom sources (the training phantoms' seeds: validation 8000-8007 and test
 #: 9000-9007 never enter training).
 POOL_SEEDS = range(1000, 1060)
+#: Steps per epoch (progress check and checkpoint) when no phantom scans set an epoch's length.
+ATLAS_STEPS_PER_EPOCH = 30
 
 
 def native_cases(pool: Path, spec: TaskSpec, seeds: range) -> tuple[list, list[Case]]:
@@ -97,7 +104,7 @@ def digimouse_cases(spec: TaskSpec, seed: int = 0) -> dict[str, list[Case]]:
 
 def finetune(
     task: str,
-    init: Path,
+    init: Path | None,
     out: Path,
     *,
     pool: Path,
@@ -118,11 +125,21 @@ def finetune(
     batch: int = 2,
     workers: int = 0,
     steps_per_epoch: int = 0,
+    phantoms: bool = True,
 ) -> Path:
+    """Train ``task`` (from ``init``'s weights, or random ones) and export it to ``out``."""
+    if not phantoms and not digimouse:
+        raise ValueError("with neither the phantoms nor the Digimouse atlas there is nothing to train on")
     spec = TASKS[task]
-    sources, cases = native_cases(pool, spec, POOL_SEEDS)
+    sources, cases = native_cases(pool, spec, POOL_SEEDS) if phantoms else ([], [])
+    if not phantoms:
+        # Every crop from the atlas' synthetic volumes; an epoch is a fixed number of steps.
+        synth_rate, steps_per_epoch = 1.0, steps_per_epoch or ATLAS_STEPS_PER_EPOCH
     weights = [1.0] * len(sources)
-    if digimouse:
+    if digimouse and not phantoms:
+        sources.append(digimouse_source())
+        weights.append(1.0)
+    elif digimouse:
         # The atlas is one mouse among ~60 phantoms: weighted so that about ``digimouse_weight``
         # of the synthetic volumes come from it.
         sources.append(digimouse_source())
@@ -172,8 +189,8 @@ def finetune(
     last_seed = max(
         (volume_seed(seed, n - 1, w, max(workers, 1)) for w, n in cfg.synth_drawn.items() if n), default=0
     )
-    training = {
-        "data": (
+    if phantoms:
+        data = (
             f"{synth_rate:.0%} of crops from domain-randomised volumes (inference/phantom/synth.py) "
             "drawn from "
             f"{len(cases)} phantom label maps (seeds {POOL_SEEDS.start}-{POOL_SEEDS.stop - 1})"
@@ -183,13 +200,21 @@ def finetune(
                 else " (no Digimouse)"
             )
             + f"; the rest from those phantoms' native scans; {drawn} volumes drawn"
-        ),
+        )
+    else:
+        data = (
+            "every crop from domain-randomised volumes (inference/phantom/synth.py) drawn from the "
+            f"Digimouse atlas alone (no phantoms); {drawn} volumes drawn"
+        )
+    training = {
+        "data": data,
         "seeds": {
             "training": seed,
-            "phantoms": list(POOL_SEEDS),
+            "phantoms": list(POOL_SEEDS) if phantoms else [],
             "synth_volumes": [seed * 1_000_000, last_seed],
         },
         "digimouse": digimouse,
+        "phantoms": phantoms,
         "epochs": len(cfg.history),
         "steps": len(cfg.history) * (cfg.steps_per_epoch or max(len(cases) // cfg.batch, 1)),
         "batch": cfg.batch,
@@ -197,7 +222,7 @@ def finetune(
         "seconds": round(seconds, 1),
         "device": device,
         "threads": threads,
-        "init": str(init),
+        "init": str(init) if init is not None else "random weights",
         "lr": lr,
         "noise_hu": cfg.noise_hu,
         "synth_rate": synth_rate,
@@ -211,7 +236,8 @@ def finetune(
     # Kept beside the checkpoint, so that a run whose export fails can be exported again from it.
     (work / "training.json").write_text(json.dumps(finite_or_null(training), indent=1) + "\n")
     export_model(model, spec, out, version=version, input_spacing_mm=0.63, training=training)
-    carry_postprocess(init.parent, out)
+    if init is not None:
+        carry_postprocess(init.parent, out)
     return out
 
 
@@ -233,7 +259,9 @@ def carry_postprocess(old: Path, new: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m inference.training.finetune_synth", description=__doc__)
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
-    parser.add_argument("--init", type=Path, required=True, help="committed model.onnx to continue")
+    parser.add_argument(
+        "--init", type=Path, help="committed model.onnx to continue (default: random weights)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="model version folder to write")
     parser.add_argument("--version", required=True)
     parser.add_argument("--pool", type=Path, default=Path("data/.cache/synth-sources"))
@@ -243,6 +271,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-digimouse", action="store_true", help="hold the Digimouse atlas out")
+    parser.add_argument(
+        "--no-phantoms",
+        action="store_true",
+        help="hold the procedural phantoms out: every crop from the Digimouse atlas' synthetic volumes",
+    )
     parser.add_argument("--digimouse-weight", type=float, default=0.3)
     parser.add_argument("--synth-rate", type=float, default=0.65)
     parser.add_argument(
@@ -301,8 +334,12 @@ def main(argv: list[str] | None = None) -> None:
     ):
         if not 0.0 <= share <= 1.0:
             parser.error(f"{flag} is the share of volumes drawn so: give 0 to 1, not {share}")
+    if args.no_phantoms and args.no_digimouse:
+        parser.error("--no-phantoms and --no-digimouse leave nothing to train on: give at most one")
     if args.variety < 1.0:
         parser.error(f"--variety widens the anatomy: give 1 (as 2.0.0) or more, not {args.variety}")
+    if args.init is not None and not args.init.is_file():
+        parser.error(f"--init {args.init}: no such file (give a committed model.onnx, or leave it out)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     finetune(
         args.task,
@@ -325,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         batch=args.batch,
         workers=args.workers,
         steps_per_epoch=args.steps_per_epoch,
+        phantoms=not args.no_phantoms,
     )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,6 +234,8 @@ def test_rolled_mice_lie_part_way_on_their_side() -> None:
         (["--variety", "0.5"], "--variety widens"),
         (["--batch", "0"], "--batch is a count: give 1 or more, not 0"),
         (["--workers", "-2"], "--workers is a count: give 0 or more, not -2"),
+        (["--no-phantoms", "--no-digimouse"], "leave nothing to train on"),
+        ([], "--init x/model.onnx: no such file"),
     ],
 )
 def test_finetune_refuses_settings_out_of_range(
@@ -244,6 +248,54 @@ def test_finetune_refuses_settings_out_of_range(
         main(base + args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    not (digimouse.DEFAULT_DIR / digimouse.FILENAME).is_file(), reason="Digimouse atlas not present"
+)
+def test_the_atlas_alone_trains_a_network_from_random_weights(tmp_path: Path) -> None:
+    """The held-out direction opposite to --no-digimouse: no phantom source, no warm start."""
+    from inference.registry import load_card
+    from inference.training.finetune_synth import finetune
+
+    out = finetune(
+        "organs",
+        None,
+        tmp_path / "model",
+        pool=tmp_path / "no-pool",  # never read: the phantoms are held out
+        version="0.0.1-atlas",
+        minutes=0.05,
+        lr=1e-3,
+        seed=5,
+        threads=1,
+        digimouse=True,
+        digimouse_weight=0.3,
+        synth_rate=0.65,
+        phantoms=False,
+    )
+
+    card = load_card(out)
+    training = json.loads((out / "model.json").read_text())["training"]
+    assert card.version == "0.0.1-atlas" and (out / "model.onnx").is_file()
+    assert training["phantoms"] is False and training["seeds"]["phantoms"] == []
+    assert training["init"] == "random weights" and "atlas alone" in training["data"]
+    assert training["synth_rate"] == 1.0 and training["steps"] >= 1
+    with pytest.raises(ValueError, match="nothing to train on"):
+        finetune(
+            "organs",
+            None,
+            tmp_path / "none",
+            pool=tmp_path,
+            version="0",
+            minutes=0.01,
+            lr=1e-3,
+            seed=0,
+            threads=1,
+            digimouse=False,
+            digimouse_weight=0.3,
+            synth_rate=1.0,
+            phantoms=False,
+        )
 
 
 def test_beds_are_background_and_never_tumor() -> None:
