@@ -258,21 +258,24 @@ def test_the_atlas_alone_trains_a_network_from_random_weights(tmp_path: Path) ->
     from inference.registry import load_card
     from inference.training.finetune_synth import finetune
 
-    out = finetune(
-        "organs",
-        None,
-        tmp_path / "model",
-        pool=tmp_path / "no-pool",  # never read: the phantoms are held out
-        version="0.0.1-atlas",
-        minutes=0.05,
-        lr=1e-3,
-        seed=5,
-        threads=1,
-        digimouse=True,
-        digimouse_weight=0.3,
-        synth_rate=0.65,
-        phantoms=False,
-    )
+    def run(out: Path, *, digimouse: bool) -> Path:
+        return finetune(
+            "organs",
+            None,
+            out,
+            pool=tmp_path / "no-pool",  # never read: the phantoms are held out
+            version="0.0.1-atlas",
+            minutes=0.05,
+            lr=1e-3,
+            seed=5,
+            threads=1,
+            digimouse=digimouse,
+            digimouse_weight=0.3,
+            synth_rate=0.65,
+            phantoms=False,
+        )
+
+    out = run(tmp_path / "model", digimouse=True)
 
     card = load_card(out)
     training = json.loads((out / "model.json").read_text())["training"]
@@ -281,21 +284,7 @@ def test_the_atlas_alone_trains_a_network_from_random_weights(tmp_path: Path) ->
     assert training["init"] == "random weights" and "atlas alone" in training["data"]
     assert training["synth_rate"] == 1.0 and training["steps"] >= 1
     with pytest.raises(ValueError, match="nothing to train on"):
-        finetune(
-            "organs",
-            None,
-            tmp_path / "none",
-            pool=tmp_path,
-            version="0",
-            minutes=0.01,
-            lr=1e-3,
-            seed=0,
-            threads=1,
-            digimouse=False,
-            digimouse_weight=0.3,
-            synth_rate=1.0,
-            phantoms=False,
-        )
+        run(tmp_path / "none", digimouse=False)
 
 
 def test_beds_are_background_and_never_tumor() -> None:
