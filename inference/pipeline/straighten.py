@@ -183,8 +183,9 @@ class Straightening:
         )
 
 
-#: Scan voxels voted on at a time (eight corners each, in float64: about 130 MB).
-VOTE_CHUNK = 1 << 20
+#: Scan voxels voted on at a time: eight corners of three int64 indices and float64 weights
+#: each, about 150 MB of working arrays at once.
+VOTE_CHUNK = 1 << 18
 
 
 def vote_at_borders(nearest: np.ndarray, source: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> None:
