@@ -57,6 +57,8 @@ TRUNK_OPEN_MM = 2.5
 MIN_ELONGATION = 1.4
 #: Air kept round the turned matter's box.
 MARGIN_MM = 2.0
+#: Cells (mm) of the trunk's outline that bone must lie in, or next to, to count for the spine.
+BODY_CELL_MM = 1.0
 #: Rolls (degrees about the long axis, read off the spine) below this are left alone: the
 #: Digimouse atlas, which the models train on, reads 6.1-10.5 as it lies (0.14-0.42 mm voxels,
 #: whole and torso), upright held-out phantoms -1.4 to 0.4.
@@ -236,6 +238,24 @@ def _rotation_about_z(degrees: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
+def within(points: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """Which ``points`` (mm) lie in or within about ``BODY_CELL_MM`` of the ``body`` points' cells.
+
+    A bed as dense as bone runs the mouse's whole length at one place, as the spine does, but
+    outside the trunk (which its opening took the bed off): its bone must not be read as a spine.
+    """
+    lo = body.min(axis=0) - 2 * BODY_CELL_MM
+    shape = np.floor((body.max(axis=0) - lo) / BODY_CELL_MM).astype(np.int64) + 3
+    grid = np.zeros(tuple(int(n) for n in shape), dtype=bool)
+    index = np.floor((body - lo) / BODY_CELL_MM).astype(np.int64)
+    grid[index[:, 0], index[:, 1], index[:, 2]] = True
+    grid = ndimage.binary_dilation(grid, structure=np.ones((3, 3, 3), bool))
+    cell = np.floor((points - lo) / BODY_CELL_MM).astype(np.int64)
+    inside = np.all((cell >= 0) & (cell < shape), axis=1)
+    inside[inside] = grid[cell[inside, 0], cell[inside, 1], cell[inside, 2]]
+    return inside
+
+
 def read_roll(
     volume: np.ndarray,
     spacing_mm: Sequence[float],
@@ -271,7 +291,7 @@ def read_roll(
         [np.bincount(trunk_slab, weights=trunk[:, i]) / np.maximum(counts, 1) for i in (0, 1)], axis=1
     )
     bone_slab = np.floor(bone[:, 2] / SLAB_MM).astype(np.int64) - first
-    on_trunk = (bone_slab >= 0) & (bone_slab < len(counts))
+    on_trunk = (bone_slab >= 0) & (bone_slab < len(counts)) & within(bone, trunk)
     on_trunk[on_trunk] = kept[bone_slab[on_trunk]]
     bone, bone_slab = bone[on_trunk], bone_slab[on_trunk]
     cells = np.floor((bone[:, :2] - centres[bone_slab]) / CELL_MM).astype(np.int64) + HALF_CELLS

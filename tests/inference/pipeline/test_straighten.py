@@ -81,17 +81,23 @@ def test_a_mouse_rolled_onto_its_side_is_read_off_its_spine_and_turned_back(
     assert find_tilt(turn.apply(ct), (SPACING_MM,) * 3) is None
 
 
+@pytest.mark.parametrize("bright", [False, True], ids=["plastic bed", "bed as dense as bone"])
 @pytest.mark.parametrize("degrees", [0, 20, -25])
 def test_the_roll_is_read_off_the_spine_with_a_bed_under_the_mouse(
-    upright_phantom: Phantom, degrees: int
+    upright_phantom: Phantom, degrees: int, bright: bool
 ) -> None:
     # A rolled mouse on a level curved bed (the robustness report's bed, drawn after the roll).
     ct = tilted(upright_phantom.ct, degrees, (0, 1), -1000) if degrees else upright_phantom.ct
     labels = np.zeros(ct.shape, np.uint8)
     case = robustness.add_bed(robustness.Case("bed", ct, labels, AFFINE), seed=9000)
-    assert case.meta["bed_added"] and np.count_nonzero(case.ct != ct) > 1000
+    bed = case.ct != ct
+    assert case.meta["bed_added"] and np.count_nonzero(bed) > 1000
+    scan = case.ct.astype(np.float32)
+    if bright:
+        # Bone-bright along the mouse's whole length, as the spine is: outside the trunk, not read.
+        scan[bed & (scan > -200)] = 1200.0
 
-    turn = find_tilt(case.ct, (SPACING_MM,) * 3)
+    turn = find_tilt(scan, (SPACING_MM,) * 3)
 
     if degrees:
         assert turn is not None and abs(turn.roll_deg - degrees) < 4.0
