@@ -57,8 +57,6 @@ TRUNK_OPEN_MM = 2.5
 MIN_ELONGATION = 1.4
 #: Air kept round the turned matter's box.
 MARGIN_MM = 2.0
-#: Cells (mm) of the trunk's outline that bone must lie in, or next to, to count for the spine.
-BODY_CELL_MM = 1.0
 #: Rolls (degrees about the long axis, read off the spine) below this are left alone: the
 #: Digimouse atlas, which the models train on, reads 6.1-10.5 as it lies (0.14-0.42 mm voxels,
 #: whole and torso), upright held-out phantoms -1.4 to 0.4.
@@ -238,44 +236,35 @@ def _rotation_about_z(degrees: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def within(points: np.ndarray, body: np.ndarray) -> np.ndarray:
-    """Which ``points`` (mm) lie in or within about ``BODY_CELL_MM`` of the ``body`` points' cells.
-
-    A bed as dense as bone runs the mouse's whole length at one place, as the spine does, but
-    outside the trunk (which its opening took the bed off): its bone must not be read as a spine.
-    """
-    lo = body.min(axis=0) - 2 * BODY_CELL_MM
-    shape = np.floor((body.max(axis=0) - lo) / BODY_CELL_MM).astype(np.int64) + 3
-    grid = np.zeros(tuple(int(n) for n in shape), dtype=bool)
-    index = np.floor((body - lo) / BODY_CELL_MM).astype(np.int64)
-    grid[index[:, 0], index[:, 1], index[:, 2]] = True
-    grid = ndimage.binary_dilation(grid, structure=np.ones((3, 3, 3), bool))
-    cell = np.floor((points - lo) / BODY_CELL_MM).astype(np.int64)
-    inside = np.all((cell >= 0) & (cell < shape), axis=1)
-    inside[inside] = grid[cell[inside, 0], cell[inside, 1], cell[inside, 2]]
-    return inside
-
-
 def read_roll(
     volume: np.ndarray,
     spacing_mm: Sequence[float],
     trunk_mm: np.ndarray,
     rotation: np.ndarray,
     centre: np.ndarray,
+    body: np.ndarray,
+    step: np.ndarray,
 ) -> float | None:
     """Degrees the mouse lies rolled about its long axis, positive onto its right side (its spine
     towards +x), or None where no spine stands out.
 
     ``trunk_mm``: the trunk's points (mm from the scan's first voxel); ``rotation`` and ``centre``:
-    the turn that lays the long axis along z. In that frame the trunk is cut into ``SLAB_MM`` slabs;
-    the offsets of a slab's bone (on a ``ROLL_WORK_MM`` copy, block maxima over ``BONE_HU``) from
-    its trunk's centre are binned in ``CELL_MM`` cells, each cell counting the slabs it holds bone
-    in. The spine is the plateau of cells round the best one, and the roll is the angle between
-    straight dorsal (-y) and the plateau's count-weighted centre."""
+    the turn that lays the long axis along z; ``body``: the trunk's mask on the pooled grid of
+    voxel size ``step``, grown by one voxel: only bone in it counts (a bed as dense as bone runs
+    the mouse's whole length at one place, as the spine does, but the trunk's opening took it off).
+    In the turned frame the trunk is cut into ``SLAB_MM`` slabs; the offsets of a slab's bone (on
+    a ``ROLL_WORK_MM`` copy, block maxima over ``BONE_HU``) from its trunk's centre are binned in
+    ``CELL_MM`` cells, each cell counting the slabs it holds bone in. The spine is the plateau of
+    cells round the best one, and the roll is the angle between straight dorsal (-y) and the
+    plateau's count-weighted centre."""
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     factors = [max(1, round(ROLL_WORK_MM / float(s))) for s in spacing]
     _, peak = pool(volume, factors)
     bone = (np.argwhere(peak > BONE_HU) + 0.5) * spacing * np.asarray(factors) - 0.5 * spacing
+    cell = np.floor((bone + 0.5 * spacing) / step).astype(np.int64)
+    in_body = np.all((cell >= 0) & (cell < np.array(body.shape)), axis=1)
+    in_body[in_body] = body[cell[in_body, 0], cell[in_body, 1], cell[in_body, 2]]
+    bone = bone[in_body]
     trunk = (trunk_mm - centre) @ rotation.T
     bone = (bone - centre) @ rotation.T
     # Slabs indexed from the trunk's first one; each slab's trunk centre (x, y).
@@ -291,7 +280,7 @@ def read_roll(
         [np.bincount(trunk_slab, weights=trunk[:, i]) / np.maximum(counts, 1) for i in (0, 1)], axis=1
     )
     bone_slab = np.floor(bone[:, 2] / SLAB_MM).astype(np.int64) - first
-    on_trunk = (bone_slab >= 0) & (bone_slab < len(counts)) & within(bone, trunk)
+    on_trunk = (bone_slab >= 0) & (bone_slab < len(counts))
     on_trunk[on_trunk] = kept[bone_slab[on_trunk]]
     bone, bone_slab = bone[on_trunk], bone_slab[on_trunk]
     cells = np.floor((bone[:, :2] - centres[bone_slab]) / CELL_MM).astype(np.int64) + HALF_CELLS
@@ -347,7 +336,8 @@ def find_tilt(volume: np.ndarray, spacing_mm: Sequence[float]) -> Straightening 
     if tilt > MAX_TILT_DEG:
         return None
     rotation = _rotation_onto_z(axis) if tilt >= MIN_TILT_DEG else np.eye(3)
-    roll = read_roll(volume, spacing_mm, points, rotation, centre)
+    body = ndimage.binary_dilation(trunk, structure=np.ones((3, 3, 3), bool))
+    roll = read_roll(volume, spacing_mm, points, rotation, centre, body, step)
     roll_deg = roll if roll is not None and MIN_ROLL_DEG <= abs(roll) <= MAX_ROLL_DEG else 0.0
     if tilt < MIN_TILT_DEG and not roll_deg:
         return None

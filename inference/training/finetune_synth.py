@@ -136,14 +136,11 @@ def finetune(
         # Every crop from the atlas' synthetic volumes; an epoch is a fixed number of steps.
         synth_rate, steps_per_epoch = 1.0, steps_per_epoch or ATLAS_STEPS_PER_EPOCH
     weights = [1.0] * len(sources)
-    if digimouse and not phantoms:
-        sources.append(digimouse_source())
-        weights.append(1.0)
-    elif digimouse:
+    if digimouse:
         # The atlas is one mouse among ~60 phantoms: weighted so that about ``digimouse_weight``
-        # of the synthetic volumes come from it.
+        # of the synthetic volumes come from it (all of them when it is the only source).
         sources.append(digimouse_source())
-        weights.append(digimouse_weight / (1 - digimouse_weight) * (len(weights)))
+        weights.append(digimouse_weight / (1 - digimouse_weight) * len(weights) if weights else 1.0)
     focus = (ID["tumor"],) if task == "tumor" else ()
     synth = SynthPool(
         sources,
