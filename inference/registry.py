@@ -157,6 +157,14 @@ class ModelCard:
         return int(self.layout.get("divisible_by", 1))
 
     @property
+    def cut_face_extension_mm(self) -> float:
+        """How far the scan is continued past a cranial or caudal end that cuts through the
+        body (``layout.extend_cut_faces_mm``; 0: not at all), by repeating the end slice, so that
+        the network sees a limb or neck cut by the field of view run on instead of ending in a
+        stump (``infer.cut_faces``)."""
+        return float(self.layout.get("extend_cut_faces_mm", 0.0))
+
+    @property
     def patch_size(self) -> tuple[int, int, int] | None:
         patch = self.layout.get("patch_size")
         return (int(patch[0]), int(patch[1]), int(patch[2])) if patch else None
@@ -236,6 +244,9 @@ def _check_layout(folder: Path, raw: dict[str, Any]) -> None:
         raise _problem(folder, "window normalisation needs high_hu > low_hu")
     if raw["layout"].get("kind", "3d") != "3d":
         raise _problem(folder, f"layout kind {raw['layout'].get('kind')!r} is not supported (only '3d')")
+    extension = raw["layout"].get("extend_cut_faces_mm", 0.0)
+    if not (isinstance(extension, int | float) and 0.0 <= float(extension) <= 20.0):
+        raise _problem(folder, "layout 'extend_cut_faces_mm' must be a length in mm from 0 to 20")
     if not raw["output_names"].get("logits"):
         raise _problem(folder, "'output_names' must name the logits output")
     _check_postprocess(folder, raw.get("postprocess") or {}, structures)

@@ -21,6 +21,8 @@ from inference.registry import ModelCard
 DEFAULT_MAX_WHOLE_VOXELS = 12_000_000
 #: Denser than air (HU, on the model grid): what ``content_box`` keeps in view.
 CONTENT_HU = -500.0
+#: Share of an end slice denser than air from which the field of view counts as cutting the body.
+CUT_FACE_MIN_SHARE = 0.01
 #: ``content_box`` crops only when that leaves out at least this share of the voxels.
 CROP_MIN_SAVING = 0.2
 
@@ -146,6 +148,17 @@ def content_box(hu: np.ndarray, margin: int, multiple: int = 1) -> tuple[slice, 
     return tuple(box)
 
 
+def cut_faces(hu: np.ndarray, box: tuple[slice, ...] | None, voxels: int) -> tuple[int, int]:
+    """Slices to add below the first and above the last z slice of ``hu`` (within ``box``): ``voxels``
+    at each end where the body reaches it (more than ``CUT_FACE_MIN_SHARE`` of the end slice denser
+    than air), as where the field of view cuts through the neck, the shoulders or the hips."""
+    if voxels <= 0:
+        return (0, 0)
+    inside = hu if box is None else hu[box]
+    ends = (inside[:, :, 0], inside[:, :, -1])
+    return tuple(voxels if (end > CONTENT_HU).mean() > CUT_FACE_MIN_SHARE else 0 for end in ends)  # type: ignore[return-value]
+
+
 def run_model(
     session: ort.InferenceSession,
     card: ModelCard,
@@ -155,13 +168,16 @@ def run_model(
     max_whole_voxels: int = DEFAULT_MAX_WHOLE_VOXELS,
     batch_size: int = 2,
     box: tuple[slice, ...] | None = None,
+    extend: tuple[int, int] = (0, 0),
 ) -> RawOutput:
     """Logits of ``card``'s network for ``image``: one pass when the padded volume has at most
     ``max_whole_voxels`` voxels, else Gaussian-weighted sliding windows of the card's patch size.
 
     With ``box`` (``content_box``: the animal and whatever lies near it, with air all round) the
     network sees only that part of ``image``; outside it every voxel is background, certain
-    (``OUTSIDE_LOGIT``)."""
+    (``OUTSIDE_LOGIT``). ``extend`` (``cut_faces``) continues the part it sees past its first and
+    last z slices by repeating them, at least that many slices and up to the network's multiple;
+    the logits are of ``image``'s own slices."""
     if image.ndim != 3:
         raise ValueError(f"the network input must be 3D, got shape {image.shape}")
     if box is not None:
@@ -172,6 +188,7 @@ def run_model(
             pad_value=pad_value,
             max_whole_voxels=max_whole_voxels,
             batch_size=batch_size,
+            extend=extend,
         )
         logits = np.full((inner.logits.shape[0], *image.shape), -OUTSIDE_LOGIT, dtype=np.float32)
         logits[0] = 0.0
@@ -181,6 +198,28 @@ def run_model(
             disagreement = np.full(image.shape, -OUTSIDE_LOGIT, dtype=np.float32)
             disagreement[box] = inner.disagreement_logit
         return RawOutput(logits=logits, disagreement_logit=disagreement, passes=inner.passes)
+    below, above = extend
+    if below or above:
+        # The network's multiple is made up with more of the continued body, not with air, which
+        # would end it in a stump again a few slices on.
+        extra = -(image.shape[2] + below + above) % card.divisible_by
+        below, above = (below, above + extra) if above else (below + extra, above)
+        inner = run_model(
+            session,
+            card,
+            np.pad(image, ((0, 0), (0, 0), (below, above)), mode="edge"),
+            pad_value=pad_value,
+            max_whole_voxels=max_whole_voxels,
+            batch_size=batch_size,
+        )
+        keep = slice(below, below + image.shape[2])
+        return RawOutput(
+            logits=np.ascontiguousarray(inner.logits[:, :, :, keep]),
+            disagreement_logit=None
+            if inner.disagreement_logit is None
+            else np.ascontiguousarray(inner.disagreement_logit[:, :, keep]),
+            passes=inner.passes,
+        )
     k = card.divisible_by
     padded_voxels = math.prod(_round_up(n, k) for n in image.shape)
     if padded_voxels <= max_whole_voxels:

@@ -32,7 +32,7 @@ from inference.pipeline.geometry import (
     upsample_argmax,
     upsample_to_uint8,
 )
-from inference.pipeline.infer import DEFAULT_MAX_WHOLE_VOXELS, content_box, run_model
+from inference.pipeline.infer import DEFAULT_MAX_WHOLE_VOXELS, content_box, cut_faces, run_model
 from inference.pipeline.intensity import IntensityCalibration, intensity_for
 from inference.pipeline.noise import for_threshold_rules, threshold_rules_finding
 from inference.pipeline.normalise import normalise, pad_value
@@ -247,6 +247,9 @@ def _segment_task(
             voxels_across(CROP_MARGIN_MM, spacing_on(geometry, grid)),
             lead.divisible_by,
         )
+        extend = cut_faces(
+            resampled[grid], box, round(lead.cut_face_extension_mm / spacing_on(geometry, grid)[2])
+        )
     members_logits: list[np.ndarray] = []
     disagreement: np.ndarray | None = None
     for card in members:
@@ -261,6 +264,7 @@ def _segment_task(
                 max_whole_voxels=max_whole_voxels,
                 batch_size=batch_size,
                 box=box,
+                extend=extend,
             )
         members_logits.append(raw.logits)
         if raw.disagreement_logit is not None:

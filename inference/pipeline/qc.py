@@ -18,6 +18,9 @@ accepts it (the server records who and when). The checks, each with its own reas
 - ``lesion_outside_body``: a lesion mostly outside the mouse's body (on the animal bed, in air, in
   another object) or whose mean intensity is air-like; specks below the pipeline's smallest lesion
   (``postprocess.DEFAULT_MIN_LESION_VOLUME_MM3``) are not lesions and are not counted.
+- ``tumor_at_field_edge``: a tumor touching the edge of the scanned field: its volume is only a
+  lower bound, and a leg or the neck cut by the field of view ends in a soft-tissue stump that
+  the tumor model can take for a tumor.
 - ``uncertain``: more than ``MAX_UNCERTAIN_FRACTION`` of the labelled voxels very uncertain
   (map >= ``VERY_UNCERTAIN``). The map is calibrated so that 50 % means "annotators would
   disagree here", so outlines are always half uncertain: on held-out native phantoms 14-15 % of
@@ -388,6 +391,7 @@ def _lesion_reasons(
     box = bounding_box(mask, 0)
     if box is None:
         return reasons
+    reasons.extend(_tumors_at_field_edge(labels == BY_NAME["tumor"].id, min_voxels))
     # Lesions are small: measuring them inside their bounding box skips the rest of the scan.
     mask, hu, body = mask[box], hu[box], body[box]
     components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
@@ -411,6 +415,47 @@ def _lesion_reasons(
             )
         )
     return reasons
+
+
+def _tumors_at_field_edge(tumor: np.ndarray, min_voxels: int) -> list[Reason]:
+    """One reason when tumor components touch a face of the scanned array: cut by the field of
+    view, so their volume is only a lower bound. A limb or the neck cut by the field ends in a
+    soft-tissue stump beside the body, which the tumor model can take for a tumor (the large
+    Digimouse torso of ``inference/training/robustness.py``, cut through the shoulders)."""
+    box = bounding_box(tumor, 0)
+    if box is None:
+        return []
+    at_face = [
+        (axis, end)
+        for axis, cut in enumerate(box)
+        for end in (0, -1)
+        if (cut.start == 0 if end == 0 else cut.stop == tumor.shape[axis])
+    ]
+    if not at_face:
+        return []
+    # Only the tumors' box is labelled; the faces it shares with the array are the field's edge.
+    inside = tumor[box]
+    faces = np.zeros(inside.shape, dtype=bool)
+    for axis, end in at_face:
+        face = [slice(None)] * inside.ndim
+        face[axis] = slice(-1, None) if end else slice(0, 1)
+        faces[tuple(face)] = True
+    components, count = ndimage.label(inside, structure=np.ones((3, 3, 3), dtype=bool))
+    index = np.arange(1, count + 1)
+    touching = ndimage.maximum(faces, components, index)
+    sizes = ndimage.sum(inside, components, index)
+    cut = [i for i in range(count) if touching[i] and sizes[i] >= min_voxels]
+    if not cut:
+        return []
+    return [
+        Reason(
+            "tumor_at_field_edge",
+            f"{len(cut)} tumor(s) run out of the scanned field: the volume is only what lies inside it, "
+            "and a leg or the neck cut by the field can look like a tumor; check the outline, or "
+            "scan with the whole tumor in view",
+            "tumor",
+        )
+    ]
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ def export_model(
             "divisible_by": model.divisible_by,
             "patch_size": patch_size(spec),
             "overlap": 0.25,
+            **({"extend_cut_faces_mm": spec.extend_cut_faces_mm} if spec.extend_cut_faces_mm else {}),
         },
         "input_name": "ct",
         "output_names": {"logits": "logits", "disagreement": "disagreement"},

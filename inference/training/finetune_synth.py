@@ -122,6 +122,7 @@ def finetune(
     plain_body: float = 0.0,
     clipped: float = 0.0,
     rolled: float = 0.0,
+    sizes: tuple[float, float] = (0.85, 1.15),
     batch: int = 2,
     workers: int = 0,
     steps_per_epoch: int = 0,
@@ -152,6 +153,7 @@ def finetune(
         plain_body=plain_body,
         clipped=clipped,
         rolled=rolled,
+        sizes=sizes,
     )
     val: dict[str, list[Case]] = digimouse_cases(spec)
     if (pool / "native_08000.npz").exists():
@@ -227,6 +229,7 @@ def finetune(
         "plain_body": plain_body,
         "clipped": clipped,
         "rolled": rolled,
+        "mouse_sizes": list(sizes),
         "command": command or "python -m inference.training.finetune_synth " + " ".join(sys.argv[1:]),
         "history": cfg.history,
     }
@@ -251,6 +254,15 @@ def carry_postprocess(old: Path, new: Path) -> None:
     if "refiners" in old_card:
         card["refiners"] = old_card["refiners"]
     card_path.write_text(json.dumps(finite_or_null(card), indent=1, allow_nan=False) + "\n")
+
+
+def _size_range(text: str) -> tuple[float, float] | None:
+    """``"0.8,1.3"`` as (0.8, 1.3); None unless it is two numbers, 0 < low <= high."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        return None
+    return (low, high) if 0.0 < low <= high else None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -303,6 +315,13 @@ def main(argv: list[str] | None = None) -> None:
         help="chance that a synthetic volume's mouse lies part-way on its side, turned 10-40 degrees "
         "about its long axis (synth.synth_sample); 0 for 2.4.0 and earlier",
     )
+    parser.add_argument(
+        "--mouse-size",
+        default="0.85,1.15",
+        metavar="LOW,HIGH",
+        help="range of a synthetic mouse's overall scale against its source (synth.synth_sample); "
+        "0.85,1.15 for every committed model (mouse-organs up to 2.4.0, mouse-tumor up to 2.0.1)",
+    )
     parser.add_argument("--batch", type=int, default=2, help="crops per step (2 on the CPU)")
     parser.add_argument(
         "--workers",
@@ -331,6 +350,11 @@ def main(argv: list[str] | None = None) -> None:
     ):
         if not 0.0 <= share <= 1.0:
             parser.error(f"{flag} is the share of volumes drawn so: give 0 to 1, not {share}")
+    sizes = _size_range(args.mouse_size)
+    if sizes is None:
+        parser.error(
+            f"--mouse-size {args.mouse_size}: give two scales, low,high, each above 0, for example 0.8,1.3"
+        )
     if args.no_phantoms and args.no_digimouse:
         parser.error("--no-phantoms and --no-digimouse leave nothing to train on: give at most one")
     if args.variety < 1.0:
@@ -356,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         plain_body=args.plain_body,
         clipped=args.clipped,
         rolled=args.rolled,
+        sizes=sizes,
         batch=args.batch,
         workers=args.workers,
         steps_per_epoch=args.steps_per_epoch,

@@ -27,7 +27,10 @@ its own dtype, with its affine) and scored against the truth moved the same way:
   ``digimouse_torso_lateral`` / ``digimouse_torso_rolled``: that torso turned 180, 90 or 20 degrees
   about its long axis, header unchanged;
   ``digimouse_tilted`` / ``digimouse_torso_tilted``: the mouse lying 20 degrees diagonally in the
-  scanner (turned about its dorso-ventral axis), whole, or its torso cut by the axial field.
+  scanner (turned about its dorso-ventral axis), whole, or its torso cut by the axial field;
+  ``digimouse_torso_small`` / ``digimouse_torso_large``: the torso of a mouse 0.85 or 1.2 times
+  the atlas' length (``MOUSE_SIZES``; the atlas mouse weighs 28 g, so about 17 g and 48 g, a young
+  mouse and a diet-induced obese one), cut at the same anatomical landmarks.
 
 Per variant it prints the median Dice of each structure (the big organs first), the median volume
 claimed for labelled structures that are absent (e.g. a liver in a head-only scan), and the tumor
@@ -113,6 +116,8 @@ VARIANTS: dict[str, str] = {
     "digimouse_torso_rolled": "Digimouse torso rolled 20 degrees about the long axis, header unchanged",
     "digimouse_tilted": "Digimouse lying 20 degrees diagonally in the scanner",
     "digimouse_torso_tilted": "Digimouse lying 20 degrees diagonally, torso cut by the axial field",
+    "digimouse_torso_small": "Digimouse torso of a mouse 0.85 times as long (about 17 g)",
+    "digimouse_torso_large": "Digimouse torso of a mouse 1.2 times as long (about 48 g)",
 }
 DIGIMOUSE_VARIANTS = (
     "digimouse",
@@ -122,7 +127,11 @@ DIGIMOUSE_VARIANTS = (
     "digimouse_torso_rolled",
     "digimouse_tilted",
     "digimouse_torso_tilted",
+    "digimouse_torso_small",
+    "digimouse_torso_large",
 )
+#: Length of the small and large Digimouse variants against the atlas mouse's own.
+MOUSE_SIZES = {"small": 0.85, "large": 1.2}
 #: The diagonal of the tilted Digimouse variants (degrees, about the dorso-ventral axis).
 TILT_DEG = 20.0
 #: The part-way roll of the ``rolled`` variants (degrees, about the long axis).
@@ -391,6 +400,10 @@ class PhantomSource:
 def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = None) -> Case:
     """The Digimouse atlas rendered as CT (whole body or torso, turned as ``variant`` says), seed 0."""
     mouse = digimouse.load(atlas_dir)
+    size = variant.rsplit("_", 1)[-1]
+    if size in MOUSE_SIZES:
+        # Another mouse's size: the atlas' voxels stretched, so every organ scales with the body.
+        mouse = replace(mouse, spacing_mm=mouse.spacing_mm * MOUSE_SIZES[size])
     crop: Literal["whole", "torso"] = "torso" if "torso" in variant else "whole"
     tilt = variant.endswith("tilted")
     # A tilted torso is cut from the tilted body, as the scanner's axial field of view cuts it.
@@ -414,6 +427,8 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
     for pose, quarter_turns in turns.items():
         if variant.endswith(pose):
             return replace(rotate_long_axis(case, quarter_turns), name=f"digimouse_{crop}_{pose}")
+    if size in MOUSE_SIZES:
+        return replace(case, name=f"digimouse_{crop}_{size}")
     return case
 
 

@@ -46,6 +46,7 @@ class SynthPool:
     plain_body: float = 0.0
     clipped: float = 0.0
     rolled: float = 0.0
+    sizes: tuple[float, float] = (0.85, 1.15)
     offset: int = 0
     stride: int = 1
     cases: list[Case] = field(default_factory=list)
@@ -88,6 +89,7 @@ class SynthPool:
             plain_body=self.plain_body,
             clipped=self.clipped,
             rolled=self.rolled,
+            sizes=self.sizes,
         )
         return case_from_arrays(
             f"synth-{source.name}-{seed}",

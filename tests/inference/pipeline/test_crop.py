@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import inference.pipeline.predict as predict
 from inference.phantom import generate_phantom
-from inference.pipeline.infer import content_box
-from inference.registry import default_model
+from inference.pipeline.infer import content_box, cut_faces, run_model
+from inference.pipeline.runtime import get_session
+from inference.registry import ModelCard, default_model, load_card
 from inference.structures import BY_NAME
+from tests.inference.pipeline.tiny_models import write_threshold_model
 
 
 def test_the_box_holds_every_dense_voxel_with_its_margin_on_the_networks_multiple() -> None:
@@ -60,3 +68,67 @@ def test_a_wider_field_of_view_gives_the_same_labels(monkeypatch: pytest.MonkeyP
     assert len(boxes) == 4 and all(box is not None for box in boxes)
     assert np.array_equal(labels[30], labels[60])
     assert (labels[30] == BY_NAME["heart"].id).sum() > 1000
+
+
+def test_cut_faces_names_the_ends_that_cut_through_the_body() -> None:
+    hu = np.full((20, 20, 30), -1000.0, dtype=np.float32)
+    hu[5:15, 5:15, 0:20] = 40.0  # a body cut by the caudal end of the field, whole at the cranial
+    assert cut_faces(hu, None, 3) == (3, 0)
+    assert cut_faces(hu, None, 0) == (0, 0)
+    assert cut_faces(hu, (slice(0, 20), slice(0, 20), slice(2, 25)), 3) == (3, 0)
+    assert cut_faces(hu[:, :, 1:25], None, 3) == (3, 0)
+    hu[:, :, 20:] = -1000.0
+    hu[10, 10, 20:] = 40.0  # a tail leaving the field: under 1 % of the end slice
+    assert cut_faces(hu, None, 3) == (3, 0)
+    assert cut_faces(hu[:, :, 22:], None, 3) == (0, 0)  # only the tail: a slab beyond the body
+
+
+def _z_sum_model(tmp_path: Path, divisible_by: int) -> ModelCard:
+    """A network whose foreground logit is the sum of each voxel and its two z neighbours (zero
+    beyond the input), so a test can read what it saw past the last slice."""
+    card = write_threshold_model(
+        tmp_path, structures=(0, 4), thresholds=(0.5,), disagreement=False, divisible_by=divisible_by
+    )
+    weight = np.zeros((2, 1, 1, 1, 3), np.float32)
+    weight[1] = 1.0
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "Conv", ["image", "weight"], ["logits"], kernel_shape=[1, 1, 3], pads=[0, 0, 1, 0, 0, 1]
+            )
+        ],
+        "z-sum",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, "X", "Y", "Z"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2, "X", "Y", "Z"])],
+        [numpy_helper.from_array(weight, "weight")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(card.folder / "model.onnx"))
+    raw = json.loads((card.folder / "model.json").read_text())
+    raw["sha256"] = hashlib.sha256((card.folder / "model.onnx").read_bytes()).hexdigest()
+    (card.folder / "model.json").write_text(json.dumps(raw))
+    return load_card(card.folder)
+
+
+@pytest.mark.parametrize("divisible_by", [1, 8])
+def test_a_body_cut_by_the_field_runs_on_for_the_network(tmp_path: Path, divisible_by: int) -> None:
+    card = _z_sum_model(tmp_path, divisible_by)
+    session = get_session(card, threads=1)
+    image = np.ones((4, 4, 6), np.float32)
+    plain = run_model(session, card, image, pad_value=0.0)
+    ran_on = run_model(session, card, image, pad_value=0.0, extend=(0, 1))
+    boxed = run_model(
+        session,
+        card,
+        np.pad(image, ((2, 2), (2, 2), (0, 0))),
+        pad_value=0.0,
+        box=(slice(2, 6), slice(2, 6), slice(0, 6)),
+        extend=(1, 1),
+    )
+    # Past the last slice the plain network sees nothing (or air padding to its multiple);
+    # continued, it sees the body go on, and answers for the image's own slices only.
+    assert plain.logits.shape == ran_on.logits.shape == (2, 4, 4, 6)
+    assert np.allclose(plain.logits[1, :, :, -1], 2.0) and np.allclose(ran_on.logits[1, :, :, -1], 3.0)
+    assert np.allclose(ran_on.logits[1, :, :, 0], 2.0)  # not continued below: the first slice as before
+    assert np.allclose(boxed.logits[1, 2:6, 2:6], 3.0)

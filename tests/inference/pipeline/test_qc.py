@@ -89,6 +89,26 @@ def test_a_tumor_on_the_bed_and_one_above_the_humane_burden_are_flagged(phantom:
     assert any("humane-endpoint" in r.message or "% of the body" in r.message for r in burden.reasons)
 
 
+def test_a_tumor_cut_by_the_field_of_view_asks_for_review(phantom: Phantom) -> None:
+    """A tumor running out of the scan (or a leg stump the tumor model took for one) is a lower
+    bound at best; one wholly inside the field is no reason."""
+    tumor = np.argwhere(phantom.labels == TUMOR)
+    assert len(tumor), "test phantom 9001 carries a tumor"
+    inside = _check(phantom, phantom.labels)
+    # Cut the scan through the middle of the tumor, across the long axis.
+    cut = int(np.median(tumor[:, 2]))
+    for ct, labels in (
+        (phantom.ct[:, :, :cut], phantom.labels[:, :, :cut]),
+        (phantom.ct[:, :, cut:], phantom.labels[:, :, cut:]),
+    ):
+        report = _check(phantom, np.ascontiguousarray(labels), np.ascontiguousarray(ct))
+        edge = [r for r in report.reasons if r.code == "tumor_at_field_edge"]
+        assert report.status == NEEDS_REVIEW and len(edge) == 1
+        assert edge[0].structure == "tumor" and "run out of the scanned field" in edge[0].message
+
+    assert "tumor_at_field_edge" not in _codes(inside)
+
+
 def test_calibration_orientation_and_uncertainty_findings_ask_for_review(phantom: Phantom) -> None:
     uncertain = np.full(phantom.labels.shape, 255, dtype=np.uint8)
     calibrated = {"units": "calibrated", "slope": 8.0, "intercept": -1000.0}

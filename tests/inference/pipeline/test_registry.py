@@ -46,6 +46,21 @@ def test_it_refuses_structure_ids_outside_the_canonical_table(tmp_path: Path) ->
         load_card(folder)
 
 
+@pytest.mark.parametrize("extension", [-1.0, 50.0, "far"])
+def test_it_refuses_a_cut_face_extension_that_is_no_length(tmp_path: Path, extension: object) -> None:
+    folder = tmp_path / "m" / "1"
+    assert write_threshold_model(folder).cut_face_extension_mm == 0.0
+    raw = json.loads((folder / "model.json").read_text())
+    raw["layout"]["extend_cut_faces_mm"] = 2.0
+    (folder / "model.json").write_text(json.dumps(raw))
+    assert load_card(folder).cut_face_extension_mm == 2.0
+    raw["layout"]["extend_cut_faces_mm"] = extension
+    (folder / "model.json").write_text(json.dumps(raw))
+
+    with pytest.raises(ModelCardError, match="extend_cut_faces_mm' must be a length in mm from 0 to 20"):
+        load_card(folder)
+
+
 def test_it_names_missing_fields(tmp_path: Path) -> None:
     folder = tmp_path / "m" / "1"
     write_threshold_model(folder)

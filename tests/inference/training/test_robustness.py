@@ -283,3 +283,19 @@ def test_a_part_way_roll_turns_the_truth_with_the_image(case: Case) -> None:
     kept = (rolled.labels == liver).sum() / (case.labels == liver).sum()
     assert 0.97 < kept < 1.03  # nothing cut off by the turn
     assert abs(np.median(rolled.ct[rolled.labels == liver]) - np.median(case.ct[case.labels == liver])) < 10
+
+
+@pytest.mark.skipif(not (SHARED / "realdata" / "digimouse").is_dir(), reason="Digimouse atlas not present")
+def test_small_and_large_mice_scale_every_organ_with_the_body() -> None:
+    atlas = SHARED / "realdata" / "digimouse"
+    cases = {v: robustness.digimouse_case(v, SPACING_MM, atlas) for v in robustness.DIGIMOUSE_VARIANTS[1:2]}
+    for size in robustness.MOUSE_SIZES:
+        cases[size] = robustness.digimouse_case(f"digimouse_torso_{size}", SPACING_MM, atlas)
+    assert cases["small"].name == "digimouse_torso_small" and cases["large"].name == "digimouse_torso_large"
+    plain = cases["digimouse_torso"]
+    for size, factor in robustness.MOUSE_SIZES.items():
+        for name in ("liver", "heart", "lung_left"):
+            sid = BY_NAME[name].id
+            ratio = (cases[size].labels == sid).sum() / (plain.labels == sid).sum()
+            # Volumes go with the cube of the length (on a 0.63 mm grid, to within a few %).
+            assert ratio == pytest.approx(factor**3, rel=0.08), (size, name)

@@ -225,9 +225,26 @@ def test_rolled_mice_lie_part_way_on_their_side() -> None:
         synth_sample(source, 3, rolled=1.5)
 
 
+def test_mouse_size_scales_the_whole_mouse_and_keeps_the_default_draws() -> None:
+    """``sizes`` sets the overall scale: a mouse drawn at 1.3 has about (1.3 / 0.8)^3 the body of
+    one drawn at 0.8 (the per-axis spread aside), and the default range draws as before."""
+    source = tiny_source()
+    assert np.array_equal(synth_sample(source, 4, sizes=(0.85, 1.15)).ct, synth_sample(source, 4).ct)
+    for seed in range(3):
+        small, big = (synth_sample(source, seed, shape=(40, 40, 64), sizes=(s, s)) for s in (0.8, 1.3))
+        # The brain, heart, lungs and liver, which the box never cuts at either size.
+        inner = [ID[n] for n in ("heart", "lung_left", "lung_right", "liver")]
+        ratio = big.fractions[inner].astype(float).sum() / small.fractions[inner].astype(float).sum()
+        assert 0.75 * (1.3 / 0.8) ** 3 < ratio < 1.25 * (1.3 / 0.8) ** 3
+    with pytest.raises(ValueError, match="sizes is a range"):
+        synth_sample(source, 3, sizes=(1.2, 0.9))
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--mouse-size", "1.3,0.8"], "--mouse-size 1.3,0.8: give two scales"),
+        (["--mouse-size", "big"], "--mouse-size big: give two scales"),
         (["--plain-body", "35"], "--plain-body is the share"),
         (["--clipped", "2"], "--clipped is the share"),
         (["--rolled", "-0.2"], "--rolled is the share"),

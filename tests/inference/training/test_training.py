@@ -112,12 +112,30 @@ def test_exported_folder_is_a_model_the_pipeline_runs(
     card = json.loads((tmp_path / "model.json").read_text())
     assert card["input_spacing_mm"] == [2.52, 2.52, 2.52]
     assert card["layout"]["divisible_by"] == 8
+    assert "extend_cut_faces_mm" not in card["layout"]  # TINY's organs-like spec: not continued
     loaded = load_card(tmp_path)
     volume = np.full((24, 24, 64), -1000.0, dtype=np.float32)
     # An all-air volume is no mouse scan: taken as HU unchecked.
     out = predict_volume(volume, np.diag([1.26, 1.26, 1.26, 1.0]), [loaded], threads=1, intensity="hu")
     assert out.labels.shape == volume.shape
     assert out.uncertainty.dtype == np.uint8
+
+
+def test_the_tumor_task_exports_its_cut_face_extension(tiny_model: UNet3D, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from inference.training.tasks import TUMOR
+
+    assert TUMOR.extend_cut_faces_mm == 2.0
+    export_model(
+        tiny_model,
+        replace(TINY, extend_cut_faces_mm=TUMOR.extend_cut_faces_mm),
+        tmp_path,
+        version="0.0.1",
+        training={"data": "tiny"},
+        input_spacing_mm=2.52,
+    )
+    assert load_card(tmp_path).cut_face_extension_mm == 2.0
 
 
 def test_a_scan_that_labels_only_some_organs_marks_the_rest_unlabelled(tiny_data: Path) -> None:
