@@ -245,7 +245,7 @@ def _check_layout(folder: Path, raw: dict[str, Any]) -> None:
     if raw["layout"].get("kind", "3d") != "3d":
         raise _problem(folder, f"layout kind {raw['layout'].get('kind')!r} is not supported (only '3d')")
     extension = raw["layout"].get("extend_cut_faces_mm", 0.0)
-    if not (isinstance(extension, int | float) and 0.0 <= float(extension) <= 20.0):
+    if isinstance(extension, bool) or not (isinstance(extension, int | float) and 0.0 <= extension <= 20.0):
         raise _problem(folder, "layout 'extend_cut_faces_mm' must be a length in mm from 0 to 20")
     if not raw["output_names"].get("logits"):
         raise _problem(folder, "'output_names' must name the logits output")

@@ -155,8 +155,11 @@ def cut_faces(hu: np.ndarray, box: tuple[slice, ...] | None, voxels: int) -> tup
     if voxels <= 0:
         return (0, 0)
     inside = hu if box is None else hu[box]
-    ends = (inside[:, :, 0], inside[:, :, -1])
-    return tuple(voxels if (end > CONTENT_HU).mean() > CUT_FACE_MIN_SHARE else 0 for end in ends)  # type: ignore[return-value]
+
+    def cut(end: np.ndarray) -> int:
+        return voxels if float((end > CONTENT_HU).mean()) > CUT_FACE_MIN_SHARE else 0
+
+    return cut(inside[:, :, 0]), cut(inside[:, :, -1])
 
 
 def run_model(

@@ -391,8 +391,14 @@ def _lesion_reasons(
     box = bounding_box(mask, 0)
     if box is None:
         return reasons
-    reasons.extend(_tumors_at_field_edge(labels == BY_NAME["tumor"].id, min_voxels))
     # Lesions are small: measuring them inside their bounding box skips the rest of the scan.
+    at_edge = [
+        (axis, end)
+        for axis, (part, n) in enumerate(zip(box, labels.shape, strict=True))
+        for end, reached in ((0, part.start == 0), (-1, part.stop == n))
+        if reached
+    ]
+    reasons.extend(_tumors_at_field_edge(labels[box] == BY_NAME["tumor"].id, at_edge, min_voxels))
     mask, hu, body = mask[box], hu[box], body[box]
     components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
     index = np.arange(1, count + 1)
@@ -417,33 +423,27 @@ def _lesion_reasons(
     return reasons
 
 
-def _tumors_at_field_edge(tumor: np.ndarray, min_voxels: int) -> list[Reason]:
-    """One reason when tumor components touch a face of the scanned array: cut by the field of
-    view, so their volume is only a lower bound. A limb or the neck cut by the field ends in a
-    soft-tissue stump beside the body, which the tumor model can take for a tumor (the large
-    Digimouse torso of ``inference/training/robustness.py``, cut through the shoulders)."""
-    box = bounding_box(tumor, 0)
-    if box is None:
+def _tumors_at_field_edge(
+    tumor: np.ndarray, at_edge: Sequence[tuple[int, int]], min_voxels: int
+) -> list[Reason]:
+    """One reason when tumor components touch the edge of the scanned field: cut by it, so their
+    volume is only a lower bound. A limb or the neck cut by the field ends in a soft-tissue stump
+    beside the body, which the tumor model can take for a tumor (the large Digimouse torso of
+    ``inference/training/robustness.py``, cut through the shoulders). ``tumor`` is the tumor mask in
+    the lesions' box, ``at_edge`` the (axis, end) faces of that box that are the array's own."""
+    if not at_edge or not tumor.any():
         return []
-    at_face = [
-        (axis, end)
-        for axis, cut in enumerate(box)
-        for end in (0, -1)
-        if (cut.start == 0 if end == 0 else cut.stop == tumor.shape[axis])
-    ]
-    if not at_face:
-        return []
-    # Only the tumors' box is labelled; the faces it shares with the array are the field's edge.
-    inside = tumor[box]
-    faces = np.zeros(inside.shape, dtype=bool)
-    for axis, end in at_face:
-        face = [slice(None)] * inside.ndim
+    faces = np.zeros(tumor.shape, dtype=bool)
+    for axis, end in at_edge:
+        face = [slice(None)] * tumor.ndim
         face[axis] = slice(-1, None) if end else slice(0, 1)
         faces[tuple(face)] = True
-    components, count = ndimage.label(inside, structure=np.ones((3, 3, 3), dtype=bool))
+    if not (tumor & faces).any():
+        return []
+    components, count = ndimage.label(tumor, structure=np.ones((3, 3, 3), dtype=bool))
     index = np.arange(1, count + 1)
     touching = ndimage.maximum(faces, components, index)
-    sizes = ndimage.sum(inside, components, index)
+    sizes = ndimage.sum(tumor, components, index)
     cut = [i for i in range(count) if touching[i] and sizes[i] >= min_voxels]
     if not cut:
         return []

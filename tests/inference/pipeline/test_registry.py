@@ -46,7 +46,7 @@ def test_it_refuses_structure_ids_outside_the_canonical_table(tmp_path: Path) ->
         load_card(folder)
 
 
-@pytest.mark.parametrize("extension", [-1.0, 50.0, "far"])
+@pytest.mark.parametrize("extension", [-1.0, 50.0, "far", True])
 def test_it_refuses_a_cut_face_extension_that_is_no_length(tmp_path: Path, extension: object) -> None:
     folder = tmp_path / "m" / "1"
     assert write_threshold_model(folder).cut_face_extension_mm == 0.0
