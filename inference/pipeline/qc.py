@@ -18,7 +18,7 @@ accepts it (the server records who and when). The checks, each with its own reas
 - ``lesion_outside_body``: a lesion mostly outside the mouse's body (on the animal bed, in air, in
   another object) or whose mean intensity is air-like; specks below the pipeline's smallest lesion
   (``postprocess.DEFAULT_MIN_LESION_VOLUME_MM3``) are not lesions and are not counted.
-- ``tumor_at_field_edge``: a tumor touching the edge of the scanned field: its volume is only a
+- ``tumor_at_field_edge``: a tumor within ``EDGE_MM`` of the edge of the scanned field: its volume is only a
   lower bound, and a leg or the neck cut by the field of view ends in a soft-tissue stump that
   the tumor model can take for a tumor.
 - ``uncertain``: more than ``MAX_UNCERTAIN_FRACTION`` of the labelled voxels very uncertain
@@ -111,6 +111,8 @@ MIN_LESION_IN_BODY = 0.5
 #: HU for every purpose here (3x noise shifts the soft-tissue peak a few HU): not a reason.
 CALIBRATION_TOLERANCE_HU = 30.0
 AIR_LIKE_HU = -700.0
+#: A tumor reaching this close to a face of the scanned array (mm) is at the field's edge.
+EDGE_MM = 1.0
 #: Pairs whose first organ's centre lies cranial of the second's in every mouse (9-20 mm apart in
 #: Digimouse, 10-38 in the phantoms), and pairs whose first lies on the mouse's left of the second
 #: (6.5-11.5 mm apart in Digimouse, 9-10.5 in the phantoms).
@@ -366,6 +368,7 @@ def _lesion_reasons(
     lesions: Sequence[LesionRow],
     body_mm3: float,
     min_voxels: int = 1,
+    edge_voxels: int = 1,
 ) -> list[Reason]:
     reasons = []
     lesion_ids = [BY_NAME[name].id for name in LESION_NAMES]
@@ -392,13 +395,11 @@ def _lesion_reasons(
     if box is None:
         return reasons
     # Lesions are small: measuring them inside their bounding box skips the rest of the scan.
-    at_edge = [
-        (axis, end)
-        for axis, (part, n) in enumerate(zip(box, labels.shape, strict=True))
-        for end, reached in ((0, part.start == 0), (-1, part.stop == n))
-        if reached
-    ]
-    reasons.extend(_tumors_at_field_edge(labels[box] == BY_NAME["tumor"].id, at_edge, min_voxels))
+    reasons.extend(
+        _tumors_at_field_edge(
+            labels[box] == BY_NAME["tumor"].id, _edge_band(box, labels.shape, edge_voxels), min_voxels
+        )
+    )
     mask, hu, body = mask[box], hu[box], body[box]
     components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
     index = np.arange(1, count + 1)
@@ -423,21 +424,28 @@ def _lesion_reasons(
     return reasons
 
 
-def _tumors_at_field_edge(
-    tumor: np.ndarray, at_edge: Sequence[tuple[int, int]], min_voxels: int
-) -> list[Reason]:
-    """One reason when tumor components touch the edge of the scanned field: cut by it, so their
-    volume is only a lower bound. A limb or the neck cut by the field ends in a soft-tissue stump
-    beside the body, which the tumor model can take for a tumor (the large Digimouse torso of
-    ``inference/training/robustness.py``, cut through the shoulders). ``tumor`` is the tumor mask in
-    the lesions' box, ``at_edge`` the (axis, end) faces of that box that are the array's own."""
-    if not at_edge or not tumor.any():
-        return []
-    faces = np.zeros(tumor.shape, dtype=bool)
-    for axis, end in at_edge:
-        face = [slice(None)] * tumor.ndim
-        face[axis] = slice(-1, None) if end else slice(0, 1)
-        faces[tuple(face)] = True
+def _edge_band(box: tuple[slice, ...], shape: tuple[int, ...], voxels: int) -> np.ndarray:
+    """Within ``box``, the voxels less than ``voxels`` from a face of the whole array."""
+    band = np.zeros(tuple(part.stop - part.start for part in box), dtype=bool)
+    for axis, (part, n) in enumerate(zip(box, shape, strict=True)):
+        low, high = voxels - part.start, n - voxels - part.start
+        index: list[slice] = [slice(None)] * len(box)
+        if low > 0:
+            index[axis] = slice(0, low)
+            band[tuple(index)] = True
+        if high < band.shape[axis]:
+            index[axis] = slice(max(high, 0), None)
+            band[tuple(index)] = True
+    return band
+
+
+def _tumors_at_field_edge(tumor: np.ndarray, faces: np.ndarray, min_voxels: int) -> list[Reason]:
+    """One reason when tumor components reach the edge of the scanned field (``faces``: the band
+    along it, ``EDGE_MM`` deep): cut by it, so their volume is only a lower bound. A limb or the
+    neck cut by the field ends in a soft-tissue stump beside the body, which the tumor model can
+    take for a tumor (the large Digimouse torso of ``inference/training/robustness.py``, cut
+    through the shoulders, where ``mouse-tumor/2.0.0`` drew 12 and 37 mm^3 ending 0.6-0.8 mm short
+    of the edge). ``tumor`` is the tumor mask in the lesions' box."""
     if not (tumor & faces).any():
         return []
     components, count = ndimage.label(tumor, structure=np.ones((3, 3, 3), dtype=bool))
@@ -544,8 +552,10 @@ def check_run(
         name for name in drawable if name in REGION_OF and REGION_OF[name] not in report.regions
     )
     speck = DEFAULT_MIN_LESION_VOLUME_MM3 / (voxel_volume_mm3 * step**3)
+    # The voxel's edge, as if it were a cube (the QC view's voxels may be anisotropic).
+    edge = max(1, int(np.ceil(EDGE_MM / (voxel_volume_mm3 ** (1 / 3) * step))))
     report.reasons.extend(
-        _lesion_reasons(labels, hu, body, lesions, report.body_volume_mm3, max(1, int(np.ceil(speck))))
+        _lesion_reasons(labels, hu, body, lesions, report.body_volume_mm3, max(1, int(np.ceil(speck))), edge)
     )
     if uncertainty is not None:
         labelled = np.asarray(labels) > 0

@@ -107,6 +107,17 @@ def test_a_tumor_cut_by_the_field_of_view_asks_for_review(phantom: Phantom) -> N
         assert edge[0].structure == "tumor" and "run out of the scanned field" in edge[0].message
 
     assert "tumor_at_field_edge" not in _codes(inside)
+    # A stump-like "tumor" ending just short of the cut (0.84 mm at these 0.42 mm voxels) is at the
+    # edge too; one ending 1.7 mm short is not.
+    top = int(tumor[:, 2].max())
+    for gap, flagged in ((2, True), (4, False)):
+        end = top + 1 + gap
+        report = _check(
+            phantom,
+            np.ascontiguousarray(phantom.labels[:, :, :end]),
+            np.ascontiguousarray(phantom.ct[:, :, :end]),
+        )
+        assert ("tumor_at_field_edge" in _codes(report)) is flagged, gap
 
 
 def test_calibration_orientation_and_uncertainty_findings_ask_for_review(phantom: Phantom) -> None:
