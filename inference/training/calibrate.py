@@ -21,7 +21,8 @@ its ``model.json`` under ``"postprocess"``:
   the edge of the organ model's lungs (``pipeline.postprocess.detect_bright_lesions``), with the
   threshold, rim erosion, smallest volume, chest-wall radius and dim-shell share that give the
   best detection F0.5 (precision weighs twice: a false metastasis in a lab's count costs more than
-  a missed 0.3 mm one);
+  a missed 0.3 mm one), counting every nodule found in tumor-free real anatomy (the Digimouse
+  atlas rendered at three sizes, ``atlas_negatives``) as a false positive;
 - ``uncertainty_outline``: last, with the rules above in force, the per-structure outline bands
   that become the map's "uncertain" part (``outline.py``).
 
@@ -38,12 +39,14 @@ import logging
 from collections.abc import Sequence
 from itertools import product
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
 
 from inference.jsonsafe import finite_or_null
 from inference.metrics import dice
+from inference.phantom import digimouse
 from inference.pipeline import predict_volume
 from inference.pipeline.postprocess import (
     BONES,
@@ -84,6 +87,12 @@ NODULE_DIM_SHELL = (0.5, 0.6, 0.7, 0.9)
 NODULE_REACH_MM = 0.63
 #: A detection rule: (min_hu, erode_mm, min_volume_mm3, wall_mm, min_dim_shell).
 NoduleRule = tuple[float, float, float, float, float]
+#: A tumor-free scan for the nodule rule: (name, CT in HU, labels, affine), canonical axes.
+Negative = tuple[str, np.ndarray, np.ndarray, np.ndarray]
+#: The atlas' sizes (times its length: about 17, 28 and 48 g) and the renders' noise seeds (the
+#: robustness report draws seed 0, bench/tumor_fp_probe.py seed 1: both stay out).
+NEGATIVE_SIZES = (0.85, 1.0, 1.2)
+NEGATIVE_SEEDS = (2,)
 
 
 def _real_disagreement(folder: Path) -> np.ndarray | None:
@@ -102,9 +111,15 @@ def _without_outline(card: ModelCard) -> ModelCard:
 
 
 def calibrate(
-    target: ModelCard, others: Sequence[ModelCard], cases: Sequence[Path], *, threads: int = 2
+    target: ModelCard,
+    others: Sequence[ModelCard],
+    cases: Sequence[Path],
+    *,
+    threads: int = 2,
+    negatives: Sequence[Negative] | None = None,
 ) -> dict:
-    """The tuned ``postprocess`` section for ``target`` (nothing is written here)."""
+    """The tuned ``postprocess`` section for ``target`` (nothing is written here). ``negatives``:
+    tumor-free scans for the lung-nodule rule (default ``atlas_negatives()``)."""
     post: dict = {}
     report: dict = {"cases": [c.name for c in cases]}
     # Refiner networks are trained, not tuned here (``refiner.py``): they stay, after the bone and
@@ -120,8 +135,6 @@ def calibrate(
     unc_scores: dict[float, list[float]] = {}
     bone_scores: dict[tuple[float, float, bool], list[float]] = {}
     unrefined: list[float] = []
-    nodule_scores: dict[NoduleRule, list[tuple[int, int, int]]] = {}
-    finds_nodules = METASTASIS in target.structures and any(c.task == "organs" for c in others)
     heads_only = [_without_outline(c) for c in others]
     for folder in cases:
         ct, affine = load_canonical(folder / "ct.nii.gz")
@@ -141,8 +154,6 @@ def calibrate(
                 labels = predict_volume(ct, affine, [card], threads=threads).labels
                 bone_scores.setdefault(key, []).append(dice(labels == BONES, truth == BONES))
             unrefined.append(dice(own.labels == BONES, truth == BONES))
-        if finds_nodules:
-            _score_nodules(nodule_scores, ct, truth, affine, target, others, threads)
         log.info("calibrated on %s", folder.name)
     if unc_scores:
         medians = {k: float(np.median(v)) for k, v in unc_scores.items()}
@@ -172,35 +183,12 @@ def calibrate(
         edges, report["edge_rules"] = tune_edges(refined, cases, threads=threads)
         if edges:
             post["refine"] = [*post.get("refine", []), *edges]
-    if nodule_scores:
-        # Lesion counts per organ are what the product reports: pick the rule with the best
-        # detection F0.5 over all validation cases (cases without metastases count their false
-        # positives too), not the best voxel Dice, which the largest nodules dominate.
-        f_half = {k: _f_half(v) for k, v in nodule_scores.items()}
-        best_rule, best_n = max(f_half.items(), key=lambda kv: kv[1])
-        report["metastasis_rules"] = {
-            _nodule_name(rule): {
-                "detection_f05": round(f_half[rule], 4),
-                "found": sum(r[0] for r in rows),
-                "missed": sum(r[2] for r in rows),
-                "false_positives": sum(r[1] for r in rows),
-            }
-            for rule, rows in nodule_scores.items()
-        }
-        if best_n > 0:
-            min_hu, erode, volume, wall, shell = best_rule
-            post["detect"] = [
-                {
-                    "structure": METASTASIS,
-                    "hosts": list(LUNGS),
-                    "min_hu": min_hu,
-                    "erode_mm": erode,
-                    "min_volume_mm3": volume,
-                    "reach_mm": NODULE_REACH_MM,
-                    "wall_mm": wall,
-                    "min_dim_shell": shell,
-                }
-            ]
+    if METASTASIS in target.structures and any(c.task == "organs" for c in others):
+        negatives = atlas_negatives() if negatives is None else negatives
+        rule, report["metastasis_rules"] = tune_nodules(target, others, cases, negatives, threads=threads)
+        if rule is not None:
+            post["detect"] = [rule]
+        report["nodule_negatives"] = [name for name, *_ in negatives]
     if unc_scores:
         outline, sweep = tune_outline(target, others, post, cases, threads=threads)
         report["uncertainty_outline_sweep"] = sweep
@@ -208,6 +196,76 @@ def calibrate(
             post["uncertainty_outline"] = outline
     post["calibration"] = report
     return post
+
+
+def atlas_negatives() -> list[Negative]:
+    """Tumor-free real anatomy for the lung-nodule rule: the Digimouse atlas rendered as CT
+    (``NEGATIVE_SEEDS``), whole and shoulders to hips, at each of ``NEGATIVE_SIZES`` times its
+    length; none when the atlas is not beside the clone. Every nodule found in them is false."""
+    if not (digimouse.DEFAULT_DIR / digimouse.FILENAME).is_file():
+        return []
+    atlas = digimouse.load()
+    found: list[Negative] = []
+    crops: tuple[Literal["whole", "torso"], ...] = ("whole", "torso")
+    for size, seed, crop in product(NEGATIVE_SIZES, NEGATIVE_SEEDS, crops):
+        mouse = dataclasses.replace(atlas, spacing_mm=atlas.spacing_mm * size)
+        scan = digimouse.render_ct(mouse, seed=seed, crop=crop)
+        name = f"digimouse_{crop}_x{size:g}_seed{seed}"
+        found.append((name, scan.ct.astype(np.float32), scan.labels, scan.affine))
+    return found
+
+
+def tune_nodules(
+    target: ModelCard,
+    others: Sequence[ModelCard],
+    cases: Sequence[Path],
+    negatives: Sequence[Negative],
+    *,
+    threads: int = 2,
+) -> tuple[dict | None, dict]:
+    """The lung-nodule ``detect`` rule for ``target`` (None when no rule finds a nodule) and the
+    sweep. Lesion counts per organ are what the product reports: the rule with the best detection
+    F0.5 over all validation cases wins (cases without metastases count their false positives
+    too), not the best voxel Dice, which the largest nodules dominate. A nodule found in one of
+    the tumor-free ``negatives`` is a false positive like any other: phantoms alone let the rule
+    go down to specks that a real mouse's ribs and vessels at the lungs' rim also give."""
+    scores: dict[NoduleRule, list[tuple[int, int, int]]] = {}
+    for folder in cases:
+        ct, affine = load_canonical(folder / "ct.nii.gz")
+        truth, _ = load_canonical(folder / "labels.nii.gz")
+        _score_nodules(scores, ct.astype(np.float32), truth, affine, target, others, threads)
+    on_negatives: dict[NoduleRule, list[tuple[int, int, int]]] = {}
+    for name, ct, truth, affine in negatives:
+        _score_nodules(on_negatives, ct, truth, affine, target, others, threads)
+        log.info("nodule rules on %s", name)
+    for rule, rows in on_negatives.items():
+        scores[rule].extend(rows)
+    f_half = {k: _f_half(v) for k, v in scores.items()}
+    best_rule, best_n = max(f_half.items(), key=lambda kv: kv[1])
+    report = {
+        _nodule_name(rule): {
+            "detection_f05": round(f_half[rule], 4),
+            "found": sum(r[0] for r in rows),
+            "missed": sum(r[2] for r in rows),
+            "false_positives": sum(r[1] for r in rows),
+            "false_positives_in_negatives": sum(r[1] for r in on_negatives.get(rule, [])),
+        }
+        for rule, rows in scores.items()
+    }
+    if best_n <= 0:
+        return None, report
+    min_hu, erode, volume, wall, shell = best_rule
+    chosen = {
+        "structure": METASTASIS,
+        "hosts": list(LUNGS),
+        "min_hu": min_hu,
+        "erode_mm": erode,
+        "min_volume_mm3": volume,
+        "reach_mm": NODULE_REACH_MM,
+        "wall_mm": wall,
+        "min_dim_shell": shell,
+    }
+    return chosen, report
 
 
 def _bone_rule(min_hu: float, margin_mm: float, connected: bool) -> dict:

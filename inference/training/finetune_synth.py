@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         default="0.85,1.15",
         metavar="LOW,HIGH",
         help="range of a synthetic mouse's overall scale against its source (synth.synth_sample); "
-        "0.85,1.15 for every committed model (mouse-organs up to 2.4.0, mouse-tumor up to 2.0.1)",
+        "0.85,1.15 for every committed model (mouse-organs up to 2.4.0, mouse-tumor up to 2.0.2)",
     )
     parser.add_argument("--batch", type=int, default=2, help="crops per step (2 on the CPU)")
     parser.add_argument(

@@ -462,14 +462,19 @@ def make_case(variant: str, base: Case, seed: int, source: PhantomSource, neighb
 # --- scoring -------------------------------------------------------------------------------------
 
 
+def false_positives(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, int]:
+    """The predicted components (26-connected) that touch no true voxel: their mask and count."""
+    if not pred.any():
+        return np.zeros(pred.shape, bool), 0
+    components, count = ndimage.label(pred, structure=np.ones((3, 3, 3), bool))
+    touching = np.unique(components[truth & pred])
+    touching = touching[touching > 0]
+    return pred & ~np.isin(components, touching), count - int(touching.size)
+
+
 def false_positive_mm3(pred: np.ndarray, truth: np.ndarray, voxel_mm3: float) -> float:
     """Volume of the predicted components (26-connected) that touch no true voxel."""
-    if not pred.any():
-        return 0.0
-    components, _ = ndimage.label(pred, structure=np.ones((3, 3, 3), bool))
-    touching = np.unique(components[truth & pred])
-    false = pred & ~np.isin(components, touching[touching > 0])
-    return float(false.sum()) * voxel_mm3
+    return float(false_positives(pred, truth)[0].sum()) * voxel_mm3
 
 
 def score_case(case: Case, cards: Sequence[ModelCard], *, threads: int = 2) -> dict[str, Any]:
@@ -516,9 +521,10 @@ def score_case(case: Case, cards: Sequence[ModelCard], *, threads: int = 2) -> d
         result["tumor_fp_mm3"] = round(false_positive_mm3(pred == TUMOR, truth == TUMOR, voxel), 3)
         result["tumors"] = tumor_scores(pred_r == TUMOR, truth_r == TUMOR, voxel)
     if METASTASIS in ids:
-        result["metastasis_fp_mm3"] = round(
-            false_positive_mm3(pred == METASTASIS, truth == METASTASIS, voxel), 3
-        )
+        false, count = false_positives(pred == METASTASIS, truth == METASTASIS)
+        result["metastasis_fp_mm3"] = round(float(false.sum()) * voxel, 3)
+        # Counts are what a lab reads (metastases per organ): a 0.03 mm^3 speck is one metastasis.
+        result["metastasis_fp_count"] = count
     transform = {k: case.meta[k] for k in TRANSFORM_KEYS if k in case.meta}
     if transform:
         result["transform"] = transform
@@ -572,7 +578,12 @@ def summarise_variant(cases: list[dict[str, Any]]) -> dict[str, Any]:
         }
     if any("metastasis_fp_mm3" in c for c in cases):
         mfp = [c["metastasis_fp_mm3"] for c in cases if "metastasis_fp_mm3" in c]
-        summary["metastasis_fp_mm3"] = {"median": finite_median(mfp), "max": round(max(mfp), 3)}
+        fp_counts = [c.get("metastasis_fp_count", 0) for c in cases if "metastasis_fp_mm3" in c]
+        summary["metastasis_fp_mm3"] = {
+            "median": finite_median(mfp),
+            "max": round(max(mfp), 3),
+            "max_count": max(fp_counts),
+        }
         # A "metastasis" claimed where there is none is a lesion claimed as much as a tumor is.
         if max(mfp) > TUMOR_FP_MM3:
             failures.append(f"metastasis false positives up to {max(mfp):.0f} mm3 > {TUMOR_FP_MM3:.0f}")
@@ -686,7 +697,7 @@ def format_table(report: dict[str, Any]) -> str:
     variants = report["variants"]
     names = [n for n in ORDER if any(n in v["summary"]["dice"] for v in variants.values())]
     head_row = f"{'variant':<16}{'n':>3} " + " ".join(f"{SHORT.get(n, n)[:6]:>6}" for n in names)
-    lines = [head_row + f" {'tumD':>5} {'FPmed':>6} {'FPmax':>6} {'MFPmax':>6}  verdict"]
+    lines = [head_row + f" {'tumD':>5} {'FPmed':>6} {'FPmax':>6} {'MFPmax':>6} {'MFPn':>4}  verdict"]
     notes = []
     for variant, entry in variants.items():
         s = entry["summary"]
@@ -695,7 +706,9 @@ def format_table(report: dict[str, Any]) -> str:
         tumor_dice = _finite(s.get("tumors", {}).get("dice_median_ge_50mm3"))
         tumor_cell = f"{'-':>5}" if tumor_dice is None else f"{tumor_dice:>5.2f}"
         mfp = s.get("metastasis_fp_mm3", {}).get("max", float("nan"))
-        fp_cells = f"{fp.get('median', float('nan')):>6.1f} {fp.get('max', float('nan')):>6.1f} {mfp:>6.1f}"
+        mfp_n = s.get("metastasis_fp_mm3", {}).get("max_count", "-")
+        fp_med, fp_max = fp.get("median", float("nan")), fp.get("max", float("nan"))
+        fp_cells = f"{fp_med:>6.1f} {fp_max:>6.1f} {mfp:>6.1f} {mfp_n:>4}"
         verdict = "ok" if s["verdict"]["pass"] else "FAIL"
         lines.append(f"{variant:<16}{s['cases']:>3} {cells} {tumor_cell} {fp_cells}  {verdict}")
         if s["absent_claimed_mm3"]:
@@ -705,7 +718,8 @@ def format_table(report: dict[str, Any]) -> str:
             notes.append(f"{variant}: {s['refused']} scan(s) refused")
     lines.append(
         f"Dice: median over cases; tumD: median Dice of true tumors >= 50 mm3; FPmed/FPmax: tumor "
-        f"false-positive volume (mm3) median/max per scan; MFPmax: metastasis false positives, max. "
+        f"false-positive volume (mm3) median/max per scan; MFPmax / MFPn: metastasis false positives, "
+        f"largest volume (mm3) and most lesions in one scan. "
         f"Targets: big organs >= {BIG_ORGAN_DICE:.2f}, tumor and metastasis FP <= {TUMOR_FP_MM3:.0f} mm3."
     )
     lines.extend(notes)
@@ -729,7 +743,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     rows = [
         "| variant | n | "
         + " | ".join(names)
-        + " | tumor Dice | tumor FP mm3 median / max | metastasis FP mm3 max | verdict |",
+        + " | tumor Dice | tumor FP mm3 median / max | metastasis FP mm3 max (count) | verdict |",
         "| --- | --- | " + " | ".join("---" for _ in names) + " | --- | --- | --- | --- |",
     ]
     for variant, entry in variants.items():
@@ -743,7 +757,11 @@ def markdown_table(report: dict[str, Any]) -> str:
         fp = s.get("tumor_fp_mm3", {})
         fp_cell = f"{fp['median']:.1f} / {fp['max']:.1f}" if fp else ""
         mfp = s.get("metastasis_fp_mm3", {})
-        mfp_cell = f"{mfp['max']:.1f}" if mfp else ""
+        mfp_cell = (
+            f"{mfp['max']:.1f} ({mfp['max_count']})"
+            if "max_count" in mfp
+            else (f"{mfp['max']:.1f}" if mfp else "")
+        )
         tumor_cell = "" if tumor is None else f"{tumor:.3f}"
         verdict = "ok" if s["verdict"]["pass"] else "FAIL"
         rows.append(

@@ -184,6 +184,10 @@ def test_false_positive_volume_counts_components_touching_no_truth() -> None:
     pred[12:14, 12:14, 12:14] = True  # 8 voxels away from anything true
     assert robustness.false_positive_mm3(pred, truth, 0.5) == pytest.approx(4.0)
     assert robustness.false_positive_mm3(pred, np.zeros_like(truth), 0.5) == pytest.approx(0.5 * pred.sum())
+    pred[16, 16, 16] = True  # a one-voxel speck: a lab counts it as one more metastasis
+    assert robustness.false_positives(pred, truth)[1] == 2
+    assert robustness.false_positives(pred, np.zeros_like(truth))[1] == 3
+    assert robustness.false_positives(np.zeros_like(truth), truth)[1] == 0
 
 
 def test_other_voxel_sizes_are_the_same_mouse(tmp_path: Path) -> None:
