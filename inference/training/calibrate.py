@@ -239,7 +239,7 @@ def tune_nodules(
         _score_nodules(on_negatives, ct, truth, affine, target, others, threads)
         log.info("nodule rules on %s", name)
     for rule, rows in on_negatives.items():
-        scores[rule].extend(rows)
+        scores.setdefault(rule, []).extend(rows)
     f_half = {k: _f_half(v) for k, v in scores.items()}
     best_rule, best_n = max(f_half.items(), key=lambda kv: kv[1])
     report = {

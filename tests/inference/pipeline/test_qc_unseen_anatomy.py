@@ -19,9 +19,9 @@ from inference.pipeline import segment_file
 from inference.pipeline.qc import NEEDS_REVIEW, OK
 from inference.registry import find_model
 from inference.structures import BY_NAME
+from inference.training.robustness import BIG_ORGANS
 from tests.nifti import load_nifti
 
-BIG_ORGANS = ("heart", "lung_left", "lung_right", "liver", "kidney_left", "kidney_right")
 PHANTOM_ONLY = "1.9.0"
 
 
