@@ -9,7 +9,7 @@ given, side by side; every tumor voxel predicted is a false claim, and so is eve
 (a lung nodule the tumor model's detection rule finds).
 
     nice -n 19 python bench/tumor_fp_probe.py --tumor inference/models/mouse-tumor/2.0.0 \\
-        --tumor data/models/mouse-tumor-2.1.0 [--organs inference/models/mouse-organs/2.4.0]
+        --tumor data/models/mouse-tumor-2.1.0 [--organs inference/models/mouse-organs/2.4.1]
 
 Prints one line per scan and, per tumor model, how many scans carry any tumor claim, how many
 more than the robustness target of 20 mm^3, and the largest claim. Where the claims sit: the
@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 from inference.metrics import dice  # noqa: E402
 from inference.phantom import digimouse  # noqa: E402
 from inference.pipeline.predict import predict_volume  # noqa: E402
-from inference.registry import ModelCard, load_card  # noqa: E402
+from inference.registry import ModelCard, default_model, load_card  # noqa: E402
 from inference.structures import BY_NAME  # noqa: E402
 from inference.training.robustness import PhantomSource  # noqa: E402
 
@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tumor", action="append", type=Path, required=True, help="tumor model folder (repeat)"
     )
-    parser.add_argument("--organs", type=Path, default=REPO / "inference/models/mouse-organs/2.4.0")
+    parser.add_argument("--organs", type=Path, help="organ model folder (default: the one served)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    organs = load_card(args.organs)
+    organs = load_card(args.organs) if args.organs else default_model("organs")
     tumors = [load_card(folder) for folder in args.tumor]
     tumor_id, metastasis_id = BY_NAME["tumor"].id, BY_NAME["metastasis"].id
     voxel = SPACING_MM**3

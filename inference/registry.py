@@ -124,7 +124,8 @@ class ModelCard:
     def refinements(self) -> list[dict[str, Any]]:
         """Full-resolution rules, in order: ``{"structure", "min_hu", "margin_mm"[, "connected"]}``
         (a bright structure), ``{"structure", "enclosed_by", "max_hu", "margin_mm"}`` (a canal),
-        ``{"structure", "edge_hu", "margin_mm"}`` (an outline onto its edge with fat) or
+        ``{"structure", "edge_hu", "margin_mm"}`` (an outline onto its edge with fat),
+        ``{"structure", "air_edge", "margin_mm"}`` (a lung's outline onto the edge its air draws) or
         ``{"structure", "network", "sha256", "margin_mm", ...}`` (an outline refiner network,
         ``pipeline.refiner``)."""
         return list(self.postprocess.get("refine", []))
@@ -292,6 +293,11 @@ def _check_postprocess(folder: Path, post: dict[str, Any], structures: list[int]
             float(rule["max_hu"])
         elif "edge_hu" in rule:
             float(rule["edge_hu"])
+        elif "air_edge" in rule:
+            if not 0.0 < float(rule["air_edge"]) < 1.0:
+                raise _problem(
+                    folder, "postprocess refine 'air_edge' is a place between two levels: between 0 and 1"
+                )
         elif "network" in rule:
             _check_refiner(folder, rule)
         else:

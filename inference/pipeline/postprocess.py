@@ -36,6 +36,15 @@ DEFAULT_MIN_LESION_VOLUME_MM3 = 0.2
 #: Share of a bright nodule's surrounding voxel shell that must be dim host tissue (parenchyma),
 #: unless its detection rule says otherwise (``min_dim_shell``).
 MIN_DIM_SHELL = 0.9
+#: Soft tissue (muscle, blood, liver: 40-60 HU): the bright side of a lung's edge (``refine_air_edge``).
+SOFT_TISSUE_HU = 40.0
+#: Darker than this a voxel is airway or the air outside the mouse, never lung (inflated lungs
+#: read -300 to -700 HU, ../shared/science.md).
+AIRWAY_MAX_HU = -900.0
+#: A lung whose core is brighter than this holds no credible air: its outline stays as drawn.
+LUNG_MAX_CORE_HU = -150.0
+#: Fewer core voxels than this are too little lung to read its level from.
+MIN_CORE_VOXELS = 50
 _EPS = 1e-7
 
 
@@ -381,26 +390,73 @@ def refine_edge(
     inner = tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, wide, strict=True))
     bright_wide = intensity[wide] >= edge_hu
     sub = labels[box]
-    own = own_any[box]
     bright = bright_wide[inner]
-    changed = 0
     # Grow only towards an edge that is there: into bright voxels with fat at most twice the
     # margin away (the edge lies within reach of the outline). Where the organ meets tissue as
     # bright as itself (the liver, muscle) the scan shows no edge, and growing there would only
     # fatten the organ by the margin all round (kidneys 1.2-1.5 times their size on the
     # Digimouse CT, ``inference/models/README.md``).
     near_fat = ndimage.binary_dilation(~bright_wide, structure=FACE_NEIGHBOURS, iterations=2 * margin_voxels)
-    free = (sub == 0) & bright & near_fat[inner]
-    for _ in range(margin_voxels):
+    return _settle_outline(sub, structure_id, bright, (sub == 0) & bright & near_fat[inner], margin_voxels)
+
+
+def refine_air_edge(
+    labels: np.ndarray, intensity: np.ndarray, structure_id: int, *, fraction: float, margin_voxels: int
+) -> int:
+    """Move an air-filled organ's outline (a lung) onto the edge the air draws, in place.
+
+    A lung is the one organ that holds air, so the scan shows its edge against every neighbour:
+    blood, muscle, liver, fat and bone are all far brighter. The edge sits ``fraction`` of the way
+    from the lung's own level (the median of its core, its outline's partial-volume voxels left
+    out, so an inflated or a collapsing lung sets its own) to soft tissue (``SOFT_TISSUE_HU``).
+    Within ``margin_voxels`` scan voxels of the outline the lung grows, one face-neighbour step at
+    a time, into background voxels darker than the edge (never into airway or outside air,
+    below ``AIRWAY_MAX_HU``, unless the lung itself is nearly that dark), and sheds its own
+    voxels that are not, peeled from the outline inwards, so the vessels and nodules deeper
+    inside stay lung. A lung whose core holds no
+    credible air (above ``LUNG_MAX_CORE_HU``: a collapsed lung, a lung full of tumor, a scan not
+    in HU) keeps the network's outline. Other structures are never touched. Returns the number of
+    voxels changed.
+    """
+    if margin_voxels <= 0:
+        return 0
+    own_any = labels == structure_id
+    box = bounding_box(own_any, margin_voxels)
+    if box is None:
+        return 0
+    sub = labels[box]
+    core = ndimage.binary_erosion(sub == structure_id, structure=FACE_NEIGHBOURS, iterations=2)
+    if int(core.sum()) < MIN_CORE_VOXELS:
+        return 0
+    level = float(np.median(intensity[box][core]))
+    if level > LUNG_MAX_CORE_HU:
+        return 0
+    edge = level + fraction * (SOFT_TISSUE_HU - level)
+    # A lung as dark as air (hyperinflated, or a scan with little contrast) keeps its own noisy
+    # voxels: the floor then lies as far below its level as the edge lies above.
+    floor = min(AIRWAY_MAX_HU, 2.0 * level - edge)
+    values = intensity[box]
+    inside = (values < edge) & (values >= floor)
+    return _settle_outline(sub, structure_id, inside, (sub == 0) & inside, margin_voxels)
+
+
+def _settle_outline(
+    sub: np.ndarray, structure_id: int, inside: np.ndarray, free: np.ndarray, steps: int
+) -> int:
+    """Grow ``structure_id`` in ``sub`` into ``free`` voxels and peel its outline voxels that are
+    not ``inside``, ``steps`` face-neighbour steps each way (in place); the number changed."""
+    own = sub == structure_id
+    changed = 0
+    for _ in range(steps):
         step = ndimage.binary_dilation(own, structure=FACE_NEIGHBOURS) & free
         if not step.any():
             break
         own |= step
         free &= ~step
         changed += int(step.sum())
-    for _ in range(margin_voxels):
+    for _ in range(steps):
         outline = own & ~ndimage.binary_erosion(own, structure=FACE_NEIGHBOURS, border_value=1)
-        step = outline & ~bright
+        step = outline & ~inside
         if not step.any():
             break
         own &= ~step
@@ -466,7 +522,8 @@ def apply_refinement(
     a structure as the space its wall encloses (``refine_enclosed``); both margins are whole
     model-grid voxels (``grid_spacing_mm``). ``{"structure", "edge_hu", "margin_mm"}`` moves an
     outline onto the intensity edge (``refine_edge``), within ``margin_mm`` in scan voxels
-    (``spacing_mm``). Rules run in their order.
+    (``spacing_mm``). Rules run in their order. (``{"structure", "air_edge", "margin_mm"}``
+    rules, ``refine_air_edge``, run later, after the lesion search: ``predict.settle_air_edges``.)
     """
     sid = int(rule["structure"])
     if "edge_hu" in rule:

@@ -50,6 +50,7 @@ from inference.pipeline.postprocess import (
     label_mask,
     mark_outlines,
     outline_band,
+    refine_air_edge,
     sigmoid,
     uncertainty_from,
     voxels_across,
@@ -342,13 +343,16 @@ def refine(
     runs beside the earlier rules (on the core they leave idle), and its decision is written in
     its turn, against the background the earlier rules left (on one thread, in the order given).
     Refiner networks read ``canonical``; the threshold rules ``rules_hu`` (``canonical`` itself, or
-    its median-filtered copy when the scan is very noisy: ``noise.for_threshold_rules``).
+    its median-filtered copy when the scan is very noisy: ``noise.for_threshold_rules``). The
+    air-edge rules are not applied here but after the lesion search (``settle_air_edges``).
     """
     coarse = channel_argmax(scores)
     touched: set[int] = set()
+    # Air-edge rules wait for the lesion search (``settle_air_edges``).
+    rules = [rule for rule in card.refinements if "air_edge" not in rule]
     with beside(threads, "refiner") as ahead:
         decisions: dict[int, Future[RefinerDecision | None]] = {}
-        for index, rule in enumerate(card.refinements):
+        for index, rule in enumerate(rules):
             sid = int(rule["structure"])
             if "network" in rule and sid not in touched:
                 own = labels == sid
@@ -356,13 +360,34 @@ def refine(
                     decide_refiner, own, canonical, card, rule, spacing_mm, device, threads
                 )
             touched.add(sid)
-        for index, rule in enumerate(card.refinements):
+        for index, rule in enumerate(rules):
             if index in decisions:
                 apply_decision(labels, decisions[index].result())
             elif "network" in rule:
                 run_refiner(labels, canonical, card, rule, spacing_mm, device, threads)
             else:
                 apply_refinement(labels, coarse, rules_hu, rule, card.structures, grid_spacing_mm, spacing_mm)
+
+
+def settle_air_edges(
+    organs: np.ndarray, rules_hu: np.ndarray, card: ModelCard, spacing_mm: Sequence[float]
+) -> None:
+    """Apply ``card``'s air-edge rules (the lungs' outlines onto the edge their air draws) to the
+    final organ map, in place, in their order.
+
+    They run after the lesion search: a nodule against the chest wall is no lung, and put where
+    the air ends the lung's outline leaves it outside; but the nodule rule looks for nodules in
+    the lungs as the network drew them, nodules included (``detect_lesions``), and was tuned so.
+    """
+    for rule in card.refinements:
+        if "air_edge" in rule:
+            refine_air_edge(
+                organs,
+                rules_hu,
+                int(rule["structure"]),
+                fraction=float(rule["air_edge"]),
+                margin_voxels=voxels_across(float(rule["margin_mm"]), spacing_mm),
+            )
 
 
 def predict_volume(
@@ -487,11 +512,13 @@ def predict_volume(
             if orientation is not None and orientation.head_only and organs is not None:
                 drop_out_of_view(organs, groups["organs"][0].structures)
             braincase = fill_braincase(organs, rules_hu, geometry.spacing_mm) if organs is not None else None
+            detect_lesions(task_labels, groups, rules_hu, geometry.spacing_mm)
+            if organs is not None:
+                settle_air_edges(organs, rules_hu, groups["organs"][0], geometry.spacing_mm)
             # The organ map is final here (lesions go into their own map): its centres and ids
-            # are read beside the lesion search.
+            # are read beside the rest.
             centres = side.submit(organ_centres, organs, geometry.spacing_mm) if organs is not None else None
             organ_ids = side.submit(labels_present, organs) if organs is not None else None
-            detect_lesions(task_labels, groups, rules_hu, geometry.spacing_mm)
         _report(progress, 95, "restore uncertainty")
         with timer("restore"):
             uncertainty_u8 = upsampled.result()

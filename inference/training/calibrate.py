@@ -15,8 +15,10 @@ its ``model.json`` under ``"postprocess"``:
   every bright voxel attached to them), with the rule that gives the best bone Dice against
   ground truth; then the spinal cord redrawn as the space the redrawn vertebrae enclose, if that
   beats the network's cord on its Dice; then the card's outline refiner networks
-  (``refiner.py``), kept as they are; then, for every other organ, the outline moved onto its
-  edge with the fat around it (``edges.py``) where that beats the network's outline on its Dice;
+  (``refiner.py``), kept as they are; then the lungs' outlines moved onto the edge their air
+  draws (``edges.tune_air_edges``; the pipeline applies these last, after the lesion search),
+  and, for every other organ, the outline moved onto its edge with the fat around it
+  (``edges.py``), each where that beats the network's outline on its Dice;
 - ``detect`` (lesion model, run with an organ model): lung metastases as bright nodules in and at
   the edge of the organ model's lungs (``pipeline.postprocess.detect_bright_lesions``), with the
   threshold, rim erosion, smallest volume, chest-wall radius and dim-shell share that give the
@@ -25,6 +27,9 @@ its ``model.json`` under ``"postprocess"``:
   atlas rendered at three sizes, ``atlas_negatives``) as a false positive;
 - ``uncertainty_outline``: last, with the rules above in force, the per-structure outline bands
   that become the map's "uncertain" part (``outline.py``).
+
+``--air-edges`` tunes only the air-edge rules and adds them to the post-processing the model
+already has (how ``mouse-organs/2.4.1`` was made from 2.4.0).
 
 The other models passed with ``--model`` run beside the one being tuned (their uncertainty maps
 join the combined map as they are), exactly as the pipeline runs them.
@@ -58,7 +63,7 @@ from inference.pipeline.postprocess import (
 from inference.registry import ModelCard, load_card
 from inference.structures import BY_NAME
 from inference.training.data import find_cases
-from inference.training.edges import tune_edges
+from inference.training.edges import tune_air_edges, tune_edges
 from inference.training.evaluate import load_canonical, metastasis_scores, real_disagreement
 from inference.training.offsets import tune_offsets
 from inference.training.outline import tune_outline
@@ -102,6 +107,13 @@ def _real_disagreement(folder: Path) -> np.ndarray | None:
 
 def _bare(card: ModelCard) -> ModelCard:
     return dataclasses.replace(card, postprocess={})
+
+
+def _before_air_edges(card: ModelCard) -> ModelCard:
+    """``card`` without its air-edge rules, which the pipeline applies after the lesion search
+    (``predict.settle_air_edges``)."""
+    rules = [r for r in card.postprocess.get("refine", []) if "air_edge" not in r]
+    return dataclasses.replace(card, postprocess={**card.postprocess, "refine": rules})
 
 
 def _without_outline(card: ModelCard) -> ModelCard:
@@ -180,6 +192,9 @@ def calibrate(
         post["refine"] = [*post.get("refine", []), *refiners]
     if target.task == "organs":
         refined = dataclasses.replace(target, postprocess={**base, "refine": post.get("refine", [])})
+        air, report["air_edge_rules"] = tune_air_edges(refined, cases, threads=threads)
+        post["refine"] = [*post.get("refine", []), *air]
+        refined = dataclasses.replace(target, postprocess={**base, "refine": post["refine"]})
         edges, report["edge_rules"] = tune_edges(refined, cases, threads=threads)
         if edges:
             post["refine"] = [*post.get("refine", []), *edges]
@@ -330,7 +345,8 @@ def _score_nodules(
     model) comes within one voxel of it, as in ``evaluate.metastasis_scores``; a kept candidate
     near no true nodule is a false positive.
     """
-    out = predict_volume(ct, affine, [_bare(target), *others], threads=threads)
+    # The organ map as the pipeline's lesion search sees it: before the lungs' air-edge rules.
+    out = predict_volume(ct, affine, [_bare(target), *map(_before_air_edges, others)], threads=threads)
     assert out.organ_labels is not None and out.lesion_labels is not None
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     voxel_mm3 = float(np.prod(spacing))
@@ -376,6 +392,18 @@ def write_postprocess(folder: Path, post: dict) -> None:
     path.write_text(json.dumps(finite_or_null(card), indent=1, allow_nan=False) + "\n")
 
 
+def add_air_edges(target: ModelCard, cases: Sequence[Path], *, threads: int = 2) -> dict:
+    """``target``'s ``postprocess`` as it stands, with air-edge rules (lungs) tuned on ``cases``
+    added and their sweep in ``calibration.air_edge_rules``; every other rule, and the outline
+    bands, are kept (tuned again with the air edges in force, the lungs' bands came out the same:
+    the model card's ``mouse-organs/2.4.1``)."""
+    post = dict(target.postprocess)
+    air, sweep = tune_air_edges(target, cases, threads=threads)
+    post["refine"] = [*post.get("refine", []), *air]
+    post["calibration"] = {**post.get("calibration", {}), "air_edge_rules": sweep}
+    return post
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m inference.training.calibrate", description=__doc__)
     parser.add_argument(
@@ -384,13 +412,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tune", type=Path, help="the model folder to tune (default: the first --model)")
     parser.add_argument("--data", type=Path, required=True, help="validation phantoms (flat layout)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--air-edges",
+        action="store_true",
+        help="only add air-edge rules (lungs) to the model's post-processing, keeping every other rule",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     tune = (args.tune or args.model[0]).resolve()
     cards = [load_card(m) for m in args.model]
     target = next((c for c in cards if c.folder == tune), None) or load_card(tune)
     others = [c for c in cards if c.folder != tune]
-    post = calibrate(target, others, find_cases(args.data), threads=args.threads)
+    if args.air_edges:
+        if target.task != "organs":
+            parser.error(f"--air-edges tunes an organ model's lungs; {tune} is a {target.task} model")
+        post = add_air_edges(target, find_cases(args.data), threads=args.threads)
+    else:
+        post = calibrate(target, others, find_cases(args.data), threads=args.threads)
     write_postprocess(tune, post)
     print(json.dumps(post, indent=1))
 

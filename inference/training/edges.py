@@ -1,4 +1,4 @@
-"""Tune the outline-to-edge rules (``postprocess.refine_edge``) on validation scans.
+"""Tune the outline-to-edge rules (``postprocess.refine_edge``, ``refine_air_edge``) on validation scans.
 
 The organ model draws on a 0.63 mm grid; upsampled, an outline lands up to a voxel from where
 the scan shows the organ meeting fat. For each structure without a rule of its own, every
@@ -7,12 +7,15 @@ validation case (the rules already chosen in force) and scored by Dice against t
 the candidate with the best median Dice becomes a rule when it beats the unrefined outline by
 ``MIN_GAIN``. A structure whose edge is not an organ-to-fat edge (lungs, brain in the skull,
 bladder urine as dim as its fat) gains nothing and keeps its network outline.
+
+The lungs have their own family (``tune_air_edges``): a lung holds air, so its edge against every
+neighbour is in the scan, half-way (``AIR_EDGE_FRACTION``) from its own level to soft tissue.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import product
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import numpy as np
 from inference.metrics import dice
 from inference.pipeline import predict_volume
 from inference.pipeline.geometry import bounding_box
-from inference.pipeline.postprocess import refine_edge, voxels_across
+from inference.pipeline.postprocess import refine_air_edge, refine_edge, voxels_across
 from inference.registry import ModelCard
 from inference.structures import BY_ID
 from inference.training.evaluate import load_canonical
@@ -32,6 +35,9 @@ log = logging.getLogger(__name__)
 EDGE_HU = (-60.0, -40.0, -20.0, -10.0, 0.0, 10.0, 20.0)
 #: Candidate margins: one to three 0.21 mm scan voxels (a model-grid voxel is 0.63 mm).
 EDGE_MARGIN_MM = (0.21, 0.42, 0.63)
+#: Candidate places of a lung's edge between its own level and soft tissue (0.5: half-way, where
+#: a voxel holds as much lung as tissue).
+AIR_EDGE_FRACTION = (0.35, 0.5, 0.65)
 #: Median Dice a rule must add to be kept (below it, a rule is noise on eight validation cases).
 MIN_GAIN = 0.002
 
@@ -40,6 +46,44 @@ Candidate = tuple[float, float]
 
 def tune_edges(target: ModelCard, cases: Sequence[Path], *, threads: int = 2) -> tuple[list[dict], dict]:
     """The edge rules to append to ``target``'s ``refine`` list, and a report of the sweep."""
+
+    def trial(own: np.ndarray, hu: np.ndarray, sid: int, key: Candidate, spacing: Sequence[float]) -> None:
+        refine_edge(own, hu, sid, edge_hu=key[0], margin_voxels=voxels_across(key[1], spacing))
+
+    def rule(sid: int, key: Candidate) -> dict:
+        return {"structure": sid, "edge_hu": key[0], "margin_mm": key[1]}
+
+    return _sweep(target, cases, list(product(EDGE_HU, EDGE_MARGIN_MM)), trial, rule, "HU", threads)
+
+
+def tune_air_edges(target: ModelCard, cases: Sequence[Path], *, threads: int = 2) -> tuple[list[dict], dict]:
+    """The air-edge rules (``postprocess.refine_air_edge``: lungs) for ``target``, and a report.
+
+    Every structure without a rule of its own is tried; one that holds no air keeps its outline
+    (the rule leaves it alone, so it gains nothing), so only the lungs can win a rule.
+    """
+
+    def trial(own: np.ndarray, hu: np.ndarray, sid: int, key: Candidate, spacing: Sequence[float]) -> None:
+        refine_air_edge(own, hu, sid, fraction=key[0], margin_voxels=voxels_across(key[1], spacing))
+
+    def rule(sid: int, key: Candidate) -> dict:
+        return {"structure": sid, "air_edge": key[0], "margin_mm": key[1]}
+
+    keys = list(product(AIR_EDGE_FRACTION, EDGE_MARGIN_MM))
+    return _sweep(target, cases, keys, trial, rule, "of the way to soft tissue", threads)
+
+
+def _sweep(
+    target: ModelCard,
+    cases: Sequence[Path],
+    keys: Sequence[Candidate],
+    trial: Callable[[np.ndarray, np.ndarray, int, Candidate, Sequence[float]], None],
+    make_rule: Callable[[int, Candidate], dict],
+    unit: str,
+    threads: int,
+) -> tuple[list[dict], dict]:
+    """Score each candidate ``key`` of one rule family on every structure without a rule (see
+    the module notes); ``trial`` applies a candidate in place, ``make_rule`` writes a kept one."""
     ruled = {int(rule["structure"]) for rule in target.postprocess.get("refine", [])}
     candidates = [s for s in target.structures[1:] if s not in ruled]
     scores: dict[int, dict[Candidate | None, list[float]]] = {s: {} for s in candidates}
@@ -47,7 +91,7 @@ def tune_edges(target: ModelCard, cases: Sequence[Path], *, threads: int = 2) ->
         ct, affine = load_canonical(folder / "ct.nii.gz")
         truth, _ = load_canonical(folder / "labels.nii.gz")
         ct = ct.astype(np.float32)
-        spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+        spacing = [float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))]
         # Validation scans are HU phantoms by construction: no intensity check (intensity.py).
         labels = predict_volume(ct, affine, [target], threads=threads, intensity="hu").labels
         reach = voxels_across(max(EDGE_MARGIN_MM), spacing) + 1
@@ -59,11 +103,11 @@ def tune_edges(target: ModelCard, cases: Sequence[Path], *, threads: int = 2) ->
                 continue
             own, true_mask, hu = labels[box], truth[box] == sid, ct[box]
             scores[sid].setdefault(None, []).append(dice(own == sid, true_mask))
-            for key in product(EDGE_HU, EDGE_MARGIN_MM):
-                trial = own.copy()
-                refine_edge(trial, hu, sid, edge_hu=key[0], margin_voxels=voxels_across(key[1], spacing))
-                scores[sid].setdefault(key, []).append(dice(trial == sid, true_mask))
-        log.info("edge rules scored on %s", folder.name)
+            for key in keys:
+                changed = own.copy()
+                trial(changed, hu, sid, key, spacing)
+                scores[sid].setdefault(key, []).append(dice(changed == sid, true_mask))
+        log.info("%s rules scored on %s", unit, folder.name)
     rules: list[dict] = []
     report: dict = {}
     for sid, by_key in scores.items():
@@ -75,10 +119,10 @@ def tune_edges(target: ModelCard, cases: Sequence[Path], *, threads: int = 2) ->
         kept = gain >= MIN_GAIN
         report[BY_ID[sid].name] = {
             "unrefined": round(medians[None], 4),
-            "best": f"{best[0]:g} HU, {best[1]:g} mm",
+            "best": f"{best[0]:g} {unit}, {best[1]:g} mm",
             "best_dice": round(medians[best], 4),
             "kept": kept,
         }
         if kept:
-            rules.append({"structure": sid, "edge_hu": best[0], "margin_mm": best[1]})
+            rules.append(make_rule(sid, best))
     return rules, report

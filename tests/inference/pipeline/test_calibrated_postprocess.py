@@ -15,6 +15,7 @@ from inference.pipeline.postprocess import (
     detect_bright_lesions,
     mark_outlines,
     outline_band,
+    refine_air_edge,
     refine_by_intensity,
     refine_edge,
     refine_enclosed,
@@ -28,6 +29,8 @@ from tests.inference.pipeline.tiny_models import write_threshold_model
 
 BONES = BY_NAME["bones"].id
 LIVER = BY_NAME["liver"].id
+LUNG = BY_NAME["lung_left"].id
+HEART = BY_NAME["heart"].id
 
 
 def with_postprocess(folder: Path, post: dict) -> ModelCard:
@@ -177,6 +180,65 @@ def test_growth_stops_at_a_dark_gap_and_at_the_margin() -> None:
     assert np.array_equal(np.unique(np.nonzero(labels == LIVER)[0]), [1, 2, 3, 4, 5])  # not past the gap
 
 
+def _lung_in_the_chest() -> tuple[np.ndarray, np.ndarray]:
+    """A lung (-450 HU) x 5..14 in soft tissue (40 HU), a vessel (40 HU) deep inside it, an
+    airway (-1000 HU) running into it from x = 0, and a rib (900 HU) against its y face."""
+    shape = (20, 16, 16)
+    hu = np.full(shape, 40.0, np.float32)
+    hu[5:15, 4:12, 4:12] = -450.0
+    hu[9:11, 7:9, 7:9] = 40.0  # a vessel three voxels inside
+    hu[0:5, 7:9, 7:9] = -1000.0  # the airway, outside the lung
+    hu[5:15, 3, 4:12] = 900.0  # a rib: never lung
+    return hu, hu == -450.0
+
+
+def test_a_lungs_outline_moves_onto_the_edge_its_air_draws() -> None:
+    hu, lung = _lung_in_the_chest()
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[6:16, 3:11, 4:12] = LUNG  # one voxel off along x and y: over the rib, short of the far face
+    labels[9:11, 7:9, 7:9] = LUNG  # the vessel inside is the network's lung
+    labels[16:19, 4:12, 4:12] = HEART  # another organ beside it is never touched
+    heart, drawn = labels == HEART, labels == LUNG
+
+    changed = refine_air_edge(labels, hu, LUNG, fraction=0.5, margin_voxels=2)
+
+    expected = lung.copy()
+    expected[9:11, 7:9, 7:9] = True  # the vessel, deeper than the margin, stays lung
+    assert np.array_equal(labels == LUNG, expected)
+    assert np.array_equal(labels == HEART, heart)
+    assert not np.any(labels[0:5] == LUNG)  # the airway beyond the old outline does not join
+    assert changed == int((expected != drawn).sum())  # each voxel gained or shed counted once
+    assert labels[5, 5, 5] == LUNG and labels[15, 5, 5] == 0 and labels[8, 3, 5] == 0
+
+
+def test_a_lung_nearly_as_dark_as_air_keeps_its_noisy_voxels() -> None:
+    # A hyperinflated lung (-850 HU, noise 60 HU): many of its voxels fall below the airway level.
+    rng = np.random.default_rng(0)
+    hu = np.full((20, 16, 16), 40.0, np.float32)
+    hu[5:15, 4:12, 4:12] = -850.0
+    lung = hu < 0
+    hu += rng.normal(0.0, 60.0, hu.shape).astype(np.float32)
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[6:16, 4:12, 4:12] = LUNG
+
+    refine_air_edge(labels, hu, LUNG, fraction=0.5, margin_voxels=2)
+
+    assert np.array_equal(labels == LUNG, lung)
+
+
+def test_a_lung_that_holds_no_air_keeps_the_networks_outline() -> None:
+    hu, _ = _lung_in_the_chest()
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[6:16, 3:11, 4:12] = LUNG
+    collapsed = np.where(hu == -450.0, 30.0, hu).astype(np.float32)  # atelectasis: no air left
+    before = labels.copy()
+
+    assert refine_air_edge(labels, collapsed, LUNG, fraction=0.5, margin_voxels=2) == 0
+    assert np.array_equal(labels, before)
+    assert refine_air_edge(labels, hu, LUNG, fraction=0.5, margin_voxels=0) == 0
+    assert refine_air_edge(labels, hu, HEART, fraction=0.5, margin_voxels=2) == 0  # none drawn
+
+
 def test_predict_applies_the_cards_refinement_and_calibration(tmp_path: Path) -> None:
     # Tiny model: liver where 300 < HU < 600, "bones" above 600 HU, on a 0.4 mm grid; scan at 0.2 mm.
     folder = tmp_path / "tiny" / "1"
@@ -246,6 +308,32 @@ def test_predict_moves_outlines_onto_edges_with_the_cards_edge_rule(tmp_path: Pa
     assert np.array_equal(after.labels == LIVER, organ)
 
 
+def test_predict_puts_a_lung_where_its_air_is_with_the_cards_air_edge_rule(tmp_path: Path) -> None:
+    # Tiny model on a 0.6 mm grid: lung where the scan is below -100 HU. The lung block (0.2 mm)
+    # ends mid-way through coarse voxels, so the upsampled outline misses or overshoots a layer.
+    folder = tmp_path / "tiny" / "1"
+    window = {"kind": "window", "low_hu": -1000, "high_hu": 1000}
+    plain = write_threshold_model(
+        folder,
+        structures=(0, LUNG),
+        thresholds=(0.45,),
+        spacing_mm=(0.6, 0.6, 0.6),
+        normalisation=window,
+        dark=True,
+    )
+    volume = np.full((30, 30, 30), 40.0, np.float32)
+    volume[7:20, 8:22, 10:23] = -450.0
+    lung = volume < 0
+    affine = np.diag([0.2, 0.2, 0.2, 1.0])
+
+    before = predict_volume(volume, affine, [plain], threads=1, intensity="hu")
+    aired = with_postprocess(folder, {"refine": [{"structure": LUNG, "air_edge": 0.5, "margin_mm": 0.4}]})
+    after = predict_volume(volume, affine, [aired], threads=1, intensity="hu")
+
+    assert not np.array_equal(before.labels == LUNG, lung)
+    assert np.array_equal(after.labels == LUNG, lung)
+
+
 def test_score_offsets_move_a_structures_outline(tmp_path: Path) -> None:
     # Tiny model on its own grid: liver where 300 < HU < 600, bones above (logit slopes 60 per
     # unit of the 0..1000 HU window, so +6 on the liver's score moves both its edges by 100 HU).
@@ -304,6 +392,8 @@ def test_score_offsets_move_a_structures_outline(tmp_path: Path) -> None:
         ({"refine": [{"structure": LIVER, "enclosed_by": BONES, "margin_mm": 1}]}, "malformed"),
         ({"refine": [{"structure": LIVER, "edge_hu": "fat", "margin_mm": 0.2}]}, "malformed"),
         ({"refine": [{"structure": LIVER, "edge_hu": -20, "margin_mm": -0.2}]}, "margin_mm"),
+        ({"refine": [{"structure": LIVER, "air_edge": 1.5, "margin_mm": 0.4}]}, "air_edge"),
+        ({"refine": [{"structure": LIVER, "air_edge": "half", "margin_mm": 0.4}]}, "malformed"),
     ],
 )
 def test_the_registry_refuses_bad_postprocess_sections(tmp_path: Path, post: dict, message: str) -> None:
@@ -338,7 +428,6 @@ def test_a_card_without_postprocess_keeps_the_raw_head(tmp_path: Path) -> None:
     assert card.uncertainty_outlines == []
 
 
-LUNG = BY_NAME["lung_left"].id
 METASTASIS = BY_NAME["metastasis"].id
 
 
@@ -421,6 +510,41 @@ def test_the_lesion_models_detect_rule_runs_on_the_organ_map_of_the_same_call(tm
     assert np.array_equal(np.argwhere(both.lesion_labels == METASTASIS), np.argwhere(volume == 900.0))
     assert np.array_equal(both.labels == METASTASIS, volume == 900.0)
     assert not alone.lesion_labels.any()  # no organ map, no hosts: the rule is skipped
+
+
+def test_the_lungs_air_edge_waits_until_the_nodules_in_them_are_found(tmp_path: Path) -> None:
+    # A faint nodule (-150 HU) against the chest wall (40 HU) in a lung (-450 HU). The tiny organ
+    # model calls everything below -100 HU lung, the nodule included, as networks do; put where
+    # the air ends, the lung leaves the nodule outside. The nodule rule looks in the lung as drawn.
+    window = {"kind": "window", "low_hu": -1000, "high_hu": 1000}
+    write_threshold_model(
+        tmp_path / "organs" / "1", structures=(0, LUNG), thresholds=(0.45,), normalisation=window, dark=True
+    )
+    lesion_folder = tmp_path / "lesions" / "1"
+    write_threshold_model(
+        lesion_folder,
+        name="tiny-lesions",
+        task="tumor",
+        structures=(0, BY_NAME["tumor"].id, METASTASIS),
+        thresholds=(0.97, 0.99),
+        normalisation=window,
+    )
+    rule = {**NODULE_RULE, "min_hu": -180, "min_dim_shell": 0.3}
+    lesions = with_postprocess(lesion_folder, {"detect": [rule]})
+    volume = np.full((24, 20, 20), 40.0, np.float32)
+    volume[4:18, 4:16, 4:16] = -450.0
+    volume[4:6, 8:11, 8:11] = -150.0  # two voxels deep, on the lung's x = 4 face
+    nodule = volume == -150.0
+    affine = np.diag([0.2, 0.2, 0.2, 1.0])
+    aired = with_postprocess(
+        tmp_path / "organs" / "1", {"refine": [{"structure": LUNG, "air_edge": 0.5, "margin_mm": 0.4}]}
+    )
+
+    out = predict_volume(volume, affine, [aired, lesions], threads=1, intensity="hu")
+
+    assert out.organ_labels is not None and out.lesion_labels is not None
+    assert np.array_equal(out.organ_labels == LUNG, volume == -450.0)  # the nodule is no lung
+    assert np.array_equal(out.lesion_labels == METASTASIS, nodule)  # and was found in it
 
 
 NODULE_RULE = {"structure": METASTASIS, "hosts": [LUNG], "min_hu": 0, "erode_mm": 0, "min_volume_mm3": 0}

@@ -50,10 +50,14 @@ def write_threshold_model(
     patch_size: Sequence[int] = (32, 32, 32),
     steepness: float = 60.0,
     default: bool = False,
+    dark: bool = False,
 ) -> ModelCard:
-    """Write ``folder/model.onnx`` + ``model.json`` and return the checked card."""
+    """Write ``folder/model.onnx`` + ``model.json`` and return the checked card. ``dark`` (softmax,
+    one foreground structure): the structure is where ``v`` lies *below* the threshold (a lung)."""
     if len(thresholds) != len(structures) - 1:
         raise ValueError("one threshold per foreground structure")
+    if dark and (activation != "softmax" or len(structures) != 2):
+        raise ValueError("a dark structure is one softmax foreground channel")
     folder.mkdir(parents=True, exist_ok=True)
     if activation == "sigmoid":
         if len(structures) != 2:
@@ -63,6 +67,8 @@ def write_threshold_model(
         intercepts = np.array([steepness * t, -steepness * t], dtype=np.float32)
     else:
         slopes, intercepts = _line_parameters(thresholds, steepness)
+        if dark:  # every line mirrored: the foreground wins below the threshold
+            slopes, intercepts = -slopes, -intercepts
     count = len(structures)
     weight = numpy_helper.from_array(slopes.reshape(count, 1, 1, 1, 1), "weight")
     bias = numpy_helper.from_array(intercepts, "bias")

@@ -16,6 +16,7 @@ from tests.inference.pipeline.conftest import WINDOW
 from tests.inference.pipeline.tiny_models import write_threshold_model
 
 LIVER = BY_NAME["liver"].id
+LUNG = BY_NAME["lung_left"].id
 AFFINE = np.diag([0.2, 0.2, 0.2, 1.0])
 
 
@@ -132,6 +133,67 @@ def test_edge_rules_snap_an_organ_onto_its_fat_edge(tmp_path: Path) -> None:
     assert -100.0 < rules[0]["edge_hu"] <= 40.0 and rules[0]["margin_mm"] > 0
     assert report["liver"]["kept"] and report["liver"]["best_dice"] > report["liver"]["unrefined"]
     assert report["liver"]["best_dice"] > 0.99
+
+
+def test_air_edge_rules_put_a_lungs_outline_where_its_air_ends(tmp_path: Path) -> None:
+    from inference.training.edges import tune_air_edges
+
+    # A lung (-450 HU) in soft tissue (40 HU), its faces off the 0.6 mm model grid; the tiny
+    # model draws it where the scan is below -100 HU, at 0.6 mm, so its upsampled outline misses
+    # or overshoots the faces that fall inside coarse voxels.
+    card = write_threshold_model(
+        tmp_path / "m" / "1",
+        structures=(0, LUNG),
+        thresholds=(0.45,),
+        spacing_mm=(0.6, 0.6, 0.6),
+        normalisation={"kind": "window", "low_hu": -1000, "high_hu": 1000},
+        dark=True,
+    )
+    cases = []
+    for name, corner in (("a", (7, 8, 10)), ("b", (5, 10, 8))):
+        folder = tmp_path / "val" / name
+        folder.mkdir(parents=True)
+        truth = np.zeros((30, 30, 30), np.uint8)
+        x, y, z = corner
+        truth[x : x + 13, y : y + 14, z : z + 11] = LUNG
+        ct = np.where(truth > 0, -450.0, 40.0).astype(np.float32)
+        nib.save(nib.Nifti1Image(ct, AFFINE), str(folder / "ct.nii.gz"))
+        nib.save(nib.Nifti1Image(truth, AFFINE), str(folder / "labels.nii.gz"))
+        cases.append(folder)
+
+    rules, report = tune_air_edges(card, cases, threads=1)
+
+    assert rules == [
+        {"structure": LUNG, "air_edge": rules[0]["air_edge"], "margin_mm": rules[0]["margin_mm"]}
+    ]
+    assert 0 < rules[0]["air_edge"] < 1 and rules[0]["margin_mm"] > 0
+    assert report["lung_left"]["kept"] and report["lung_left"]["unrefined"] < 0.99
+    assert report["lung_left"]["best_dice"] == 1.0
+
+    # ``calibrate --air-edges``: the rule joins the rules the model has, which stay as they were,
+    # and so do the outline bands.
+    from inference.training.calibrate import add_air_edges
+
+    outline = {"smoothing_mm": [0.2, 0.2, 0.2], "levels": {str(LUNG): 0.3}}
+    kept = {"structure": LUNG, "min_hu": 900.0, "margin_mm": 0.6}
+    ruled = dataclasses.replace(
+        card, postprocess={"refine": [kept], "uncertainty_outline": outline, "calibration": {"cases": ["x"]}}
+    )
+    assert add_air_edges(ruled, cases, threads=1)["refine"] == [kept]  # the lung has a rule: none added
+    plain = dataclasses.replace(
+        card, postprocess={"uncertainty_outline": outline, "calibration": {"cases": ["x"]}}
+    )
+    post = add_air_edges(plain, cases, threads=1)
+    assert post["refine"] == rules and post["uncertainty_outline"] == outline
+    assert post["calibration"]["cases"] == ["x"] and post["calibration"]["air_edge_rules"] == report
+
+    # The nodule rule is tuned on the organ map the pipeline's lesion search sees: lungs before
+    # their air edges (``predict.settle_air_edges`` runs after it).
+    from inference.training.calibrate import _before_air_edges
+
+    aired = dataclasses.replace(card, postprocess={**post, "refine": [kept, *rules]})
+    assert _before_air_edges(aired).refinements == [kept]
+    assert _before_air_edges(aired).uncertainty_outlines == aired.uncertainty_outlines
 
 
 def test_a_structure_takes_its_own_smoothing_where_annotators_part_differently() -> None:
