@@ -45,6 +45,8 @@ AIRWAY_MAX_HU = -900.0
 LUNG_MAX_CORE_HU = -150.0
 #: Fewer core voxels than this are too little lung to read its level from.
 MIN_CORE_VOXELS = 50
+#: Solid organs: none holds air, so an air voxel drawn as one of them beside a lung is lung.
+AIRLESS = tuple(BY_NAME[name].id for name in ("heart", "liver", "kidney_left", "kidney_right", "spleen"))
 _EPS = 1e-7
 
 
@@ -410,13 +412,13 @@ def refine_air_edge(
     from the lung's own level (the median of its core, its outline's partial-volume voxels left
     out, so an inflated or a collapsing lung sets its own) to soft tissue (``SOFT_TISSUE_HU``).
     Within ``margin_voxels`` scan voxels of the outline the lung grows, one face-neighbour step at
-    a time, into background voxels darker than the edge (never into airway or outside air,
-    below ``AIRWAY_MAX_HU``, unless the lung itself is nearly that dark), and sheds its own
-    voxels that are not, peeled from the outline inwards, so the vessels and nodules deeper
-    inside stay lung. A lung whose core holds no
-    credible air (above ``LUNG_MAX_CORE_HU``: a collapsed lung, a lung full of tumor, a scan not
-    in HU) keeps the network's outline. Other structures are never touched. Returns the number of
-    voxels changed.
+    a time, into voxels darker than the edge (never into airway or outside air, below
+    ``AIRWAY_MAX_HU``, unless the lung itself is nearly that dark) that are background or drawn
+    as an organ that holds no air (``AIRLESS``: heart, liver, kidneys, spleen; not the gut, whose
+    gas is its own), and sheds its own voxels that are not, to background, peeled from the
+    outline inwards, so the vessels and nodules deeper inside stay lung. A lung whose core holds
+    no credible air (above ``LUNG_MAX_CORE_HU``: a collapsed lung, a lung full of tumor, a scan
+    not in HU) keeps the network's outline. Returns the number of voxels changed.
     """
     if margin_voxels <= 0:
         return 0
@@ -437,7 +439,8 @@ def refine_air_edge(
     floor = min(AIRWAY_MAX_HU, 2.0 * level - edge)
     values = intensity[box]
     inside = (values < edge) & (values >= floor)
-    return _settle_outline(sub, structure_id, inside, (sub == 0) & inside, margin_voxels)
+    free = ((sub == 0) | label_mask(sub, AIRLESS)) & inside
+    return _settle_outline(sub, structure_id, inside, free, margin_voxels)
 
 
 def _settle_outline(

@@ -197,8 +197,10 @@ def test_a_lungs_outline_moves_onto_the_edge_its_air_draws() -> None:
     labels = np.zeros(hu.shape, np.uint8)
     labels[6:16, 3:11, 4:12] = LUNG  # one voxel off along x and y: over the rib, short of the far face
     labels[9:11, 7:9, 7:9] = LUNG  # the vessel inside is the network's lung
-    labels[16:19, 4:12, 4:12] = HEART  # another organ beside it is never touched
-    heart, drawn = labels == HEART, labels == LUNG
+    labels[16:19, 4:12, 4:12] = HEART  # an organ beside it keeps its tissue
+    heart = labels == HEART
+    labels[13:15, 9:11, 5:11] = HEART  # and gives up the air it was drawn over
+    drawn = labels == LUNG
 
     changed = refine_air_edge(labels, hu, LUNG, fraction=0.5, margin_voxels=2)
 
@@ -208,6 +210,11 @@ def test_a_lungs_outline_moves_onto_the_edge_its_air_draws() -> None:
     assert np.array_equal(labels == HEART, heart)
     assert not np.any(labels[0:5] == LUNG)  # the airway beyond the old outline does not join
     assert changed == int((expected != drawn).sum())  # each voxel gained or shed counted once
+    gut = np.zeros(hu.shape, np.uint8)
+    gut[6:16, 3:11, 4:12] = LUNG
+    gut[13:15, 9:11, 5:11] = BY_NAME["intestine"].id  # gas in the gut is the gut's own
+    refine_air_edge(gut, hu, LUNG, fraction=0.5, margin_voxels=2)
+    assert np.all(gut[13:15, 9:11, 5:11] == BY_NAME["intestine"].id)
     assert labels[5, 5, 5] == LUNG and labels[15, 5, 5] == 0 and labels[8, 3, 5] == 0
 
 
