@@ -380,10 +380,8 @@ def refine_edge(
     outline inwards (so dark gut content or gas deeper than the margin stays). Other structures
     are never touched. Returns the number of voxels changed.
     """
-    if margin_voxels <= 0:
-        return 0
     own_any = labels == structure_id
-    box = bounding_box(own_any, margin_voxels)
+    box = _outline_box(own_any, margin_voxels)
     if box is None:
         return 0
     # The fat that licenses growth may lie up to three margins out: look that far.
@@ -420,10 +418,7 @@ def refine_air_edge(
     no credible air (above ``LUNG_MAX_CORE_HU``: a collapsed lung, a lung full of tumor, a scan
     not in HU) keeps the network's outline. Returns the number of voxels changed.
     """
-    if margin_voxels <= 0:
-        return 0
-    own_any = labels == structure_id
-    box = bounding_box(own_any, margin_voxels)
+    box = _outline_box(labels == structure_id, margin_voxels)
     if box is None:
         return 0
     sub = labels[box]
@@ -441,6 +436,12 @@ def refine_air_edge(
     inside = (values < edge) & (values >= floor)
     free = ((sub == 0) | label_mask(sub, AIRLESS)) & inside
     return _settle_outline(sub, structure_id, inside, free, margin_voxels)
+
+
+def _outline_box(own: np.ndarray, margin_voxels: int) -> tuple[slice, ...] | None:
+    """The box of ``own`` grown by ``margin_voxels``: where an outline rule can change anything
+    (None when there is no margin or no structure)."""
+    return bounding_box(own, margin_voxels) if margin_voxels > 0 else None
 
 
 def _settle_outline(

@@ -294,51 +294,48 @@ def test_predict_applies_the_cards_refinement_and_calibration(tmp_path: Path) ->
     assert np.array_equal(banded.uncertainty[outside], np.minimum(after.uncertainty[outside], 127))
 
 
-def test_predict_moves_outlines_onto_edges_with_the_cards_edge_rule(tmp_path: Path) -> None:
-    # Tiny model on a 0.6 mm grid: liver where 300 < HU < 600; the scan's organ block (0.2 mm)
-    # ends mid-way through coarse voxels: the upsampled outline misses a layer on every face (a
-    # rounded corner is several face steps away, hence a 1 mm margin).
-    folder = tmp_path / "tiny" / "1"
-    plain = write_threshold_model(
-        folder, structures=(0, LIVER, BONES), spacing_mm=(0.6, 0.6, 0.6), normalisation=WINDOW
-    )
-    volume = np.zeros((30, 30, 30), np.float32)
-    volume[7:20, 8:22, 10:23] = 450.0
-    organ = volume == 450.0
-    affine = np.diag([0.2, 0.2, 0.2, 1.0])
-
-    before = predict_volume(volume, affine, [plain], threads=1, intensity="hu")
-    edged = with_postprocess(folder, {"refine": [{"structure": LIVER, "edge_hu": 300.0, "margin_mm": 1.0}]})
-    after = predict_volume(volume, affine, [edged], threads=1, intensity="hu")
-
-    assert not np.array_equal(before.labels == LIVER, organ)
-    assert np.array_equal(after.labels == LIVER, organ)
-
-
-def test_predict_puts_a_lung_where_its_air_is_with_the_cards_air_edge_rule(tmp_path: Path) -> None:
-    # Tiny model on a 0.6 mm grid: lung where the scan is below -100 HU. The lung block (0.2 mm)
-    # ends mid-way through coarse voxels, so the upsampled outline misses or overshoots a layer.
+@pytest.mark.parametrize(
+    ("structure", "threshold", "dark", "organ_hu", "around_hu", "rule"),
+    [
+        # Liver where 300 < HU < 600 ("bones" above), in 0 HU: the edge rule.
+        (LIVER, 300.0, False, 450.0, 0.0, {"edge_hu": 300.0, "margin_mm": 1.0}),
+        # Lung where the scan is below -100 HU, in soft tissue: the air-edge rule.
+        (LUNG, -100.0, True, -450.0, 40.0, {"air_edge": 0.5, "margin_mm": 0.4}),
+    ],
+)
+def test_predict_moves_outlines_onto_edges_with_the_cards_rule(
+    tmp_path: Path,
+    structure: int,
+    threshold: float,
+    dark: bool,
+    organ_hu: float,
+    around_hu: float,
+    rule: dict,
+) -> None:
+    # Tiny model on a 0.6 mm grid; the scan's organ block (0.2 mm) ends mid-way through coarse
+    # voxels: the upsampled outline misses or overshoots a layer on every face (a rounded corner
+    # is several face steps away, hence the edge rule's 1 mm margin).
     folder = tmp_path / "tiny" / "1"
     window = {"kind": "window", "low_hu": -1000, "high_hu": 1000}
     plain = write_threshold_model(
         folder,
-        structures=(0, LUNG),
-        thresholds=(0.45,),
+        structures=(0, structure) if dark else (0, structure, BONES),
+        thresholds=((threshold + 1000) / 2000,) if dark else (0.65, 0.8),
         spacing_mm=(0.6, 0.6, 0.6),
         normalisation=window,
-        dark=True,
+        dark=dark,
     )
-    volume = np.full((30, 30, 30), 40.0, np.float32)
-    volume[7:20, 8:22, 10:23] = -450.0
-    lung = volume < 0
+    volume = np.full((30, 30, 30), around_hu, np.float32)
+    volume[7:20, 8:22, 10:23] = organ_hu
+    organ = volume == organ_hu
     affine = np.diag([0.2, 0.2, 0.2, 1.0])
 
     before = predict_volume(volume, affine, [plain], threads=1, intensity="hu")
-    aired = with_postprocess(folder, {"refine": [{"structure": LUNG, "air_edge": 0.5, "margin_mm": 0.4}]})
-    after = predict_volume(volume, affine, [aired], threads=1, intensity="hu")
+    ruled = with_postprocess(folder, {"refine": [{"structure": structure, **rule}]})
+    after = predict_volume(volume, affine, [ruled], threads=1, intensity="hu")
 
-    assert not np.array_equal(before.labels == LUNG, lung)
-    assert np.array_equal(after.labels == LUNG, lung)
+    assert not np.array_equal(before.labels == structure, organ)
+    assert np.array_equal(after.labels == structure, organ)
 
 
 def test_score_offsets_move_a_structures_outline(tmp_path: Path) -> None:
@@ -490,21 +487,26 @@ def test_a_ribs_halo_against_the_lung_is_no_nodule() -> None:
     }
 
 
-def test_the_lesion_models_detect_rule_runs_on_the_organ_map_of_the_same_call(tmp_path: Path) -> None:
-    organs = write_threshold_model(
-        tmp_path / "organs" / "1", structures=(0, LUNG), thresholds=(0.3,), normalisation=WINDOW
-    )
-    lesion_folder = tmp_path / "lesions" / "1"
+def _tiny_lesion_model(folder: Path, window: dict, rule: dict) -> ModelCard:
+    """A tiny lesion model that finds nothing itself (its classes sit at the window's top), with
+    ``rule`` as its one ``detect`` rule."""
     write_threshold_model(
-        lesion_folder,
+        folder,
         name="tiny-lesions",
         task="tumor",
         structures=(0, BY_NAME["tumor"].id, METASTASIS),
         thresholds=(0.97, 0.99),
-        normalisation=WINDOW,
+        normalisation=window,
+    )
+    return with_postprocess(folder, {"detect": [rule]})
+
+
+def test_the_lesion_models_detect_rule_runs_on_the_organ_map_of_the_same_call(tmp_path: Path) -> None:
+    organs = write_threshold_model(
+        tmp_path / "organs" / "1", structures=(0, LUNG), thresholds=(0.3,), normalisation=WINDOW
     )
     rule = {"structure": METASTASIS, "hosts": [LUNG], "min_hu": 800, "erode_mm": 0.0, "min_volume_mm3": 0.0}
-    lesions = with_postprocess(lesion_folder, {"detect": [rule]})
+    lesions = _tiny_lesion_model(tmp_path / "lesions" / "1", WINDOW, rule)
     volume = np.zeros((20, 20, 20), np.float32)
     volume[4:16, 4:16, 4:16] = 500.0  # lung (for the tiny organ model: 300 < HU)
     volume[8:10, 8:10, 8:10] = 900.0  # a nodule
@@ -527,17 +529,9 @@ def test_the_lungs_air_edge_waits_until_the_nodules_in_them_are_found(tmp_path: 
     write_threshold_model(
         tmp_path / "organs" / "1", structures=(0, LUNG), thresholds=(0.45,), normalisation=window, dark=True
     )
-    lesion_folder = tmp_path / "lesions" / "1"
-    write_threshold_model(
-        lesion_folder,
-        name="tiny-lesions",
-        task="tumor",
-        structures=(0, BY_NAME["tumor"].id, METASTASIS),
-        thresholds=(0.97, 0.99),
-        normalisation=window,
+    lesions = _tiny_lesion_model(
+        tmp_path / "lesions" / "1", window, {**NODULE_RULE, "min_hu": -180, "min_dim_shell": 0.3}
     )
-    rule = {**NODULE_RULE, "min_hu": -180, "min_dim_shell": 0.3}
-    lesions = with_postprocess(lesion_folder, {"detect": [rule]})
     volume = np.full((24, 20, 20), 40.0, np.float32)
     volume[4:18, 4:16, 4:16] = -450.0
     volume[4:6, 8:11, 8:11] = -150.0  # two voxels deep, on the lung's x = 4 face

@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from inference.registry import ModelCard
 from inference.structures import BY_NAME
 from inference.training.offsets import tune_offsets
 from inference.training.outline import SMOOTHINGS_MM, tune_outline
@@ -97,31 +98,46 @@ def test_the_head_threshold_is_tuned_without_the_other_models_outline_bands(tmp_
     assert heads_only.uncertainty_threshold == 0.2
 
 
-def _organ_in_fat(root: Path, name: str, corner: tuple[int, int, int]) -> Path:
-    """A 40 HU block in -100 HU fat with sharp faces off the 0.6 mm model grid."""
+def _organ_in_fat(
+    root: Path,
+    name: str,
+    corner: tuple[int, int, int],
+    *,
+    organ: int = LIVER,
+    hu: float = 40.0,
+    around: float = -100.0,
+) -> Path:
+    """A block of ``organ`` (``hu``) in ``around`` (default: a 40 HU organ in -100 HU fat) with
+    sharp faces off the 0.6 mm model grid."""
     folder = root / name
     folder.mkdir(parents=True)
     truth = np.zeros((30, 30, 30), np.uint8)
     x, y, z = corner
-    truth[x : x + 13, y : y + 14, z : z + 11] = LIVER
-    ct = np.where(truth > 0, 40.0, -100.0).astype(np.float32)
+    truth[x : x + 13, y : y + 14, z : z + 11] = organ
+    ct = np.where(truth > 0, hu, around).astype(np.float32)
     nib.save(nib.Nifti1Image(ct, AFFINE), str(folder / "ct.nii.gz"))
     nib.save(nib.Nifti1Image(truth, AFFINE), str(folder / "labels.nii.gz"))
     return folder
 
 
+def _tiny_at_06_mm(folder: Path, structure: int, cut_hu: float, *, dark: bool = False) -> ModelCard:
+    """A tiny model that sees the scan at 0.6 mm (window -1000..1000 HU) and draws ``structure``
+    above ``cut_hu`` (below it when ``dark``): its upsampled outline misses or overshoots the
+    faces that fall inside coarse voxels."""
+    return write_threshold_model(
+        folder,
+        structures=(0, structure),
+        thresholds=((cut_hu + 1000.0) / 2000.0,),
+        spacing_mm=(0.6, 0.6, 0.6),
+        normalisation={"kind": "window", "low_hu": -1000, "high_hu": 1000},
+        dark=dark,
+    )
+
+
 def test_edge_rules_snap_an_organ_onto_its_fat_edge(tmp_path: Path) -> None:
     from inference.training.edges import tune_edges
 
-    # The tiny model sees the organ at 0.6 mm (window -1000..1000 HU, cut at 0 HU): its
-    # upsampled outline misses the faces that fall inside coarse voxels.
-    card = write_threshold_model(
-        tmp_path / "m" / "1",
-        structures=(0, LIVER),
-        thresholds=(0.5,),
-        spacing_mm=(0.6, 0.6, 0.6),
-        normalisation={"kind": "window", "low_hu": -1000, "high_hu": 1000},
-    )
+    card = _tiny_at_06_mm(tmp_path / "m" / "1", LIVER, 0.0)
     cases = [
         _organ_in_fat(tmp_path / "val", "a", (7, 8, 10)),
         _organ_in_fat(tmp_path / "val", "b", (5, 10, 8)),
@@ -136,30 +152,15 @@ def test_edge_rules_snap_an_organ_onto_its_fat_edge(tmp_path: Path) -> None:
 
 
 def test_air_edge_rules_put_a_lungs_outline_where_its_air_ends(tmp_path: Path) -> None:
+    from inference.training.calibrate import _before_air_edges, add_air_edges
     from inference.training.edges import tune_air_edges
 
-    # A lung (-450 HU) in soft tissue (40 HU), its faces off the 0.6 mm model grid; the tiny
-    # model draws it where the scan is below -100 HU, at 0.6 mm, so its upsampled outline misses
-    # or overshoots the faces that fall inside coarse voxels.
-    card = write_threshold_model(
-        tmp_path / "m" / "1",
-        structures=(0, LUNG),
-        thresholds=(0.45,),
-        spacing_mm=(0.6, 0.6, 0.6),
-        normalisation={"kind": "window", "low_hu": -1000, "high_hu": 1000},
-        dark=True,
-    )
-    cases = []
-    for name, corner in (("a", (7, 8, 10)), ("b", (5, 10, 8))):
-        folder = tmp_path / "val" / name
-        folder.mkdir(parents=True)
-        truth = np.zeros((30, 30, 30), np.uint8)
-        x, y, z = corner
-        truth[x : x + 13, y : y + 14, z : z + 11] = LUNG
-        ct = np.where(truth > 0, -450.0, 40.0).astype(np.float32)
-        nib.save(nib.Nifti1Image(ct, AFFINE), str(folder / "ct.nii.gz"))
-        nib.save(nib.Nifti1Image(truth, AFFINE), str(folder / "labels.nii.gz"))
-        cases.append(folder)
+    # A lung (-450 HU) in soft tissue (40 HU); the tiny model draws it below -100 HU.
+    card = _tiny_at_06_mm(tmp_path / "m" / "1", LUNG, -100.0, dark=True)
+    cases = [
+        _organ_in_fat(tmp_path / "val", name, corner, organ=LUNG, hu=-450.0, around=40.0)
+        for name, corner in (("a", (7, 8, 10)), ("b", (5, 10, 8)))
+    ]
 
     rules, report = tune_air_edges(card, cases, threads=1)
 
@@ -172,16 +173,15 @@ def test_air_edge_rules_put_a_lungs_outline_where_its_air_ends(tmp_path: Path) -
 
     # ``calibrate --air-edges``: the rule joins the rules the model has, which stay as they were,
     # and so do the outline bands.
-    from inference.training.calibrate import add_air_edges
-
     outline = {"smoothing_mm": [0.2, 0.2, 0.2], "levels": {str(LUNG): 0.3}}
     kept = {"structure": LUNG, "min_hu": 900.0, "margin_mm": 0.6}
+    calibration = {"cases": ["x"]}
     ruled = dataclasses.replace(
-        card, postprocess={"refine": [kept], "uncertainty_outline": outline, "calibration": {"cases": ["x"]}}
+        card, postprocess={"refine": [kept], "uncertainty_outline": outline, "calibration": calibration}
     )
     assert add_air_edges(ruled, cases, threads=1)["refine"] == [kept]  # the lung has a rule: none added
     plain = dataclasses.replace(
-        card, postprocess={"uncertainty_outline": outline, "calibration": {"cases": ["x"]}}
+        card, postprocess={"uncertainty_outline": outline, "calibration": calibration}
     )
     post = add_air_edges(plain, cases, threads=1)
     assert post["refine"] == rules and post["uncertainty_outline"] == outline
@@ -189,8 +189,6 @@ def test_air_edge_rules_put_a_lungs_outline_where_its_air_ends(tmp_path: Path) -
 
     # The nodule rule is tuned on the organ map the pipeline's lesion search sees: lungs before
     # their air edges (``predict.settle_air_edges`` runs after it).
-    from inference.training.calibrate import _before_air_edges
-
     aired = dataclasses.replace(card, postprocess={**post, "refine": [kept, *rules]})
     assert _before_air_edges(aired).refinements == [kept]
     assert _before_air_edges(aired).uncertainty_outlines == aired.uncertainty_outlines
