@@ -435,7 +435,7 @@ def predict_volume(
             geometry = turned(geometry, orientation.transform.array)
             canonical = orientation.transform.apply(canonical)
     # An oblique mouse is straightened (resampled) for the models and its maps put back after.
-    scan_geometry = geometry
+    scan_geometry, scan_canonical = geometry, canonical
     straightening = None
     if orientation is not None and not orientation.head_only:
         with timer("preprocess"):
@@ -513,10 +513,11 @@ def predict_volume(
                 drop_out_of_view(organs, groups["organs"][0].structures)
             braincase = fill_braincase(organs, rules_hu, geometry.spacing_mm) if organs is not None else None
             detect_lesions(task_labels, groups, rules_hu, geometry.spacing_mm)
-            if organs is not None:
+            if organs is not None and straightening is None:
                 settle_air_edges(organs, rules_hu, groups["organs"][0], geometry.spacing_mm)
-            # The organ map is final here (lesions go into their own map): its centres and ids
-            # are read beside the rest.
+            # The organ map is final here (lesions go into their own map; a straightened mouse's
+            # lungs settle once back on the scan's grid, below): its centres and ids are read
+            # beside the rest.
             centres = side.submit(organ_centres, organs, geometry.spacing_mm) if organs is not None else None
             organ_ids = side.submit(labels_present, organs) if organs is not None else None
         _report(progress, 95, "restore uncertainty")
@@ -534,6 +535,14 @@ def predict_volume(
                 task_labels = {task: straightening.undo(labels) for task, labels in task_labels.items()}
                 uncertainty_u8 = straightening.undo(uncertainty_u8, labels=False)
                 geometry = scan_geometry
+                if "organs" in task_labels:
+                    # On the scan's own voxels: put back by a vote, a lung's outline is rounded.
+                    scan_rules_hu = (
+                        rules_hu if scan_canonical is canonical else for_threshold_rules(scan_canonical)[0]
+                    )
+                    settle_air_edges(
+                        task_labels["organs"], scan_rules_hu, groups["organs"][0], geometry.spacing_mm
+                    )
                 merged = merge_tasks(task_labels, geometry.canonical_shape)
             organs, lesions = task_labels.get("organs"), task_labels.get("tumor")
 

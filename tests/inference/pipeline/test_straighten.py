@@ -4,6 +4,7 @@ scan is straightened for the models and every map is put back on the scan's grid
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -248,3 +249,31 @@ def test_the_pipeline_turns_a_rolled_mouse_back_and_says_so(
     entry = orientation_entry(out.orientation, ("R", "A", "S"))
     assert entry["straightened"]["roll_deg"] == pytest.approx(out.orientation.straightening.roll_deg, abs=0.1)
     assert "onto its right side (read off its spine)" in " ".join(entry["findings"])
+
+
+def test_a_straightened_mouses_lungs_settle_on_the_scans_own_voxels(
+    real_mouse: Phantom, voxelwise: ModelCard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Put back by a vote, a lung's outline is rounded: the air-edge rules run once, on the organ
+    # map back on the scan's grid, reading the scan's own (unstraightened) intensities.
+    from inference.pipeline import predict as pipeline
+
+    calls: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    settle = pipeline.settle_air_edges
+
+    def record(
+        organs: np.ndarray, rules_hu: np.ndarray, card: ModelCard, spacing_mm: Sequence[float]
+    ) -> None:
+        calls.append((organs.shape, rules_hu.shape))
+        settle(organs, rules_hu, card, spacing_mm)
+
+    monkeypatch.setattr(pipeline, "settle_air_edges", record)
+    ct, _, _ = ball_in_the_liver(real_mouse, 20, (0, 2))
+
+    out = predict_volume(ct, AFFINE, [voxelwise], threads=1)
+    straight = predict_volume(real_mouse.ct, AFFINE, [voxelwise], threads=1)
+
+    assert out.orientation is not None and out.orientation.straightening is not None
+    assert straight.orientation is not None and straight.orientation.straightening is None
+    assert calls == [(ct.shape, ct.shape), (real_mouse.ct.shape, real_mouse.ct.shape)]
+    assert out.orientation.straightening.shape != ct.shape  # the models ran on another grid
