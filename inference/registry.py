@@ -125,7 +125,9 @@ class ModelCard:
         """Full-resolution rules, in order: ``{"structure", "min_hu", "margin_mm"[, "connected"]}``
         (a bright structure), ``{"structure", "enclosed_by", "max_hu", "margin_mm"}`` (a canal),
         ``{"structure", "edge_hu", "margin_mm"}`` (an outline onto its edge with fat),
-        ``{"structure", "air_edge", "margin_mm"}`` (a lung's outline onto the edge its air draws) or
+        ``{"structure", "contrast_edge", "margin_mm"}`` (an outline onto the edge between its own
+        level and its neighbours'), ``{"structure", "air_edge", "margin_mm"}`` (a lung's outline
+        onto the edge its air draws) or
         ``{"structure", "network", "sha256", "margin_mm", ...}`` (an outline refiner network,
         ``pipeline.refiner``)."""
         return list(self.postprocess.get("refine", []))
@@ -293,6 +295,9 @@ def _check_postprocess(folder: Path, post: dict[str, Any], structures: list[int]
             float(rule["max_hu"])
         elif "edge_hu" in rule:
             float(rule["edge_hu"])
+        elif "contrast_edge" in rule:
+            if not float(rule["contrast_edge"]) >= 0:
+                raise _problem(folder, "postprocess refine 'contrast_edge' is a contrast in HU: 0 or more")
         elif "air_edge" in rule:
             if not 0.0 < float(rule["air_edge"]) < 1.0:
                 raise _problem(

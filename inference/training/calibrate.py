@@ -18,7 +18,9 @@ its ``model.json`` under ``"postprocess"``:
   (``refiner.py``), kept as they are; then the lungs' outlines moved onto the edge their air
   draws (``edges.tune_air_edges``; the pipeline applies these last, after the lesion search),
   and, for every other organ, the outline moved onto its edge with the fat around it
-  (``edges.py``), each where that beats the network's outline on its Dice;
+  (``edges.py``), then, for those still without a rule, onto the edge between the organ's own
+  level and its neighbours' (``edges.tune_contrast_edges``), each where that beats the network's
+  outline on its Dice;
 - ``detect`` (lesion model, run with an organ model): lung metastases as bright nodules in and at
   the edge of the organ model's lungs (``pipeline.postprocess.detect_bright_lesions``), with the
   threshold, rim erosion, smallest volume, chest-wall radius and dim-shell share that give the
@@ -28,8 +30,8 @@ its ``model.json`` under ``"postprocess"``:
 - ``uncertainty_outline``: last, with the rules above in force, the per-structure outline bands
   that become the map's "uncertain" part (``outline.py``).
 
-``--air-edges`` tunes only the air-edge rules and adds them to the post-processing the model
-already has (how ``mouse-organs/2.4.1`` was made from 2.4.0).
+``--add-edges`` tunes only the air-edge and contrast-edge rules and adds them to the
+post-processing the model already has (how ``mouse-organs/2.4.1`` was made from 2.4.0).
 
 The other models passed with ``--model`` run beside the one being tuned (their uncertainty maps
 join the combined map as they are), exactly as the pipeline runs them.
@@ -63,7 +65,7 @@ from inference.pipeline.postprocess import (
 from inference.registry import ModelCard, load_card
 from inference.structures import BY_NAME
 from inference.training.data import find_cases
-from inference.training.edges import tune_air_edges, tune_edges
+from inference.training.edges import tune_air_edges, tune_contrast_edges, tune_edges
 from inference.training.evaluate import load_canonical, metastasis_scores, real_disagreement
 from inference.training.offsets import tune_offsets
 from inference.training.outline import tune_outline
@@ -196,8 +198,10 @@ def calibrate(
         post["refine"] = [*post.get("refine", []), *air]
         refined = dataclasses.replace(target, postprocess={**base, "refine": post["refine"]})
         edges, report["edge_rules"] = tune_edges(refined, cases, threads=threads)
-        if edges:
-            post["refine"] = [*post.get("refine", []), *edges]
+        post["refine"] = [*post["refine"], *edges]
+        refined = dataclasses.replace(target, postprocess={**base, "refine": post["refine"]})
+        contrast, report["contrast_edge_rules"] = tune_contrast_edges(refined, cases, threads=threads)
+        post["refine"] = [*post["refine"], *contrast]
     if METASTASIS in target.structures and any(c.task == "organs" for c in others):
         negatives = atlas_negatives() if negatives is None else negatives
         rule, report["metastasis_rules"] = tune_nodules(target, others, cases, negatives, threads=threads)
@@ -392,15 +396,20 @@ def write_postprocess(folder: Path, post: dict) -> None:
     path.write_text(json.dumps(finite_or_null(card), indent=1, allow_nan=False) + "\n")
 
 
-def add_air_edges(target: ModelCard, cases: Sequence[Path], *, threads: int = 2) -> dict:
-    """``target``'s ``postprocess`` as it stands, with air-edge rules (lungs) tuned on ``cases``
-    added and their sweep in ``calibration.air_edge_rules``; every other rule, and the outline
-    bands, are kept (tuned again with the air edges in force, the lungs' bands came out the same:
-    the model card's ``mouse-organs/2.4.1``)."""
+def add_edges(target: ModelCard, cases: Sequence[Path], *, threads: int = 2) -> dict:
+    """``target``'s ``postprocess`` as it stands, with air-edge rules (lungs) and then
+    contrast-edge rules for the structures still without a rule, tuned on ``cases``, added (their
+    sweeps in ``calibration.air_edge_rules`` and ``contrast_edge_rules``); every other rule, and
+    the outline bands, are kept (tuned again with the air edges in force, the lungs' bands came
+    out the same: the model card's ``mouse-organs/2.4.1``)."""
     post = dict(target.postprocess)
-    air, sweep = tune_air_edges(target, cases, threads=threads)
+    report = dict(post.get("calibration", {}))
+    air, report["air_edge_rules"] = tune_air_edges(target, cases, threads=threads)
     post["refine"] = [*post.get("refine", []), *air]
-    post["calibration"] = {**post.get("calibration", {}), "air_edge_rules": sweep}
+    aired = dataclasses.replace(target, postprocess={**target.postprocess, "refine": post["refine"]})
+    contrast, report["contrast_edge_rules"] = tune_contrast_edges(aired, cases, threads=threads)
+    post["refine"] = [*post["refine"], *contrast]
+    post["calibration"] = report
     return post
 
 
@@ -413,9 +422,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="validation phantoms (flat layout)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--air-edges",
+        "--add-edges",
         action="store_true",
-        help="only add air-edge rules (lungs) to the model's post-processing, keeping every other rule",
+        help="only add air-edge (lungs) and contrast-edge rules to the model's post-processing, "
+        "for structures without a rule, keeping every other rule",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -423,10 +433,10 @@ def main(argv: list[str] | None = None) -> None:
     cards = [load_card(m) for m in args.model]
     target = next((c for c in cards if c.folder == tune), None) or load_card(tune)
     others = [c for c in cards if c.folder != tune]
-    if args.air_edges:
+    if args.add_edges:
         if target.task != "organs":
-            parser.error(f"--air-edges tunes an organ model's lungs; {tune} is a {target.task} model")
-        post = add_air_edges(target, find_cases(args.data), threads=args.threads)
+            parser.error(f"--add-edges tunes an organ model's outlines; {tune} is a {target.task} model")
+        post = add_edges(target, find_cases(args.data), threads=args.threads)
     else:
         post = calibrate(target, others, find_cases(args.data), threads=args.threads)
     write_postprocess(tune, post)

@@ -10,6 +10,9 @@ bladder urine as dim as its fat) gains nothing and keeps its network outline.
 
 The lungs have their own family (``tune_air_edges``): a lung holds air, so its edge against every
 neighbour is in the scan, half-way (``AIR_EDGE_FRACTION``) from its own level to soft tissue.
+Organs pressed against other soft tissue have a third (``tune_contrast_edges``): the edge half-way
+between the organ's own level and its neighbours', read from a 3-voxel mean, where the two
+differ by at least ``CONTRAST_HU``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 from inference.metrics import dice
 from inference.pipeline import predict_volume
 from inference.pipeline.geometry import bounding_box
-from inference.pipeline.postprocess import refine_air_edge, refine_edge, voxels_across
+from inference.pipeline.postprocess import refine_air_edge, refine_contrast_edge, refine_edge, voxels_across
 from inference.registry import ModelCard
 from inference.structures import BY_ID
 from inference.training.evaluate import load_canonical
@@ -38,6 +41,9 @@ EDGE_MARGIN_MM = (0.21, 0.42, 0.63)
 #: Candidate places of a lung's edge between its own level and soft tissue (0.5: half-way, where
 #: a voxel holds as much lung as tissue).
 AIR_EDGE_FRACTION = (0.35, 0.5, 0.65)
+#: Candidate smallest contrasts (HU) between an organ's level and its neighbours' for the
+#: contrast-edge rule: below it the scan shows no edge and the network's outline stays.
+CONTRAST_HU = (8.0, 15.0)
 #: Median Dice a rule must add to be kept (below it, a rule is noise on eight validation cases).
 MIN_GAIN = 0.002
 
@@ -71,6 +77,24 @@ def tune_air_edges(target: ModelCard, cases: Sequence[Path], *, threads: int = 2
 
     keys = list(product(AIR_EDGE_FRACTION, EDGE_MARGIN_MM))
     return _sweep(target, cases, keys, trial, rule, "of the way to soft tissue", threads)
+
+
+def tune_contrast_edges(
+    target: ModelCard, cases: Sequence[Path], *, threads: int = 2
+) -> tuple[list[dict], dict]:
+    """The contrast-edge rules (``postprocess.refine_contrast_edge``) for ``target``, and a report:
+    every structure without a rule of its own, each smallest contrast (``CONTRAST_HU``) and margin."""
+
+    def trial(own: np.ndarray, hu: np.ndarray, sid: int, key: Candidate, spacing: Sequence[float]) -> None:
+        refine_contrast_edge(
+            own, hu, sid, min_contrast_hu=key[0], margin_voxels=voxels_across(key[1], spacing)
+        )
+
+    def rule(sid: int, key: Candidate) -> dict:
+        return {"structure": sid, "contrast_edge": key[0], "margin_mm": key[1]}
+
+    keys = list(product(CONTRAST_HU, EDGE_MARGIN_MM))
+    return _sweep(target, cases, keys, trial, rule, "HU of contrast at least", threads)
 
 
 def _sweep(

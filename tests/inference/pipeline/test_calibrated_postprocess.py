@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from inference.metrics import dice
 from inference.pipeline import predict_volume
 from inference.pipeline.postprocess import (
     calibrate_uncertainty,
@@ -17,6 +18,7 @@ from inference.pipeline.postprocess import (
     outline_band,
     refine_air_edge,
     refine_by_intensity,
+    refine_contrast_edge,
     refine_edge,
     refine_enclosed,
     voxels_across,
@@ -163,6 +165,28 @@ def test_an_outline_moves_onto_the_organs_edge_with_the_fat_around_it() -> None:
     assert changed == 2 * 36  # one 6 x 6 layer gained, one shed
     assert refine_edge(labels, hu, LIVER, edge_hu=-20.0, margin_voxels=0) == 0
     assert refine_edge(labels, hu, BY_NAME["spleen"].id, edge_hu=-20.0, margin_voxels=2) == 0
+
+
+def test_an_outline_moves_onto_the_edge_between_two_soft_tissues() -> None:
+    # A liver (65 HU) in muscle (45 HU), 12 HU of noise, drawn one voxel too far along x; a
+    # kidney beside it is never touched. Where the contrast is under the rule's smallest, the
+    # network's outline stays.
+    rng = np.random.default_rng(1)
+    grid = np.indices((30, 24, 24))
+    liver = sum((g - c) ** 2 for g, c in zip(grid, (12, 12, 12), strict=True)) <= 7.5**2
+    noise = rng.normal(0.0, 12.0, liver.shape).astype(np.float32)
+    hu = np.where(liver, 65.0, 45.0).astype(np.float32) + noise
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[1:][liver[:-1]] = LIVER
+    kidney = BY_NAME["kidney_left"].id
+    labels[22:27, 8:16, 8:16] = kidney
+    drawn = labels.copy()
+
+    assert refine_contrast_edge(labels.copy(), hu, LIVER, min_contrast_hu=30.0, margin_voxels=2) == 0
+    changed = refine_contrast_edge(labels, hu, LIVER, min_contrast_hu=8.0, margin_voxels=2)
+
+    assert dice(labels == LIVER, liver) > dice(drawn == LIVER, liver) + 0.02
+    assert changed > 0 and np.array_equal(labels == kidney, drawn == kidney)
 
 
 def test_growth_stops_at_a_dark_gap_and_at_the_margin() -> None:
@@ -397,6 +421,7 @@ def test_score_offsets_move_a_structures_outline(tmp_path: Path) -> None:
         ({"refine": [{"structure": LIVER, "edge_hu": "fat", "margin_mm": 0.2}]}, "malformed"),
         ({"refine": [{"structure": LIVER, "edge_hu": -20, "margin_mm": -0.2}]}, "margin_mm"),
         ({"refine": [{"structure": LIVER, "air_edge": 1.5, "margin_mm": 0.4}]}, "air_edge"),
+        ({"refine": [{"structure": LIVER, "contrast_edge": -5, "margin_mm": 0.4}]}, "contrast_edge"),
         ({"refine": [{"structure": LIVER, "air_edge": "half", "margin_mm": 0.4}]}, "malformed"),
     ],
 )

@@ -152,7 +152,7 @@ def test_edge_rules_snap_an_organ_onto_its_fat_edge(tmp_path: Path) -> None:
 
 
 def test_air_edge_rules_put_a_lungs_outline_where_its_air_ends(tmp_path: Path) -> None:
-    from inference.training.calibrate import _before_air_edges, add_air_edges
+    from inference.training.calibrate import _before_air_edges, add_edges
     from inference.training.edges import tune_air_edges
 
     # A lung (-450 HU) in soft tissue (40 HU); the tiny model draws it below -100 HU.
@@ -171,7 +171,7 @@ def test_air_edge_rules_put_a_lungs_outline_where_its_air_ends(tmp_path: Path) -
     assert report["lung_left"]["kept"] and report["lung_left"]["unrefined"] < 0.99
     assert report["lung_left"]["best_dice"] == 1.0
 
-    # ``calibrate --air-edges``: the rule joins the rules the model has, which stay as they were,
+    # ``calibrate --add-edges``: the rule joins the rules the model has, which stay as they were,
     # and so do the outline bands.
     outline = {"smoothing_mm": [0.2, 0.2, 0.2], "levels": {str(LUNG): 0.3}}
     kept = {"structure": LUNG, "min_hu": 900.0, "margin_mm": 0.6}
@@ -179,19 +179,40 @@ def test_air_edge_rules_put_a_lungs_outline_where_its_air_ends(tmp_path: Path) -
     ruled = dataclasses.replace(
         card, postprocess={"refine": [kept], "uncertainty_outline": outline, "calibration": calibration}
     )
-    assert add_air_edges(ruled, cases, threads=1)["refine"] == [kept]  # the lung has a rule: none added
+    assert add_edges(ruled, cases, threads=1)["refine"] == [kept]  # the lung has a rule: none added
     plain = dataclasses.replace(
         card, postprocess={"uncertainty_outline": outline, "calibration": calibration}
     )
-    post = add_air_edges(plain, cases, threads=1)
+    post = add_edges(plain, cases, threads=1)
     assert post["refine"] == rules and post["uncertainty_outline"] == outline
     assert post["calibration"]["cases"] == ["x"] and post["calibration"]["air_edge_rules"] == report
+    assert post["calibration"]["contrast_edge_rules"] == {}  # the lung has its rule by then
 
     # The nodule rule is tuned on the organ map the pipeline's lesion search sees: lungs before
     # their air edges (``predict.settle_air_edges`` runs after it).
     aired = dataclasses.replace(card, postprocess={**post, "refine": [kept, *rules]})
     assert _before_air_edges(aired).refinements == [kept]
     assert _before_air_edges(aired).uncertainty_outlines == aired.uncertainty_outlines
+
+
+def test_contrast_edge_rules_put_an_organ_where_its_own_level_ends(tmp_path: Path) -> None:
+    from inference.training.edges import tune_contrast_edges
+
+    # A liver (65 HU) pressed against muscle (45 HU), no fat between: the tiny model draws it
+    # above 55 HU at 0.6 mm, missing or overshooting the faces inside coarse voxels.
+    card = _tiny_at_06_mm(tmp_path / "m" / "1", LIVER, 55.0)
+    cases = [
+        _organ_in_fat(tmp_path / "val", name, corner, hu=65.0, around=45.0)
+        for name, corner in (("a", (7, 8, 10)), ("b", (5, 10, 8)))
+    ]
+
+    rules, report = tune_contrast_edges(card, cases, threads=1)
+
+    assert [r["structure"] for r in rules] == [LIVER] and rules[0]["contrast_edge"] <= 20.0
+    # The 3-voxel mean rounds the block's corners a little: not every voxel, but far closer.
+    assert report["liver"]["kept"] and report["liver"]["best_dice"] > max(
+        0.96, report["liver"]["unrefined"] + 0.02
+    )
 
 
 def test_a_structure_takes_its_own_smoothing_where_annotators_part_differently() -> None:
