@@ -578,22 +578,14 @@ def apply_refinement(
     rules, ``refine_air_edge``, run later, after the lesion search: ``predict.settle_air_edges``.)
     """
     sid = int(rule["structure"])
+    scan_margin = voxels_across(float(rule["margin_mm"]), spacing_mm)
     if "contrast_edge" in rule:
+        contrast = float(rule["contrast_edge"])
         return refine_contrast_edge(
-            labels,
-            intensity,
-            sid,
-            min_contrast_hu=float(rule["contrast_edge"]),
-            margin_voxels=voxels_across(float(rule["margin_mm"]), spacing_mm),
+            labels, intensity, sid, min_contrast_hu=contrast, margin_voxels=scan_margin
         )
     if "edge_hu" in rule:
-        return refine_edge(
-            labels,
-            intensity,
-            sid,
-            edge_hu=float(rule["edge_hu"]),
-            margin_voxels=voxels_across(float(rule["margin_mm"]), spacing_mm),
-        )
+        return refine_edge(labels, intensity, sid, edge_hu=float(rule["edge_hu"]), margin_voxels=scan_margin)
     coarse = coarse_argmax == structures.index(sid)
     margin = math.ceil(float(rule["margin_mm"]) / min(grid_spacing_mm) - 1e-6)
     if "enclosed_by" in rule:
