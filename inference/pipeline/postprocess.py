@@ -578,14 +578,8 @@ def apply_refinement(
     rules, ``refine_air_edge``, run later, after the lesion search: ``predict.settle_air_edges``.)
     """
     sid = int(rule["structure"])
-    scan_margin = voxels_across(float(rule["margin_mm"]), spacing_mm)
-    if "contrast_edge" in rule:
-        contrast = float(rule["contrast_edge"])
-        return refine_contrast_edge(
-            labels, intensity, sid, min_contrast_hu=contrast, margin_voxels=scan_margin
-        )
-    if "edge_hu" in rule:
-        return refine_edge(labels, intensity, sid, edge_hu=float(rule["edge_hu"]), margin_voxels=scan_margin)
+    if any(key in rule for key in OUTLINE_RULES):
+        return apply_outline_rule(labels, intensity, rule, spacing_mm)
     coarse = coarse_argmax == structures.index(sid)
     margin = math.ceil(float(rule["margin_mm"]) / min(grid_spacing_mm) - 1e-6)
     if "enclosed_by" in rule:
@@ -607,6 +601,25 @@ def apply_refinement(
         margin_voxels=margin,
         connected=bool(rule.get("connected", False)),
     )
+
+
+#: The rules that move an outline onto an edge the scan shows, their margin in scan voxels.
+OUTLINE_RULES = ("edge_hu", "contrast_edge", "air_edge")
+
+
+def apply_outline_rule(
+    labels: np.ndarray, intensity: np.ndarray, rule: dict, spacing_mm: Sequence[float]
+) -> int:
+    """Apply one outline rule (``OUTLINE_RULES``) of ``model.json`` to ``labels``, in place:
+    ``refine_edge``, ``refine_contrast_edge`` or ``refine_air_edge``, its ``margin_mm`` in scan
+    voxels (``spacing_mm``). Returns the number of voxels changed."""
+    sid, margin = int(rule["structure"]), voxels_across(float(rule["margin_mm"]), spacing_mm)
+    if "air_edge" in rule:
+        return refine_air_edge(labels, intensity, sid, fraction=float(rule["air_edge"]), margin_voxels=margin)
+    if "contrast_edge" in rule:
+        contrast = float(rule["contrast_edge"])
+        return refine_contrast_edge(labels, intensity, sid, min_contrast_hu=contrast, margin_voxels=margin)
+    return refine_edge(labels, intensity, sid, edge_hu=float(rule["edge_hu"]), margin_voxels=margin)
 
 
 def voxels_across(mm: float, spacing_mm: Sequence[float]) -> int:

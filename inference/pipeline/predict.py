@@ -42,6 +42,7 @@ from inference.pipeline.postprocess import (
     DEFAULT_MIN_LESION_VOLUME_MM3,
     MIN_DIM_SHELL,
     CleanReport,
+    apply_outline_rule,
     apply_refinement,
     calibrate_uncertainty,
     clean,
@@ -50,7 +51,6 @@ from inference.pipeline.postprocess import (
     label_mask,
     mark_outlines,
     outline_band,
-    refine_air_edge,
     sigmoid,
     uncertainty_from,
     voxels_across,
@@ -381,13 +381,7 @@ def settle_air_edges(
     """
     for rule in card.refinements:
         if "air_edge" in rule:
-            refine_air_edge(
-                organs,
-                rules_hu,
-                int(rule["structure"]),
-                fraction=float(rule["air_edge"]),
-                margin_voxels=voxels_across(float(rule["margin_mm"]), spacing_mm),
-            )
+            apply_outline_rule(organs, rules_hu, rule, spacing_mm)
 
 
 def predict_volume(
@@ -537,9 +531,7 @@ def predict_volume(
                 geometry = scan_geometry
                 if "organs" in task_labels:
                     # On the scan's own voxels: put back by a vote, a lung's outline is rounded.
-                    scan_rules_hu = (
-                        rules_hu if scan_canonical is canonical else for_threshold_rules(scan_canonical)[0]
-                    )
+                    scan_rules_hu = for_threshold_rules(scan_canonical)[0]
                     settle_air_edges(
                         task_labels["organs"], scan_rules_hu, groups["organs"][0], geometry.spacing_mm
                     )

@@ -43,7 +43,7 @@ import argparse
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import product
 from pathlib import Path
 from typing import Literal
@@ -105,6 +105,15 @@ NEGATIVE_SEEDS = (2,)
 def _real_disagreement(folder: Path) -> np.ndarray | None:
     maps = [load_canonical(p)[0] for p in sorted(folder.glob("annotator_*.nii.gz"))]
     return real_disagreement(maps) if len(maps) >= 2 else None
+
+
+#: An outline-rule family's tuner (``edges.py``): the rules it keeps and its sweep.
+OutlineTuner = Callable[..., tuple[list[dict], dict]]
+#: The outline-rule families in the order they are tuned (each takes only structures without a
+#: rule): lungs onto their air, organs onto fat, then the rest onto their neighbours' level.
+AIR: tuple[tuple[str, OutlineTuner], ...] = (("air_edge_rules", tune_air_edges),)
+FAT: tuple[tuple[str, OutlineTuner], ...] = (("edge_rules", tune_edges),)
+CONTRAST: tuple[tuple[str, OutlineTuner], ...] = (("contrast_edge_rules", tune_contrast_edges),)
 
 
 def _bare(card: ModelCard) -> ModelCard:
@@ -193,15 +202,7 @@ def calibrate(
     if refiners:
         post["refine"] = [*post.get("refine", []), *refiners]
     if target.task == "organs":
-        refined = dataclasses.replace(target, postprocess={**base, "refine": post.get("refine", [])})
-        air, report["air_edge_rules"] = tune_air_edges(refined, cases, threads=threads)
-        post["refine"] = [*post.get("refine", []), *air]
-        refined = dataclasses.replace(target, postprocess={**base, "refine": post["refine"]})
-        edges, report["edge_rules"] = tune_edges(refined, cases, threads=threads)
-        post["refine"] = [*post["refine"], *edges]
-        refined = dataclasses.replace(target, postprocess={**base, "refine": post["refine"]})
-        contrast, report["contrast_edge_rules"] = tune_contrast_edges(refined, cases, threads=threads)
-        post["refine"] = [*post["refine"], *contrast]
+        _add_outline_rules(target, base, post, report, (*AIR, *FAT, *CONTRAST), cases, threads)
     if METASTASIS in target.structures and any(c.task == "organs" for c in others):
         negatives = atlas_negatives() if negatives is None else negatives
         rule, report["metastasis_rules"] = tune_nodules(target, others, cases, negatives, threads=threads)
@@ -404,13 +405,26 @@ def add_edges(target: ModelCard, cases: Sequence[Path], *, threads: int = 2) -> 
     out the same: the model card's ``mouse-organs/2.4.1``)."""
     post = dict(target.postprocess)
     report = dict(post.get("calibration", {}))
-    air, report["air_edge_rules"] = tune_air_edges(target, cases, threads=threads)
-    post["refine"] = [*post.get("refine", []), *air]
-    aired = dataclasses.replace(target, postprocess={**target.postprocess, "refine": post["refine"]})
-    contrast, report["contrast_edge_rules"] = tune_contrast_edges(aired, cases, threads=threads)
-    post["refine"] = [*post["refine"], *contrast]
+    _add_outline_rules(target, target.postprocess, post, report, (*AIR, *CONTRAST), cases, threads)
     post["calibration"] = report
     return post
+
+
+def _add_outline_rules(
+    target: ModelCard,
+    base: dict,
+    post: dict,
+    report: dict,
+    tuners: Sequence[tuple[str, OutlineTuner]],
+    cases: Sequence[Path],
+    threads: int,
+) -> None:
+    """Tune each outline-rule family in turn, on ``target`` with ``base`` and the rules chosen so
+    far in force, and add what each keeps to ``post["refine"]`` (its sweep to ``report``)."""
+    for name, tune in tuners:
+        card = dataclasses.replace(target, postprocess={**base, "refine": post.get("refine", [])})
+        rules, report[name] = tune(card, cases, threads=threads)
+        post["refine"] = [*post.get("refine", []), *rules]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,7 +18,7 @@ differ by at least ``CONTRAST_HU``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import product
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import numpy as np
 from inference.metrics import dice
 from inference.pipeline import predict_volume
 from inference.pipeline.geometry import bounding_box
-from inference.pipeline.postprocess import refine_air_edge, refine_contrast_edge, refine_edge, voxels_across
+from inference.pipeline.postprocess import apply_outline_rule, voxels_across
 from inference.registry import ModelCard
 from inference.structures import BY_ID
 from inference.training.evaluate import load_canonical
@@ -52,14 +52,7 @@ Candidate = tuple[float, float]
 
 def tune_edges(target: ModelCard, cases: Sequence[Path], *, threads: int = 2) -> tuple[list[dict], dict]:
     """The edge rules to append to ``target``'s ``refine`` list, and a report of the sweep."""
-
-    def trial(own: np.ndarray, hu: np.ndarray, sid: int, key: Candidate, spacing: Sequence[float]) -> None:
-        refine_edge(own, hu, sid, edge_hu=key[0], margin_voxels=voxels_across(key[1], spacing))
-
-    def rule(sid: int, key: Candidate) -> dict:
-        return {"structure": sid, "edge_hu": key[0], "margin_mm": key[1]}
-
-    return _sweep(target, cases, list(product(EDGE_HU, EDGE_MARGIN_MM)), trial, rule, "HU", threads)
+    return _sweep(target, cases, "edge_hu", list(product(EDGE_HU, EDGE_MARGIN_MM)), "HU", threads)
 
 
 def tune_air_edges(target: ModelCard, cases: Sequence[Path], *, threads: int = 2) -> tuple[list[dict], dict]:
@@ -68,15 +61,8 @@ def tune_air_edges(target: ModelCard, cases: Sequence[Path], *, threads: int = 2
     Every structure without a rule of its own is tried; one that holds no air keeps its outline
     (the rule leaves it alone, so it gains nothing), so only the lungs can win a rule.
     """
-
-    def trial(own: np.ndarray, hu: np.ndarray, sid: int, key: Candidate, spacing: Sequence[float]) -> None:
-        refine_air_edge(own, hu, sid, fraction=key[0], margin_voxels=voxels_across(key[1], spacing))
-
-    def rule(sid: int, key: Candidate) -> dict:
-        return {"structure": sid, "air_edge": key[0], "margin_mm": key[1]}
-
     keys = list(product(AIR_EDGE_FRACTION, EDGE_MARGIN_MM))
-    return _sweep(target, cases, keys, trial, rule, "of the way to soft tissue", threads)
+    return _sweep(target, cases, "air_edge", keys, "of the way to soft tissue", threads)
 
 
 def tune_contrast_edges(
@@ -84,30 +70,19 @@ def tune_contrast_edges(
 ) -> tuple[list[dict], dict]:
     """The contrast-edge rules (``postprocess.refine_contrast_edge``) for ``target``, and a report:
     every structure without a rule of its own, each smallest contrast (``CONTRAST_HU``) and margin."""
-
-    def trial(own: np.ndarray, hu: np.ndarray, sid: int, key: Candidate, spacing: Sequence[float]) -> None:
-        refine_contrast_edge(
-            own, hu, sid, min_contrast_hu=key[0], margin_voxels=voxels_across(key[1], spacing)
-        )
-
-    def rule(sid: int, key: Candidate) -> dict:
-        return {"structure": sid, "contrast_edge": key[0], "margin_mm": key[1]}
-
     keys = list(product(CONTRAST_HU, EDGE_MARGIN_MM))
-    return _sweep(target, cases, keys, trial, rule, "HU of contrast at least", threads)
+    return _sweep(target, cases, "contrast_edge", keys, "HU of contrast at least", threads)
 
 
 def _sweep(
-    target: ModelCard,
-    cases: Sequence[Path],
-    keys: Sequence[Candidate],
-    trial: Callable[[np.ndarray, np.ndarray, int, Candidate, Sequence[float]], None],
-    make_rule: Callable[[int, Candidate], dict],
-    unit: str,
-    threads: int,
+    target: ModelCard, cases: Sequence[Path], kind: str, keys: Sequence[Candidate], unit: str, threads: int
 ) -> tuple[list[dict], dict]:
-    """Score each candidate ``key`` of one rule family on every structure without a rule (see
-    the module notes); ``trial`` applies a candidate in place, ``make_rule`` writes a kept one."""
+    """Score each candidate ``(value, margin_mm)`` of the outline rule ``kind`` (a key of
+    ``postprocess.OUTLINE_RULES``) on every structure without a rule (see the module notes)."""
+
+    def make_rule(sid: int, key: Candidate) -> dict:
+        return {"structure": sid, kind: key[0], "margin_mm": key[1]}
+
     ruled = {int(rule["structure"]) for rule in target.postprocess.get("refine", [])}
     candidates = [s for s in target.structures[1:] if s not in ruled]
     scores: dict[int, dict[Candidate | None, list[float]]] = {s: {} for s in candidates}
@@ -118,7 +93,8 @@ def _sweep(
         spacing = [float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))]
         # Validation scans are HU phantoms by construction: no intensity check (intensity.py).
         labels = predict_volume(ct, affine, [target], threads=threads, intensity="hu").labels
-        reach = voxels_across(max(EDGE_MARGIN_MM), spacing) + 1
+        # Room for the widest margin and the contrast rule's shell, three voxels beyond it.
+        reach = voxels_across(max(EDGE_MARGIN_MM), spacing) + 4
         for sid in candidates:
             # A rule only changes voxels within its margin of the structure: score it in the box
             # around the predicted and the true structure, not on copies of the whole scan.
@@ -129,7 +105,7 @@ def _sweep(
             scores[sid].setdefault(None, []).append(dice(own == sid, true_mask))
             for key in keys:
                 changed = own.copy()
-                trial(changed, hu, sid, key, spacing)
+                apply_outline_rule(changed, hu, make_rule(sid, key), spacing)
                 scores[sid].setdefault(key, []).append(dice(changed == sid, true_mask))
         log.info("%s rules scored on %s", unit, folder.name)
     rules: list[dict] = []
