@@ -26,7 +26,7 @@ import onnx
 from onnx import numpy_helper
 
 from inference.jsonsafe import finite_or_null
-from inference.registry import file_sha256, load_card
+from inference.registry import ModelCardError, file_sha256, load_card
 
 
 class SoupError(ValueError):
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         out = make_soup(args.base, args.other, args.out, version=args.version, weight=args.weight)
-    except (SoupError, OSError) as error:
+    except (SoupError, ModelCardError, OSError) as error:
         parser.exit(2, f"soup: {error}\n")
     print(f"wrote {out}")
 

@@ -86,3 +86,15 @@ def test_the_command_line_says_why_it_refused(tmp_path: Path, capsys: pytest.Cap
         main(argv)
     assert stopped.value.code == 2
     assert "do not segment the same structures of the same task" in capsys.readouterr().err
+
+
+def test_a_folder_that_is_not_a_model_is_named_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = write_threshold_model(tmp_path / "base", structures=(0, 4), thresholds=(0.3,))
+    argv = ["--base", str(base.folder), "--other", str(tmp_path / "missing"), "--out", str(tmp_path / "s")]
+    with pytest.raises(SystemExit) as stopped:
+        main([*argv, "--version", "2"])
+    assert stopped.value.code == 2
+    assert "missing: no model.json" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
