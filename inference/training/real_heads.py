@@ -23,9 +23,7 @@ repository has.
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -37,13 +35,13 @@ import numpy as np
 import SimpleITK as sitk  # noqa: N813  (the name every SimpleITK example uses)
 from scipy import ndimage
 
-from inference.jsonsafe import finite_or_null
 from inference.metrics import dice
 from inference.phantom.digimouse import DEFAULT_DIR as DIGIMOUSE_DIR
 from inference.pipeline import predict_volume
 from inference.pipeline.io import load_scan
 from inference.registry import ModelCard, find_model, load_card
 from inference.structures import BY_NAME
+from inference.training.robustness import report_parser, write_report
 
 #: The atlas folder beside the Digimouse one (``../shared/realdata/mouse_ct_atlas``).
 DEFAULT_DIR = DIGIMOUSE_DIR.parent / "mouse_ct_atlas"
@@ -289,41 +287,22 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m inference.training.real_heads",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--model",
-        type=Path,
-        action="append",
-        help="model version folder (repeat; default: the newest mouse-organs and mouse-tumor)",
-    )
+    parser = report_parser("inference.training.real_heads", __doc__)
     parser.add_argument("--atlas", type=Path, default=DEFAULT_DIR, help="the mouse_ct_atlas folder")
-    parser.add_argument("--json", type=Path, help="write the full results here")
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     missing = [name for name in (*HEADS, TEMPLATE, TEMPLATE_LABELS) if not (args.atlas / name).is_file()]
     if missing:
         parser.exit(2, f"real_heads: {args.atlas} lacks {', '.join(missing)}\n")
-    folders = args.model or [find_model(name).folder for name in DEFAULT_MODELS]
-    cards = [load_card(folder) for folder in folders]
     try:
+        folders = args.model or [find_model(name).folder for name in DEFAULT_MODELS]
+        cards = [load_card(folder) for folder in folders]
         rows = [
             score_head(args.atlas / name, cards, atlas_dir=args.atlas, threads=args.threads) for name in HEADS
         ]
-    except ValueError as error:
+    except ValueError as error:  # a model folder that holds no model, or a head the fit cannot place
         parser.exit(2, f"real_heads: {error}\n")
-    report = {
-        "models": [card.key for card in cards],
-        "heads": rows,
-        "command": "python -m inference.training.real_heads "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-    }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(finite_or_null(report), indent=1))
+    report = {"models": [card.key for card in cards], "heads": rows}
+    write_report(report, args.json, "inference.training.real_heads", argv)
     sys.stdout.write(format_table(rows) + "\n")
 
 

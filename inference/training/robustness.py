@@ -772,10 +772,12 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> None:
+def report_parser(module: str, description: str | None) -> argparse.ArgumentParser:
+    """The parser of a report command (``python -m <module>``) with the options every report
+    takes: ``--model`` (repeat; default: the served models), ``--json`` and ``--threads``."""
     parser = argparse.ArgumentParser(
-        prog="python -m inference.training.robustness",
-        description=__doc__,
+        prog=f"python -m {module}",
+        description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -784,11 +786,25 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         help="model version folder (repeat; default: the newest mouse-organs and mouse-tumor)",
     )
+    parser.add_argument("--json", type=Path, help="write the full results here")
+    parser.add_argument("--threads", type=int, default=2)
+    return parser
+
+
+def write_report(report: dict[str, Any], path: Path | None, module: str, argv: list[str] | None) -> None:
+    """Record the command that made ``report`` in it, and write it as JSON to ``path`` if given."""
+    report["command"] = f"python -m {module} " + " ".join(argv if argv is not None else sys.argv[1:])
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(finite_or_null(report), indent=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = report_parser("inference.training.robustness", __doc__)
     parser.add_argument(
         "--n", type=int, default=DEFAULT_N, help=f"test phantoms per variant (1-{SETS['test_native'][1]})"
     )
     parser.add_argument("--variants", help=f"comma-separated subset of: {','.join(VARIANTS)}")
-    parser.add_argument("--json", type=Path, help="write the full results here")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="phantom root (test_native inside)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="generated phantoms' cache")
     parser.add_argument(
@@ -797,7 +813,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--digimouse", type=Path, help="Digimouse atlas folder (default ../shared/realdata/digimouse)"
     )
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     models = args.model or [find_model(name).folder for name in DEFAULT_MODELS]
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else list(VARIANTS)
@@ -815,12 +830,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
-    report["command"] = "python -m inference.training.robustness " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(finite_or_null(report), indent=1))
+    write_report(report, args.json, "inference.training.robustness", argv)
     sys.stdout.write(format_table(report) + "\n")
 
 

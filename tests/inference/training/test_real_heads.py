@@ -73,6 +73,10 @@ def test_the_command_writes_its_report_and_refuses_a_folder_without_the_atlas(
         main(["--atlas", str(tmp_path)])
     assert stopped.value.code == 2
     assert f"{tmp_path} lacks C57BL6_J_.nii.gz" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main(["--atlas", str(realdata), "--model", str(tmp_path / "nowhere")])
+    assert stopped.value.code == 2
+    assert "no model.json" in capsys.readouterr().err
 
     report_path = tmp_path / "report.json"
     main(["--atlas", str(realdata), "--json", str(report_path)])
