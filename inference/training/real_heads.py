@@ -4,7 +4,7 @@ The real mouse heads of ``../shared/realdata/mouse_ct_atlas/`` (8-bit micro-CT, 
 have no label map of their own. The atlas beside them has one: a skull template (the average of 23
 strains) whose labels 1, 2, 3 and 21 are skull bones and 15 the endocranial cavity, where the brain
 lies (its README). This command registers that template onto each head (``register_template``:
-SimpleITK, Mattes mutual information; a rigid fit from 144 starting poses, then affine), carries
+SimpleITK, Mattes mutual information; a rigid fit from 96 starting poses, then affine), carries
 the template's labels onto the head's voxels, and scores what the product draws there
 (``predict_volume``, exactly as for an upload):
 
@@ -23,7 +23,6 @@ repository has.
 
 from __future__ import annotations
 
-import itertools
 import sys
 import time
 from collections.abc import Sequence
@@ -39,9 +38,10 @@ from inference.metrics import dice
 from inference.phantom.digimouse import DEFAULT_DIR as DIGIMOUSE_DIR
 from inference.pipeline import predict_volume
 from inference.pipeline.io import load_scan
+from inference.pipeline.orientation import AxisTransform
 from inference.registry import ModelCard, find_model, load_card
 from inference.structures import BY_NAME
-from inference.training.robustness import report_parser, write_report
+from inference.training.robustness import DEFAULT_MODELS, report_parser, write_report
 
 #: The atlas folder beside the Digimouse one (``../shared/realdata/mouse_ct_atlas``).
 DEFAULT_DIR = DIGIMOUSE_DIR.parent / "mouse_ct_atlas"
@@ -58,7 +58,6 @@ REACH_MM = 0.5
 #: The template's brightest voxel is 87 (an average blurs bone); one scan's teeth reach 255. The
 #: head is clipped at this percentile of its matter so that bone, not enamel, drives the fit.
 CLIP_PERCENTILE = 99.0
-DEFAULT_MODELS = ("mouse-organs", "mouse-tumor")
 #: The starting poses are tried on a copy this many voxels coarser (0.85 mm), each for this many
 #: steps: enough to tell the right pose from the wrong ones (see ``register_template``).
 COARSE_SHRINK = 6
@@ -78,14 +77,7 @@ class Registration:
 
 def _proper_rotations() -> list[np.ndarray]:
     """The 24 rotations that map axes onto axes, each also turned 45 degrees about each axis."""
-    axis_turns = []
-    for perm in itertools.permutations(range(3)):
-        for signs in itertools.product((1.0, -1.0), repeat=3):
-            r = np.zeros((3, 3))
-            for row, (col, sign) in enumerate(zip(perm, signs, strict=True)):
-                r[row, col] = sign
-            if np.linalg.det(r) > 0:
-                axis_turns.append(r)
+    axis_turns = [t.matrix.astype(float) for t in AxisTransform.every() if not t.is_mirror]
     quarter = []
     for axis in range(3):
         i, j = (k for k in range(3) if k != axis)
@@ -141,8 +133,8 @@ def _fit(
 def register_template(head_path: Path, atlas_dir: Path = DEFAULT_DIR) -> Registration:
     """Register the atlas' skull template onto the head at ``head_path`` and carry its labels over.
 
-    The heads lie obliquely, so a rigid fit is started from each of 144 poses (every axis-aligned
-    turn, and each turned 45 degrees about each axis) at 0.56 mm; the best two are refined at full
+    The heads lie obliquely, so a rigid fit is started from each of 96 poses (every axis-aligned
+    turn, and each turned 45 degrees about each axis) at 0.85 mm; the best two are refined at full
     resolution, the better one made affine (the strains differ in size and proportion)."""
     started = time.perf_counter()
     head = sitk.ReadImage(str(head_path), sitk.sitkFloat32)
