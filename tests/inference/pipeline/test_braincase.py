@@ -16,10 +16,14 @@ SPACING = 0.2
 SKULL_MM = 5.0  # inner radius of the skull
 
 
-def _head(brain_mm: float, *, foramen: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _head(
+    brain_mm: float, *, foramen: bool = False, vertebra: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A round head: soft tissue (40 HU) to 7.5 mm, a 0.4 mm skull at 5 mm, a cheek bone beside
-    it at 6.2-6.6 mm on one side, and a brain drawn as a ball of ``brain_mm``. Returns labels, HU
-    and each voxel's distance (mm) from the centre."""
+    it at 6.2-6.6 mm on one side, and a brain drawn as a ball of ``brain_mm``; with ``foramen``
+    an opening 2 mm wide at the skull's base, with ``vertebra`` a ring of bone (a vertebra round
+    its canal, 1-1.8 mm from the axis) 0.8-1.8 mm beyond it. Returns labels, HU and each voxel's
+    distance (mm) from the centre."""
     n = 80
     axis = (np.arange(n) - n / 2 + 0.5) * SPACING
     x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
@@ -29,6 +33,8 @@ def _head(brain_mm: float, *, foramen: bool = False) -> tuple[np.ndarray, np.nda
     skull = (radius >= SKULL_MM) & (radius < SKULL_MM + 0.4)
     if foramen:
         skull &= ~((z < -3.0) & (np.sqrt(x**2 + y**2) < 2.0))  # an opening at the skull's base
+    if vertebra:
+        skull |= (z < -5.8) & (z > -6.8) & (np.sqrt(x**2 + y**2) >= 1.0) & (np.sqrt(x**2 + y**2) < 1.8)
     labels[skull] = BONES
     labels[(radius >= 6.2) & (radius < 6.6) & (x > 2.0)] = BONES  # a cheek bone beyond the skull
     labels[(radius >= 6.6) & (radius < 7.2) & (x < -3.0)] = LIVER  # another organ: never taken
@@ -52,14 +58,16 @@ def test_a_brain_drawn_short_fills_its_skull_and_stops_there() -> None:
     assert "grown" in (found.finding or "")
 
 
-def test_an_opening_in_the_skull_lets_nothing_out() -> None:
-    labels, hu, radius = _head(4.0, foramen=True)
+@pytest.mark.parametrize("vertebra", [False, True])
+def test_an_opening_in_the_skull_lets_nothing_out(vertebra: bool) -> None:
+    labels, hu, radius = _head(4.0, foramen=True, vertebra=vertebra)
 
     found = fill_braincase(labels, hu, (SPACING,) * 3)
 
     assert found is not None and found.grown
     # Through the opening the braincase reaches no further than the skull's outer surface (the
-    # rays grazing its rim plug it, as the brainstem fills a foramen magnum), never out of it.
+    # rays grazing its rim plug it, as the brainstem fills a foramen magnum), never out of it,
+    # even where the rays through it meet a vertebra within reach of the drawn brain.
     assert not (labels == BRAIN)[radius >= SKULL_MM + 0.4].any()
 
 
