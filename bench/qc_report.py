@@ -11,6 +11,8 @@ ends with the QC gate (``inference.pipeline.qc``), on:
     maps) must be refused by the upload check (``scans.validation.check_not_label_map``);
   * 8-bit scans: the real head scans of ``../shared/realdata/mouse_ct_atlas/`` and 8-bit phantoms
     must be refused or flagged, never charted;
+  * no mouse at all: a water QA cylinder (as a lab scans to check its scanner's HU) must be
+    flagged, never an "ok" mouse without organs;
   * a false tumor on the animal bed: a phantom with a bed (robustness ``bed``) segmented by the
     models, then a 288 mm^3 tumor painted on the bed into their label map (as the issue's run had
     it) and the QC gate run on that output again: it must be flagged;
@@ -106,6 +108,16 @@ def label_map_refused(path: Path, name: str) -> tuple[bool, str]:
     except ScanRejected as refusal:
         return True, str(refusal)
     return False, ""
+
+
+def water_cylinder(path: Path, seed: int = 0) -> None:
+    """A water QA phantom: a cylinder 28 mm across and 29 mm long at 0 HU (noise 20 HU) in air,
+    0.21 mm voxels."""
+    axis = (np.arange(160) - 79.5) * 0.21
+    x, y = np.meshgrid(axis, axis, indexing="ij")
+    ct = np.repeat(np.where(x**2 + y**2 < 14.0**2, 0.0, -1000.0)[:, :, None], 140, axis=2)
+    ct += np.random.default_rng(seed).normal(0.0, 20.0, ct.shape)
+    save_nifti(ct.astype(np.int16), np.diag([0.21, 0.21, 0.21, 1.0]), path)
 
 
 def segment(path: Path, out: Path, threads: int, cards: list[ModelCard] | None = None) -> dict[str, Any]:
@@ -252,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
             path = REAL / name
             if path.is_file():
                 record("bad: real 8-bit head", name, True, segment(path, work / f"out_{name}", args.threads))
+        water = work / "water_cylinder.nii.gz"
+        water_cylinder(water)
+        record("bad: no mouse", "water QA cylinder", True, segment(water, work / "out_water", args.threads))
         for name in REAL_LABEL_MAPS:
             path = REAL / name
             if path.is_file():

@@ -4,6 +4,8 @@ Every run gets a verdict, ``ok`` or ``needs_review``, and the reasons in plain w
 needs review is kept out of charts, cohort means and humane-endpoint alerts until a reviewer
 accepts it (the server records who and when). The checks, each with its own reason code:
 
+- ``nothing_found``: the models drew nothing at all (no organ, bone or tumor): a QA phantom, an
+  empty bed or a scan of something else, never an "ok" mouse without organs.
 - ``volume_range``: an organ's volume outside the range of adult mice (15-40 g). The reference is
   the Digimouse atlas (one 28 g male, ``../shared/science.md``) and the published adult means the
   phantom is calibrated to; organ volume scales with body mass, so when the whole body is in view
@@ -536,6 +538,16 @@ def check_run(
     whole_body = {"head", "thorax", "abdomen", "pelvis"} <= set(report.regions)
     # Organ volume follows body mass; only a whole mouse in view tells its mass.
     scale = float(np.clip(report.body_volume_mm3 / REFERENCE_BODY_MM3, 0.55, 1.45)) if whole_body else 1.0
+    if not by_name:
+        # A QA phantom, an empty bed, a scan of something else: "ok" with every organ "not found"
+        # would read as a mouse without organs.
+        report.reasons.append(
+            Reason(
+                "nothing_found",
+                "the models found nothing they know in this scan (no organ, bone or tumor): check that it "
+                "is a CT of a mouse; its volumes are not measurements",
+            )
+        )
     report.reasons.extend(_volume_reasons(by_name, drawable, scale))
     report.reasons.extend(tissue_reasons(labels, hu, voxel_volume_mm3 * step**3))
     for region in report.regions:

@@ -166,6 +166,20 @@ def test_a_lung_nodule_at_a_cut_through_the_chest_is_inside_the_body(phantom: Ph
     assert "lesion_outside_body" not in _codes(report), [r.message for r in report.reasons]
 
 
+def test_a_scan_in_which_nothing_was_found_asks_for_review(phantom: Phantom) -> None:
+    # A water cylinder or an empty bed: nothing drawn is no verdict of "ok".
+    nothing = np.zeros_like(phantom.labels)
+    water = np.where(phantom.ct > -500, 0, -1000).astype(np.int16)
+
+    report = _check(phantom, nothing, water)
+
+    assert report.status == NEEDS_REVIEW
+    assert _codes(report) == {"nothing_found"}
+    assert "check that it is a CT of a mouse" in report.reasons[0].message
+    assert report.regions == []
+    assert "nothing_found" not in _codes(_check(phantom, phantom.labels))
+
+
 def test_regions_in_view_follow_what_was_found() -> None:
     assert regions_in_view(["brain"]) == ["head"]
     assert regions_in_view(["heart", "bladder"]) == ["thorax", "abdomen", "pelvis"]
