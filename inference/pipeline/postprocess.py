@@ -10,7 +10,8 @@ scores. The cleaned scores are then upsampled to the scan's grid (``geometry.ups
 
 Rules: single organs keep their largest connected component; paired organs keep one
 component on their own body side (left/right along canonical x, split at the body's centre of mass);
-lesions (tumor, metastasis) keep every component of at least ``min_lesion_volume_mm3``. At voxels a
+lesions (tumor, metastasis) keep every component of at least ``min_lesion_volume_mm3`` that touches
+a mouse (``animals.find_animals``; every component where none was found). At voxels a
 rule removes, the structure's score and the background's are swapped, so those voxels become
 background. Connectivity is 26 (face, edge and corner neighbours).
 """
@@ -219,6 +220,10 @@ def clean(
             )
         else:
             keep = _keep(structure_id, labelled, sizes, box, midlines[0], min_voxels)
+        if BY_ID[structure_id].kind == "lesion" and animals is not None and animals.max(initial=0) > 0:
+            # A tumor grows on a mouse: one drawn in an object apart from every mouse (a syringe
+            # or a tube of water beside it) is none.
+            keep = keep[animal_of_components(labelled, animals[box], sizes.size - 1)[keep] > 0]
         removed = (labelled > 0) & ~np.isin(labelled, keep)
         if not np.any(removed):
             continue

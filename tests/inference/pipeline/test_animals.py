@@ -103,3 +103,32 @@ def test_the_qc_marks_a_field_with_several_mice_for_review() -> None:
     assert "several_animals" not in {r.code for r in one.reasons}
     [reason] = [r for r in two.reasons if r.code == "several_animals"]
     assert "2 mice" in reason.message and two.status == "needs_review"
+
+
+def test_a_tumor_drawn_in_an_object_apart_from_the_mouse_is_none() -> None:
+    # A syringe of water beside the mouse, not touching it, that a tumor model took for a tumor;
+    # the mouse's own tumor, on its skin, is kept.
+    phantom = generate_phantom(9000, spacing_mm=SPACING_MM, n_annotators=0)
+    tumor = BY_NAME["tumor"].id
+    ct = phantom.ct.astype(np.float32)
+    xs = np.nonzero((ct > -250).any(axis=(1, 2)))[0]
+    syringe = (slice(xs.max() + 4, xs.max() + 9), slice(20, 26), slice(40, 70))
+    ct[syringe] = 0.0
+    structures = (0, tumor)
+    labels = np.where(phantom.labels == tumor, 1, 0).astype(np.uint8)
+    assert labels.any()
+    labels[syringe] = 1
+    scores = np.stack([(labels == c).astype(np.float32) * 5 for c in range(2)])
+    animals, count = find_animals(ct, [SPACING_MM] * 3)
+
+    report = clean(scores, structures, [SPACING_MM] * 3, animals=animals)
+
+    kept = np.argmax(scores, axis=0) == 1
+    assert count == 1
+    assert not kept[syringe].any()
+    assert np.array_equal(kept, (phantom.labels == tumor))
+    assert report.components_removed == {tumor: 1}
+    # Without a mouse found (a crop of the tumor alone), every lesion is kept as drawn.
+    scores = np.stack([(labels == c).astype(np.float32) * 5 for c in range(2)])
+    clean(scores, structures, [SPACING_MM] * 3, animals=np.zeros_like(animals))
+    assert (np.argmax(scores, axis=0) == 1)[syringe].all()
