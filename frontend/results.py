@@ -113,6 +113,7 @@ def qc_row(prediction: Prediction) -> dict[str, Any]:
         "label": QC_LABELS.get(qc["status"], qc["status"]),
         "reasons": [r["message"] for r in qc["reasons"]],
         "not_in_view": qc["not_in_view"],
+        "cut_by_field": qc["cut_by_field"],
         "reading": reading_notes(prediction.manifest),
         "decision": qc["decision"],
         # A decision can still be changed through the API; the page offers the first one.

@@ -26,6 +26,8 @@ from .models import Prediction
 
 #: ``qc_status`` of numbers a person drew: checked by a person, so charted whatever the QC gate said.
 CORRECTED = "corrected"
+#: The ``assessment`` of an organ the scanned field cuts through: not a volume, never a 0.
+CUT_BY_FIELD = "cut by the field of view: only part of it was scanned"
 
 
 @dataclass(frozen=True)
@@ -99,25 +101,33 @@ def measured(prediction: Prediction, correction: Correction | None) -> Measured:
     """``prediction``'s volumes (prefetch ``volumes``, ``qc_reviews``, ``lesions__reviews`` when
     reading many), or those of ``correction`` when there is one."""
     lesion_ids = {structures.by_name(name).id for name in structures.LESION_NAMES}
+    # An organ the scanned field cuts through was only partly scanned: no volume (the QC's
+    # ``cut_by_field``, ``inference.pipeline.qc``).
+    cut = set(prediction.qc["cut_by_field"])
     rows: list[Volume] = []
     if correction is not None:
         for sid in sorted(int(s) for s in prediction.model_version.structures):
             if sid == structures.BACKGROUND.id or sid not in structures.BY_ID:
                 continue
+            name = structures.by_id(sid).name
             voxels, mm3 = correction.volumes.get(sid, (0, 0.0))
-            found = voxels > 0 or sid in lesion_ids
+            found = (voxels > 0 or sid in lesion_ids) and name not in cut
             value = mm3 if found else None
             assessment = f"measured on correction v{correction.version}" if found else "not found"
-            rows.append(Volume(sid, structures.by_id(sid).name, voxels, value, value, value, assessment))
+            if name in cut:
+                assessment = CUT_BY_FIELD
+            rows.append(Volume(sid, name, voxels, value, value, value, assessment))
         return Measured(prediction, correction, source_label(prediction, correction), CORRECTED, rows)
     excluded = exclusions(prediction)
     for v in prediction.volumes.all():
         sid = v.structure_id
         if sid == structures.BACKGROUND.id:
             continue
-        found = v.voxels > 0 or sid in lesion_ids
+        found = (v.voxels > 0 or sid in lesion_ids) and v.name not in cut
         assessment = "measured" if found else "not found"
-        if sid in excluded.volume_mm3:
+        if v.name in cut:
+            assessment = CUT_BY_FIELD
+        elif sid in excluded.volume_mm3:
             assessment = f"measured, excluded lesions taken out ({excluded.volume_mm3[sid]:.3f} mm3)"
         rows.append(
             Volume(

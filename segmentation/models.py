@@ -190,6 +190,7 @@ class Prediction(models.Model):
             "reasons": list(verdict.get("reasons", [])),
             "regions_in_view": list(verdict.get("regions_in_view", [])),
             "not_in_view": list(verdict.get("not_in_view", [])),
+            "cut_by_field": list(verdict.get("cut_by_field", [])),
             "decision": None
             if decision is None
             else {

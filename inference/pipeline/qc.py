@@ -44,7 +44,9 @@ accepts it (the server records who and when). The checks, each with its own reas
   they do not know; the centres come from the canonical pose (``organ_centres``), one mouse only.
 
 Structures the model can draw that lie outside the field of view are listed as ``not_in_view``
-("not assessed": never a 0). Array contract: ``labels`` uint8 and ``uncertainty`` uint8 (0-255)
+("not assessed": never a 0); organs the field's edge cuts through as ``cut_by_field`` (only part
+of each was scanned: no volume check reads them, no region counts as in view by them, and the
+exports give no volume for them). Array contract: ``labels`` uint8 and ``uncertainty`` uint8 (0-255)
 on the scan's grid, ``scan`` the scan's values on the same grid (any axis order), turned into HU
 with the run's intensity calibration (``slope``, ``intercept``); ``voxel_volume_mm3`` the volume
 of one voxel.
@@ -115,6 +117,9 @@ CALIBRATION_TOLERANCE_HU = 30.0
 AIR_LIKE_HU = -700.0
 #: A tumor reaching this close to a face of the scanned array (mm) is at the field's edge.
 EDGE_MM = 1.0
+#: An organ with at least this many (QC view) voxels within ``EDGE_MM`` of the field's edge is cut
+#: by it: a few voxels are an outline's noise.
+CUT_MIN_VOXELS = 3
 #: Pairs whose first organ's centre lies cranial of the second's in every mouse (9-20 mm apart in
 #: Digimouse, 10-38 in the phantoms), and pairs whose first lies on the mouse's left of the second
 #: (6.5-11.5 mm apart in Digimouse, 9-10.5 in the phantoms).
@@ -188,6 +193,7 @@ class QCReport:
     reasons: list[Reason] = field(default_factory=list)
     regions: list[str] = field(default_factory=list)
     not_in_view: list[str] = field(default_factory=list)
+    cut_by_field: list[str] = field(default_factory=list)
     body_volume_mm3: float | None = None
     uncertain_fraction: float | None = None
 
@@ -201,6 +207,7 @@ class QCReport:
             "reasons": [r.as_json() for r in self.reasons],
             "regions_in_view": list(self.regions),
             "not_in_view": list(self.not_in_view),
+            "cut_by_field": list(self.cut_by_field),
             "body_volume_mm3": None if self.body_volume_mm3 is None else round(self.body_volume_mm3, 1),
             "uncertain_fraction": None
             if self.uncertain_fraction is None
@@ -441,6 +448,14 @@ def _edge_band(box: tuple[slice, ...], shape: tuple[int, ...], voxels: int) -> n
     return band
 
 
+def organs_cut_by_field(labels: np.ndarray, edge_voxels: int) -> list[str]:
+    """Organs (``REGION_OF``'s) with at least ``CUT_MIN_VOXELS`` voxels less than ``edge_voxels``
+    from a face of the scanned field: the field cuts them, so only part of each was scanned."""
+    band = _edge_band(tuple(slice(0, n) for n in labels.shape), labels.shape, edge_voxels)
+    counts = np.bincount(np.asarray(labels)[band].ravel(), minlength=max(BY_ID) + 1)
+    return sorted(name for name in REGION_OF if counts[BY_NAME[name].id] >= CUT_MIN_VOXELS)
+
+
 def _tumors_at_field_edge(tumor: np.ndarray, faces: np.ndarray, min_voxels: int) -> list[Reason]:
     """One reason when tumor components reach the edge of the scanned field (``faces``: the band
     along it, ``EDGE_MM`` deep): cut by it, so their volume is only a lower bound. A limb or the
@@ -527,18 +542,25 @@ def check_run(
     ``view`` the ``QCView`` of ``labels``, ``scan``, ``intensity`` and ``uncertainty`` when the
     caller built it already."""
     drawable = {s.name for s in BY_NAME.values() if s.id in set(structure_ids)}
-    by_name = {row.name: row.volume_mm3 for row in volumes if row.voxels > 0}
+    found = {row.name: row.volume_mm3 for row in volumes if row.voxels > 0}
     report = QCReport()
     if view is None:
         view = QCView.of(labels, scan, intensity, uncertainty)
     step, labels, hu, uncertainty, body = view.step, view.labels, view.hu, view.uncertainty, view.body
     slope, intercept = _calibration(intensity)
     report.body_volume_mm3 = float(body.sum()) * voxel_volume_mm3 * step**3
+    # The voxel's edge, as if it were a cube (the QC view's voxels may be anisotropic).
+    edge = max(1, int(np.ceil(EDGE_MM / (voxel_volume_mm3 ** (1 / 3) * step))))
+    # An organ the field cuts (a thorax scan's liver, an abdomen scan's heart) is only partly
+    # scanned: its volume is no measurement, and it says which regions are wholly in view.
+    report.cut_by_field = [name for name in organs_cut_by_field(labels, edge) if name in found]
+    cut = set(report.cut_by_field)
+    by_name = {name: volume for name, volume in found.items() if name not in cut}
     report.regions = regions_in_view(by_name)
     whole_body = {"head", "thorax", "abdomen", "pelvis"} <= set(report.regions)
     # Organ volume follows body mass; only a whole mouse in view tells its mass.
     scale = float(np.clip(report.body_volume_mm3 / REFERENCE_BODY_MM3, 0.55, 1.45)) if whole_body else 1.0
-    if not by_name:
+    if not found:
         # A QA phantom, an empty bed, a scan of something else: "ok" with every organ "not found"
         # would read as a mouse without organs.
         report.reasons.append(
@@ -552,7 +574,7 @@ def check_run(
     report.reasons.extend(tissue_reasons(labels, hu, voxel_volume_mm3 * step**3))
     for region in report.regions:
         for name in EXPECTED_IN[region]:
-            if name in drawable and name not in by_name:
+            if name in drawable and name not in found:
                 report.reasons.append(
                     Reason(
                         "missing",
@@ -561,11 +583,11 @@ def check_run(
                     )
                 )
     report.not_in_view = sorted(
-        name for name in drawable if name in REGION_OF and REGION_OF[name] not in report.regions
+        name
+        for name in drawable
+        if name in REGION_OF and REGION_OF[name] not in report.regions and name not in cut
     )
     speck = DEFAULT_MIN_LESION_VOLUME_MM3 / (voxel_volume_mm3 * step**3)
-    # The voxel's edge, as if it were a cube (the QC view's voxels may be anisotropic).
-    edge = max(1, int(np.ceil(EDGE_MM / (voxel_volume_mm3 ** (1 / 3) * step))))
     report.reasons.extend(
         _lesion_reasons(labels, hu, body, lesions, report.body_volume_mm3, max(1, int(np.ceil(speck))), edge)
     )
@@ -591,7 +613,7 @@ def check_run(
             )
         )
     if centres is not None and animals <= 1:
-        report.reasons.extend(layout_reasons(centres))
+        report.reasons.extend(layout_reasons({k: v for k, v in centres.items() if k not in cut}))
     if animals > 1:
         report.reasons.append(
             Reason(

@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 from labs.models import Lab
 from scans.models import Scan
 from segmentation import exports, services
+from segmentation.corrections import CUT_BY_FIELD
 from segmentation.models import InferenceJob, ModelVersion, Prediction
 from tests.factories import LabFactory, member_of
 
@@ -261,3 +262,23 @@ def test_csvs_leave_not_assessed_cells_empty_never_zero(
     )
     assert (volumes["heart"]["volume_mm3"], volumes["heart"]["assessment"]) == ("", "not found")
     assert volumes["liver"]["assessment"] == "measured" and float(volumes["liver"]["volume_mm3"]) > 0
+
+
+def test_an_organ_cut_by_the_field_of_view_has_no_volume_in_the_csvs(
+    client: APIClient, models: dict[str, ModelVersion], upload_scan: Callable[..., Scan]
+) -> None:
+    scan = upload_scan()
+    _segmented(scan)
+    organs = Prediction.objects.get(scan=scan, model_version__name="tiny-organs")
+    # As the pipeline's QC stores a thorax scan whose field cuts through the liver.
+    manifest = dict(organs.manifest or {})
+    manifest["qc"] = {**(manifest.get("qc") or {}), "cut_by_field": ["liver"]}
+    Prediction.objects.filter(pk=organs.pk).update(manifest=manifest)
+
+    volumes = {r["structure"]: r for r in _csv(client.get(f"/api/scans/{scan.pk}/volumes.csv"))}
+    shown = client.get(f"/api/predictions/{organs.pk}/").json()
+
+    assert (volumes["liver"]["volume_mm3"], volumes["liver"]["assessment"]) == ("", CUT_BY_FIELD)
+    assert int(volumes["liver"]["voxels"]) > 0  # drawn, but only part of it was scanned
+    assert volumes["heart"]["assessment"] == "measured"
+    assert shown["qc"]["cut_by_field"] == ["liver"]

@@ -180,6 +180,27 @@ def test_a_scan_in_which_nothing_was_found_asks_for_review(phantom: Phantom) -> 
     assert "nothing_found" not in _codes(_check(phantom, phantom.labels))
 
 
+def test_organs_cut_by_the_field_of_view_are_named_and_not_measured(phantom: Phantom) -> None:
+    # A thorax scan whose field ends half-way down the liver: the liver is only partly scanned, so
+    # its small volume is no reason, and it does not put the abdomen in view (the kidneys are not
+    # "missing": they are not in view).
+    liver = np.nonzero((phantom.labels == BY_NAME["liver"].id).any(axis=(0, 1)))[0]
+    lung_ids = [BY_NAME[n].id for n in ("lung_left", "lung_right")]
+    lungs = np.nonzero(np.isin(phantom.labels, lung_ids).any(axis=(0, 1)))[0]
+    thorax = slice(int(liver.mean()), int(lungs.max()) + 5)  # canonical z runs caudal to cranial
+    labels, ct = phantom.labels[:, :, thorax], phantom.ct[:, :, thorax]
+
+    report = _check(phantom, labels, ct)
+
+    assert "liver" in report.cut_by_field
+    assert report.regions == ["thorax"]
+    assert {"kidney_left", "kidney_right", "bladder"} <= set(report.not_in_view)
+    assert "liver" not in report.not_in_view
+    assert report.status == OK, [r.message for r in report.reasons]
+    assert report.as_json()["cut_by_field"] == report.cut_by_field
+    assert _check(phantom, phantom.labels).cut_by_field == []
+
+
 def test_regions_in_view_follow_what_was_found() -> None:
     assert regions_in_view(["brain"]) == ["head"]
     assert regions_in_view(["heart", "bladder"]) == ["thorax", "abdomen", "pelvis"]
