@@ -8,7 +8,8 @@ volumes add up over all of them.
 
 An animal is a 26-connected region of tissue (above ``TISSUE_HU``, which leaves out the air
 and the lungs but keeps the skin, every organ and bone) holding at least ``MIN_SHARE`` of the
-largest one's voxels and at least ``MIN_ANIMAL_MM3``; the lungs and gas inside its outline
+largest one's voxels and at least ``MIN_ANIMAL_MM3``, and tissue more than ``CORE_MM`` deep (a
+bed's plate has none); the lungs and gas inside its outline
 belong to it. An organ component belongs to the animal it overlaps most
 (``postprocess.animal_of_components``). A bed that touches a mouse joins its region; a bed apart from it is
 thin, so its share stays small. Mice pressed against each other form one region and are then
@@ -17,6 +18,7 @@ treated as one animal, as before.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,8 +30,11 @@ from inference.pipeline.postprocess import fill_holes
 TISSUE_HU = -250.0
 #: A region is an animal when it holds at least this share of the largest region's voxels...
 MIN_SHARE = 0.25
-#: ...and at least this volume (a mouse head alone is about 1,500 mm^3).
+#: ...and at least this volume (a mouse head alone is about 1,500 mm^3)...
 MIN_ANIMAL_MM3 = 500.0
+#: ...and tissue deeper than this under its surface (mm), at least ``MIN_SHARE`` of the deepest
+#: region's: a bed's plate has none.
+CORE_MM = 1.2
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -47,7 +52,13 @@ def find_animals(hu: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np.ndarra
     sizes[0] = 0
     voxel_mm3 = float(np.prod([float(s) for s in spacing_mm]))
     threshold = max(MIN_SHARE * float(sizes.max()), MIN_ANIMAL_MM3 / voxel_mm3)
-    keep = np.flatnonzero(sizes >= threshold)
+    # A bed is a plate a few mm thick: beside a head alone it can hold a quarter of the tissue
+    # (a head-only crop of a phantom on its bed was read as two mice), but nothing of it is
+    # more than ``CORE_MM`` from its surface, where a mouse's body is.
+    depth = max(1, math.ceil(CORE_MM / max(float(s) for s in spacing_mm)))
+    core = np.bincount(regions[ndimage.binary_erosion(tissue, iterations=depth)], minlength=count + 1)
+    core[0] = 0
+    keep = np.flatnonzero((sizes >= threshold) & (core > 0) & (core >= MIN_SHARE * float(core.max())))
     # Number the animals from 1 along the first axis (left to right), the same on every run.
     centres = ndimage.center_of_mass(tissue, regions, keep) if keep.size else []
     order = [int(n) for _, n in sorted(zip((c[0] for c in centres), keep, strict=True))]

@@ -64,6 +64,11 @@ def test_one_mouse_with_a_bed_is_one_animal() -> None:
 
     assert find_animals(bedded.ct, [SPACING_MM] * 3)[1] == 1
     assert find_animals(np.full((8, 8, 8), -1000.0), [SPACING_MM] * 3)[1] == 0
+    # A head alone on its bed: the bed's plate holds as much tissue as a quarter of the head, but
+    # none of it deep under a surface. It was read as a second mouse.
+    head = robustness.head(bedded)
+    assert ndimage.label(head.ct > -250, structure=np.ones((3, 3, 3)))[1] == 2  # head and bed, apart
+    assert find_animals(head.ct, [SPACING_MM] * 3)[1] == 1
 
 
 def _scores(labels: np.ndarray) -> np.ndarray:
