@@ -45,6 +45,17 @@ def _segmented(scan: Scan) -> list[InferenceJob]:
     return jobs
 
 
+def _segmented_predictions(upload_scan: Callable[..., Scan]) -> tuple[Scan, Prediction, Prediction]:
+    """A scan uploaded and segmented, with its organ and its lesion prediction."""
+    scan = upload_scan()
+    _segmented(scan)
+    return (
+        scan,
+        Prediction.objects.get(scan=scan, model_version__name="tiny-organs"),
+        Prediction.objects.get(scan=scan, model_version__name="tiny-lesions"),
+    )
+
+
 def _csv(response: Any) -> list[dict[str, str]]:
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/csv")
@@ -237,10 +248,7 @@ def test_the_model_list_shows_the_registry(client: APIClient, models: dict[str, 
 def test_csvs_leave_not_assessed_cells_empty_never_zero(
     client: APIClient, models: dict[str, ModelVersion], upload_scan: Callable[..., Scan]
 ) -> None:
-    scan = upload_scan()
-    _segmented(scan)
-    organs = Prediction.objects.get(scan=scan, model_version__name="tiny-organs")
-    lesions = Prediction.objects.get(scan=scan, model_version__name="tiny-lesions")
+    scan, organs, lesions = _segmented_predictions(upload_scan)
     # As the pipeline stores a model that looks for metastases in the liver only, on a scan
     # whose organ map has no kidney; and an organ the model did not find.
     Prediction.objects.filter(pk=lesions.pk).update(
@@ -267,9 +275,7 @@ def test_csvs_leave_not_assessed_cells_empty_never_zero(
 def test_an_organ_cut_by_the_field_of_view_has_no_volume_in_the_csvs(
     client: APIClient, models: dict[str, ModelVersion], upload_scan: Callable[..., Scan]
 ) -> None:
-    scan = upload_scan()
-    _segmented(scan)
-    organs = Prediction.objects.get(scan=scan, model_version__name="tiny-organs")
+    scan, organs, _ = _segmented_predictions(upload_scan)
     # As the pipeline's QC stores a thorax scan whose field cuts through the liver.
     manifest = dict(organs.manifest or {})
     manifest["qc"] = {**(manifest.get("qc") or {}), "cut_by_field": ["liver"]}
