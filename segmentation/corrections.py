@@ -97,6 +97,13 @@ def source_label(prediction: Prediction, correction: Correction | None) -> str:
     return label if correction is None else f"corrected by {correction.by} from {label}"
 
 
+def _judged(name: str, drawn: bool, cut: set[str], measured_as: str) -> tuple[bool, str]:
+    """Whether a structure's volume is a measurement, and its ``assessment`` in words."""
+    if name in cut:
+        return False, CUT_BY_FIELD
+    return (True, measured_as) if drawn else (False, "not found")
+
+
 def measured(prediction: Prediction, correction: Correction | None) -> Measured:
     """``prediction``'s volumes (prefetch ``volumes``, ``qc_reviews``, ``lesions__reviews`` when
     reading many), or those of ``correction`` when there is one."""
@@ -111,11 +118,10 @@ def measured(prediction: Prediction, correction: Correction | None) -> Measured:
                 continue
             name = structures.by_id(sid).name
             voxels, mm3 = correction.volumes.get(sid, (0, 0.0))
-            found = (voxels > 0 or sid in lesion_ids) and name not in cut
+            found, assessment = _judged(
+                name, voxels > 0 or sid in lesion_ids, cut, f"measured on correction v{correction.version}"
+            )
             value = mm3 if found else None
-            assessment = f"measured on correction v{correction.version}" if found else "not found"
-            if name in cut:
-                assessment = CUT_BY_FIELD
             rows.append(Volume(sid, name, voxels, value, value, value, assessment))
         return Measured(prediction, correction, source_label(prediction, correction), CORRECTED, rows)
     excluded = exclusions(prediction)
@@ -123,12 +129,10 @@ def measured(prediction: Prediction, correction: Correction | None) -> Measured:
         sid = v.structure_id
         if sid == structures.BACKGROUND.id:
             continue
-        found = (v.voxels > 0 or sid in lesion_ids) and v.name not in cut
-        assessment = "measured" if found else "not found"
-        if v.name in cut:
-            assessment = CUT_BY_FIELD
-        elif sid in excluded.volume_mm3:
-            assessment = f"measured, excluded lesions taken out ({excluded.volume_mm3[sid]:.3f} mm3)"
+        measured_as = "measured"
+        if sid in excluded.volume_mm3:
+            measured_as = f"measured, excluded lesions taken out ({excluded.volume_mm3[sid]:.3f} mm3)"
+        found, assessment = _judged(v.name, v.voxels > 0 or sid in lesion_ids, cut, measured_as)
         rows.append(
             Volume(
                 sid,

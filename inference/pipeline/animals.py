@@ -8,12 +8,12 @@ volumes add up over all of them.
 
 An animal is a 26-connected region of tissue (above ``TISSUE_HU``, which leaves out the air
 and the lungs but keeps the skin, every organ and bone) holding at least ``MIN_SHARE`` of the
-largest one's voxels and at least ``MIN_ANIMAL_MM3``, and tissue more than ``CORE_MM`` deep (a
-bed's plate has none); the lungs and gas inside its outline
-belong to it. An organ component belongs to the animal it overlaps most
-(``postprocess.animal_of_components``). A bed that touches a mouse joins its region; a bed apart from it is
-thin, so its share stays small. Mice pressed against each other form one region and are then
-treated as one animal, as before.
+largest one's voxels, at least ``MIN_ANIMAL_MM3``, and tissue more than ``CORE_MM`` under its
+surface; the lungs and gas inside its outline belong to it. An organ component belongs to the
+animal it overlaps most (``postprocess.animal_of_components``). A bed that touches a mouse joins
+its region; a bed apart from it is a plate with no tissue that deep, however much of the field it
+holds (beside a head alone, a quarter of the tissue). Mice pressed against each other form one
+region and are then treated as one animal, as before.
 """
 
 from __future__ import annotations
@@ -52,9 +52,7 @@ def find_animals(hu: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np.ndarra
     sizes[0] = 0
     voxel_mm3 = float(np.prod([float(s) for s in spacing_mm]))
     threshold = max(MIN_SHARE * float(sizes.max()), MIN_ANIMAL_MM3 / voxel_mm3)
-    # A bed is a plate a few mm thick: beside a head alone it can hold a quarter of the tissue
-    # (a head-only crop of a phantom on its bed was read as two mice), but nothing of it is
-    # more than ``CORE_MM`` from its surface, where a mouse's body is.
+    # A head-only crop of a phantom on its bed was read as two mice: see the module notes.
     depth = max(1, math.ceil(CORE_MM / max(float(s) for s in spacing_mm)))
     core = np.bincount(regions[ndimage.binary_erosion(tissue, iterations=depth)], minlength=count + 1)
     core[0] = 0

@@ -201,7 +201,8 @@ def clean(
     foreground = np.nonzero(np.any(argmax > 0, axis=(1, 2)))[0]
     if foreground.size == 0:
         return report
-    several = animals is not None and int(animals.max(initial=0)) > 1
+    found_animals = 0 if animals is None else int(animals.max(initial=0))
+    several = found_animals > 1
     voxel_mm3 = float(np.prod(spacing_mm))
     min_voxels = min_lesion_volume_mm3 / voxel_mm3
     midlines = _midlines(argmax, animals if several else None)
@@ -210,9 +211,12 @@ def clean(
             continue
         structure_id = int(structures[channel])
         labelled, sizes = _components(argmax[box] == channel)
-        if several:
-            assert animals is not None
+        lesion = BY_ID[structure_id].kind == "lesion"
+        owner = None
+        if animals is not None and (several or (lesion and found_animals)):
             owner = animal_of_components(labelled, animals[box], sizes.size - 1)
+        if several:
+            assert owner is not None
             numbers = np.arange(1, sizes.size)
             groups = [(int(a), numbers[owner[1:] == a]) for a in np.unique(owner[1:])]
             keep = np.concatenate(
@@ -220,10 +224,10 @@ def clean(
             )
         else:
             keep = _keep(structure_id, labelled, sizes, box, midlines[0], min_voxels)
-        if BY_ID[structure_id].kind == "lesion" and animals is not None and animals.max(initial=0) > 0:
+        if lesion and owner is not None:
             # A tumor grows on a mouse: one drawn in an object apart from every mouse (a syringe
             # or a tube of water beside it) is none.
-            keep = keep[animal_of_components(labelled, animals[box], sizes.size - 1)[keep] > 0]
+            keep = keep[owner[keep] > 0]
         removed = (labelled > 0) & ~np.isin(labelled, keep)
         if not np.any(removed):
             continue
