@@ -1,0 +1,63 @@
+"""The scan page's Quality check card in Chromium: an organ the field of view cuts through is named
+as having no volume (``inference.pipeline.qc``'s ``cut_by_field``), and the line lies inside the card."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.test import Client
+
+from scans.models import Scan
+from segmentation.models import Prediction
+from tests.frontend.conftest import screenshot
+from tests.frontend.test_pages import phantom_files, scan, user  # noqa: F401 (fixtures)
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def test_the_scan_page_names_an_organ_cut_by_the_field(
+    live_server: Any,
+    browser: Any,
+    scan: Scan,  # noqa: F811
+    user: Any,  # noqa: F811 (scan and user: the fixtures imported above)
+) -> None:
+    prediction = Prediction.objects.get(scan=scan)
+    manifest = dict(prediction.manifest or {})
+    manifest["qc"] = {**(manifest.get("qc") or {}), "status": "ok", "reasons": [], "cut_by_field": ["liver"]}
+    # Predictions are immutable through the model; a queryset update stands for a run that wrote this.
+    Prediction.objects.filter(pk=prediction.pk).update(manifest=manifest)
+    client = Client()
+    client.force_login(user)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.add_cookies(
+        [
+            {
+                "name": settings.SESSION_COOKIE_NAME,
+                "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
+                "url": live_server.url,
+            }
+        ]
+    )
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        started = time.perf_counter()
+        page.goto(f"{live_server.url}/scans/{scan.pk}/")
+        line = page.get_by_text("cut by the edge of the field of view")
+        line.wait_for(state="visible")
+        seconds = time.perf_counter() - started
+        text = line.inner_text()
+        box = line.bounding_box()
+        card = line.locator("xpath=ancestor::section[1]").bounding_box()
+        path = screenshot(page, "scan_qc_cut_by_field")
+    finally:
+        context.close()
+
+    print(f"cut-by-field line on screen {seconds:.2f} s after the request; screenshot {path}")
+    assert errors == []
+    assert "liver" in text
+    assert box and card and card["x"] <= box["x"] and box["x"] + box["width"] <= card["x"] + card["width"]
