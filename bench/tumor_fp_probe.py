@@ -62,9 +62,13 @@ SPACING_MM = 0.21
 CUBE = np.ones((3, 3, 3), dtype=bool)  # 26-connected lesions, as the pipeline counts them
 
 
-def main(argv: list[str] | None = None) -> int:
+def models_from_args(
+    description: str | None, argv: list[str] | None
+) -> tuple[ModelCard, list[ModelCard], int]:
+    """``--tumor DIR`` (repeat), ``--organs DIR`` and ``--threads N`` of a tumor bench: the organ
+    model (the served one by default), the tumor models and the threads."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--tumor", action="append", type=Path, required=True, help="tumor model folder (repeat)"
@@ -73,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     organs = load_card(args.organs) if args.organs else default_model("organs")
-    tumors = [load_card(folder) for folder in args.tumor]
+    return organs, [load_card(folder) for folder in args.tumor], args.threads
+
+
+def main(argv: list[str] | None = None) -> int:
+    organs, tumors, threads = models_from_args(__doc__, argv)
     tumor_id, metastasis_id = BY_NAME["tumor"].id, BY_NAME["metastasis"].id
     voxel = SPACING_MM**3
     atlas = digimouse.load()
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 ct = np.ascontiguousarray(whole.ct[:, :, a:b])
                 row = []
                 for card, key in zip(tumors, claims, strict=True):
-                    out = predict_volume(ct, whole.affine, [organs, card], threads=args.threads)
+                    out = predict_volume(ct, whole.affine, [organs, card], threads=threads)
                     mm3 = float((np.asarray(out.labels) == tumor_id).sum()) * voxel
                     claims[key].append(mm3)
                     metastases[key].append(ndimage.label(np.asarray(out.labels) == metastasis_id, CUBE)[1])
@@ -109,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{int((v > TARGET_MM3).sum())}, largest {v.max():.1f} mm3, total {v.sum():.1f} mm3; "
             f"metastases in {sum(n > 0 for n in metastases[key])} scans, {sum(metastases[key])} in all"
         )
-    cut_tumors(organs, tumors, args.threads)
-    inplane_cuts(organs, tumors, args.threads)
+    cut_tumors(organs, tumors, threads)
+    inplane_cuts(organs, tumors, threads)
     return 0
 
 

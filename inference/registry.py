@@ -320,6 +320,10 @@ def _check_postprocess(folder: Path, post: dict[str, Any], structures: list[int]
             raise _problem(folder, f"postprocess detect {', '.join(repr(k) for k in lengths)} must be >= 0")
         if "min_dim_shell" in rule and not 0.0 <= float(rule["min_dim_shell"]) <= 1.0:
             raise _problem(folder, "postprocess detect 'min_dim_shell' is a share: between 0 and 1")
+        if rule.get("smooth_to_hu") is not None and not float(rule["smooth_to_hu"]) > 0:
+            raise _problem(folder, "postprocess detect 'smooth_to_hu' is a noise in HU: above 0, or null")
+        if float(rule.get("peak_snr", 0.0)) < 0:
+            raise _problem(folder, "postprocess detect 'peak_snr' counts noise deviations: 0 or more")
         float(rule["min_hu"])
 
 

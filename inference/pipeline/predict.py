@@ -174,10 +174,13 @@ def detect_lesions(
     groups: dict[str, list[ModelCard]],
     canonical: np.ndarray,
     spacing_mm: Sequence[float],
+    noise_hu: float = 0.0,
 ) -> None:
     """Apply the lesion model's ``detect`` rules (bright nodules inside organs) to its label map.
 
     Needs the organ map of the same call for the host organs; without one the rules are skipped.
+    ``noise_hu``: the scan's noise (``noise.noise_hu``), for the rules' ``smooth_to_hu`` and
+    ``peak_snr``.
     """
     organs = task_labels.get("organs")
     lesions = task_labels.get("tumor")
@@ -194,6 +197,9 @@ def detect_lesions(
             reach_voxels=voxels_across(float(rule.get("reach_mm", 0.0)), spacing_mm),
             wall_voxels=voxels_across(float(rule.get("wall_mm", 0.0)), spacing_mm),
             min_dim_shell=float(rule.get("min_dim_shell", MIN_DIM_SHELL)),
+            noise_hu=noise_hu,
+            smooth_to_hu=None if rule.get("smooth_to_hu") is None else float(rule["smooth_to_hu"]),
+            peak_snr=float(rule.get("peak_snr", 0.0)),
         )
         np.copyto(lesions, np.uint8(rule["structure"]), where=found & (lesions == 0))
 
@@ -506,7 +512,7 @@ def predict_volume(
             if orientation is not None and orientation.head_only and organs is not None:
                 drop_out_of_view(organs, groups["organs"][0].structures)
             braincase = fill_braincase(organs, rules_hu, geometry.spacing_mm) if organs is not None else None
-            detect_lesions(task_labels, groups, rules_hu, geometry.spacing_mm)
+            detect_lesions(task_labels, groups, rules_hu, geometry.spacing_mm, noise)
             if organs is not None and straightening is None:
                 settle_air_edges(organs, rules_hu, groups["organs"][0], geometry.spacing_mm)
             # The organ map is final here (lesions go into their own map; a straightened mouse's

@@ -593,6 +593,8 @@ NODULE_RULE = {"structure": METASTASIS, "hosts": [LUNG], "min_hu": 0, "erode_mm"
         ),
         ({**NODULE_RULE, "wall_mm": -1}, ">= 0"),
         ({**NODULE_RULE, "min_dim_shell": 2}, "between 0 and 1"),
+        ({**NODULE_RULE, "smooth_to_hu": 0}, "above 0, or null"),
+        ({**NODULE_RULE, "peak_snr": -1}, "0 or more"),
     ],
 )
 def test_the_registry_refuses_bad_detect_rules(tmp_path: Path, rule: dict, message: str) -> None:

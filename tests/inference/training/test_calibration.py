@@ -292,5 +292,6 @@ def test_specks_in_tumor_free_anatomy_raise_the_nodule_rules_smallest_volume(tmp
     chosen = next(
         v for v in report.values() if v["detection_f05"] == max(r["detection_f05"] for r in report.values())
     )
-    assert chosen["found"] == 1 and chosen["false_positives_in_negatives"] == 0
+    # The nodule is found in the case as it is and again with ``NODULE_NOISIER_HU`` more noise.
+    assert chosen["found"] == 2 and chosen["false_positives_in_negatives"] == 0
     assert max(r["false_positives_in_negatives"] for r in report.values()) >= 4
