@@ -155,6 +155,8 @@ _TISSUE_OF: dict[str, str] = {
 }
 
 #: Mean HU per tissue (sources in the module docstring).
+#: The renders' white noise (HU, one voxel's standard deviation): our phantoms' level.
+DEFAULT_NOISE_HU = 20.0
 TISSUE_HU: dict[str, float] = {
     "air": -1000.0,
     "soft_tissue": 40.0,
@@ -306,7 +308,7 @@ def render_ct(
     seed: int,
     spacing_mm: float = 0.21,
     crop: Literal["whole", "torso"] = "whole",
-    noise_hu: float = 20.0,
+    noise_hu: float = DEFAULT_NOISE_HU,
     blur_mm: float = 0.15,
     fov_mm: float = FOV_MM,
     hu: Mapping[str, float] | None = None,

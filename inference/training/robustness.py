@@ -30,7 +30,9 @@ its own dtype, with its affine) and scored against the truth moved the same way:
   scanner (turned about its dorso-ventral axis), whole, or its torso cut by the axial field;
   ``digimouse_torso_small`` / ``digimouse_torso_large``: the torso of a mouse 0.85 or 1.2 times
   the atlas' length (``MOUSE_SIZES``; the atlas mouse weighs 28 g, so about 17 g and 48 g, a young
-  mouse and a diet-induced obese one), cut at the same anatomical landmarks.
+  mouse and a diet-induced obese one), cut at the same anatomical landmarks;
+  ``digimouse_torso_noisy``: the torso with 60 HU of noise (``NOISY_HU``) instead of 20, a low-dose
+  in-vivo scan's level, where the lungs' rim can break into specks that look like nodules.
 
 Per variant it prints the median Dice of each structure (the big organs first), the median volume
 claimed for labelled structures that are absent (e.g. a liver in a head-only scan), and the tumor
@@ -118,6 +120,7 @@ VARIANTS: dict[str, str] = {
     "digimouse_torso_tilted": "Digimouse lying 20 degrees diagonally, torso cut by the axial field",
     "digimouse_torso_small": "Digimouse torso of a mouse 0.85 times as long (about 17 g)",
     "digimouse_torso_large": "Digimouse torso of a mouse 1.2 times as long (about 48 g)",
+    "digimouse_torso_noisy": "Digimouse torso with 60 HU of noise, a low-dose in-vivo scan's level",
 }
 DIGIMOUSE_VARIANTS = (
     "digimouse",
@@ -129,7 +132,10 @@ DIGIMOUSE_VARIANTS = (
     "digimouse_torso_tilted",
     "digimouse_torso_small",
     "digimouse_torso_large",
+    "digimouse_torso_noisy",
 )
+#: The noise of the ``noisy`` Digimouse variant (HU; the renders' default is 20).
+NOISY_HU = 60.0
 #: Length of the small and large Digimouse variants against the atlas mouse's own.
 MOUSE_SIZES = {"small": 0.85, "large": 1.2}
 #: The diagonal of the tilted Digimouse variants (degrees, about the dorso-ventral axis).
@@ -406,8 +412,15 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
         mouse = replace(mouse, spacing_mm=mouse.spacing_mm * MOUSE_SIZES[size])
     crop: Literal["whole", "torso"] = "torso" if "torso" in variant else "whole"
     tilt = variant.endswith("tilted")
+    noisy = variant.endswith("noisy")
     # A tilted torso is cut from the tilted body, as the scanner's axial field of view cuts it.
-    phantom = digimouse.render_ct(mouse, seed=0, spacing_mm=spacing_mm, crop="whole" if tilt else crop)
+    phantom = digimouse.render_ct(
+        mouse,
+        seed=0,
+        spacing_mm=spacing_mm,
+        crop="whole" if tilt else crop,
+        noise_hu=NOISY_HU if noisy else digimouse.DEFAULT_NOISE_HU,
+    )
     case = Case(
         name=f"digimouse_{crop}",
         ct=phantom.ct,
@@ -427,7 +440,7 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
     for pose, quarter_turns in turns.items():
         if variant.endswith(pose):
             return replace(rotate_long_axis(case, quarter_turns), name=f"digimouse_{crop}_{pose}")
-    if size in MOUSE_SIZES:
+    if size in MOUSE_SIZES or noisy:
         return replace(case, name=f"digimouse_{crop}_{size}")
     return case
 
