@@ -734,8 +734,8 @@ def nodule_candidates(
     ``noise_hu`` is the scan's noise (``noise.noise_hu``). With ``smooth_to_hu``, a scan noisier
     than that is read through a Gaussian that brings its noise down to it: at 40-80 HU of noise the
     lungs' partial-volume rim breaks into specks above ``min_hu`` that pass every shape rule (on
-    the tumor-free atlas, 1-7 "metastases" per scan), while a nodule, a blob, keeps most of its
-    contrast. The candidates carry their peaks and the noise of the image read
+    the tumor-free atlas at 40-80 HU, 1-5 "metastases" in 13 of 18 scans), while a nodule, a blob,
+    keeps most of its contrast. The candidates carry their peaks and the noise of the image read
     (``NoduleCandidates.kept``'s ``peak_snr``).
     """
     host = label_mask(organ_labels, hosts)
@@ -801,7 +801,8 @@ def pick_nodules(
 
     Where the scan was smoothed, each nodule also takes back the unsmoothed voxels above the
     threshold that touch it: smoothing pulls a small nodule's outer layer under the threshold (on
-    the validation phantoms the nodules' voxel Dice fell from 0.54-0.64 to 0.31-0.56 without this).
+    the validation phantoms with 40-60 HU of noise added, the nodules' voxel Dice is 0.36-0.60
+    with this, 0.31-0.56 without).
     """
     found = np.zeros(candidates.shape, dtype=bool)
     keep = candidates.kept(min_voxels=min_voxels, min_dim_shell=min_dim_shell, peak_snr=peak_snr)
