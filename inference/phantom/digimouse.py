@@ -154,9 +154,9 @@ _TISSUE_OF: dict[str, str] = {
     "lungs": "lung",
 }
 
-#: Mean HU per tissue (sources in the module docstring).
 #: The renders' white noise (HU, one voxel's standard deviation): our phantoms' level.
 DEFAULT_NOISE_HU = 20.0
+#: Mean HU per tissue (sources in the module docstring).
 TISSUE_HU: dict[str, float] = {
     "air": -1000.0,
     "soft_tissue": 40.0,

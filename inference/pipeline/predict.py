@@ -34,7 +34,7 @@ from inference.pipeline.geometry import (
 )
 from inference.pipeline.infer import DEFAULT_MAX_WHOLE_VOXELS, content_box, cut_faces, run_model
 from inference.pipeline.intensity import IntensityCalibration, intensity_for
-from inference.pipeline.noise import for_threshold_rules, threshold_rules_finding
+from inference.pipeline.noise import for_threshold_rules, noise_hu, threshold_rules_finding
 from inference.pipeline.normalise import normalise, pad_value
 from inference.pipeline.orientation import ORIENT_CHOICES, OrientationFinding, find_orientation
 from inference.pipeline.parallel import beside, workers_for
@@ -179,8 +179,8 @@ def detect_lesions(
     """Apply the lesion model's ``detect`` rules (bright nodules inside organs) to its label map.
 
     Needs the organ map of the same call for the host organs; without one the rules are skipped.
-    ``noise_hu``: the scan's noise (``noise.noise_hu``), for the rules' ``smooth_to_hu`` and
-    ``peak_snr``.
+    ``noise_hu``: the noise of ``canonical`` (``noise.noise_hu``), for the rules' ``smooth_to_hu``
+    and ``peak_snr``.
     """
     organs = task_labels.get("organs")
     lesions = task_labels.get("tumor")
@@ -512,7 +512,9 @@ def predict_volume(
             if orientation is not None and orientation.head_only and organs is not None:
                 drop_out_of_view(organs, groups["organs"][0].structures)
             braincase = fill_braincase(organs, rules_hu, geometry.spacing_mm) if organs is not None else None
-            detect_lesions(task_labels, groups, rules_hu, geometry.spacing_mm, noise)
+            # The nodule rule's noise is that of the image it reads (the median's, if taken).
+            rules_noise = noise_hu(rules_hu) if width else noise
+            detect_lesions(task_labels, groups, rules_hu, geometry.spacing_mm, rules_noise)
             if organs is not None and straightening is None:
                 settle_air_edges(organs, rules_hu, groups["organs"][0], geometry.spacing_mm)
             # The organ map is final here (lesions go into their own map; a straightened mouse's

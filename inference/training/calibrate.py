@@ -218,11 +218,7 @@ def calibrate(
     if target.task == "organs":
         _add_outline_rules(target, base, post, report, (*AIR, *FAT, *CONTRAST), cases, threads)
     if METASTASIS in target.structures and any(c.task == "organs" for c in others):
-        negatives = atlas_negatives() if negatives is None else negatives
-        rule, report["metastasis_rules"] = tune_nodules(target, others, cases, negatives, threads=threads)
-        if rule is not None:
-            post["detect"] = [rule]
-        report["nodule_negatives"] = [name for name, *_ in negatives]
+        _set_nodule_rule(target, others, cases, post, report, negatives, threads)
     if unc_scores:
         outline, sweep = tune_outline(target, others, post, cases, threads=threads)
         report["uncertainty_outline_sweep"] = sweep
@@ -318,14 +314,28 @@ def retune_nodules(
     from 2.0.2). The sweep replaces ``calibration.metastasis_rules``."""
     post = dict(target.postprocess)
     report = dict(post.get("calibration", {}))
-    negatives = atlas_negatives()
+    _set_nodule_rule(target, others, cases, post, report, None, threads)
+    post["calibration"] = report
+    return post
+
+
+def _set_nodule_rule(
+    target: ModelCard,
+    others: Sequence[ModelCard],
+    cases: Sequence[Path],
+    post: dict,
+    report: dict,
+    negatives: Sequence[Negative] | None,
+    threads: int,
+) -> None:
+    """``tune_nodules``' rule into ``post["detect"]`` (none when no rule finds a nodule) and its
+    sweep and negatives into ``report``; ``negatives`` default to ``atlas_negatives()``."""
+    negatives = atlas_negatives() if negatives is None else negatives
     rule, report["metastasis_rules"] = tune_nodules(target, others, cases, negatives, threads=threads)
     post.pop("detect", None)
     if rule is not None:
         post["detect"] = [rule]
     report["nodule_negatives"] = [name for name, *_ in negatives]
-    post["calibration"] = report
-    return post
 
 
 def _bone_rule(min_hu: float, margin_mm: float, connected: bool) -> dict:
