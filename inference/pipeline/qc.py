@@ -38,18 +38,20 @@ accepts it (the server records who and when). The checks, each with its own reas
   takes kidneys and bladder far above soft tissue. Only structures of at least
   ``LAYOUT_MIN_MM3`` are read.
 - ``layout``: the organs are not where they lie in every mouse: the centre of one more than
-  ``LAYOUT_TOLERANCE_MM`` on the wrong side of another's (brain cranial of heart, heart cranial of
-  liver and kidneys, those cranial of the bladder; the left lung and kidney left of the right
-  ones). Volumes can be in range while the models draw organs in the wrong places, as on anatomy
-  they do not know; the centres come from the canonical pose (``organ_centres``), one mouse only.
+  ``LAYOUT_TOLERANCE_MM`` on the wrong side of another's (heart cranial of liver and kidneys,
+  those cranial of the bladder; the left lung and kidney left of the right ones), or a trunk
+  organ's centre, cut by the field or not, less than ``HEAD_TO_TRUNK_MM`` caudal of the brain's
+  (lungs drawn in a head, as in a head scan cropped to the skull whose pose was not found).
+  Volumes can be in range while the models draw organs in the wrong places, as on anatomy they
+  do not know; the centres come from the canonical pose (``organ_centres``), one mouse only.
 
 Structures the model can draw that lie outside the field of view are listed as ``not_in_view``
 ("not assessed": never a 0); organs the field's edge cuts through as ``cut_by_field`` (only part
 of each was scanned: no volume check reads them, no region counts as in view by them, and the
-exports give no volume for them). Array contract: ``labels`` uint8 and ``uncertainty`` uint8 (0-255)
-on the scan's grid, ``scan`` the scan's values on the same grid (any axis order), turned into HU
-with the run's intensity calibration (``slope``, ``intercept``); ``voxel_volume_mm3`` the volume
-of one voxel.
+exports give no volume for them; a brain whose skull lies between it and the edge is whole).
+Array contract: ``labels`` uint8 and ``uncertainty`` uint8 (0-255) on the scan's grid, ``scan``
+the scan's values on the same grid (any axis order), turned into HU with the run's intensity
+calibration (``slope``, ``intercept``); ``voxel_volume_mm3`` the volume of one voxel.
 """
 
 from __future__ import annotations
@@ -120,11 +122,12 @@ EDGE_MM = 1.0
 #: An organ with at least this many (QC view) voxels within ``EDGE_MM`` of the field's edge is cut
 #: by it: a few voxels are an outline's noise.
 CUT_MIN_VOXELS = 3
-#: Pairs whose first organ's centre lies cranial of the second's in every mouse (9-20 mm apart in
-#: Digimouse, 10-38 in the phantoms), and pairs whose first lies on the mouse's left of the second
-#: (6.5-11.5 mm apart in Digimouse, 9-10.5 in the phantoms).
+#: Organs in a bony case: bone between one and the field's edge shows the case whole there.
+ENCASED = ("brain",)
+#: Pairs whose first organ's centre lies cranial of the second's in every mouse, and pairs whose
+#: first lies on the mouse's left of the second (6.5-11.5 mm apart in Digimouse, 9-10.5 in the
+#: phantoms).
 CRANIAL_OF: tuple[tuple[str, str], ...] = (
-    ("brain", "heart"),
     ("heart", "liver"),
     ("heart", "kidney_left"),
     ("heart", "kidney_right"),
@@ -140,6 +143,11 @@ LUNG_MAX_HU = -100.0
 SOLID_MIN_HU = -200.0
 BONE_MIN_HU = 200.0
 SOLID_ORGANS = ("heart", "liver", "kidney_left", "kidney_right", "spleen", "bladder", "brain")
+#: How far (mm) caudal of the brain's centre a trunk organ's centre lies at least, even where the
+#: field cuts either: the nearest trunk organ's cranial tip lies 14.0 mm caudal of it in Digimouse
+#: (the left lung) and 15.0-19.5 mm in test phantoms 9000-9003, 11.9 mm in a mouse 0.85 times as
+#: long; a brain cut at its cranial end moves its centre by at most half its length (~6 mm).
+HEAD_TO_TRUNK_MM = 5.0
 #: How far (mm) one centre may lie on the wrong side of another before the layout is named.
 LAYOUT_TOLERANCE_MM = 1.0
 #: Structures smaller than this (mm^3) are too little of an organ for their centre to say much.
@@ -165,6 +173,7 @@ REGION_OF: dict[str, str] = {
     "spleen": "abdomen",
     "bladder": "pelvis",
 }
+TRUNK_ORGANS: tuple[str, ...] = tuple(name for name, region in REGION_OF.items() if region != "head")
 #: What each region in view must show (the big, always-present organs).
 EXPECTED_IN: dict[str, tuple[str, ...]] = {
     "head": ("brain",),
@@ -310,16 +319,29 @@ def _words(name: str) -> str:
     return name.replace("_", " ")
 
 
-def layout_reasons(centres: Mapping[str, Sequence[float]]) -> list[Reason]:
+def layout_reasons(centres: Mapping[str, Sequence[float]], cut: Collection[str] = ()) -> list[Reason]:
+    """The ``layout`` check on organ centres in the canonical pose. Organs in ``cut`` (by the
+    field) are left out of the pairs, whose centres they would shift, but not out of the test
+    against the brain: no part of a trunk organ lies within ``HEAD_TO_TRUNK_MM`` of its centre."""
     wrong = []
+    brain = centres.get("brain")
+    for name in TRUNK_ORGANS:
+        if brain is not None and name in centres and brain[2] - centres[name][2] < HEAD_TO_TRUNK_MM:
+            gap = brain[2] - centres[name][2]
+            if gap >= 0.5:
+                where = f"{gap:.0f} mm caudal of"
+            else:
+                where = "level with" if gap > -0.5 else f"{-gap:.0f} mm cranial of"
+            wrong.append(f"{_words(name)} {where} the brain's centre")
+    whole = {k: v for k, v in centres.items() if k not in cut}
     for cranial, caudal in CRANIAL_OF:
-        if cranial in centres and caudal in centres:
-            gap = centres[cranial][2] - centres[caudal][2]
+        if cranial in whole and caudal in whole:
+            gap = whole[cranial][2] - whole[caudal][2]
             if gap < -LAYOUT_TOLERANCE_MM:
                 wrong.append(f"{_words(cranial)} {-gap:.0f} mm caudal of {_words(caudal)}")
     for left, right in LEFT_OF:
-        if left in centres and right in centres:
-            gap = centres[left][0] - centres[right][0]
+        if left in whole and right in whole:
+            gap = whole[left][0] - whole[right][0]
             if gap > LAYOUT_TOLERANCE_MM:
                 wrong.append(f"{_words(left)} {gap:.0f} mm right of {_words(right)}")
     if not wrong:
@@ -329,7 +351,7 @@ def layout_reasons(centres: Mapping[str, Sequence[float]]) -> list[Reason]:
             "layout",
             "the organs are not laid out as in a mouse ("
             + "; ".join(wrong)
-            + "): the models may have met anatomy they do not know, or the file is mirrored; "
+            + "): the models may have met anatomy they do not know, or the file is mirrored or turned; "
             "check the overlay",
         )
     ]
@@ -450,10 +472,41 @@ def _edge_band(box: tuple[slice, ...], shape: tuple[int, ...], voxels: int) -> n
 
 def organs_cut_by_field(labels: np.ndarray, edge_voxels: int) -> list[str]:
     """Organs (``REGION_OF``'s) with at least ``CUT_MIN_VOXELS`` voxels less than ``edge_voxels``
-    from a face of the scanned field: the field cuts them, so only part of each was scanned."""
+    from a face of the scanned field: the field cuts them, so only part of each was scanned.
+
+    An organ in a bony case (``ENCASED``) counts only its voxels with no bone between them and
+    the face (``exposed_at_faces``): a head scan cropped to the skull holds the whole brain within
+    a millimetre of its edge, and its skull shows that the field left the braincase whole."""
+    labels = np.asarray(labels)
     band = _edge_band(tuple(slice(0, n) for n in labels.shape), labels.shape, edge_voxels)
-    counts = np.bincount(np.asarray(labels)[band].ravel(), minlength=max(BY_ID) + 1)
-    return sorted(name for name in REGION_OF if counts[BY_NAME[name].id] >= CUT_MIN_VOXELS)
+    counts = np.bincount(labels[band].ravel(), minlength=max(BY_ID) + 1)
+    near = [name for name in REGION_OF if counts[BY_NAME[name].id] >= CUT_MIN_VOXELS]
+    return sorted(
+        name
+        for name in near
+        if name not in ENCASED or exposed_at_faces(labels, BY_NAME[name].id, edge_voxels) >= CUT_MIN_VOXELS
+    )
+
+
+def exposed_at_faces(labels: np.ndarray, structure: int, edge_voxels: int) -> int:
+    """Voxels of ``structure`` less than ``edge_voxels`` from a face of ``labels`` with no bone
+    between them and that face (along the face's normal)."""
+    bone = BY_NAME["bones"].id
+    exposed = np.zeros(labels.shape, dtype=bool)
+    for axis, n in enumerate(labels.shape):
+        depth = min(edge_voxels, n)
+        for near_face in (slice(0, depth), slice(n - depth, n)):
+            index: list[slice] = [slice(None)] * labels.ndim
+            index[axis] = near_face
+            slab = labels[tuple(index)]
+            # Bone met on the way in from the face: cumulative along the normal, from the face.
+            from_face = near_face.start == 0
+            bony = np.flip(slab == bone, axis) if not from_face else slab == bone
+            shielded = np.logical_or.accumulate(bony, axis=axis)
+            if not from_face:
+                shielded = np.flip(shielded, axis)
+            exposed[tuple(index)] |= (slab == structure) & ~shielded
+    return int(np.count_nonzero(exposed))
 
 
 def _tumors_at_field_edge(tumor: np.ndarray, faces: np.ndarray, min_voxels: int) -> list[Reason]:
@@ -613,7 +666,7 @@ def check_run(
             )
         )
     if centres is not None and animals <= 1:
-        report.reasons.extend(layout_reasons({k: v for k, v in centres.items() if k not in cut}))
+        report.reasons.extend(layout_reasons(centres, cut))
     if animals > 1:
         report.reasons.append(
             Reason(

@@ -21,6 +21,8 @@ its own dtype, with its affine) and scored against the truth moved the same way:
 - ``neighbour``: a second test phantom side by side in one field (labelled too); Dice is scored
   in the first mouse's half, false positives over the whole field.
 - ``bed``: a curved plastic bed (``phantom.scanner.paint_bed``) under every mouse.
+- ``cupping``: beam hardening, each axial slice of the body up to ``CUPPING_HU`` darker towards
+  its centre; ``rings``: twelve ring artefacts about the axial centre, up to ``RING_HU``.
 - ``digimouse`` / ``digimouse_torso``: the real-anatomy source, CT rendered from the Digimouse
   atlas (``phantom.digimouse.render_ct``), whole body and torso. It has no intestine or spinal
   cord labels (those are not scored) and no tumor. ``digimouse_torso_supine`` /
@@ -111,6 +113,8 @@ VARIANTS: dict[str, str] = {
     "neighbour": "a second mouse side by side in one field",
     "bed": "a curved plastic bed under the mouse",
     "wide": "a field of view 2.5 times as wide and high, the mouse 2-3 % of it",
+    "cupping": "beam hardening: each slice up to 50 HU darker towards the body's centre",
+    "rings": "ring artefacts: 12 rings of +-30 to 60 HU about the axial centre",
     "digimouse": "Digimouse atlas (real anatomy), whole body",
     "digimouse_torso": "Digimouse atlas (real anatomy), torso",
     "digimouse_torso_supine": "Digimouse torso rotated 180 degrees about the long axis, header unchanged",
@@ -134,6 +138,10 @@ DIGIMOUSE_VARIANTS = (
     "digimouse_torso_large",
     "digimouse_torso_noisy",
 )
+#: How much darker the body's centre is than its rim in ``cupping`` (HU), and the strongest ring of
+#: ``rings``: uncorrected beam hardening and detector rings of a micro-CT, a few tens of HU each.
+CUPPING_HU = 50.0
+RING_HU = 60.0
 #: The noise of the ``noisy`` Digimouse variant (HU; the renders' default is 20).
 NOISY_HU = 60.0
 #: Length of the small and large Digimouse variants against the atlas mouse's own.
@@ -143,7 +151,7 @@ TILT_DEG = 20.0
 #: The part-way roll of the ``rolled`` variants (degrees, about the long axis).
 ROLL_DEG = 20.0
 #: What a variant did to a case, copied from its ``meta`` into the report.
-TRANSFORM_KEYS = ("permutation", "flips", "rescale", "neighbour", "bed_added", "widened")
+TRANSFORM_KEYS = ("permutation", "flips", "rescale", "neighbour", "bed_added", "widened", "cupping", "rings")
 
 
 @dataclass
@@ -372,6 +380,47 @@ def add_bed(case: Case, seed: int) -> Case:
     return replace(case, ct=ct, meta={**case.meta, "bed_added": True})
 
 
+def _body(case: Case) -> np.ndarray:
+    """The body in each axial slice: everything above -400 HU with its holes (lungs, gas) filled."""
+    solid = case.ct > -400
+    return np.stack([ndimage.binary_fill_holes(solid[:, :, z]) for z in range(solid.shape[2])], axis=2)
+
+
+def cupping(case: Case, depth_hu: float) -> Case:
+    """Beam hardening's cupping: each axial slice of the body darker towards its centre, by
+    ``depth_hu`` where it lies deepest (its distance from the body's outline over the deepest)."""
+    body = _body(case)
+    ct = case.ct.astype(np.float32)
+    for z in range(ct.shape[2]):
+        if body[:, :, z].any():
+            depth = ndimage.distance_transform_edt(body[:, :, z])
+            ct[:, :, z] -= np.float32(depth_hu) * (depth / depth.max()).astype(np.float32)
+    return replace(
+        case, ct=np.clip(np.rint(ct), -32768, 32767).astype(np.int16), meta={**case.meta, "cupping": depth_hu}
+    )
+
+
+def rings(case: Case, amplitude_hu: float, seed: int, count: int = 12) -> Case:
+    """Ring artefacts (a miscalibrated detector element): ``count`` rings about the axial centre,
+    each 1-2 voxels wide, at radii and strengths drawn from ``seed`` (+-0.5 to 1 x
+    ``amplitude_hu``), the same in every slice."""
+    rng = np.random.default_rng([seed, 19, 6])
+    nx, ny, _ = case.ct.shape
+    x, y = np.meshgrid(np.arange(nx) - nx / 2, np.arange(ny) - ny / 2, indexing="ij")
+    radius = np.hypot(x, y)
+    field = np.zeros(radius.shape, np.float32)
+    for _ in range(count):
+        centre, width = rng.uniform(3.0, min(nx, ny) / 2), rng.uniform(0.6, 1.2)
+        strength = rng.choice([-1.0, 1.0]) * amplitude_hu * rng.uniform(0.5, 1.0)
+        field += (strength * np.exp(-0.5 * ((radius - centre) / width) ** 2)).astype(np.float32)
+    ct = case.ct.astype(np.float32) + field[:, :, None]
+    return replace(
+        case,
+        ct=np.clip(np.rint(ct), -32768, 32767).astype(np.int16),
+        meta={**case.meta, "rings": amplitude_hu},
+    )
+
+
 # --- sources -----------------------------------------------------------------------------------
 
 
@@ -466,6 +515,8 @@ def make_case(variant: str, base: Case, seed: int, source: PhantomSource, neighb
         "neighbour": lambda: beside(base, source.native(neighbour_seed), seed % 2 == 0, seed),
         "bed": lambda: add_bed(base, seed),
         "wide": lambda: widen(base, 2.5, seed),
+        "cupping": lambda: cupping(base, CUPPING_HU),
+        "rings": lambda: rings(base, RING_HU, seed),
     }
     if variant not in transforms:
         raise ValueError(f"unknown variant {variant!r}; variants are {', '.join(VARIANTS)}")

@@ -10,7 +10,16 @@ import pytest
 
 from inference.phantom import Phantom, generate_phantom
 from inference.pipeline.lesions import allocate
-from inference.pipeline.qc import NEEDS_REVIEW, OK, check_run, organ_centres, regions_in_view
+from inference.pipeline.qc import (
+    NEEDS_REVIEW,
+    OK,
+    check_run,
+    exposed_at_faces,
+    layout_reasons,
+    organ_centres,
+    organs_cut_by_field,
+    regions_in_view,
+)
 from inference.pipeline.volumes import structure_volumes
 from inference.structures import BY_NAME, STRUCTURES
 
@@ -201,6 +210,28 @@ def test_organs_cut_by_the_field_of_view_are_named_and_not_measured(phantom: Pha
     assert _check(phantom, phantom.labels).cut_by_field == []
 
 
+def test_a_brain_behind_its_skull_at_the_edge_of_a_tight_field_is_whole() -> None:
+    # A head scan cropped to the skull: the brain lies within the 3-voxel edge band, but its skull
+    # lies between it and every face, so the field left the braincase whole (the real head
+    # C57BL6_J_ cropped in-plane to 1.1 mm round its brain: "cut" before, whole now).
+    brain_id, bones = BY_NAME["brain"].id, BY_NAME["bones"].id
+    grid = np.indices((24, 24, 24)).astype(float) - 11.5
+    radius = np.sqrt((grid**2).sum(axis=0))
+    labels = np.where(radius < 10, brain_id, np.where(radius < 12, bones, 0)).astype(np.uint8)
+    assert (labels[:3] == brain_id).any()
+
+    assert exposed_at_faces(labels, brain_id, 3) == 0
+    assert "brain" not in organs_cut_by_field(labels, 3)
+
+    # The field cuts through the braincase on one side: no bone between brain and edge there.
+    opened = labels[3:].copy()
+    assert exposed_at_faces(opened, brain_id, 3) > 0
+    assert organs_cut_by_field(opened, 3) == ["brain"]
+    # Any other organ at the edge is cut, bone or not (ribs are no case).
+    heart = np.where(labels == brain_id, BY_NAME["heart"].id, labels)
+    assert organs_cut_by_field(heart, 3) == ["heart"]
+
+
 def test_regions_in_view_follow_what_was_found() -> None:
     assert regions_in_view(["brain"]) == ["head"]
     assert regions_in_view(["heart", "bladder"]) == ["thorax", "abdomen", "pelvis"]
@@ -243,6 +274,23 @@ def test_organs_drawn_in_the_wrong_places_are_named_though_their_volumes_fit(
     assert words in layout[0].message and "check the overlay" in layout[0].message
     # Several mice in one field: their organs' centres mean nothing, so no layout is read.
     assert "layout" not in _codes(_check(phantom, labels, centres=centres, animals=2))
+
+
+def test_a_lung_drawn_beside_the_brain_is_named_even_where_the_field_cuts_it() -> None:
+    # Measured: the real head C57BL6_J_ cropped in-plane to 0.7 mm round its brain. The pose could
+    # not be found, the header (the mouse on its side) was used, and a 7 mm^3 "left lung" came out
+    # 3 mm caudal of the brain's centre, cut by the field, so its volume hid it; it was "ok" but
+    # for the 8-bit calibration.
+    centres = {"brain": (5.4, 15.7, 5.9), "lung_left": (1.3, 17.3, 2.7), "bones": (4.1, 12.3, 5.8)}
+
+    reasons = layout_reasons(centres, cut={"lung_left"})
+
+    assert len(reasons) == 1 and "lung left 3 mm caudal of the brain's centre" in reasons[0].message
+    # A head and neck scan that ends at the chest: the lungs' tips, cut, lie far caudal of the brain.
+    head_and_neck = {"brain": (5.0, 15.0, 30.0), "lung_left": (3.0, 14.0, 16.0)}
+    assert layout_reasons(head_and_neck, cut={"lung_left"}) == []
+    # A cut liver beside a whole heart is no layout fault of the pairs: its centre moved with the cut.
+    assert layout_reasons({"heart": (5.0, 15.0, 30.0), "liver": (5.0, 15.0, 31.0)}, cut={"liver"}) == []
 
 
 def test_organs_drawn_on_the_wrong_tissue_are_named(phantom: Phantom) -> None:

@@ -171,6 +171,31 @@ def test_bed_is_added_under_the_mouse_only(case: Case) -> None:
     assert robustness.add_bed(replace_meta(plain, bed=True), seed=seed).ct is plain.ct
 
 
+def test_cupping_darkens_the_body_towards_its_centre_and_leaves_the_truth(case: Case) -> None:
+    cupped = robustness.cupping(case, 50.0)
+    drop = case.ct.astype(np.float32) - cupped.ct.astype(np.float32)
+
+    assert cupped.labels is case.labels and cupped.meta["cupping"] == 50.0
+    assert drop.min() >= -0.5 and 49.0 <= drop.max() <= 50.5
+    assert np.all(np.abs(drop[[0, -1]]) <= 0.5)  # the air round the mouse is untouched
+    z = int(np.argmax((case.labels == BY_NAME["liver"].id).sum(axis=(0, 1))))
+    body = np.argwhere(case.ct[:, :, z] > -400)
+    centre = tuple(int(v) for v in np.round(body.mean(axis=0)))
+    rim = tuple(int(v) for v in body[np.argmin(body[:, 1])])
+    assert drop[(*centre, z)] > drop[(*rim, z)] + 20.0
+
+
+def test_rings_are_the_same_in_every_slice_and_leave_the_truth(case: Case) -> None:
+    ringed = robustness.rings(case, 60.0, seed=3)
+    added = ringed.ct.astype(np.float32) - case.ct.astype(np.float32)
+    inside = (case.ct > -32000) & (case.ct < 32000)
+
+    assert ringed.labels is case.labels and ringed.meta["rings"] == 60.0
+    assert 20.0 < np.abs(added[inside]).max() <= 61.0
+    assert np.allclose(added[:, :, 0], added[:, :, -1], atol=1.0)
+    assert np.array_equal(ringed.ct, robustness.rings(case, 60.0, seed=3).ct)
+
+
 def replace_meta(case: Case, **changes: object) -> Case:
     return Case(
         name=case.name, ct=case.ct, labels=case.labels, affine=case.affine, meta={**case.meta, **changes}
