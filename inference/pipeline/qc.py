@@ -325,9 +325,9 @@ def layout_reasons(centres: Mapping[str, Sequence[float]], cut: Collection[str] 
     against the brain: no part of a trunk organ lies within ``HEAD_TO_TRUNK_MM`` of its centre."""
     wrong = []
     brain = centres.get("brain")
-    for name in TRUNK_ORGANS:
-        if brain is not None and name in centres and brain[2] - centres[name][2] < HEAD_TO_TRUNK_MM:
-            gap = brain[2] - centres[name][2]
+    below_brain = {n: brain[2] - centres[n][2] for n in TRUNK_ORGANS if n in centres} if brain else {}
+    for name, gap in below_brain.items():
+        if gap < HEAD_TO_TRUNK_MM:
             if gap >= 0.5:
                 where = f"{gap:.0f} mm caudal of"
             else:
@@ -495,16 +495,13 @@ def exposed_at_faces(labels: np.ndarray, structure: int, edge_voxels: int) -> in
     exposed = np.zeros(labels.shape, dtype=bool)
     for axis, n in enumerate(labels.shape):
         depth = min(edge_voxels, n)
-        for near_face in (slice(0, depth), slice(n - depth, n)):
+        # Each face's slab read from the face inwards (the far face's reversed): bone met on the
+        # way in shields every voxel behind it.
+        for inwards in (slice(0, depth), slice(n - 1, n - 1 - depth if n > depth else None, -1)):
             index: list[slice] = [slice(None)] * labels.ndim
-            index[axis] = near_face
+            index[axis] = inwards
             slab = labels[tuple(index)]
-            # Bone met on the way in from the face: cumulative along the normal, from the face.
-            from_face = near_face.start == 0
-            bony = np.flip(slab == bone, axis) if not from_face else slab == bone
-            shielded = np.logical_or.accumulate(bony, axis=axis)
-            if not from_face:
-                shielded = np.flip(shielded, axis)
+            shielded = np.logical_or.accumulate(slab == bone, axis=axis)
             exposed[tuple(index)] |= (slab == structure) & ~shielded
     return int(np.count_nonzero(exposed))
 

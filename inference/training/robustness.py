@@ -210,9 +210,13 @@ def clip_hu(case: Case, low: float = -400.0, high: float = 1000.0) -> Case:
     return replace(case, ct=np.clip(case.ct, low, high).astype(case.ct.dtype))
 
 
+def int16_hu(ct: np.ndarray) -> np.ndarray:
+    """A changed CT (float HU) back to whole HU in int16, as a scanner stores it."""
+    return np.clip(np.rint(ct), -32768, 32767).astype(np.int16)
+
+
 def offset_hu(case: Case, delta: float) -> Case:
-    shifted = np.rint(case.ct.astype(np.float32) + np.float32(delta))
-    return replace(case, ct=np.clip(shifted, -32768, 32767).astype(np.int16))
+    return replace(case, ct=int16_hu(case.ct.astype(np.float32) + np.float32(delta)))
 
 
 def more_noise(case: Case, factor: float, seed: int) -> Case:
@@ -224,7 +228,7 @@ def more_noise(case: Case, factor: float, seed: int) -> Case:
     noisy = case.ct.astype(np.float32) + rng.standard_normal(case.ct.shape, dtype=np.float32) * np.float32(
         extra
     )
-    return replace(case, ct=np.clip(np.rint(noisy), -32768, 32767).astype(np.int16))
+    return replace(case, ct=int16_hu(noisy))
 
 
 def rotate_long_axis(case: Case, quarter_turns: int) -> Case:
@@ -381,7 +385,9 @@ def add_bed(case: Case, seed: int) -> Case:
 
 
 def _body(case: Case) -> np.ndarray:
-    """The body in each axial slice: everything above -400 HU with its holes (lungs, gas) filled."""
+    """What attenuates in each axial slice: everything above -400 HU with its holes (lungs, gas)
+    filled, a bed included, since beam hardening follows all the beam crosses
+    (``qc.body_mask`` keeps the mouse alone)."""
     solid = case.ct > -400
     return np.stack([ndimage.binary_fill_holes(solid[:, :, z]) for z in range(solid.shape[2])], axis=2)
 
@@ -395,9 +401,7 @@ def cupping(case: Case, depth_hu: float) -> Case:
         if body[:, :, z].any():
             depth = ndimage.distance_transform_edt(body[:, :, z])
             ct[:, :, z] -= np.float32(depth_hu) * (depth / depth.max()).astype(np.float32)
-    return replace(
-        case, ct=np.clip(np.rint(ct), -32768, 32767).astype(np.int16), meta={**case.meta, "cupping": depth_hu}
-    )
+    return replace(case, ct=int16_hu(ct), meta={**case.meta, "cupping": depth_hu})
 
 
 def rings(case: Case, amplitude_hu: float, seed: int, count: int = 12) -> Case:
@@ -413,10 +417,9 @@ def rings(case: Case, amplitude_hu: float, seed: int, count: int = 12) -> Case:
         centre, width = rng.uniform(3.0, min(nx, ny) / 2), rng.uniform(0.6, 1.2)
         strength = rng.choice([-1.0, 1.0]) * amplitude_hu * rng.uniform(0.5, 1.0)
         field += (strength * np.exp(-0.5 * ((radius - centre) / width) ** 2)).astype(np.float32)
-    ct = case.ct.astype(np.float32) + field[:, :, None]
     return replace(
         case,
-        ct=np.clip(np.rint(ct), -32768, 32767).astype(np.int16),
+        ct=int16_hu(case.ct.astype(np.float32) + field[:, :, None]),
         meta={**case.meta, "rings": amplitude_hu},
     )
 
