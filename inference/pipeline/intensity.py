@@ -107,7 +107,9 @@ class IntensityCalibration:
 
     ``units`` is "HU" (values used as they are; slope 1, intercept 0) or "calibrated" (the fit).
     ``air_peak`` / ``tissue_peak`` are in the scan's own units (None where not found); ``findings``
-    are plain-words sentences for the run manifest and the researcher.
+    are plain-words sentences for the run manifest and the researcher. ``depth_drift_hu``: how far
+    the level drifts from the body's outline to its centre (``drift.depth_drift_hu``; None until
+    the organ model has run, or where it cannot tell).
     """
 
     units: Units
@@ -117,6 +119,7 @@ class IntensityCalibration:
     tissue_peak: float | None
     findings: tuple[str, ...]
     mode: Mode = "auto"
+    depth_drift_hu: float | None = None
 
     def apply(self, volume: np.ndarray) -> np.ndarray:
         """``volume`` in HU: the same array for "HU", a float32 copy for "calibrated"."""
@@ -136,6 +139,7 @@ class IntensityCalibration:
             "air_peak": None if self.air_peak is None else _significant(self.air_peak),
             "tissue_peak": None if self.tissue_peak is None else _significant(self.tissue_peak),
             "findings": list(self.findings),
+            "depth_drift_hu": None if self.depth_drift_hu is None else round(self.depth_drift_hu, 1),
         }
 
 

@@ -458,6 +458,7 @@ def refine_contrast_edge(
     *,
     min_contrast_hu: float,
     margin_voxels: int,
+    drift_hu: float = 0.0,
 ) -> int:
     """Move a soft organ's outline onto the edge between its own level and its neighbours', in place.
 
@@ -470,7 +471,10 @@ def refine_contrast_edge(
     within ``margin_voxels`` scan voxels of the outline the organ grows into background on its
     side of the edge and sheds its outline voxels on the other, peeled from the outside in (as
     ``refine_edge``). An organ no brighter or darker than what surrounds it keeps the network's
-    outline. Other structures are never touched. Returns the number of voxels changed.
+    outline, and so does one whose contrast is no larger than ``drift_hu``, the HU its level
+    drifts across it (uncorrected beam hardening, ``drift.py``: one edge for the whole organ would
+    then cut into it where it lies deep and leave its neighbours in where it lies shallow). Other
+    structures are never touched. Returns the number of voxels changed.
     """
     own_any = labels == structure_id
     # The shell that reads the neighbours' level lies up to three voxels out.
@@ -486,7 +490,7 @@ def refine_contrast_edge(
     if int(core.sum()) < MIN_CORE_VOXELS or int(shell.sum()) < MIN_CORE_VOXELS:
         return 0
     level, around = float(np.median(mean[core])), float(np.median(mean[shell]))
-    if abs(level - around) < min_contrast_hu:
+    if abs(level - around) < max(min_contrast_hu, drift_hu):
         return 0
     edge = 0.5 * (level + around)
     inside = mean >= edge if level > around else mean < edge
@@ -573,6 +577,8 @@ def apply_refinement(
     structures: Sequence[int],
     grid_spacing_mm: Sequence[float],
     spacing_mm: Sequence[float],
+    *,
+    drift_hu: float = 0.0,
 ) -> int:
     """Apply one ``model.json`` ``refine`` rule to the full-resolution ``labels`` (in place).
 
@@ -583,12 +589,13 @@ def apply_refinement(
     outline onto the intensity edge (``refine_edge``), within ``margin_mm`` in scan voxels
     (``spacing_mm``); ``{"structure", "contrast_edge", "margin_mm"}`` moves it onto the edge
     between its own level and its neighbours' when they differ by ``contrast_edge`` HU or more
-    (``refine_contrast_edge``). Rules run in their order. (``{"structure", "air_edge", "margin_mm"}``
-    rules, ``refine_air_edge``, run later, after the lesion search: ``predict.settle_air_edges``.)
+    (``refine_contrast_edge``; ``drift_hu`` as there). Rules run in their order.
+    (``{"structure", "air_edge", "margin_mm"}`` rules, ``refine_air_edge``, run later, after the
+    lesion search: ``predict.settle_air_edges``.)
     """
     sid = int(rule["structure"])
     if any(key in rule for key in OUTLINE_RULES):
-        return apply_outline_rule(labels, intensity, rule, spacing_mm)
+        return apply_outline_rule(labels, intensity, rule, spacing_mm, drift_hu=drift_hu)
     coarse = coarse_argmax == structures.index(sid)
     margin = math.ceil(float(rule["margin_mm"]) / min(grid_spacing_mm) - 1e-6)
     if "enclosed_by" in rule:
@@ -617,17 +624,24 @@ OUTLINE_RULES = ("edge_hu", "contrast_edge", "air_edge")
 
 
 def apply_outline_rule(
-    labels: np.ndarray, intensity: np.ndarray, rule: dict, spacing_mm: Sequence[float]
+    labels: np.ndarray,
+    intensity: np.ndarray,
+    rule: dict,
+    spacing_mm: Sequence[float],
+    *,
+    drift_hu: float = 0.0,
 ) -> int:
     """Apply one outline rule (``OUTLINE_RULES``) of ``model.json`` to ``labels``, in place:
-    ``refine_edge``, ``refine_contrast_edge`` or ``refine_air_edge``, its ``margin_mm`` in scan
-    voxels (``spacing_mm``). Returns the number of voxels changed."""
+    ``refine_edge``, ``refine_contrast_edge`` (``drift_hu`` as there) or ``refine_air_edge``, its
+    ``margin_mm`` in scan voxels (``spacing_mm``). Returns the number of voxels changed."""
     sid, margin = int(rule["structure"]), voxels_across(float(rule["margin_mm"]), spacing_mm)
     if "air_edge" in rule:
         return refine_air_edge(labels, intensity, sid, fraction=float(rule["air_edge"]), margin_voxels=margin)
     if "contrast_edge" in rule:
         contrast = float(rule["contrast_edge"])
-        return refine_contrast_edge(labels, intensity, sid, min_contrast_hu=contrast, margin_voxels=margin)
+        return refine_contrast_edge(
+            labels, intensity, sid, min_contrast_hu=contrast, margin_voxels=margin, drift_hu=drift_hu
+        )
     return refine_edge(labels, intensity, sid, edge_hu=float(rule["edge_hu"]), margin_voxels=margin)
 
 

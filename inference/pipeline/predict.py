@@ -19,6 +19,7 @@ import numpy as np
 
 from inference.pipeline.animals import find_animals
 from inference.pipeline.braincase import BraincaseFill, fill_braincase
+from inference.pipeline.drift import drift_finding, drifts, measure_drift
 from inference.pipeline.geometry import (
     Geometry,
     channel_argmax,
@@ -221,6 +222,8 @@ class _TaskOutput:
     cleaning: CleanReport
     scores: np.ndarray | None
     seconds: dict[str, float]
+    #: The organ task's drift of the level with depth in the body (``drift.depth_drift_hu``).
+    drift_hu: float | None = None
 
 
 def _segment_task(
@@ -294,13 +297,30 @@ def _segment_task(
             animals=animals[grid],
         )
         uncertainty = uncertainty_from(scores, disagreement)
+        drift, drift_across = None, None
+        if task == "organs":
+            channels = {BY_ID[int(sid)].name: k for k, sid in enumerate(lead.structures)}
+            contrast = {int(rule["structure"]) for rule in lead.refinements if "contrast_edge" in rule}
+            names = [BY_ID[sid].name for sid in contrast]
+            drift = measure_drift(resampled[grid], channel_argmax(scores), channels, spans_of=names)
+            if drift is not None and drifts(drift.hu):
+                drift_across = {sid: drift.across(BY_ID[sid].name) for sid in contrast}
     with timer("restore"):
         labels = upsample_argmax(
             scores, geometry.canonical_shape, lead.structures, workers=workers_for(threads)
         )
         if lead.refinements:
             refine(
-                labels, scores, canonical, rules_hu, lead, grid_spacing, geometry.spacing_mm, device, threads
+                labels,
+                scores,
+                canonical,
+                rules_hu,
+                lead,
+                grid_spacing,
+                geometry.spacing_mm,
+                device,
+                threads,
+                drift_across=drift_across,
             )
     return _TaskOutput(
         labels=labels,
@@ -310,6 +330,7 @@ def _segment_task(
         cleaning=cleaning,
         scores=kept,
         seconds=timer.seconds,
+        drift_hu=None if drift is None else drift.hu,
     )
 
 
@@ -341,6 +362,8 @@ def refine(
     spacing_mm: Sequence[float],
     device: str,
     threads: int,
+    *,
+    drift_across: Mapping[int, float] | None = None,
 ) -> None:
     """Apply ``card``'s ``refine`` rules to the full-resolution ``labels``, in their order (in place).
 
@@ -351,6 +374,9 @@ def refine(
     Refiner networks read ``canonical``; the threshold rules ``rules_hu`` (``canonical`` itself, or
     its median-filtered copy when the scan is very noisy: ``noise.for_threshold_rules``). The
     air-edge rules are not applied here but after the lesion search (``settle_air_edges``).
+    ``drift_across``: by structure id, how many HU the scan's level drifts across it (a scan whose
+    level drifts with depth: ``drift.py``); a contrast-edge rule stands down for a structure whose
+    contrast with its neighbours is no larger.
     """
     coarse = channel_argmax(scores)
     touched: set[int] = set()
@@ -372,7 +398,16 @@ def refine(
             elif "network" in rule:
                 run_refiner(labels, canonical, card, rule, spacing_mm, device, threads)
             else:
-                apply_refinement(labels, coarse, rules_hu, rule, card.structures, grid_spacing_mm, spacing_mm)
+                apply_refinement(
+                    labels,
+                    coarse,
+                    rules_hu,
+                    rule,
+                    card.structures,
+                    grid_spacing_mm,
+                    spacing_mm,
+                    drift_hu=(drift_across or {}).get(int(rule["structure"]), 0.0),
+                )
 
 
 def settle_air_edges(
@@ -493,6 +528,13 @@ def predict_volume(
     task_labels = {task: outputs[task].labels for task in groups}  # pipeline order: organs first
     providers = {key: name for out in outputs.values() for key, name in out.providers.items()}
     cleaning = {task: out.cleaning for task, out in outputs.items()}
+    drift = outputs["organs"].drift_hu if "organs" in outputs else None
+    if drift is not None:
+        calibration = replace(
+            calibration,
+            depth_drift_hu=drift,
+            findings=(*calibration.findings, drift_finding(drift)) if drifts(drift) else calibration.findings,
+        )
     kept = {task: out.scores for task, out in outputs.items() if out.scores is not None}
     uncertainty_by_grid: dict[tuple[int, int, int], np.ndarray] = {}
     for out in outputs.values():

@@ -30,6 +30,10 @@ accepts it (the server records who and when). The checks, each with its own reas
 - ``intensity_calibrated`` / ``orientation_disagrees``: the scan was not in HU and was calibrated
   (by more than ``CALIBRATION_TOLERANCE_HU`` somewhere in -1000..+1000 HU), or its header's
   orientation disagreed with the anatomy: the numbers rest on that fix.
+- ``intensity_drift``: the scan's soft tissue grows darker (or brighter) from the body's outline
+  to its centre by more than ``drift.MAX_DEPTH_DRIFT_HU`` (beam hardening not corrected): HU
+  read deep in the body are off, and the liver's and bladder's outlines were left as the model
+  drew them.
 - ``several_animals``: more than one mouse in the field of view (``animals.find_animals``). The
   models segment each, but a scan's volumes and counts add up over all of them.
 - ``tissue``: an organ drawn on the wrong kind of tissue, by its median HU: lungs that hold no
@@ -63,6 +67,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from inference.pipeline.drift import drifts
 from inference.pipeline.geometry import bounding_box
 from inference.pipeline.lesions import LesionRow
 from inference.pipeline.postprocess import DEFAULT_MIN_LESION_VOLUME_MM3, fill_holes, label_mask
@@ -660,6 +665,17 @@ def check_run(
                 "intensity_calibrated",
                 "the scan was not in Hounsfield units and was calibrated from its air and soft-tissue peaks "
                 f"(HU = {slope:.4g} x value {intercept:+.0f}): check the overlay",
+            )
+        )
+    drift = (intensity or {}).get("depth_drift_hu")
+    if drift is not None and drifts(drift):
+        way = "darker" if drift < 0 else "brighter"
+        report.reasons.append(
+            Reason(
+                "intensity_drift",
+                f"the scan's soft tissue grows {abs(drift):.0f} HU {way} from "
+                "the body's outline to its centre (beam hardening not corrected): HU read deep in the body "
+                "are off, and the liver's and bladder's outlines rest on the model alone; check the overlay",
             )
         )
     if centres is not None and animals <= 1:

@@ -43,7 +43,8 @@ scan, all predicted tumor). Verdict against issue 19's targets: every big organ 
 liver, kidneys) median Dice >= 0.90 in every variant where it is in the field, and tumor false
 positives <= 20 mm^3 in every scan, metastasis false positives too. A case whose organs the QC's
 layout check (``qc.layout_reasons``) would name keeps its words under ``layout`` in the JSON and
-is marked LAYOUT FLAGGED in the log. Generated phantoms are cached under
+is marked LAYOUT FLAGGED in the log; each case also keeps the drift of its level with depth that
+the pipeline read (``depth_drift_hu``, ``pipeline/drift.py``). Generated phantoms are cached under
 ``data/.cache/robustness``.
 """
 
@@ -69,6 +70,7 @@ from inference.phantom.generator import generate_phantom
 from inference.phantom.scanner import paint_bed
 from inference.phantom.writer import write_dataset, write_flat
 from inference.pipeline import predict_volume
+from inference.pipeline.drift import depth
 from inference.pipeline.qc import layout_reasons
 from inference.registry import ModelCard, find_model, load_card
 from inference.structures import BY_ID, BY_NAME, STRUCTURES
@@ -384,23 +386,11 @@ def add_bed(case: Case, seed: int) -> Case:
     return replace(case, ct=ct, meta={**case.meta, "bed_added": True})
 
 
-def _body(case: Case) -> np.ndarray:
-    """What attenuates in each axial slice: everything above -400 HU with its holes (lungs, gas)
-    filled, a bed included, since beam hardening follows all the beam crosses
-    (``qc.body_mask`` keeps the mouse alone)."""
-    solid = case.ct > -400
-    return np.stack([ndimage.binary_fill_holes(solid[:, :, z]) for z in range(solid.shape[2])], axis=2)
-
-
 def cupping(case: Case, depth_hu: float) -> Case:
     """Beam hardening's cupping: each axial slice of the body darker towards its centre, by
-    ``depth_hu`` where it lies deepest (its distance from the body's outline over the deepest)."""
-    body = _body(case)
-    ct = case.ct.astype(np.float32)
-    for z in range(ct.shape[2]):
-        if body[:, :, z].any():
-            depth = ndimage.distance_transform_edt(body[:, :, z])
-            ct[:, :, z] -= np.float32(depth_hu) * (depth / depth.max()).astype(np.float32)
+    ``depth_hu`` where it lies deepest (``drift.depth``: its distance from the body's outline over
+    the deepest; a bed counts as body, since beam hardening follows all the beam crosses)."""
+    ct = case.ct.astype(np.float32) - np.float32(depth_hu) * depth(case.ct.astype(np.float32))
     return replace(case, ct=int16_hu(ct), meta={**case.meta, "cupping": depth_hu})
 
 
@@ -555,11 +545,13 @@ def score_case(case: Case, cards: Sequence[ModelCard], *, threads: int = 2) -> d
         seconds = {k: round(v, 3) for k, v in out.seconds.items()}
         # What the QC's layout check would say of the run (one mouse in view; qc.check_run).
         layout = [r.message for r in layout_reasons(out.organ_centres)] if out.animals <= 1 else []
+        drift = out.intensity.depth_drift_hu if out.intensity is not None else None
     except ValueError as error:  # a refusal (e.g. no credible intensity fit) scores as nothing found
         refused = str(error) or type(error).__name__
         pred = np.zeros(case.labels.shape, np.uint8)
         seconds = {}
         layout = []
+        drift = None
     truth = case.labels
     region = case.region or (slice(None), slice(None), slice(None))
     pred_r, truth_r = pred[region], truth[region]
@@ -597,6 +589,9 @@ def score_case(case: Case, cards: Sequence[ModelCard], *, threads: int = 2) -> d
         result["transform"] = transform
     if layout:
         result["layout"] = layout
+    if drift is not None:
+        # The drift of the level with depth the pipeline read (drift.py; beyond 30 HU: QC review).
+        result["depth_drift_hu"] = round(drift, 1)
     if refused is not None:
         result["refused"] = refused
     result["seconds"] = {**seconds, "total": round(time.perf_counter() - started, 3)}

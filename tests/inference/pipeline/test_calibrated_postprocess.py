@@ -183,6 +183,12 @@ def test_an_outline_moves_onto_the_edge_between_two_soft_tissues() -> None:
     drawn = labels.copy()
 
     assert refine_contrast_edge(labels.copy(), hu, LIVER, min_contrast_hu=30.0, margin_voxels=2) == 0
+    # A level that drifts across the organ by as much as its contrast (cupping, drift.py) leaves
+    # the outline as drawn.
+    assert (
+        refine_contrast_edge(labels.copy(), hu, LIVER, min_contrast_hu=8.0, margin_voxels=2, drift_hu=20.0)
+        == 0
+    )
     changed = refine_contrast_edge(labels, hu, LIVER, min_contrast_hu=8.0, margin_voxels=2)
 
     assert dice(labels == LIVER, liver) > dice(drawn == LIVER, liver) + 0.02

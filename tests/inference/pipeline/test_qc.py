@@ -147,6 +147,16 @@ def test_calibration_orientation_and_uncertainty_findings_ask_for_review(phantom
     assert "volume_range" not in _codes(report)  # the calibration put the 8-bit values back in HU
 
 
+def test_a_level_that_drifts_with_depth_asks_for_review_and_anatomy_s_own_does_not(phantom: Phantom) -> None:
+    cupped = _check(phantom, phantom.labels, intensity={"units": "HU", "depth_drift_hu": -45.0})
+    plain = _check(phantom, phantom.labels, intensity={"units": "HU", "depth_drift_hu": -12.0})
+
+    assert cupped.status == NEEDS_REVIEW and _codes(cupped) == {"intensity_drift"}
+    [reason] = cupped.reasons
+    assert "45 HU darker" in reason.message and "beam hardening" in reason.message
+    assert plain.status == OK, [r.message for r in plain.reasons]
+
+
 def test_a_speck_in_air_and_a_near_identity_calibration_are_no_reason(phantom: Phantom) -> None:
     # Measured by bench/qc_report.py: a torso crop's 8-voxel tumor speck in air and a 3x-noise scan
     # "calibrated" by HU = 1.013 x value + 10 flagged good predictions; neither changes a number.
