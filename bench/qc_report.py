@@ -11,6 +11,8 @@ ends with the QC gate (``inference.pipeline.qc``), on:
     maps) must be refused by the upload check (``scans.validation.check_not_label_map``);
   * 8-bit scans: the real head scans of ``../shared/realdata/mouse_ct_atlas/`` and 8-bit phantoms
     must be refused or flagged, never charted;
+  * uncorrected beam hardening: phantoms with 50 HU of cupping (robustness ``cupping``), whose HU
+    deep in the body are off, must be flagged;
   * no mouse at all: a water QA cylinder (as a lab scans to check its scanner's HU) must be
     flagged, never an "ok" mouse without organs;
   * a false tumor on the animal bed: a phantom with a bed (robustness ``bed``) segmented by the
@@ -67,9 +69,11 @@ from inference.structures import BY_NAME  # noqa: E402
 from inference.training.make_models import SETS  # noqa: E402
 from inference.training.robustness import (  # noqa: E402
     BIG_ORGANS,
+    CUPPING_HU,
     Case,
     PhantomSource,
     add_bed,
+    cupping,
     digimouse_case,
     more_noise,
     rescale_8bit,
@@ -284,12 +288,14 @@ def main(argv: list[str] | None = None) -> int:
                 "torso": torso(base),
                 "noise3x": more_noise(base, 3.0, seed),
                 "8bit": rescale_8bit(base),
+                "cupping": cupping(base, CUPPING_HU),
             }
+            bad_groups = {"8bit": "bad: 8-bit phantom", "cupping": "bad: cupped phantom (beam hardening)"}
             for variant, case in cases.items():
                 path = work / f"{variant}_{seed}.nii.gz"
                 save_nifti(case.ct, case.affine, path)
-                bad = variant == "8bit"
-                group = "bad: 8-bit phantom" if bad else f"good: {variant}"
+                bad = variant in bad_groups
+                group = bad_groups.get(variant, f"good: {variant}")
                 record(
                     group,
                     f"{variant} {seed}",

@@ -114,8 +114,9 @@ def drift_finding(drift_hu: float) -> str:
     """The manifest's sentence for a drift beyond ``MAX_DEPTH_DRIFT_HU``."""
     way = "darker" if drift_hu < 0 else "brighter"
     return (
-        f"The scan's soft tissue grows {abs(drift_hu):.0f} HU {way} from the body's outline to its centre "
-        "(beam hardening not corrected by the scanner): the liver's and bladder's outlines are left as the "
-        "model drew them, and HU read deep in the body are off by up to that much. Use the scanner's "
-        "beam-hardening correction for HU you can compare."
+        f"The scan's soft tissue grows {abs(drift_hu):.0f} HU {way} from the body's outline to its centre, "
+        "inside organs that should read one level (as beam hardening draws it where the scanner does not "
+        "correct it): the liver's and bladder's outlines are left as the model drew them, and HU read deep "
+        "in the body are off by up to that much. Use the scanner's beam-hardening correction for HU you "
+        "can compare."
     )

@@ -673,9 +673,9 @@ def check_run(
         report.reasons.append(
             Reason(
                 "intensity_drift",
-                f"the scan's soft tissue grows {abs(drift):.0f} HU {way} from "
-                "the body's outline to its centre (beam hardening not corrected): HU read deep in the body "
-                "are off, and the liver's and bladder's outlines rest on the model alone; check the overlay",
+                f"the scan's soft tissue grows {abs(drift):.0f} HU {way} from the body's outline to its "
+                "centre, as uncorrected beam hardening draws it: HU read deep in the body are off, and the "
+                "liver's and bladder's outlines rest on the model alone; check the overlay",
             )
         )
     if centres is not None and animals <= 1:
