@@ -117,6 +117,8 @@ VARIANTS: dict[str, str] = {
     "wide": "a field of view 2.5 times as wide and high, the mouse 2-3 % of it",
     "cupping": "beam hardening: each slice up to 50 HU darker towards the body's centre",
     "rings": "ring artefacts: 12 rings of +-30 to 60 HU about the axial centre",
+    "streaks": "streaks: 8 lines of +-60 to 120 HU through dense bone, each over 1-3 mm of slices",
+    "breathing": "breathing: the diaphragm's region averaged over 1 mm of craniocaudal travel",
     "digimouse": "Digimouse atlas (real anatomy), whole body",
     "digimouse_torso": "Digimouse atlas (real anatomy), torso",
     "digimouse_torso_supine": "Digimouse torso rotated 180 degrees about the long axis, header unchanged",
@@ -144,6 +146,14 @@ DIGIMOUSE_VARIANTS = (
 #: ``rings``: uncorrected beam hardening and detector rings of a micro-CT, a few tens of HU each.
 CUPPING_HU = 50.0
 RING_HU = 60.0
+#: The strongest streak of ``streaks`` (HU; the training generator draws up to 120,
+#: ``inference/phantom/synth.py``) and the bone a streak starts from (HU).
+STREAK_HU = 120.0
+STREAK_BONE_HU = 600.0
+#: The diaphragm's craniocaudal travel in ``breathing`` (mm, end to end; a free-breathing mouse
+#: moves it about 1 mm) and how far from the liver's dome the blur reaches (mm).
+BREATHING_MM = 1.0
+BREATHING_REACH_MM = 6.0
 #: The noise of the ``noisy`` Digimouse variant (HU; the renders' default is 20).
 NOISY_HU = 60.0
 #: Length of the small and large Digimouse variants against the atlas mouse's own.
@@ -153,7 +163,18 @@ TILT_DEG = 20.0
 #: The part-way roll of the ``rolled`` variants (degrees, about the long axis).
 ROLL_DEG = 20.0
 #: What a variant did to a case, copied from its ``meta`` into the report.
-TRANSFORM_KEYS = ("permutation", "flips", "rescale", "neighbour", "bed_added", "widened", "cupping", "rings")
+TRANSFORM_KEYS = (
+    "permutation",
+    "flips",
+    "rescale",
+    "neighbour",
+    "bed_added",
+    "widened",
+    "cupping",
+    "rings",
+    "streaks",
+    "breathing_mm",
+)
 
 
 @dataclass
@@ -414,6 +435,46 @@ def rings(case: Case, amplitude_hu: float, seed: int, count: int = 12) -> Case:
     )
 
 
+def streaks(case: Case, amplitude_hu: float, seed: int, count: int = 8) -> Case:
+    """Streak artefacts (photon starvation along a path through dense bone): ``count`` straight
+    lines in axial planes, each through a bone voxel above ``STREAK_BONE_HU`` drawn from ``seed``,
+    about one voxel wide, of +-0.5 to 1 x ``amplitude_hu``, over 1-3 mm of slices around it."""
+    rng = np.random.default_rng([seed, 23, 8])
+    dense = np.argwhere(case.ct > STREAK_BONE_HU)
+    ct = case.ct.astype(np.float32)
+    nx, ny, nz = ct.shape
+    x, y = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+    half_slab = max(1, round(0.5 / float(case.spacing_mm[2])))
+    for _ in range(count if len(dense) else 0):
+        px, py, pz = dense[int(rng.integers(len(dense)))]
+        angle = rng.uniform(0.0, np.pi)
+        distance = np.abs((x - px) * np.sin(angle) - (y - py) * np.cos(angle))
+        strength = rng.choice([-1.0, 1.0]) * amplitude_hu * rng.uniform(0.5, 1.0)
+        line = (strength * np.exp(-0.5 * (distance / 0.6) ** 2)).astype(np.float32)
+        reach = int(rng.integers(1, 4)) * half_slab
+        ct[:, :, max(pz - reach, 0) : min(pz + reach + 1, nz)] += line[:, :, None]
+    return replace(case, ct=int16_hu(ct), meta={**case.meta, "streaks": amplitude_hu})
+
+
+def breathing(case: Case, travel_mm: float) -> Case:
+    """Free breathing without gating: around the diaphragm (the liver's cranial end in the truth,
+    within ``BREATHING_REACH_MM``, fading out linearly) each slice is the mean of the scan shifted
+    along the long axis over ``travel_mm``, as the reconstruction averages the moving organs; the
+    truth stays at mid-travel."""
+    liver = np.flatnonzero((case.labels == BY_NAME["liver"].id).any(axis=(0, 1)))
+    if not liver.size:
+        return case
+    dz = float(case.spacing_mm[2])
+    steps = max(1, round(travel_mm / 2 / dz))
+    ct = case.ct.astype(np.float32)
+    moved = np.mean([np.roll(ct, k, axis=2) for k in range(-steps, steps + 1)], axis=0)
+    # The long axis runs head (high z) to tail in the canonical test phantoms.
+    dome = int(liver.max())
+    weight = np.clip(1.0 - np.abs(np.arange(ct.shape[2]) - dome) * dz / BREATHING_REACH_MM, 0.0, 1.0)
+    ct += (moved - ct) * weight.astype(np.float32)[None, None, :]
+    return replace(case, ct=int16_hu(ct), meta={**case.meta, "breathing_mm": travel_mm})
+
+
 # --- sources -----------------------------------------------------------------------------------
 
 
@@ -510,6 +571,8 @@ def make_case(variant: str, base: Case, seed: int, source: PhantomSource, neighb
         "wide": lambda: widen(base, 2.5, seed),
         "cupping": lambda: cupping(base, CUPPING_HU),
         "rings": lambda: rings(base, RING_HU, seed),
+        "streaks": lambda: streaks(base, STREAK_HU, seed),
+        "breathing": lambda: breathing(base, BREATHING_MM),
     }
     if variant not in transforms:
         raise ValueError(f"unknown variant {variant!r}; variants are {', '.join(VARIANTS)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -194,6 +195,35 @@ def test_rings_are_the_same_in_every_slice_and_leave_the_truth(case: Case) -> No
     assert 20.0 < np.abs(added[inside]).max() <= 61.0
     assert np.allclose(added[:, :, 0], added[:, :, -1], atol=1.0)
     assert np.array_equal(ringed.ct, robustness.rings(case, 60.0, seed=3).ct)
+
+
+def test_streaks_run_through_dense_bone_in_a_few_slices_and_leave_the_truth(case: Case) -> None:
+    streaked = robustness.streaks(case, 120.0, seed=3)
+    added = streaked.ct.astype(np.float32) - case.ct.astype(np.float32)
+    slices = np.flatnonzero(np.abs(added).max(axis=(0, 1)) > 30.0)
+
+    assert streaked.labels is case.labels and streaked.meta["streaks"] == 120.0
+    assert 60.0 <= np.abs(added).max() <= 2 * 120.0 + 1.0  # two streaks may cross
+    assert 0 < slices.size < case.ct.shape[2] // 2  # a few slabs, not the whole mouse
+    assert np.array_equal(streaked.ct, robustness.streaks(case, 120.0, seed=3).ct)
+    no_bone = replace(case, ct=np.where(case.ct > 600, 500, case.ct).astype(case.ct.dtype))
+    assert np.array_equal(robustness.streaks(no_bone, 120.0, seed=3).ct, no_bone.ct)
+
+
+def test_breathing_blurs_the_diaphragm_s_region_only_and_leaves_the_truth(case: Case) -> None:
+    breathed = robustness.breathing(case, 2.0)  # two voxels each way at 0.63 mm
+    changed = np.flatnonzero((breathed.ct != case.ct).any(axis=(0, 1)))
+    dome = int(np.flatnonzero((case.labels == BY_NAME["liver"].id).any(axis=(0, 1))).max())
+    reach = robustness.BREATHING_REACH_MM / SPACING_MM
+
+    assert breathed.labels is case.labels and breathed.meta["breathing_mm"] == 2.0
+    assert changed.size and dome - reach <= changed.min() and changed.max() <= dome + reach
+
+    # Averaging along the long axis smooths the lungs' edge at the dome: fewer steep steps there.
+    def steep(ct: np.ndarray) -> int:
+        return int((np.abs(np.diff(ct[:, :, dome - 3 : dome + 4].astype(np.float32), axis=2)) > 300).sum())
+
+    assert steep(breathed.ct) < steep(case.ct)
 
 
 def replace_meta(case: Case, **changes: object) -> Case:
