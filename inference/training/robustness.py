@@ -22,7 +22,9 @@ its own dtype, with its affine) and scored against the truth moved the same way:
   in the first mouse's half, false positives over the whole field.
 - ``bed``: a curved plastic bed (``phantom.scanner.paint_bed``) under every mouse.
 - ``cupping``: beam hardening, each axial slice of the body up to ``CUPPING_HU`` darker towards
-  its centre; ``rings``: twelve ring artefacts about the axial centre, up to ``RING_HU``.
+  its centre; ``rings``: twelve ring artefacts about the axial centre, up to ``RING_HU``;
+  ``streaks``: eight lines through dense bone, up to ``STREAK_HU``; ``breathing``: the region of
+  the diaphragm averaged over ``BREATHING_MM`` of craniocaudal travel.
 - ``digimouse`` / ``digimouse_torso``: the real-anatomy source, CT rendered from the Digimouse
   atlas (``phantom.digimouse.render_ct``), whole body and torso. It has no intestine or spinal
   cord labels (those are not scored) and no tumor. ``digimouse_torso_supine`` /
