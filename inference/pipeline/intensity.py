@@ -108,7 +108,7 @@ class IntensityCalibration:
     ``units`` is "HU" (values used as they are; slope 1, intercept 0) or "calibrated" (the fit).
     ``air_peak`` / ``tissue_peak`` are in the scan's own units (None where not found); ``findings``
     are plain-words sentences for the run manifest and the researcher. ``depth_drift_hu``: how far
-    the level drifts from the body's outline to its centre (``drift.depth_drift_hu``; None until
+    the level drifts from the body's outline to its centre (``drift.measure_drift``; None until
     the organ model has run, or where it cannot tell).
     """
 

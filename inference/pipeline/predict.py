@@ -297,22 +297,24 @@ def _segment_task(
             animals=animals[grid],
         )
         uncertainty = uncertainty_from(scores, disagreement)
+        # The model-grid labels the drift and the refinement rules read, taken once.
+        coarse = channel_argmax(scores) if task == "organs" or lead.refinements else None
         drift, drift_across = None, None
-        if task == "organs":
+        if task == "organs" and coarse is not None:
             channels = {BY_ID[int(sid)].name: k for k, sid in enumerate(lead.structures)}
             contrast = {int(rule["structure"]) for rule in lead.refinements if "contrast_edge" in rule}
             names = [BY_ID[sid].name for sid in contrast]
-            drift = measure_drift(resampled[grid], channel_argmax(scores), channels, spans_of=names)
+            drift = measure_drift(resampled[grid], coarse, channels, spans_of=names)
             if drift is not None and drifts(drift.hu):
                 drift_across = {sid: drift.across(BY_ID[sid].name) for sid in contrast}
     with timer("restore"):
         labels = upsample_argmax(
             scores, geometry.canonical_shape, lead.structures, workers=workers_for(threads)
         )
-        if lead.refinements:
+        if lead.refinements and coarse is not None:
             refine(
                 labels,
-                scores,
+                coarse,
                 canonical,
                 rules_hu,
                 lead,
@@ -354,7 +356,7 @@ def _full_uncertainty(low_res: Sequence[np.ndarray], shape: Sequence[int]) -> np
 
 def refine(
     labels: np.ndarray,
-    scores: np.ndarray,
+    coarse: np.ndarray,
     canonical: np.ndarray,
     rules_hu: np.ndarray,
     card: ModelCard,
@@ -376,9 +378,9 @@ def refine(
     air-edge rules are not applied here but after the lesion search (``settle_air_edges``).
     ``drift_across``: by structure id, how many HU the scan's level drifts across it (a scan whose
     level drifts with depth: ``drift.py``); a contrast-edge rule stands down for a structure whose
-    contrast with its neighbours is no larger.
+    contrast with its neighbours is no larger. ``coarse``: the model grid's labels, as channel
+    indices (``channel_argmax`` of the scores).
     """
-    coarse = channel_argmax(scores)
     touched: set[int] = set()
     # Air-edge rules wait for the lesion search (``settle_air_edges``).
     rules = [rule for rule in card.refinements if "air_edge" not in rule]

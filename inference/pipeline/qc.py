@@ -67,7 +67,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from inference.pipeline.drift import drifts
+from inference.pipeline.drift import drifts, how_far
 from inference.pipeline.geometry import bounding_box
 from inference.pipeline.lesions import LesionRow
 from inference.pipeline.postprocess import DEFAULT_MIN_LESION_VOLUME_MM3, fill_holes, label_mask
@@ -669,11 +669,10 @@ def check_run(
         )
     drift = (intensity or {}).get("depth_drift_hu")
     if drift is not None and drifts(drift):
-        way = "darker" if drift < 0 else "brighter"
         report.reasons.append(
             Reason(
                 "intensity_drift",
-                f"the scan's soft tissue grows {abs(drift):.0f} HU {way} from the body's outline to its "
+                f"the scan's soft tissue grows {how_far(drift)} from the body's outline to its "
                 "centre, as uncorrected beam hardening draws it: HU read deep in the body are off, and the "
                 "liver's and bladder's outlines rest on the model alone; check the overlay",
             )

@@ -224,11 +224,13 @@ def test_refining_with_the_network_ahead_of_the_earlier_rules_changes_nothing() 
         scores[channel] = (labels[::3, ::3, ::3] == sid).astype(np.float32)
     spacing, grid = (0.21, 0.21, 0.21), (0.63, 0.63, 0.63)
 
+    coarse_argmax = np.argmax(scores, axis=0)
     ahead = labels.copy()
-    refine(ahead, scores, hu, hu, committed, grid, spacing, "cpu", 2)  # 2 threads: the network runs ahead
+    refine(
+        ahead, coarse_argmax, hu, hu, committed, grid, spacing, "cpu", 2
+    )  # 2 threads: the network runs ahead
 
     one_by_one = labels.copy()
-    coarse_argmax = np.argmax(scores, axis=0)
     for rule in committed.refinements:
         if "air_edge" in rule:
             continue  # applied after the lesion search (``predict.settle_air_edges``), not by ``refine``
