@@ -156,6 +156,8 @@ _TISSUE_OF: dict[str, str] = {
 
 #: The renders' white noise (HU, one voxel's standard deviation): our phantoms' level.
 DEFAULT_NOISE_HU = 20.0
+#: The renders' blur (mm, Gaussian sigma).
+DEFAULT_BLUR_MM = 0.15
 #: Mean HU per tissue (sources in the module docstring).
 TISSUE_HU: dict[str, float] = {
     "air": -1000.0,
@@ -309,7 +311,7 @@ def render_ct(
     spacing_mm: float = 0.21,
     crop: Literal["whole", "torso"] = "whole",
     noise_hu: float = DEFAULT_NOISE_HU,
-    blur_mm: float = 0.15,
+    blur_mm: float = DEFAULT_BLUR_MM,
     fov_mm: float = FOV_MM,
     hu: Mapping[str, float] | None = None,
 ) -> Phantom:

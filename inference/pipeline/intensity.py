@@ -109,7 +109,8 @@ class IntensityCalibration:
     ``air_peak`` / ``tissue_peak`` are in the scan's own units (None where not found); ``findings``
     are plain-words sentences for the run manifest and the researcher. ``depth_drift_hu``: how far
     the level drifts from the body's outline to its centre (``drift.measure_drift``; None until
-    the organ model has run, or where it cannot tell).
+    the organ model has run, or where it cannot tell). ``blur_mm``: the scan's blur read at the
+    skin (``blur.blur_mm``; None until read, or where too little skin borders clear air).
     """
 
     units: Units
@@ -120,6 +121,7 @@ class IntensityCalibration:
     findings: tuple[str, ...]
     mode: Mode = "auto"
     depth_drift_hu: float | None = None
+    blur_mm: float | None = None
 
     def apply(self, volume: np.ndarray) -> np.ndarray:
         """``volume`` in HU: the same array for "HU", a float32 copy for "calibrated"."""
@@ -140,6 +142,7 @@ class IntensityCalibration:
             "tissue_peak": None if self.tissue_peak is None else _significant(self.tissue_peak),
             "findings": list(self.findings),
             "depth_drift_hu": None if self.depth_drift_hu is None else round(self.depth_drift_hu, 1),
+            "blur_mm": None if self.blur_mm is None else round(self.blur_mm, 3),
         }
 
 

@@ -414,7 +414,13 @@ def refine_edge(
 
 
 def refine_air_edge(
-    labels: np.ndarray, intensity: np.ndarray, structure_id: int, *, fraction: float, margin_voxels: int
+    labels: np.ndarray,
+    intensity: np.ndarray,
+    structure_id: int,
+    *,
+    fraction: float,
+    margin_voxels: int,
+    trim: bool = True,
 ) -> int:
     """Move an air-filled organ's outline (a lung) onto the edge the air draws, in place.
 
@@ -427,7 +433,9 @@ def refine_air_edge(
     ``AIRWAY_MAX_HU``, unless the lung itself is nearly that dark) that are background or drawn
     as an organ that holds no air (``AIRLESS``: heart, liver, kidneys, spleen; not the gut, whose
     gas is its own), and sheds its own voxels that are not, to background, peeled from the
-    outline inwards, so the vessels and nodules deeper inside stay lung. A lung whose core holds
+    outline inwards, so the vessels and nodules deeper inside stay lung. With ``trim`` False (a
+    blurred scan: ``blur.SHARP_MM``) it grows and sheds nothing: a lobe thinner than the blur
+    never reaches the edge and would be peeled. A lung whose core holds
     no credible air (above ``LUNG_MAX_CORE_HU``: a collapsed lung, a lung full of tumor, a scan
     not in HU) keeps the network's outline. Returns the number of voxels changed.
     """
@@ -448,7 +456,7 @@ def refine_air_edge(
     values = intensity[box]
     inside = (values < edge) & (values >= floor)
     free = ((sub == 0) | label_mask(sub, AIRLESS)) & inside
-    return _settle_outline(sub, structure_id, inside, free, margin_voxels)
+    return _settle_outline(sub, structure_id, inside if trim else None, free, margin_voxels)
 
 
 def refine_contrast_edge(
@@ -504,10 +512,11 @@ def _outline_box(own: np.ndarray, margin_voxels: int) -> tuple[slice, ...] | Non
 
 
 def _settle_outline(
-    sub: np.ndarray, structure_id: int, inside: np.ndarray, free: np.ndarray, steps: int
+    sub: np.ndarray, structure_id: int, inside: np.ndarray | None, free: np.ndarray, steps: int
 ) -> int:
     """Grow ``structure_id`` in ``sub`` into ``free`` voxels and peel its outline voxels that are
-    not ``inside``, ``steps`` face-neighbour steps each way (in place); the number changed."""
+    not ``inside`` (none when ``inside`` is None), ``steps`` face-neighbour steps each way (in
+    place); the number changed."""
     own = sub == structure_id
     changed = 0
     for _ in range(steps):
@@ -518,6 +527,8 @@ def _settle_outline(
         free &= ~step
         changed += int(step.sum())
     for _ in range(steps):
+        if inside is None:
+            break
         outline = own & ~ndimage.binary_erosion(own, structure=FACE_NEIGHBOURS, border_value=1)
         step = outline & ~inside
         if not step.any():
@@ -630,13 +641,16 @@ def apply_outline_rule(
     spacing_mm: Sequence[float],
     *,
     drift_hu: float = 0.0,
+    trim_air: bool = True,
 ) -> int:
     """Apply one outline rule (``OUTLINE_RULES``) of ``model.json`` to ``labels``, in place:
-    ``refine_edge``, ``refine_contrast_edge`` (``drift_hu`` as there) or ``refine_air_edge``, its
-    ``margin_mm`` in scan voxels (``spacing_mm``). Returns the number of voxels changed."""
+    ``refine_edge``, ``refine_contrast_edge`` (``drift_hu`` as there) or ``refine_air_edge``
+    (``trim_air`` its ``trim``), its ``margin_mm`` in scan voxels (``spacing_mm``). Returns the
+    number of voxels changed."""
     sid, margin = int(rule["structure"]), voxels_across(float(rule["margin_mm"]), spacing_mm)
     if "air_edge" in rule:
-        return refine_air_edge(labels, intensity, sid, fraction=float(rule["air_edge"]), margin_voxels=margin)
+        fraction = float(rule["air_edge"])
+        return refine_air_edge(labels, intensity, sid, fraction=fraction, margin_voxels=margin, trim=trim_air)
     if "contrast_edge" in rule:
         contrast = float(rule["contrast_edge"])
         return refine_contrast_edge(

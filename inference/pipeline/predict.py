@@ -18,6 +18,7 @@ from functools import partial
 import numpy as np
 
 from inference.pipeline.animals import find_animals
+from inference.pipeline.blur import blur_finding, blur_mm, is_blurred
 from inference.pipeline.braincase import BraincaseFill, fill_braincase
 from inference.pipeline.drift import drift_finding, drifts, measure_drift
 from inference.pipeline.geometry import (
@@ -413,18 +414,25 @@ def refine(
 
 
 def settle_air_edges(
-    organs: np.ndarray, rules_hu: np.ndarray, card: ModelCard, spacing_mm: Sequence[float]
+    organs: np.ndarray,
+    rules_hu: np.ndarray,
+    card: ModelCard,
+    spacing_mm: Sequence[float],
+    *,
+    blur: float | None = None,
 ) -> None:
     """Apply ``card``'s air-edge rules (the lungs' outlines onto the edge their air draws) to the
-    final organ map, in place, in their order.
+    final organ map, in place, in their order. On a scan blurred past ``blur.SHARP_MM`` (``blur``,
+    mm, as ``blur.blur_mm`` read it) they grow the lungs into their air and trim nothing.
 
     They run after the lesion search: a nodule against the chest wall is no lung, and put where
     the air ends the lung's outline leaves it outside; but the nodule rule looks for nodules in
     the lungs as the network drew them, nodules included (``detect_lesions``), and was tuned so.
     """
+    trim = not is_blurred(blur)
     for rule in card.refinements:
         if "air_edge" in rule:
-            apply_outline_rule(organs, rules_hu, rule, spacing_mm)
+            apply_outline_rule(organs, rules_hu, rule, spacing_mm, trim_air=trim)
 
 
 def predict_volume(
@@ -488,6 +496,14 @@ def predict_volume(
     resampled: dict[tuple[int, int, int], np.ndarray] = {}
     with timer("preprocess"):
         rules_hu, noise, width = for_threshold_rules(canonical)
+        # Read on the scan as it came (a straightened copy is resampled, so a little blurrier).
+        blur = blur_mm(scan_canonical, scan_geometry.spacing_mm)
+        blurred = blur_finding(blur)
+        calibration = replace(
+            calibration,
+            blur_mm=blur,
+            findings=(*calibration.findings, blurred) if blurred else calibration.findings,
+        )
         if width:
             calibration = replace(
                 calibration, findings=(*calibration.findings, threshold_rules_finding(noise, width))
@@ -560,7 +576,7 @@ def predict_volume(
             rules_noise = noise_hu(rules_hu) if width else noise
             detect_lesions(task_labels, groups, rules_hu, geometry.spacing_mm, rules_noise)
             if organs is not None and straightening is None:
-                settle_air_edges(organs, rules_hu, groups["organs"][0], geometry.spacing_mm)
+                settle_air_edges(organs, rules_hu, groups["organs"][0], geometry.spacing_mm, blur=blur)
             # The organ map is final here (lesions go into their own map; a straightened mouse's
             # lungs settle once back on the scan's grid, below): its centres and ids are read
             # beside the rest.
@@ -585,7 +601,11 @@ def predict_volume(
                     # On the scan's own voxels: put back by a vote, a lung's outline is rounded.
                     scan_rules_hu = for_threshold_rules(scan_canonical)[0]
                     settle_air_edges(
-                        task_labels["organs"], scan_rules_hu, groups["organs"][0], geometry.spacing_mm
+                        task_labels["organs"],
+                        scan_rules_hu,
+                        groups["organs"][0],
+                        geometry.spacing_mm,
+                        blur=blur,
                     )
                 merged = merge_tasks(task_labels, geometry.canonical_shape)
             organs, lesions = task_labels.get("organs"), task_labels.get("tumor")

@@ -24,7 +24,8 @@ its own dtype, with its affine) and scored against the truth moved the same way:
 - ``cupping``: beam hardening, each axial slice of the body up to ``CUPPING_HU`` darker towards
   its centre; ``rings``: twelve ring artefacts about the axial centre, up to ``RING_HU``;
   ``streaks``: eight lines through dense bone, up to ``STREAK_HU``; ``breathing``: the region of
-  the diaphragm averaged over ``BREATHING_MM`` of craniocaudal travel.
+  the diaphragm averaged over ``BREATHING_MM`` of craniocaudal travel; ``blurred``: a softer
+  reconstruction, the scan blurred by a further ``BLUR_MM``.
 - ``digimouse`` / ``digimouse_torso``: the real-anatomy source, CT rendered from the Digimouse
   atlas (``phantom.digimouse.render_ct``), whole body and torso. It has no intestine or spinal
   cord labels (those are not scored) and no tumor. ``digimouse_torso_supine`` /
@@ -36,7 +37,8 @@ its own dtype, with its affine) and scored against the truth moved the same way:
   the atlas' length (``MOUSE_SIZES``; the atlas mouse weighs 28 g, so about 17 g and 48 g, a young
   mouse and a diet-induced obese one), cut at the same anatomical landmarks;
   ``digimouse_torso_noisy``: the torso with 60 HU of noise (``NOISY_HU``) instead of 20, a low-dose
-  in-vivo scan's level, where the lungs' rim can break into specks that look like nodules.
+  in-vivo scan's level, where the lungs' rim can break into specks that look like nodules;
+  ``digimouse_torso_blurred``: the torso rendered with ``BLURRED_MM`` of blur instead of 0.15.
 
 Per variant it prints the median Dice of each structure (the big organs first), the median volume
 claimed for labelled structures that are absent (e.g. a liver in a head-only scan), and the tumor
@@ -46,7 +48,8 @@ liver, kidneys) median Dice >= 0.90 in every variant where it is in the field, a
 positives <= 20 mm^3 in every scan, metastasis false positives too. A case whose organs the QC's
 layout check (``qc.layout_reasons``) would name keeps its words under ``layout`` in the JSON and
 is marked LAYOUT FLAGGED in the log; each case also keeps the drift of its level with depth that
-the pipeline read (``depth_drift_hu``, ``pipeline/drift.py``). Generated phantoms are cached under
+the pipeline read (``depth_drift_hu``, ``pipeline/drift.py``) and the blur it read at the skin
+(``blur_mm``, ``pipeline/blur.py``). Generated phantoms are cached under
 ``data/.cache/robustness``.
 """
 
@@ -121,6 +124,7 @@ VARIANTS: dict[str, str] = {
     "rings": "ring artefacts: 12 rings of +-30 to 60 HU about the axial centre",
     "streaks": "streaks: 8 lines of +-60 to 120 HU through dense bone, each over 1-3 mm of slices",
     "breathing": "breathing: the diaphragm's region averaged over 1 mm of craniocaudal travel",
+    "blurred": "a softer reconstruction: the scan blurred by a further 0.3 mm (Gaussian sigma)",
     "digimouse": "Digimouse atlas (real anatomy), whole body",
     "digimouse_torso": "Digimouse atlas (real anatomy), torso",
     "digimouse_torso_supine": "Digimouse torso rotated 180 degrees about the long axis, header unchanged",
@@ -131,6 +135,7 @@ VARIANTS: dict[str, str] = {
     "digimouse_torso_small": "Digimouse torso of a mouse 0.85 times as long (about 17 g)",
     "digimouse_torso_large": "Digimouse torso of a mouse 1.2 times as long (about 48 g)",
     "digimouse_torso_noisy": "Digimouse torso with 60 HU of noise, a low-dose in-vivo scan's level",
+    "digimouse_torso_blurred": "Digimouse torso rendered with 0.35 mm of blur instead of 0.15",
 }
 DIGIMOUSE_VARIANTS = (
     "digimouse",
@@ -143,6 +148,7 @@ DIGIMOUSE_VARIANTS = (
     "digimouse_torso_small",
     "digimouse_torso_large",
     "digimouse_torso_noisy",
+    "digimouse_torso_blurred",
 )
 #: How much darker the body's centre is than its rim in ``cupping`` (HU), and the strongest ring of
 #: ``rings``: uncorrected beam hardening and detector rings of a micro-CT, a few tens of HU each.
@@ -158,6 +164,10 @@ BREATHING_MM = 1.0
 BREATHING_REACH_MM = 6.0
 #: The noise of the ``noisy`` Digimouse variant (HU; the renders' default is 20).
 NOISY_HU = 60.0
+#: The blur the ``blurred`` variant adds to a phantom (mm, Gaussian sigma; the phantoms' own is
+#: 0.10-0.19) and the blur of the blurred Digimouse torso (mm; the renders' default is 0.15).
+BLUR_MM = 0.3
+BLURRED_MM = 0.35
 #: Length of the small and large Digimouse variants against the atlas mouse's own.
 MOUSE_SIZES = {"small": 0.85, "large": 1.2}
 #: The diagonal of the tilted Digimouse variants (degrees, about the dorso-ventral axis).
@@ -176,6 +186,7 @@ TRANSFORM_KEYS = (
     "rings",
     "streaks",
     "breathing_mm",
+    "blurred_mm",
 )
 
 
@@ -417,6 +428,14 @@ def cupping(case: Case, depth_hu: float) -> Case:
     return replace(case, ct=int16_hu(ct), meta={**case.meta, "cupping": depth_hu})
 
 
+def blur(case: Case, sigma_mm: float) -> Case:
+    """A softer reconstruction kernel: the scan blurred by a Gaussian of ``sigma_mm`` (on top of
+    its own blur; the labels stay as they are)."""
+    sigma = [sigma_mm / s for s in case.spacing_mm]
+    ct = ndimage.gaussian_filter(case.ct.astype(np.float32), sigma, truncate=3.0)
+    return replace(case, ct=int16_hu(ct), meta={**case.meta, "blurred_mm": sigma_mm})
+
+
 def rings(case: Case, amplitude_hu: float, seed: int, count: int = 12) -> Case:
     """Ring artefacts (a miscalibrated detector element): ``count`` rings about the axial centre,
     each 1-2 voxels wide, at radii and strengths drawn from ``seed`` (+-0.5 to 1 x
@@ -518,6 +537,7 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
     crop: Literal["whole", "torso"] = "torso" if "torso" in variant else "whole"
     tilt = variant.endswith("tilted")
     noisy = variant.endswith("noisy")
+    blurred = variant.endswith("blurred")
     # A tilted torso is cut from the tilted body, as the scanner's axial field of view cuts it.
     phantom = digimouse.render_ct(
         mouse,
@@ -525,6 +545,7 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
         spacing_mm=spacing_mm,
         crop="whole" if tilt else crop,
         noise_hu=NOISY_HU if noisy else digimouse.DEFAULT_NOISE_HU,
+        blur_mm=BLURRED_MM if blurred else digimouse.DEFAULT_BLUR_MM,
     )
     case = Case(
         name=f"digimouse_{crop}",
@@ -545,7 +566,7 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
     for pose, quarter_turns in turns.items():
         if variant.endswith(pose):
             return replace(rotate_long_axis(case, quarter_turns), name=f"digimouse_{crop}_{pose}")
-    if size in MOUSE_SIZES or noisy:
+    if size in MOUSE_SIZES or noisy or blurred:
         return replace(case, name=f"digimouse_{crop}_{size}")
     return case
 
@@ -575,6 +596,7 @@ def make_case(variant: str, base: Case, seed: int, source: PhantomSource, neighb
         "rings": lambda: rings(base, RING_HU, seed),
         "streaks": lambda: streaks(base, STREAK_HU, seed),
         "breathing": lambda: breathing(base, BREATHING_MM),
+        "blurred": lambda: blur(base, BLUR_MM),
     }
     if variant not in transforms:
         raise ValueError(f"unknown variant {variant!r}; variants are {', '.join(VARIANTS)}")
@@ -611,12 +633,13 @@ def score_case(case: Case, cards: Sequence[ModelCard], *, threads: int = 2) -> d
         # What the QC's layout check would say of the run (one mouse in view; qc.check_run).
         layout = [r.message for r in layout_reasons(out.organ_centres)] if out.animals <= 1 else []
         drift = out.intensity.depth_drift_hu if out.intensity is not None else None
+        blur_read = out.intensity.blur_mm if out.intensity is not None else None
     except ValueError as error:  # a refusal (e.g. no credible intensity fit) scores as nothing found
         refused = str(error) or type(error).__name__
         pred = np.zeros(case.labels.shape, np.uint8)
         seconds = {}
         layout = []
-        drift = None
+        drift = blur_read = None
     truth = case.labels
     region = case.region or (slice(None), slice(None), slice(None))
     pred_r, truth_r = pred[region], truth[region]
@@ -657,6 +680,9 @@ def score_case(case: Case, cards: Sequence[ModelCard], *, threads: int = 2) -> d
     if drift is not None:
         # The drift of the level with depth the pipeline read (drift.py; beyond 30 HU: QC review).
         result["depth_drift_hu"] = round(drift, 1)
+    if blur_read is not None:
+        # The blur the pipeline read at the skin (blur.py; beyond 0.2 mm the lungs are not trimmed).
+        result["blur_mm"] = round(blur_read, 3)
     if refused is not None:
         result["refused"] = refused
     result["seconds"] = {**seconds, "total": round(time.perf_counter() - started, 3)}
