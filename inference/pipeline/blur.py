@@ -15,8 +15,9 @@ The read: where the body's outline in an axial slice has clear air outside it an
 (``CLEAR_MM``), a blurred step of height ``delta`` has a peak gradient of
 ``delta / (sqrt(2 pi) * s)`` with ``s`` the blur and the derivative's own smoothing added in
 quadrature. ``delta`` is read per slice, from the body's level just inside against the air's just
-outside. The median over the outline's points is the scan's blur; it adds the voxels' own
-sampling (a voxel averages about 0.3 of its width), as a scan's effective point spread does.
+outside. The median over the outline's points, less the spread of the voxel's own box (a third of
+its width, as a sharp edge sampled on the grid has), is the scan's blur. A coarse grid alone is
+no blur: a lobe narrower than half a voxel is lost to the grid whatever the rule does.
 
 Array contract: ``hu`` float32 HU ``[x, y, z]``, z the long axis (canonical axes).
 """
@@ -41,6 +42,9 @@ CLEAR_MM = 1.2
 LEVEL_RING_MM = (0.6, 1.2)
 #: The gradient's own smoothing (voxels): it quietens the noise, and is taken out of the read.
 DERIVATIVE_VOXELS = 1.0
+#: A voxel's own spread (voxels): the standard deviation of a box one voxel wide, which every
+#: scan holds whatever its reconstruction; taken out, so the read is the blur beyond the grid.
+VOXEL_SPREAD = float(np.sqrt(1.0 / 12.0))
 #: Outline points the read needs before it says anything.
 MIN_POINTS = 200
 
@@ -83,7 +87,7 @@ def blur_mm(hu: np.ndarray, spacing_mm: Sequence[float]) -> float | None:
         peak = ndimage.maximum_filter(gradient, size=5)[outline]
         peak = peak[peak > 0]
         spread = delta / (np.sqrt(2.0 * np.pi) * peak)
-        reads.append(np.sqrt(np.clip(spread**2 - DERIVATIVE_VOXELS**2, 0.0, None)))
+        reads.append(np.sqrt(np.clip(spread**2 - DERIVATIVE_VOXELS**2 - VOXEL_SPREAD**2, 0.0, None)))
     values = np.concatenate(reads) if reads else np.empty(0)
     if values.size < MIN_POINTS:
         return None
