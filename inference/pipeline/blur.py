@@ -29,12 +29,14 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from inference.pipeline.geometry import bounding_box
+
 #: Above this blur (mm, Gaussian sigma) the air-edge rule grows a lung and does not trim it.
 SHARP_MM = 0.2
 #: What attenuates (HU): the body is everything above, holes filled per slice.
 BODY_HU = -400.0
 #: Axial slices read, evenly spaced over the body's extent.
-SAMPLE_SLICES = 24
+SAMPLE_SLICES = 12
 #: An outline point is read only with nothing but air this far outside and nothing but body this far
 #: inside it (mm): a bed, a paw or a second mouse nearby would shorten the step.
 CLEAR_MM = 1.2
@@ -64,42 +66,48 @@ def blur_mm(hu: np.ndarray, spacing_mm: Sequence[float]) -> float | None:
     picks = np.unique(np.linspace(held[0], held[-1], SAMPLE_SLICES).round().astype(int))
     reads: list[np.ndarray] = []
     for z in picks:
-        plane = np.asarray(hu[:, :, z], dtype=np.float32)
-        body = ndimage.binary_fill_holes(plane > BODY_HU)
-        if not body.any() or body.all():
-            continue
-        inside = ndimage.distance_transform_edt(body)
-        outside = ndimage.distance_transform_edt(~body)
-        tissue = plane[(inside >= near) & (inside <= far)]
-        air = plane[(outside >= near) & (outside <= far)]
-        if tissue.size < 20 or air.size < 20:
-            continue
-        delta = float(np.median(tissue) - np.median(air))
-        if delta <= 0:
-            continue
-        # A point is read where the body runs at least ``clear`` inwards and the air outwards.
-        deep = ndimage.maximum_filter(inside, size=2 * clear + 1) >= clear
-        airy = ndimage.maximum_filter(outside, size=2 * clear + 1) >= clear
-        outline = body & (inside <= 1) & deep & airy & _clear_air(body, clear)
-        if not outline.any():
-            continue
-        gradient = ndimage.gaussian_gradient_magnitude(plane, DERIVATIVE_VOXELS)
-        peak = ndimage.maximum_filter(gradient, size=5)[outline]
-        peak = peak[peak > 0]
-        spread = delta / (np.sqrt(2.0 * np.pi) * peak)
-        reads.append(np.sqrt(np.clip(spread**2 - DERIVATIVE_VOXELS**2 - VOXEL_SPREAD**2, 0.0, None)))
+        read = _read_slice(np.asarray(hu[:, :, z], dtype=np.float32), clear, near, far)
+        if read is not None:
+            reads.append(read)
     values = np.concatenate(reads) if reads else np.empty(0)
     if values.size < MIN_POINTS:
         return None
     return float(np.median(values)) * pixel
 
 
-def _clear_air(body: np.ndarray, clear: int) -> np.ndarray:
-    """Outline points with no other body (a bed, a paw, a neighbour) within ``clear`` voxels
-    beyond them: the body's own far side aside, the air there is all air."""
-    # Body grown by ``clear`` and shrunk back: a gap narrower than twice ``clear`` closes.
-    closed = ndimage.binary_closing(body, iterations=clear, border_value=0)
-    return ~ndimage.binary_dilation(closed & ~body, iterations=2)
+def _read_slice(plane: np.ndarray, clear: int, near: int, far: int) -> np.ndarray | None:
+    """The blur (voxels) at each clear outline point of one axial slice, or None."""
+    box = bounding_box(plane > BODY_HU, clear + far + 3)
+    if box is None:
+        return None
+    plane = plane[box]
+    body = ndimage.binary_fill_holes(plane > BODY_HU)
+    if body.all():
+        return None
+    inside = ndimage.distance_transform_edt(body)
+    outside = ndimage.distance_transform_edt(~body)
+    tissue = plane[(inside >= near) & (inside <= far)]
+    air = plane[(outside >= near) & (outside <= far)]
+    if tissue.size < 20 or air.size < 20:
+        return None
+    delta = float(np.median(tissue) - np.median(air))
+    if delta <= 0:
+        return None
+    # A point is read where the body runs at least ``clear`` inwards and the air outwards, and no
+    # other body (a bed, a paw, a neighbour) lies within ``clear`` beyond it: the body grown by
+    # ``clear`` and shrunk back closes every gap narrower than twice that.
+    deep = ndimage.maximum_filter(inside, size=2 * clear + 1) >= clear
+    airy = ndimage.maximum_filter(outside, size=2 * clear + 1) >= clear
+    closed = ndimage.distance_transform_edt(outside <= clear) > clear
+    gaps = ndimage.distance_transform_edt(~(closed & ~body)) <= 2
+    outline = body & (inside <= 1) & deep & airy & ~gaps
+    if not outline.any():
+        return None
+    gradient = ndimage.gaussian_gradient_magnitude(plane, DERIVATIVE_VOXELS)
+    peak = ndimage.maximum_filter(gradient, size=5)[outline]
+    peak = peak[peak > 0]
+    spread = delta / (np.sqrt(2.0 * np.pi) * peak)
+    return np.sqrt(np.clip(spread**2 - DERIVATIVE_VOXELS**2 - VOXEL_SPREAD**2, 0.0, None))
 
 
 def is_blurred(blur: float | None) -> bool:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from inference.phantom import generate_phantom
+from inference.pipeline.blur import blur_mm
 from inference.pipeline.noise import noise_hu
 from inference.registry import ModelCard
 from inference.structures import BY_NAME
@@ -371,3 +372,26 @@ def test_the_noisy_atlas_torso_is_the_torso_at_a_low_dose_scans_noise() -> None:
     assert noisy.name == "digimouse_torso_noisy" and np.array_equal(noisy.labels, plain.labels)
     assert noise_hu(noisy.ct.astype(np.float32)) == pytest.approx(robustness.NOISY_HU, rel=0.1)
     assert noise_hu(plain.ct.astype(np.float32)) == pytest.approx(20.0, rel=0.15)
+
+
+def test_a_softer_reconstruction_blurs_the_scan_and_leaves_the_truth(case: Case) -> None:
+    blurred = robustness.blur(case, 0.3)
+
+    assert blurred.labels is case.labels and blurred.meta["blurred_mm"] == 0.3
+    assert blurred.ct.dtype == case.ct.dtype and blurred.ct.shape == case.ct.shape
+    # Blur keeps the levels and softens the steps: the skin's steepest steps are gentler.
+    steps = np.abs(np.diff(case.ct.astype(np.float32), axis=0)).max()
+    assert np.abs(np.diff(blurred.ct.astype(np.float32), axis=0)).max() < 0.8 * steps
+    assert abs(float(blurred.ct.mean()) - float(case.ct.mean())) < 5.0
+
+
+@pytest.mark.skipif(not (SHARED / "realdata" / "digimouse").is_dir(), reason="Digimouse atlas not present")
+def test_the_blurred_atlas_torso_reads_as_blurred() -> None:
+    atlas = SHARED / "realdata" / "digimouse"
+    plain = robustness.digimouse_case("digimouse_torso", 0.21, atlas)
+    blurred = robustness.digimouse_case("digimouse_torso_blurred", 0.21, atlas)
+
+    assert blurred.name == "digimouse_torso_blurred" and np.array_equal(blurred.labels, plain.labels)
+    read = blur_mm(blurred.ct.astype(np.float32), blurred.spacing_mm)
+    assert read == pytest.approx(robustness.BLURRED_MM, abs=0.04)
+    assert blur_mm(plain.ct.astype(np.float32), plain.spacing_mm) == pytest.approx(0.15, abs=0.04)
