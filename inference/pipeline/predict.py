@@ -18,7 +18,7 @@ from functools import partial
 import numpy as np
 
 from inference.pipeline.animals import find_animals
-from inference.pipeline.blur import blur_finding, blur_mm, is_blurred
+from inference.pipeline.blur import NODULES_MAX_MM, blur_finding, blur_mm, is_blurred
 from inference.pipeline.braincase import BraincaseFill, fill_braincase
 from inference.pipeline.drift import drift_finding, drifts, measure_drift
 from inference.pipeline.geometry import (
@@ -125,6 +125,8 @@ class PipelineOutput:
     #: The brain measured against its braincase, and grown into it where drawn short
     #: (braincase.py; None where no brain or no bone near it was drawn).
     braincase: BraincaseFill | None = None
+    #: Organs whose metastasis search did not run on this scan (too blurred: ``blur.py``).
+    unsearched: tuple[str, ...] = ()
 
 
 def group_by_task(cards: Sequence[ModelCard]) -> dict[str, list[ModelCard]]:
@@ -177,18 +179,23 @@ def detect_lesions(
     canonical: np.ndarray,
     spacing_mm: Sequence[float],
     noise_hu: float = 0.0,
-) -> None:
+    blur: float | None = None,
+) -> tuple[str, ...]:
     """Apply the lesion model's ``detect`` rules (bright nodules inside organs) to its label map.
 
     Needs the organ map of the same call for the host organs; without one the rules are skipped.
     ``noise_hu``: the noise of ``canonical`` (``noise.noise_hu``), for the rules' ``smooth_to_hu``
-    and ``peak_snr``.
+    and ``peak_snr``. On a scan blurred past ``blur.NODULES_MAX_MM`` (``blur``, mm) no rule runs;
+    returns the host organs (names) left unsearched so, which the run reports "not assessed".
     """
     organs = task_labels.get("organs")
     lesions = task_labels.get("tumor")
     if organs is None or lesions is None:
-        return
-    for rule in groups["tumor"][0].detections:
+        return ()
+    rules = groups["tumor"][0].detections
+    if is_blurred(blur, NODULES_MAX_MM):
+        return tuple(sorted({BY_ID[int(h)].name for rule in rules for h in rule["hosts"]}))
+    for rule in rules:
         found = detect_bright_lesions(
             organs,
             canonical,
@@ -204,6 +211,7 @@ def detect_lesions(
             peak_snr=float(rule.get("peak_snr", 0.0)),
         )
         np.copyto(lesions, np.uint8(rule["structure"]), where=found & (lesions == 0))
+    return ()
 
 
 def spacing_on(geometry: Geometry, grid: Sequence[int]) -> list[float]:
@@ -574,7 +582,7 @@ def predict_volume(
             braincase = fill_braincase(organs, rules_hu, geometry.spacing_mm) if organs is not None else None
             # The nodule rule's noise is that of the image it reads (the median's, if taken).
             rules_noise = noise_hu(rules_hu) if width else noise
-            detect_lesions(task_labels, groups, rules_hu, geometry.spacing_mm, rules_noise)
+            unsearched = detect_lesions(task_labels, groups, rules_hu, geometry.spacing_mm, rules_noise, blur)
             if organs is not None and straightening is None:
                 settle_air_edges(organs, rules_hu, groups["organs"][0], geometry.spacing_mm, blur=blur)
             # The organ map is final here (lesions go into their own map; a straightened mouse's
@@ -636,6 +644,7 @@ def predict_volume(
                 organ_ids=organ_ids.result() if organ_ids is not None else None,
                 organ_centres=centres.result() if centres is not None else {},
                 braincase=braincase,
+                unsearched=unsearched,
             )
     _report(progress, 100, "done")
     return result

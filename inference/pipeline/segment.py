@@ -190,7 +190,9 @@ def segment_file(
         )
         # Lesions a person gave were looked for everywhere; a model only where its card says.
         searched = (
-            set(ORGAN_NAMES) if source is not None else {o for c in chosen for o in c.metastasis_organs}
+            set(ORGAN_NAMES)
+            if source is not None
+            else {o for c in chosen for o in c.metastasis_organs} - set(output.unsearched)
         )
         present = output.organ_ids if output.organ_labels is not None else None
         if present is None and organ_map is not None:

@@ -11,7 +11,7 @@ from inference.metrics import dice
 from inference.phantom import generate_phantom
 from inference.phantom.writer import save_nifti
 from inference.pipeline import segment_file
-from inference.pipeline.blur import SHARP_MM, blur_finding, blur_mm, is_blurred
+from inference.pipeline.blur import NODULES_MAX_MM, SHARP_MM, blur_finding, blur_mm, is_blurred
 from inference.pipeline.postprocess import SOFT_TISSUE_HU, refine_air_edge
 from inference.registry import find_model
 from inference.structures import BY_NAME
@@ -59,8 +59,11 @@ def test_a_scan_without_air_round_the_body_says_nothing() -> None:
 def test_a_blurred_scan_is_named_in_plain_words() -> None:
     assert not is_blurred(None) and not is_blurred(SHARP_MM) and is_blurred(SHARP_MM + 0.01)
     assert blur_finding(None) is None and blur_finding(0.1) is None
-    sentence = blur_finding(0.34)
-    assert sentence is not None and "0.34 mm" in sentence and "not trimmed" in sentence
+    sentence = blur_finding(0.22)
+    assert sentence is not None and "0.22 mm" in sentence and "not trimmed" in sentence
+    assert "not assessed" not in sentence
+    further = blur_finding(NODULES_MAX_MM + 0.05)
+    assert further is not None and "metastases are not looked for" in further
 
 
 def _lung_with_a_thin_lobe() -> tuple[np.ndarray, np.ndarray]:
@@ -92,13 +95,13 @@ def test_untrimmed_the_lung_keeps_its_thin_lobe_and_still_grows_into_its_air() -
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, float]]:
-    """A test phantom at 0.42 mm segmented as generated and blurred by a further 0.35 mm."""
+    """A test phantom at 0.42 mm segmented as generated and blurred by a further 0.45 mm."""
     tmp = tmp_path_factory.mktemp("blur")
     phantom = generate_phantom(9003, spacing_mm=0.42, n_annotators=0)
     base = Case(name="p", ct=phantom.ct, labels=phantom.labels, affine=phantom.affine, meta=phantom.meta)
     cards = [find_model("mouse-organs"), find_model("mouse-tumor")]
     out: dict[str, tuple[dict, float]] = {}
-    for name, scan in (("plain", base), ("blurred", blur(base, 0.35))):
+    for name, scan in (("plain", base), ("blurred", blur(base, 0.45))):
         path = tmp / f"{name}.nii.gz"
         save_nifti(scan.ct, scan.affine, path)
         result = segment_file(path, tmp / name, cards=cards, device="cpu", threads=2)
@@ -113,7 +116,19 @@ def test_the_manifest_records_the_blur_and_names_a_blurred_scan(runs: dict[str, 
 
     assert plain["intensity"]["blur_mm"] <= SHARP_MM
     assert not any("blurred" in f for f in plain["intensity"]["findings"])
-    # On a grid of 0.42 mm the read is coarse, but 0.35 mm more blur reads as such.
-    assert blurred["intensity"]["blur_mm"] > max(SHARP_MM, plain["intensity"]["blur_mm"] + 0.1)
+    # On a grid of 0.42 mm the read is coarse, but 0.45 mm more blur reads as such.
+    assert blurred["intensity"]["blur_mm"] > max(NODULES_MAX_MM, plain["intensity"]["blur_mm"] + 0.1)
     assert any("blurred" in f for f in blurred["intensity"]["findings"])
     assert lung > 0.9
+
+
+def test_a_blurred_scans_lungs_are_not_assessed_for_metastases(runs: dict[str, tuple[dict, float]]) -> None:
+    plain, _ = runs["plain"]
+    blurred, _ = runs["blurred"]
+
+    assert {"lung_left", "lung_right"} <= set(plain["metastases_assessed_in"])
+    assert plain["metastasis_counts"]["lung_left"] is not None
+    assert not {"lung_left", "lung_right"} & set(blurred["metastases_assessed_in"])
+    assert blurred["metastasis_counts"]["lung_left"] is None  # "not assessed", never 0
+    assert blurred["metastasis_counts"]["lung_right"] is None
+    assert any("not assessed" in f for f in blurred["intensity"]["findings"])
