@@ -504,14 +504,6 @@ def predict_volume(
     resampled: dict[tuple[int, int, int], np.ndarray] = {}
     with timer("preprocess"):
         rules_hu, noise, width = for_threshold_rules(canonical)
-        # Read on the scan as it came (a straightened copy is resampled, so a little blurrier).
-        blur = blur_mm(scan_canonical, scan_geometry.spacing_mm)
-        blurred = blur_finding(blur)
-        calibration = replace(
-            calibration,
-            blur_mm=blur,
-            findings=(*calibration.findings, blurred) if blurred else calibration.findings,
-        )
         if width:
             calibration = replace(
                 calibration, findings=(*calibration.findings, threshold_rules_finding(noise, width))
@@ -538,19 +530,32 @@ def predict_volume(
     keys = ", ".join(card.key for members in groups.values() for card in members)
     _report(progress, 5, f"inference {keys}")
     outputs: dict[str, _TaskOutput] = {}
+    # The scan's blur is read on the scan as it came (a straightened copy is resampled, so a
+    # little blurrier); only the rules after the models need it.
+    read_blur = partial(blur_mm, scan_canonical, scan_geometry.spacing_mm)
     if len(groups) > 1 and threads != 1:
         # The tasks are independent until their maps are merged. Side by side, one task's
         # single-threaded numpy and scipy work (restore, rules) fills the core that the other's
         # ONNX Runtime session leaves idle; with ``threads=1`` they stay one after the other.
-        with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="labseg-task") as pool:
+        # The blur read shares that idle core.
+        with ThreadPoolExecutor(max_workers=len(groups) + 1, thread_name_prefix="labseg-task") as pool:
+            reading = pool.submit(read_blur)
             futures = {pool.submit(run, task, members): task for task, members in groups.items()}
             for done, future in enumerate(as_completed(futures), start=1):
                 outputs[futures[future]] = future.result()
                 _report(progress, 5 + 90 * done / len(groups), f"restore {futures[future]}")
+            blur = reading.result()
     else:
+        blur = read_blur()
         for done, (task, members) in enumerate(groups.items(), start=1):
             outputs[task] = run(task, members)
             _report(progress, 5 + 90 * done / len(groups), f"restore {task}")
+    blurred = blur_finding(blur)
+    calibration = replace(
+        calibration,
+        blur_mm=blur,
+        findings=(*calibration.findings, blurred) if blurred else calibration.findings,
+    )
     task_labels = {task: outputs[task].labels for task in groups}  # pipeline order: organs first
     providers = {key: name for out in outputs.values() for key, name in out.providers.items()}
     cleaning = {task: out.cleaning for task, out in outputs.items()}
