@@ -9,14 +9,11 @@ from scipy import ndimage
 
 from inference.metrics import dice
 from inference.phantom import generate_phantom
-from inference.phantom.writer import save_nifti
-from inference.pipeline import segment_file
 from inference.pipeline.blur import NODULES_MAX_MM, SHARP_MM, blur_finding, blur_mm, is_blurred
 from inference.pipeline.postprocess import SOFT_TISSUE_HU, refine_air_edge
-from inference.registry import find_model
 from inference.structures import BY_NAME
 from inference.training.robustness import Case, blur
-from tests.nifti import load_nifti
+from tests.inference.pipeline.segmented import segment_case
 
 LUNG = BY_NAME["lung_left"].id
 HEART = BY_NAME["heart"].id
@@ -100,14 +97,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, floa
     tmp = tmp_path_factory.mktemp("blur")
     phantom = generate_phantom(9003, spacing_mm=0.42, n_annotators=0)
     base = Case(name="p", ct=phantom.ct, labels=phantom.labels, affine=phantom.affine, meta=phantom.meta)
-    cards = [find_model("mouse-organs"), find_model("mouse-tumor")]
     out: dict[str, tuple[dict, float]] = {}
     for name, scan in (("plain", base), ("blurred", blur(base, 0.45))):
-        path = tmp / f"{name}.nii.gz"
-        save_nifti(scan.ct, scan.affine, path)
-        result = segment_file(path, tmp / name, cards=cards, device="cpu", threads=2)
-        labels = load_nifti(str(tmp / name / "labels.nii.gz")).get_fdata().astype(int)
-        out[name] = (result.manifest, dice(labels == LUNG, phantom.labels == LUNG))
+        manifest, labels = segment_case(scan, tmp / name)
+        out[name] = (manifest, dice(labels == LUNG, phantom.labels == LUNG))
     return out
 
 

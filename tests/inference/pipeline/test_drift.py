@@ -11,14 +11,11 @@ import pytest
 
 from inference.metrics import dice
 from inference.phantom import generate_phantom
-from inference.phantom.writer import save_nifti
-from inference.pipeline import segment_file
 from inference.pipeline.drift import MAX_DEPTH_DRIFT_HU, depth, drift_finding, drifts, measure_drift
 from inference.pipeline.qc import NEEDS_REVIEW
-from inference.registry import find_model
 from inference.structures import BY_NAME
 from inference.training.robustness import Case, cupping
-from tests.nifti import load_nifti
+from tests.inference.pipeline.segmented import segment_case
 
 IDS = {s.name: s.id for s in BY_NAME.values()}
 LIVER = BY_NAME["liver"].id
@@ -66,14 +63,10 @@ def test_too_few_organ_voxels_say_nothing(case: Case) -> None:
 def test_a_cupped_scan_is_held_for_review_and_its_liver_kept_as_drawn(tmp_path: Path) -> None:
     phantom = generate_phantom(9002, spacing_mm=0.42, n_annotators=0)
     base = Case(name="p", ct=phantom.ct, labels=phantom.labels, affine=phantom.affine, meta=phantom.meta)
-    cards = [find_model("mouse-organs"), find_model("mouse-tumor")]
     runs = {}
     for name, scan in (("plain", base), ("cupped", cupping(base, 50.0))):
-        path = tmp_path / f"{name}.nii.gz"
-        save_nifti(scan.ct, scan.affine, path)
-        result = segment_file(path, tmp_path / name, cards=cards, device="cpu", threads=2)
-        labels = load_nifti(str(tmp_path / name / "labels.nii.gz")).get_fdata().astype(int)
-        runs[name] = (result.manifest, dice(labels == LIVER, phantom.labels == LIVER))
+        manifest, labels = segment_case(scan, tmp_path / name)
+        runs[name] = (manifest, dice(labels == LIVER, phantom.labels == LIVER))
 
     plain, _ = runs["plain"]
     cupped, liver = runs["cupped"]
