@@ -262,10 +262,15 @@ def test_a_straightened_mouses_lungs_settle_on_the_scans_own_voxels(
     settle = pipeline.settle_air_edges
 
     def record(
-        organs: np.ndarray, rules_hu: np.ndarray, card: ModelCard, spacing_mm: Sequence[float]
+        organs: np.ndarray,
+        rules_hu: np.ndarray,
+        card: ModelCard,
+        spacing_mm: Sequence[float],
+        *,
+        blur: float | None = None,
     ) -> None:
         calls.append((organs.shape, rules_hu.shape))
-        settle(organs, rules_hu, card, spacing_mm)
+        settle(organs, rules_hu, card, spacing_mm, blur=blur)
 
     monkeypatch.setattr(pipeline, "settle_air_edges", record)
     ct, _, _ = ball_in_the_liver(real_mouse, 20, (0, 2))
