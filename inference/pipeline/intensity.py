@@ -159,6 +159,31 @@ def assume_hu() -> IntensityCalibration:
     )
 
 
+def fill_unreadable(volume: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """``volume`` with its voxels that hold no number (NaN, infinite) read as its lowest value, and
+    the manifest's sentence saying how many; ``volume`` itself and None when every voxel is a
+    number. Some exporters write NaN outside the reconstructed circle: that is air, not a reason to
+    fail the run. A scan with no number at all is refused (``IntensityCalibrationError``)."""
+    if volume.dtype.kind != "f":
+        return volume, None
+    finite = np.isfinite(volume)
+    if finite.all():
+        return volume, None
+    count = int(finite.size - np.count_nonzero(finite))
+    if count == finite.size:
+        raise IntensityCalibrationError(
+            "Every voxel of this scan is NaN or infinite: it holds no image. Export the scan again "
+            "from the scanner's software and try again."
+        )
+    lowest = volume[finite].min()
+    filled = np.where(finite, volume, lowest).astype(volume.dtype, copy=False)
+    return filled, (
+        f"{count:,} voxels ({100.0 * count / finite.size:.1f} %) held no number (NaN or infinite, as "
+        f"some exporters write outside the reconstructed field); they were read as the scan's lowest "
+        f"value ({_num(float(lowest))}), as air."
+    )
+
+
 def intensity_for(volume: np.ndarray, mode: str) -> IntensityCalibration:
     """``mode`` "auto": :func:`calibrate_intensity`; "hu": :func:`assume_hu`."""
     if mode == "hu":

@@ -35,7 +35,7 @@ from inference.pipeline.geometry import (
     upsample_to_uint8,
 )
 from inference.pipeline.infer import DEFAULT_MAX_WHOLE_VOXELS, content_box, cut_faces, run_model
-from inference.pipeline.intensity import IntensityCalibration, intensity_for
+from inference.pipeline.intensity import IntensityCalibration, fill_unreadable, intensity_for
 from inference.pipeline.noise import for_threshold_rules, noise_hu, threshold_rules_finding
 from inference.pipeline.normalise import normalise, pad_value
 from inference.pipeline.orientation import ORIENT_CHOICES, OrientationFinding, find_orientation
@@ -477,8 +477,11 @@ def predict_volume(
     geometry = header_geometry = record_geometry(volume.shape, affine)
     with timer("preprocess"):
         # Every later stage (normalisation windows, lesion and refiner rules) reads HU.
-        calibration = intensity_for(np.asarray(volume), intensity)
-        canonical = to_canonical(calibration.apply(np.asarray(volume)), geometry)
+        volume, unreadable = fill_unreadable(np.asarray(volume))
+        calibration = intensity_for(volume, intensity)
+        if unreadable:
+            calibration = replace(calibration, findings=(*calibration.findings, unreadable))
+        canonical = to_canonical(calibration.apply(volume), geometry)
     orientation: OrientationFinding | None = None
     if orient == "anatomy":
         with timer("preprocess"):  # its own seconds are in the finding
