@@ -37,14 +37,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from inference.pipeline.drift import BODY_HU
 from inference.pipeline.geometry import bounding_box
 
 #: Above this blur (mm, Gaussian sigma) the air-edge rule grows a lung and does not trim it.
 SHARP_MM = 0.2
 #: Above this blur (mm) the lungs are not searched for metastases, and say "not assessed".
 NODULES_MAX_MM = 0.25
-#: What attenuates (HU): the body is everything above, holes filled per slice.
-BODY_HU = -400.0
 #: Axial slices read, evenly spaced over the body's extent.
 SAMPLE_SLICES = 12
 #: An outline point is read only with nothing but air this far outside and nothing but body this far
