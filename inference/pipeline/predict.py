@@ -56,6 +56,7 @@ from inference.pipeline.postprocess import (
     sigmoid,
     uncertainty_from,
     voxels_across,
+    voxels_along,
     voxels_within,
 )
 from inference.pipeline.qc import organ_centres
@@ -201,10 +202,10 @@ def detect_lesions(
             canonical,
             hosts=[int(h) for h in rule["hosts"]],
             min_hu=float(rule["min_hu"]),
-            erode_voxels=voxels_across(float(rule["erode_mm"]), spacing_mm),
+            erode_voxels=voxels_along(float(rule["erode_mm"]), spacing_mm),
             min_voxels=voxels_within(float(rule["min_volume_mm3"]), spacing_mm),
-            reach_voxels=voxels_across(float(rule.get("reach_mm", 0.0)), spacing_mm),
-            wall_voxels=voxels_across(float(rule.get("wall_mm", 0.0)), spacing_mm),
+            reach_voxels=voxels_along(float(rule.get("reach_mm", 0.0)), spacing_mm),
+            wall_voxels=voxels_along(float(rule.get("wall_mm", 0.0)), spacing_mm),
             min_dim_shell=float(rule.get("min_dim_shell", MIN_DIM_SHELL)),
             noise_hu=noise_hu,
             smooth_to_hu=None if rule.get("smooth_to_hu") is None else float(rule["smooth_to_hu"]),

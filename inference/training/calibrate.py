@@ -63,7 +63,7 @@ from inference.pipeline.postprocess import (
     BONES,
     FACE_NEIGHBOURS,
     nodule_candidates,
-    voxels_across,
+    voxels_along,
     voxels_within,
 )
 from inference.registry import ModelCard, load_card
@@ -422,9 +422,9 @@ def _score_nodules(
             ct,
             hosts=LUNGS,
             min_hu=min_hu,
-            erode_voxels=voxels_across(erode, spacing),
-            reach_voxels=voxels_across(NODULE_REACH_MM, spacing),
-            wall_voxels=voxels_across(wall, spacing),
+            erode_voxels=voxels_along(erode, spacing),
+            reach_voxels=voxels_along(NODULE_REACH_MM, spacing),
+            wall_voxels=voxels_along(wall, spacing),
             noise_hu=noise,
             smooth_to_hu=smooth,
         )

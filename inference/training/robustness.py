@@ -25,7 +25,9 @@ its own dtype, with its affine) and scored against the truth moved the same way:
   its centre; ``rings``: twelve ring artefacts about the axial centre, up to ``RING_HU``;
   ``streaks``: eight lines through dense bone, up to ``STREAK_HU``; ``breathing``: the region of
   the diaphragm averaged over ``BREATHING_MM`` of craniocaudal travel; ``blurred``: a softer
-  reconstruction, the scan blurred by a further ``BLUR_MM``.
+  reconstruction, the scan blurred by a further ``BLUR_MM``; ``thick``: the 0.14 mm mouse with
+  each pair of axial slices averaged into one (0.14 x 0.14 x 0.28 mm, ``THICK_SLICES``), scored
+  against the truth of each pair's first slice.
 - ``digimouse`` / ``digimouse_torso``: the real-anatomy source, CT rendered from the Digimouse
   atlas (``phantom.digimouse.render_ct``), whole body and torso. It has no intestine or spinal
   cord labels (those are not scored) and no tumor. ``digimouse_torso_supine`` /
@@ -38,7 +40,9 @@ its own dtype, with its affine) and scored against the truth moved the same way:
   mouse and a diet-induced obese one), cut at the same anatomical landmarks;
   ``digimouse_torso_noisy``: the torso with 60 HU of noise (``NOISY_HU``) instead of 20, a low-dose
   in-vivo scan's level, where the lungs' rim can break into specks that look like nodules;
-  ``digimouse_torso_blurred``: the torso rendered with ``BLURRED_MM`` of blur instead of 0.15.
+  ``digimouse_torso_blurred``: the torso rendered with ``BLURRED_MM`` of blur instead of 0.15;
+  ``digimouse_torso_thick``: the torso rendered at 0.14 mm, its slices averaged in pairs as
+  ``thick``.
 
 Per variant it prints the median Dice of each structure (the big organs first), the median volume
 claimed for labelled structures that are absent (e.g. a liver in a head-only scan), and the tumor
@@ -125,6 +129,7 @@ VARIANTS: dict[str, str] = {
     "streaks": "streaks: 8 lines of +-60 to 120 HU through dense bone, each over 1-3 mm of slices",
     "breathing": "breathing: the diaphragm's region averaged over 1 mm of craniocaudal travel",
     "blurred": "a softer reconstruction: the scan blurred by a further 0.3 mm (Gaussian sigma)",
+    "thick": "thick slices: the 0.14 mm mouse's axial slices averaged in pairs (0.14 x 0.14 x 0.28 mm)",
     "digimouse": "Digimouse atlas (real anatomy), whole body",
     "digimouse_torso": "Digimouse atlas (real anatomy), torso",
     "digimouse_torso_supine": "Digimouse torso rotated 180 degrees about the long axis, header unchanged",
@@ -136,6 +141,7 @@ VARIANTS: dict[str, str] = {
     "digimouse_torso_large": "Digimouse torso of a mouse 1.2 times as long (about 48 g)",
     "digimouse_torso_noisy": "Digimouse torso with 60 HU of noise, a low-dose in-vivo scan's level",
     "digimouse_torso_blurred": "Digimouse torso rendered with 0.35 mm of blur instead of 0.15",
+    "digimouse_torso_thick": "Digimouse torso at 0.14 mm, axial slices averaged in pairs (0.28 mm)",
 }
 DIGIMOUSE_VARIANTS = (
     "digimouse",
@@ -149,6 +155,7 @@ DIGIMOUSE_VARIANTS = (
     "digimouse_torso_large",
     "digimouse_torso_noisy",
     "digimouse_torso_blurred",
+    "digimouse_torso_thick",
 )
 #: How much darker the body's centre is than its rim in ``cupping`` (HU), and the strongest ring of
 #: ``rings``: uncorrected beam hardening and detector rings of a micro-CT, a few tens of HU each.
@@ -168,6 +175,9 @@ NOISY_HU = 60.0
 #: 0.10-0.19) and the blur of the blurred Digimouse torso (mm; the renders' default is 0.15).
 BLUR_MM = 0.3
 BLURRED_MM = 0.35
+#: ``thick`` / ``digimouse_torso_thick``: axial slices averaged per thick slice, from this grid (mm).
+THICK_SLICES = 2
+THICK_FROM_MM = 0.14
 #: Length of the small and large Digimouse variants against the atlas mouse's own.
 MOUSE_SIZES = {"small": 0.85, "large": 1.2}
 #: The diagonal of the tilted Digimouse variants (degrees, about the dorso-ventral axis).
@@ -187,6 +197,7 @@ TRANSFORM_KEYS = (
     "streaks",
     "breathing_mm",
     "blurred_mm",
+    "thick_slices",
 )
 
 
@@ -436,6 +447,25 @@ def blur(case: Case, sigma_mm: float) -> Case:
     return replace(case, ct=int16_hu(ct), meta={**case.meta, "blurred_mm": sigma_mm})
 
 
+def thicken(case: Case, slices: int) -> Case:
+    """Thick axial slices, as a reconstruction or an export that bins slices makes them: each run
+    of ``slices`` consecutive slices of a canonical case averaged into one (a trailing remainder
+    dropped). The truth is each run's first slice; the affine puts every thick slice at the middle
+    of its run."""
+    nz = case.ct.shape[2] // slices * slices
+    runs = case.ct[:, :, :nz].astype(np.float32).reshape(*case.ct.shape[:2], nz // slices, slices)
+    affine = case.affine.copy()
+    affine[:3, 3] += case.affine[:3, 2] * (slices - 1) / 2.0
+    affine[:3, 2] *= slices
+    return replace(
+        case,
+        ct=int16_hu(runs.mean(axis=3)),
+        labels=np.ascontiguousarray(case.labels[:, :, :nz:slices]),
+        affine=affine,
+        meta={**case.meta, "thick_slices": slices},
+    )
+
+
 def rings(case: Case, amplitude_hu: float, seed: int, count: int = 12) -> Case:
     """Ring artefacts (a miscalibrated detector element): ``count`` rings about the axial centre,
     each 1-2 voxels wide, at radii and strengths drawn from ``seed`` (+-0.5 to 1 x
@@ -538,11 +568,12 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
     tilt = variant.endswith("tilted")
     noisy = variant.endswith("noisy")
     blurred = variant.endswith("blurred")
+    thick = variant.endswith("thick")
     # A tilted torso is cut from the tilted body, as the scanner's axial field of view cuts it.
     phantom = digimouse.render_ct(
         mouse,
         seed=0,
-        spacing_mm=spacing_mm,
+        spacing_mm=THICK_FROM_MM if thick else spacing_mm,
         crop="whole" if tilt else crop,
         noise_hu=NOISY_HU if noisy else digimouse.DEFAULT_NOISE_HU,
         blur_mm=BLURRED_MM if blurred else digimouse.DEFAULT_BLUR_MM,
@@ -566,6 +597,8 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
     for pose, quarter_turns in turns.items():
         if variant.endswith(pose):
             return replace(rotate_long_axis(case, quarter_turns), name=f"digimouse_{crop}_{pose}")
+    if thick:
+        return replace(thicken(case, THICK_SLICES), name=f"digimouse_{crop}_thick")
     if size in MOUSE_SIZES or noisy or blurred:
         return replace(case, name=f"digimouse_{crop}_{size}")
     return case
@@ -597,6 +630,7 @@ def make_case(variant: str, base: Case, seed: int, source: PhantomSource, neighb
         "streaks": lambda: streaks(base, STREAK_HU, seed),
         "breathing": lambda: breathing(base, BREATHING_MM),
         "blurred": lambda: blur(base, BLUR_MM),
+        "thick": lambda: thicken(source.at_spacing(seed, THICK_FROM_MM), THICK_SLICES),
     }
     if variant not in transforms:
         raise ValueError(f"unknown variant {variant!r}; variants are {', '.join(VARIANTS)}")

@@ -533,22 +533,25 @@ def _tiny_lesion_model(folder: Path, window: dict, rule: dict) -> ModelCard:
 
 
 def test_the_lesion_models_detect_rule_runs_on_the_organ_map_of_the_same_call(tmp_path: Path) -> None:
+    # Soft tissue (40 HU) round a lung (-450 HU) that the tiny organ model calls lung below -100 HU,
+    # and a nodule (60 HU) in it, which that model leaves out: a hole in the lung.
+    window = {"kind": "window", "low_hu": -1000, "high_hu": 1000}
     organs = write_threshold_model(
-        tmp_path / "organs" / "1", structures=(0, LUNG), thresholds=(0.3,), normalisation=WINDOW
+        tmp_path / "organs" / "1", structures=(0, LUNG), thresholds=(0.45,), normalisation=window, dark=True
     )
-    rule = {"structure": METASTASIS, "hosts": [LUNG], "min_hu": 800, "erode_mm": 0.0, "min_volume_mm3": 0.0}
-    lesions = _tiny_lesion_model(tmp_path / "lesions" / "1", WINDOW, rule)
-    volume = np.zeros((20, 20, 20), np.float32)
-    volume[4:16, 4:16, 4:16] = 500.0  # lung (for the tiny organ model: 300 < HU)
-    volume[8:10, 8:10, 8:10] = 900.0  # a nodule
+    rule = {"structure": METASTASIS, "hosts": [LUNG], "min_hu": -150, "erode_mm": 0.0, "min_volume_mm3": 0.0}
+    lesions = _tiny_lesion_model(tmp_path / "lesions" / "1", window, rule)
+    volume = np.full((20, 20, 20), 40.0, np.float32)
+    volume[4:16, 4:16, 4:16] = -450.0
+    volume[8:10, 8:10, 8:10] = 60.0
     affine = np.diag([0.2, 0.2, 0.2, 1.0])
 
     both = predict_volume(volume, affine, [organs, lesions], threads=1, intensity="hu")
     alone = predict_volume(volume, affine, [lesions], threads=1, intensity="hu")
 
     assert both.lesion_labels is not None and alone.lesion_labels is not None
-    assert np.array_equal(np.argwhere(both.lesion_labels == METASTASIS), np.argwhere(volume == 900.0))
-    assert np.array_equal(both.labels == METASTASIS, volume == 900.0)
+    assert np.array_equal(np.argwhere(both.lesion_labels == METASTASIS), np.argwhere(volume == 60.0))
+    assert np.array_equal(both.labels == METASTASIS, volume == 60.0)
     assert not alone.lesion_labels.any()  # no organ map, no hosts: the rule is skipped
 
 

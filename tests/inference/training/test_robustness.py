@@ -402,3 +402,30 @@ def test_the_blurred_atlas_torso_reads_as_blurred(atlas_torso: Case) -> None:
     read = blur_mm(blurred.ct.astype(np.float32), blurred.spacing_mm)
     assert read == pytest.approx(robustness.BLURRED_MM, abs=0.04)
     assert blur_mm(plain.ct.astype(np.float32), plain.spacing_mm) == pytest.approx(0.15, abs=0.04)
+
+
+def test_thick_slices_average_runs_of_slices_and_keep_each_runs_place(case: Case) -> None:
+    thick = robustness.thicken(case, 2)
+    nz = case.ct.shape[2] // 2
+
+    assert thick.ct.shape == (*case.ct.shape[:2], nz) and thick.ct.dtype == np.int16
+    assert thick.meta["thick_slices"] == 2
+    assert thick.spacing_mm == pytest.approx([SPACING_MM, SPACING_MM, 2 * SPACING_MM])
+    mean = case.ct[:, :, 6:8].astype(np.float32).mean(axis=2)
+    assert np.abs(thick.ct[:, :, 3] - mean).max() <= 0.5
+    assert np.array_equal(thick.labels[:, :, 3], case.labels[:, :, 6])
+    # A thick slice lies at the middle of the slices it averages.
+    middle = (_world(case.affine, (3, 4, 6)) + _world(case.affine, (3, 4, 7))) / 2
+    assert np.allclose(_world(thick.affine, (3, 4, 3)), middle)
+
+
+def test_the_thick_atlas_torso_is_the_fine_torso_in_pairs() -> None:
+    if not ATLAS.is_dir():
+        pytest.skip("Digimouse atlas not present")
+    thick = robustness.digimouse_case("digimouse_torso_thick", 0.21, ATLAS)
+
+    assert thick.name == "digimouse_torso_thick"
+    assert thick.spacing_mm == pytest.approx([0.14, 0.14, 0.28])
+    assert thick.meta["thick_slices"] == robustness.THICK_SLICES
+    # The blur read is in-plane: averaging slices leaves it at the render's 0.15 mm.
+    assert blur_mm(thick.ct.astype(np.float32), thick.spacing_mm) == pytest.approx(0.15, abs=0.04)
