@@ -417,6 +417,7 @@ def viewer_config(scan: Scan, predictions: list[Prediction]) -> dict[str, Any]:
         "volumes": results.scan_volumes(predictions),
         "lesions": results.scan_lesions(predictions),
         "metastasisCounts": results.metastasis_counts(predictions),
+        "metastasesFoundFromMm": results.metastases_found_from_mm(predictions),
         "models": [_model_info(p) for p in predictions],
         "downloads": downloads,
         "volumeSources": results.volume_sources(predictions),

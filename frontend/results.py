@@ -209,6 +209,16 @@ def metastasis_counts(predictions: list[Prediction]) -> dict[str, int | None]:
     return dict(sorted(counts.items(), key=lambda item: (item[1] is None, -(item[1] or 0), item[0])))
 
 
+def metastases_found_from_mm(predictions: list[Prediction]) -> dict[str, float]:
+    """Organ name -> the smallest metastasis (diameter, mm) the predictions' models were measured
+    to find there (their manifests' ``metastases_found_from_mm``; the largest where several say)."""
+    found: dict[str, float] = {}
+    for prediction in predictions:
+        for organ, mm in ((prediction.manifest or {}).get("metastases_found_from_mm") or {}).items():
+            found[organ] = max(float(mm), found.get(organ, 0.0))
+    return found
+
+
 def _days(offset_hours: float) -> float:
     return round(offset_hours / 24.0, 3)
 

@@ -89,6 +89,19 @@ class ModelCard:
         return tuple(by_id(host).name for host in sorted(hosts))
 
     @property
+    def metastases_found_from_mm(self) -> dict[str, float]:
+        """Host organ -> the smallest metastasis (diameter, mm) its ``detect`` rule was measured to
+        find on held-out scans (the rule's ``found_from_mm``): smaller ones are not found, so the
+        organ's 0 means "none this size or larger". Organs without the figure are left out."""
+        metastasis = by_name("metastasis").id
+        return {
+            by_id(int(host)).name: float(rule["found_from_mm"])
+            for rule in self.postprocess.get("detect", [])
+            if int(rule.get("structure", -1)) == metastasis and rule.get("found_from_mm") is not None
+            for host in rule.get("hosts", [])
+        }
+
+    @property
     def uncertainty_threshold(self) -> float:
         """Disagreement-head probability calibrated to mean "uncertain" (shown as 50 %)."""
         return float(self.postprocess.get("uncertainty_threshold", 0.5))
@@ -315,8 +328,8 @@ def _check_postprocess(folder: Path, post: dict[str, Any], structures: list[int]
             raise _problem(
                 folder, f"postprocess detect needs host organ ids from the structure table, got {unknown}"
             )
-        lengths = ("erode_mm", "min_volume_mm3", "reach_mm", "wall_mm")
-        if any(float(rule.get(key, 0.0)) < 0 for key in lengths):
+        lengths = ("erode_mm", "min_volume_mm3", "reach_mm", "wall_mm", "found_from_mm")
+        if any(float(rule.get(key) or 0.0) < 0 for key in lengths):
             raise _problem(folder, f"postprocess detect {', '.join(repr(k) for k in lengths)} must be >= 0")
         if "min_dim_shell" in rule and not 0.0 <= float(rule["min_dim_shell"]) <= 1.0:
             raise _problem(folder, "postprocess detect 'min_dim_shell' is a share: between 0 and 1")

@@ -62,7 +62,7 @@ LESION_COLUMNS: tuple[str, ...] = (
     "review",
     "review_reason",
 )
-METASTASIS_COLUMNS: tuple[str, ...] = (*SCAN_COLUMNS, "organ", "metastases", "assessment")
+METASTASIS_COLUMNS: tuple[str, ...] = (*SCAN_COLUMNS, "organ", "metastases", "assessment", "found_from_mm")
 
 #: How many scans are read per database round trip while streaming.
 CHUNK_SCANS = 200
@@ -187,7 +187,9 @@ def prediction_metastasis_rows(scans: Iterable[Scan]) -> Iterator[Row]:
     Every organ of the canonical table gets a row, followed by any other allocation target the
     pipeline reported (such as subcutaneous tissue). A zero is data (a clean lung is a result);
     an organ the model did not look in, or that the scan does not show, has an empty count and
-    ``assessment`` "not assessed": never 0.
+    ``assessment`` "not assessed": never 0. ``found_from_mm``: the smallest metastasis (diameter)
+    the model was measured to find in that organ, where its card says (a 0 there means none that
+    size or larger); empty otherwise.
     """
     metastasis_id = structures.by_name("metastasis").id
     for scan, prediction in _predictions(scans):
@@ -199,6 +201,7 @@ def prediction_metastasis_rows(scans: Iterable[Scan]) -> Iterator[Row]:
             str(k): (None if v is None else max(0, int(v) - taken.get(str(k), 0)))
             for k, v in prediction.metastasis_counts.items()
         }
+        found_from = (prediction.manifest or {}).get("metastases_found_from_mm") or {}
         for organ in (*structures.ORGAN_NAMES, *sorted(set(counts) - set(structures.ORGAN_NAMES))):
             count = counts.get(organ)
             yield {
@@ -206,6 +209,7 @@ def prediction_metastasis_rows(scans: Iterable[Scan]) -> Iterator[Row]:
                 "organ": organ,
                 "metastases": count,
                 "assessment": "assessed" if count is not None else "not assessed",
+                "found_from_mm": found_from.get(organ) if count is not None else None,
             }
 
 

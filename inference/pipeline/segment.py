@@ -249,6 +249,13 @@ def segment_file(
             "lesions_from": Path(lesions_from).name if lesions_from is not None else None,
             "metastasis_counts": counts,
             "metastases_assessed_in": assessed,
+            # Where a model measured it: the smallest metastasis it finds in an assessed organ.
+            "metastases_found_from_mm": {
+                organ: mm
+                for card in chosen
+                for organ, mm in card.metastases_found_from_mm.items()
+                if organ in assessed
+            },
             "postprocess": {
                 **{
                     task: {"components_removed": r.components_removed, "voxels_removed": r.voxels_removed}

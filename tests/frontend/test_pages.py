@@ -147,6 +147,19 @@ def test_the_viewer_page_carries_layers_volumes_lesions_and_metastasis_counts(
     assert config["models"][0]["label"] == "demo-phantom@0"
     assert config["defaultWindow"] == "soft"  # the phantom is in HU, with air at -1000
     assert b"vendor/niivue/niivue.js" in response.content
+    assert config["metastasesFoundFromMm"] == {}  # the demo's model measured no smallest size
+
+
+def test_the_viewer_says_from_what_size_a_count_runs(client_for: Client, scan: Scan) -> None:
+    prediction = Prediction.objects.get(scan=scan)
+    organ = next(o for o, n in prediction.metastasis_counts.items() if n is not None)
+    # As the pipeline stores a model whose card measured that size (predictions are immutable).
+    manifest = {**prediction.manifest, "metastases_found_from_mm": {organ: 0.5}}
+    Prediction.objects.filter(pk=prediction.pk).update(manifest=manifest)
+
+    config = client_for.get(f"/scans/{scan.pk}/").context["config"]
+
+    assert config["metastasesFoundFromMm"] == {organ: 0.5}
 
 
 def test_the_preview_is_made_once_on_a_coarser_grid_that_lies_on_the_scan(

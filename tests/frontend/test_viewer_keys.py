@@ -1,5 +1,6 @@
 """The viewer's keyboard, tooltips and layer toggles, in Chromium: arrows move the slice, digits
-pick the CT window, letters switch views and layers (pixels change), the help panel lists it all."""
+pick the CT window, letters switch views and layers (pixels change), the help panel lists it all;
+the metastasis panel says from what size each count runs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from scans.models import Scan
 from scans.services import register_scan
+from segmentation.models import Prediction
 from tests.demo_scan import add_prediction, write_phantom
 
 from .conftest import screenshot
@@ -71,4 +73,26 @@ def test_keys_move_slices_switch_windows_views_and_layers(
     assert "10 slices" in page.locator("#keys-help").inner_text()
     assert all(page.locator("[data-view]").nth(i).get_attribute("title") for i in range(5))
     screenshot(page, "06-viewer-keys-help")
+    assert console.messages == []
+
+
+def test_the_metastasis_panel_says_from_what_size_each_count_runs(
+    open_page: Any, live_server: Any, phantom_scan: Scan
+) -> None:
+    # As the pipeline stores a run of a model whose card measured that size (mouse-tumor 2.0.3:
+    # the lungs' from 0.5 mm); an organ not assessed gets no size, only the "Not assessed" note.
+    prediction = Prediction.objects.get(scan=phantom_scan)
+    counts = {**prediction.metastasis_counts, "lung_left": 0, "lung_right": 0, "kidney_left": None}
+    manifest = {**prediction.manifest, "metastases_found_from_mm": {"lung_left": 0.5, "lung_right": 0.5}}
+    Prediction.objects.filter(pk=prediction.pk).update(metastasis_counts=counts, manifest=manifest)
+    page, console = open_page(phantom_scan.uploaded_by)
+    page.goto(f"{live_server.url}/scans/{phantom_scan.pk}/")
+    page.wait_for_function("window.labsegViewer && window.labsegViewer.firstFrameMs")
+
+    note = page.locator("#metastases .metastases-found-from")
+    assert note.inner_text() == (
+        "Counted from this diameter: Left lung from 0.5 mm, Right lung from 0.5 mm; "
+        "smaller ones are not found."
+    )
+    assert "Left kidney" in page.locator("#metastases .metastases-not-assessed").inner_text()
     assert console.messages == []

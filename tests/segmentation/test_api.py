@@ -252,7 +252,8 @@ def test_csvs_leave_not_assessed_cells_empty_never_zero(
     # As the pipeline stores a model that looks for metastases in the liver only, on a scan
     # whose organ map has no kidney; and an organ the model did not find.
     Prediction.objects.filter(pk=lesions.pk).update(
-        metastasis_counts={"liver": 1, "kidney_left": None, "subcutaneous/other": 0}
+        metastasis_counts={"liver": 1, "kidney_left": None, "subcutaneous/other": 0},
+        manifest={**lesions.manifest, "metastases_found_from_mm": {"liver": 0.5}},
     )
     organs.volumes.filter(name="heart").update(
         voxels=0, volume_mm3=0.0, volume_low_mm3=0.0, volume_high_mm3=0.0
@@ -262,7 +263,11 @@ def test_csvs_leave_not_assessed_cells_empty_never_zero(
     volumes = {r["structure"]: r for r in _csv(client.get(f"/api/scans/{scan.pk}/volumes.csv"))}
 
     assert (counts["liver"]["metastases"], counts["liver"]["assessment"]) == ("1", "assessed")
+    # From what size the liver's count runs; no size for an organ the model did not measure.
+    assert counts["liver"]["found_from_mm"] == "0.5"
+    assert counts["subcutaneous/other"]["found_from_mm"] == ""
     assert (counts["kidney_left"]["metastases"], counts["kidney_left"]["assessment"]) == ("", "not assessed")
+    assert counts["kidney_left"]["found_from_mm"] == ""
     assert (counts["brain"]["metastases"], counts["brain"]["assessment"]) == ("", "not assessed")
     assert (counts["subcutaneous/other"]["metastases"], counts["subcutaneous/other"]["assessment"]) == (
         "0",

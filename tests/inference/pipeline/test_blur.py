@@ -122,6 +122,8 @@ def test_a_blurred_scans_lungs_are_not_assessed_for_metastases(runs: dict[str, t
 
     assert {"lung_left", "lung_right"} <= set(plain["metastases_assessed_in"])
     assert plain["metastasis_counts"]["lung_left"] is not None
+    assert plain["metastases_found_from_mm"] == {"lung_left": 0.5, "lung_right": 0.5}
+    assert blurred["metastases_found_from_mm"] == {}  # a size is said only where it searched
     assert not {"lung_left", "lung_right"} & set(blurred["metastases_assessed_in"])
     assert blurred["metastasis_counts"]["lung_left"] is None  # "not assessed", never 0
     assert blurred["metastasis_counts"]["lung_right"] is None

@@ -423,6 +423,17 @@ function buildMetastasisPanel() {
   const unassessed = Object.entries(config.metastasisCounts)
     .filter(([, count]) => count === null)
     .map(([organ]) => byName.get(organ)?.display_name ?? organ);
+  // A 0 is "none this size or larger": say from what size each searched organ's count runs.
+  const from = Object.entries(config.metastasesFoundFromMm ?? {})
+    .filter(([organ]) => config.metastasisCounts[organ] !== null && config.metastasisCounts[organ] !== undefined)
+    .map(([organ, mm]) => `${byName.get(organ)?.display_name ?? organ} from ${mm} mm`);
+  if (from.length) {
+    const note = document.createElement("p");
+    note.className = "muted metastases-found-from";
+    note.title = "Measured on held-out scans: smaller metastases are not found, so a count of 0 means none this size or larger.";
+    note.textContent = `Counted from this diameter: ${from.join(", ")}; smaller ones are not found.`;
+    panel.append(note);
+  }
   if (unassessed.length) {
     const note = document.createElement("p");
     note.className = "muted metastases-not-assessed";
