@@ -19,7 +19,7 @@ background. Connectivity is 26 (face, edge and corner neighbours).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -692,24 +692,27 @@ def diamond(radii: Sequence[int]) -> np.ndarray:
     return np.asarray(total <= 1.0 + 1e-9) if np.any(r > 0) else np.ones((1, 1, 1), dtype=bool)
 
 
-def erode_by(mask: np.ndarray, voxels: int | Sequence[int]) -> np.ndarray:
-    """``mask`` eroded by ``diamond`` of the per-axis ``voxels`` (iterated crosses when equal)."""
+def _by_diamond(
+    operation: Callable[..., np.ndarray], mask: np.ndarray, voxels: int | Sequence[int]
+) -> np.ndarray:
+    """``operation`` (binary erosion or dilation) of ``mask`` by ``diamond`` of the per-axis
+    ``voxels``: as iterated face-neighbour crosses when they are equal (the same, and faster)."""
     radii = _radii(voxels)
     if max(radii) <= 0:
         return mask
     if len(set(radii)) == 1:
-        return ndimage.binary_erosion(mask, iterations=radii[0])
-    return ndimage.binary_erosion(mask, structure=diamond(radii))
+        return operation(mask, iterations=radii[0])
+    return operation(mask, structure=diamond(radii))
+
+
+def erode_by(mask: np.ndarray, voxels: int | Sequence[int]) -> np.ndarray:
+    """``mask`` eroded by ``diamond`` of the per-axis ``voxels``."""
+    return _by_diamond(ndimage.binary_erosion, mask, voxels)
 
 
 def dilate_by(mask: np.ndarray, voxels: int | Sequence[int]) -> np.ndarray:
-    """``mask`` grown by ``diamond`` of the per-axis ``voxels`` (iterated crosses when equal)."""
-    radii = _radii(voxels)
-    if max(radii) <= 0:
-        return mask
-    if len(set(radii)) == 1:
-        return ndimage.binary_dilation(mask, iterations=radii[0])
-    return ndimage.binary_dilation(mask, structure=diamond(radii))
+    """``mask`` grown by ``diamond`` of the per-axis ``voxels``."""
+    return _by_diamond(ndimage.binary_dilation, mask, voxels)
 
 
 def voxels_within(mm3: float, spacing_mm: Sequence[float]) -> int:
