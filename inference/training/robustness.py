@@ -42,7 +42,8 @@ its own dtype, with its affine) and scored against the truth moved the same way:
   in-vivo scan's level, where the lungs' rim can break into specks that look like nodules;
   ``digimouse_torso_blurred``: the torso rendered with ``BLURRED_MM`` of blur instead of 0.15;
   ``digimouse_torso_thick``: the torso rendered at 0.14 mm, its slices averaged in pairs as
-  ``thick``.
+  ``thick``; ``digimouse_torso_sharp``: the torso rendered crisper and quieter (``SHARP_BLUR_MM``,
+  ``SHARP_NOISE_HU``), where the lungs' rim against the heart is one partial-volume voxel thick.
 
 Per variant it prints the median Dice of each structure (the big organs first), the median volume
 claimed for labelled structures that are absent (e.g. a liver in a head-only scan), and the tumor
@@ -142,6 +143,7 @@ VARIANTS: dict[str, str] = {
     "digimouse_torso_noisy": "Digimouse torso with 60 HU of noise, a low-dose in-vivo scan's level",
     "digimouse_torso_blurred": "Digimouse torso rendered with 0.35 mm of blur instead of 0.15",
     "digimouse_torso_thick": "Digimouse torso at 0.14 mm, axial slices averaged in pairs (0.28 mm)",
+    "digimouse_torso_sharp": "Digimouse torso rendered with 0.1 mm of blur and 5 HU of noise",
 }
 DIGIMOUSE_VARIANTS = (
     "digimouse",
@@ -156,6 +158,7 @@ DIGIMOUSE_VARIANTS = (
     "digimouse_torso_noisy",
     "digimouse_torso_blurred",
     "digimouse_torso_thick",
+    "digimouse_torso_sharp",
 )
 #: How much darker the body's centre is than its rim in ``cupping`` (HU), and the strongest ring of
 #: ``rings``: uncorrected beam hardening and detector rings of a micro-CT, a few tens of HU each.
@@ -177,6 +180,9 @@ BLUR_MM = 0.3
 BLURRED_MM = 0.35
 #: ``thick`` / ``digimouse_torso_thick``: axial slices averaged per thick slice, from this grid (mm).
 THICK_SLICES = 2
+#: ``digimouse_torso_sharp``: a crisp, quiet reconstruction's blur (mm) and noise (HU).
+SHARP_BLUR_MM = 0.1
+SHARP_NOISE_HU = 5.0
 THICK_FROM_MM = 0.14
 #: Length of the small and large Digimouse variants against the atlas mouse's own.
 MOUSE_SIZES = {"small": 0.85, "large": 1.2}
@@ -569,14 +575,15 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
     noisy = variant.endswith("noisy")
     blurred = variant.endswith("blurred")
     thick = variant.endswith("thick")
+    sharp = variant.endswith("sharp")
     # A tilted torso is cut from the tilted body, as the scanner's axial field of view cuts it.
     phantom = digimouse.render_ct(
         mouse,
         seed=0,
         spacing_mm=THICK_FROM_MM if thick else spacing_mm,
         crop="whole" if tilt else crop,
-        noise_hu=NOISY_HU if noisy else digimouse.DEFAULT_NOISE_HU,
-        blur_mm=BLURRED_MM if blurred else digimouse.DEFAULT_BLUR_MM,
+        noise_hu=NOISY_HU if noisy else SHARP_NOISE_HU if sharp else digimouse.DEFAULT_NOISE_HU,
+        blur_mm=BLURRED_MM if blurred else SHARP_BLUR_MM if sharp else digimouse.DEFAULT_BLUR_MM,
     )
     case = Case(
         name=f"digimouse_{crop}",
@@ -599,7 +606,7 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
             return replace(rotate_long_axis(case, quarter_turns), name=f"digimouse_{crop}_{pose}")
     if thick:
         return replace(thicken(case, THICK_SLICES), name=f"digimouse_{crop}_thick")
-    if size in MOUSE_SIZES or noisy or blurred:
+    if size in MOUSE_SIZES or noisy or blurred or sharp:
         return replace(case, name=f"digimouse_{crop}_{size}")
     return case
 

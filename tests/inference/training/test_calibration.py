@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 from scipy import ndimage
 
 from inference.registry import ModelCard
@@ -295,3 +296,35 @@ def test_specks_in_tumor_free_anatomy_raise_the_nodule_rules_smallest_volume(tmp
     # The nodule is found in the case as it is and again with ``NODULE_NOISIER_HU`` more noise.
     assert chosen["found"] == 2 and chosen["false_positives_in_negatives"] == 0
     assert max(r["false_positives_in_negatives"] for r in report.values()) >= 4
+
+
+def test_the_nodule_rules_negatives_include_a_sharp_quiet_render(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One size and one noise level here (the real lists render 16 scans): each crop as drawn, then
+    # each sharp render, crisper than the default (what the blur read at the skin says).
+    from inference.phantom import digimouse
+    from inference.pipeline.blur import blur_mm
+    from inference.training import calibrate
+
+    if not (digimouse.DEFAULT_DIR / digimouse.FILENAME).is_file():
+        pytest.skip("Digimouse atlas not present")
+    monkeypatch.setattr(calibrate, "NEGATIVE_SIZES", (1.0,))
+    monkeypatch.setattr(calibrate, "NEGATIVE_NOISE_HU", (20.0,))
+    monkeypatch.setattr(calibrate, "NEGATIVE_SHARP", ((5.0, 0.1),))
+
+    negatives = {name: (ct, labels, affine) for name, ct, labels, affine in calibrate.atlas_negatives()}
+
+    assert list(negatives) == [
+        "digimouse_whole_x1_seed2_noise20",
+        "digimouse_torso_x1_seed2_noise20",
+        "digimouse_whole_x1_seed2_noise5_blur0.1",
+        "digimouse_torso_x1_seed2_noise5_blur0.1",
+    ]
+    plain, sharp = (
+        negatives["digimouse_torso_x1_seed2_noise20"],
+        negatives["digimouse_torso_x1_seed2_noise5_blur0.1"],
+    )
+    assert np.array_equal(plain[1], sharp[1])  # the same mouse, no tumor anywhere
+    assert not np.isin(sharp[1], [BY_NAME["tumor"].id, BY_NAME["metastasis"].id]).any()
+    spacing = np.sqrt((sharp[2][:3, :3] ** 2).sum(axis=0))
+    crisp, default = blur_mm(sharp[0], spacing), blur_mm(plain[0], spacing)
+    assert crisp is not None and default is not None and crisp < default - 0.03

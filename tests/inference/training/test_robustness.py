@@ -429,3 +429,15 @@ def test_the_thick_atlas_torso_is_the_fine_torso_in_pairs() -> None:
     assert thick.meta["thick_slices"] == robustness.THICK_SLICES
     # The blur read is in-plane: averaging slices leaves it at the render's 0.15 mm.
     assert blur_mm(thick.ct.astype(np.float32), thick.spacing_mm) == pytest.approx(0.15, abs=0.04)
+
+
+def test_the_sharp_atlas_torso_is_the_torso_crisper_and_quieter(atlas_torso: Case) -> None:
+    sharp = robustness.digimouse_case("digimouse_torso_sharp", 0.21, ATLAS)
+
+    assert sharp.name == "digimouse_torso_sharp" and np.array_equal(sharp.labels, atlas_torso.labels)
+    assert noise_hu(sharp.ct.astype(np.float32)) < 10.0
+    read = blur_mm(sharp.ct.astype(np.float32), sharp.spacing_mm)
+    default = blur_mm(atlas_torso.ct.astype(np.float32), atlas_torso.spacing_mm)
+    assert read is not None and default is not None
+    assert read == pytest.approx(robustness.SHARP_BLUR_MM, abs=0.04)
+    assert read < default
