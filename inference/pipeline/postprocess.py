@@ -677,10 +677,10 @@ def _radii(voxels: int | Sequence[int]) -> tuple[int, int, int]:
     """Per-axis radii (voxels) from one count or three."""
     if isinstance(voxels, int):
         return (voxels, voxels, voxels)
-    radii = tuple(int(v) for v in voxels)
+    radii = [int(v) for v in voxels]
     if len(radii) != 3:
         raise ValueError(f"need 3 per-axis radii, got {radii}")
-    return radii  # type: ignore[return-value]
+    return (radii[0], radii[1], radii[2])
 
 
 def diamond(radii: Sequence[int]) -> np.ndarray:

@@ -14,7 +14,7 @@ from scans.services import register_scan
 from segmentation.models import Prediction
 from tests.demo_scan import add_prediction, write_phantom
 
-from .conftest import screenshot
+from .conftest import ARTIFACTS, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -95,4 +95,7 @@ def test_the_metastasis_panel_says_from_what_size_each_count_runs(
         "smaller ones are not found."
     )
     assert "Left kidney" in page.locator("#metastases .metastases-not-assessed").inner_text()
+    # The panel sits below the fold of the side column: its own picture.
+    note.scroll_into_view_if_needed()
+    page.locator("#metastases").screenshot(path=str(ARTIFACTS / "07-viewer-metastases-found-from.png"))
     assert console.messages == []

@@ -425,7 +425,7 @@ function buildMetastasisPanel() {
     .map(([organ]) => byName.get(organ)?.display_name ?? organ);
   // A 0 is "none this size or larger": say from what size each searched organ's count runs.
   const from = Object.entries(config.metastasesFoundFromMm ?? {})
-    .filter(([organ]) => config.metastasisCounts[organ] !== null && config.metastasisCounts[organ] !== undefined)
+    .filter(([organ]) => config.metastasisCounts[organ] != null)
     .map(([organ, mm]) => `${byName.get(organ)?.display_name ?? organ} from ${mm} mm`);
   if (from.length) {
     const note = document.createElement("p");
