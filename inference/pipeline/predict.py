@@ -18,7 +18,7 @@ from functools import partial
 import numpy as np
 
 from inference.pipeline.animals import find_animals
-from inference.pipeline.blur import NODULES_MAX_MM, blur_finding, blur_mm, is_blurred
+from inference.pipeline.blur import NODULES_MAX_MM, VOXEL_SPREAD, blur_finding, blur_mm, is_blurred
 from inference.pipeline.braincase import BraincaseFill, fill_braincase
 from inference.pipeline.drift import drift_finding, drifts, measure_drift
 from inference.pipeline.geometry import (
@@ -186,7 +186,8 @@ def detect_lesions(
 
     Needs the organ map of the same call for the host organs; without one the rules are skipped.
     ``noise_hu``: the noise of ``canonical`` (``noise.noise_hu``), for the rules' ``smooth_to_hu``
-    and ``peak_snr``. On a scan blurred past ``blur.NODULES_MAX_MM`` (``blur``, mm) no rule runs;
+    and ``peak_snr``. On a scan blurred past ``blur.NODULES_MAX_MM`` (``blur``, mm), or whose
+    thickest voxel side spreads that far (0.87 mm slices), no rule runs;
     returns the host organs (names) left unsearched so, which the run reports "not assessed".
     """
     organs = task_labels.get("organs")
@@ -194,7 +195,10 @@ def detect_lesions(
     if organs is None or lesions is None:
         return ()
     rules = groups["tumor"][0].detections
-    if is_blurred(blur, NODULES_MAX_MM):
+    # A slice's own thickness spreads a nodule across it as blur does (its box's spread): at 1.12 mm
+    # slices the atlas torso got 5 "metastases" at the lungs' cranial and caudal rims.
+    thickest = VOXEL_SPREAD * max(float(s) for s in spacing_mm)
+    if is_blurred(max(blur or 0.0, thickest), NODULES_MAX_MM):
         return tuple(sorted({BY_ID[int(h)].name for rule in rules for h in rule["hosts"]}))
     for rule in rules:
         found = detect_bright_lesions(
