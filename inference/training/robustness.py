@@ -535,6 +535,14 @@ def breathing(case: Case, travel_mm: float) -> Case:
 # --- sources -----------------------------------------------------------------------------------
 
 
+def read_phantom(folder: Path) -> Case:
+    """A flat-layout phantom folder (``ct.nii.gz``, ``labels.nii.gz``, ``meta.json``) as a ``Case``."""
+    ct, affine = load_canonical(folder / "ct.nii.gz")
+    labels, _ = load_canonical(folder / "labels.nii.gz")
+    meta = json.loads((folder / "meta.json").read_text())
+    return Case(name=folder.name, ct=np.asarray(ct), labels=np.asarray(labels), affine=affine, meta=meta)
+
+
 class PhantomSource:
     """Held-out test phantoms from ``data/test_native`` (written there when missing) and the same
     mice at other voxel sizes (generated once into ``cache``). ``spacing_mm`` is the base voxel
@@ -544,10 +552,7 @@ class PhantomSource:
         self.data, self.cache, self.spacing_mm = Path(data), Path(cache), spacing_mm
 
     def _read(self, folder: Path) -> Case:
-        ct, affine = load_canonical(folder / "ct.nii.gz")
-        labels, _ = load_canonical(folder / "labels.nii.gz")
-        meta = json.loads((folder / "meta.json").read_text())
-        return Case(name=folder.name, ct=np.asarray(ct), labels=np.asarray(labels), affine=affine, meta=meta)
+        return read_phantom(folder)
 
     def native(self, seed: int) -> Case:
         if np.isclose(self.spacing_mm, 0.21):
