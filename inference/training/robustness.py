@@ -551,21 +551,18 @@ class PhantomSource:
     def __init__(self, data: Path = DEFAULT_DATA, cache: Path = DEFAULT_CACHE, spacing_mm: float = 0.21):
         self.data, self.cache, self.spacing_mm = Path(data), Path(cache), spacing_mm
 
-    def _read(self, folder: Path) -> Case:
-        return read_phantom(folder)
-
     def native(self, seed: int) -> Case:
         if np.isclose(self.spacing_mm, 0.21):
             folder = self.data / "test_native"
             write_dataset(folder, n=1, seed=seed, spacing_mm=0.21, skip_existing=True)
-            return self._read(folder / f"native_{seed:05d}")
+            return read_phantom(folder / f"native_{seed:05d}")
         return self.at_spacing(seed, self.spacing_mm)
 
     def at_spacing(self, seed: int, spacing_mm: float) -> Case:
         folder = self.cache / f"native_{seed:05d}_{spacing_mm:.2f}mm"
         if not (folder / "meta.json").is_file():
             write_flat(generate_phantom(seed, spacing_mm=spacing_mm, n_annotators=0), folder)
-        return self._read(folder)
+        return read_phantom(folder)
 
 
 def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = None) -> Case:

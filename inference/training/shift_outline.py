@@ -37,7 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from inference.registry import ModelCard, load_card
+from inference.registry import ModelCard, ModelCardError, load_card
 from inference.structures import BY_NAME
 from inference.training.calibrate import write_postprocess
 from inference.training.data import find_cases
@@ -71,7 +71,7 @@ DEFAULT_PHANTOMS = 4
 
 def tuning_cases(data: Path, *, phantoms: int, atlas: Sequence[str] = ATLAS_RENDERS) -> dict[str, list[Case]]:
     """The scans a shift is chosen on, by source: validation phantoms (as generated, +60 HU, three
-    times the noise) and the atlas renders ``atlas``."""
+    times the noise) and, unless ``atlas`` is empty, the atlas renders it names."""
     folders = find_cases(data)[:phantoms]
     if not folders:
         raise ValueError(f"no phantoms in {data}: write the validation set first (make_models)")
@@ -85,7 +85,10 @@ def tuning_cases(data: Path, *, phantoms: int, atlas: Sequence[str] = ATLAS_REND
             replace(more_noise(base, 3.0, seed), name=f"{base.name}x3noise"),
         ]
     spacing = float(drawn[0].spacing_mm[0])
-    return {"phantoms": drawn, "atlas": [replace(digimouse_case(v, spacing), name=v) for v in atlas]}
+    sources = {"phantoms": drawn}
+    if atlas:
+        sources["atlas"] = [replace(digimouse_case(v, spacing), name=v) for v in atlas]
+    return sources
 
 
 def shifted(card: ModelCard, structure_ids: Sequence[int], shift: float) -> ModelCard:
@@ -124,14 +127,19 @@ def choose_shift(
     threads: int = 2,
 ) -> tuple[float, dict[str, Any]]:
     """``(shift, report)``: the smallest shift of ``names``' scores within ``TOLERANCE`` of the best
-    mean Dice (the mean of each source's mean over structures)."""
+    mean Dice (the mean over sources, of each source's mean over structures). Raises
+    ``ValueError`` when no case's truth holds any of ``names``."""
     ids = [BY_NAME[name].id for name in names]
     trials: dict[str, dict[str, Any]] = {}
     means: dict[float, float] = {}
     for shift in sorted(candidates, key=abs):
         trial = shifted(card, ids, shift)
         by_source = {src: source_dice(trial, cases, names, threads) for src, cases in sources.items()}
-        means[shift] = statistics.fmean(statistics.fmean(d.values()) for d in by_source.values())
+        # A source whose truth holds none of the structures (the atlas has no gut) has no say.
+        scored = [statistics.fmean(d.values()) for d in by_source.values() if d]
+        if not scored:
+            raise ValueError(f"no scan holds {', '.join(names)} in its truth: nothing to choose a shift on")
+        means[shift] = statistics.fmean(scored)
         trials[f"{shift:g}"] = {"mean_dice": round(means[shift], 4), **by_source}
         log.info("shift %+.2f: mean Dice %.4f %s", shift, means[shift], by_source)
     best = max(means.values())
@@ -155,13 +163,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="validation phantoms (flat layout)")
     parser.add_argument("--phantoms", type=int, default=DEFAULT_PHANTOMS, help="validation phantoms used")
     parser.add_argument(
-        "--atlas", default=",".join(ATLAS_RENDERS), help="comma-separated atlas renders (robustness variants)"
+        "--atlas",
+        default=",".join(ATLAS_RENDERS),
+        help="comma-separated atlas renders (robustness variants); empty: phantoms only",
     )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    card = load_card(args.model)
-    unknown = [n for n in args.structure if n not in BY_NAME or BY_NAME[n].id not in card.structures]
+    if args.phantoms < 1:
+        parser.error(f"--phantoms must be 1 or more, not {args.phantoms}")
+    try:
+        card = load_card(args.model)
+    except ModelCardError as error:
+        parser.error(str(error))
+    names = list(dict.fromkeys(args.structure))  # a name given twice is shifted once
+    unknown = [n for n in names if n not in BY_NAME or BY_NAME[n].id not in card.structures]
     if unknown:
         parser.error(f"{card.name}/{card.version} draws no structure named {', '.join(unknown)}")
     renders = [v.strip() for v in args.atlas.split(",") if v.strip()]
@@ -171,13 +187,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--atlas takes Digimouse renders ({known}), not {', '.join(wrong)}")
     try:
         sources = tuning_cases(args.data, phantoms=args.phantoms, atlas=renders)
+        shift, report = choose_shift(card, names, sources, threads=args.threads)
     except ValueError as error:
         parser.error(str(error))
-    shift, report = choose_shift(card, args.structure, sources, threads=args.threads)
-    post = dict(shifted(card, [BY_NAME[n].id for n in args.structure], shift).postprocess)
+    post = dict(shifted(card, [BY_NAME[n].id for n in names], shift).postprocess)
     calibration = dict(post.get("calibration", {}))
     # One entry per set of structures shifted together, so a later run keeps an earlier one's trials.
-    calibration["outline_shift"] = {**calibration.get("outline_shift", {}), ",".join(args.structure): report}
+    calibration["outline_shift"] = {**calibration.get("outline_shift", {}), ",".join(names): report}
     post["calibration"] = calibration
     write_postprocess(args.model, post)
     print(json.dumps(report, indent=1))

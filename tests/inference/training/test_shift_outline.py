@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from inference.phantom import generate_phantom
 from inference.phantom.writer import write_dataset
 from inference.registry import ModelCard, load_card
 from inference.structures import BY_NAME
 from inference.training import shift_outline
+from inference.training.robustness import Case
 from tests.inference.pipeline.tiny_models import write_threshold_model
 
 SPACING_MM = 0.63
@@ -83,10 +86,43 @@ def test_the_command_names_what_it_cannot_use(
         "draws no structure named spleen": ["--structure", "spleen"],
         "takes Digimouse renders": ["--structure", "liver", "--atlas", "native"],
         "no phantoms in": ["--structure", "liver", "--atlas", "digimouse_torso"],
+        "--phantoms must be 1 or more": ["--structure", "liver", "--phantoms", "0"],
     }
+    missing = ["--model", str(tmp_path / "none"), "--data", str(tmp_path), "--structure", "liver"]
+    with pytest.raises(SystemExit) as stopped:
+        shift_outline.main(missing)
+    assert stopped.value.code == 2 and "no model.json" in capsys.readouterr().err
     for message, args in wrong.items():
         with pytest.raises(SystemExit) as stopped:
             shift_outline.main([*base, *args])
         assert stopped.value.code == 2
         assert message in capsys.readouterr().err
     assert "score_offsets" not in load_card(organs.folder).postprocess  # nothing written
+
+
+def test_a_name_given_twice_is_shifted_once_and_an_empty_atlas_leaves_the_phantoms(
+    tmp_path: Path, organs: ModelCard, capsys: pytest.CaptureFixture[str]
+) -> None:
+    val = tmp_path / "val"
+    write_dataset(val, n=1, seed=8000, spacing_mm=SPACING_MM)
+    args = ["--model", str(organs.folder), "--structure", "liver", "--structure", "liver"]
+    shift_outline.main([*args, "--data", str(val), "--phantoms", "1", "--atlas", "", "--threads", "1"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["structures"] == ["liver"]
+    assert list(report["cases"]) == ["phantoms"]
+    assert all(set(trial) == {"mean_dice", "phantoms"} for trial in report["trials"].values())
+    written = load_card(organs.folder).postprocess["score_offsets"]
+    assert written == ({str(LIVER): report["chosen"]} if report["chosen"] else {})
+
+
+def test_no_shift_is_chosen_where_no_truth_holds_the_structure(organs: ModelCard) -> None:
+    phantom = generate_phantom(8000, spacing_mm=SPACING_MM, n_annotators=0)
+    empty = Case(
+        name="p",
+        ct=phantom.ct,
+        labels=np.zeros_like(phantom.labels),
+        affine=phantom.affine,
+        meta=phantom.meta,
+    )
+    with pytest.raises(ValueError, match="no scan holds liver"):
+        shift_outline.choose_shift(organs, ["liver"], {"phantoms": [empty], "atlas": []}, candidates=(0.0,))
