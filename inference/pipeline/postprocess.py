@@ -19,7 +19,7 @@ background. Connectivity is 26 (face, edge and corner neighbours).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -591,6 +591,7 @@ def apply_refinement(
     spacing_mm: Sequence[float],
     *,
     drift_hu: float = 0.0,
+    thresholds_hu: Mapping[int, float] | None = None,
 ) -> int:
     """Apply one ``model.json`` ``refine`` rule to the full-resolution ``labels`` (in place).
 
@@ -601,7 +602,11 @@ def apply_refinement(
     outline onto the intensity edge (``refine_edge``), within ``margin_mm`` in scan voxels
     (``spacing_mm``); ``{"structure", "contrast_edge", "margin_mm"}`` moves it onto the edge
     between its own level and its neighbours' when they differ by ``contrast_edge`` HU or more
-    (``refine_contrast_edge``; ``drift_hu`` as there). Rules run in their order.
+    (``refine_contrast_edge``; ``drift_hu`` as there). Rules run in their order. ``thresholds_hu``:
+    by structure id, the level its ``min_hu`` rule uses where that is below the card's (the scan's
+    own bone, ``bone_level.BoneLevel.threshold``). An ``enclosed_by`` rule keeps its card's
+    ``max_hu``: on a blurred scan the bone's blur reaches into the canal, and the cord lost a fifth
+    of its Dice where its level followed the wall's.
     (``{"structure", "air_edge", "margin_mm"}`` rules, ``refine_air_edge``, run later, after the
     lesion search: ``predict.settle_air_edges``.)
     """
@@ -625,7 +630,7 @@ def apply_refinement(
         coarse,
         intensity,
         sid,
-        min_hu=float(rule["min_hu"]),
+        min_hu=min(float(rule["min_hu"]), (thresholds_hu or {}).get(sid, math.inf)),
         margin_voxels=margin,
         connected=bool(rule.get("connected", False)),
     )

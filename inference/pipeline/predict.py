@@ -19,6 +19,7 @@ import numpy as np
 
 from inference.pipeline.animals import find_animals
 from inference.pipeline.blur import NODULES_MAX_MM, VOXEL_SPREAD, blur_finding, blur_mm, is_blurred
+from inference.pipeline.bone_level import BoneLevel, bone_level_finding, read_bone_level
 from inference.pipeline.braincase import BraincaseFill, fill_braincase
 from inference.pipeline.drift import drift_finding, drifts, measure_drift
 from inference.pipeline.geometry import (
@@ -246,6 +247,7 @@ def _segment_task(
     *,
     canonical: np.ndarray,
     rules_hu: np.ndarray,
+    bone: BoneLevel | None,
     geometry: Geometry,
     resampled: Mapping[tuple[int, int, int], np.ndarray],
     animals: Mapping[tuple[int, int, int], np.ndarray],
@@ -257,7 +259,8 @@ def _segment_task(
     keep_scores: bool,
 ) -> _TaskOutput:
     """Inference, component rules and restore for one task's ensemble ``members``. ``rules_hu`` is
-    what the intensity threshold rules read (``noise.for_threshold_rules``)."""
+    what the intensity threshold rules read (``noise.for_threshold_rules``); ``bone`` the scan's
+    bone level (``bone_level.read_bone_level``), which sets the bone rule's threshold."""
     timer = StageTimer()
     lead = members[0]
     providers: dict[str, str] = {}
@@ -337,6 +340,7 @@ def _segment_task(
                 device,
                 threads,
                 drift_across=drift_across,
+                bone=bone,
             )
     return _TaskOutput(
         labels=labels,
@@ -380,6 +384,7 @@ def refine(
     threads: int,
     *,
     drift_across: Mapping[int, float] | None = None,
+    bone: BoneLevel | None = None,
 ) -> None:
     """Apply ``card``'s ``refine`` rules to the full-resolution ``labels``, in their order (in place).
 
@@ -393,11 +398,17 @@ def refine(
     ``drift_across``: by structure id, how many HU the scan's level drifts across it (a scan whose
     level drifts with depth: ``drift.py``); a contrast-edge rule stands down for a structure whose
     contrast with its neighbours is no larger. ``coarse``: the model grid's labels, as channel
-    indices (``channel_argmax`` of the scores).
+    indices (``channel_argmax`` of the scores). ``bone``: the scan's bone level, whose
+    ``threshold`` a ``min_hu`` rule uses where it is below the card's.
     """
     touched: set[int] = set()
     # Air-edge rules wait for the lesion search (``settle_air_edges``).
     rules = [rule for rule in card.refinements if "air_edge" not in rule]
+    thresholds = {
+        int(rule["structure"]): bone.threshold(float(rule["min_hu"]))
+        for rule in rules
+        if "min_hu" in rule and bone is not None
+    }
     with beside(threads, "refiner") as ahead:
         decisions: dict[int, Future[RefinerDecision | None]] = {}
         for index, rule in enumerate(rules):
@@ -423,6 +434,7 @@ def refine(
                     grid_spacing_mm,
                     spacing_mm,
                     drift_hu=(drift_across or {}).get(int(rule["structure"]), 0.0),
+                    thresholds_hu=thresholds,
                 )
 
 
@@ -516,6 +528,22 @@ def predict_volume(
             calibration = replace(
                 calibration, findings=(*calibration.findings, threshold_rules_finding(noise, width))
             )
+        # The noise of the image the rules read (the median's, if taken).
+        rules_noise = noise_hu(rules_hu) if width else noise
+        # Bone dimmer than the models learned: they and the rules read it stretched to that level.
+        bone = read_bone_level(rules_hu, rules_noise)
+        if bone is not None:
+            stretched = bone_level_finding(bone)
+            calibration = replace(
+                calibration,
+                bone_level_hu=bone.level_hu,
+                bone_stretched_to_hu=bone.stretched_to_hu,
+                findings=(*calibration.findings, stretched) if stretched else calibration.findings,
+            )
+            if bone.stretched_to_hu is not None:
+                stretched_scan = bone.apply(canonical)
+                rules_hu = bone.apply(rules_hu) if width else stretched_scan
+                canonical = stretched_scan
         for members in groups.values():
             grid = resampled_shape(geometry.canonical_shape, geometry.spacing_mm, members[0].input_spacing_mm)
             if grid not in resampled:
@@ -525,6 +553,7 @@ def predict_volume(
         _segment_task,
         canonical=canonical,
         rules_hu=rules_hu,
+        bone=bone,
         geometry=geometry,
         resampled=resampled,
         animals={grid: found[0] for grid, found in animals.items()},
@@ -593,8 +622,6 @@ def predict_volume(
             if orientation is not None and orientation.head_only and organs is not None:
                 drop_out_of_view(organs, groups["organs"][0].structures)
             braincase = fill_braincase(organs, rules_hu, geometry.spacing_mm) if organs is not None else None
-            # The nodule rule's noise is that of the image it reads (the median's, if taken).
-            rules_noise = noise_hu(rules_hu) if width else noise
             unsearched = detect_lesions(task_labels, groups, rules_hu, geometry.spacing_mm, rules_noise, blur)
             if organs is not None and straightening is None:
                 settle_air_edges(organs, rules_hu, groups["organs"][0], geometry.spacing_mm, blur=blur)

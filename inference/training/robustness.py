@@ -28,6 +28,9 @@ its own dtype, with its affine) and scored against the truth moved the same way:
   reconstruction, the scan blurred by a further ``BLUR_MM``; ``thick``: the 0.14 mm mouse with
   each pair of axial slices averaged into one (0.14 x 0.14 x 0.28 mm, ``THICK_SLICES``), scored
   against the truth of each pair's first slice.
+- ``dimbone``: bone reading dimmer, as a young mouse's less mineralised bone or a harder beam
+  reads it: every voxel above ``DIM_FROM_HU`` brought ``DIM_BONE_SCALE`` of the way from there
+  (vertebrae 800 -> 380 HU, long bones 1,150 -> 520).
 - ``digimouse`` / ``digimouse_torso``: the real-anatomy source, CT rendered from the Digimouse
   atlas (``phantom.digimouse.render_ct``), whole body and torso. It has no intestine or spinal
   cord labels (those are not scored) and no tumor. ``digimouse_torso_supine`` /
@@ -43,7 +46,9 @@ its own dtype, with its affine) and scored against the truth moved the same way:
   ``digimouse_torso_blurred``: the torso rendered with ``BLURRED_MM`` of blur instead of 0.15;
   ``digimouse_torso_thick``: the torso rendered at 0.14 mm, its slices averaged in pairs as
   ``thick``; ``digimouse_torso_sharp``: the torso rendered crisper and quieter (``SHARP_BLUR_MM``,
-  ``SHARP_NOISE_HU``), where the lungs' rim against the heart is one partial-volume voxel thick.
+  ``SHARP_NOISE_HU``), where the lungs' rim against the heart is one partial-volume voxel thick;
+  ``digimouse_dimbone`` / ``digimouse_torso_dimbone``: the whole mouse and the torso with its bone at
+  ``DIM_BONE_HU`` instead of 900.
 
 Per variant it prints the median Dice of each structure (the big organs first), the median volume
 claimed for labelled structures that are absent (e.g. a liver in a head-only scan), and the tumor
@@ -54,7 +59,8 @@ positives <= 20 mm^3 in every scan, metastasis false positives too. A case whose
 layout check (``qc.layout_reasons``) would name keeps its words under ``layout`` in the JSON and
 is marked LAYOUT FLAGGED in the log; each case also keeps the drift of its level with depth that
 the pipeline read (``depth_drift_hu``, ``pipeline/drift.py``) and the blur it read at the skin
-(``blur_mm``, ``pipeline/blur.py``). Generated phantoms are cached under
+(``blur_mm``, ``pipeline/blur.py``) and how bright it read the bone (``bone_level_hu``,
+``pipeline/bone_level.py``). Generated phantoms are cached under
 ``data/.cache/robustness``.
 """
 
@@ -131,6 +137,7 @@ VARIANTS: dict[str, str] = {
     "breathing": "breathing: the diaphragm's region averaged over 1 mm of craniocaudal travel",
     "blurred": "a softer reconstruction: the scan blurred by a further 0.3 mm (Gaussian sigma)",
     "thick": "thick slices: the 0.14 mm mouse's axial slices averaged in pairs (0.14 x 0.14 x 0.28 mm)",
+    "dimbone": "bone reading dimmer: every voxel above 100 HU brought to 0.4 of its height above it",
     "digimouse": "Digimouse atlas (real anatomy), whole body",
     "digimouse_torso": "Digimouse atlas (real anatomy), torso",
     "digimouse_torso_supine": "Digimouse torso rotated 180 degrees about the long axis, header unchanged",
@@ -144,6 +151,8 @@ VARIANTS: dict[str, str] = {
     "digimouse_torso_blurred": "Digimouse torso rendered with 0.35 mm of blur instead of 0.15",
     "digimouse_torso_thick": "Digimouse torso at 0.14 mm, axial slices averaged in pairs (0.28 mm)",
     "digimouse_torso_sharp": "Digimouse torso rendered with 0.1 mm of blur and 5 HU of noise",
+    "digimouse_dimbone": "Digimouse whole body with its bone at 500 HU instead of 900",
+    "digimouse_torso_dimbone": "Digimouse torso with its bone at 500 HU instead of 900",
 }
 DIGIMOUSE_VARIANTS = (
     "digimouse",
@@ -159,6 +168,8 @@ DIGIMOUSE_VARIANTS = (
     "digimouse_torso_blurred",
     "digimouse_torso_thick",
     "digimouse_torso_sharp",
+    "digimouse_dimbone",
+    "digimouse_torso_dimbone",
 )
 #: How much darker the body's centre is than its rim in ``cupping`` (HU), and the strongest ring of
 #: ``rings``: uncorrected beam hardening and detector rings of a micro-CT, a few tens of HU each.
@@ -184,6 +195,11 @@ THICK_SLICES = 2
 SHARP_BLUR_MM = 0.1
 SHARP_NOISE_HU = 5.0
 THICK_FROM_MM = 0.14
+#: ``dimbone``: voxels above ``DIM_FROM_HU`` keep this share of their height above it;
+#: ``digimouse_torso_dimbone``: the atlas' bone at ``DIM_BONE_HU`` (its default is 900).
+DIM_FROM_HU = 100.0
+DIM_BONE_SCALE = 0.4
+DIM_BONE_HU = 500.0
 #: Length of the small and large Digimouse variants against the atlas mouse's own.
 MOUSE_SIZES = {"small": 0.85, "large": 1.2}
 #: The diagonal of the tilted Digimouse variants (degrees, about the dorso-ventral axis).
@@ -204,6 +220,7 @@ TRANSFORM_KEYS = (
     "breathing_mm",
     "blurred_mm",
     "thick_slices",
+    "dim_bone",
 )
 
 
@@ -445,6 +462,14 @@ def cupping(case: Case, depth_hu: float) -> Case:
     return replace(case, ct=int16_hu(ct), meta={**case.meta, "cupping": depth_hu})
 
 
+def dim_bone(case: Case, scale: float, from_hu: float = DIM_FROM_HU) -> Case:
+    """Bone reading dimmer: every voxel above ``from_hu`` keeps ``scale`` of its height above it."""
+    ct = case.ct.astype(np.float32)
+    bright = ct > from_hu
+    ct[bright] = np.float32(from_hu) + (ct[bright] - np.float32(from_hu)) * np.float32(scale)
+    return replace(case, ct=int16_hu(ct), meta={**case.meta, "dim_bone": scale})
+
+
 def blur(case: Case, sigma_mm: float) -> Case:
     """A softer reconstruction kernel: the scan blurred by a Gaussian of ``sigma_mm`` (on top of
     its own blur; the labels stay as they are)."""
@@ -578,6 +603,7 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
     blurred = variant.endswith("blurred")
     thick = variant.endswith("thick")
     sharp = variant.endswith("sharp")
+    dim = variant.endswith("dimbone")
     # A tilted torso is cut from the tilted body, as the scanner's axial field of view cuts it.
     phantom = digimouse.render_ct(
         mouse,
@@ -586,6 +612,7 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
         crop="whole" if tilt else crop,
         noise_hu=NOISY_HU if noisy else SHARP_NOISE_HU if sharp else digimouse.DEFAULT_NOISE_HU,
         blur_mm=BLURRED_MM if blurred else SHARP_BLUR_MM if sharp else digimouse.DEFAULT_BLUR_MM,
+        hu={"bone": DIM_BONE_HU} if dim else None,
     )
     case = Case(
         name=f"digimouse_{crop}",
@@ -608,7 +635,7 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
             return replace(rotate_long_axis(case, quarter_turns), name=f"digimouse_{crop}_{pose}")
     if thick:
         return replace(thicken(case, THICK_SLICES), name=f"digimouse_{crop}_thick")
-    if size in MOUSE_SIZES or noisy or blurred or sharp:
+    if size in MOUSE_SIZES or noisy or blurred or sharp or dim:
         return replace(case, name=f"digimouse_{crop}_{size}")
     return case
 
@@ -640,6 +667,7 @@ def make_case(variant: str, base: Case, seed: int, source: PhantomSource, neighb
         "breathing": lambda: breathing(base, BREATHING_MM),
         "blurred": lambda: blur(base, BLUR_MM),
         "thick": lambda: thicken(source.at_spacing(seed, THICK_FROM_MM), THICK_SLICES),
+        "dimbone": lambda: dim_bone(base, DIM_BONE_SCALE),
     }
     if variant not in transforms:
         raise ValueError(f"unknown variant {variant!r}; variants are {', '.join(VARIANTS)}")
@@ -677,12 +705,13 @@ def score_case(case: Case, cards: Sequence[ModelCard], *, threads: int = 2) -> d
         layout = [r.message for r in layout_reasons(out.organ_centres)] if out.animals <= 1 else []
         drift = out.intensity.depth_drift_hu if out.intensity is not None else None
         blur_read = out.intensity.blur_mm if out.intensity is not None else None
+        bone_read = out.intensity.bone_level_hu if out.intensity is not None else None
     except ValueError as error:  # a refusal (e.g. no credible intensity fit) scores as nothing found
         refused = str(error) or type(error).__name__
         pred = np.zeros(case.labels.shape, np.uint8)
         seconds = {}
         layout = []
-        drift = blur_read = None
+        drift = blur_read = bone_read = None
     truth = case.labels
     region = case.region or (slice(None), slice(None), slice(None))
     pred_r, truth_r = pred[region], truth[region]
@@ -726,6 +755,9 @@ def score_case(case: Case, cards: Sequence[ModelCard], *, threads: int = 2) -> d
     if blur_read is not None:
         # The blur the pipeline read at the skin (blur.py; beyond 0.2 mm the lungs are not trimmed).
         result["blur_mm"] = round(blur_read, 3)
+    if bone_read is not None:
+        # How bright the pipeline read the bone (bone_level.py; below 560 HU the models read it stretched).
+        result["bone_level_hu"] = round(bone_read)
     if refused is not None:
         result["refused"] = refused
     result["seconds"] = {**seconds, "total": round(time.perf_counter() - started, 3)}

@@ -157,6 +157,20 @@ def test_a_level_that_drifts_with_depth_asks_for_review_and_anatomy_s_own_does_n
     assert plain.status == OK, [r.message for r in plain.reasons]
 
 
+def test_bone_read_stretched_asks_for_review_and_bone_read_as_it_is_does_not(phantom: Phantom) -> None:
+    stretched = _check(
+        phantom, phantom.labels, intensity={"units": "HU", "bone_level_hu": 470, "bone_stretched_to_hu": 900}
+    )
+    plain = _check(
+        phantom, phantom.labels, intensity={"units": "HU", "bone_level_hu": 980, "bone_stretched_to_hu": None}
+    )
+
+    assert stretched.status == NEEDS_REVIEW and _codes(stretched) == {"bone_dim"}
+    [reason] = stretched.reasons
+    assert "about 470 HU" in reason.message and "900 HU" in reason.message
+    assert plain.status == OK, [r.message for r in plain.reasons]
+
+
 def test_a_speck_in_air_and_a_near_identity_calibration_are_no_reason(phantom: Phantom) -> None:
     # Measured by bench/qc_report.py: a torso crop's 8-voxel tumor speck in air and a 3x-noise scan
     # "calibrated" by HU = 1.013 x value + 10 flagged good predictions; neither changes a number.
