@@ -10,7 +10,8 @@ brought down to 350-500 HU (robustness ``dimbone``) and the Digimouse atlas rend
 43 mm^3 in tumor-free mice), and the organ model's bone rule (``model.json`` ``refine``: bone at
 or above 450 HU) kept a quarter of the atlas' skeleton (Dice 0.27).
 
-So the level is read once, before the models (``read_bone_level``): the ``LEVEL_PERCENTILE``
+So the level is read once, before the models (``read_bone_level``; not with ``intensity="hu"``,
+which takes the values as they are): the ``LEVEL_PERCENTILE``
 of the voxels brighter than soft tissue can be (``FLOOR_HU``, or ``NOISE_SDS`` noise standard
 deviations above soft tissue on a noisy scan). Two uses:
 

@@ -530,8 +530,9 @@ def predict_volume(
             )
         # The noise of the image the rules read (the median's, if taken).
         rules_noise = noise_hu(rules_hu) if width else noise
-        # Bone dimmer than the models learned: they and the rules read it stretched to that level.
-        bone = read_bone_level(rules_hu, rules_noise)
+        # Bone dimmer than the models learned: they and the rules read it stretched to that level
+        # (``intensity="hu"`` takes the values as they are, bone included).
+        bone = read_bone_level(rules_hu, rules_noise) if calibration.mode != "hu" else None
         if bone is not None:
             stretched = bone_level_finding(bone)
             calibration = replace(

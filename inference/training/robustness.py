@@ -48,7 +48,10 @@ its own dtype, with its affine) and scored against the truth moved the same way:
   ``thick``; ``digimouse_torso_sharp``: the torso rendered crisper and quieter (``SHARP_BLUR_MM``,
   ``SHARP_NOISE_HU``), where the lungs' rim against the heart is one partial-volume voxel thick;
   ``digimouse_dimbone`` / ``digimouse_torso_dimbone``: the whole mouse and the torso with its bone at
-  ``DIM_BONE_HU`` instead of 900.
+  ``DIM_BONE_HU`` instead of 900; ``digimouse_torso_tissues``: the torso rendered ``n`` times
+  (seeds 0 to n-1), each with its own tissue model, every tissue's HU, the noise and the blur drawn
+  from ``TISSUE_RANGES_HU``, ``TISSUE_NOISE_HU`` and ``TISSUE_BLUR_MM`` (another lab's renderer:
+  the held-out real-anatomy check draws its CT with a tissue model we do not know).
 
 Per variant it prints the median Dice of each structure (the big organs first), the median volume
 claimed for labelled structures that are absent (e.g. a liver in a head-only scan), and the tumor
@@ -153,6 +156,7 @@ VARIANTS: dict[str, str] = {
     "digimouse_torso_sharp": "Digimouse torso rendered with 0.1 mm of blur and 5 HU of noise",
     "digimouse_dimbone": "Digimouse whole body with its bone at 500 HU instead of 900",
     "digimouse_torso_dimbone": "Digimouse torso with its bone at 500 HU instead of 900",
+    "digimouse_torso_tissues": "Digimouse torso, each render its own tissue model (HU, noise, blur drawn)",
 }
 DIGIMOUSE_VARIANTS = (
     "digimouse",
@@ -170,7 +174,10 @@ DIGIMOUSE_VARIANTS = (
     "digimouse_torso_sharp",
     "digimouse_dimbone",
     "digimouse_torso_dimbone",
+    "digimouse_torso_tissues",
 )
+#: Digimouse variants rendered ``n`` times (seeds 0 to n-1), scored as the phantoms are (medians).
+ATLAS_DRAWS = ("digimouse_torso_tissues",)
 #: How much darker the body's centre is than its rim in ``cupping`` (HU), and the strongest ring of
 #: ``rings``: uncorrected beam hardening and detector rings of a micro-CT, a few tens of HU each.
 CUPPING_HU = 50.0
@@ -200,6 +207,26 @@ THICK_FROM_MM = 0.14
 DIM_FROM_HU = 100.0
 DIM_BONE_SCALE = 0.4
 DIM_BONE_HU = 500.0
+#: ``digimouse_torso_tissues``: each tissue's HU drawn from these ranges (CT's order kept: air <
+#: lung < soft tissue < bone; fluids below soft tissue), the noise (HU) and the blur (mm) too.
+TISSUE_RANGES_HU: dict[str, tuple[float, float]] = {
+    "lung": (-700.0, -300.0),
+    "soft_tissue": (20.0, 60.0),
+    "muscle": (35.0, 60.0),
+    "liver": (50.0, 90.0),
+    "spleen": (45.0, 80.0),
+    "heart": (30.0, 60.0),
+    "kidney": (25.0, 55.0),
+    "stomach": (10.0, 40.0),
+    "bladder": (0.0, 25.0),
+    "brain": (25.0, 45.0),
+    "bone": (500.0, 1500.0),
+    "gland": (30.0, 60.0),
+    "testis": (30.0, 50.0),
+    "eye": (0.0, 20.0),
+}
+TISSUE_NOISE_HU = (10.0, 40.0)
+TISSUE_BLUR_MM = (0.1, 0.25)
 #: Length of the small and large Digimouse variants against the atlas mouse's own.
 MOUSE_SIZES = {"small": 0.85, "large": 1.2}
 #: The diagonal of the tilted Digimouse variants (degrees, about the dorso-ventral axis).
@@ -590,9 +617,30 @@ class PhantomSource:
         return read_phantom(folder)
 
 
-def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = None) -> Case:
-    """The Digimouse atlas rendered as CT (whole body or torso, turned as ``variant`` says), seed 0."""
+def tissue_model(seed: int) -> tuple[dict[str, float], float, float]:
+    """``digimouse_torso_tissues``' draw for ``seed``: (HU per tissue, noise HU, blur mm)."""
+    rng = np.random.default_rng([seed, 19])
+    hu = {tissue: float(rng.uniform(low, high)) for tissue, (low, high) in TISSUE_RANGES_HU.items()}
+    return hu, float(rng.uniform(*TISSUE_NOISE_HU)), float(rng.uniform(*TISSUE_BLUR_MM))
+
+
+def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = None, seed: int = 0) -> Case:
+    """The Digimouse atlas rendered as CT (whole body or torso, turned as ``variant`` says); ``seed``
+    draws the noise (and, for ``digimouse_torso_tissues``, the tissue model)."""
     mouse = digimouse.load(atlas_dir)
+    if variant == "digimouse_torso_tissues":
+        hu, noise, blur_mm = tissue_model(seed)
+        drawn = digimouse.render_ct(
+            mouse, seed=seed, spacing_mm=spacing_mm, crop="torso", hu=hu, noise_hu=noise, blur_mm=blur_mm
+        )
+        return Case(
+            name=f"digimouse_torso_tissues_{seed}",
+            ct=drawn.ct,
+            labels=drawn.labels,
+            affine=drawn.affine,
+            labelled=mouse.labelled,
+            meta=drawn.meta,
+        )
     size = variant.rsplit("_", 1)[-1]
     if size in MOUSE_SIZES:
         # Another mouse's size: the atlas' voxels stretched, so every organ scales with the body.
@@ -607,7 +655,7 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
     # A tilted torso is cut from the tilted body, as the scanner's axial field of view cuts it.
     phantom = digimouse.render_ct(
         mouse,
-        seed=0,
+        seed=seed,
         spacing_mm=THICK_FROM_MM if thick else spacing_mm,
         crop="whole" if tilt else crop,
         noise_hu=NOISY_HU if noisy else SHARP_NOISE_HU if sharp else digimouse.DEFAULT_NOISE_HU,
@@ -874,10 +922,11 @@ def run(
                 log(f"{variant:<16} {case.name}: {_brief(row)}")
     for variant in variants:
         if variant in DIGIMOUSE_VARIANTS:
-            row = score_case(digimouse_case(variant, spacing_mm, atlas_dir), cards, threads=threads)
-            per_variant[variant].append(row)
-            if log:
-                log(f"{variant:<16} {row['case']}: {_brief(row)}")
+            for draw in range(n if variant in ATLAS_DRAWS else 1):
+                row = score_case(digimouse_case(variant, spacing_mm, atlas_dir, draw), cards, threads=threads)
+                per_variant[variant].append(row)
+                if log:
+                    log(f"{variant:<16} {row['case']}: {_brief(row)}")
     report_variants: dict[str, dict[str, Any]] = {
         v: {"description": VARIANTS[v], "summary": summarise_variant(rows), "cases": rows}
         for v, rows in per_variant.items()

@@ -441,3 +441,50 @@ def test_the_sharp_atlas_torso_is_the_torso_crisper_and_quieter(atlas_torso: Cas
     assert read is not None and default is not None
     assert read == pytest.approx(robustness.SHARP_BLUR_MM, abs=0.04)
     assert read < default
+
+
+def test_dim_bone_brings_bright_voxels_down_and_leaves_soft_tissue(case: Case) -> None:
+    dim = robustness.dim_bone(case, 0.4)
+    ct, before = dim.ct.astype(np.float32), case.ct.astype(np.float32)
+    soft = before <= robustness.DIM_FROM_HU
+    bright = before > 400.0
+
+    assert np.array_equal(dim.labels, case.labels) and dim.ct.dtype == case.ct.dtype
+    assert np.array_equal(ct[soft], before[soft])
+    expected = robustness.DIM_FROM_HU + 0.4 * (before[bright] - robustness.DIM_FROM_HU)
+    assert np.abs(ct[bright] - expected).max() <= 0.5  # whole HU, as stored
+    assert dim.meta["dim_bone"] == 0.4
+
+
+def test_each_tissue_draw_is_its_own_renderers_tissue_model_and_repeats_for_its_seed() -> None:
+    first, again, other = robustness.tissue_model(0), robustness.tissue_model(0), robustness.tissue_model(1)
+
+    assert first == again and first != other
+    for draw in (first, other):
+        hu, noise, blur = draw
+        assert set(hu) == set(robustness.TISSUE_RANGES_HU)
+        for tissue, (low, high) in robustness.TISSUE_RANGES_HU.items():
+            assert low <= hu[tissue] <= high
+        # CT's order: lungs below soft tissue, soft tissue below bone, whatever the draw.
+        assert hu["lung"] < min(hu["soft_tissue"], hu["liver"], hu["heart"]) and hu["bone"] > 450.0
+        assert robustness.TISSUE_NOISE_HU[0] <= noise <= robustness.TISSUE_NOISE_HU[1]
+        assert robustness.TISSUE_BLUR_MM[0] <= blur <= robustness.TISSUE_BLUR_MM[1]
+
+
+@pytest.mark.skipif(not ATLAS.is_dir(), reason="Digimouse atlas not present")
+def test_the_tissue_draws_render_the_same_torso_with_other_intensities(atlas_torso: Case) -> None:
+    draws = [robustness.digimouse_case("digimouse_torso_tissues", 0.21, ATLAS, seed) for seed in (0, 1)]
+    dim = robustness.digimouse_case("digimouse_torso_dimbone", 0.21, ATLAS)
+
+    assert [d.name for d in draws] == ["digimouse_torso_tissues_0", "digimouse_torso_tissues_1"]
+    liver = BY_NAME["liver"].id
+    for seed, drawn in enumerate(draws):
+        assert np.array_equal(drawn.labels, atlas_torso.labels)
+        hu = robustness.tissue_model(seed)[0]
+        assert np.median(drawn.ct[drawn.labels == liver]) == pytest.approx(hu["liver"], abs=3.0)
+    bones = BY_NAME["bones"].id
+    assert (
+        np.percentile(dim.ct[dim.labels == bones], 90)
+        < 560.0
+        < np.percentile(atlas_torso.ct[atlas_torso.labels == bones], 90)
+    )
