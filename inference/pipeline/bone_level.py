@@ -10,13 +10,16 @@ brought down to 350-500 HU (robustness ``dimbone``) and the Digimouse atlas rend
 43 mm^3 in tumor-free mice), and the organ model's bone rule (``model.json`` ``refine``: bone at
 or above 450 HU) kept a quarter of the atlas' skeleton (Dice 0.27).
 
-So the level is read once, before the models (``read_bone_level``; not with ``intensity="hu"``,
-which takes the values as they are): the ``LEVEL_PERCENTILE``
-of the voxels brighter than soft tissue can be (``FLOOR_HU``, or ``NOISE_SDS`` noise standard
-deviations above soft tissue on a noisy scan). Two uses:
+So the bone is read once, before the models (``read_bone_level``; not with ``intensity="hu"``,
+which takes the values as they are), over the voxels brighter than soft tissue can be
+(``FLOOR_HU``, or ``NOISE_SDS`` noise standard deviations above soft tissue on a noisy scan): its
+level, their ``LEVEL_PERCENTILE``, and its peak, their ``PEAK_PERCENTILE``. Blur lowers the level
+(a thin bone's partial-volume rim) far more than the peak (the cores of thick bones): the held-out
+phantoms blurred by 0.3 mm read levels of 626-823 HU and peaks of 725-950, the same phantoms with
+their bone at 0.4 of its height peaks of 461-624. Two uses:
 
-- a scan whose bone reads below ``DIM_BELOW_HU`` is read by the models and rules with every value
-  above ``STRETCH_FROM_HU`` stretched so that its bone reads ``TARGET_HU`` (``BoneLevel.apply``):
+- a scan whose bone peaks below ``DIM_BELOW_HU`` is read by the models and rules with every value
+  above ``STRETCH_FROM_HU`` stretched so that its peak reads ``TARGET_HU`` (``BoneLevel.apply``):
   soft tissue, fat, lungs and air are untouched, and the written scan keeps its own values. The
   manifest says so and the QC gate holds the run for review (the numbers rest on that fix);
 - a ``min_hu`` rule uses ``BoneLevel.threshold``: half-way from soft tissue to the bone's level as
@@ -36,8 +39,10 @@ import numpy as np
 from inference.pipeline.intensity import SOFT_TISSUE_HU
 
 #: The bone's level: this percentile of the voxels brighter than ``FLOOR_HU`` (a scan's brightest
-#: voxels, teeth and metal, sit above it; partial-volume rims below).
+#: voxels, teeth and metal, sit above it; partial-volume rims below) ...
 LEVEL_PERCENTILE = 90.0
+#: ... and its peak, which blur barely lowers.
+PEAK_PERCENTILE = 99.0
 #: Voxels at or above this are read as bone (HU): above contrast-free soft tissue, fat and gut
 #: content by far. The bone rule's threshold never goes below it either.
 FLOOR_HU = 250.0
@@ -47,29 +52,39 @@ NOISE_SDS = 4.0
 SAMPLE_VOXELS = 2_000_000
 #: Fewer bone voxels than this (in the subsample) read no level: a scan with no bone in view.
 MIN_BONE_VOXELS = 500
-#: Below this level (HU; the held-out phantoms blurred by 0.3 mm read 626 or more) the models read
-#: the scan stretched ...
-DIM_BELOW_HU = 560.0
+#: Below this peak (HU; the held-out phantoms read 998 or more, blurred by 0.3 mm 725 or more, the
+#: atlas 914) the models read the scan stretched ... (the tumor model took soft tissue beside the
+#: atlas' shoulder for a tumor with its bone at 500-650 HU, peaks of 527-673: 43-23 mm^3)
+DIM_BELOW_HU = 690.0
 #: ... from this value up (HU: soft tissue, fat, lungs and air stay as they are) ...
 STRETCH_FROM_HU = 150.0
-#: ... so that the bone reads this (the held-out phantoms read 800-1,090 HU, the atlas 860-875).
-TARGET_HU = 900.0
+#: ... so that the bone's peak reads this (the held-out phantoms peak at 998-1,396 HU, the atlas at
+#: 914-919).
+TARGET_HU = 1000.0
 
 
 @dataclass(frozen=True)
 class BoneLevel:
-    """What the scan's bone reads (``level_hu``), and the level the models read it at when the
-    scan was stretched (``stretched_to_hu``, None when not). ``noise_hu``: the noise of the image
-    the level was read on."""
+    """What the scan's bone reads (``level_hu``, ``peak_hu``), and the peak the models read it at
+    when the scan was stretched (``stretched_to_hu``, None when not). ``noise_hu``: the noise of
+    the image it was read on."""
 
     level_hu: float
+    peak_hu: float
     stretched_to_hu: float | None
     noise_hu: float
 
     @property
+    def gain(self) -> float:
+        """How much the values above ``STRETCH_FROM_HU`` are stretched (1: not at all)."""
+        if self.stretched_to_hu is None:
+            return 1.0
+        return (self.stretched_to_hu - STRETCH_FROM_HU) / (self.peak_hu - STRETCH_FROM_HU)
+
+    @property
     def read_hu(self) -> float:
         """The bone's level as the models and the rules read it."""
-        return self.level_hu if self.stretched_to_hu is None else self.stretched_to_hu
+        return STRETCH_FROM_HU + (self.level_hu - STRETCH_FROM_HU) * self.gain
 
     def threshold(self, card_hu: float) -> float:
         """A ``min_hu`` rule's level: half-way from soft tissue to ``read_hu``, at most ``card_hu``."""
@@ -81,11 +96,10 @@ class BoneLevel:
         """``volume`` as the models read it: itself, or a stretched float32 copy."""
         if self.stretched_to_hu is None:
             return volume
-        gain = (self.stretched_to_hu - STRETCH_FROM_HU) / (self.level_hu - STRETCH_FROM_HU)
         out = np.array(volume, dtype=np.float32, copy=True)
         bright = out > STRETCH_FROM_HU
         out[bright] = np.float32(STRETCH_FROM_HU) + (out[bright] - np.float32(STRETCH_FROM_HU)) * np.float32(
-            gain
+            self.gain
         )
         return out
 
@@ -98,9 +112,9 @@ def read_bone_level(volume: np.ndarray, noise_hu: float) -> BoneLevel | None:
     bone = sample[sample >= cutoff]
     if bone.size < MIN_BONE_VOXELS:
         return None
-    level = float(np.percentile(bone, LEVEL_PERCENTILE))
-    # The level is at least the cutoff (>= FLOOR_HU), so the stretch's gain stays below 7.5.
-    return BoneLevel(level, TARGET_HU if level < DIM_BELOW_HU else None, noise_hu)
+    level, peak = (float(v) for v in np.percentile(bone, [LEVEL_PERCENTILE, PEAK_PERCENTILE]))
+    # The peak is at least the cutoff (>= FLOOR_HU), so the stretch's gain stays below 8.5.
+    return BoneLevel(level, peak, TARGET_HU if peak < DIM_BELOW_HU else None, noise_hu)
 
 
 def bone_level_finding(bone: BoneLevel | None) -> str | None:
@@ -108,9 +122,9 @@ def bone_level_finding(bone: BoneLevel | None) -> str | None:
     if bone is None or bone.stretched_to_hu is None:
         return None
     return (
-        f"Bone reads dimmer than the models learned it (about {bone.level_hu:.0f} HU; they saw "
-        f"{DIM_BELOW_HU:.0f} HU or more): the models read the scan with everything above "
-        f"{STRETCH_FROM_HU:.0f} HU stretched so that bone reads {bone.stretched_to_hu:.0f} HU (soft tissue, "
-        "fat and lungs unchanged; the written scan keeps its own values). Check the scanner's HU calibration "
-        "and the overlay near the limbs."
+        f"Bone reads dimmer than the models learned it (its brightest at about {bone.peak_hu:.0f} HU; they "
+        f"saw {DIM_BELOW_HU:.0f} HU or more): the models read the scan with everything above "
+        f"{STRETCH_FROM_HU:.0f} HU stretched so that its brightest reads {bone.stretched_to_hu:.0f} HU "
+        "(soft tissue, fat and lungs unchanged; the written scan keeps its own values). Check the "
+        "scanner's HU calibration and the overlay near the limbs."
     )

@@ -111,9 +111,9 @@ class IntensityCalibration:
     the level drifts from the body's outline to its centre (``drift.measure_drift``; None until
     the organ model has run, or where it cannot tell). ``blur_mm``: the scan's blur read at the
     skin (``blur.blur_mm``; None until read, or where too little skin borders clear air).
-    ``bone_level_hu``: how bright the scan's bone reads (``bone_level.read_bone_level``; None with
-    no bone in view); ``bone_stretched_to_hu``: the level the models read it at when it was too dim
-    for them (None when the scan was read as it is).
+    ``bone_level_hu`` / ``bone_peak_hu``: how bright the scan's bone reads, its level and its peak
+    (``bone_level.read_bone_level``; None with no bone in view); ``bone_stretched_to_hu``: the level
+    the models read it at when it was too dim for them (None when the scan was read as it is).
     """
 
     units: Units
@@ -126,6 +126,7 @@ class IntensityCalibration:
     depth_drift_hu: float | None = None
     blur_mm: float | None = None
     bone_level_hu: float | None = None
+    bone_peak_hu: float | None = None
     bone_stretched_to_hu: float | None = None
 
     def apply(self, volume: np.ndarray) -> np.ndarray:
@@ -149,6 +150,7 @@ class IntensityCalibration:
             "depth_drift_hu": None if self.depth_drift_hu is None else round(self.depth_drift_hu, 1),
             "blur_mm": None if self.blur_mm is None else round(self.blur_mm, 3),
             "bone_level_hu": None if self.bone_level_hu is None else round(self.bone_level_hu),
+            "bone_peak_hu": None if self.bone_peak_hu is None else round(self.bone_peak_hu),
             "bone_stretched_to_hu": None
             if self.bone_stretched_to_hu is None
             else round(self.bone_stretched_to_hu),

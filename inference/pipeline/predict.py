@@ -538,6 +538,7 @@ def predict_volume(
             calibration = replace(
                 calibration,
                 bone_level_hu=bone.level_hu,
+                bone_peak_hu=bone.peak_hu,
                 bone_stretched_to_hu=bone.stretched_to_hu,
                 findings=(*calibration.findings, stretched) if stretched else calibration.findings,
             )

@@ -34,7 +34,7 @@ accepts it (the server records who and when). The checks, each with its own reas
   to its centre by more than ``drift.MAX_DEPTH_DRIFT_HU`` (beam hardening not corrected): HU
   read deep in the body are off, and the liver's and bladder's outlines were left as the model
   drew them.
-- ``bone_dim``: the scan's bone reads dimmer than the models learned it (``bone_level.DIM_BELOW_HU``)
+- ``bone_dim``: the scan's bone peaks dimmer than the models learned it (``bone_level.DIM_BELOW_HU``)
   and the models read the scan stretched so that it reads at their level: the numbers rest on that
   fix (a scanner whose HU calibration is off above soft tissue, or a young mouse's bone).
 - ``several_animals``: more than one mouse in the field of view (``animals.find_animals``). The
@@ -682,12 +682,12 @@ def check_run(
         )
     stretched = (intensity or {}).get("bone_stretched_to_hu")
     if stretched is not None:
-        level = (intensity or {}).get("bone_level_hu")
+        peak = (intensity or {}).get("bone_peak_hu")
         report.reasons.append(
             Reason(
                 "bone_dim",
-                f"the scan's bone reads about {level} HU, dimmer than the models learned it; they read "
-                f"the scan with bone brought to {stretched} HU: check the scanner's HU "
+                f"the scan's bone reads at most about {peak} HU, dimmer than the models learned it; they "
+                f"read the scan with bone brought to {stretched} HU: check the scanner's HU "
                 "calibration and the overlay near the limbs",
             )
         )

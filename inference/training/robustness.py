@@ -754,12 +754,13 @@ def score_case(case: Case, cards: Sequence[ModelCard], *, threads: int = 2) -> d
         drift = out.intensity.depth_drift_hu if out.intensity is not None else None
         blur_read = out.intensity.blur_mm if out.intensity is not None else None
         bone_read = out.intensity.bone_level_hu if out.intensity is not None else None
+        bone_peak = out.intensity.bone_peak_hu if out.intensity is not None else None
     except ValueError as error:  # a refusal (e.g. no credible intensity fit) scores as nothing found
         refused = str(error) or type(error).__name__
         pred = np.zeros(case.labels.shape, np.uint8)
         seconds = {}
         layout = []
-        drift = blur_read = bone_read = None
+        drift = blur_read = bone_read = bone_peak = None
     truth = case.labels
     region = case.region or (slice(None), slice(None), slice(None))
     pred_r, truth_r = pred[region], truth[region]
@@ -804,8 +805,10 @@ def score_case(case: Case, cards: Sequence[ModelCard], *, threads: int = 2) -> d
         # The blur the pipeline read at the skin (blur.py; beyond 0.2 mm the lungs are not trimmed).
         result["blur_mm"] = round(blur_read, 3)
     if bone_read is not None:
-        # How bright the pipeline read the bone (bone_level.py; below 560 HU the models read it stretched).
+        # How bright the pipeline read the bone (bone_level.py; peaking below 690 HU, read stretched).
         result["bone_level_hu"] = round(bone_read)
+        if bone_peak is not None:
+            result["bone_peak_hu"] = round(bone_peak)
     if refused is not None:
         result["refused"] = refused
     result["seconds"] = {**seconds, "total": round(time.perf_counter() - started, 3)}

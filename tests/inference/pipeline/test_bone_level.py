@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from inference.metrics import dice
 from inference.phantom import generate_phantom
@@ -47,7 +48,7 @@ def test_ordinary_bone_is_read_as_it_is() -> None:
     bone = read_bone_level(body(1000.0), 20.0)
 
     assert bone is not None and bone.stretched_to_hu is None
-    assert bone.level_hu == pytest.approx(1000.0)
+    assert bone.level_hu == pytest.approx(1000.0) and bone.peak_hu == pytest.approx(1000.0)
     assert bone.threshold(450.0) == 450.0  # half-way would be 525: the card's level holds
     volume = body(1000.0)
     assert bone.apply(volume) is volume
@@ -58,23 +59,44 @@ def test_dim_bone_is_stretched_to_the_models_level_and_soft_tissue_is_not() -> N
     volume = body(450.0)
     bone = read_bone_level(volume, 20.0)
 
-    assert bone is not None and bone.level_hu < DIM_BELOW_HU and bone.stretched_to_hu == TARGET_HU
+    assert bone is not None and bone.peak_hu < DIM_BELOW_HU and bone.stretched_to_hu == TARGET_HU
     seen = bone.apply(volume)
-    assert seen[30, 30, 30] == pytest.approx(TARGET_HU)  # the bone
+    assert seen[30, 30, 30] == pytest.approx(TARGET_HU)  # the bone (a uniform rod: level = peak)
     assert seen[15, 15, 30] == SOFT_TISSUE_HU and seen[0, 0, 0] == -1000.0  # soft tissue, air
     assert volume[30, 30, 30] == 450.0  # the scan itself is left alone
-    assert bone.threshold(450.0) == 450.0  # read at 900 HU, the card's level is half-way
+    assert bone.threshold(450.0) == 450.0  # read at 1,000 HU, half-way lies above the card's level
     finding = bone_level_finding(bone)
-    assert finding is not None and "about 450 HU" in finding and f"above {STRETCH_FROM_HU:.0f} HU" in finding
+    assert (
+        finding is not None and "at about 450 HU" in finding and f"above {STRETCH_FROM_HU:.0f} HU" in finding
+    )
+
+
+def test_blur_lowers_the_level_more_than_the_peak_and_only_a_dim_peak_stretches() -> None:
+    def skeleton(bone_hu: float) -> np.ndarray:
+        """A thick bone and eight thin plates in soft tissue, blurred over about a voxel."""
+        hu = np.full((60, 60, 60), -1000.0, np.float32)
+        hu[5:55, 5:55, :] = SOFT_TISSUE_HU
+        hu[27:34, 27:34, :] = bone_hu
+        for x in (8, 13, 18, 23, 38, 43, 48):
+            hu[x, 8:52, :] = bone_hu
+        return ndimage.gaussian_filter(hu, 1.0)
+
+    bright, dim = read_bone_level(skeleton(1000.0), 20.0), read_bone_level(skeleton(550.0), 20.0)
+
+    assert bright is not None and dim is not None
+    # Blur took the thin plates' level down to that of dim bone; the thick bone's core kept it.
+    assert bright.level_hu < DIM_BELOW_HU < bright.peak_hu and bright.stretched_to_hu is None
+    assert dim.peak_hu < DIM_BELOW_HU and dim.stretched_to_hu == TARGET_HU
+    assert dim.gain == pytest.approx((TARGET_HU - STRETCH_FROM_HU) / (dim.peak_hu - STRETCH_FROM_HU))
 
 
 def test_bone_between_lowers_the_rules_threshold_half_way_and_not_below_its_floor() -> None:
-    between = read_bone_level(body(700.0), 20.0)
-    noisy = BoneLevel(level_hu=600.0, stretched_to_hu=None, noise_hu=80.0)
-    faint = BoneLevel(level_hu=300.0, stretched_to_hu=None, noise_hu=10.0)
+    between = read_bone_level(body(750.0), 20.0)
+    noisy = BoneLevel(level_hu=600.0, peak_hu=800.0, stretched_to_hu=None, noise_hu=80.0)
+    faint = BoneLevel(level_hu=300.0, peak_hu=800.0, stretched_to_hu=None, noise_hu=10.0)
 
     assert between is not None and between.stretched_to_hu is None
-    assert between.threshold(450.0) == pytest.approx(SOFT_TISSUE_HU + 0.5 * (700.0 - SOFT_TISSUE_HU))
+    assert between.threshold(450.0) == pytest.approx(SOFT_TISSUE_HU + 0.5 * (750.0 - SOFT_TISSUE_HU))
     assert noisy.threshold(450.0) == SOFT_TISSUE_HU + NOISE_SDS * 80.0  # 370, above half-way (325)
     assert faint.threshold(450.0) == FLOOR_HU
 
@@ -134,9 +156,9 @@ def test_a_dim_boned_mouse_keeps_its_skeleton_no_false_tumor_and_is_held_for_rev
 
     plain, plain_bones, plain_cord, _ = runs["plain"]
     dim, dim_bones, dim_cord, dim_false_tumor = runs["dim"]
-    assert plain["intensity"]["bone_stretched_to_hu"] is None and plain["intensity"]["bone_level_hu"] > 800
+    assert plain["intensity"]["bone_stretched_to_hu"] is None and plain["intensity"]["bone_peak_hu"] > 900
     assert "bone_dim" not in {r["code"] for r in plain["qc"]["reasons"]}
-    assert dim["intensity"]["bone_level_hu"] < DIM_BELOW_HU
+    assert dim["intensity"]["bone_peak_hu"] < DIM_BELOW_HU
     assert dim["intensity"]["bone_stretched_to_hu"] == TARGET_HU
     assert any("Bone reads dimmer" in f for f in dim["intensity"]["findings"])
     assert dim["qc"]["status"] == NEEDS_REVIEW and "bone_dim" in {r["code"] for r in dim["qc"]["reasons"]}

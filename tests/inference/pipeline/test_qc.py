@@ -159,7 +159,9 @@ def test_a_level_that_drifts_with_depth_asks_for_review_and_anatomy_s_own_does_n
 
 def test_bone_read_stretched_asks_for_review_and_bone_read_as_it_is_does_not(phantom: Phantom) -> None:
     stretched = _check(
-        phantom, phantom.labels, intensity={"units": "HU", "bone_level_hu": 470, "bone_stretched_to_hu": 900}
+        phantom,
+        phantom.labels,
+        intensity={"units": "HU", "bone_level_hu": 450, "bone_peak_hu": 470, "bone_stretched_to_hu": 900},
     )
     plain = _check(
         phantom, phantom.labels, intensity={"units": "HU", "bone_level_hu": 980, "bone_stretched_to_hu": None}
