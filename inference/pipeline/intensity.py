@@ -112,7 +112,7 @@ class IntensityCalibration:
     the organ model has run, or where it cannot tell). ``blur_mm``: the scan's blur read at the
     skin (``blur.blur_mm``; None until read, or where too little skin borders clear air).
     ``bone_level_hu`` / ``bone_peak_hu``: how bright the scan's bone reads, its level and its peak
-    (``bone_level.read_bone_level``; None with no bone in view); ``bone_stretched_to_hu``: the level
+    (``bone_level.read_bone_level``; None with no bone in view); ``bone_stretched_to_hu``: the peak
     the models read it at when it was too dim for them (None when the scan was read as it is).
     """
 
