@@ -628,19 +628,6 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
     """The Digimouse atlas rendered as CT (whole body or torso, turned as ``variant`` says); ``seed``
     draws the noise (and, for ``digimouse_torso_tissues``, the tissue model)."""
     mouse = digimouse.load(atlas_dir)
-    if variant == "digimouse_torso_tissues":
-        hu, noise, blur_mm = tissue_model(seed)
-        drawn = digimouse.render_ct(
-            mouse, seed=seed, spacing_mm=spacing_mm, crop="torso", hu=hu, noise_hu=noise, blur_mm=blur_mm
-        )
-        return Case(
-            name=f"digimouse_torso_tissues_{seed}",
-            ct=drawn.ct,
-            labels=drawn.labels,
-            affine=drawn.affine,
-            labelled=mouse.labelled,
-            meta=drawn.meta,
-        )
     size = variant.rsplit("_", 1)[-1]
     if size in MOUSE_SIZES:
         # Another mouse's size: the atlas' voxels stretched, so every organ scales with the body.
@@ -652,15 +639,21 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
     thick = variant.endswith("thick")
     sharp = variant.endswith("sharp")
     dim = variant.endswith("dimbone")
+    hu: dict[str, float] | None = {"bone": DIM_BONE_HU} if dim else None
+    noise = NOISY_HU if noisy else SHARP_NOISE_HU if sharp else digimouse.DEFAULT_NOISE_HU
+    blur_mm = BLURRED_MM if blurred else SHARP_BLUR_MM if sharp else digimouse.DEFAULT_BLUR_MM
+    drawn = variant == "digimouse_torso_tissues"
+    if drawn:
+        hu, noise, blur_mm = tissue_model(seed)
     # A tilted torso is cut from the tilted body, as the scanner's axial field of view cuts it.
     phantom = digimouse.render_ct(
         mouse,
         seed=seed,
         spacing_mm=THICK_FROM_MM if thick else spacing_mm,
         crop="whole" if tilt else crop,
-        noise_hu=NOISY_HU if noisy else SHARP_NOISE_HU if sharp else digimouse.DEFAULT_NOISE_HU,
-        blur_mm=BLURRED_MM if blurred else SHARP_BLUR_MM if sharp else digimouse.DEFAULT_BLUR_MM,
-        hu={"bone": DIM_BONE_HU} if dim else None,
+        noise_hu=noise,
+        blur_mm=blur_mm,
+        hu=hu,
     )
     case = Case(
         name=f"digimouse_{crop}",
@@ -670,6 +663,8 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
         labelled=mouse.labelled,
         meta=phantom.meta,
     )
+    if drawn:
+        return replace(case, name=f"{variant}_{seed}")
     if tilt:
         tilted = replace(turn(case, TILT_DEG, (0, 2)), name=f"digimouse_{crop}_tilted")
         if crop == "whole":
