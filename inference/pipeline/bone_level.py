@@ -10,8 +10,9 @@ brought down to 350-500 HU (robustness ``dimbone``) and the Digimouse atlas rend
 43 mm^3 in tumor-free mice), and the organ model's bone rule (``model.json`` ``refine``: bone at
 or above 450 HU) kept a quarter of the atlas' skeleton (Dice 0.27).
 
-So the bone is read once, before the models (``read_bone_level``; not with ``intensity="hu"``,
-which takes the values as they are), over the voxels brighter than soft tissue can be
+So the bone is read once, before the models, in every run with a model that draws bone (the organ
+model; a tumor model alone reads the scan as it is), not with ``intensity="hu"``, which takes the
+values as they are (``read_bone_level``), over the voxels brighter than soft tissue can be
 (``FLOOR_HU``, or ``NOISE_SDS`` noise standard deviations above soft tissue on a noisy scan): its
 level, their ``LEVEL_PERCENTILE``, and its peak, their ``PEAK_PERCENTILE``. Blur lowers the level
 (a thin bone's partial-volume rim) far more than the peak (the cores of thick bones): the held-out

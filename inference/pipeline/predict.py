@@ -42,6 +42,7 @@ from inference.pipeline.normalise import normalise, pad_value
 from inference.pipeline.orientation import ORIENT_CHOICES, OrientationFinding, find_orientation
 from inference.pipeline.parallel import beside, workers_for
 from inference.pipeline.postprocess import (
+    BONES,
     DEFAULT_MIN_LESION_VOLUME_MM3,
     MIN_DIM_SHELL,
     CleanReport,
@@ -530,9 +531,11 @@ def predict_volume(
             )
         # The noise of the image the rules read (the median's, if taken).
         rules_noise = noise_hu(rules_hu) if width else noise
-        # Bone dimmer than the models learned: they and the rules read it stretched to that level
-        # (``intensity="hu"`` takes the values as they are, bone included).
-        bone = read_bone_level(rules_hu, rules_noise) if calibration.mode != "hu" else None
+        # Bone dimmer than the models learned: they and the rules read it stretched to that level.
+        # Read where a model that draws bone runs (whose skeleton is what the level stands for);
+        # ``intensity="hu"`` takes the values as they are, bone included.
+        draws_bone = any(BONES in card.structures for members in groups.values() for card in members)
+        bone = read_bone_level(rules_hu, rules_noise) if draws_bone and calibration.mode != "hu" else None
         if bone is not None:
             stretched = bone_level_finding(bone)
             calibration = replace(
