@@ -603,10 +603,10 @@ def apply_refinement(
     (``spacing_mm``); ``{"structure", "contrast_edge", "margin_mm"}`` moves it onto the edge
     between its own level and its neighbours' when they differ by ``contrast_edge`` HU or more
     (``refine_contrast_edge``; ``drift_hu`` as there). Rules run in their order. ``thresholds_hu``:
-    by structure id, the level its ``min_hu`` rule uses where that is below the card's (the scan's
-    own bone, ``bone_level.BoneLevel.threshold``). An ``enclosed_by`` rule keeps its card's
-    ``max_hu``: on a blurred scan the bone's blur reaches into the canal, and the cord lost a fifth
-    of its Dice where its level followed the wall's.
+    by structure id, the level its ``min_hu`` rule uses instead of the card's (the scan's own
+    bone, ``bone_level.BoneLevel.threshold``, never above the card's). An ``enclosed_by`` rule
+    keeps its card's ``max_hu``: on a blurred scan the bone's blur reaches into the canal, and the
+    cord lost a fifth of its Dice where its level followed the wall's.
     (``{"structure", "air_edge", "margin_mm"}`` rules, ``refine_air_edge``, run later, after the
     lesion search: ``predict.settle_air_edges``.)
     """
@@ -630,7 +630,7 @@ def apply_refinement(
         coarse,
         intensity,
         sid,
-        min_hu=min(float(rule["min_hu"]), (thresholds_hu or {}).get(sid, math.inf)),
+        min_hu=(thresholds_hu or {}).get(sid, float(rule["min_hu"])),
         margin_voxels=margin,
         connected=bool(rule.get("connected", False)),
     )
