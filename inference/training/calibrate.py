@@ -34,7 +34,10 @@ its ``model.json`` under ``"postprocess"``:
 
 ``--add-edges`` tunes only the air-edge and contrast-edge rules and adds them to the
 post-processing the model already has (how ``mouse-organs/2.4.1`` was made from 2.4.0);
-``--nodules`` tunes only the lung-nodule rule again (how ``mouse-tumor/2.0.3`` was made from 2.0.2).
+``--nodules`` tunes only the lung-nodule rule again (how ``mouse-tumor/2.0.3`` was made from 2.0.2);
+``--outline`` tunes only the uncertainty outline bands again, with every rule in force (for a model
+whose rules moved its outlines; on ``mouse-organs/2.4.2`` it changed four levels and no held-out
+figure: the model card's "liver outline refiner" section).
 
 The other models passed with ``--model`` run beside the one being tuned (their uncertainty maps
 join the combined map as they are), exactly as the pipeline runs them.
@@ -327,6 +330,21 @@ def retune_nodules(
     return post
 
 
+def retune_outline(
+    target: ModelCard, others: Sequence[ModelCard], cases: Sequence[Path], *, threads: int = 2
+) -> dict:
+    """``target``'s ``postprocess`` as it stands with only its uncertainty outline bands tuned
+    again, every rule in force (``outline.tune_outline``; for a new refiner or edge rule, which
+    moves the outlines the bands sit on). The sweep replaces
+    ``calibration.uncertainty_outline_sweep``; the bands stay as they were if none is found."""
+    post = {k: v for k, v in target.postprocess.items() if k != "uncertainty_outline"}
+    report = dict(post.get("calibration", {}))
+    outline, report["uncertainty_outline_sweep"] = tune_outline(target, others, post, cases, threads=threads)
+    post["uncertainty_outline"] = outline or target.postprocess.get("uncertainty_outline")
+    post["calibration"] = report
+    return {k: v for k, v in post.items() if v is not None}
+
+
 def _set_nodule_rule(
     target: ModelCard,
     others: Sequence[ModelCard],
@@ -515,6 +533,11 @@ def main(argv: list[str] | None = None) -> None:
         help="only tune the lung-nodule rule again (a lesion model, with an organ model beside it), "
         "keeping every other rule",
     )
+    parser.add_argument(
+        "--outline",
+        action="store_true",
+        help="only tune the uncertainty outline bands again, with every other rule in force",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     tune = (args.tune or args.model[0]).resolve()
@@ -529,6 +552,8 @@ def main(argv: list[str] | None = None) -> None:
         if METASTASIS not in target.structures or not any(c.task == "organs" for c in others):
             parser.error("--nodules tunes a lesion model's nodule rule: give it and an organ model (--model)")
         post = retune_nodules(target, others, find_cases(args.data), threads=args.threads)
+    elif args.outline:
+        post = retune_outline(target, others, find_cases(args.data), threads=args.threads)
     else:
         post = calibrate(target, others, find_cases(args.data), threads=args.threads)
     write_postprocess(tune, post)

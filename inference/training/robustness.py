@@ -45,8 +45,11 @@ its own dtype, with its affine) and scored against the truth moved the same way:
   in-vivo scan's level, where the lungs' rim can break into specks that look like nodules;
   ``digimouse_torso_blurred``: the torso rendered with ``BLURRED_MM`` of blur instead of 0.15;
   ``digimouse_torso_thick``: the torso rendered at 0.14 mm, its slices averaged in pairs as
-  ``thick``; ``digimouse_torso_sharp``: the torso rendered crisper and quieter (``SHARP_BLUR_MM``,
-  ``SHARP_NOISE_HU``), where the lungs' rim against the heart is one partial-volume voxel thick;
+  ``thick``; ``digimouse_torso_fine`` / ``digimouse_torso_coarse``: the torso rendered on
+  0.1 mm or 0.4 mm voxels (``ATLAS_VOXEL_MM``; a high-resolution ex-vivo scan, a fast in-vivo
+  one) instead of the report's grid; ``digimouse_torso_sharp``: the torso rendered crisper and
+  quieter (``SHARP_BLUR_MM``, ``SHARP_NOISE_HU``), where the lungs' rim against the heart is one
+  partial-volume voxel thick;
   ``digimouse_dimbone`` / ``digimouse_torso_dimbone``: the whole mouse and the torso with its bone at
   ``DIM_BONE_HU`` instead of 900; ``digimouse_torso_tissues``: the torso rendered ``n`` times
   (seeds 0 to n-1), each with its own tissue model, every tissue's HU, the noise and the blur drawn
@@ -153,6 +156,8 @@ VARIANTS: dict[str, str] = {
     "digimouse_torso_noisy": "Digimouse torso with 60 HU of noise, a low-dose in-vivo scan's level",
     "digimouse_torso_blurred": "Digimouse torso rendered with 0.35 mm of blur instead of 0.15",
     "digimouse_torso_thick": "Digimouse torso at 0.14 mm, axial slices averaged in pairs (0.28 mm)",
+    "digimouse_torso_fine": "Digimouse torso rendered on 0.1 mm voxels",
+    "digimouse_torso_coarse": "Digimouse torso rendered on 0.4 mm voxels",
     "digimouse_torso_sharp": "Digimouse torso rendered with 0.1 mm of blur and 5 HU of noise",
     "digimouse_dimbone": "Digimouse whole body with its bone at 500 HU instead of 900",
     "digimouse_torso_dimbone": "Digimouse torso with its bone at 500 HU instead of 900",
@@ -171,6 +176,8 @@ DIGIMOUSE_VARIANTS = (
     "digimouse_torso_noisy",
     "digimouse_torso_blurred",
     "digimouse_torso_thick",
+    "digimouse_torso_fine",
+    "digimouse_torso_coarse",
     "digimouse_torso_sharp",
     "digimouse_dimbone",
     "digimouse_torso_dimbone",
@@ -229,6 +236,8 @@ TISSUE_NOISE_HU = (10.0, 40.0)
 TISSUE_BLUR_MM = (0.1, 0.25)
 #: Length of the small and large Digimouse variants against the atlas mouse's own.
 MOUSE_SIZES = {"small": 0.85, "large": 1.2}
+#: ``digimouse_torso_fine`` / ``digimouse_torso_coarse``: the atlas rendered on these voxels (mm).
+ATLAS_VOXEL_MM = {"fine": 0.1, "coarse": 0.4}
 #: The diagonal of the tilted Digimouse variants (degrees, about the dorso-ventral axis).
 TILT_DEG = 20.0
 #: The part-way roll of the ``rolled`` variants (degrees, about the long axis).
@@ -649,7 +658,7 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
     phantom = digimouse.render_ct(
         mouse,
         seed=seed,
-        spacing_mm=THICK_FROM_MM if thick else spacing_mm,
+        spacing_mm=THICK_FROM_MM if thick else ATLAS_VOXEL_MM.get(size, spacing_mm),
         crop="whole" if tilt else crop,
         noise_hu=noise,
         blur_mm=blur_mm,
@@ -678,7 +687,7 @@ def digimouse_case(variant: str, spacing_mm: float, atlas_dir: Path | None = Non
             return replace(rotate_long_axis(case, quarter_turns), name=f"digimouse_{crop}_{pose}")
     if thick:
         return replace(thicken(case, THICK_SLICES), name=f"digimouse_{crop}_thick")
-    if size in MOUSE_SIZES or noisy or blurred or sharp or dim:
+    if size in MOUSE_SIZES or size in ATLAS_VOXEL_MM or noisy or blurred or sharp or dim:
         return replace(case, name=f"digimouse_{crop}_{size}")
     return case
 

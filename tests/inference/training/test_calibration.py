@@ -74,6 +74,34 @@ def test_outline_levels_cover_where_annotators_part(tmp_path: Path) -> None:
     assert best > 0.6  # the 2-voxel shell where the annotators part is found from the outline
 
 
+def test_outline_bands_alone_are_tuned_again_with_every_other_rule_kept(tmp_path: Path) -> None:
+    from inference.training.calibrate import retune_outline
+
+    card = write_threshold_model(
+        tmp_path / "m" / "1", structures=(0, LIVER), thresholds=(0.225,), normalisation=WINDOW
+    )
+    rule = {"structure": LIVER, "contrast_edge": 8.0, "margin_mm": 0.2}
+    stale = {"smoothing_mm": [0.32, 0.32, 0.0], "levels": {str(LIVER): 0.1}}
+    ruled = dataclasses.replace(
+        card,
+        postprocess={"refine": [rule], "uncertainty_outline": stale, "calibration": {"cases": ["x"]}},
+    )
+    cases = [_case(tmp_path / "val", "a", 0), _case(tmp_path / "val", "b", 2)]
+
+    post = retune_outline(ruled, [], cases, threads=1)
+
+    assert post["refine"] == [rule]  # every other rule as it was
+    tuned = post["uncertainty_outline"]
+    assert tuned != stale and float(tuned["levels"][str(LIVER)]) > 0
+    assert post["calibration"]["cases"] == ["x"]
+    assert post["calibration"]["uncertainty_outline_sweep"]["pooled_dice"] > 0.6
+    # No annotators on any case: nothing to tune on, the bands stay as they were.
+    for folder in cases:
+        for extra in folder.glob("annotator_[BC].nii.gz"):
+            extra.unlink()
+    assert retune_outline(ruled, [], cases, threads=1)["uncertainty_outline"] == stale
+
+
 def test_no_annotators_no_outline(tmp_path: Path) -> None:
     card = write_threshold_model(tmp_path / "m" / "1", structures=(0, LIVER), thresholds=(0.225,))
     folder = _case(tmp_path / "val", "a", 0)

@@ -15,6 +15,7 @@ from inference.training.refiner import (
     CLIP,
     PATCH,
     SCALE_HU,
+    Jitter,
     RefinerCase,
     RefinerNet,
     export_refiner,
@@ -50,6 +51,25 @@ def test_batches_are_patches_around_the_band() -> None:
     assert tuple(y.shape) == tuple(m.shape) == (3, 1, PATCH, PATCH, PATCH)
     assert (m.sum(dim=(1, 2, 3, 4)) > 0).all()  # every patch holds band voxels
     assert set(np.unique(x[:, 1].numpy())) <= {-1.0, 1.0}
+
+
+def test_the_jitter_spreads_the_scan_level_as_asked() -> None:
+    """A patch's scan channel is moved by the jitter's offset (HU) and scaled by its factor; the
+    outline channel never changes."""
+    case = _tube_case(2)
+
+    def levels(jitter: Jitter) -> tuple[np.ndarray, np.ndarray]:
+        x, _, m = sample_batch([case], np.random.default_rng(3), 64, jitter)
+        inside = (x[:, 1] > 0) & (m[:, 0] > 0)  # the outline's voxels in the band: tube, 48 HU
+        mean = np.array([float(x[i, 0][inside[i]].mean()) * SCALE_HU for i in range(len(x))])
+        return mean, x[:, 1].numpy()
+
+    narrow, outline_narrow = levels(Jitter())
+    wide, outline_wide = levels(Jitter(scale=0.15, offset_hu=15.0))
+
+    assert 3.0 < float(np.std(narrow)) < 9.0  # about 5 HU of offset, 5 % of ~40 HU
+    assert 12.0 < float(np.std(wide)) < 24.0  # about 15 HU of offset, 15 % of ~40 HU
+    assert set(np.unique(outline_wide)) == set(np.unique(outline_narrow)) == {-1.0, 1.0}
 
 
 def test_a_short_run_learns_to_shed_the_too_wide_outline() -> None:

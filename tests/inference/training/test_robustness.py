@@ -431,6 +431,20 @@ def test_the_thick_atlas_torso_is_the_fine_torso_in_pairs() -> None:
     assert blur_mm(thick.ct.astype(np.float32), thick.spacing_mm) == pytest.approx(0.15, abs=0.04)
 
 
+def test_the_fine_and_coarse_atlas_torsos_are_the_torso_on_other_voxels(atlas_torso: Case) -> None:
+    def organ_mm3(case: Case, name: str) -> float:
+        return float((case.labels == BY_NAME[name].id).sum() * np.prod(case.spacing_mm))
+
+    for variant, voxel in (("digimouse_torso_fine", 0.1), ("digimouse_torso_coarse", 0.4)):
+        other = robustness.digimouse_case(variant, 0.21, ATLAS)
+
+        assert other.name == variant
+        assert other.spacing_mm == pytest.approx([voxel] * 3)
+        # The same mouse, cut at the same landmarks: each organ's volume within a few per cent.
+        for name in ("heart", "liver", "kidney_left"):
+            assert organ_mm3(other, name) == pytest.approx(organ_mm3(atlas_torso, name), rel=0.08)
+
+
 def test_the_sharp_atlas_torso_is_the_torso_crisper_and_quieter(atlas_torso: Case) -> None:
     sharp = robustness.digimouse_case("digimouse_torso_sharp", 0.21, ATLAS)
 
