@@ -37,7 +37,7 @@ post-processing the model already has (how ``mouse-organs/2.4.1`` was made from 
 ``--nodules`` tunes only the lung-nodule rule again (how ``mouse-tumor/2.0.3`` was made from 2.0.2);
 ``--outline`` tunes only the uncertainty outline bands again, with every rule in force (for a model
 whose rules moved its outlines; on ``mouse-organs/2.4.2`` it changed four levels and no held-out
-figure: the model card's "liver outline refiner" section).
+figure: the model card's "A liver refiner learned on the phantoms" section).
 
 The other models passed with ``--model`` run beside the one being tuned (their uncertainty maps
 join the combined map as they are), exactly as the pipeline runs them.

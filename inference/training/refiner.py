@@ -54,9 +54,11 @@ PATCH = 32
 class Jitter:
     """Per-patch intensity augmentation: the scan channel is multiplied by a factor drawn from
     ``1 +- scale`` and shifted by a normal draw of ``offset_hu`` SD. The intestine's refiner was
-    trained with the default (5 % and 5 HU); the liver's with more (``JITTER_BY_STRUCTURE``) because its
-    edge is read by level, and another lab's CT puts the liver anywhere from 50 to 85 HU
-    (``robustness.TISSUE_RANGES_HU``), not at the phantoms' 62."""
+    trained with the default (5 % and 5 HU). A liver refiner takes more (``JITTER_BY_STRUCTURE``),
+    since another lab's CT puts the liver anywhere from 50 to 85 HU
+    (``robustness.TISSUE_RANGES_HU``), not at the phantoms' 62; none ships: trained on the
+    phantoms, it grew the atlas' liver (the model card's "A liver refiner learned on the
+    phantoms" section)."""
 
     scale: float = 0.05
     offset_hu: float = 5.0
