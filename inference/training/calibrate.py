@@ -544,18 +544,30 @@ def main(argv: list[str] | None = None) -> None:
     cards = [load_card(m) for m in args.model]
     target = next((c for c in cards if c.folder == tune), None) or load_card(tune)
     others = [c for c in cards if c.folder != tune]
+    # Nothing to tune on must not rewrite a model's post-processing with empty sweeps.
+    cases = find_cases(args.data)
+    if not cases:
+        parser.error(
+            f"{args.data} holds no validation phantoms (case folders with ct.nii.gz and labels.nii.gz); "
+            "nothing was written"
+        )
+    if args.outline and not any(len(list(c.glob("annotator_*.nii.gz"))) >= 2 for c in cases):
+        parser.error(
+            f"--outline tunes the bands on where annotators part: no case under {args.data} has two "
+            "or more annotator_*.nii.gz; nothing was written"
+        )
     if args.add_edges:
         if target.task != "organs":
             parser.error(f"--add-edges tunes an organ model's outlines; {tune} is a {target.task} model")
-        post = add_edges(target, find_cases(args.data), threads=args.threads)
+        post = add_edges(target, cases, threads=args.threads)
     elif args.nodules:
         if METASTASIS not in target.structures or not any(c.task == "organs" for c in others):
             parser.error("--nodules tunes a lesion model's nodule rule: give it and an organ model (--model)")
-        post = retune_nodules(target, others, find_cases(args.data), threads=args.threads)
+        post = retune_nodules(target, others, cases, threads=args.threads)
     elif args.outline:
-        post = retune_outline(target, others, find_cases(args.data), threads=args.threads)
+        post = retune_outline(target, others, cases, threads=args.threads)
     else:
-        post = calibrate(target, others, find_cases(args.data), threads=args.threads)
+        post = calibrate(target, others, cases, threads=args.threads)
     write_postprocess(tune, post)
     print(json.dumps(post, indent=1))
 

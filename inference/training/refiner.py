@@ -297,6 +297,14 @@ def make_refiner(
     # The outlines depend on the weights and on the post-processing before the refiner.
     setting = json.dumps({k: v for k, v in base.postprocess.items() if k != "calibration"}, sort_keys=True)
     key = hashlib.sha256(f"{CACHE_FORMAT}{card.sha256}{setting}".encode()).hexdigest()[:12]
+    empty = [str(data / part) for part in ("train", "val") if not find_cases(data / part)]
+    if empty:
+        raise ValueError(
+            f"a refiner trains on phantoms under {data / 'train'} and is checked on {data / 'val'}: "
+            f"{' and '.join(empty)} hold no case (folders with ct.nii.gz and labels.nii.gz); "
+            "write them with `python -m inference.phantom --out DIR --n N --seed S` (the seeds: "
+            "make_models.SETS)"
+        )
     cache = data / ".cache" / f"refiner-{card.name}-{key}-{structure}"
     cache.mkdir(parents=True, exist_ok=True)
     train_cases = [prepare_case(f, base, sid, cache, threads=threads) for f in find_cases(data / "train")]
@@ -346,9 +354,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    make_refiner(
-        args.model, args.structure, args.data, minutes=args.minutes, seed=args.seed, threads=args.threads
-    )
+    try:
+        make_refiner(
+            args.model, args.structure, args.data, minutes=args.minutes, seed=args.seed, threads=args.threads
+        )
+    except ValueError as error:  # no phantoms, or scans of another voxel size: nothing was written
+        parser.error(str(error))
 
 
 if __name__ == "__main__":

@@ -356,3 +356,26 @@ def test_the_nodule_rules_negatives_include_a_sharp_quiet_render(monkeypatch: py
     spacing = np.sqrt((sharp[2][:3, :3] ** 2).sum(axis=0))
     crisp, default = blur_mm(sharp[0], spacing), blur_mm(plain[0], spacing)
     assert crisp is not None and default is not None and crisp < default - 0.03
+
+
+def test_calibrating_on_nothing_is_refused_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inference.training.calibrate import main
+
+    card = write_threshold_model(tmp_path / "m" / "1", structures=(0, LIVER), thresholds=(0.225,))
+    before = (card.folder / "model.json").read_bytes()
+    folder = _case(tmp_path / "val", "a", 0)
+    for extra in ("annotator_B.nii.gz", "annotator_C.nii.gz"):
+        (folder / extra).unlink()
+
+    for data, flags, words in (
+        (tmp_path / "missing", [], "holds no validation phantoms"),
+        (tmp_path / "val", ["--outline"], "no case under"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            main(["--model", str(card.folder), "--data", str(data), *flags])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert words in err and "nothing was written" in err
+    assert (card.folder / "model.json").read_bytes() == before

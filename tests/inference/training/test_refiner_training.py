@@ -103,3 +103,26 @@ def test_the_exported_refiner_matches_torch_and_makes_a_valid_rule(tmp_path: Pat
     np.testing.assert_allclose(got, expected, atol=1e-4)
     rule = refiner_rule(10, path.name, sha, 0.21)
     assert rule["context_voxels"] == 4 and rule["margin_mm"] == pytest.approx(0.63)
+
+
+def test_training_without_phantoms_is_refused_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inference.training.refiner import main
+    from tests.inference.pipeline.tiny_models import write_threshold_model
+
+    card = write_threshold_model(tmp_path / "m" / "1", structures=(0, 4), thresholds=(0.3,))
+
+    def state() -> tuple[list[str], bytes]:
+        return sorted(p.name for p in card.folder.iterdir()), (card.folder / "model.json").read_bytes()
+
+    before = state()
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--model", str(card.folder), "--structure", "liver", "--data", str(tmp_path / "none")])
+
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "hold no case" in err and "python -m inference.phantom" in err
+    assert state() == before
+    assert not (tmp_path / "none").exists()  # not even the cache folder
