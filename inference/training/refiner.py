@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
         make_refiner(
             args.model, args.structure, args.data, minutes=args.minutes, seed=args.seed, threads=args.threads
         )
-    except ValueError as error:  # no phantoms, or scans of another voxel size: nothing was written
+    except ValueError as error:  # no phantoms, or another voxel size: the model is untouched
         parser.error(str(error))
 
 
