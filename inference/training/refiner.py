@@ -297,7 +297,8 @@ def make_refiner(
     # The outlines depend on the weights and on the post-processing before the refiner.
     setting = json.dumps({k: v for k, v in base.postprocess.items() if k != "calibration"}, sort_keys=True)
     key = hashlib.sha256(f"{CACHE_FORMAT}{card.sha256}{setting}".encode()).hexdigest()[:12]
-    empty = [str(data / part) for part in ("train", "val") if not find_cases(data / part)]
+    folders = {part: find_cases(data / part) for part in ("train", "val")}
+    empty = [str(data / part) for part, found in folders.items() if not found]
     if empty:
         raise ValueError(
             f"a refiner trains on phantoms under {data / 'train'} and is checked on {data / 'val'}: "
@@ -307,8 +308,8 @@ def make_refiner(
         )
     cache = data / ".cache" / f"refiner-{card.name}-{key}-{structure}"
     cache.mkdir(parents=True, exist_ok=True)
-    train_cases = [prepare_case(f, base, sid, cache, threads=threads) for f in find_cases(data / "train")]
-    val_cases = [prepare_case(f, base, sid, cache, threads=threads) for f in find_cases(data / "val")]
+    train_cases = [prepare_case(f, base, sid, cache, threads=threads) for f in folders["train"]]
+    val_cases = [prepare_case(f, base, sid, cache, threads=threads) for f in folders["val"]]
     # The kernels count voxels: one refiner serves one voxel size, the training scans'.
     spacing = float(np.median([c.spacing_mm for c in train_cases]))
     trained = {"spacing_mm": spacing}
