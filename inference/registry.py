@@ -142,7 +142,9 @@ class ModelCard:
         level and its neighbours'), ``{"structure", "air_edge", "margin_mm"}`` (a lung's outline
         onto the edge its air draws) or
         ``{"structure", "network", "sha256", "margin_mm", ...}`` (an outline refiner network,
-        ``pipeline.refiner``)."""
+        ``pipeline.refiner``). Any rule but a network may say ``"unless_refined": true``: it
+        stands in for its structure's refiner network (an earlier rule) on scans whose voxels
+        that network was not trained for, and stands down where the network ran."""
         return list(self.postprocess.get("refine", []))
 
     @property
@@ -296,9 +298,22 @@ def _check_postprocess(folder: Path, post: dict[str, Any], structures: list[int]
                 )
             if not 0 < float(level) <= 0.5:
                 raise _problem(folder, "postprocess uncertainty_outline levels must lie in (0, 0.5]")
+    networks: set[int] = set()
     for rule in post.get("refine", []):
         if int(rule["structure"]) not in structures[1:]:
             raise _problem(folder, f"postprocess refine names structure {rule['structure']}, not an output")
+        if "unless_refined" in rule and (
+            not isinstance(rule["unless_refined"], bool)
+            or "network" in rule
+            or int(rule["structure"]) not in networks
+        ):
+            raise _problem(
+                folder,
+                "postprocess refine 'unless_refined' (true or false) stands in for a refiner network: "
+                f"structure {rule['structure']} needs its network rule before it, and a network no stand-in",
+            )
+        if "network" in rule:
+            networks.add(int(rule["structure"]))
         if float(rule["margin_mm"]) < 0:
             raise _problem(folder, "postprocess refine 'margin_mm' must be >= 0")
         if "enclosed_by" in rule:

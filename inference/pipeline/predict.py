@@ -62,7 +62,7 @@ from inference.pipeline.postprocess import (
     voxels_within,
 )
 from inference.pipeline.qc import organ_centres
-from inference.pipeline.refiner import RefinerDecision, apply_decision, decide_refiner, run_refiner
+from inference.pipeline.refiner import RefinerDecision, apply_decision, decide_refiner
 from inference.pipeline.runtime import get_session, session_provider
 from inference.pipeline.straighten import find_tilt
 from inference.pipeline.volumes import labels_present
@@ -400,9 +400,12 @@ def refine(
     level drifts with depth: ``drift.py``); a contrast-edge rule stands down for a structure whose
     contrast with its neighbours is no larger. ``coarse``: the model grid's labels, as channel
     indices (``channel_argmax`` of the scores). ``bone``: the scan's bone level, whose
-    ``threshold`` a ``min_hu`` rule uses where it is below the card's.
+    ``threshold`` a ``min_hu`` rule uses where it is below the card's. A rule marked
+    ``unless_refined`` is skipped for a structure whose refiner network ran (it stands in where
+    the scan's voxels are not the network's: ``refiner.spacing_fits``).
     """
     touched: set[int] = set()
+    refined: set[int] = set()
     # Air-edge rules wait for the lesion search (``settle_air_edges``).
     rules = [rule for rule in card.refinements if "air_edge" not in rule]
     thresholds = {
@@ -421,10 +424,18 @@ def refine(
                 )
             touched.add(sid)
         for index, rule in enumerate(rules):
-            if index in decisions:
-                apply_decision(labels, decisions[index].result())
-            elif "network" in rule:
-                run_refiner(labels, canonical, card, rule, spacing_mm, device, threads)
+            sid = int(rule["structure"])
+            if rule.get("unless_refined") and sid in refined:
+                continue
+            if "network" in rule:
+                decision = (
+                    decisions[index].result()
+                    if index in decisions
+                    else decide_refiner(labels == sid, canonical, card, rule, spacing_mm, device, threads)
+                )
+                apply_decision(labels, decision)
+                if decision is not None:
+                    refined.add(sid)
             else:
                 apply_refinement(
                     labels,

@@ -154,6 +154,12 @@ def _without_outline(card: ModelCard) -> ModelCard:
     return dataclasses.replace(card, postprocess=post)
 
 
+def trained_rules(card: ModelCard) -> list[dict]:
+    """The ``refine`` rules that calibration keeps as they are: refiner networks (trained by
+    ``refiner.py``) and the rules that stand in for them on other voxel sizes (``unless_refined``)."""
+    return [r for r in card.refinements if "network" in r or r.get("unless_refined")]
+
+
 def calibrate(
     target: ModelCard,
     others: Sequence[ModelCard],
@@ -166,9 +172,9 @@ def calibrate(
     tumor-free scans for the lung-nodule rule (default ``atlas_negatives()``)."""
     post: dict = {}
     report: dict = {"cases": [c.name for c in cases]}
-    # Refiner networks are trained, not tuned here (``refiner.py``): they stay, after the bone and
-    # cord rules, and the edge rules leave their structures alone.
-    refiners = [r for r in target.postprocess.get("refine", []) if "network" in r]
+    # Refiner networks are trained, not tuned here: they stay after the bone and cord rules, and
+    # the edge rules leave their structures alone.
+    refiners = trained_rules(target)
     if target.task == "organs":
         offsets, report["score_offsets"] = tune_offsets(target, cases, threads=threads)
         if offsets:

@@ -240,3 +240,54 @@ def test_refining_with_the_network_ahead_of_the_earlier_rules_changes_nothing() 
             apply_refinement(one_by_one, coarse_argmax, hu, rule, committed.structures, grid, spacing)
     assert not np.array_equal(ahead, labels)
     np.testing.assert_array_equal(ahead, one_by_one)
+
+
+def test_a_stand_in_rule_applies_only_where_the_refiner_network_cannot(tmp_path: Path) -> None:
+    """A rule marked ``unless_refined`` stands down where its structure's refiner network ran and
+    stands in on a scan whose voxels the network was not trained for."""
+    from inference.pipeline.postprocess import apply_refinement
+    from inference.pipeline.predict import refine
+
+    folder = tmp_path / "m" / "1.0.0"
+    raw = _card_with_refiner(folder)
+    stand_in = {"structure": GUT, "edge_hu": 20.0, "margin_mm": 0.63}
+    raw["postprocess"]["refine"].append({**stand_in, "unless_refined": True})
+    (folder / "model.json").write_text(json.dumps(raw))
+    card = load_card(folder)
+    hu = np.full((30, 30, 30), -80.0, np.float32)
+    hu[8:22, 8:22, 8:22] = 50.0
+    hu[10:20, 10:20, 14] = -80.0  # a dark slab inside: the network sheds it, the edge rule cannot reach it
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[10:20, 10:20, 10:20] = GUT
+    coarse = np.zeros((10, 10, 10), np.int64)
+
+    def refined(spacing: float) -> np.ndarray:
+        out = labels.copy()
+        refine(out, coarse, hu, hu, card, (3 * spacing,) * 3, (spacing,) * 3, "cpu", 1)
+        return out
+
+    network_only = labels.copy()
+    run_refiner(network_only, hu, card, card.refinements[0], (0.2,) * 3, "cpu", 1)
+    edge_only = labels.copy()
+    apply_refinement(edge_only, coarse, hu, stand_in, card.structures, (1.5,) * 3, (0.5,) * 3)
+    assert not np.array_equal(network_only, edge_only)
+    assert not np.array_equal(edge_only, labels)
+
+    np.testing.assert_array_equal(refined(0.2), network_only)  # the network ran: no stand-in
+    np.testing.assert_array_equal(refined(0.5), edge_only)  # 0.5 mm voxels: the stand-in only
+
+
+def test_the_registry_refuses_a_stand_in_without_a_network_before_it(tmp_path: Path) -> None:
+    folder = tmp_path / "m" / "1.0.0"
+    raw = _card_with_refiner(folder)
+    rules = raw["postprocess"]["refine"]
+    for bad in (
+        [{"structure": GUT, "edge_hu": 20.0, "margin_mm": 0.63, "unless_refined": True}, *rules],
+        [*rules, {"structure": 4, "edge_hu": 20.0, "margin_mm": 0.63, "unless_refined": True}],
+        [*rules, {"structure": GUT, "edge_hu": 20.0, "margin_mm": 0.63, "unless_refined": "yes"}],
+        [{**rules[0], "unless_refined": True}],
+    ):
+        raw["postprocess"]["refine"] = bad
+        (folder / "model.json").write_text(json.dumps(raw))
+        with pytest.raises(ModelCardError, match="stands in for a refiner network"):
+            load_card(folder)

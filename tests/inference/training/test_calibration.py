@@ -379,3 +379,15 @@ def test_calibrating_on_nothing_is_refused_and_writes_nothing(
         err = capsys.readouterr().err
         assert words in err and "nothing was written" in err
     assert (card.folder / "model.json").read_bytes() == before
+
+
+def test_calibration_keeps_refiner_networks_and_their_stand_ins(tmp_path: Path) -> None:
+    from inference.training.calibrate import trained_rules
+
+    card = write_threshold_model(tmp_path / "m" / "1", structures=(0, LIVER), thresholds=(0.225,))
+    network = {"structure": LIVER, "network": "refine-liver.onnx", "sha256": "0", "margin_mm": 0.63}
+    stand_in = {"structure": LIVER, "contrast_edge": 8.0, "margin_mm": 0.63, "unless_refined": True}
+    tuned = {"structure": LIVER, "edge_hu": -40.0, "margin_mm": 0.21}
+    ruled = dataclasses.replace(card, postprocess={"refine": [tuned, network, stand_in]})
+
+    assert trained_rules(ruled) == [network, stand_in]  # the tuned rule is tuned again
