@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,9 @@ import pytest
 import torch
 from scipy import ndimage
 
+from inference.phantom.synth import AIR, FAT, N_IDS, SOFT
 from inference.pipeline.refiner import outline_shell, refiner_input
+from inference.structures import BY_NAME
 from inference.training.refiner import (
     CLIP,
     PATCH,
@@ -19,9 +22,12 @@ from inference.training.refiner import (
     RefinerCase,
     RefinerNet,
     export_refiner,
+    redraw_patch,
     refiner_rule,
     sample_batch,
+    shifted_outline,
     train_refiner,
+    with_refiner,
 )
 
 
@@ -40,6 +46,8 @@ def _tube_case(seed: int) -> RefinerCase:
         band=band,
         centres=np.argwhere(band),
         spacing_mm=0.21,
+        tissues=np.where(truth, BY_NAME["liver"].id, N_IDS + FAT).astype(np.uint8),
+        free=np.ones(truth.shape, bool),
     )
 
 
@@ -70,6 +78,63 @@ def test_the_jitter_spreads_the_scan_level_as_asked() -> None:
     assert 3.0 < float(np.std(narrow)) < 9.0  # about 5 HU of offset, 5 % of ~40 HU
     assert 12.0 < float(np.std(wide)) < 24.0  # about 15 HU of offset, 15 % of ~40 HU
     assert set(np.unique(outline_wide)) == set(np.unique(outline_narrow)) == {-1.0, 1.0}
+
+
+def test_a_redrawn_patch_keeps_cts_order_and_sometimes_hides_the_organs_edge() -> None:
+    """Every tissue is drawn anew in CT's order (air < lung < fat <= muscle-like body < bone), and
+    in some draws the body around an organ sits at the organ's own level: no edge to follow."""
+    tissues = np.full((8, 8, 40), N_IDS + SOFT, np.uint8)
+    tissues[..., 0:5] = N_IDS + AIR
+    tissues[..., 5:10] = BY_NAME["lung_left"].id
+    tissues[..., 10:15] = N_IDS + FAT
+    tissues[..., 15:20] = BY_NAME["liver"].id
+    tissues[..., 25:30] = BY_NAME["bones"].id
+    rng = np.random.default_rng(0)
+    gaps = []
+    for _ in range(60):
+        hu = redraw_patch(tissues, rng)
+        level = [float(np.median(hu[..., a + 1 : a + 4])) for a in (0, 5, 10, 15, 20, 25)]
+        air, lung, fat, liver, body, bone = level
+        assert air < lung < fat and max(fat, liver, body) < bone
+        assert fat <= body + 30.0  # the noise's median error over 72 voxels stays well inside 30 HU
+        gaps.append(abs(liver - body))
+    assert min(gaps) < 15.0 < max(gaps)
+    same = [redraw_patch(tissues, np.random.default_rng(5)) for _ in range(2)]
+    np.testing.assert_array_equal(same[0], same[1])
+
+
+def test_redrawn_batches_keep_the_outline_and_replace_the_scan() -> None:
+    case = _tube_case(4)
+    still = Jitter(scale=0.0, offset_hu=0.0)
+
+    def steps(jitter: Jitter) -> np.ndarray:
+        """The tube's level over its surroundings' in each patch (HU)."""
+        x, y, _ = sample_batch([case], np.random.default_rng(1), 16, jitter)
+        assert set(np.unique(x[:, 1].numpy())) == {-1.0, 1.0}  # the outline channel is kept
+        inside = y[:, 0] > 0
+        return np.array(
+            [float(v[0][i].mean() - v[0][~i].mean()) * SCALE_HU for v, i in zip(x, inside, strict=True)]
+        )
+
+    # The tube is 93 HU above its fat in the phantom; redrawn, that step is anything from none
+    # (a lean mouse) to the soft-tissue and fat ranges' widest.
+    plain, drawn = steps(still), steps(dataclasses.replace(still, redraw=1.0))
+    assert np.allclose(plain, 93.0, atol=15.0)
+    assert drawn.min() < 40.0 and drawn.max() > 120.0
+
+
+def test_a_shifted_true_outline_is_as_often_too_large_as_too_small() -> None:
+    x, y, z = np.indices((40, 40, 40))
+    truth = (x - 20) ** 2 + (y - 20) ** 2 + (z - 20) ** 2 <= 12**2
+    rng = np.random.default_rng(0)
+    reach = ndimage.distance_transform_edt(~truth) + ndimage.distance_transform_edt(truth)
+    ratios = []
+    for _ in range(40):
+        given = shifted_outline(truth, rng)
+        assert (reach[given ^ truth] <= 3.5).all()  # moved within the refiner's 3-voxel band only
+        ratios.append(given.sum() / truth.sum())
+    assert min(ratios) < 0.85 and max(ratios) > 1.15
+    assert 0.9 < float(np.median(ratios)) < 1.1
 
 
 def test_a_short_run_learns_to_shed_the_too_wide_outline() -> None:
@@ -126,3 +191,17 @@ def test_training_without_phantoms_is_refused_and_writes_nothing(
     assert "hold no case" in err and "python -m inference.phantom" in err
     assert state() == before
     assert not (tmp_path / "none").exists()  # not even the cache folder
+
+
+def test_a_new_refiner_keeps_its_structures_other_rules_as_stand_ins() -> None:
+    liver, kidney = BY_NAME["liver"].id, BY_NAME["kidney_left"].id
+    rules: list[dict] = [
+        {"structure": liver, "contrast_edge": 8.0, "margin_mm": 0.63},
+        {"structure": kidney, "edge_hu": -40.0, "margin_mm": 0.21},
+        {"structure": liver, "network": "old.onnx", "sha256": "0", "margin_mm": 0.63},
+    ]
+    rule = refiner_rule(liver, "refine-liver.onnx", "abc", 0.21)
+
+    out = with_refiner(rules, rule)
+
+    assert out == [rules[1], rule, {**rules[0], "unless_refined": True}]
