@@ -142,7 +142,7 @@ class ModelCard:
         level and its neighbours'), ``{"structure", "air_edge", "margin_mm"}`` (a lung's outline
         onto the edge its air draws) or
         ``{"structure", "network", "sha256", "margin_mm", ...}`` (an outline refiner network,
-        ``pipeline.refiner``). Any rule but a network may say ``"unless_refined": true``: it
+        ``pipeline.refiner``). Any rule but a network or an air edge may say ``"unless_refined": true``: it
         stands in for its structure's refiner network (an earlier rule) on scans whose voxels
         that network was not trained for, and stands down where the network ran."""
         return list(self.postprocess.get("refine", []))
@@ -305,12 +305,14 @@ def _check_postprocess(folder: Path, post: dict[str, Any], structures: list[int]
         if "unless_refined" in rule and (
             not isinstance(rule["unless_refined"], bool)
             or "network" in rule
+            or "air_edge" in rule
             or int(rule["structure"]) not in networks
         ):
             raise _problem(
                 folder,
                 "postprocess refine 'unless_refined' (true or false) stands in for a refiner network: "
-                f"structure {rule['structure']} needs its network rule before it, and a network no stand-in",
+                f"structure {rule['structure']} needs its network rule before it, and neither a network "
+                "nor an air-edge rule (applied after the lesion search) can stand in",
             )
         if "network" in rule:
             networks.add(int(rule["structure"]))

@@ -334,13 +334,13 @@ def refiner_rule(structure_id: int, file_name: str, sha256: str, spacing_mm: flo
 def with_refiner(rules: list[dict], rule: dict) -> list[dict]:
     """``rules`` with the refiner network ``rule`` for its structure, after every other
     structure's rules. The structure's earlier rules other than a network follow it as stand-ins
-    (``unless_refined``): they still apply on scans whose voxels the network was not trained for."""
+    (``unless_refined``): they still apply on scans whose voxels the network was not trained for.
+    An air-edge rule is dropped instead: it runs after the lesion search
+    (``predict.settle_air_edges``), where no refiner has run, so it cannot stand in."""
     sid = int(rule["structure"])
     others = [r for r in rules if int(r["structure"]) != sid]
-    stand_ins = [
-        {**r, "unless_refined": True} for r in rules if int(r["structure"]) == sid and "network" not in r
-    ]
-    return [*others, rule, *stand_ins]
+    own = [r for r in rules if int(r["structure"]) == sid and "network" not in r and "air_edge" not in r]
+    return [*others, rule, *({**r, "unless_refined": True} for r in own)]
 
 
 def validate(net: RefinerNet, cases: list[RefinerCase], structure_id: int, path: Path) -> dict[str, float]:

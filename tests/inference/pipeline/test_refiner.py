@@ -286,6 +286,7 @@ def test_the_registry_refuses_a_stand_in_without_a_network_before_it(tmp_path: P
         [*rules, {"structure": 4, "edge_hu": 20.0, "margin_mm": 0.63, "unless_refined": True}],
         [*rules, {"structure": GUT, "edge_hu": 20.0, "margin_mm": 0.63, "unless_refined": "yes"}],
         [{**rules[0], "unless_refined": True}],
+        [*rules, {"structure": GUT, "air_edge": 0.5, "margin_mm": 0.63, "unless_refined": True}],
     ):
         raw["postprocess"]["refine"] = bad
         (folder / "model.json").write_text(json.dumps(raw))

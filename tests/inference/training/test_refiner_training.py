@@ -199,6 +199,7 @@ def test_a_new_refiner_keeps_its_structures_other_rules_as_stand_ins() -> None:
         {"structure": liver, "contrast_edge": 8.0, "margin_mm": 0.63},
         {"structure": kidney, "edge_hu": -40.0, "margin_mm": 0.21},
         {"structure": liver, "network": "old.onnx", "sha256": "0", "margin_mm": 0.63},
+        {"structure": liver, "air_edge": 0.5, "margin_mm": 0.63},  # after the lesion search: dropped
     ]
     rule = refiner_rule(liver, "refine-liver.onnx", "abc", 0.21)
 
