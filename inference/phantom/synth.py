@@ -249,6 +249,34 @@ def tissue_class(sid: int) -> str:
     return "soft"
 
 
+def tissue_levels(rng: np.random.Generator) -> dict[int, float]:
+    """Each structure's mean HU (ids 1 .. N_IDS - 1), drawn in its class's range, so CT's physical
+    order holds; paired organs a few HU apart; half the time the soft organs pulled towards one
+    level, as they lie close together in native micro-CT."""
+    means: dict[int, float] = {}
+    for sid in range(1, N_IDS):
+        if sid in _PAIR:
+            continue
+        lo, hi = HU_RANGES[tissue_class(sid)]
+        means[sid] = float(rng.uniform(lo, hi))
+    for sid, twin in _PAIR.items():
+        means[sid] = means[twin] + float(rng.normal(0.0, 4.0))
+    if rng.random() < 0.5:
+        anchor = float(rng.uniform(20.0, 70.0))
+        pull = float(rng.uniform(0.3, 0.9))
+        for sid in means:
+            if tissue_class(sid) == "soft":
+                means[sid] = anchor + (1 - pull) * (means[sid] - anchor)
+    return means
+
+
+def lean_body_hu(means: dict[int, float], rng: np.random.Generator) -> float:
+    """The level of a lean mouse's unlabelled body: near its soft organs' mean (``means`` as
+    ``tissue_levels`` draws them), with no fat between them."""
+    soft = [m for sid, m in means.items() if tissue_class(sid) == "soft"]
+    return float(np.clip(np.mean(soft) + rng.normal(0.0, 10.0), *HU_RANGES["soft"]))
+
+
 def _interp_matrix(n_out: int, n_in: int, step: float) -> np.ndarray:
     """[n_out, n_in] linear interpolation weights: output i reads input position i / step."""
     pos = np.clip(np.arange(n_out, dtype=np.float32) / step, 0, n_in - 1)
@@ -584,22 +612,7 @@ def synth_sample(
         air -= bed_share
         params["bed"] = bed_kind
 
-    # Intensities: one mean per tissue, drawn in its class's range (physical order kept).
-    means: dict[int, float] = {}
-    for sid in range(1, N_IDS):
-        if sid in _PAIR:
-            continue
-        lo, hi = HU_RANGES[tissue_class(sid)]
-        means[sid] = float(rng.uniform(lo, hi))
-    for sid, twin in _PAIR.items():
-        means[sid] = means[twin] + float(rng.normal(0.0, 4.0))
-    if rng.random() < 0.5:
-        # Often organs lie close together in HU, as in native micro-CT: pull them towards one value.
-        anchor = float(rng.uniform(20.0, 70.0))
-        pull = float(rng.uniform(0.3, 0.9))
-        for sid in means:
-            if tissue_class(sid) == "soft":
-                means[sid] = anchor + (1 - pull) * (means[sid] - anchor)
+    means = tissue_levels(rng)
     air_hu = float(rng.uniform(*HU_RANGES["air"]))
     fat_hu = float(rng.uniform(*HU_RANGES["fat"]))
     muscle_hu = float(rng.uniform(*HU_RANGES["soft"]))
@@ -630,8 +643,7 @@ def synth_sample(
         # A plain body: the unlabelled tissue one smooth level close to the organs' own, no fat
         # between them (a lean mouse; a simple tissue model). Organ edges are then barely in the
         # image and the network has to place them by their shapes.
-        soft = [m for sid, m in means.items() if tissue_class(sid) == "soft"] or [muscle_hu]
-        muscle_hu = float(np.clip(np.mean(soft) + plain_rng.normal(0.0, 10.0), *HU_RANGES["soft"]))
+        muscle_hu = lean_body_hu(means, plain_rng)
         fat = np.where(surface & (plain_rng.random() < 0.5), 0.8, 0.0)
         rest_tex = fat * fat_hu + (1 - fat) * muscle_hu + float(plain_rng.uniform(0, 8)) * fields[1]
         params["plain_body"] = True

@@ -32,7 +32,16 @@ from torch import nn
 
 from inference.jsonsafe import finite_or_null
 from inference.metrics import dice
-from inference.phantom.synth import AIR, FAT, HU_RANGES, N_IDS, SOFT, tissue_class, tissue_from_ct
+from inference.phantom.synth import (
+    AIR,
+    FAT,
+    HU_RANGES,
+    N_IDS,
+    SOFT,
+    lean_body_hu,
+    tissue_from_ct,
+    tissue_levels,
+)
 from inference.pipeline import predict_volume
 from inference.pipeline.geometry import bounding_box
 from inference.pipeline.refiner import outline_shell, refine_by_network, refiner_input, spacing_fits
@@ -189,22 +198,18 @@ def shifted_outline(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def redraw_patch(tissues: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A scan (HU, float32) drawn anew from a patch's tissue map (``RefinerCase.tissues``), as
     ``inference.phantom.synth`` draws its training volumes but at the scan's own resolution: each
-    structure and the body's air, fat and muscle at a random level in CT's order
-    (``synth.HU_RANGES``), half the time the organs pulled towards one level, a third of the time
-    no fat between them (a lean mouse), then a blur of 0.3-1.5 voxels and 5-60 HU of noise."""
+    structure (``synth.tissue_levels``) and the body's air, fat and muscle at a random level in
+    CT's order, a third of the time no fat between them (``synth.lean_body_hu``), then a blur of
+    0.3-1.5 voxels and 5-60 HU of noise."""
+    means = tissue_levels(rng)
     lut = np.zeros(N_IDS + 3, np.float32)
-    for sid in range(1, N_IDS):
-        lut[sid] = rng.uniform(*HU_RANGES[tissue_class(sid)])
-    soft = [sid for sid in range(1, N_IDS) if tissue_class(sid) == "soft"]
-    if rng.random() < 0.5:
-        anchor, pull = rng.uniform(20.0, 70.0), rng.uniform(0.3, 0.9)
-        lut[soft] = anchor + (1 - pull) * (lut[soft] - anchor)
+    for sid, level in means.items():
+        lut[sid] = level
     lut[N_IDS + AIR] = rng.uniform(*HU_RANGES["air"])
     lut[N_IDS + FAT] = rng.uniform(*HU_RANGES["fat"])
     lut[N_IDS + SOFT] = rng.uniform(*HU_RANGES["soft"])
     if rng.random() < 1 / 3:
-        level = np.clip(lut[soft].mean() + rng.normal(0.0, 10.0), *HU_RANGES["soft"])
-        lut[N_IDS + FAT] = lut[N_IDS + SOFT] = level
+        lut[N_IDS + FAT] = lut[N_IDS + SOFT] = lean_body_hu(means, rng)
     image = ndimage.gaussian_filter(lut[tissues], rng.uniform(0.3, 1.5), mode="nearest")
     return image + rng.normal(0.0, rng.uniform(5.0, 60.0), image.shape).astype(np.float32)
 
