@@ -59,7 +59,7 @@ TRAINING = {"organs": (13, 85.0), "tumor": (12, 30.0)}
 SYNTH = {"organs": (19, 70.0, 0.3), "tumor": (20, 68.0, 0.4)}
 #: Outline refiner networks of the organ model (``refiner.py``): structure -> (seed, minutes).
 #: Retrained whenever the organ model is (its outlines are their input), or with ``--refine``.
-REFINERS = {"intestine": (0, 35.0)}
+REFINERS = {"intestine": (0, 35.0), "heart": (0, 30.0)}
 
 
 def ensure_phantoms(root: Path, name: str) -> Path:

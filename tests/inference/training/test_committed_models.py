@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -103,3 +104,32 @@ def test_the_committed_models_count_no_metastasis_in_a_noisy_scan_of_a_healthy_m
     labels = np.asarray(predict_volume(phantom.ct, phantom.affine, cards, threads=2).labels)
     assert not (labels == BY_NAME["metastasis"].id).any()
     assert float((labels == BY_NAME["tumor"].id).sum()) * 0.21**3 <= 20.0
+
+
+@pytest.mark.skipif(
+    not (digimouse.DEFAULT_DIR / digimouse.FILENAME).is_file(), reason="Digimouse atlas not present"
+)
+def test_the_served_heart_refiner_draws_the_real_hearts_outline_closer_than_the_network() -> None:
+    """Anatomy its training never drew (the refiner trained on phantoms alone): on the Digimouse
+    torso the served model's heart refiner finds the heart's outline against the lungs that the
+    organ network misses, so its heart overlaps the truth better than the same model's without it
+    (the model card's "`mouse-organs/2.4.3`": Dice 0.885 -> 0.898, missed voxels 1,739 -> 1,186)."""
+    organs, tumor = find_model("mouse-organs"), find_model("mouse-tumor")
+    heart = BY_NAME["heart"].id
+    rules = organs.postprocess["refine"]
+    assert any(rule.get("network") and int(rule["structure"]) == heart for rule in rules)
+    unrefined = dataclasses.replace(
+        organs,
+        postprocess={
+            **organs.postprocess,
+            "refine": [rule for rule in rules if not (rule.get("network") and int(rule["structure"]) == heart)],
+        },
+    )
+    phantom = digimouse.render_ct(digimouse.load(), seed=0, crop="torso")
+    truth = phantom.labels == heart
+    scores = {}
+    for name, card in (("refined", organs), ("network", unrefined)):
+        drawn = np.asarray(predict_volume(phantom.ct, phantom.affine, [card, tumor], threads=2).labels) == heart
+        scores[name] = (dice(drawn, truth), int((truth & ~drawn).sum()))
+    assert scores["refined"][0] >= scores["network"][0] + 0.005, scores
+    assert scores["refined"][1] < 0.8 * scores["network"][1], scores
