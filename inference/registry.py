@@ -143,8 +143,8 @@ class ModelCard:
         onto the edge its air draws) or
         ``{"structure", "network", "sha256", "margin_mm", ...}`` (an outline refiner network,
         ``pipeline.refiner``). Any rule but a network or an air edge may say ``"unless_refined": true``: it
-        stands in for its structure's refiner network (an earlier rule) on scans whose voxels
-        that network was not trained for, and stands down where the network ran."""
+        stands in for its structure's refiner network (an earlier rule) on scans whose voxels are
+        too far from that network's to be resampled to them, and stands down where the network ran."""
         return list(self.postprocess.get("refine", []))
 
     @property

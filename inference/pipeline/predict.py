@@ -402,7 +402,8 @@ def refine(
     indices (``channel_argmax`` of the scores). ``bone``: the scan's bone level, whose
     ``threshold`` a ``min_hu`` rule uses where it is below the card's. A rule marked
     ``unless_refined`` is skipped for a structure whose refiner network ran (it stands in where
-    the scan's voxels are not the network's: ``refiner.spacing_fits``).
+    the scan's voxels are too far from the network's to be resampled to them:
+    ``refiner.RESAMPLE_LIMIT``).
     """
     touched: set[int] = set()
     refined: set[int] = set()

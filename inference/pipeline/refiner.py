@@ -14,11 +14,16 @@ A ``model.json`` ``refine`` rule names it: ``{"structure", "network" (file in th
 is ``[1, 2, x, y, z]``: the scan as ``clip(HU / scale_hu, -clip, clip)`` and the outline as +1
 inside / -1 outside; its output ``[1, 1, x, y, z]`` is the structure's logit. It runs on tiles of
 the structure's bounding box with ``context_voxels`` of overlap, so tiles match one whole pass.
+
+On a scan whose voxels are not the refiner's (0.1 mm, 0.35 mm, thick slices) the structure's box is
+resampled to the refiner's voxels, decided there, and the logits resampled back
+(``resampled_logits``): the kernels count voxels, so they must see the voxels they were trained on.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,19 +39,51 @@ from inference.registry import ModelCard
 
 log = logging.getLogger(__name__)
 
-#: A refiner runs on scans whose voxels are within this factor of the spacing it was trained at
-#: (its kernels count voxels, not millimetres); elsewhere the network's outline stays.
+#: A refiner runs on the scan's own voxels where they are within this factor of the spacing it was
+#: trained at (its kernels count voxels, not millimetres).
 SPACING_TOLERANCE = 1.25
+#: Beyond that and within this factor, on the structure's box resampled to its training spacing
+#: (``resampled_logits``); further off (a 0.05 mm or a 1 mm scan) the network's outline stays.
+RESAMPLE_LIMIT = 2.5
 #: Output voxels per tile, in whole planes across the first axis (bounds the memory of one pass:
 #: 16 float32 channels, 128 MB a layer). A gut's box is about 0.8 M voxels: one tile, since
 #: every cut costs ``2 * context`` planes computed twice.
 TILE_VOXELS = 2_000_000
 
 
-def spacing_fits(rule: dict[str, Any], spacing_mm: Sequence[float]) -> bool:
-    """Whether the scan's voxels are close enough to the refiner's training spacing."""
+def spacing_fits(
+    rule: dict[str, Any], spacing_mm: Sequence[float], tolerance: float = SPACING_TOLERANCE
+) -> bool:
+    """Whether the scan's voxels are within ``tolerance`` of the refiner's training spacing."""
     trained = float(rule["spacing_mm"])
-    return all(trained / SPACING_TOLERANCE <= float(s) <= trained * SPACING_TOLERANCE for s in spacing_mm)
+    return all(trained / tolerance <= float(s) <= trained * tolerance for s in spacing_mm)
+
+
+def resampled_logits(
+    session: ort.InferenceSession,
+    intensity: np.ndarray,
+    mask: np.ndarray,
+    zoom: Sequence[float],
+    *,
+    scale_hu: float,
+    clip: float,
+    context: int,
+) -> np.ndarray:
+    """The refiner's logits on ``intensity`` / ``mask`` (one box of the scan) resampled by ``zoom``
+    (scan voxel / training voxel, per axis) to its training voxels, then back to the box's shape.
+
+    Linear both ways, voxel centres at the box's corners kept in place; the mask is resampled as
+    a share and cut at one half, so its outline stays where it was.
+    """
+    scan = ndimage.zoom(intensity.astype(np.float32), zoom, order=1)
+    outline = ndimage.zoom(mask.astype(np.float32), zoom, order=1) >= np.float32(0.5)
+    logits = refiner_logits(
+        session, refiner_input(scan, outline, scale_hu=scale_hu, clip=clip), context=context
+    )
+    back = ndimage.zoom(logits, [n / m for n, m in zip(mask.shape, logits.shape, strict=True)], order=1)
+    # ``zoom`` rounds each output length; pad or cut to the box's shape exactly.
+    pad = [(0, max(n - b, 0)) for n, b in zip(mask.shape, back.shape, strict=True)]
+    return np.pad(back, pad, mode="edge")[tuple(slice(0, n) for n in mask.shape)]
 
 
 def outline_shell(mask: np.ndarray, voxels: int) -> np.ndarray:
@@ -104,16 +141,26 @@ def refiner_decision(
     scale_hu: float,
     clip: float,
     context_voxels: int,
+    zoom: Sequence[float] | None = None,
 ) -> RefinerDecision | None:
     """The refiner's decision on the outline of the structure whose mask is ``own_any``; None when
-    the structure is absent or the margin is nothing."""
-    box = bounding_box(own_any, margin_voxels + context_voxels)
+    the structure is absent or the margin is nothing. ``zoom`` (scan voxel / training voxel, per
+    axis): decide on the box resampled to the refiner's voxels (``resampled_logits``); None: on the
+    scan's own voxels. ``margin_voxels`` counts the scan's voxels either way."""
+    # The box holds the refiner's context in the scan's voxels, whichever way they are counted.
+    context = context_voxels if zoom is None else math.ceil(context_voxels / min(zoom)) + 1
+    box = bounding_box(own_any, margin_voxels + context)
     if box is None or margin_voxels <= 0:
         return None
     own = own_any[box]
-    logits = refiner_logits(
-        session, refiner_input(intensity[box], own, scale_hu=scale_hu, clip=clip), context=context_voxels
-    )
+    if zoom is None:
+        logits = refiner_logits(
+            session, refiner_input(intensity[box], own, scale_hu=scale_hu, clip=clip), context=context_voxels
+        )
+    else:
+        logits = resampled_logits(
+            session, intensity[box], own, zoom, scale_hu=scale_hu, clip=clip, context=context_voxels
+        )
     return RefinerDecision(structure_id, box, own, outline_shell(own, margin_voxels), logits > 0)
 
 
@@ -170,16 +217,19 @@ def decide_refiner(
     threads: int,
 ) -> RefinerDecision | None:
     """The decision of one refiner-network ``refine`` rule of ``card`` on the mask ``own_any`` of
-    its structure; None (the network's outline stays) on scans whose voxels are far from the
-    refiner's training spacing."""
+    its structure: on the scan's voxels where they fit the refiner's training spacing, on the box
+    resampled to it within ``RESAMPLE_LIMIT``; None (the network's outline stays) further off."""
+    zoom = None
     if not spacing_fits(rule, spacing_mm):
-        log.info(
-            "refiner %s skipped: scan voxels %s mm, trained at %s mm",
-            rule["network"],
-            [round(float(s), 3) for s in spacing_mm],
-            rule["spacing_mm"],
-        )
-        return None
+        if not spacing_fits(rule, spacing_mm, RESAMPLE_LIMIT):
+            log.info(
+                "refiner %s skipped: scan voxels %s mm, trained at %s mm",
+                rule["network"],
+                [round(float(s), 3) for s in spacing_mm],
+                rule["spacing_mm"],
+            )
+            return None
+        zoom = [float(s) / float(rule["spacing_mm"]) for s in spacing_mm]
     session = get_file_session(
         card.folder / str(rule["network"]), str(rule["sha256"]), device=device, threads=threads
     )
@@ -192,6 +242,7 @@ def decide_refiner(
         scale_hu=float(rule["scale_hu"]),
         clip=float(rule["clip"]),
         context_voxels=int(rule["context_voxels"]),
+        zoom=zoom,
     )
 
 

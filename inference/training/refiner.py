@@ -345,7 +345,8 @@ def refiner_rule(structure_id: int, file_name: str, sha256: str, spacing_mm: flo
 def with_refiner(rules: list[dict], rule: dict) -> list[dict]:
     """``rules`` with the refiner network ``rule`` for its structure, after every other
     structure's rules. The structure's earlier rules other than a network follow it as stand-ins
-    (``unless_refined``): they still apply on scans whose voxels the network was not trained for.
+    (``unless_refined``): they still apply on scans whose voxels are too far from the network's to
+    be resampled to them (``pipeline.refiner.RESAMPLE_LIMIT``).
     An air-edge rule is dropped instead: it runs after the lesion search
     (``predict.settle_air_edges``), where no refiner has run, so it cannot stand in."""
     sid = int(rule["structure"])

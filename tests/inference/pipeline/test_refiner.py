@@ -127,8 +127,51 @@ def test_a_refiner_is_skipped_on_scans_far_from_its_training_spacing() -> None:
 
     assert spacing_fits(rule, (0.21, 0.21, 0.21)) and spacing_fits(rule, (0.2, 0.2, 0.25))
     assert not spacing_fits(rule, (0.1, 0.1, 0.1)) and not spacing_fits(rule, (0.5, 0.5, 0.5))
-    assert run_refiner(labels, np.zeros(labels.shape, np.float32), committed, rule, (0.5,) * 3, "cpu", 1) == 0
+    # 0.1 and 0.5 mm are refined on resampled voxels (below); a 1 mm scan is not refined at all.
+    assert spacing_fits(rule, (0.1, 0.1, 0.1), refiner.RESAMPLE_LIMIT)
+    assert not spacing_fits(rule, (1.0, 1.0, 1.0), refiner.RESAMPLE_LIMIT)
+    assert run_refiner(labels, np.zeros(labels.shape, np.float32), committed, rule, (1.0,) * 3, "cpu", 1) == 0
     np.testing.assert_array_equal(labels, before)
+
+
+def test_resampling_to_the_refiners_voxels_and_back_keeps_an_outline_in_place(tmp_path: Path) -> None:
+    """A refiner that reads the scan alone (inside where it is above 0 HU), on a scan whose level
+    falls smoothly through 0 HU at an ellipsoid's surface: decided on voxels twice finer, 1.6 times
+    coarser, or with slices twice as thick as its own, the outline comes back where the scan puts
+    it, moved by no more than a voxel anywhere."""
+    path = tmp_path / "level.onnx"
+    write_outline_refiner(path, scan_weight=1.0, outline_weight=0.0, bias=0.0)
+    session = _session(path)
+    x, y, z = np.indices((41, 37, 50))
+    level = 1.0 - np.sqrt((x - 20) ** 2 / 14**2 + (y - 18) ** 2 / 10**2 + (z - 24) ** 2 / 18**2)
+    hu = (100.0 * level).astype(np.float32)
+    truth = hu > 0
+    near = outline_shell(truth, 1)
+    for zoom in ((0.5, 0.5, 0.5), (1.6, 1.6, 1.6), (1.0, 1.0, 2.0)):
+        logits = refiner.resampled_logits(session, hu, truth, zoom, scale_hu=100.0, clip=5.0, context=0)
+        assert logits.shape == truth.shape
+        assert not (((logits > 0) != truth) & ~near).any(), zoom
+        assert dice(logits > 0, truth) > 0.98, zoom
+
+
+def test_the_committed_intestine_refiner_redraws_the_gut_wall_of_a_finer_scan() -> None:
+    """The same gut loop on 0.105 mm voxels: refined on the box resampled to 0.21 mm (the refiner's
+    kernels count its own voxels), the outline moves onto the wall as on a 0.21 mm scan."""
+    committed = default_model("organs")
+    rule = next(r for r in committed.refinements if "network" in r)
+    hu, truth = _tube_scan(np.random.default_rng(1))
+    coarse = truth.reshape(20, 3, 20, 3, 20, 3).mean(axis=(1, 3, 5)) > 0.5
+    fine_hu = ndimage.zoom(hu, 2, order=1).astype(np.float32)
+    fine_truth = ndimage.zoom(truth.astype(np.float32), 2, order=1) >= 0.5
+    outline = np.repeat(np.repeat(np.repeat(coarse, 6, 0), 6, 1), 6, 2)
+    labels = np.where(outline, np.uint8(GUT), np.uint8(0))
+    before = dice(labels == GUT, fine_truth)
+
+    changed = run_refiner(labels, fine_hu, committed, rule, (0.105, 0.105, 0.105), "cpu", 1)
+
+    after = dice(labels == GUT, fine_truth)
+    assert changed > 0
+    assert after > before + 0.02, (before, after)
 
 
 def _card_with_refiner(folder: Path) -> dict:
@@ -269,12 +312,12 @@ def test_a_stand_in_rule_applies_only_where_the_refiner_network_cannot(tmp_path:
     network_only = labels.copy()
     run_refiner(network_only, hu, card, card.refinements[0], (0.2,) * 3, "cpu", 1)
     edge_only = labels.copy()
-    apply_refinement(edge_only, coarse, hu, stand_in, card.structures, (1.5,) * 3, (0.5,) * 3)
+    apply_refinement(edge_only, coarse, hu, stand_in, card.structures, (3.0,) * 3, (1.0,) * 3)
     assert not np.array_equal(network_only, edge_only)
     assert not np.array_equal(edge_only, labels)
 
     np.testing.assert_array_equal(refined(0.2), network_only)  # the network ran: no stand-in
-    np.testing.assert_array_equal(refined(0.5), edge_only)  # 0.5 mm voxels: the stand-in only
+    np.testing.assert_array_equal(refined(1.0), edge_only)  # 1 mm voxels: the stand-in only
 
 
 def test_the_registry_refuses_a_stand_in_without_a_network_before_it(tmp_path: Path) -> None:

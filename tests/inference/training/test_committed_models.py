@@ -122,14 +122,18 @@ def test_the_served_heart_refiner_draws_the_real_hearts_outline_closer_than_the_
         organs,
         postprocess={
             **organs.postprocess,
-            "refine": [rule for rule in rules if not (rule.get("network") and int(rule["structure"]) == heart)],
+            "refine": [
+                rule for rule in rules if not (rule.get("network") and int(rule["structure"]) == heart)
+            ],
         },
     )
     phantom = digimouse.render_ct(digimouse.load(), seed=0, crop="torso")
     truth = phantom.labels == heart
     scores = {}
     for name, card in (("refined", organs), ("network", unrefined)):
-        drawn = np.asarray(predict_volume(phantom.ct, phantom.affine, [card, tumor], threads=2).labels) == heart
+        drawn = (
+            np.asarray(predict_volume(phantom.ct, phantom.affine, [card, tumor], threads=2).labels) == heart
+        )
         scores[name] = (dice(drawn, truth), int((truth & ~drawn).sum()))
     assert scores["refined"][0] >= scores["network"][0] + 0.005, scores
     assert scores["refined"][1] < 0.8 * scores["network"][1], scores
