@@ -100,18 +100,24 @@ def _tube_scan(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return hu.astype(np.float32), truth
 
 
-def test_the_committed_intestine_refiner_puts_a_coarse_outline_onto_the_gut_wall() -> None:
+@pytest.mark.parametrize("finer", [1, 2], ids=["0.21 mm", "0.105 mm"])
+def test_the_committed_intestine_refiner_puts_a_coarse_outline_onto_the_gut_wall(finer: int) -> None:
+    """On its own 0.21 mm voxels, and on voxels twice as fine (the box resampled to 0.21 mm for it,
+    since its kernels count its own voxels), the refiner moves the outline onto the gut wall."""
     committed = default_model("organs")
     rule = next(r for r in committed.refinements if "network" in r)
     assert rule["structure"] == GUT
     hu, truth = _tube_scan(np.random.default_rng(1))
     # The organ model's outline: the truth at 0.63 mm (block majority), upsampled by repetition.
     coarse = truth.reshape(20, 3, 20, 3, 20, 3).mean(axis=(1, 3, 5)) > 0.5
-    outline = np.repeat(np.repeat(np.repeat(coarse, 3, 0), 3, 1), 3, 2)
+    if finer > 1:
+        hu = ndimage.zoom(hu, finer, order=1).astype(np.float32)
+        truth = ndimage.zoom(truth.astype(np.float32), finer, order=1) >= 0.5
+    outline = np.repeat(np.repeat(np.repeat(coarse, 3 * finer, 0), 3 * finer, 1), 3 * finer, 2)
     labels = np.where(outline, np.uint8(GUT), np.uint8(0))
     before = dice(labels == GUT, truth)
 
-    changed = run_refiner(labels, hu, committed, rule, (0.21, 0.21, 0.21), "cpu", 1)
+    changed = run_refiner(labels, hu, committed, rule, (0.21 / finer,) * 3, "cpu", 1)
 
     after = dice(labels == GUT, truth)
     assert changed > 0
@@ -152,26 +158,6 @@ def test_resampling_to_the_refiners_voxels_and_back_keeps_an_outline_in_place(tm
         assert logits.shape == truth.shape
         assert not (((logits > 0) != truth) & ~near).any(), zoom
         assert dice(logits > 0, truth) > 0.98, zoom
-
-
-def test_the_committed_intestine_refiner_redraws_the_gut_wall_of_a_finer_scan() -> None:
-    """The same gut loop on 0.105 mm voxels: refined on the box resampled to 0.21 mm (the refiner's
-    kernels count its own voxels), the outline moves onto the wall as on a 0.21 mm scan."""
-    committed = default_model("organs")
-    rule = next(r for r in committed.refinements if "network" in r)
-    hu, truth = _tube_scan(np.random.default_rng(1))
-    coarse = truth.reshape(20, 3, 20, 3, 20, 3).mean(axis=(1, 3, 5)) > 0.5
-    fine_hu = ndimage.zoom(hu, 2, order=1).astype(np.float32)
-    fine_truth = ndimage.zoom(truth.astype(np.float32), 2, order=1) >= 0.5
-    outline = np.repeat(np.repeat(np.repeat(coarse, 6, 0), 6, 1), 6, 2)
-    labels = np.where(outline, np.uint8(GUT), np.uint8(0))
-    before = dice(labels == GUT, fine_truth)
-
-    changed = run_refiner(labels, fine_hu, committed, rule, (0.105, 0.105, 0.105), "cpu", 1)
-
-    after = dice(labels == GUT, fine_truth)
-    assert changed > 0
-    assert after > before + 0.02, (before, after)
 
 
 def _card_with_refiner(folder: Path) -> dict:
