@@ -32,7 +32,7 @@ import numpy as np
 import onnxruntime as ort
 from scipy import ndimage
 
-from inference.pipeline.geometry import bounding_box
+from inference.pipeline.geometry import bounding_box, resample_linear, resampled_shape
 from inference.pipeline.postprocess import FACE_NEIGHBOURS, voxels_across
 from inference.pipeline.runtime import get_file_session
 from inference.registry import ModelCard
@@ -72,18 +72,17 @@ def resampled_logits(
     """The refiner's logits on ``intensity`` / ``mask`` (one box of the scan) resampled by ``zoom``
     (scan voxel / training voxel, per axis) to its training voxels, then back to the box's shape.
 
-    Linear both ways, voxel centres at the box's corners kept in place; the mask is resampled as
-    a share and cut at one half, so its outline stays where it was.
+    The pipeline's own resampling (``geometry.resample_linear``): a finer scan is box-averaged to
+    the refiner's voxels, so it sees a 0.21 mm scan's noise; the mask goes as a share cut at one
+    half, so its outline stays where it was; the logits come back linearly.
     """
-    scan = ndimage.zoom(intensity.astype(np.float32), zoom, order=1)
-    outline = ndimage.zoom(mask.astype(np.float32), zoom, order=1) >= np.float32(0.5)
+    shape = resampled_shape(mask.shape, zoom, (1.0, 1.0, 1.0))
+    scan = resample_linear(intensity, shape, antialias=True)
+    outline = resample_linear(mask.astype(np.float32), shape, antialias=True) >= np.float32(0.5)
     logits = refiner_logits(
         session, refiner_input(scan, outline, scale_hu=scale_hu, clip=clip), context=context
     )
-    back = ndimage.zoom(logits, [n / m for n, m in zip(mask.shape, logits.shape, strict=True)], order=1)
-    # ``zoom`` rounds each output length; pad or cut to the box's shape exactly.
-    pad = [(0, max(n - b, 0)) for n, b in zip(mask.shape, back.shape, strict=True)]
-    return np.pad(back, pad, mode="edge")[tuple(slice(0, n) for n in mask.shape)]
+    return resample_linear(logits, mask.shape)
 
 
 def outline_shell(mask: np.ndarray, voxels: int) -> np.ndarray:
