@@ -90,16 +90,20 @@ def qc_of(scans: list[Scan]) -> dict[int, list[dict[str, Any]]]:
 
 def reading_notes(manifest: dict[str, Any] | None) -> list[str]:
     """How the pipeline read a scan, in its manifest's own words: the intensity calibration, the
-    orientation verdict and a brain grown to its skull (``inference.pipeline``)."""
+    orientation verdict, a brain grown to its skull and an outline refiner that ran on resampled
+    voxels or not at all (``inference.pipeline``)."""
     manifest = manifest or {}
     intensity = manifest.get("intensity") or {}
     orientation = manifest.get("orientation") or {}
-    braincase = (manifest.get("postprocess") or {}).get("braincase") or {}
+    postprocess = manifest.get("postprocess") or {}
+    braincase = postprocess.get("braincase") or {}
     notes = [str(n) for n in intensity.get("findings") or []]
     if orientation.get("summary"):
         notes.append(str(orientation["summary"]))
     if braincase.get("finding"):
         notes.append(str(braincase["finding"]))
+    # An outline refined on resampled voxels, or left as the model drew it (``RefinerRun.finding``).
+    notes.extend(str(run["finding"]) for run in postprocess.get("refiners") or [] if run.get("finding"))
     return notes
 
 

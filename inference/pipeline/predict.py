@@ -62,7 +62,13 @@ from inference.pipeline.postprocess import (
     voxels_within,
 )
 from inference.pipeline.qc import organ_centres
-from inference.pipeline.refiner import RefinerDecision, apply_decision, decide_refiner
+from inference.pipeline.refiner import (
+    RefinerDecision,
+    RefinerRun,
+    apply_decision,
+    decide_refiner,
+    refiner_run,
+)
 from inference.pipeline.runtime import get_session, session_provider
 from inference.pipeline.straighten import find_tilt
 from inference.pipeline.volumes import labels_present
@@ -128,6 +134,9 @@ class PipelineOutput:
     #: The brain measured against its braincase, and grown into it where drawn short
     #: (braincase.py; None where no brain or no bone near it was drawn).
     braincase: BraincaseFill | None = None
+    #: What each refiner network did: on the scan's voxels, on resampled ones, or skipped
+    #: (``refiner.RefinerRun``), organs first.
+    refiners: list[RefinerRun] = field(default_factory=list)
     #: Organs whose metastasis search did not run on this scan (too blurred: ``blur.py``).
     unsearched: tuple[str, ...] = ()
 
@@ -240,6 +249,8 @@ class _TaskOutput:
     seconds: dict[str, float]
     #: The organ task's drift of the level with depth in the body (``drift.depth_drift_hu``).
     drift_hu: float | None = None
+    #: What each of its refiner networks did (``refine``).
+    refiners: list[RefinerRun] = field(default_factory=list)
 
 
 def _segment_task(
@@ -329,8 +340,9 @@ def _segment_task(
         labels = upsample_argmax(
             scores, geometry.canonical_shape, lead.structures, workers=workers_for(threads)
         )
+        refiners: list[RefinerRun] = []
         if lead.refinements and coarse is not None:
-            refine(
+            refiners = refine(
                 labels,
                 coarse,
                 canonical,
@@ -352,6 +364,7 @@ def _segment_task(
         scores=kept,
         seconds=timer.seconds,
         drift_hu=None if drift is None else drift.hu,
+        refiners=refiners,
     )
 
 
@@ -386,8 +399,9 @@ def refine(
     *,
     drift_across: Mapping[int, float] | None = None,
     bone: BoneLevel | None = None,
-) -> None:
-    """Apply ``card``'s ``refine`` rules to the full-resolution ``labels``, in their order (in place).
+) -> list[RefinerRun]:
+    """Apply ``card``'s ``refine`` rules to the full-resolution ``labels``, in their order (in place);
+    returns what each refiner network did (``refiner.RefinerRun``), in the rules' order.
 
     Every rule moves voxels only between its own structure and background, so a refiner network
     whose structure no earlier rule touches sees the same mask now as in its turn: its network
@@ -407,6 +421,7 @@ def refine(
     """
     touched: set[int] = set()
     refined: set[int] = set()
+    runs: list[RefinerRun] = []
     # Air-edge rules wait for the lesion search (``settle_air_edges``).
     rules = [rule for rule in card.refinements if "air_edge" not in rule]
     thresholds = {
@@ -434,7 +449,7 @@ def refine(
                     if index in decisions
                     else decide_refiner(labels == sid, canonical, card, rule, spacing_mm, device, threads)
                 )
-                apply_decision(labels, decision)
+                runs.append(refiner_run(rule, spacing_mm, decision, apply_decision(labels, decision)))
                 if decision is not None:
                     refined.add(sid)
             else:
@@ -449,6 +464,7 @@ def refine(
                     drift_hu=(drift_across or {}).get(int(rule["structure"]), 0.0),
                     thresholds_hu=thresholds,
                 )
+    return runs
 
 
 def settle_air_edges(
@@ -702,6 +718,7 @@ def predict_volume(
                 organ_centres=centres.result() if centres is not None else {},
                 braincase=braincase,
                 unsearched=unsearched,
+                refiners=[run for task in groups for run in outputs[task].refiners],
             )
     _report(progress, 100, "done")
     return result

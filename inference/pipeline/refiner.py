@@ -36,6 +36,7 @@ from inference.pipeline.geometry import bounding_box, resample_linear, resampled
 from inference.pipeline.postprocess import FACE_NEIGHBOURS, voxels_across
 from inference.pipeline.runtime import get_file_session
 from inference.registry import ModelCard
+from inference.structures import BY_ID
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,80 @@ def refine_by_network(
     return apply_decision(labels, decision)
 
 
+#: Where a refiner ran (``refiner_voxels``): on the scan's own voxels, on its structure's box
+#: resampled to the refiner's, or not at all (the scan's voxels are too far off).
+ON_SCAN, RESAMPLED, SKIPPED = "scan voxels", "resampled", "skipped"
+
+
+def refiner_voxels(rule: dict[str, Any], spacing_mm: Sequence[float]) -> tuple[str, list[float] | None]:
+    """Where the refiner of ``rule`` runs on a scan of ``spacing_mm``: ``ON_SCAN``, ``RESAMPLED``
+    (with the zoom, scan voxel / training voxel per axis) or ``SKIPPED``."""
+    if spacing_fits(rule, spacing_mm):
+        return ON_SCAN, None
+    if spacing_fits(rule, spacing_mm, RESAMPLE_LIMIT):
+        return RESAMPLED, [float(s) / float(rule["spacing_mm"]) for s in spacing_mm]
+    return SKIPPED, None
+
+
+@dataclass(frozen=True)
+class RefinerRun:
+    """What one refiner network did on a scan (the manifest's ``postprocess.refiners``).
+
+    ``ran_on``: ``ON_SCAN``, ``RESAMPLED``, ``SKIPPED``, or "absent" (the model drew no such
+    structure, so there was no outline to redraw)."""
+
+    structure_id: int
+    network: str
+    trained_spacing_mm: float
+    scan_spacing_mm: tuple[float, ...]
+    ran_on: str
+    voxels_changed: int = 0
+
+    @property
+    def finding(self) -> str | None:
+        """In plain words, where the outline is not the one the refiner draws on a scan of its
+        own voxels; None where it ran as trained (or had nothing to redraw)."""
+        name = BY_ID[self.structure_id].display_name
+        scan = " x ".join(f"{s:.3g}" for s in self.scan_spacing_mm)
+        if self.ran_on == RESAMPLED:
+            return (
+                f"{name}: outline redrawn on the scan resampled from {scan} mm voxels to the "
+                f"{self.trained_spacing_mm:.3g} mm the refiner was trained at, and back."
+            )
+        if self.ran_on == SKIPPED:
+            return (
+                f"{name}: outline not redrawn (the scan's {scan} mm voxels are too far from the "
+                f"refiner's {self.trained_spacing_mm:.3g} mm); the model's coarser outline stands."
+            )
+        return None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "structure": BY_ID[self.structure_id].name,
+            "network": self.network,
+            "trained_spacing_mm": self.trained_spacing_mm,
+            "scan_spacing_mm": [round(s, 4) for s in self.scan_spacing_mm],
+            "ran_on": self.ran_on,
+            "voxels_changed": self.voxels_changed,
+            "finding": self.finding,
+        }
+
+
+def refiner_run(
+    rule: dict[str, Any], spacing_mm: Sequence[float], decision: RefinerDecision | None, changed: int
+) -> RefinerRun:
+    """The record of one refiner rule's turn: where it ran (``refiner_voxels``) and what it changed."""
+    ran_on = refiner_voxels(rule, spacing_mm)[0]
+    return RefinerRun(
+        structure_id=int(rule["structure"]),
+        network=str(rule["network"]),
+        trained_spacing_mm=float(rule["spacing_mm"]),
+        scan_spacing_mm=tuple(float(s) for s in spacing_mm),
+        ran_on="absent" if decision is None and ran_on != SKIPPED else ran_on,
+        voxels_changed=changed,
+    )
+
+
 def decide_refiner(
     own_any: np.ndarray,
     canonical: np.ndarray,
@@ -218,17 +293,15 @@ def decide_refiner(
     """The decision of one refiner-network ``refine`` rule of ``card`` on the mask ``own_any`` of
     its structure: on the scan's voxels where they fit the refiner's training spacing, on the box
     resampled to it within ``RESAMPLE_LIMIT``; None (the network's outline stays) further off."""
-    zoom = None
-    if not spacing_fits(rule, spacing_mm):
-        if not spacing_fits(rule, spacing_mm, RESAMPLE_LIMIT):
-            log.info(
-                "refiner %s skipped: scan voxels %s mm, trained at %s mm",
-                rule["network"],
-                [round(float(s), 3) for s in spacing_mm],
-                rule["spacing_mm"],
-            )
-            return None
-        zoom = [float(s) / float(rule["spacing_mm"]) for s in spacing_mm]
+    ran_on, zoom = refiner_voxels(rule, spacing_mm)
+    if ran_on == SKIPPED:
+        log.info(
+            "refiner %s skipped: scan voxels %s mm, trained at %s mm",
+            rule["network"],
+            [round(float(s), 3) for s in spacing_mm],
+            rule["spacing_mm"],
+        )
+        return None
     session = get_file_session(
         card.folder / str(rule["network"]), str(rule["sha256"]), device=device, threads=threads
     )

@@ -224,6 +224,7 @@ def segment_file(
                 animals=output.animals,
                 centres=output.organ_centres,
                 view=view,
+                spacing_mm=output.geometry.spacing_mm,
             )
         report(93, "write")
         with timer("write"):
@@ -262,6 +263,8 @@ def segment_file(
                     for task, r in output.cleaning.items()
                 },
                 "braincase": output.braincase.as_json() if output.braincase is not None else None,
+                # Whether each outline refiner ran on the scan's voxels, on resampled ones, or not.
+                "refiners": [run.as_json() for run in output.refiners],
             },
             "uncertainty": "disagreement head where the model has one, else normalised (1 - top probability)",
         },

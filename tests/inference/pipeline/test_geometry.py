@@ -64,6 +64,23 @@ def test_equal_shapes_resample_to_the_identity() -> None:
     assert axis_map(5, 5).identity
 
 
+@pytest.mark.parametrize("factor", [3, 5])
+def test_a_model_grid_an_odd_whole_factor_finer_than_the_scan_comes_back_on_the_scans_grid(
+    factor: int,
+) -> None:
+    # A coarse scan (1 mm voxels) under a finer model grid (0.2 mm): every scan voxel's centre
+    # falls exactly on a grid voxel, which is still no identity (it once returned the grid's shape).
+    assert not axis_map(4 * factor, 4).identity
+    scores = np.zeros((2, 4 * factor, 4 * factor, 4 * factor), np.float32)
+    scores[1, : 2 * factor] = 1.0
+
+    labels = upsample_argmax(scores, (4, 4, 4), (0, 7))
+
+    expected = np.zeros((4, 4, 4), np.uint8)
+    expected[:2] = 7
+    np.testing.assert_array_equal(labels, expected)
+
+
 def test_integer_upsampling_then_nearest_downsampling_is_voxel_exact() -> None:
     labels = np.random.default_rng(3).integers(0, 16, size=(5, 6, 7), dtype=np.uint8)
 

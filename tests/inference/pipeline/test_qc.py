@@ -340,3 +340,13 @@ def test_organs_drawn_on_the_wrong_tissue_are_named(phantom: Phantom) -> None:
     assert "is not dense" in tissue["bones"]
     # The truth passes: each organ on its own tissue (the first test checks the whole verdict).
     assert "tissue" not in _codes(_check(phantom, phantom.labels))
+
+
+def test_voxels_coarser_than_the_models_learned_from_ask_for_review(phantom: Phantom) -> None:
+    learned = _check(phantom, phantom.labels, spacing_mm=(SPACING_MM,) * 3)
+    thick = _check(phantom, phantom.labels, spacing_mm=(SPACING_MM, SPACING_MM, 1.0))
+
+    assert learned.status == OK, [r.message for r in learned.reasons]
+    assert thick.status == NEEDS_REVIEW and _codes(thick) == {"coarse_voxels"}
+    [reason] = thick.reasons
+    assert "0.42 x 0.42 x 1 mm" in reason.message and "0.1-0.4 mm" in reason.message

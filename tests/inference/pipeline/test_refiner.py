@@ -321,3 +321,57 @@ def test_the_registry_refuses_a_stand_in_without_a_network_before_it(tmp_path: P
         (folder / "model.json").write_text(json.dumps(raw))
         with pytest.raises(ModelCardError, match="stands in for a refiner network"):
             load_card(folder)
+
+
+@pytest.mark.parametrize(
+    ("spacing", "ran_on", "says"),
+    [
+        (0.2, refiner.ON_SCAN, None),
+        (0.4, refiner.RESAMPLED, "resampled from 0.4 x 0.4 x 0.4 mm voxels to the 0.2 mm"),
+        (1.0, refiner.SKIPPED, "not redrawn (the scan's 1 x 1 x 1 mm voxels are too far"),
+    ],
+    ids=["own voxels", "resampled", "skipped"],
+)
+def test_the_manifest_says_whether_each_refiner_ran_on_the_scans_voxels_resampled_ones_or_not_at_all(
+    tmp_path: Path, spacing: float, ran_on: str, says: str | None
+) -> None:
+    """A lab reading a run's manifest (and the scan page) can tell an outline redrawn on the scan's
+    own voxels from one redrawn on resampled voxels or one left as the coarse model drew it."""
+    import nibabel as nib
+
+    from inference.pipeline import segment_file
+
+    folder = tmp_path / "m" / "1.0.0"
+    _card_with_refiner(folder)
+    card = load_card(folder)
+    hu = np.random.default_rng(3).uniform(-1000.0, 1000.0, (24, 24, 24)).astype(np.float32)
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(hu, np.diag([spacing, spacing, spacing, 1.0])), scan)
+
+    result = segment_file(scan, tmp_path / "out", cards=[card], threads=1, intensity="hu")
+
+    written = json.loads(result.manifest_path.read_text())["postprocess"]["refiners"]
+    assert len(written) == 1
+    run = written[0]
+    assert (run["structure"], run["network"], run["ran_on"]) == ("intestine", "refine-intestine.onnx", ran_on)
+    assert run["scan_spacing_mm"] == [spacing] * 3 and run["trained_spacing_mm"] == 0.2
+    if says is None:
+        assert run["finding"] is None and run["voxels_changed"] > 0
+    else:
+        assert run["finding"].startswith("Intestine: ") and says in run["finding"]
+    if ran_on == refiner.SKIPPED:
+        assert run["voxels_changed"] == 0
+
+
+def test_a_refiner_with_nothing_to_redraw_is_recorded_as_absent(tmp_path: Path) -> None:
+    from inference.pipeline.predict import refine
+
+    folder = tmp_path / "m" / "1.0.0"
+    _card_with_refiner(folder)
+    card = load_card(folder)
+    hu = np.zeros((12, 12, 12), np.float32)
+    labels = np.zeros(hu.shape, np.uint8)
+
+    runs = refine(labels, np.zeros((4, 4, 4), np.int64), hu, hu, card, (0.6,) * 3, (0.2,) * 3, "cpu", 1)
+
+    assert [(r.ran_on, r.voxels_changed, r.finding) for r in runs] == [("absent", 0, None)]
