@@ -51,6 +51,9 @@ MIN_CORE_VOXELS = 50
 #: HU range of the neighbouring soft tissue whose level it reads.
 CONTRAST_SMOOTHING_VOXELS = 3
 NEIGHBOUR_HU = (-50.0, 200.0)
+#: A voxel whose averaging cube holds a voxel darker than this (air, lung; fat reads -220..-45)
+#: has a mean that reads their partial volume, not the organ's level against its neighbours'.
+MIXED_WITH_AIR_HU = -300.0
 #: Solid organs: none holds air, so an air voxel drawn as one of them beside a lung is lung.
 AIRLESS = tuple(BY_NAME[name].id for name in ("heart", "liver", "kidney_left", "kidney_right", "spleen"))
 _EPS = 1e-7
@@ -479,11 +482,14 @@ def refine_contrast_edge(
     When the two differ by ``min_contrast_hu`` or more, the edge sits half-way between them, and
     within ``margin_voxels`` scan voxels of the outline the organ grows into background on its
     side of the edge and sheds its outline voxels on the other, peeled from the outside in (as
-    ``refine_edge``). An organ no brighter or darker than what surrounds it keeps the network's
-    outline, and so does one whose contrast is no larger than ``drift_hu``, the HU its level
-    drifts across it (uncorrected beam hardening, ``drift.py``: one edge for the whole organ would
-    then cut into it where it lies deep and leave its neighbours in where it lies shallow). Other
-    structures are never touched. Returns the number of voxels changed.
+    ``refine_edge``). A voxel whose cube reaches air or lung (below ``MIXED_WITH_AIR_HU``: the
+    liver's dome under the lungs, gas in the gut) reads their partial volume, not a level: it
+    keeps the network's label, neither shed nor grown into. An organ no brighter or darker than
+    what surrounds it keeps the network's outline, and so does one whose contrast is no larger
+    than ``drift_hu``, the HU its level drifts across it (uncorrected beam hardening,
+    ``drift.py``: one edge for the whole organ would then cut into it where it lies deep and
+    leave its neighbours in where it lies shallow). Other structures are never touched. Returns
+    the number of voxels changed.
     """
     own_any = labels == structure_id
     # The shell that reads the neighbours' level lies up to three voxels out.
@@ -503,7 +509,9 @@ def refine_contrast_edge(
         return 0
     edge = 0.5 * (level + around)
     inside = mean >= edge if level > around else mean < edge
-    return _settle_outline(sub, structure_id, inside, (sub == 0) & inside, margin_voxels)
+    mixed = ndimage.minimum_filter(intensity[box], CONTRAST_SMOOTHING_VOXELS) < MIXED_WITH_AIR_HU
+    inside |= mixed & own
+    return _settle_outline(sub, structure_id, inside, (sub == 0) & inside & ~mixed, margin_voxels)
 
 
 def _outline_box(own: np.ndarray, margin_voxels: int) -> tuple[slice, ...] | None:

@@ -8,10 +8,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from inference.metrics import dice
 from inference.pipeline import predict_volume
 from inference.pipeline.postprocess import (
+    MIXED_WITH_AIR_HU,
     calibrate_uncertainty,
     detect_bright_lesions,
     mark_outlines,
@@ -193,6 +195,33 @@ def test_an_outline_moves_onto_the_edge_between_two_soft_tissues() -> None:
 
     assert dice(labels == LIVER, liver) > dice(drawn == LIVER, liver) + 0.02
     assert changed > 0 and np.array_equal(labels == kidney, drawn == kidney)
+
+
+def test_the_contrast_edge_leaves_an_outline_against_the_lungs_as_drawn() -> None:
+    # A liver (65 HU) in muscle (45 HU), drawn one voxel off along x, whose top lies under a lung
+    # (-450 HU). Beside the lung a voxel's averaged level is the lung's partial volume, darker
+    # than the liver's edge: read as a level, the liver's dome would be shed. It keeps the
+    # network's label there; elsewhere the outline moves onto the edge as before.
+    rng = np.random.default_rng(1)
+    grid = np.indices((30, 24, 24))
+    liver = sum((g - c) ** 2 for g, c in zip(grid, (12, 12, 12), strict=True)) <= 7.5**2
+    lung = grid[2] >= 18
+    liver &= ~lung
+    hu = np.where(liver, 65.0, 45.0).astype(np.float32) + rng.normal(0.0, 12.0, liver.shape).astype(
+        np.float32
+    )
+    hu[lung] = -450.0
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[1:][liver[:-1]] = LIVER
+    drawn = labels.copy()
+    beside_lung = ndimage.minimum_filter(hu, 3) < MIXED_WITH_AIR_HU
+
+    changed = refine_contrast_edge(labels, hu, LIVER, min_contrast_hu=8.0, margin_voxels=2)
+
+    assert changed > 0
+    assert (drawn[beside_lung] == LIVER).sum() > 50
+    assert np.array_equal(labels[beside_lung], drawn[beside_lung])
+    assert dice(labels == LIVER, liver) > dice(drawn == LIVER, liver) + 0.01
 
 
 def test_growth_stops_at_a_dark_gap_and_at_the_margin() -> None:
