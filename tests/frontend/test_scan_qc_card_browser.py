@@ -61,3 +61,52 @@ def test_the_scan_page_names_an_organ_cut_by_the_field(
     assert errors == []
     assert "liver" in text
     assert box and card and card["x"] <= box["x"] and box["x"] + box["width"] <= card["x"] + card["width"]
+
+
+def test_the_scan_page_says_where_an_outline_refiner_ran(
+    live_server: Any,
+    browser: Any,
+    scan: Scan,  # noqa: F811
+    user: Any,  # noqa: F811 (scan and user: the fixtures imported above)
+) -> None:
+    # The manifest's ``postprocess.refiners`` of a 0.5 mm scan: the heart's outline was redrawn on
+    # resampled voxels (``inference.pipeline.refiner.RefinerRun.finding``).
+    finding = (
+        "Heart: outline redrawn on the scan resampled from 0.5 x 0.5 x 0.5 mm voxels to the 0.21 mm "
+        "the refiner was trained at, and back."
+    )
+    prediction = Prediction.objects.get(scan=scan)
+    manifest = dict(prediction.manifest or {})
+    manifest["postprocess"] = {
+        **(manifest.get("postprocess") or {}),
+        "refiners": [{"structure": "heart", "ran_on": "resampled", "finding": finding}],
+    }
+    Prediction.objects.filter(pk=prediction.pk).update(manifest=manifest)
+    client = Client()
+    client.force_login(user)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.add_cookies(
+        [
+            {
+                "name": settings.SESSION_COOKIE_NAME,
+                "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
+                "url": live_server.url,
+            }
+        ]
+    )
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(f"{live_server.url}/scans/{scan.pk}/")
+        page.get_by_text("How the scan was read").click()
+        line = page.get_by_text("outline redrawn on the scan resampled")
+        line.wait_for(state="visible")
+        text = line.inner_text()
+        path = screenshot(page, "scan_qc_refiner_resampled")
+    finally:
+        context.close()
+
+    print(f"screenshot {path}")
+    assert errors == []
+    assert "Heart" in text and "0.21 mm" in text
