@@ -18,19 +18,10 @@ from tests.frontend.test_pages import phantom_files, scan, user  # noqa: F401 (f
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def test_the_scan_page_names_an_organ_cut_by_the_field(
-    live_server: Any,
-    browser: Any,
-    scan: Scan,  # noqa: F811
-    user: Any,  # noqa: F811 (scan and user: the fixtures imported above)
-) -> None:
-    prediction = Prediction.objects.get(scan=scan)
-    manifest = dict(prediction.manifest or {})
-    manifest["qc"] = {**(manifest.get("qc") or {}), "status": "ok", "reasons": [], "cut_by_field": ["liver"]}
-    # Predictions are immutable through the model; a queryset update stands for a run that wrote this.
-    Prediction.objects.filter(pk=prediction.pk).update(manifest=manifest)
+def _signed_in_page(live_server: Any, browser: Any, member: Any) -> tuple[Any, Any, list[str]]:
+    """A browser page signed in as ``member`` and the page errors it collects."""
     client = Client()
-    client.force_login(user)
+    client.force_login(member)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.add_cookies(
         [
@@ -44,6 +35,21 @@ def test_the_scan_page_names_an_organ_cut_by_the_field(
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    return context, page, errors
+
+
+def test_the_scan_page_names_an_organ_cut_by_the_field(
+    live_server: Any,
+    browser: Any,
+    scan: Scan,  # noqa: F811
+    user: Any,  # noqa: F811 (scan and user: the fixtures imported above)
+) -> None:
+    prediction = Prediction.objects.get(scan=scan)
+    manifest = dict(prediction.manifest or {})
+    manifest["qc"] = {**(manifest.get("qc") or {}), "status": "ok", "reasons": [], "cut_by_field": ["liver"]}
+    # Predictions are immutable through the model; a queryset update stands for a run that wrote this.
+    Prediction.objects.filter(pk=prediction.pk).update(manifest=manifest)
+    context, page, errors = _signed_in_page(live_server, browser, user)
     try:
         started = time.perf_counter()
         page.goto(f"{live_server.url}/scans/{scan.pk}/")
@@ -82,21 +88,7 @@ def test_the_scan_page_says_where_an_outline_refiner_ran(
         "refiners": [{"structure": "heart", "ran_on": "resampled", "finding": finding}],
     }
     Prediction.objects.filter(pk=prediction.pk).update(manifest=manifest)
-    client = Client()
-    client.force_login(user)
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.add_cookies(
-        [
-            {
-                "name": settings.SESSION_COOKIE_NAME,
-                "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
-                "url": live_server.url,
-            }
-        ]
-    )
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
+    context, page, errors = _signed_in_page(live_server, browser, user)
     try:
         page.goto(f"{live_server.url}/scans/{scan.pk}/")
         page.get_by_text("How the scan was read").click()
