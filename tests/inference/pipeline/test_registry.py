@@ -61,6 +61,34 @@ def test_it_refuses_a_cut_face_extension_that_is_no_length(tmp_path: Path, exten
         load_card(folder)
 
 
+def test_an_edited_card_is_read_afresh_and_a_cached_one_is_still_checked(tmp_path: Path) -> None:
+    # Cards are parsed once per content (a worker reads the registry for every scan): an edit of
+    # the same length, within one clock tick, must still be seen, and the weights still checked.
+    folder = tmp_path / "m" / "1"
+    write_threshold_model(folder, version="1.0.0")
+    assert load_card(folder).version == "1.0.0"
+    text = (folder / "model.json").read_text()
+    (folder / "model.json").write_text(text.replace('"1.0.0"', '"1.0.1"'))
+    assert load_card(folder).version == "1.0.1"
+    (folder / "model.json").write_text(text)
+    assert load_card(folder).version == "1.0.0"
+    with (folder / "model.onnx").open("ab") as handle:
+        handle.write(b"\0")
+
+    with pytest.raises(ModelCardError, match="sha256"):
+        load_card(folder)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"model"', "{not json", "\udcff"])
+def test_it_refuses_a_card_that_is_no_json_object(tmp_path: Path, text: str) -> None:
+    folder = tmp_path / "m" / "1"
+    write_threshold_model(folder)
+    (folder / "model.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+
+    with pytest.raises(ModelCardError, match="model.json is not (valid JSON|a JSON object)"):
+        load_card(folder)
+
+
 def test_it_names_missing_fields(tmp_path: Path) -> None:
     folder = tmp_path / "m" / "1"
     write_threshold_model(folder)
