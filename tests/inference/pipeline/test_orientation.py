@@ -15,7 +15,7 @@ from inference.phantom import Phantom, generate_phantom
 from inference.phantom import digimouse as atlas
 from inference.pipeline import predict_volume, segment_file
 from inference.pipeline.geometry import record_geometry, to_canonical
-from inference.pipeline.orientation import AxisTransform, find_orientation
+from inference.pipeline.orientation import AxisTransform, block_max, block_mean, find_orientation, pool
 from inference.registry import ModelCard
 from tests.conftest import SHARED
 from tests.inference.pipeline.conftest import body_phantom, voxelwise_model
@@ -387,3 +387,22 @@ def test_a_trunk_cut_mostly_through_the_thorax_keeps_the_header(real_torso: Phan
         finding = find_orientation(pose.apply(cut), pose.spacing(spacing_mm))
 
         assert finding.kept == "header" and finding.transform.is_identity, pose.describe()
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "turned view"])
+def test_block_means_and_maxima_alone_are_those_of_the_pool(layout: str) -> None:
+    # The tilt finder reads one of the two: computed alone they must be the same numbers.
+    rng = np.random.default_rng(4)
+    volume = rng.normal(0.0, 300.0, (23, 17, 30)).astype(np.float32)
+    if layout == "F":
+        volume = np.asfortranarray(volume)
+    elif layout == "turned view":
+        volume = np.asfortranarray(volume).transpose(2, 0, 1)[::-1]
+    factors = (3, 2, 4)
+    mean, peak = pool(volume, factors)
+
+    np.testing.assert_array_equal(block_mean(volume, factors), mean)
+    np.testing.assert_array_equal(block_max(volume, factors), peak)
+    assert peak.shape == tuple(n // f for n, f in zip(volume.shape, factors, strict=True))
+    np.testing.assert_allclose(peak[1, 2, 3], volume[3:6, 4:6, 12:16].max())
+    np.testing.assert_allclose(mean[1, 2, 3], volume[3:6, 4:6, 12:16].mean(), rtol=1e-5)
