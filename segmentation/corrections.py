@@ -20,14 +20,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from inference import structures
+from inference.pipeline.volumes import MEASURED, judge_volume
 
 from .decisions import exclusions
 from .models import Prediction
 
 #: ``qc_status`` of numbers a person drew: checked by a person, so charted whatever the QC gate said.
 CORRECTED = "corrected"
-#: The ``assessment`` of an organ the scanned field cuts through: not a volume, never a 0.
-CUT_BY_FIELD = "cut by the field of view: only part of it was scanned"
 
 
 @dataclass(frozen=True)
@@ -97,17 +96,9 @@ def source_label(prediction: Prediction, correction: Correction | None) -> str:
     return label if correction is None else f"corrected by {correction.by} from {label}"
 
 
-def _judged(name: str, drawn: bool, cut: set[str], measured_as: str) -> tuple[bool, str]:
-    """Whether a structure's volume is a measurement, and its ``assessment`` in words."""
-    if name in cut:
-        return False, CUT_BY_FIELD
-    return (True, measured_as) if drawn else (False, "not found")
-
-
 def measured(prediction: Prediction, correction: Correction | None) -> Measured:
     """``prediction``'s volumes (prefetch ``volumes``, ``qc_reviews``, ``lesions__reviews`` when
     reading many), or those of ``correction`` when there is one."""
-    lesion_ids = {structures.by_name(name).id for name in structures.LESION_NAMES}
     # An organ the scanned field cuts through was only partly scanned: no volume (the QC's
     # ``cut_by_field``, ``inference.pipeline.qc``).
     cut = set(prediction.qc["cut_by_field"])
@@ -118,8 +109,8 @@ def measured(prediction: Prediction, correction: Correction | None) -> Measured:
                 continue
             name = structures.by_id(sid).name
             voxels, mm3 = correction.volumes.get(sid, (0, 0.0))
-            found, assessment = _judged(
-                name, voxels > 0 or sid in lesion_ids, cut, f"measured on correction v{correction.version}"
+            found, assessment = judge_volume(
+                sid, voxels, cut, f"measured on correction v{correction.version}"
             )
             value = mm3 if found else None
             rows.append(Volume(sid, name, voxels, value, value, value, assessment))
@@ -129,10 +120,10 @@ def measured(prediction: Prediction, correction: Correction | None) -> Measured:
         sid = v.structure_id
         if sid == structures.BACKGROUND.id:
             continue
-        measured_as = "measured"
+        measured_as = MEASURED
         if sid in excluded.volume_mm3:
             measured_as = f"measured, excluded lesions taken out ({excluded.volume_mm3[sid]:.3f} mm3)"
-        found, assessment = _judged(v.name, v.voxels > 0 or sid in lesion_ids, cut, measured_as)
+        found, assessment = judge_volume(sid, v.voxels, cut, measured_as)
         rows.append(
             Volume(
                 sid,

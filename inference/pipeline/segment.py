@@ -228,7 +228,7 @@ def segment_file(
             )
         report(93, "write")
         with timer("write"):
-            _publish(paths["volumes"], lambda p: write_volumes_csv(p, volumes))
+            _publish(paths["volumes"], lambda p: write_volumes_csv(p, volumes, qc.cut_by_field))
             _publish(paths["lesions"], lambda p: write_lesions_csv(p, lesions))
             for future in maps:
                 future.result()

@@ -12,21 +12,54 @@ Definition of the range (documented for researchers in the export):
   its uncertain border.
 
 Without an uncertainty map both bounds equal the volume.
+
+Each volume carries an ``assessment`` (``judge_volume``): an organ the model did not draw is
+"not found" and has no volume, never 0 mm^3 (the scan may not hold it); one the scanned field cuts
+through has none either. The product's exports (``segmentation.corrections``) say the same.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from inference.structures import BY_ID
+from inference.structures import BY_ID, LESION_NAMES
 
 UNCERTAIN_FROM = 128
-CSV_FIELDS = ("structure_id", "structure", "voxels", "volume_mm3", "volume_low_mm3", "volume_high_mm3")
+CSV_FIELDS = (
+    "structure_id",
+    "structure",
+    "voxels",
+    "volume_mm3",
+    "volume_low_mm3",
+    "volume_high_mm3",
+    "assessment",
+)
+#: A volume's ``assessment`` (``judge_volume``).
+MEASURED = "measured"
+NOT_FOUND = "not found"
+CUT_BY_FIELD = "cut by the field of view: only part of it was scanned"
+
+
+def judge_volume(
+    structure_id: int, voxels: int, cut: Collection[str], measured_as: str = MEASURED
+) -> tuple[bool, str]:
+    """Whether a structure's volume is a measurement, and its ``assessment`` in words.
+
+    A lesion of 0 voxels is one (no tumor). An organ the model did not draw is ``NOT_FOUND``: the
+    scan may not hold it, or the model missed it. An organ in ``cut`` (the QC's ``cut_by_field``)
+    was only partly scanned: ``CUT_BY_FIELD``. Neither has a volume.
+    """
+    name = BY_ID[structure_id].name
+    if name in cut:
+        return False, CUT_BY_FIELD
+    if voxels > 0 or name in LESION_NAMES:
+        return True, measured_as
+    return False, NOT_FOUND
 
 
 @dataclass(frozen=True)
@@ -38,14 +71,17 @@ class VolumeRow:
     volume_low_mm3: float
     volume_high_mm3: float
 
-    def as_csv_row(self) -> dict[str, object]:
+    def as_csv_row(self, cut: Collection[str] = ()) -> dict[str, object]:
+        """The CSV row; the volume cells are empty where there is no measurement (``judge_volume``)."""
+        found, assessment = judge_volume(self.structure_id, self.voxels, cut)
         return {
             "structure_id": self.structure_id,
             "structure": self.name,
             "voxels": self.voxels,
-            "volume_mm3": round(self.volume_mm3, 4),
-            "volume_low_mm3": round(self.volume_low_mm3, 4),
-            "volume_high_mm3": round(self.volume_high_mm3, 4),
+            "volume_mm3": round(self.volume_mm3, 4) if found else "",
+            "volume_low_mm3": round(self.volume_low_mm3, 4) if found else "",
+            "volume_high_mm3": round(self.volume_high_mm3, 4) if found else "",
+            "assessment": assessment,
         }
 
     def as_json(self) -> dict[str, object]:
@@ -172,9 +208,10 @@ def structure_volumes(
     return rows
 
 
-def write_volumes_csv(path: Path, rows: Iterable[VolumeRow]) -> None:
+def write_volumes_csv(path: Path, rows: Iterable[VolumeRow], cut: Collection[str] = ()) -> None:
+    """``rows`` as CSV; ``cut``: the organs the scanned field cuts through (no volume for them)."""
     with Path(path).open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
         writer.writeheader()
         for row in rows:
-            writer.writerow(row.as_csv_row())
+            writer.writerow(row.as_csv_row(cut))

@@ -11,10 +11,10 @@ import pytest
 from django.core.files.storage import default_storage
 from rest_framework.test import APIClient
 
+from inference.pipeline.volumes import CUT_BY_FIELD
 from labs.models import Lab
 from scans.models import Scan
 from segmentation import exports, services
-from segmentation.corrections import CUT_BY_FIELD
 from segmentation.models import InferenceJob, ModelVersion, Prediction
 from tests.factories import LabFactory, member_of
 

@@ -50,6 +50,7 @@ def test_segment_writes_every_output_on_the_scan_grid(
     assert set(volumes) == {"liver", "brain", "tumor"}
     assert float(volumes["liver"]["volume_low_mm3"]) <= float(volumes["liver"]["volume_mm3"])
     assert float(volumes["liver"]["volume_mm3"]) <= float(volumes["liver"]["volume_high_mm3"])
+    assert {row["assessment"] for row in volumes.values()} == {"measured"}
     [lesion] = read_csv(out / "lesions.csv")
     # The tumor ball sits inside the liver ball (the organ model calls its bright core "brain",
     # a small component dropped for the brain's largest): allocated to the liver it touches.

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from inference.pipeline.postprocess import clean, to_scores, uncertainty_from
-from inference.pipeline.volumes import structure_volumes
+from inference.pipeline.volumes import CUT_BY_FIELD, structure_volumes, write_volumes_csv
 from inference.structures import BY_NAME
 
 LIVER = BY_NAME["liver"].id
@@ -40,6 +43,30 @@ def test_absent_structures_get_a_zero_row_and_no_uncertainty_means_no_range() ->
         ("liver", 1, 2.0, 2.0),
         ("tumor", 0, 0.0, 0.0),
     ]
+
+
+def test_the_volumes_csv_gives_no_volume_for_an_organ_not_found_or_cut_by_the_field(tmp_path: Path) -> None:
+    # "Not found" is not 0 mm3 (a head scan holds no heart), and a kidney the field cuts through
+    # was only partly scanned; a tumor of 0 voxels is a measurement: no tumor.
+    labels = np.zeros((6, 6, 6), dtype=np.uint8)
+    labels[0:2, 0:2, 0:2] = LIVER
+    labels[4:6, 4:6, 4:6] = BY_NAME["kidney_left"].id
+    heart, kidney = BY_NAME["heart"].id, BY_NAME["kidney_left"].id
+    rows = structure_volumes(labels, 0.5, None, structure_ids=[heart, LIVER, kidney, TUMOR])
+    write_volumes_csv(tmp_path / "volumes.csv", rows, cut=["kidney_left"])
+
+    with (tmp_path / "volumes.csv").open() as handle:
+        table = {row["structure"]: row for row in csv.DictReader(handle)}
+
+    assert {
+        name: (row["voxels"], row["volume_mm3"], row["volume_high_mm3"], row["assessment"])
+        for name, row in table.items()
+    } == {
+        "heart": ("0", "", "", "not found"),
+        "liver": ("8", "4.0", "4.0", "measured"),
+        "kidney_left": ("8", "", "", CUT_BY_FIELD),
+        "tumor": ("0", "0.0", "0.0", "measured"),
+    }
 
 
 def one_hot_scores(labels: np.ndarray, channels: int) -> np.ndarray:
