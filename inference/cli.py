@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from inference.pipeline.intensity import MODES as INTENSITY_MODES
@@ -27,6 +27,7 @@ from inference.pipeline.lesions import LesionInputError, allocate, metastasis_co
 from inference.pipeline.orientation import ORIENT_CHOICES
 from inference.pipeline.runtime import DEVICES, DeviceError
 from inference.pipeline.segment import read_lesion_source, segment_file
+from inference.pipeline.volumes import VolumeRow, judge_volume
 from inference.registry import DEFAULT_MODELS_DIR, TASKS, ModelCardError, discover_models, load_card
 
 EXIT_BAD_INPUT = 2
@@ -154,11 +155,29 @@ def run_segment(args: argparse.Namespace) -> int:
     orientation = result.manifest.get("orientation") or {}
     if orientation.get("agrees_with_header") is False:
         print(f"  orientation: {orientation['summary']}")
-    for row in result.volumes:
-        low_high = f"{row.volume_low_mm3:.2f}-{row.volume_high_mm3:.2f}"
-        print(f"  {row.name:<14} {row.volume_mm3:12.2f} mm3  ({low_high})")
+    qc = result.manifest.get("qc") or {}
+    for line in volume_lines(result.volumes, qc.get("cut_by_field", [])):
+        print(line)
     print(f"  lesions: {len(result.lesions)}")
+    if qc:
+        print(f"  quality check: {str(qc['status']).replace('_', ' ')}")
+        for reason in qc.get("reasons", []):
+            print(f"    - {reason['message']}")
     return 0
+
+
+def volume_lines(volumes: Sequence[VolumeRow], cut: Collection[str]) -> list[str]:
+    """One printed line per structure: its volume and range, or why there is none (``judge_volume``:
+    an organ not found is never "0 mm3", the scan may not hold it)."""
+    lines = []
+    for row in volumes:
+        found, assessment = judge_volume(row.structure_id, row.voxels, cut)
+        if found:
+            low_high = f"{row.volume_low_mm3:.2f}-{row.volume_high_mm3:.2f}"
+            lines.append(f"  {row.name:<14} {row.volume_mm3:12.2f} mm3  ({low_high})")
+        else:
+            lines.append(f"  {row.name:<14} {'-':>12}      {assessment}")
+    return lines
 
 
 def run_allocate(args: argparse.Namespace) -> int:

@@ -12,9 +12,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from inference.pipeline import segment_file
+from inference.cli import volume_lines
+from inference.pipeline import VolumeRow, segment_file
 from inference.pipeline.lesions import LesionInputError
+from inference.pipeline.volumes import CUT_BY_FIELD
 from inference.registry import ModelCard
+from inference.structures import BY_NAME
 from tests.conftest import REPO
 from tests.nifti import load_nifti
 
@@ -164,3 +167,21 @@ def test_models_command_lists_the_registry(
     assert done.returncode == 0
     assert "tiny-organs@0.0.1" in done.stdout and "tiny-tumor@0.0.1" in done.stdout
     assert {card["sha256"] for card in json.loads(listed.stdout)} == {organ_model.sha256, tumor_model.sha256}
+
+
+def test_the_printed_volumes_name_an_organ_not_found_or_cut_and_give_it_no_volume() -> None:
+    rows = [
+        VolumeRow(BY_NAME["heart"].id, "heart", 0, 0.0, 0.0, 0.0),
+        VolumeRow(BY_NAME["liver"].id, "liver", 40, 20.0, 18.5, 21.0),
+        VolumeRow(BY_NAME["kidney_left"].id, "kidney_left", 9, 4.5, 4.0, 5.0),
+        VolumeRow(BY_NAME["tumor"].id, "tumor", 0, 0.0, 0.0, 0.0),
+    ]
+
+    lines = volume_lines(rows, cut=["kidney_left"])
+
+    assert [line.split()[1:] for line in lines] == [
+        ["-", "not", "found"],
+        ["20.00", "mm3", "(18.50-21.00)"],
+        ["-", *CUT_BY_FIELD.split()],
+        ["0.00", "mm3", "(0.00-0.00)"],  # no tumor is a measurement
+    ]
