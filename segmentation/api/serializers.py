@@ -8,6 +8,8 @@ from django.contrib.auth.models import User
 from django.urls import reverse
 from rest_framework import serializers
 
+from inference.pipeline.volumes import MEASURED, NOT_FOUND, judge_volume
+from inference.structures import BY_ID
 from segmentation.models import InferenceJob, Lesion, ModelVersion, Prediction, StructureVolume
 
 
@@ -80,9 +82,44 @@ class InferenceJobSerializer(serializers.ModelSerializer):
 
 
 class StructureVolumeSerializer(serializers.ModelSerializer):
+    """A model's volume of one structure. An organ it did not find, or one the scanned field cuts
+    through (the QC's ``cut_by_field``), has no volume (null), never 0 mm3, and its ``assessment``
+    says why (``inference.pipeline.volumes.judge_volume``, as in the CSV exports)."""
+
+    volume_mm3 = serializers.FloatField(read_only=True, allow_null=True)
+    volume_low_mm3 = serializers.FloatField(read_only=True, allow_null=True)
+    volume_high_mm3 = serializers.FloatField(read_only=True, allow_null=True)
+    assessment = serializers.SerializerMethodField()
+
     class Meta:
         model = StructureVolume
-        fields = ["structure_id", "name", "voxels", "volume_mm3", "volume_low_mm3", "volume_high_mm3"]
+        fields = [
+            "structure_id",
+            "name",
+            "voxels",
+            "volume_mm3",
+            "volume_low_mm3",
+            "volume_high_mm3",
+            "assessment",
+        ]
+
+    @staticmethod
+    def _judged(volume: StructureVolume) -> tuple[bool, str]:
+        if volume.structure_id not in BY_ID:
+            return volume.voxels > 0, MEASURED if volume.voxels > 0 else NOT_FOUND
+        # The prediction comes with its volumes (no query); its manifest holds the pipeline's
+        # verdict (``Prediction.qc`` would also read the reviews, once per volume).
+        verdict = (volume.prediction.manifest or {}).get("qc") or {}
+        return judge_volume(volume.structure_id, volume.voxels, verdict.get("cut_by_field", []))
+
+    def get_assessment(self, volume: StructureVolume) -> str:
+        return self._judged(volume)[1]
+
+    def to_representation(self, instance: Any) -> Any:
+        data = super().to_representation(instance)
+        if not self._judged(instance)[0]:
+            data["volume_mm3"] = data["volume_low_mm3"] = data["volume_high_mm3"] = None
+        return data
 
 
 class LesionSerializer(serializers.ModelSerializer):

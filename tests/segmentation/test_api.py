@@ -275,6 +275,11 @@ def test_csvs_leave_not_assessed_cells_empty_never_zero(
     )
     assert (volumes["heart"]["volume_mm3"], volumes["heart"]["assessment"]) == ("", "not found")
     assert volumes["liver"]["assessment"] == "measured" and float(volumes["liver"]["volume_mm3"]) > 0
+    # The API's JSON says the same as its CSV: no 0 mm3 for an organ not found.
+    shown = {v["name"]: v for v in client.get(f"/api/predictions/{organs.pk}/").json()["volumes"]}
+    assert (shown["heart"]["volume_mm3"], shown["heart"]["volume_high_mm3"]) == (None, None)
+    assert shown["heart"]["assessment"] == "not found"
+    assert shown["liver"]["assessment"] == "measured" and shown["liver"]["volume_mm3"] > 0
 
 
 def test_an_organ_cut_by_the_field_of_view_has_no_volume_in_the_csvs(
@@ -293,3 +298,23 @@ def test_an_organ_cut_by_the_field_of_view_has_no_volume_in_the_csvs(
     assert int(volumes["liver"]["voxels"]) > 0  # drawn, but only part of it was scanned
     assert volumes["heart"]["assessment"] == "measured"
     assert shown["qc"]["cut_by_field"] == ["liver"]
+    liver = next(v for v in shown["volumes"] if v["name"] == "liver")
+    assert (liver["volume_mm3"], liver["assessment"], liver["voxels"] > 0) == (None, CUT_BY_FIELD, True)
+
+
+def test_the_volumes_assessment_reads_no_row_per_volume(
+    client: APIClient,
+    models: dict[str, ModelVersion],
+    upload_scan: Callable[..., Scan],
+    django_assert_max_num_queries: Any,
+) -> None:
+    # Each volume's assessment reads its prediction's stored QC verdict, which comes with it.
+    scan, _, _ = _segmented_predictions(upload_scan)
+    shown = client.get(f"/api/scans/{scan.pk}/predictions/").json()
+    volumes = sum(len(p["volumes"]) for p in shown)
+    assert volumes >= 3
+
+    with django_assert_max_num_queries(10):
+        again = client.get(f"/api/scans/{scan.pk}/predictions/").json()
+
+    assert again == shown
