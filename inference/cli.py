@@ -20,6 +20,7 @@ import sys
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
+from inference.assessment import judge_volume
 from inference.pipeline.intensity import MODES as INTENSITY_MODES
 from inference.pipeline.intensity import IntensityCalibrationError
 from inference.pipeline.io import ScanReadError, load_label_map
@@ -27,7 +28,7 @@ from inference.pipeline.lesions import LesionInputError, allocate, metastasis_co
 from inference.pipeline.orientation import ORIENT_CHOICES
 from inference.pipeline.runtime import DEVICES, DeviceError
 from inference.pipeline.segment import read_lesion_source, segment_file
-from inference.pipeline.volumes import VolumeRow, judge_volume
+from inference.pipeline.volumes import VolumeRow
 from inference.registry import DEFAULT_MODELS_DIR, TASKS, ModelCardError, discover_models, load_card
 
 EXIT_BAD_INPUT = 2

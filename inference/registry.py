@@ -397,13 +397,13 @@ _PARSED: dict[tuple[str, str], Any] = {}
 
 def _checked_card(folder: Path, text: bytes) -> dict[str, Any]:
     """``model.json``'s ``text`` parsed and checked (``_REQUIRED``, ``_check_layout``)."""
-    key = (str(folder), hashlib.sha256(text).hexdigest())
-    if key not in _PARSED:
+    content = (str(folder), hashlib.sha256(text).hexdigest())
+    if content not in _PARSED:
         try:
-            _PARSED[key] = json.loads(text)
+            _PARSED[content] = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise _problem(folder, f"model.json is not valid JSON ({error})") from None
-    raw = _PARSED[key]
+    raw = _PARSED[content]
     if not isinstance(raw, dict):
         raise _problem(folder, "model.json is not a JSON object")
     missing = [key for key in _REQUIRED if key not in raw]

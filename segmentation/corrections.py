@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from inference import structures
-from inference.pipeline.volumes import MEASURED, judge_volume
+from inference.assessment import MEASURED, judge_volume
 
 from .decisions import exclusions
 from .models import Prediction

@@ -13,7 +13,9 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
+from django.utils.functional import cached_property
 
+from inference.assessment import judge_volume
 from labs.querysets import LabScopedQuerySet
 from labseg.jobs import ACTIVE, BackgroundJob
 
@@ -172,13 +174,18 @@ class Prediction(models.Model):
         super().save(*args, **kwargs)
 
     @property
+    def pipeline_qc(self) -> dict[str, Any]:
+        """The pipeline's own QC verdict as its manifest stores it (no reviewer's decision)."""
+        return (self.manifest or {}).get("qc") or {}
+
+    @property
     def qc(self) -> dict[str, Any]:
         """The pipeline's QC verdict (``inference.pipeline.qc``) and any reviewer's decision.
 
         ``status``: ``ok``; ``needs_review`` (kept out of charts, cohort means and alerts);
         ``accepted`` or ``rejected`` by a reviewer; ``not_checked`` for runs made before the gate.
         """
-        verdict = (self.manifest or {}).get("qc") or {}
+        verdict = self.pipeline_qc
         # Newest decision first (the model's ordering); .all() uses a prefetch when there is one.
         decision = next(iter(self.qc_reviews.all()), None)
         status = verdict.get("status", QC_NOT_CHECKED)
@@ -266,6 +273,14 @@ class StructureVolume(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}: {self.volume_mm3:.3f} mm3"
+
+    @cached_property
+    def judgement(self) -> tuple[bool, str]:
+        """Whether this volume is a measurement, and its ``assessment`` (``judge_volume``). The
+        prediction comes with its volumes, so its stored verdict costs no query (``Prediction.qc``
+        would also read the reviews, once per volume)."""
+        cut = self.prediction.pipeline_qc.get("cut_by_field", [])
+        return judge_volume(self.structure_id, self.voxels, cut)
 
 
 class Lesion(models.Model):

@@ -13,9 +13,9 @@ Definition of the range (documented for researchers in the export):
 
 Without an uncertainty map both bounds equal the volume.
 
-Each volume carries an ``assessment`` (``judge_volume``): an organ the model did not draw is
-"not found" and has no volume, never 0 mm^3 (the scan may not hold it); one the scanned field cuts
-through has none either. The product's exports (``segmentation.corrections``) say the same.
+Each CSV row carries an ``assessment`` (``inference.assessment.judge_volume``): an organ the model
+did not draw is "not found" and has no volume, never 0 mm^3 (the scan may not hold it); one the
+scanned field cuts through has none either. The product's exports say the same.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.structures import BY_ID, LESION_NAMES
+from inference.assessment import judge_volume
+from inference.structures import BY_ID
 
 UNCERTAIN_FROM = 128
 CSV_FIELDS = (
@@ -39,27 +40,6 @@ CSV_FIELDS = (
     "volume_high_mm3",
     "assessment",
 )
-#: A volume's ``assessment`` (``judge_volume``).
-MEASURED = "measured"
-NOT_FOUND = "not found"
-CUT_BY_FIELD = "cut by the field of view: only part of it was scanned"
-
-
-def judge_volume(
-    structure_id: int, voxels: int, cut: Collection[str], measured_as: str = MEASURED
-) -> tuple[bool, str]:
-    """Whether a structure's volume is a measurement, and its ``assessment`` in words.
-
-    A lesion of 0 voxels is one (no tumor). An organ the model did not draw is ``NOT_FOUND``: the
-    scan may not hold it, or the model missed it. An organ in ``cut`` (the QC's ``cut_by_field``)
-    was only partly scanned: ``CUT_BY_FIELD``. Neither has a volume.
-    """
-    name = BY_ID[structure_id].name
-    if name in cut:
-        return False, CUT_BY_FIELD
-    if voxels > 0 or name in LESION_NAMES:
-        return True, measured_as
-    return False, NOT_FOUND
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,6 @@ from django.contrib.auth.models import User
 from django.urls import reverse
 from rest_framework import serializers
 
-from inference.pipeline.volumes import MEASURED, NOT_FOUND, judge_volume
-from inference.structures import BY_ID
 from segmentation.models import InferenceJob, Lesion, ModelVersion, Prediction, StructureVolume
 
 
@@ -84,7 +82,7 @@ class InferenceJobSerializer(serializers.ModelSerializer):
 class StructureVolumeSerializer(serializers.ModelSerializer):
     """A model's volume of one structure. An organ it did not find, or one the scanned field cuts
     through (the QC's ``cut_by_field``), has no volume (null), never 0 mm3, and its ``assessment``
-    says why (``inference.pipeline.volumes.judge_volume``, as in the CSV exports)."""
+    says why (``StructureVolume.judgement``, as in the CSV exports)."""
 
     volume_mm3 = serializers.FloatField(read_only=True, allow_null=True)
     volume_low_mm3 = serializers.FloatField(read_only=True, allow_null=True)
@@ -103,21 +101,12 @@ class StructureVolumeSerializer(serializers.ModelSerializer):
             "assessment",
         ]
 
-    @staticmethod
-    def _judged(volume: StructureVolume) -> tuple[bool, str]:
-        if volume.structure_id not in BY_ID:
-            return volume.voxels > 0, MEASURED if volume.voxels > 0 else NOT_FOUND
-        # The prediction comes with its volumes (no query); its manifest holds the pipeline's
-        # verdict (``Prediction.qc`` would also read the reviews, once per volume).
-        verdict = (volume.prediction.manifest or {}).get("qc") or {}
-        return judge_volume(volume.structure_id, volume.voxels, verdict.get("cut_by_field", []))
-
     def get_assessment(self, volume: StructureVolume) -> str:
-        return self._judged(volume)[1]
+        return volume.judgement[1]
 
     def to_representation(self, instance: Any) -> Any:
         data = super().to_representation(instance)
-        if not self._judged(instance)[0]:
+        if not instance.judgement[0]:
             data["volume_mm3"] = data["volume_low_mm3"] = data["volume_high_mm3"] = None
         return data
 

@@ -11,7 +11,7 @@ import pytest
 from django.core.files.storage import default_storage
 from rest_framework.test import APIClient
 
-from inference.pipeline.volumes import CUT_BY_FIELD
+from inference.assessment import CUT_BY_FIELD
 from labs.models import Lab
 from scans.models import Scan
 from segmentation import exports, services

@@ -12,10 +12,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from inference.assessment import CUT_BY_FIELD
 from inference.cli import volume_lines
 from inference.pipeline import VolumeRow, segment_file
 from inference.pipeline.lesions import LesionInputError
-from inference.pipeline.volumes import CUT_BY_FIELD
 from inference.registry import ModelCard
 from inference.structures import BY_NAME
 from tests.conftest import REPO

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from inference.assessment import CUT_BY_FIELD, judge_volume
 from inference.pipeline.postprocess import clean, to_scores, uncertainty_from
-from inference.pipeline.volumes import CUT_BY_FIELD, structure_volumes, write_volumes_csv
+from inference.pipeline.volumes import structure_volumes, write_volumes_csv
 from inference.structures import BY_NAME
 
 LIVER = BY_NAME["liver"].id
@@ -150,3 +151,9 @@ def test_dense_and_sparse_uncertain_borders_agree() -> None:
         a.volume_high_mm3 - a.volume_mm3 + b.volume_high_mm3 - b.volume_mm3
         for a, b in zip(*sparse, strict=True)
     ]
+
+
+def test_a_volume_of_an_id_outside_the_label_table_is_judged_as_an_organ() -> None:
+    # A volume stored under an older label table still gets an answer, not an error.
+    assert judge_volume(250, 0, cut=[]) == (False, "not found")
+    assert judge_volume(250, 12, cut=[]) == (True, "measured")
