@@ -183,6 +183,20 @@ class ModelCard:
         return float(self.layout.get("extend_cut_faces_mm", 0.0))
 
     @property
+    def shifted_passes(self) -> tuple[tuple[int, int, int], ...]:
+        """Voxel shifts of the extra passes whose logits are averaged with the plain one
+        (``layout.shifted_passes``; none: one pass). A network that pools by 2 three times reads
+        a scan differently at each of the 8 phases of its grid, most at the odd ones; the mean
+        over phases is steadier on anatomy it never saw (``infer.run_model``)."""
+        return tuple((int(s[0]), int(s[1]), int(s[2])) for s in self.layout.get("shifted_passes", []))
+
+    @property
+    def shifted_passes_over(self) -> frozenset[int]:
+        """Structure ids round which the shifted passes run (``layout.shifted_passes_over``, with a
+        margin: ``infer.SHIFTED_MARGIN_VOXELS``); empty: over the whole scan."""
+        return frozenset(int(s) for s in self.layout.get("shifted_passes_over", []))
+
+    @property
     def patch_size(self) -> tuple[int, int, int] | None:
         patch = self.layout.get("patch_size")
         return (int(patch[0]), int(patch[1]), int(patch[2])) if patch else None
@@ -235,6 +249,20 @@ def _problem(folder: Path, message: str) -> ModelCardError:
     return ModelCardError(f"model folder {folder}: {message}")
 
 
+#: Extra shifted passes a card may ask for, and how far each may shift (voxels on its grid).
+MAX_SHIFTED_PASSES = 7
+MAX_SHIFT_VOXELS = 15
+
+
+def _is_shift(shift: Any) -> bool:
+    return (
+        isinstance(shift, list)
+        and len(shift) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_SHIFT_VOXELS for v in shift)
+        and any(shift)
+    )
+
+
 def _check_layout(folder: Path, raw: dict[str, Any]) -> None:
     structures = raw["structures"]
     if not isinstance(structures, list) or len(structures) < 2:
@@ -265,6 +293,20 @@ def _check_layout(folder: Path, raw: dict[str, Any]) -> None:
     extension = raw["layout"].get("extend_cut_faces_mm", 0.0)
     if isinstance(extension, bool) or not (isinstance(extension, int | float) and 0.0 <= extension <= 20.0):
         raise _problem(folder, "layout 'extend_cut_faces_mm' must be a length in mm from 0 to 20")
+    shifts = raw["layout"].get("shifted_passes", [])
+    if (
+        not isinstance(shifts, list)
+        or len(shifts) > MAX_SHIFTED_PASSES
+        or not all(_is_shift(s) for s in shifts)
+    ):
+        raise _problem(
+            folder,
+            f"layout 'shifted_passes' must list at most {MAX_SHIFTED_PASSES} shifts of three whole voxels "
+            f"from 0 to {MAX_SHIFT_VOXELS}, none all 0",
+        )
+    over = raw["layout"].get("shifted_passes_over", [])
+    if not isinstance(over, list) or any(s not in structures[1:] for s in over):
+        raise _problem(folder, "layout 'shifted_passes_over' must list output structure ids (not 0)")
     if not raw["output_names"].get("logits"):
         raise _problem(folder, "'output_names' must name the logits output")
     _check_postprocess(folder, raw.get("postprocess") or {}, structures)

@@ -137,14 +137,20 @@ def content_box(hu: np.ndarray, margin: int, multiple: int = 1) -> tuple[slice, 
     tight = bounding_box(dense, margin)
     if tight is None:
         return None
+    box = _grown_to(tight, dense.shape, multiple)
+    if math.prod(s.stop - s.start for s in box) > (1.0 - CROP_MIN_SAVING) * dense.size:
+        return None
+    return box
+
+
+def _grown_to(tight: tuple[slice, ...], shape: tuple[int, ...], multiple: int) -> tuple[slice, ...]:
+    """``tight`` grown about its centre, within ``shape``, to a multiple of ``multiple`` along
+    each axis: with more of the scan, not with padding."""
     box = []
-    for part, n in zip(tight, dense.shape, strict=True):
-        # Grown to the network's multiple with more of the scan, not with padding.
+    for part, n in zip(tight, shape, strict=True):
         length = min(_round_up(part.stop - part.start, multiple), n)
         start = min(max(part.start - (length - (part.stop - part.start)) // 2, 0), n - length)
         box.append(slice(start, start + length))
-    if math.prod(s.stop - s.start for s in box) > (1.0 - CROP_MIN_SAVING) * dense.size:
-        return None
     return tuple(box)
 
 
@@ -180,7 +186,8 @@ def run_model(
     network sees only that part of ``image``; outside it every voxel is background, certain
     (``OUTSIDE_LOGIT``). ``extend`` (``cut_faces``) continues the part it sees past its first and
     last z slices by repeating them, at least that many slices and up to the network's multiple;
-    the logits are of ``image``'s own slices."""
+    the logits are of ``image``'s own slices. A card's ``shifted_passes`` add passes over
+    ``image`` moved by whole voxels; the logits returned are the mean over all passes."""
     if image.ndim != 3:
         raise ValueError(f"the network input must be 3D, got shape {image.shape}")
     if box is not None:
@@ -223,6 +230,79 @@ def run_model(
             else np.ascontiguousarray(inner.disagreement_logit[:, :, keep]),
             passes=inner.passes,
         )
+    plain = _one_pass(session, card, image, pad_value, max_whole_voxels, batch_size)
+    if not card.shifted_passes:
+        return plain
+    return _with_shifted_passes(session, card, image, plain, pad_value, max_whole_voxels, batch_size)
+
+
+#: How far past the structures it is for (``layout.shifted_passes_over``) a shifted pass reads the
+#: scan, in voxels of the network's grid (10 mm at 0.63 mm): enough context that their logits
+#: are those of a pass over the whole scan.
+SHIFTED_MARGIN_VOXELS = 16
+#: Drawn volume of those structures under which a scan holds none of them (mm^3): less than the
+#: heart and lungs of the smallest mouse. A real head scan's plain pass draws about 80 mm^3 of
+#: specks of "lung" and "heart" (which the rules after it drop); passes over the head for them
+#: only moved its brain (the model card's "`mouse-organs/2.8.0`").
+SHIFTED_MIN_MM3 = 200.0
+
+
+def _with_shifted_passes(
+    session: ort.InferenceSession,
+    card: ModelCard,
+    image: np.ndarray,
+    plain: RawOutput,
+    pad_value: float,
+    max_whole_voxels: int,
+    batch_size: int,
+) -> RawOutput:
+    """``plain`` averaged with the passes of ``card.shifted_passes``, over the box round the
+    structures of ``card.shifted_passes_over`` as the plain pass draws them (the whole image when
+    the card names none); outside that box the plain pass is the answer, and it is the only one
+    where it draws under ``SHIFTED_MIN_MM3`` of them."""
+    box = tuple(slice(0, n) for n in image.shape)
+    if card.shifted_passes_over:
+        drawn = np.argmax(plain.logits, axis=0)
+        channels = [k for k, sid in enumerate(card.structures) if sid in card.shifted_passes_over]
+        wanted = np.isin(drawn, channels)
+        if float(np.count_nonzero(wanted)) * math.prod(card.input_spacing_mm) < SHIFTED_MIN_MM3:
+            return plain
+        tight = bounding_box(wanted, SHIFTED_MARGIN_VOXELS)
+        assert tight is not None
+        box = _grown_to(tight, image.shape, card.divisible_by)
+    part = image[box]
+    passes = len(card.shifted_passes) + 1
+    # Each pass starts as the plain one; a shifted pass then replaces it where it saw the scan.
+    logits = plain.logits * np.float32(passes)
+    disagreement = None if plain.disagreement_logit is None else plain.disagreement_logit * np.float32(passes)
+    for shift in card.shifted_passes:
+        # The part moved by ``shift`` voxels on the network's grid, its first planes repeated
+        # (as ``extend`` continues a cut face) and as many of its last left out, so that the pass
+        # costs what the plain one does over the part. The left-out planes lie in the margin:
+        # there the plain pass stands in.
+        moved = np.pad(part, [(v, 0) for v in shift], mode="edge")[tuple(slice(0, n) for n in part.shape)]
+        raw = _one_pass(session, card, moved, pad_value, max_whole_voxels, batch_size)
+        seen = tuple(slice(v, None) for v in shift)
+        back = tuple(slice(b.start, b.stop - v) for v, b in zip(shift, box, strict=True))
+        logits[(slice(None), *back)] += raw.logits[(slice(None), *seen)] - plain.logits[(slice(None), *back)]
+        if disagreement is not None and raw.disagreement_logit is not None:
+            assert plain.disagreement_logit is not None
+            disagreement[back] += raw.disagreement_logit[seen] - plain.disagreement_logit[back]
+    share = np.float32(1.0 / passes)
+    logits *= share
+    if disagreement is not None:
+        disagreement *= share
+    return RawOutput(logits=logits, disagreement_logit=disagreement, passes=plain.passes * passes)
+
+
+def _one_pass(
+    session: ort.InferenceSession,
+    card: ModelCard,
+    image: np.ndarray,
+    pad_value: float,
+    max_whole_voxels: int,
+    batch_size: int,
+) -> RawOutput:
     k = card.divisible_by
     padded_voxels = math.prod(_round_up(n, k) for n in image.shape)
     if padded_voxels <= max_whole_voxels:

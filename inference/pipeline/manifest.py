@@ -44,7 +44,7 @@ def versions() -> dict[str, str]:
 
 
 def model_entry(card: ModelCard) -> dict[str, Any]:
-    return {
+    entry: dict[str, Any] = {
         "name": card.name,
         "version": card.version,
         "task": card.task,
@@ -52,6 +52,12 @@ def model_entry(card: ModelCard) -> dict[str, Any]:
         "structures": list(card.structures),
         "input_spacing_mm": list(card.input_spacing_mm),
     }
+    if card.shifted_passes:
+        # How the network read the scan: the plain pass and these shifts, averaged.
+        entry["shifted_passes"] = [list(shift) for shift in card.shifted_passes]
+        if card.shifted_passes_over:
+            entry["shifted_passes_over"] = sorted(card.shifted_passes_over)
+    return entry
 
 
 def orientation_entry(finding: OrientationFinding | None, header_axcodes: Sequence[str]) -> dict[str, Any]:

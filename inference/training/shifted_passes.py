@@ -1,0 +1,113 @@
+"""``python -m inference.training.shifted_passes --model DIR --version V --shift X,Y,Z [--over NAME]``.
+
+``--shift`` and ``--over`` may each be given more than once.
+
+A new version of a model folder whose network also reads the scan moved by whole voxels on its
+grid, its logits averaged with the plain pass (``layout.shifted_passes``, ``infer.run_model``);
+with ``--over``, only round those structures as the plain pass draws them
+(``layout.shifted_passes_over``), which spares the passes over a whole body's head and tail.
+
+Why: a U-Net that pools by 2 three times sees each of the 8 phases of its grid differently, and on
+anatomy it never trained on its outlines move with the phase. The mean over phases is steadier
+(the model card's "`mouse-organs/2.5.0`" section measures it). Same weights, refiners and rules:
+the folder is copied next to ``DIR`` under ``V`` (or to ``--out``), and its ``training`` record says
+how it was made, so the card stays remakeable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from inference.jsonsafe import finite_or_null
+from inference.registry import ModelCardError, load_card
+from inference.structures import by_name
+
+
+def parse_shift(text: str) -> list[int]:
+    """``"3,3,3"`` -> ``[3, 3, 3]``; anything else is an argparse error in words."""
+    parts = text.split(",")
+    try:
+        shift = [int(p) for p in parts]
+    except ValueError:
+        shift = []
+    if len(shift) != 3:
+        raise argparse.ArgumentTypeError(f"a shift is three whole voxel counts such as 3,3,3, not {text!r}")
+    return shift
+
+
+def with_shifted_passes(
+    model: Path,
+    out: Path,
+    *,
+    version: str,
+    shifts: list[list[int]],
+    over: list[str] | None = None,
+    command: str = "",
+) -> Path:
+    """Copy the model folder ``model`` to ``out`` as ``version`` with ``shifts`` as its shifted
+    passes, run round the structures named in ``over`` (all of the scan when none); the
+    registry's checks run on the result (``ModelCardError`` in words if one fails)."""
+    source = load_card(model)
+    if out.exists():
+        raise ModelCardError(f"{out} exists already: a version is written once")
+    shutil.copytree(model, out)
+    card: dict[str, Any] = json.loads((out / "model.json").read_text())
+    card["version"] = version
+    card["layout"]["shifted_passes"] = shifts
+    if over:
+        try:
+            card["layout"]["shifted_passes_over"] = [by_name(name).id for name in over]
+        except KeyError as error:
+            shutil.rmtree(out)
+            raise ModelCardError(str(error.args[0])) from None
+    made = command or "python -m inference.training.shifted_passes " + " ".join(sys.argv[1:])
+    card.setdefault("training", {})["post_processing"] = {
+        "from": f"{source.name}/{source.version} (same model.onnx, refiners and rules), "
+        "then the commands below, in order",
+        "commands": [made],
+    }
+    card.pop("metrics", None)  # measured again on the new version, not carried
+    (out / "model.json").write_text(json.dumps(finite_or_null(card), indent=1, allow_nan=False) + "\n")
+    try:
+        load_card(out)
+    except ModelCardError:
+        shutil.rmtree(out)
+        raise
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m inference.training.shifted_passes", description=__doc__)
+    parser.add_argument("--model", type=Path, required=True, help="model folder to start from")
+    parser.add_argument("--version", required=True, help="version of the new folder")
+    parser.add_argument(
+        "--shift",
+        type=parse_shift,
+        action="append",
+        required=True,
+        help="voxels on the network's grid: X,Y,Z",
+    )
+    parser.add_argument(
+        "--over",
+        action="append",
+        help="structure the shifted passes run round (repeat; default: the whole scan)",
+    )
+    parser.add_argument("--out", type=Path, help="folder to write (default: beside --model, named --version)")
+    args = parser.parse_args(argv)
+    out = args.out or args.model.parent / args.version
+    try:
+        written = with_shifted_passes(
+            args.model, out, version=args.version, shifts=args.shift, over=args.over
+        )
+    except ModelCardError as error:
+        parser.exit(2, f"error: {error}\n")
+    print(f"wrote {written}: {len(args.shift)} shifted passes beside the plain one")
+
+
+if __name__ == "__main__":
+    main()
