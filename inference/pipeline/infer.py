@@ -280,10 +280,13 @@ def _with_shifted_passes(
         # (as ``extend`` continues a cut face) and as many of its last left out, so that the pass
         # costs what the plain one does over the part. The left-out planes lie in the margin:
         # there the plain pass stands in.
+        kept = [max(n - v, 0) for v, n in zip(shift, part.shape, strict=True)]
+        if not all(kept):
+            continue  # a part thinner than the shift: the pass would read only repeated planes
         moved = np.pad(part, [(v, 0) for v in shift], mode="edge")[tuple(slice(0, n) for n in part.shape)]
         raw = _one_pass(session, card, moved, pad_value, max_whole_voxels, batch_size)
-        seen = tuple(slice(v, None) for v in shift)
-        back = tuple(slice(b.start, b.stop - v) for v, b in zip(shift, box, strict=True))
+        seen = tuple(slice(v, v + k) for v, k in zip(shift, kept, strict=True))
+        back = tuple(slice(b.start, b.start + k) for b, k in zip(box, kept, strict=True))
         logits[(slice(None), *back)] += raw.logits[(slice(None), *seen)] - plain.logits[(slice(None), *back)]
         if disagreement is not None and raw.disagreement_logit is not None:
             assert plain.disagreement_logit is not None

@@ -9,7 +9,7 @@ with ``--over``, only round those structures as the plain pass draws them
 
 Why: a U-Net that pools by 2 three times sees each of the 8 phases of its grid differently, and on
 anatomy it never trained on its outlines move with the phase. The mean over phases is steadier
-(the model card's "`mouse-organs/2.5.0`" section measures it). Same weights, refiners and rules:
+(the model card's "`mouse-organs/2.8.0`" section measures it). Same weights, refiners and rules:
 the folder is copied next to ``DIR`` under ``V`` (or to ``--out``), and its ``training`` record says
 how it was made, so the card stays remakeable.
 """

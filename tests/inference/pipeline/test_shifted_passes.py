@@ -193,3 +193,15 @@ def test_the_manifest_says_how_the_network_read_the_scan(tmp_path: Path) -> None
     entry = model_entry(shifted)
     assert entry["shifted_passes"] == [[3, 3, 3], [5, 5, 5]] and entry["shifted_passes_over"] == [LIVER]
     json.dumps(entry)
+
+
+def test_a_scan_thinner_than_a_shift_is_read_by_the_passes_that_fit(tmp_path: Path) -> None:
+    """A slab of 4 planes on the network's grid cannot be moved by 5: that pass stands down (the
+    plain pass answers in its place) instead of failing; the pass that fits still counts."""
+    image = np.random.default_rng(3).normal(size=(10, 9, 4)).astype(np.float32)
+    plain_card = _neighbour_sum(tmp_path / "plain", {})
+    card = _neighbour_sum(tmp_path / "shifted", {"shifted_passes": [[0, 0, 5], [1, 0, 0]]})
+    plain = run_model(get_session(plain_card, threads=1), plain_card, image)
+    out = run_model(get_session(card, threads=1), card, image)
+    assert out.logits.shape == plain.logits.shape == (2, 10, 9, 4)
+    assert np.allclose(out.logits[:, 1:8], plain.logits[:, 1:8], atol=1e-5)
