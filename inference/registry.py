@@ -305,7 +305,7 @@ def _check_layout(folder: Path, raw: dict[str, Any]) -> None:
             f"from 0 to {MAX_SHIFT_VOXELS}, none all 0",
         )
     over = raw["layout"].get("shifted_passes_over", [])
-    if not isinstance(over, list) or any(s not in structures[1:] for s in over):
+    if not isinstance(over, list) or any(isinstance(s, bool) or s not in structures[1:] for s in over):
         raise _problem(folder, "layout 'shifted_passes_over' must list output structure ids (not 0)")
     if not raw["output_names"].get("logits"):
         raise _problem(folder, "'output_names' must name the logits output")

@@ -275,6 +275,7 @@ def _with_shifted_passes(
     # Each pass starts as the plain one; a shifted pass then replaces it where it saw the scan.
     logits = plain.logits * np.float32(passes)
     disagreement = None if plain.disagreement_logit is None else plain.disagreement_logit * np.float32(passes)
+    ran = plain.passes
     for shift in card.shifted_passes:
         # The part moved by ``shift`` voxels on the network's grid, its first planes repeated
         # (as ``extend`` continues a cut face) and as many of its last left out, so that the pass
@@ -291,11 +292,12 @@ def _with_shifted_passes(
         if disagreement is not None and raw.disagreement_logit is not None:
             assert plain.disagreement_logit is not None
             disagreement[back] += raw.disagreement_logit[seen] - plain.disagreement_logit[back]
+        ran += raw.passes
     share = np.float32(1.0 / passes)
     logits *= share
     if disagreement is not None:
         disagreement *= share
-    return RawOutput(logits=logits, disagreement_logit=disagreement, passes=plain.passes * passes)
+    return RawOutput(logits=logits, disagreement_logit=disagreement, passes=ran)
 
 
 def _one_pass(

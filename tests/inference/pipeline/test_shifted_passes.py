@@ -148,6 +148,7 @@ def test_passes_over_named_structures_leave_the_rest_to_the_plain_pass(tmp_path:
             {"shifted_passes": [[1, 1, 1]], "shifted_passes_over": [BY_NAME["heart"].id]},
             "shifted_passes_over",
         ),
+        ({"shifted_passes": [[1, 1, 1]], "shifted_passes_over": [True]}, "shifted_passes_over"),
     ],
 )
 def test_a_card_with_bad_shifted_passes_is_refused_in_words(
@@ -203,5 +204,5 @@ def test_a_scan_thinner_than_a_shift_is_read_by_the_passes_that_fit(tmp_path: Pa
     card = _neighbour_sum(tmp_path / "shifted", {"shifted_passes": [[0, 0, 5], [1, 0, 0]]})
     plain = run_model(get_session(plain_card, threads=1), plain_card, image)
     out = run_model(get_session(card, threads=1), card, image)
-    assert out.logits.shape == plain.logits.shape == (2, 10, 9, 4)
+    assert out.logits.shape == plain.logits.shape == (2, 10, 9, 4) and out.passes == 2
     assert np.allclose(out.logits[:, 1:8], plain.logits[:, 1:8], atol=1e-5)
