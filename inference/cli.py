@@ -156,6 +156,12 @@ def run_segment(args: argparse.Namespace) -> int:
     orientation = result.manifest.get("orientation") or {}
     if orientation.get("agrees_with_header") is False:
         print(f"  orientation: {orientation['summary']}")
+    for model in result.manifest["models"]:
+        if model.get("size_scale", 1.0) < 1.0:
+            print(
+                f"  {model['name']} {model['version']}: a mouse larger than those it learned, read again "
+                f"shrunk to {model['size_scale']:.2f} of its size and the two readings averaged"
+            )
     qc = result.manifest.get("qc") or {}
     for line in volume_lines(result.volumes, qc.get("cut_by_field", [])):
         print(line)

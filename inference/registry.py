@@ -43,6 +43,21 @@ class ModelCardError(ValueError):
 
 
 @dataclass(frozen=True)
+class SizePass:
+    """``layout.size_pass``: the drawn volume of ``structures`` (mm^3, on the network's grid) of
+    the largest mice the network learned, ``reference_mm3``. A mouse drawn larger is read once
+    more, shrunk by the cube root of the ratio (not below ``min_scale``), and that pass's logits
+    weigh ``weight`` in the answer (``infer.run_model``). Where the first reading draws one of
+    ``kept`` (thin structures such as bone, which a shrunk grid cannot hold), its answer stands."""
+
+    reference_mm3: float
+    structures: frozenset[int]
+    weight: float = 0.5
+    min_scale: float = 0.8
+    kept: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """One model version as described by its ``model.json``; ``folder`` is where it lives."""
 
@@ -197,6 +212,21 @@ class ModelCard:
         return frozenset(int(s) for s in self.layout.get("shifted_passes_over", []))
 
     @property
+    def size_pass(self) -> SizePass | None:
+        """A pass over the scan shrunk towards the size of the mice the network learned, for a
+        mouse drawn larger than them (``layout.size_pass``; None: none); ``infer.run_model``."""
+        raw = self.layout.get("size_pass")
+        if not raw:
+            return None
+        return SizePass(
+            reference_mm3=float(raw["reference_mm3"]),
+            structures=frozenset(int(s) for s in raw["structures"]),
+            weight=float(raw.get("weight", 0.5)),
+            min_scale=float(raw.get("min_scale", 0.8)),
+            kept=frozenset(int(s) for s in raw.get("kept", [])),
+        )
+
+    @property
     def patch_size(self) -> tuple[int, int, int] | None:
         patch = self.layout.get("patch_size")
         return (int(patch[0]), int(patch[1]), int(patch[2])) if patch else None
@@ -251,6 +281,8 @@ def _problem(folder: Path, message: str) -> ModelCardError:
 
 #: Extra shifted passes a card may ask for, and how far each may shift (voxels on its grid).
 MAX_SHIFTED_PASSES = 7
+#: The most a size pass may shrink a scan (``layout.size_pass.min_scale``): half its size.
+MIN_SIZE_SCALE = 0.5
 MAX_SHIFT_VOXELS = 15
 
 
@@ -307,9 +339,40 @@ def _check_layout(folder: Path, raw: dict[str, Any]) -> None:
     over = raw["layout"].get("shifted_passes_over", [])
     if not isinstance(over, list) or any(isinstance(s, bool) or s not in structures[1:] for s in over):
         raise _problem(folder, "layout 'shifted_passes_over' must list output structure ids (not 0)")
+    _check_size_pass(folder, raw["layout"].get("size_pass"), structures)
     if not raw["output_names"].get("logits"):
         raise _problem(folder, "'output_names' must name the logits output")
     _check_postprocess(folder, raw.get("postprocess") or {}, structures)
+
+
+def _is_number(value: Any, low: float, high: float) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
+
+
+def _check_size_pass(folder: Path, raw: Any, structures: list[int]) -> None:
+    if raw is None:
+        return
+    if not isinstance(raw, dict) or set(raw) - {"reference_mm3", "structures", "weight", "min_scale", "kept"}:
+        raise _problem(
+            folder,
+            "layout 'size_pass' must be an object of reference_mm3, structures, weight, min_scale and kept",
+        )
+    if not _is_number(raw.get("reference_mm3"), 1.0, 1e6):
+        raise _problem(folder, "layout 'size_pass' needs reference_mm3, a volume in mm^3 from 1 to 1,000,000")
+    named = raw.get("structures")
+    if (
+        not isinstance(named, list)
+        or not named
+        or any(isinstance(s, bool) or s not in structures[1:] for s in named)
+    ):
+        raise _problem(folder, "layout 'size_pass' structures must list output structure ids (not 0)")
+    kept = raw.get("kept", [])
+    if not isinstance(kept, list) or any(isinstance(s, bool) or s not in structures[1:] for s in kept):
+        raise _problem(folder, "layout 'size_pass' kept must list output structure ids (not 0)")
+    if not _is_number(raw.get("weight", 0.5), 0.0, 1.0) or raw.get("weight", 0.5) == 0:
+        raise _problem(folder, "layout 'size_pass' weight must lie above 0 and at most 1")
+    if not _is_number(raw.get("min_scale", 0.8), MIN_SIZE_SCALE, 1.0) or raw.get("min_scale", 0.8) == 1:
+        raise _problem(folder, f"layout 'size_pass' min_scale must lie from {MIN_SIZE_SCALE} to below 1")
 
 
 def _check_postprocess(folder: Path, post: dict[str, Any], structures: list[int]) -> None:

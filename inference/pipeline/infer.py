@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from inference.pipeline.geometry import bounding_box
+from inference.pipeline.geometry import bounding_box, channel_argmax, resample_linear
 from inference.registry import ModelCard
 
 #: A volume up to this many voxels (after padding) goes through the network in one pass.
@@ -34,6 +34,8 @@ class RawOutput:
     logits: np.ndarray
     disagreement_logit: np.ndarray | None
     passes: int
+    #: The size pass's scale (``layout.size_pass``); 1.0 where none ran.
+    size_scale: float = 1.0
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -178,6 +180,7 @@ def run_model(
     batch_size: int = 2,
     box: tuple[slice, ...] | None = None,
     extend: tuple[int, int] = (0, 0),
+    animals: int = 1,
 ) -> RawOutput:
     """Logits of ``card``'s network for ``image``: one pass when the padded volume has at most
     ``max_whole_voxels`` voxels, else Gaussian-weighted sliding windows of the card's patch size.
@@ -187,7 +190,9 @@ def run_model(
     (``OUTSIDE_LOGIT``). ``extend`` (``cut_faces``) continues the part it sees past its first and
     last z slices by repeating them, at least that many slices and up to the network's multiple;
     the logits are of ``image``'s own slices. A card's ``shifted_passes`` add passes over
-    ``image`` moved by whole voxels; the logits returned are the mean over all passes."""
+    ``image`` moved by whole voxels; the logits returned are the mean over all passes. A card's
+    ``size_pass`` adds a pass over ``image`` shrunk, for a mouse drawn larger than those the network
+    learned (``animals``: how many the scan holds; their size is the mean)."""
     if image.ndim != 3:
         raise ValueError(f"the network input must be 3D, got shape {image.shape}")
     if box is not None:
@@ -199,6 +204,7 @@ def run_model(
             max_whole_voxels=max_whole_voxels,
             batch_size=batch_size,
             extend=extend,
+            animals=animals,
         )
         logits = np.full((inner.logits.shape[0], *image.shape), -OUTSIDE_LOGIT, dtype=np.float32)
         logits[0] = 0.0
@@ -207,7 +213,9 @@ def run_model(
         if inner.disagreement_logit is not None:
             disagreement = np.full(image.shape, -OUTSIDE_LOGIT, dtype=np.float32)
             disagreement[box] = inner.disagreement_logit
-        return RawOutput(logits=logits, disagreement_logit=disagreement, passes=inner.passes)
+        return RawOutput(
+            logits=logits, disagreement_logit=disagreement, passes=inner.passes, size_scale=inner.size_scale
+        )
     below, above = extend
     if below or above:
         # The network's multiple is made up with more of the continued body, not with air, which
@@ -221,6 +229,7 @@ def run_model(
             pad_value=pad_value,
             max_whole_voxels=max_whole_voxels,
             batch_size=batch_size,
+            animals=animals,
         )
         keep = slice(below, below + image.shape[2])
         return RawOutput(
@@ -229,11 +238,14 @@ def run_model(
             if inner.disagreement_logit is None
             else np.ascontiguousarray(inner.disagreement_logit[:, :, keep]),
             passes=inner.passes,
+            size_scale=inner.size_scale,
         )
-    plain = _one_pass(session, card, image, pad_value, max_whole_voxels, batch_size)
-    if not card.shifted_passes:
-        return plain
-    return _with_shifted_passes(session, card, image, plain, pad_value, max_whole_voxels, batch_size)
+    out = _one_pass(session, card, image, pad_value, max_whole_voxels, batch_size)
+    if card.shifted_passes:
+        out = _with_shifted_passes(session, card, image, out, pad_value, max_whole_voxels, batch_size)
+    if card.size_pass is not None:
+        out = _with_size_pass(session, card, image, out, max_whole_voxels, batch_size, animals)
+    return out
 
 
 #: How far past the structures it is for (``layout.shifted_passes_over``) a shifted pass reads the
@@ -259,12 +271,13 @@ def _with_shifted_passes(
     """``plain`` averaged with the passes of ``card.shifted_passes``, over the box round the
     structures of ``card.shifted_passes_over`` as the plain pass draws them (the whole image when
     the card names none); outside that box the plain pass is the answer, and it is the only one
-    where it draws under ``SHIFTED_MIN_MM3`` of them."""
+    where it draws under ``SHIFTED_MIN_MM3`` of them. ``plain``'s arrays are written in place."""
     box = tuple(slice(0, n) for n in image.shape)
     if card.shifted_passes_over:
-        drawn = np.argmax(plain.logits, axis=0)
-        channels = [k for k, sid in enumerate(card.structures) if sid in card.shifted_passes_over]
-        wanted = np.isin(drawn, channels)
+        drawn = channel_argmax(plain.logits)
+        over = np.zeros(len(card.structures), dtype=bool)
+        over[[k for k, sid in enumerate(card.structures) if sid in card.shifted_passes_over]] = True
+        wanted = over[drawn]
         if float(np.count_nonzero(wanted)) * math.prod(card.input_spacing_mm) < SHIFTED_MIN_MM3:
             return plain
         tight = bounding_box(wanted, SHIFTED_MARGIN_VOXELS)
@@ -272,9 +285,12 @@ def _with_shifted_passes(
         box = _grown_to(tight, image.shape, card.divisible_by)
     part = image[box]
     passes = len(card.shifted_passes) + 1
+    # The sums live on the box alone: outside it the plain pass's values are returned as they are.
     # Each pass starts as the plain one; a shifted pass then replaces it where it saw the scan.
-    logits = plain.logits * np.float32(passes)
-    disagreement = None if plain.disagreement_logit is None else plain.disagreement_logit * np.float32(passes)
+    plain_logits = plain.logits[(slice(None), *box)]
+    plain_disagreement = None if plain.disagreement_logit is None else plain.disagreement_logit[box]
+    logits = plain_logits * np.float32(passes)
+    disagreement = None if plain_disagreement is None else plain_disagreement * np.float32(passes)
     ran = plain.passes
     for shift in card.shifted_passes:
         # The part moved by ``shift`` voxels on the network's grid, its first planes repeated
@@ -287,17 +303,94 @@ def _with_shifted_passes(
         moved = np.pad(part, [(v, 0) for v in shift], mode="edge")[tuple(slice(0, n) for n in part.shape)]
         raw = _one_pass(session, card, moved, pad_value, max_whole_voxels, batch_size)
         seen = tuple(slice(v, v + k) for v, k in zip(shift, kept, strict=True))
-        back = tuple(slice(b.start, b.start + k) for b, k in zip(box, kept, strict=True))
-        logits[(slice(None), *back)] += raw.logits[(slice(None), *seen)] - plain.logits[(slice(None), *back)]
+        back = tuple(slice(0, k) for k in kept)
+        logits[(slice(None), *back)] += raw.logits[(slice(None), *seen)] - plain_logits[(slice(None), *back)]
         if disagreement is not None and raw.disagreement_logit is not None:
-            assert plain.disagreement_logit is not None
-            disagreement[back] += raw.disagreement_logit[seen] - plain.disagreement_logit[back]
+            assert plain_disagreement is not None
+            disagreement[back] += raw.disagreement_logit[seen] - plain_disagreement[back]
         ran += raw.passes
     share = np.float32(1.0 / passes)
     logits *= share
-    if disagreement is not None:
+    plain.logits[(slice(None), *box)] = logits
+    if disagreement is not None and plain.disagreement_logit is not None:
         disagreement *= share
-    return RawOutput(logits=logits, disagreement_logit=disagreement, passes=ran)
+        plain.disagreement_logit[box] = disagreement
+    return RawOutput(logits=plain.logits, disagreement_logit=plain.disagreement_logit, passes=ran)
+
+
+#: A size pass runs only where it would shrink the scan by more than this share: a mouse a few
+#: percent larger than the reference reads as the network learned it.
+SIZE_MIN_CHANGE = 0.03
+
+
+def size_scale(card: ModelCard, logits: np.ndarray, animals: int = 1) -> float:
+    """How much ``card``'s size pass would shrink the image whose logits are ``logits``: the cube
+    root of the reference volume over the drawn one (per animal), not below the card's
+    ``min_scale``; 1.0 for a mouse drawn no larger than the reference, or a card without one."""
+    size = card.size_pass
+    if size is None:
+        return 1.0
+    over = np.zeros(len(card.structures), dtype=bool)
+    over[[k for k, sid in enumerate(card.structures) if sid in size.structures]] = True
+    drawn = float(np.count_nonzero(over[channel_argmax(logits)])) * math.prod(card.input_spacing_mm)
+    drawn /= max(int(animals), 1)
+    if drawn <= size.reference_mm3:
+        return 1.0
+    return max((size.reference_mm3 / drawn) ** (1.0 / 3.0), size.min_scale)
+
+
+def _with_size_pass(
+    session: ort.InferenceSession,
+    card: ModelCard,
+    image: np.ndarray,
+    out: RawOutput,
+    max_whole_voxels: int,
+    batch_size: int,
+    animals: int,
+) -> RawOutput:
+    """``out`` and a pass over ``image`` shrunk by ``size_scale``, weighed by the card's
+    ``size_pass.weight``, except where ``out`` draws one of its ``kept`` structures; ``out`` alone
+    where the mouse is not drawn larger than the reference by more than ``SIZE_MIN_CHANGE``.
+
+    The shrunk image is box-averaged (``resample_linear``) and continued by its edge planes to the
+    network's multiple (a cut face runs on, as ``extend`` continues it); the pass's logits are
+    cut back to the shrunk image and resampled to ``image``'s grid."""
+    size = card.size_pass
+    scale = size_scale(card, out.logits, animals)
+    if size is None or scale > 1.0 - SIZE_MIN_CHANGE:
+        return out
+    k = card.divisible_by
+    shape = [max(k, round(n * scale)) for n in image.shape]
+    shrunk = resample_linear(image, shape, antialias=True)
+    shrunk = np.pad(shrunk, [(0, -n % k) for n in shape], mode="edge")
+    raw = _one_pass(session, card, shrunk, 0.0, max_whole_voxels, batch_size)
+    inside = tuple(slice(0, n) for n in shape)
+    weight = np.float32(size.weight)
+    keep = np.float32(1.0) - weight
+    # Where the first reading draws a kept structure (bone), its answer stands.
+    stands = None
+    if size.kept:
+        held = np.zeros(len(card.structures), dtype=bool)
+        held[[c for c, sid in enumerate(card.structures) if sid in size.kept]] = True
+        stands = held[channel_argmax(out.logits)]
+    logits = resample_linear(
+        np.ascontiguousarray(raw.logits[(slice(None), *inside)]), image.shape, first_axis=1
+    )
+    blended = out.logits * keep + weight * logits
+    if stands is not None:
+        np.copyto(blended, out.logits, where=stands[None])
+    mixed = out.disagreement_logit
+    if out.disagreement_logit is not None and raw.disagreement_logit is not None:
+        disagreement = resample_linear(np.ascontiguousarray(raw.disagreement_logit[inside]), image.shape)
+        mixed = out.disagreement_logit * keep + weight * disagreement
+        if stands is not None:
+            np.copyto(mixed, out.disagreement_logit, where=stands)
+    return RawOutput(
+        logits=blended,
+        disagreement_logit=mixed,
+        passes=out.passes + raw.passes,
+        size_scale=scale,
+    )
 
 
 def _one_pass(

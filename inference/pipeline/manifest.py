@@ -57,6 +57,15 @@ def model_entry(card: ModelCard) -> dict[str, Any]:
         entry["shifted_passes"] = [list(shift) for shift in card.shifted_passes]
         if card.shifted_passes_over:
             entry["shifted_passes_over"] = sorted(card.shifted_passes_over)
+    if card.size_pass is not None:
+        size = card.size_pass
+        entry["size_pass"] = {
+            "reference_mm3": size.reference_mm3,
+            "structures": sorted(size.structures),
+            "weight": size.weight,
+            "min_scale": size.min_scale,
+            "kept": sorted(size.kept),
+        }
     return entry
 
 
@@ -92,13 +101,23 @@ def build_manifest(
     seconds: Mapping[str, float],
     geometry: Mapping[str, Any],
     extra: Mapping[str, Any] | None = None,
+    size_scales: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """A JSON-ready record of one run; ``providers`` maps model key to its execution provider."""
+    """A JSON-ready record of one run; ``providers`` maps model key to its execution provider,
+    ``size_scales`` to the scale its size pass read the scan at (1.0: the mouse was not drawn
+    larger than the reference, and no size pass ran) for models that have one."""
+    scales = dict(size_scales or {})
+
+    def read_at(card: ModelCard) -> dict[str, Any]:
+        return {"size_scale": round(float(scales[card.key]), 3)} if card.key in scales else {}
+
     return {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": versions(),
         "host": platform.node(),
-        "models": [{**model_entry(card), "provider": providers.get(card.key, "")} for card in cards],
+        "models": [
+            {**model_entry(card), "provider": providers.get(card.key, ""), **read_at(card)} for card in cards
+        ],
         "provider": ", ".join(sorted(set(providers.values()))),
         "device": device,
         "threads": threads,

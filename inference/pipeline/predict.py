@@ -139,6 +139,8 @@ class PipelineOutput:
     refiners: list[RefinerRun] = field(default_factory=list)
     #: Organs whose metastasis search did not run on this scan (too blurred: ``blur.py``).
     unsearched: tuple[str, ...] = ()
+    #: By model key, the scale its size pass read the scan at (``infer.run_model``; 1.0: none ran).
+    size_scales: dict[str, float] = field(default_factory=dict)
 
 
 def group_by_task(cards: Sequence[ModelCard]) -> dict[str, list[ModelCard]]:
@@ -251,6 +253,8 @@ class _TaskOutput:
     drift_hu: float | None = None
     #: What each of its refiner networks did (``refine``).
     refiners: list[RefinerRun] = field(default_factory=list)
+    #: By model key, the scale of its size pass (1.0: none ran), for cards that have one.
+    size_scales: dict[str, float] = field(default_factory=dict)
 
 
 def _segment_task(
@@ -276,6 +280,7 @@ def _segment_task(
     timer = StageTimer()
     lead = members[0]
     providers: dict[str, str] = {}
+    size_scales: dict[str, float] = {}
     with timer("preprocess"):
         grid = resampled_shape(geometry.canonical_shape, geometry.spacing_mm, lead.input_spacing_mm)
         image = normalise(resampled[grid], lead.normalisation)
@@ -289,6 +294,8 @@ def _segment_task(
         extend = cut_faces(
             resampled[grid], box, round(lead.cut_face_extension_mm / spacing_on(geometry, grid)[2])
         )
+        # Animals are numbered 1..count (``animals.find_animals``); a size pass reads their mean size.
+        animal_count = max(int(animals[grid].max()), 1) if animals[grid].size else 1
     members_logits: list[np.ndarray] = []
     disagreement: np.ndarray | None = None
     for card in members:
@@ -304,7 +311,10 @@ def _segment_task(
                 batch_size=batch_size,
                 box=box,
                 extend=extend,
+                animals=animal_count,
             )
+        if card.size_pass is not None:
+            size_scales[card.key] = raw.size_scale
         members_logits.append(raw.logits)
         if raw.disagreement_logit is not None:
             odds = calibrate_uncertainty(sigmoid(raw.disagreement_logit), card.uncertainty_threshold)
@@ -365,6 +375,7 @@ def _segment_task(
         seconds=timer.seconds,
         drift_hu=None if drift is None else drift.hu,
         refiners=refiners,
+        size_scales=size_scales,
     )
 
 
@@ -719,6 +730,9 @@ def predict_volume(
                 braincase=braincase,
                 unsearched=unsearched,
                 refiners=[run for task in groups for run in outputs[task].refiners],
+                size_scales={
+                    key: scale for out in outputs.values() for key, scale in out.size_scales.items()
+                },
             )
     _report(progress, 100, "done")
     return result

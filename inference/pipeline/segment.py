@@ -237,6 +237,7 @@ def segment_file(
     manifest = build_manifest(
         cards=chosen,
         providers=output.providers,
+        size_scales=output.size_scales,
         device=device,
         threads=threads,
         seconds=seconds,

@@ -68,16 +68,27 @@ class VolumeRow:
         return asdict(self)
 
 
+#: A uint8 map whose highest value is under this is counted value by value: one comparison and
+#: one count per value (about 2 ms each for 19 M voxels) beat ``np.bincount``, which widens
+#: every voxel to 8 bytes first (57 ms for that map in 1 M-voxel slabs, 35 ms by value).
+BY_VALUE_BELOW = 24
+
+
 def label_counts(labels: np.ndarray, bins: int) -> np.ndarray:
-    """Voxels per label value (``bins`` values).
+    """Voxels per label value (``bins`` values; larger values are not counted).
 
     ``np.bincount`` of a whole scan first widens every uint8 voxel to 8 bytes (150 MB for a
-    192 x 192 x 520 map); counting in 1 M-voxel slabs of the C-ordered view does not."""
+    192 x 192 x 520 map); counting in 1 M-voxel slabs of the C-ordered view does not, and a
+    label map of few values is counted value by value (``BY_VALUE_BELOW``)."""
     labels = np.asarray(labels)
     if labels.ndim and labels.flags.f_contiguous and not labels.flags.c_contiguous:
         labels = labels.T
     counts = np.zeros(bins, dtype=np.int64)
     if labels.ndim == 0 or labels.size == 0:
+        return counts
+    if labels.dtype == np.uint8 and (top := int(labels.max())) < BY_VALUE_BELOW:
+        for value in range(min(top + 1, bins)):
+            counts[value] = np.count_nonzero(labels == value)
         return counts
     step = max(1, (1 << 20) // max(1, labels[0].size))
     for start in range(0, labels.shape[0], step):

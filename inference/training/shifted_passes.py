@@ -17,15 +17,12 @@ how it was made, so the card stays remakeable.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
-from inference.jsonsafe import finite_or_null
-from inference.registry import ModelCardError, load_card
+from inference.registry import ModelCardError
 from inference.structures import by_name
+from inference.training.derive import command_line, derive_parser, derive_version, derived_folder
 
 
 def parse_shift(text: str) -> list[int]:
@@ -52,39 +49,18 @@ def with_shifted_passes(
     """Copy the model folder ``model`` to ``out`` as ``version`` with ``shifts`` as its shifted
     passes, run round the structures named in ``over`` (all of the scan when none); the
     registry's checks run on the result (``ModelCardError`` in words if one fails)."""
-    source = load_card(model)
-    if out.exists():
-        raise ModelCardError(f"{out} exists already: a version is written once")
-    shutil.copytree(model, out)
-    card: dict[str, Any] = json.loads((out / "model.json").read_text())
-    card["version"] = version
-    card["layout"]["shifted_passes"] = shifts
-    if over:
-        try:
+
+    def edit(card: dict[str, Any]) -> None:
+        card["layout"]["shifted_passes"] = shifts
+        if over:
             card["layout"]["shifted_passes_over"] = [by_name(name).id for name in over]
-        except KeyError as error:
-            shutil.rmtree(out)
-            raise ModelCardError(str(error.args[0])) from None
-    made = command or "python -m inference.training.shifted_passes " + " ".join(sys.argv[1:])
-    card.setdefault("training", {})["post_processing"] = {
-        "from": f"{source.name}/{source.version} (same model.onnx, refiners and rules), "
-        "then the commands below, in order",
-        "commands": [made],
-    }
-    card.pop("metrics", None)  # measured again on the new version, not carried
-    (out / "model.json").write_text(json.dumps(finite_or_null(card), indent=1, allow_nan=False) + "\n")
-    try:
-        load_card(out)
-    except ModelCardError:
-        shutil.rmtree(out)
-        raise
-    return out
+
+    made = command or command_line("inference.training.shifted_passes")
+    return derive_version(model, out, version=version, edit=edit, command=made)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m inference.training.shifted_passes", description=__doc__)
-    parser.add_argument("--model", type=Path, required=True, help="model folder to start from")
-    parser.add_argument("--version", required=True, help="version of the new folder")
+    parser = derive_parser("inference.training.shifted_passes", __doc__)
     parser.add_argument(
         "--shift",
         type=parse_shift,
@@ -97,9 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         help="structure the shifted passes run round (repeat; default: the whole scan)",
     )
-    parser.add_argument("--out", type=Path, help="folder to write (default: beside --model, named --version)")
     args = parser.parse_args(argv)
-    out = args.out or args.model.parent / args.version
+    out = derived_folder(args)
     try:
         written = with_shifted_passes(
             args.model, out, version=args.version, shifts=args.shift, over=args.over

@@ -3,15 +3,13 @@ on its grid, and the logits are the mean over the passes (infer.run_model)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from inference.pipeline.infer import SHIFTED_MARGIN_VOXELS, SHIFTED_MIN_MM3, run_model
 from inference.pipeline.manifest import model_entry
@@ -20,54 +18,9 @@ from inference.registry import ModelCard, ModelCardError, load_card
 from inference.structures import BY_NAME
 from inference.training.shifted_passes import main as shifted_main
 from inference.training.shifted_passes import with_shifted_passes
-from tests.inference.pipeline.tiny_models import write_threshold_model
+from tests.inference.pipeline.tiny_models import neighbour_sum_model, write_graph_model
 
 LIVER = BY_NAME["liver"].id
-
-
-def _network(
-    tmp_path: Path,
-    nodes: list[onnx.NodeProto],
-    weights: list[np.ndarray],
-    layout: dict[str, Any],
-    spacing_mm: float = 0.2,
-) -> ModelCard:
-    """A one-structure (liver) card whose graph maps ``image`` to ``fg`` (the liver's logit;
-    background's is 0), with ``layout`` added to its card."""
-    card = write_threshold_model(
-        tmp_path, structures=(0, LIVER), thresholds=(0.5,), disagreement=False, spacing_mm=(spacing_mm,) * 3
-    )
-    zero = np.zeros((1, 1, 1, 1, 1), np.float32)
-    graph = helper.make_graph(
-        [
-            *nodes,
-            helper.make_node("Mul", ["fg", "zero"], ["bg"]),
-            helper.make_node("Concat", ["bg", "fg"], ["logits"], axis=1),
-        ],
-        "test-network",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, "X", "Y", "Z"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2, "X", "Y", "Z"])],
-        [
-            numpy_helper.from_array(zero, "zero"),
-            *(numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(card.folder / "model.onnx"))
-    raw = json.loads((card.folder / "model.json").read_text())
-    raw["sha256"] = hashlib.sha256((card.folder / "model.onnx").read_bytes()).hexdigest()
-    raw["layout"].update(layout)
-    (card.folder / "model.json").write_text(json.dumps(raw))
-    return load_card(card.folder)
-
-
-def _neighbour_sum(tmp_path: Path, layout: dict[str, Any]) -> ModelCard:
-    """Each voxel plus its six neighbours (zero beyond the input): the same wherever the scan sits."""
-    weight = np.zeros((1, 1, 3, 3, 3), np.float32)
-    weight[0, 0, 1, 1, :] = weight[0, 0, 1, :, 1] = weight[0, 0, :, 1, 1] = 1.0
-    conv = helper.make_node("Conv", ["image", "w0"], ["fg"], kernel_shape=[3, 3, 3], pads=[1] * 6)
-    return _network(tmp_path, [conv], [weight], layout)
 
 
 def _pair_means(tmp_path: Path, layout: dict[str, Any], spacing_mm: float = 0.2) -> ModelCard:
@@ -76,7 +29,7 @@ def _pair_means(tmp_path: Path, layout: dict[str, Any], spacing_mm: float = 0.2)
     pool = helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[2, 2, 2], strides=[2, 2, 2])
     scales = np.array([1, 1, 2, 2, 2], np.float32)
     up = helper.make_node("Resize", ["pooled", "", "w0"], ["fg"], mode="nearest")
-    return _network(tmp_path, [pool, up], [scales], layout, spacing_mm)
+    return write_graph_model(tmp_path, [pool, up], [scales], layout, spacing_mm)
 
 
 def test_a_shifted_pass_is_moved_back_onto_the_voxels_it_read(tmp_path: Path) -> None:
@@ -86,8 +39,8 @@ def test_a_shifted_pass_is_moved_back_onto_the_voxels_it_read(tmp_path: Path) ->
     beyond, and the last one each shift read, whose next plane it did not see."""
     rng = np.random.default_rng(0)
     image = rng.normal(size=(12, 10, 14)).astype(np.float32)
-    plain_card = _neighbour_sum(tmp_path / "plain", {})
-    shifted_card = _neighbour_sum(tmp_path / "shifted", {"shifted_passes": [[3, 1, 2], [0, 5, 1]]})
+    plain_card = neighbour_sum_model(tmp_path / "plain", {})
+    shifted_card = neighbour_sum_model(tmp_path / "shifted", {"shifted_passes": [[3, 1, 2], [0, 5, 1]]})
     plain = run_model(get_session(plain_card, threads=1), plain_card, image)
     shifted = run_model(get_session(shifted_card, threads=1), shifted_card, image)
     assert shifted.passes == 3 and plain.passes == 1
@@ -155,11 +108,11 @@ def test_a_card_with_bad_shifted_passes_is_refused_in_words(
     tmp_path: Path, layout: dict[str, Any], words: str
 ) -> None:
     with pytest.raises(ModelCardError, match=words):
-        _neighbour_sum(tmp_path, layout)
+        neighbour_sum_model(tmp_path, layout)
 
 
 def test_a_new_version_with_shifted_passes_is_written_beside_the_old(tmp_path: Path) -> None:
-    source = _neighbour_sum(tmp_path / "tiny" / "1.0.0", {})
+    source = neighbour_sum_model(tmp_path / "tiny" / "1.0.0", {})
     out = tmp_path / "tiny" / "1.1.0"
     with_shifted_passes(
         source.folder, out, version="1.1.0", shifts=[[3, 3, 3]], over=["liver"], command="made"
@@ -175,7 +128,7 @@ def test_a_new_version_with_shifted_passes_is_written_beside_the_old(tmp_path: P
 def test_the_command_names_a_bad_structure_and_leaves_no_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    source = _neighbour_sum(tmp_path / "tiny" / "1.0.0", {})
+    source = neighbour_sum_model(tmp_path / "tiny" / "1.0.0", {})
     with pytest.raises(SystemExit) as stopped:
         shifted_main(
             ["--model", str(source.folder), "--version", "1.1.0", "--shift", "3,3,3", "--over", "livr"]
@@ -186,8 +139,8 @@ def test_the_command_names_a_bad_structure_and_leaves_no_folder(
 
 
 def test_the_manifest_says_how_the_network_read_the_scan(tmp_path: Path) -> None:
-    plain = _neighbour_sum(tmp_path / "plain", {})
-    shifted = _neighbour_sum(
+    plain = neighbour_sum_model(tmp_path / "plain", {})
+    shifted = neighbour_sum_model(
         tmp_path / "shifted", {"shifted_passes": [[3, 3, 3], [5, 5, 5]], "shifted_passes_over": [LIVER]}
     )
     assert "shifted_passes" not in model_entry(plain)
@@ -200,8 +153,8 @@ def test_a_scan_thinner_than_a_shift_is_read_by_the_passes_that_fit(tmp_path: Pa
     """A slab of 4 planes on the network's grid cannot be moved by 5: that pass stands down (the
     plain pass answers in its place) instead of failing; the pass that fits still counts."""
     image = np.random.default_rng(3).normal(size=(10, 9, 4)).astype(np.float32)
-    plain_card = _neighbour_sum(tmp_path / "plain", {})
-    card = _neighbour_sum(tmp_path / "shifted", {"shifted_passes": [[0, 0, 5], [1, 0, 0]]})
+    plain_card = neighbour_sum_model(tmp_path / "plain", {})
+    card = neighbour_sum_model(tmp_path / "shifted", {"shifted_passes": [[0, 0, 5], [1, 0, 0]]})
     plain = run_model(get_session(plain_card, threads=1), plain_card, image)
     out = run_model(get_session(card, threads=1), card, image)
     assert out.logits.shape == plain.logits.shape == (2, 10, 9, 4) and out.passes == 2

@@ -10,7 +10,13 @@ import pytest
 
 from inference.assessment import CUT_BY_FIELD, judge_volume
 from inference.pipeline.postprocess import clean, to_scores, uncertainty_from
-from inference.pipeline.volumes import structure_volumes, write_volumes_csv
+from inference.pipeline.volumes import (
+    BY_VALUE_BELOW,
+    label_counts,
+    labels_present,
+    structure_volumes,
+    write_volumes_csv,
+)
 from inference.structures import BY_NAME
 
 LIVER = BY_NAME["liver"].id
@@ -32,6 +38,21 @@ def test_volumes_count_voxels_and_bound_them_by_the_uncertain_border() -> None:
     assert row.volume_mm3 == 32.0
     assert row.volume_low_mm3 == (64 - 16) * 0.5
     assert row.volume_high_mm3 == (64 + 16) * 0.5
+
+
+@pytest.mark.parametrize("top", [0, 1, 15, BY_VALUE_BELOW - 1, BY_VALUE_BELOW, 200])
+@pytest.mark.parametrize("fortran", [False, True])
+def test_label_counts_match_a_plain_bincount_whichever_way_they_are_counted(top: int, fortran: bool) -> None:
+    rng = np.random.default_rng(top)
+    labels = rng.integers(0, top + 1, size=(9, 7, 5)).astype(np.uint8)
+    if fortran:
+        labels = np.asfortranarray(labels)
+    expected = np.bincount(labels.ravel(), minlength=256)
+
+    assert np.array_equal(label_counts(labels, 256), expected)
+    # Fewer bins than values: the larger values are left out, not folded into the last bin.
+    assert np.array_equal(label_counts(labels, 4), expected[:4])
+    assert labels_present(labels) == frozenset(int(v) for v in np.flatnonzero(expected))
 
 
 def test_absent_structures_get_a_zero_row_and_no_uncertainty_means_no_range() -> None:

@@ -21,8 +21,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from inference.registry import ModelCard, load_card
+from inference.structures import BY_NAME
 
 OPSET = 17
+LIVER = BY_NAME["liver"].id
 
 
 def _line_parameters(thresholds: Sequence[float], steepness: float) -> tuple[np.ndarray, np.ndarray]:
@@ -147,3 +149,48 @@ def write_outline_refiner(path: Path, *, scan_weight: float, outline_weight: flo
     model.ir_version = 8
     onnx.save(model, str(path))
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_graph_model(
+    tmp_path: Path,
+    nodes: list[onnx.NodeProto],
+    weights: list[np.ndarray],
+    layout: dict[str, Any],
+    spacing_mm: float = 0.2,
+) -> ModelCard:
+    """A one-structure (liver) card whose graph maps ``image`` to ``fg`` (the liver's logit;
+    background's is 0), with ``layout`` added to its card."""
+    card = write_threshold_model(
+        tmp_path, structures=(0, LIVER), thresholds=(0.5,), disagreement=False, spacing_mm=(spacing_mm,) * 3
+    )
+    zero = np.zeros((1, 1, 1, 1, 1), np.float32)
+    graph = helper.make_graph(
+        [
+            *nodes,
+            helper.make_node("Mul", ["fg", "zero"], ["bg"]),
+            helper.make_node("Concat", ["bg", "fg"], ["logits"], axis=1),
+        ],
+        "test-network",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, "X", "Y", "Z"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2, "X", "Y", "Z"])],
+        [
+            numpy_helper.from_array(zero, "zero"),
+            *(numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.save(model, str(card.folder / "model.onnx"))
+    raw = json.loads((card.folder / "model.json").read_text())
+    raw["sha256"] = hashlib.sha256((card.folder / "model.onnx").read_bytes()).hexdigest()
+    raw["layout"].update(layout)
+    (card.folder / "model.json").write_text(json.dumps(raw))
+    return load_card(card.folder)
+
+
+def neighbour_sum_model(tmp_path: Path, layout: dict[str, Any]) -> ModelCard:
+    """Each voxel plus its six neighbours (zero beyond the input): the same wherever the scan sits."""
+    weight = np.zeros((1, 1, 3, 3, 3), np.float32)
+    weight[0, 0, 1, 1, :] = weight[0, 0, 1, :, 1] = weight[0, 0, :, 1, 1] = 1.0
+    conv = helper.make_node("Conv", ["image", "w0"], ["fg"], kernel_shape=[3, 3, 3], pads=[1] * 6)
+    return write_graph_model(tmp_path, [conv], [weight], layout)

@@ -1,0 +1,72 @@
+"""A new version of a model folder with the same weights, refiners and rules and one change to its
+card (``shifted_passes``, ``size_pass``): the folder copied, the card edited and checked by the
+registry, and the command that made it recorded in ``training.post_processing``, so the card
+stays remakeable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from inference.jsonsafe import finite_or_null
+from inference.registry import ModelCardError, load_card
+
+
+def derive_version(
+    model: Path,
+    out: Path,
+    *,
+    version: str,
+    edit: Callable[[dict[str, Any]], None],
+    command: str,
+) -> Path:
+    """Copy the model folder ``model`` to ``out`` as ``version``, its ``model.json`` changed by
+    ``edit`` (which may raise ``KeyError`` or ``ValueError`` in words); the registry's checks run
+    on the result. On any failure nothing is left at ``out`` (``ModelCardError`` in words)."""
+    source = load_card(model)
+    if out.exists():
+        raise ModelCardError(f"{out} exists already: a version is written once")
+    shutil.copytree(model, out)
+    try:
+        card: dict[str, Any] = json.loads((out / "model.json").read_text())
+        card["version"] = version
+        try:
+            edit(card)
+        except (KeyError, ValueError) as error:
+            raise ModelCardError(str(error.args[0]) if error.args else str(error)) from None
+        card.setdefault("training", {})["post_processing"] = {
+            "from": f"{source.name}/{source.version} (same model.onnx, refiners and rules), "
+            "then the commands below, in order",
+            "commands": [command],
+        }
+        card.pop("metrics", None)  # measured again on the new version, not carried
+        (out / "model.json").write_text(json.dumps(finite_or_null(card), indent=1, allow_nan=False) + "\n")
+        load_card(out)
+    except BaseException:
+        shutil.rmtree(out)
+        raise
+    return out
+
+
+def command_line(module: str) -> str:
+    """The command that is running, as ``python -m module ARGS`` (recorded in the new card)."""
+    return f"python -m {module} " + " ".join(sys.argv[1:])
+
+
+def derive_parser(module: str, description: str | None) -> argparse.ArgumentParser:
+    """The arguments every derived version takes: ``--model``, ``--version`` and ``--out``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    parser.add_argument("--model", type=Path, required=True, help="model folder to start from")
+    parser.add_argument("--version", required=True, help="version of the new folder")
+    parser.add_argument("--out", type=Path, help="folder to write (default: beside --model, named --version)")
+    return parser
+
+
+def derived_folder(args: argparse.Namespace) -> Path:
+    """``--out``, else the folder beside ``--model`` named ``--version``."""
+    return Path(args.out or Path(args.model).parent / args.version)
