@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -162,7 +163,7 @@ def test_the_served_organ_model_reads_a_mouse_larger_than_the_phantoms_shrunk_to
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     [entry] = [m for m in manifest["models"] if m["name"] == organs.name]
     assert 0.8 <= entry["size_scale"] < 0.95 and entry["size_pass"]["reference_mm3"] == 2300.0
-    shrunk = np.asarray(nib.load(str(tmp_path / "out" / "labels.nii.gz")).dataobj)
+    shrunk = np.asarray(cast(nib.Nifti1Image, nib.load(str(tmp_path / "out" / "labels.nii.gz"))).dataobj)
     read_once = np.asarray(predict_volume(phantom.ct, phantom.affine, [once, tumor], threads=2).labels)
     for name in ("kidney_left", "kidney_right"):
         sid = BY_NAME[name].id
