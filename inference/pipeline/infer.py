@@ -248,6 +248,14 @@ def run_model(
     return out
 
 
+def drawn_among(card: ModelCard, drawn: np.ndarray, structure_ids: frozenset[int]) -> np.ndarray:
+    """Where ``drawn`` (``card``'s channel indices, ``channel_argmax`` of its logits) holds one of
+    ``structure_ids``."""
+    among = np.zeros(len(card.structures), dtype=bool)
+    among[[c for c, sid in enumerate(card.structures) if sid in structure_ids]] = True
+    return among[drawn]
+
+
 #: How far past the structures it is for (``layout.shifted_passes_over``) a shifted pass reads the
 #: scan, in voxels of the network's grid (10 mm at 0.63 mm): enough context that their logits
 #: are those of a pass over the whole scan.
@@ -274,10 +282,7 @@ def _with_shifted_passes(
     where it draws under ``SHIFTED_MIN_MM3`` of them. ``plain``'s arrays are written in place."""
     box = tuple(slice(0, n) for n in image.shape)
     if card.shifted_passes_over:
-        drawn = channel_argmax(plain.logits)
-        over = np.zeros(len(card.structures), dtype=bool)
-        over[[k for k, sid in enumerate(card.structures) if sid in card.shifted_passes_over]] = True
-        wanted = over[drawn]
+        wanted = drawn_among(card, channel_argmax(plain.logits), card.shifted_passes_over)
         if float(np.count_nonzero(wanted)) * math.prod(card.input_spacing_mm) < SHIFTED_MIN_MM3:
             return plain
         tight = bounding_box(wanted, SHIFTED_MARGIN_VOXELS)
@@ -323,20 +328,21 @@ def _with_shifted_passes(
 SIZE_MIN_CHANGE = 0.03
 
 
-def size_scale(card: ModelCard, logits: np.ndarray, animals: int = 1) -> float:
-    """How much ``card``'s size pass would shrink the image whose logits are ``logits``: the cube
-    root of the reference volume over the drawn one (per animal), not below the card's
-    ``min_scale``; 1.0 for a mouse drawn no larger than the reference, or a card without one."""
+def size_scale(card: ModelCard, drawn: np.ndarray, animals: int = 1) -> float:
+    """How much ``card``'s size pass would shrink the image on which it draws ``drawn`` (channel
+    indices, ``channel_argmax`` of its logits): the cube root of the reference volume over the
+    drawn one (per animal), not below the card's ``min_scale``; 1.0 for a mouse drawn no larger
+    than the reference, or a card without one."""
     size = card.size_pass
     if size is None:
         return 1.0
-    over = np.zeros(len(card.structures), dtype=bool)
-    over[[k for k, sid in enumerate(card.structures) if sid in size.structures]] = True
-    drawn = float(np.count_nonzero(over[channel_argmax(logits)])) * math.prod(card.input_spacing_mm)
-    drawn /= max(int(animals), 1)
-    if drawn <= size.reference_mm3:
+    volume = float(np.count_nonzero(drawn_among(card, drawn, size.structures))) * math.prod(
+        card.input_spacing_mm
+    )
+    volume /= max(int(animals), 1)
+    if volume <= size.reference_mm3:
         return 1.0
-    return max((size.reference_mm3 / drawn) ** (1.0 / 3.0), size.min_scale)
+    return max((size.reference_mm3 / volume) ** (1.0 / 3.0), size.min_scale)
 
 
 def _with_size_pass(
@@ -356,7 +362,8 @@ def _with_size_pass(
     network's multiple (a cut face runs on, as ``extend`` continues it); the pass's logits are
     cut back to the shrunk image and resampled to ``image``'s grid."""
     size = card.size_pass
-    scale = size_scale(card, out.logits, animals)
+    drawn = channel_argmax(out.logits)
+    scale = size_scale(card, drawn, animals)
     if size is None or scale > 1.0 - SIZE_MIN_CHANGE:
         return out
     k = card.divisible_by
@@ -368,11 +375,7 @@ def _with_size_pass(
     weight = np.float32(size.weight)
     keep = np.float32(1.0) - weight
     # Where the first reading draws a kept structure (bone), its answer stands.
-    stands = None
-    if size.kept:
-        held = np.zeros(len(card.structures), dtype=bool)
-        held[[c for c, sid in enumerate(card.structures) if sid in size.kept]] = True
-        stands = held[channel_argmax(out.logits)]
+    stands = drawn_among(card, drawn, size.kept) if size.kept else None
     logits = resample_linear(
         np.ascontiguousarray(raw.logits[(slice(None), *inside)]), image.shape, first_axis=1
     )

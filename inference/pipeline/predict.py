@@ -266,7 +266,7 @@ def _segment_task(
     bone: BoneLevel | None,
     geometry: Geometry,
     resampled: Mapping[tuple[int, int, int], np.ndarray],
-    animals: Mapping[tuple[int, int, int], np.ndarray],
+    animals: Mapping[tuple[int, int, int], tuple[np.ndarray, int]],
     device: str,
     threads: int,
     min_lesion_volume_mm3: float,
@@ -276,7 +276,8 @@ def _segment_task(
 ) -> _TaskOutput:
     """Inference, component rules and restore for one task's ensemble ``members``. ``rules_hu`` is
     what the intensity threshold rules read (``noise.for_threshold_rules``); ``bone`` the scan's
-    bone level (``bone_level.read_bone_level``), which sets the bone rule's threshold."""
+    bone level (``bone_level.read_bone_level``), which sets the bone rule's threshold; ``animals``
+    by model grid, ``animals.find_animals``'s label map and count."""
     timer = StageTimer()
     lead = members[0]
     providers: dict[str, str] = {}
@@ -294,8 +295,6 @@ def _segment_task(
         extend = cut_faces(
             resampled[grid], box, round(lead.cut_face_extension_mm / spacing_on(geometry, grid)[2])
         )
-        # Animals are numbered 1..count (``animals.find_animals``); a size pass reads their mean size.
-        animal_count = max(int(animals[grid].max()), 1) if animals[grid].size else 1
     members_logits: list[np.ndarray] = []
     disagreement: np.ndarray | None = None
     for card in members:
@@ -311,7 +310,7 @@ def _segment_task(
                 batch_size=batch_size,
                 box=box,
                 extend=extend,
-                animals=animal_count,
+                animals=animals[grid][1],
             )
         if card.size_pass is not None:
             size_scales[card.key] = raw.size_scale
@@ -333,7 +332,7 @@ def _segment_task(
             lead.structures,
             grid_spacing,
             min_lesion_volume_mm3=min_lesion_volume_mm3,
-            animals=animals[grid],
+            animals=animals[grid][0],
         )
         uncertainty = uncertainty_from(scores, disagreement)
         # The model-grid labels the drift and the refinement rules read, taken once.
@@ -606,7 +605,7 @@ def predict_volume(
         bone=bone,
         geometry=geometry,
         resampled=resampled,
-        animals={grid: found[0] for grid, found in animals.items()},
+        animals=animals,
         device=device,
         threads=threads,
         min_lesion_volume_mm3=min_lesion_volume_mm3,

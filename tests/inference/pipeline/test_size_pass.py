@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
+from inference.pipeline.geometry import channel_argmax
 from inference.pipeline.infer import SIZE_MIN_CHANGE, run_model, size_scale
 from inference.pipeline.manifest import build_manifest, model_entry
 from inference.pipeline.runtime import get_session
@@ -47,7 +48,8 @@ def test_the_scale_is_the_cube_root_of_the_reference_over_the_drawn_volume(
     card = _identity(tmp_path, {"size_pass": SIZE})
     volume = np.full(1000, -1.0, np.float32)
     volume[:drawn] = 1.0
-    assert size_scale(card, _liver_logits(volume.reshape(10, 10, 10)), animals) == pytest.approx(expected)
+    channels = channel_argmax(_liver_logits(volume.reshape(10, 10, 10)))
+    assert size_scale(card, channels, animals) == pytest.approx(expected)
 
 
 def test_a_mouse_no_larger_than_the_reference_is_read_once(tmp_path: Path) -> None:
