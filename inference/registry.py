@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,8 +155,10 @@ class ModelCard:
         (a bright structure), ``{"structure", "enclosed_by", "max_hu", "margin_mm"}`` (a canal),
         ``{"structure", "edge_hu", "margin_mm"}`` (an outline onto its edge with fat),
         ``{"structure", "contrast_edge", "margin_mm"}`` (an outline onto the edge between its own
-        level and its neighbours'), ``{"structure", "air_edge", "margin_mm"}`` (a lung's outline
-        onto the edge its air draws) or
+        level and its neighbours'), ``{"structure", "interface_with", "min_contrast_hu",
+        "margin_mm"}`` (the outline it shares with each organ listed onto the edge between their
+        levels), ``{"structure", "air_edge", "margin_mm"}`` (a lung's outline onto the edge its
+        air draws) or
         ``{"structure", "network", "sha256", "margin_mm", ...}`` (an outline refiner network,
         ``pipeline.refiner``). Any rule but a network or an air edge may say ``"unless_refined": true``: it
         stands in for its structure's refiner network (an earlier rule) on scans whose voxels are
@@ -430,6 +433,8 @@ def _check_postprocess(folder: Path, post: dict[str, Any], structures: list[int]
             float(rule["max_hu"])
         elif "edge_hu" in rule:
             float(rule["edge_hu"])
+        elif "interface_with" in rule:
+            _check_interface(folder, rule, structures)
         elif "contrast_edge" in rule:
             if not float(rule["contrast_edge"]) >= 0:
                 raise _problem(folder, "postprocess refine 'contrast_edge' is a contrast in HU: 0 or more")
@@ -460,6 +465,25 @@ def _check_postprocess(folder: Path, post: dict[str, Any], structures: list[int]
         if float(rule.get("peak_snr", 0.0)) < 0:
             raise _problem(folder, "postprocess detect 'peak_snr' counts noise deviations: 0 or more")
         float(rule["min_hu"])
+
+
+def _check_interface(folder: Path, rule: dict[str, Any], structures: Sequence[int]) -> None:
+    """A ``refine`` rule that moves the outlines a structure shares with others onto the edge
+    between their levels (``postprocess.refine_interface``)."""
+    others = rule["interface_with"]
+    sid = int(rule["structure"])
+    if (
+        not isinstance(others, list)
+        or not others
+        or any(isinstance(o, bool) or not isinstance(o, int) for o in others)
+        or any(o not in structures[1:] or o == sid for o in others)
+    ):
+        raise _problem(
+            folder,
+            f"postprocess refine 'interface_with' must list other output structures' ids, got {others!r}",
+        )
+    if not float(rule["min_contrast_hu"]) >= 0:
+        raise _problem(folder, "postprocess refine 'min_contrast_hu' is a contrast in HU: 0 or more")
 
 
 def _check_refiner(folder: Path, rule: dict[str, Any]) -> None:

@@ -514,6 +514,115 @@ def refine_contrast_edge(
     return _settle_outline(sub, structure_id, inside, (sub == 0) & inside & ~mixed, margin_voxels)
 
 
+def refine_interface(
+    labels: np.ndarray,
+    intensity: np.ndarray,
+    structure_id: int,
+    neighbour_ids: Sequence[int],
+    *,
+    min_contrast_hu: float,
+    margin_voxels: int,
+    drift_hu: float = 0.0,
+) -> int:
+    """Move the outline where a solid organ meets another onto the edge between their levels, in place.
+
+    Where two solid organs touch with no fat between them (the liver on the right kidney, the
+    spleen on the left one) the network places their shared outline from their shapes, and on
+    anatomy it has not learned it places it off the edge the scan shows (on the Digimouse CT the
+    right kidney reached into the liver and the spleen over the left kidney by a voxel or two).
+    Only for solid organs: a hollow one (stomach, bladder, gut) is a wall and a content of two
+    levels, and its wall against the liver reads like liver (on a blurred test phantom the liver
+    took 3,182 of the stomach's voxels so, its Dice 0.913 -> 0.802). Each organ's level is the
+    median of the ``CONTRAST_SMOOTHING_VOXELS``-cube mean over its core (two voxels in from its
+    outline), as ``refine_contrast_edge`` reads it, but only beside the outline the two share
+    (``_meeting_box``): a level read there holds where an organ's level drifts across it, and it
+    costs a box, not the whole organ.
+    For each neighbour in ``neighbour_ids`` that touches ``structure_id`` and whose level differs
+    from it by ``min_contrast_hu`` or more (and by more than ``drift_hu``, as there), the shared
+    outline moves to the mean half-way between the two levels: a voxel of either organ beside the
+    other and on the other's side of that edge goes to the other, one face-neighbour step at a
+    time, at most ``margin_voxels`` steps each way. Only the two organs' voxels change hands;
+    a voxel whose cube reaches air or lung (``MIXED_WITH_AIR_HU``) or whose mean lies beyond both
+    levels by more than their contrast (bone's partial volume, a vessel) keeps its label. Returns
+    the number of voxels changed.
+    """
+    if margin_voxels <= 0:
+        return 0
+    own_box = bounding_box(labels == structure_id, margin_voxels + 2)
+    if own_box is None:
+        return 0
+    changed = 0
+    for other in neighbour_ids:
+        if other == structure_id:
+            continue
+        meeting = _meeting_box(labels, own_box, structure_id, other, margin_voxels)
+        if meeting is None:
+            continue
+        sub = labels[meeting]
+        hu = intensity[meeting]
+        mean = ndimage.uniform_filter(hu.astype(np.float32), CONTRAST_SMOOTHING_VOXELS)
+        own_level, other_level = (_core_level(sub == sid, mean) for sid in (structure_id, other))
+        if own_level is None or other_level is None:
+            continue
+        contrast = abs(own_level - other_level)
+        if contrast < max(min_contrast_hu, drift_hu):
+            continue
+        low, high = min(own_level, other_level), max(own_level, other_level)
+        settled = (mean >= low - contrast) & (mean <= high + contrast)
+        settled &= ndimage.minimum_filter(hu, CONTRAST_SMOOTHING_VOXELS) >= MIXED_WITH_AIR_HU
+        edge = 0.5 * (own_level + other_level)
+        own_side = mean >= edge if own_level > other_level else mean < edge
+        for source, target, wrong_side in ((structure_id, other, ~own_side), (other, structure_id, own_side)):
+            for _ in range(margin_voxels):
+                beside = ndimage.binary_dilation(sub == target, structure=FACE_NEIGHBOURS)
+                step = (sub == source) & beside & wrong_side & settled
+                if not step.any():
+                    break
+                sub[step] = target
+                changed += int(step.sum())
+    return changed
+
+
+def _meeting_box(
+    labels: np.ndarray, own_box: tuple[slice, ...], sid: int, other: int, margin_voxels: int
+) -> tuple[slice, ...] | None:
+    """The box (in ``labels``) round the voxels of ``sid`` within ``margin_voxels`` + 1 of
+    ``other``, where both organs' levels are read and their shared outline moves; None when they
+    do not come that close. It reaches twice the margin, the averaging cube and the two voxels a
+    core lies in from an outline past those voxels: where one organ is drawn up to the margin
+    into the other, most of each one's core beside the outline is still its own tissue. Only
+    ``other``'s own box inside ``own_box`` (``sid``'s) is dilated: a neighbour is small against
+    the liver's box."""
+    reach = margin_voxels + 1
+    near = bounding_box(labels[own_box] == other, reach)
+    if near is None:
+        return None
+    near = _inside(own_box, near)
+    meet = ndimage.binary_dilation(labels[near] == other, iterations=reach) & (labels[near] == sid)
+    box = bounding_box(meet, 0)
+    if box is None:
+        return None
+    pad = 2 * margin_voxels + CONTRAST_SMOOTHING_VOXELS + 2
+    return tuple(
+        slice(max(b.start - pad, 0), min(b.stop + pad, n))
+        for b, n in zip(_inside(near, box), labels.shape, strict=True)
+    )
+
+
+def _inside(outer: tuple[slice, ...], inner: tuple[slice, ...]) -> tuple[slice, ...]:
+    """``inner``, a box in ``labels[outer]``, as a box in ``labels``."""
+    return tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner, strict=True))
+
+
+def _core_level(own: np.ndarray, mean: np.ndarray) -> float | None:
+    """The median of ``mean`` over the core of ``own`` (two face steps in from its outline); None
+    when the core holds fewer than ``MIN_CORE_VOXELS``."""
+    core = ndimage.binary_erosion(own, structure=FACE_NEIGHBOURS, iterations=2)
+    if int(core.sum()) < MIN_CORE_VOXELS:
+        return None
+    return float(np.median(mean[core]))
+
+
 def _outline_box(own: np.ndarray, margin_voxels: int) -> tuple[slice, ...] | None:
     """The box of ``own`` grown by ``margin_voxels``: where an outline rule can change anything
     (None when there is no margin or no structure)."""
@@ -610,7 +719,9 @@ def apply_refinement(
     outline onto the intensity edge (``refine_edge``), within ``margin_mm`` in scan voxels
     (``spacing_mm``); ``{"structure", "contrast_edge", "margin_mm"}`` moves it onto the edge
     between its own level and its neighbours' when they differ by ``contrast_edge`` HU or more
-    (``refine_contrast_edge``; ``drift_hu`` as there). Rules run in their order. ``thresholds_hu``:
+    (``refine_contrast_edge``; ``drift_hu`` as there); ``{"structure", "interface_with",
+    "min_contrast_hu", "margin_mm"}`` moves the outline it shares with each organ listed onto the
+    edge between their levels (``refine_interface``). Rules run in their order. ``thresholds_hu``:
     by structure id, the level its ``min_hu`` rule uses instead of the card's (the scan's own
     bone, ``bone_level.BoneLevel.threshold``, never above the card's). An ``enclosed_by`` rule
     keeps its card's ``max_hu``: on a blurred scan the bone's blur reaches into the canal, and the
@@ -645,7 +756,7 @@ def apply_refinement(
 
 
 #: The rules that move an outline onto an edge the scan shows, their margin in scan voxels.
-OUTLINE_RULES = ("edge_hu", "contrast_edge", "air_edge")
+OUTLINE_RULES = ("edge_hu", "contrast_edge", "interface_with", "air_edge")
 
 
 def apply_outline_rule(
@@ -658,10 +769,20 @@ def apply_outline_rule(
     trim_air: bool = True,
 ) -> int:
     """Apply one outline rule (``OUTLINE_RULES``) of ``model.json`` to ``labels``, in place:
-    ``refine_edge``, ``refine_contrast_edge`` (``drift_hu`` as there) or ``refine_air_edge``
-    (``trim_air`` its ``trim``), its ``margin_mm`` in scan voxels (``spacing_mm``). Returns the
-    number of voxels changed."""
+    ``refine_edge``, ``refine_contrast_edge``, ``refine_interface`` (both ``drift_hu`` as there)
+    or ``refine_air_edge`` (``trim_air`` its ``trim``), its ``margin_mm`` in scan voxels
+    (``spacing_mm``). Returns the number of voxels changed."""
     sid, margin = int(rule["structure"]), voxels_across(float(rule["margin_mm"]), spacing_mm)
+    if "interface_with" in rule:
+        return refine_interface(
+            labels,
+            intensity,
+            sid,
+            [int(other) for other in rule["interface_with"]],
+            min_contrast_hu=float(rule["min_contrast_hu"]),
+            margin_voxels=margin,
+            drift_hu=drift_hu,
+        )
     if "air_edge" in rule:
         fraction = float(rule["air_edge"])
         return refine_air_edge(labels, intensity, sid, fraction=fraction, margin_voxels=margin, trim=trim_air)

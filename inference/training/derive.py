@@ -9,7 +9,7 @@ import argparse
 import json
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +53,10 @@ def derive_version(
     return out
 
 
-def command_line(module: str) -> str:
-    """The command that is running, as ``python -m module ARGS`` (recorded in the new card)."""
-    return f"python -m {module} " + " ".join(sys.argv[1:])
+def command_line(module: str, argv: Sequence[str] | None = None) -> str:
+    """The command that is running, as ``python -m module ARGS`` (recorded in the new card):
+    ``argv`` as ``main`` was given it, else the process's own arguments."""
+    return f"python -m {module} " + " ".join(sys.argv[1:] if argv is None else argv)
 
 
 def derive_parser(module: str, description: str | None) -> argparse.ArgumentParser:

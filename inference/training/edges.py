@@ -74,6 +74,14 @@ def tune_contrast_edges(
     return _sweep(target, cases, "contrast_edge", keys, "HU of contrast at least", threads)
 
 
+def unruled(target: ModelCard) -> list[int]:
+    """``target``'s structures that no outline rule of its own places yet: the candidates of a
+    sweep. An interface rule (``refine_interface``) places only the outline two organs share, not
+    the rest of an organ's, so it does not count."""
+    ruled = {int(rule["structure"]) for rule in target.refinements if "interface_with" not in rule}
+    return [s for s in target.structures[1:] if s not in ruled]
+
+
 def _sweep(
     target: ModelCard, cases: Sequence[Path], kind: str, keys: Sequence[Candidate], unit: str, threads: int
 ) -> tuple[list[dict], dict]:
@@ -83,8 +91,7 @@ def _sweep(
     def make_rule(sid: int, key: Candidate) -> dict:
         return {"structure": sid, kind: key[0], "margin_mm": key[1]}
 
-    ruled = {int(rule["structure"]) for rule in target.postprocess.get("refine", [])}
-    candidates = [s for s in target.structures[1:] if s not in ruled]
+    candidates = unruled(target)
     scores: dict[int, dict[Candidate | None, list[float]]] = {s: {} for s in candidates}
     for folder in cases:
         ct, affine = load_canonical(folder / "ct.nii.gz")

@@ -77,7 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     out = derived_folder(args)
     try:
         written = with_shifted_passes(
-            args.model, out, version=args.version, shifts=args.shift, over=args.over
+            args.model,
+            out,
+            version=args.version,
+            shifts=args.shift,
+            over=args.over,
+            command=command_line("inference.training.shifted_passes", argv),
         )
     except ModelCardError as error:
         parser.exit(2, f"error: {error}\n")

@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
             weight=args.weight,
             min_scale=args.min_scale,
             keep=args.keep,
+            command=command_line("inference.training.size_pass", argv),
         )
     except ModelCardError as error:
         parser.exit(2, f"error: {error}\n")
