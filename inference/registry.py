@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -467,7 +466,7 @@ def _check_postprocess(folder: Path, post: dict[str, Any], structures: list[int]
         float(rule["min_hu"])
 
 
-def _check_interface(folder: Path, rule: dict[str, Any], structures: Sequence[int]) -> None:
+def _check_interface(folder: Path, rule: dict[str, Any], structures: list[int]) -> None:
     """A ``refine`` rule that moves the outlines a structure shares with others onto the edge
     between their levels (``postprocess.refine_interface``)."""
     others = rule["interface_with"]

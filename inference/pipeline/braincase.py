@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from inference.pipeline.geometry import bounding_box
+from inference.pipeline.geometry import bounding_box, box_within
 from inference.structures import BY_NAME
 
 BRAIN = BY_NAME["brain"].id
@@ -182,7 +182,7 @@ def fill_braincase(organs: np.ndarray, hu: np.ndarray, spacing_mm: Sequence[floa
         one = parts == index
         inner = bounding_box(one, margin)
         assert inner is not None
-        box = tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner, strict=True))
+        box = box_within(outer, inner)
         result = _fill_one(organs[box], one[inner], hu[box], spacing_mm)
         if result is not None:
             found.append(result)

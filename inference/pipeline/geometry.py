@@ -165,6 +165,23 @@ def _padded_box(along: Sequence[np.ndarray], shape: Sequence[int], pad: int) -> 
     )
 
 
+def grown_box(
+    box: Sequence[slice], reach: int | Sequence[int] | np.ndarray, shape: Sequence[int]
+) -> tuple[slice, ...]:
+    """``box`` grown by ``reach`` voxels (one count for every axis, or one per axis) on each side,
+    within ``shape``."""
+    reaches = np.broadcast_to(np.asarray(reach, dtype=int), (len(box),))
+    return tuple(
+        slice(max(b.start - int(r), 0), min(b.stop + int(r), int(n)))
+        for b, r, n in zip(box, reaches, shape, strict=True)
+    )
+
+
+def box_within(outer: Sequence[slice], inner: Sequence[slice]) -> tuple[slice, ...]:
+    """``inner``, a box in ``array[outer]``, as a box in ``array``."""
+    return tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner, strict=True))
+
+
 def fortran_copy(array: np.ndarray) -> np.ndarray:
     """``array`` (3D) in Fortran order, as NIfTI stores voxels; itself when it already is.
 

@@ -29,6 +29,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 
+from inference.pipeline.geometry import grown_box
 from inference.structures import BY_ID, BY_NAME, ORGAN_NAMES, by_name
 
 SUBCUTANEOUS = "subcutaneous/other"
@@ -136,9 +137,7 @@ def _grown(
     (2 * 1 mm / 0.1 mm)^3 voxels.
     """
     reach = np.ceil(reach_mm / spacing).astype(int)
-    padded = tuple(
-        slice(max(b.start - r, 0), min(b.stop + r, n)) for b, r, n in zip(box, reach, shape, strict=True)
-    )
+    padded = grown_box(box, reach, shape)
     local = np.ones(tuple(p.stop - p.start for p in padded), dtype=bool)
     inner = tuple(slice(b.start - p.start, b.stop - p.start) for b, p in zip(box, padded, strict=True))
     local[inner] = ~mask

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from inference.pipeline.geometry import bounding_box, channel_argmax
+from inference.pipeline.geometry import bounding_box, box_within, channel_argmax, grown_box
 from inference.pipeline.intensity import MIN_BONE_HU
 from inference.pipeline.parallel import executor
 from inference.structures import BY_ID, BY_NAME
@@ -499,12 +499,12 @@ def refine_contrast_edge(
     sub = labels[box]
     own = own_any[box]
     mean = ndimage.uniform_filter(intensity[box].astype(np.float32), CONTRAST_SMOOTHING_VOXELS)
-    core = ndimage.binary_erosion(own, structure=FACE_NEIGHBOURS, iterations=2)
     shell = ndimage.binary_dilation(own, iterations=3) & ~ndimage.binary_dilation(own, iterations=1)
     shell &= (mean > NEIGHBOUR_HU[0]) & (mean < NEIGHBOUR_HU[1])
-    if int(core.sum()) < MIN_CORE_VOXELS or int(shell.sum()) < MIN_CORE_VOXELS:
+    level = _core_level(own, mean)
+    if level is None or int(shell.sum()) < MIN_CORE_VOXELS:
         return 0
-    level, around = float(np.median(mean[core])), float(np.median(mean[shell]))
+    around = float(np.median(mean[shell]))
     if abs(level - around) < max(min_contrast_hu, drift_hu):
         return 0
     edge = 0.5 * (level + around)
@@ -597,21 +597,12 @@ def _meeting_box(
     near = bounding_box(labels[own_box] == other, reach)
     if near is None:
         return None
-    near = _inside(own_box, near)
+    near = box_within(own_box, near)
     meet = ndimage.binary_dilation(labels[near] == other, iterations=reach) & (labels[near] == sid)
     box = bounding_box(meet, 0)
     if box is None:
         return None
-    pad = 2 * margin_voxels + CONTRAST_SMOOTHING_VOXELS + 2
-    return tuple(
-        slice(max(b.start - pad, 0), min(b.stop + pad, n))
-        for b, n in zip(_inside(near, box), labels.shape, strict=True)
-    )
-
-
-def _inside(outer: tuple[slice, ...], inner: tuple[slice, ...]) -> tuple[slice, ...]:
-    """``inner``, a box in ``labels[outer]``, as a box in ``labels``."""
-    return tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner, strict=True))
+    return grown_box(box_within(near, box), 2 * margin_voxels + CONTRAST_SMOOTHING_VOXELS + 2, labels.shape)
 
 
 def _core_level(own: np.ndarray, mean: np.ndarray) -> float | None:
@@ -1094,10 +1085,7 @@ def outline_distances(
     for sid in structures:
         if not 0 < sid <= len(boxes) or (tight := boxes[sid - 1]) is None:
             continue
-        box = tuple(
-            slice(max(b.start - r, 0), min(b.stop + r, n))
-            for b, r, n in zip(tight, reach, labels.shape, strict=True)
-        )
+        box = grown_box(tight, reach, labels.shape)
         share = ndimage.gaussian_filter((labels[box] == sid).astype(np.float32), sigma, truncate=3.0)
         found[int(sid)] = (box, np.abs(share - np.float32(0.5)))
     return found

@@ -71,3 +71,19 @@ def derive_parser(module: str, description: str | None) -> argparse.ArgumentPars
 def derived_folder(args: argparse.Namespace) -> Path:
     """``--out``, else the folder beside ``--model`` named ``--version``."""
     return Path(args.out or Path(args.model).parent / args.version)
+
+
+def write_derived(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    module: str,
+    argv: Sequence[str] | None,
+    make: Callable[[Path, str], Path],
+) -> Path:
+    """``make(out, command)`` for a derived-version command's parsed ``args``: ``out`` the folder to
+    write (``derived_folder``), ``command`` the command line to record (``command_line``). A card
+    the registry refuses ends the command with exit 2 and the reason in words."""
+    try:
+        return make(derived_folder(args), command_line(module, argv))
+    except ModelCardError as error:
+        parser.exit(2, f"error: {error}\n")

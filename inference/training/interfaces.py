@@ -23,9 +23,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from inference.registry import ModelCardError
 from inference.structures import by_name
-from inference.training.derive import command_line, derive_parser, derive_version, derived_folder
+from inference.training.derive import command_line, derive_parser, derive_version, write_derived
 
 #: Default smallest contrast (HU) between two organs' levels for their shared outline to move: the
 #: contrast-edge rule's (``refine_contrast_edge``, ``mouse-organs/2.4.1``).
@@ -104,19 +103,21 @@ def main(argv: list[str] | None = None) -> None:
         between = [parse_between(text) for text in args.between]
     except ValueError as error:
         parser.error(str(error))
-    out = derived_folder(args)
-    try:
-        written = with_interfaces(
+    written = write_derived(
+        parser,
+        args,
+        "inference.training.interfaces",
+        argv,
+        lambda out, command: with_interfaces(
             args.model,
             out,
             version=args.version,
             between=between,
             min_contrast_hu=args.min_contrast_hu,
             margin_mm=args.margin_mm,
-            command=command_line("inference.training.interfaces", argv),
-        )
-    except ModelCardError as error:
-        parser.exit(2, f"error: {error}\n")
+            command=command,
+        ),
+    )
     pairs = sum(len(others) for _, others in between)
     print(f"wrote {written}: {pairs} organ pairs' shared outlines put on the edge between their levels")
 

@@ -20,9 +20,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from inference.registry import ModelCardError
 from inference.structures import by_name
-from inference.training.derive import command_line, derive_parser, derive_version, derived_folder
+from inference.training.derive import command_line, derive_parser, derive_version, write_derived
 
 
 def parse_shift(text: str) -> list[int]:
@@ -74,18 +73,15 @@ def main(argv: list[str] | None = None) -> None:
         help="structure the shifted passes run round (repeat; default: the whole scan)",
     )
     args = parser.parse_args(argv)
-    out = derived_folder(args)
-    try:
-        written = with_shifted_passes(
-            args.model,
-            out,
-            version=args.version,
-            shifts=args.shift,
-            over=args.over,
-            command=command_line("inference.training.shifted_passes", argv),
-        )
-    except ModelCardError as error:
-        parser.exit(2, f"error: {error}\n")
+    written = write_derived(
+        parser,
+        args,
+        "inference.training.shifted_passes",
+        argv,
+        lambda out, command: with_shifted_passes(
+            args.model, out, version=args.version, shifts=args.shift, over=args.over, command=command
+        ),
+    )
     print(f"wrote {written}: {len(args.shift)} shifted passes beside the plain one")
 
 

@@ -24,9 +24,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from inference.registry import ModelCardError
 from inference.structures import by_name
-from inference.training.derive import command_line, derive_parser, derive_version, derived_folder
+from inference.training.derive import command_line, derive_parser, derive_version, write_derived
 
 
 def with_size_pass(
@@ -83,9 +82,12 @@ def main(argv: list[str] | None = None) -> None:
         "--keep", action="append", help="structure whose first reading stands where drawn (repeat)"
     )
     args = parser.parse_args(argv)
-    out = derived_folder(args)
-    try:
-        written = with_size_pass(
+    written = write_derived(
+        parser,
+        args,
+        "inference.training.size_pass",
+        argv,
+        lambda out, command: with_size_pass(
             args.model,
             out,
             version=args.version,
@@ -94,10 +96,9 @@ def main(argv: list[str] | None = None) -> None:
             weight=args.weight,
             min_scale=args.min_scale,
             keep=args.keep,
-            command=command_line("inference.training.size_pass", argv),
-        )
-    except ModelCardError as error:
-        parser.exit(2, f"error: {error}\n")
+            command=command,
+        ),
+    )
     print(f"wrote {written}: a size pass for mice drawn over {args.reference_mm3:g} mm^3")
 
 

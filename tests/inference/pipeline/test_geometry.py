@@ -8,7 +8,9 @@ from scipy import ndimage
 
 from inference.pipeline.geometry import (
     axis_map,
+    box_within,
     from_canonical,
+    grown_box,
     record_geometry,
     resample_linear,
     resample_nearest,
@@ -193,3 +195,12 @@ def test_antialiasing_handles_uneven_factors_and_growing_axes() -> None:
     # A box average of a linear ramp is the ramp at the output voxel's centre (inside the axis).
     centres = (np.arange(10) + 0.5) * 2.5 - 0.5
     assert np.allclose(out[1:-1, 0, 0], centres[1:-1], atol=1e-4)
+
+
+def test_a_box_grows_within_the_array_and_a_box_inside_it_maps_back() -> None:
+    box = (slice(2, 5), slice(0, 4), slice(7, 9))
+    assert grown_box(box, 2, (10, 10, 10)) == (slice(0, 7), slice(0, 6), slice(5, 10))
+    assert grown_box(box, (1, 0, 3), (10, 10, 10)) == (slice(1, 6), slice(0, 4), slice(4, 10))
+    array = np.arange(1000).reshape(10, 10, 10)
+    inner = (slice(1, 2), slice(2, 4), slice(0, 1))
+    np.testing.assert_array_equal(array[box][inner], array[box_within(box, inner)])
