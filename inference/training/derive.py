@@ -15,6 +15,7 @@ from typing import Any
 
 from inference.jsonsafe import finite_or_null
 from inference.registry import ModelCardError, load_card
+from inference.training.share_weights import share_if_stored
 
 
 def derive_version(
@@ -47,6 +48,7 @@ def derive_version(
         card.pop("metrics", None)  # measured again on the new version, not carried
         (out / "model.json").write_text(json.dumps(finite_or_null(card), indent=1, allow_nan=False) + "\n")
         load_card(out)
+        share_if_stored(out)
     except BaseException:
         shutil.rmtree(out)
         raise

@@ -16,6 +16,7 @@ import torch
 
 from inference.jsonsafe import finite_or_null
 from inference.training.network import UNet3D
+from inference.training.share_weights import unshare
 from inference.training.tasks import TaskSpec
 
 OPSET = 17
@@ -53,7 +54,7 @@ def export_model(
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     example = torch.zeros(1, 1, 32, 32, 48)
-    onnx_path = out / "model.onnx"
+    onnx_path = unshare(out / "model.onnx")
     axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
     torch.onnx.export(
         model,

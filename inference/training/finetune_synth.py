@@ -34,6 +34,7 @@ from inference.jsonsafe import finite_or_null
 from inference.phantom.synth import ID, digimouse_source, load_source
 from inference.training.data import Case, block_mean, case_from_arrays
 from inference.training.export import export_model
+from inference.training.share_weights import share_if_stored, unshare
 from inference.training.synth_pool import SynthPool, volume_seed
 from inference.training.tasks import TASKS, TaskSpec
 from inference.training.train import TrainConfig, train
@@ -238,6 +239,7 @@ def finetune(
     export_model(model, spec, out, version=version, input_spacing_mm=0.63, training=training)
     if init is not None:
         carry_postprocess(init.parent, out)
+    share_if_stored(out)
     return out
 
 
@@ -250,7 +252,7 @@ def carry_postprocess(old: Path, new: Path) -> None:
         card["postprocess"] = old_card["postprocess"]
         for rule in card["postprocess"].get("refine", []):
             if "network" in rule:
-                shutil.copyfile(old / rule["network"], new / rule["network"])
+                shutil.copyfile(old / rule["network"], unshare(new / rule["network"]))
     if "refiners" in old_card:
         card["refiners"] = old_card["refiners"]
     card_path.write_text(json.dumps(finite_or_null(card), indent=1, allow_nan=False) + "\n")

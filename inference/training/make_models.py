@@ -37,6 +37,7 @@ from inference.training.export import export_model
 from inference.training.finetune_synth import POOL_SEEDS, finetune
 from inference.training.model_card import update_card
 from inference.training.refiner import make_refiner
+from inference.training.share_weights import share_weights
 from inference.training.tasks import TASKS
 from inference.training.train import TrainConfig, train
 
@@ -341,6 +342,8 @@ def main(argv: list[str] | None = None) -> None:
     results = record_metrics(folders, args.data, args.out, threads=args.threads)
     update_card(args.out / "README.md", results)
     make_pictures(folders, args.data, args.out)
+    # Each distinct network once under <out>/weights, the version folders linking to it.
+    share_weights(args.out)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from inference.registry import ModelCard, file_sha256, load_card
 from inference.structures import BY_NAME
 from inference.training.data import find_cases
 from inference.training.evaluate import load_canonical
+from inference.training.share_weights import share_if_stored, unshare
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +308,7 @@ def export_refiner(net: RefinerNet, path: Path) -> str:
     torch.onnx.export(
         net.cpu().eval(),
         (example,),
-        str(path),
+        str(unshare(path)),
         input_names=["scan_outline"],
         output_names=["logit"],
         dynamic_axes={"scan_outline": axes, "logit": axes},
@@ -437,6 +438,7 @@ def make_refiner(
     }
     card_path.write_text(json.dumps(finite_or_null(raw), indent=1, allow_nan=False) + "\n")
     load_card(folder)  # the card still reads, with the refiner's sha256
+    share_if_stored(folder)
     return rule
 
 

@@ -27,6 +27,7 @@ from onnx import numpy_helper
 
 from inference.jsonsafe import finite_or_null
 from inference.registry import ModelCardError, file_sha256, load_card
+from inference.training.share_weights import share_if_stored, unshare
 
 
 class SoupError(ValueError):
@@ -87,11 +88,11 @@ def make_soup(
     averaged = average_weights(model, onnx.load(str(other / "model.onnx")), weight)
     onnx.checker.check_model(model)
     out.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(out / "model.onnx"))
+    onnx.save(model, str(unshare(out / "model.onnx")))
     card = json.loads((base / "model.json").read_text())
     for rule in card.get("postprocess", {}).get("refine", []):
         if "network" in rule:
-            shutil.copyfile(base / rule["network"], out / rule["network"])
+            shutil.copyfile(base / rule["network"], unshare(out / rule["network"]))
     members = [_member(base), _member(other)]
     card.update(
         version=version,
@@ -106,6 +107,7 @@ def make_soup(
     card.pop("metrics", None)  # measured again on the soup, not carried
     (out / "model.json").write_text(json.dumps(finite_or_null(card), indent=1, allow_nan=False) + "\n")
     load_card(out)
+    share_if_stored(out)
     return out
 
 
