@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -554,6 +555,13 @@ def load_card(folder: Path, *, verify_sha256: bool = True) -> ModelCard:
         raise _problem(folder, "no model.json")
     raw = _checked_card(folder, card_path.read_bytes())
     onnx_path = folder / "model.onnx"
+    if onnx_path.is_symlink() and not onnx_path.exists():
+        # inference/training/share_weights.py: committed versions link to shared weights.
+        raise _problem(
+            folder,
+            f"model.onnx links to {os.readlink(onnx_path)}, which is missing; "
+            "restore it from git, or remake the weights",
+        )
     if not onnx_path.is_file():
         raise _problem(folder, "no model.onnx")
     if verify_sha256:

@@ -141,6 +141,9 @@ class PipelineOutput:
     unsearched: tuple[str, ...] = ()
     #: By model key, the scale its size pass read the scan at (``infer.run_model``; 1.0: none ran).
     size_scales: dict[str, float] = field(default_factory=dict)
+    #: By structure name, how alike the network's shifted passes drew it (``infer.pass_agreement``;
+    #: only models whose card asks for shifted passes), for the QC's ``unstable`` check.
+    pass_agreement: dict[str, float] = field(default_factory=dict)
 
 
 def group_by_task(cards: Sequence[ModelCard]) -> dict[str, list[ModelCard]]:
@@ -255,6 +258,8 @@ class _TaskOutput:
     refiners: list[RefinerRun] = field(default_factory=list)
     #: By model key, the scale of its size pass (1.0: none ran), for cards that have one.
     size_scales: dict[str, float] = field(default_factory=dict)
+    #: By structure name, how alike the shifted passes drew it (the lowest over an ensemble).
+    pass_agreement: dict[str, float] = field(default_factory=dict)
 
 
 def _segment_task(
@@ -282,6 +287,7 @@ def _segment_task(
     lead = members[0]
     providers: dict[str, str] = {}
     size_scales: dict[str, float] = {}
+    agreement: dict[str, float] = {}
     with timer("preprocess"):
         grid = resampled_shape(geometry.canonical_shape, geometry.spacing_mm, lead.input_spacing_mm)
         image = normalise(resampled[grid], lead.normalisation)
@@ -314,6 +320,9 @@ def _segment_task(
             )
         if card.size_pass is not None:
             size_scales[card.key] = raw.size_scale
+        for sid, value in raw.pass_agreement.items():
+            name = BY_ID[sid].name
+            agreement[name] = min(value, agreement.get(name, value))
         members_logits.append(raw.logits)
         if raw.disagreement_logit is not None:
             odds = calibrate_uncertainty(sigmoid(raw.disagreement_logit), card.uncertainty_threshold)
@@ -375,6 +384,7 @@ def _segment_task(
         drift_hu=None if drift is None else drift.hu,
         refiners=refiners,
         size_scales=size_scales,
+        pass_agreement=agreement,
     )
 
 
@@ -731,6 +741,9 @@ def predict_volume(
                 refiners=[run for task in groups for run in outputs[task].refiners],
                 size_scales={
                     key: scale for out in outputs.values() for key, scale in out.size_scales.items()
+                },
+                pass_agreement={
+                    name: value for out in outputs.values() for name, value in out.pass_agreement.items()
                 },
             )
     _report(progress, 100, "done")

@@ -225,6 +225,7 @@ def segment_file(
                 centres=output.organ_centres,
                 view=view,
                 spacing_mm=output.geometry.spacing_mm,
+                pass_agreement=output.pass_agreement,
             )
         report(93, "write")
         with timer("write"):

@@ -350,3 +350,14 @@ def test_voxels_coarser_than_the_models_learned_from_ask_for_review(phantom: Pha
     assert thick.status == NEEDS_REVIEW and _codes(thick) == {"coarse_voxels"}
     [reason] = thick.reasons
     assert "0.42 x 0.42 x 1 mm" in reason.message and "0.1-0.4 mm" in reason.message
+
+
+def test_organs_the_model_reads_differently_on_a_moved_grid_ask_for_review(phantom: Phantom) -> None:
+    steady = _check(phantom, phantom.labels, pass_agreement={"heart": 0.96, "liver": 0.95})
+    unsteady = _check(phantom, phantom.labels, pass_agreement={"heart": 0.6, "lung_left": 0.97, "brain": 0.5})
+
+    assert steady.status == OK, [r.message for r in steady.reasons]
+    assert unsteady.status == NEEDS_REVIEW and _codes(unsteady) == {"unstable"}
+    assert unsteady.reasons[0].structure == "heart"
+    # Only the big organs are read and reported: the passes run round the trunk.
+    assert unsteady.as_json()["pass_agreement"] == {"heart": 0.6, "lung_left": 0.97}

@@ -8,6 +8,7 @@ The run must be held for review; the served organ model, which learned the atlas
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,8 @@ import pytest
 from inference.metrics import dice
 from inference.phantom import digimouse
 from inference.phantom.writer import save_nifti
-from inference.pipeline import segment_file
-from inference.pipeline.qc import NEEDS_REVIEW, OK
+from inference.pipeline import predict_volume, segment_file
+from inference.pipeline.qc import MIN_PASS_AGREEMENT, NEEDS_REVIEW, OK, unstable_reasons
 from inference.registry import find_model
 from inference.structures import BY_NAME
 from inference.training.robustness import BIG_ORGANS
@@ -51,3 +52,24 @@ def test_a_model_on_anatomy_it_never_learned_is_held_for_review(tmp_path: Path) 
     [(served, (status, codes, worst))] = verdicts.items()
     assert worst >= 0.8, served
     assert status == OK, codes
+
+
+@pytest.mark.skipif(
+    not (digimouse.DEFAULT_DIR / digimouse.FILENAME).is_file(), reason="Digimouse atlas not present"
+)
+def test_a_model_read_on_moved_grids_shows_it_does_not_know_the_anatomy(tmp_path: Path) -> None:
+    """The phantom-only network, read as the served one is (its shifted passes), draws the atlas
+    heart differently on each grid: ``unstable``, whatever the volumes say. The served network,
+    which learned the atlas, reads it alike."""
+    phantom = digimouse.render_ct(digimouse.load(), seed=0, crop="torso")
+    served = find_model("mouse-organs")
+    old = find_model("mouse-organs", PHANTOM_ONLY)
+    passes = {key: served.layout[key] for key in ("shifted_passes", "shifted_passes_over")}
+    read_alike = replace(old, layout={**old.layout, **passes})
+
+    unknown = predict_volume(phantom.ct, phantom.affine, [read_alike], threads=2).pass_agreement
+    known = predict_volume(phantom.ct, phantom.affine, [served], threads=2).pass_agreement
+
+    assert unknown["heart"] < MIN_PASS_AGREEMENT, unknown
+    assert "heart" in {r.structure for r in unstable_reasons(unknown)}
+    assert unstable_reasons(known) == [], known
