@@ -14,6 +14,7 @@ from typing import Any
 
 from django.urls import reverse
 
+from inference.pipeline.qc import MIN_PASS_AGREEMENT
 from inference.structures import BY_ID, BY_NAME, LESION_NAMES
 from review.models import Consensus
 from scans.models import Mouse, Scan, Study
@@ -104,6 +105,16 @@ def reading_notes(manifest: dict[str, Any] | None) -> list[str]:
         notes.append(str(braincase["finding"]))
     # An outline refined on resampled voxels, or left as the model drew it (``RefinerRun.finding``).
     notes.extend(str(run["finding"]) for run in postprocess.get("refiners") or [] if run.get("finding"))
+    agreement = (manifest.get("qc") or {}).get("pass_agreement") or {}
+    if agreement:
+        figures = ", ".join(
+            f"{name.replace('_', ' ')} {float(value):.2f}" for name, value in agreement.items()
+        )
+        notes.append(
+            "The organ model read the trunk on shifted grids too; its readings agree at Dice "
+            f"{figures} (under {MIN_PASS_AGREEMENT:.2f}: it does not know the anatomy well, and the run "
+            "needs review)."
+        )
     return notes
 
 

@@ -106,6 +106,7 @@ def test_the_scan_page_says_how_the_scan_was_read(client_for: Client, scan: Scan
         "qc": {
             "status": "needs_review",
             "reasons": [{"code": "intensity_calibrated", "message": "calibrated"}],
+            "pass_agreement": {"heart": 0.951, "kidney_left": 0.9},
         },
         "intensity": {"units": "calibrated", "findings": ["Not in Hounsfield units (values 0 to 132)."]},
         "orientation": {"summary": "Header and anatomy disagree: the mouse lies on its side."},
@@ -117,7 +118,7 @@ def test_the_scan_page_says_how_the_scan_was_read(client_for: Client, scan: Scan
     page = client_for.get(f"/scans/{scan.pk}/").content.decode()
 
     reading = page[page.index("How the scan was read") :]
-    for words in ("Not in Hounsfield units", "lies on its side", "was grown"):
+    for words in ("Not in Hounsfield units", "lies on its side", "was grown", "heart 0.95, kidney left 0.90"):
         assert words in reading.split("</details>")[0]
 
 
