@@ -63,7 +63,9 @@ scan, all predicted tumor). Verdict against issue 19's targets: every big organ 
 liver, kidneys) median Dice >= 0.90 in every variant where it is in the field, and tumor false
 positives <= 20 mm^3 in every scan, metastasis false positives too. A case whose organs the QC's
 layout check (``qc.layout_reasons``) would name keeps its words under ``layout`` in the JSON and
-is marked LAYOUT FLAGGED in the log; each case also keeps the drift of its level with depth that
+is marked LAYOUT FLAGGED in the log, and one whose big organs the QC's ``unstable`` check would
+name (``qc.unstable_reasons``) keeps their names under ``unstable`` and is marked UNSTABLE; each
+case also keeps the drift of its level with depth that
 the pipeline read (``depth_drift_hu``, ``pipeline/drift.py``) and the blur it read at the skin
 (``blur_mm``, ``pipeline/blur.py``) and how bright it read the bone (``bone_level_hu``,
 ``pipeline/bone_level.py``). Generated phantoms are cached under
@@ -93,7 +95,7 @@ from inference.phantom.scanner import paint_bed
 from inference.phantom.writer import write_dataset, write_flat
 from inference.pipeline import predict_volume
 from inference.pipeline.drift import depth
-from inference.pipeline.qc import layout_reasons
+from inference.pipeline.qc import EDGE_MM, layout_reasons, organs_cut_by_field, unstable_reasons
 from inference.registry import ModelCard, find_model, load_card
 from inference.structures import BY_ID, BY_NAME, STRUCTURES
 from inference.training.evaluate import finite_median, load_canonical, tumor_scores
@@ -744,6 +746,15 @@ def false_positive_mm3(pred: np.ndarray, truth: np.ndarray, voxel_mm3: float) ->
     return float(false_positives(pred, truth)[0].sum()) * voxel_mm3
 
 
+def _unstable(labels: np.ndarray, agreement: dict[str, float], voxel_mm3: float) -> list[str]:
+    """The organs the QC's ``unstable`` check would name in this run (``qc.check_run``: organs the
+    output holds and the field does not cut)."""
+    edge = max(1, int(np.ceil(EDGE_MM / voxel_mm3 ** (1 / 3))))
+    drawn = {BY_ID[int(sid)].name for sid in np.unique(labels) if sid}
+    cut = organs_cut_by_field(labels, edge)
+    return [str(r.structure) for r in unstable_reasons(agreement, cut, drawn=drawn)]
+
+
 def score_case(case: Case, cards: Sequence[ModelCard], *, threads: int = 2) -> dict[str, Any]:
     """Segment ``case`` as the product does and score it (see the module docstring)."""
     started = time.perf_counter()
@@ -755,6 +766,7 @@ def score_case(case: Case, cards: Sequence[ModelCard], *, threads: int = 2) -> d
         seconds = {k: round(v, 3) for k, v in out.seconds.items()}
         # What the QC's layout check would say of the run (one mouse in view; qc.check_run).
         layout = [r.message for r in layout_reasons(out.organ_centres)] if out.animals <= 1 else []
+        unstable = _unstable(out.labels, out.pass_agreement, voxel)
         drift = out.intensity.depth_drift_hu if out.intensity is not None else None
         blur_read = out.intensity.blur_mm if out.intensity is not None else None
         bone_read = out.intensity.bone_level_hu if out.intensity is not None else None
@@ -763,7 +775,7 @@ def score_case(case: Case, cards: Sequence[ModelCard], *, threads: int = 2) -> d
         refused = str(error) or type(error).__name__
         pred = np.zeros(case.labels.shape, np.uint8)
         seconds = {}
-        layout = []
+        layout, unstable = [], []
         drift = blur_read = bone_read = bone_peak = None
     truth = case.labels
     region = case.region or (slice(None), slice(None), slice(None))
@@ -802,6 +814,8 @@ def score_case(case: Case, cards: Sequence[ModelCard], *, threads: int = 2) -> d
         result["transform"] = transform
     if layout:
         result["layout"] = layout
+    if unstable:
+        result["unstable"] = unstable
     if drift is not None:
         # The drift of the level with depth the pipeline read (drift.py; beyond 30 HU: QC review).
         result["depth_drift_hu"] = round(drift, 1)
@@ -956,7 +970,8 @@ def _brief(row: dict[str, Any]) -> str:
     fp = f" tumorFP={row['tumor_fp_mm3']:.0f}mm3" if "tumor_fp_mm3" in row else ""
     refused = " REFUSED" if "refused" in row else ""
     layout = " LAYOUT FLAGGED" if row.get("layout") else ""
-    return f"{big}{fp} ({row['seconds']['total']:.1f} s){refused}{layout}"
+    unstable = " UNSTABLE " + ",".join(row["unstable"]) if row.get("unstable") else ""
+    return f"{big}{fp} ({row['seconds']['total']:.1f} s){refused}{layout}{unstable}"
 
 
 SHORT = {

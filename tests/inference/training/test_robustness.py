@@ -502,3 +502,13 @@ def test_the_tissue_draws_render_the_same_torso_with_other_intensities(atlas_tor
         < 560.0
         < np.percentile(atlas_torso.ct[atlas_torso.labels == bones], 90)
     )
+
+
+def test_the_report_names_the_organs_the_qc_would_call_unstable() -> None:
+    """As ``qc.check_run`` reads them: organs the run drew, not cut by the field, under 0.80."""
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[10:20, 10:20, 10:20] = BY_NAME["liver"].id
+    labels[25:35, 25:35, 0:8] = BY_NAME["heart"].id  # cut by the field's first plane
+    agreement = {"liver": 0.6, "heart": 0.5, "kidney_left": 0.4, "lung_left": 0.95}
+
+    assert robustness._unstable(labels, agreement, 0.21**3) == ["liver"]
