@@ -391,6 +391,12 @@ def layout_reasons(centres: Mapping[str, Sequence[float]], cut: Collection[str] 
     ]
 
 
+def edge_voxels(voxel_volume_mm3: float, step: int = 1) -> int:
+    """``EDGE_MM`` in voxels of a map read at every ``step``-th voxel, as if its voxels were cubes
+    (a QC view's may be anisotropic)."""
+    return max(1, int(np.ceil(EDGE_MM / (voxel_volume_mm3 ** (1 / 3) * step))))
+
+
 def unstable_reasons(
     agreement: Mapping[str, float], cut: Collection[str] = (), drawn: Collection[str] | None = None
 ) -> list[Reason]:
@@ -402,9 +408,8 @@ def unstable_reasons(
     reasons = []
     for name in STABLE_ORGANS:
         value = agreement.get(name)
-        if drawn is not None and name not in drawn:
-            continue
-        if value is not None and value < MIN_PASS_AGREEMENT and name not in cut:
+        read = name not in cut and (drawn is None or name in drawn)
+        if read and value is not None and value < MIN_PASS_AGREEMENT:
             reasons.append(
                 Reason(
                     "unstable",
@@ -664,8 +669,7 @@ def check_run(
     step, labels, hu, uncertainty, body = view.step, view.labels, view.hu, view.uncertainty, view.body
     slope, intercept = _calibration(intensity)
     report.body_volume_mm3 = float(body.sum()) * voxel_volume_mm3 * step**3
-    # The voxel's edge, as if it were a cube (the QC view's voxels may be anisotropic).
-    edge = max(1, int(np.ceil(EDGE_MM / (voxel_volume_mm3 ** (1 / 3) * step))))
+    edge = edge_voxels(voxel_volume_mm3, step)
     # An organ the field cuts (a thorax scan's liver, an abdomen scan's heart) is only partly
     # scanned: its volume is no measurement, and it says which regions are wholly in view.
     report.cut_by_field = [name for name in organs_cut_by_field(labels, edge) if name in found]

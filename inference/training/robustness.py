@@ -95,7 +95,7 @@ from inference.phantom.scanner import paint_bed
 from inference.phantom.writer import write_dataset, write_flat
 from inference.pipeline import predict_volume
 from inference.pipeline.drift import depth
-from inference.pipeline.qc import EDGE_MM, layout_reasons, organs_cut_by_field, unstable_reasons
+from inference.pipeline.qc import edge_voxels, layout_reasons, organs_cut_by_field, unstable_reasons
 from inference.registry import ModelCard, find_model, load_card
 from inference.structures import BY_ID, BY_NAME, STRUCTURES
 from inference.training.evaluate import finite_median, load_canonical, tumor_scores
@@ -749,9 +749,8 @@ def false_positive_mm3(pred: np.ndarray, truth: np.ndarray, voxel_mm3: float) ->
 def _unstable(labels: np.ndarray, agreement: dict[str, float], voxel_mm3: float) -> list[str]:
     """The organs the QC's ``unstable`` check would name in this run (``qc.check_run``: organs the
     output holds and the field does not cut)."""
-    edge = max(1, int(np.ceil(EDGE_MM / voxel_mm3 ** (1 / 3))))
     drawn = {BY_ID[int(sid)].name for sid in np.unique(labels) if sid}
-    cut = organs_cut_by_field(labels, edge)
+    cut = organs_cut_by_field(labels, edge_voxels(voxel_mm3))
     return [str(r.structure) for r in unstable_reasons(agreement, cut, drawn=drawn)]
 
 

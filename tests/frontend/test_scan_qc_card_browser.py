@@ -102,3 +102,46 @@ def test_the_scan_page_says_where_an_outline_refiner_ran(
     print(f"screenshot {path}")
     assert errors == []
     assert "Heart" in text and "0.21 mm" in text
+
+
+def test_the_scan_page_shows_an_unstable_organ_and_how_alike_the_readings_were(
+    live_server: Any,
+    browser: Any,
+    scan: Scan,  # noqa: F811
+    user: Any,  # noqa: F811 (scan and user: the fixtures imported above)
+) -> None:
+    # The manifest of a run whose heart the organ model read differently on its shifted grids
+    # (``inference.pipeline.qc``'s ``unstable``; the figures in ``qc.pass_agreement``).
+    reason = (
+        "the heart's outline changes when the model reads the scan moved by a few of its voxels (its "
+        "readings agree at Dice 0.55; on anatomy it learned, 0.80 or more): it does not know this "
+        "anatomy well; check the overlay"
+    )
+    prediction = Prediction.objects.get(scan=scan)
+    manifest = dict(prediction.manifest or {})
+    manifest["qc"] = {
+        **(manifest.get("qc") or {}),
+        "status": "needs_review",
+        "reasons": [{"code": "unstable", "structure": "heart", "message": reason}],
+        "pass_agreement": {"heart": 0.55, "liver": 0.95},
+    }
+    Prediction.objects.filter(pk=prediction.pk).update(manifest=manifest)
+    context, page, errors = _signed_in_page(live_server, browser, user)
+    try:
+        started = time.perf_counter()
+        page.goto(f"{live_server.url}/scans/{scan.pk}/")
+        shown = page.get_by_text("it does not know this anatomy well")
+        shown.wait_for(state="visible")
+        seconds = time.perf_counter() - started
+        page.get_by_text("How the scan was read").click()
+        figures = page.get_by_text("its readings agree at Dice heart 0.55, liver 0.95")
+        figures.wait_for(state="visible")
+        box = figures.bounding_box()
+        card = figures.locator("xpath=ancestor::section[1]").bounding_box()
+        path = screenshot(page, "scan_qc_unstable")
+    finally:
+        context.close()
+
+    print(f"unstable reason on screen {seconds:.2f} s after the request; screenshot {path}")
+    assert errors == []
+    assert box and card and card["x"] <= box["x"] and box["x"] + box["width"] <= card["x"] + card["width"]
