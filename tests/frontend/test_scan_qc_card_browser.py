@@ -38,17 +38,23 @@ def _signed_in_page(live_server: Any, browser: Any, member: Any) -> tuple[Any, A
     return context, page, errors
 
 
+def _store_manifest(of_scan: Scan, **sections: dict[str, Any]) -> None:
+    """The scan's prediction as if its run had written ``sections`` into its manifest."""
+    prediction = Prediction.objects.get(scan=of_scan)
+    manifest = dict(prediction.manifest or {})
+    for key, values in sections.items():
+        manifest[key] = {**(manifest.get(key) or {}), **values}
+    # Predictions are immutable through the model; a queryset update stands for a run that wrote this.
+    Prediction.objects.filter(pk=prediction.pk).update(manifest=manifest)
+
+
 def test_the_scan_page_names_an_organ_cut_by_the_field(
     live_server: Any,
     browser: Any,
     scan: Scan,  # noqa: F811
     user: Any,  # noqa: F811 (scan and user: the fixtures imported above)
 ) -> None:
-    prediction = Prediction.objects.get(scan=scan)
-    manifest = dict(prediction.manifest or {})
-    manifest["qc"] = {**(manifest.get("qc") or {}), "status": "ok", "reasons": [], "cut_by_field": ["liver"]}
-    # Predictions are immutable through the model; a queryset update stands for a run that wrote this.
-    Prediction.objects.filter(pk=prediction.pk).update(manifest=manifest)
+    _store_manifest(scan, qc={"status": "ok", "reasons": [], "cut_by_field": ["liver"]})
     context, page, errors = _signed_in_page(live_server, browser, user)
     try:
         started = time.perf_counter()
@@ -81,13 +87,9 @@ def test_the_scan_page_says_where_an_outline_refiner_ran(
         "Heart: outline redrawn on the scan resampled from 0.5 x 0.5 x 0.5 mm voxels to the 0.21 mm "
         "the refiner was trained at, and back."
     )
-    prediction = Prediction.objects.get(scan=scan)
-    manifest = dict(prediction.manifest or {})
-    manifest["postprocess"] = {
-        **(manifest.get("postprocess") or {}),
-        "refiners": [{"structure": "heart", "ran_on": "resampled", "finding": finding}],
-    }
-    Prediction.objects.filter(pk=prediction.pk).update(manifest=manifest)
+    _store_manifest(
+        scan, postprocess={"refiners": [{"structure": "heart", "ran_on": "resampled", "finding": finding}]}
+    )
     context, page, errors = _signed_in_page(live_server, browser, user)
     try:
         page.goto(f"{live_server.url}/scans/{scan.pk}/")
@@ -117,15 +119,14 @@ def test_the_scan_page_shows_an_unstable_organ_and_how_alike_the_readings_were(
         "readings agree at Dice 0.55; on anatomy it learned, 0.80 or more): it does not know this "
         "anatomy well; check the overlay"
     )
-    prediction = Prediction.objects.get(scan=scan)
-    manifest = dict(prediction.manifest or {})
-    manifest["qc"] = {
-        **(manifest.get("qc") or {}),
-        "status": "needs_review",
-        "reasons": [{"code": "unstable", "structure": "heart", "message": reason}],
-        "pass_agreement": {"heart": 0.55, "liver": 0.95},
-    }
-    Prediction.objects.filter(pk=prediction.pk).update(manifest=manifest)
+    _store_manifest(
+        scan,
+        qc={
+            "status": "needs_review",
+            "reasons": [{"code": "unstable", "structure": "heart", "message": reason}],
+            "pass_agreement": {"heart": 0.55, "liver": 0.95},
+        },
+    )
     context, page, errors = _signed_in_page(live_server, browser, user)
     try:
         started = time.perf_counter()
