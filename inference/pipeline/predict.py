@@ -346,18 +346,22 @@ def _segment_task(
         uncertainty = uncertainty_from(scores, disagreement)
         # The model-grid labels the drift and the refinement rules read, taken once.
         coarse = channel_argmax(scores) if task == "organs" or lead.refinements else None
-        drift, drift_across = None, None
+    drift, drift_across = None, None
+    contrast = {int(rule["structure"]) for rule in lead.refinements if "contrast_edge" in rule}
+    with timer("restore"), beside(threads, "labseg-drift") as side:
+        # The drift is read on the model grid while the labels are put on the scan's (only the
+        # refinement rules need it): one core, beside the slabs of the upsampling.
+        measured = None
         if task == "organs" and coarse is not None:
             channels = {BY_ID[int(sid)].name: k for k, sid in enumerate(lead.structures)}
-            contrast = {int(rule["structure"]) for rule in lead.refinements if "contrast_edge" in rule}
             names = [BY_ID[sid].name for sid in contrast]
-            drift = measure_drift(resampled[grid], coarse, channels, spans_of=names)
-            if drift is not None and drifts(drift.hu):
-                drift_across = {sid: drift.across(BY_ID[sid].name) for sid in contrast}
-    with timer("restore"):
+            measured = side.submit(measure_drift, resampled[grid], coarse, channels, spans_of=names)
         labels = upsample_argmax(
             scores, geometry.canonical_shape, lead.structures, workers=workers_for(threads)
         )
+        drift = None if measured is None else measured.result()
+        if drift is not None and drifts(drift.hu):
+            drift_across = {sid: drift.across(BY_ID[sid].name) for sid in contrast}
         refiners: list[RefinerRun] = []
         if lead.refinements and coarse is not None:
             refiners = refine(

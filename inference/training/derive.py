@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.jsonsafe import finite_or_null
-from inference.registry import ModelCardError, load_card
+from inference.registry import ModelCardError, file_sha256, load_card
 from inference.training.share_weights import share_if_stored
 
 
@@ -25,24 +25,30 @@ def derive_version(
     version: str,
     edit: Callable[[dict[str, Any]], None],
     command: str,
+    weights: Callable[[Path], str] | None = None,
 ) -> Path:
     """Copy the model folder ``model`` to ``out`` as ``version``, its ``model.json`` changed by
     ``edit`` (which may raise ``KeyError`` or ``ValueError`` in words); the registry's checks run
-    on the result. On any failure nothing is left at ``out`` (``ModelCardError`` in words)."""
+    on the result. ``weights``, when given, rewrites the copy's ``model.onnx`` (same weights in
+    another graph) and says how, in words; the card then records the new file's sha256. On any
+    failure nothing is left at ``out`` (``ModelCardError`` in words)."""
     source = load_card(model)
     if out.exists():
         raise ModelCardError(f"{out} exists already: a version is written once")
-    shutil.copytree(model, out)
+    shutil.copytree(model, out)  # links into the weight store are copied as files
     try:
         card: dict[str, Any] = json.loads((out / "model.json").read_text())
         card["version"] = version
+        same = "same model.onnx, refiners and rules"
         try:
+            if weights is not None:
+                same = f"same weights, refiners and rules; {weights(out / 'model.onnx')}"
+                card["sha256"] = file_sha256(out / "model.onnx")
             edit(card)
         except (KeyError, ValueError) as error:
             raise ModelCardError(str(error.args[0]) if error.args else str(error)) from None
         card.setdefault("training", {})["post_processing"] = {
-            "from": f"{source.name}/{source.version} (same model.onnx, refiners and rules), "
-            "then the commands below, in order",
+            "from": f"{source.name}/{source.version} ({same}), then the commands below, in order",
             "commands": [command],
         }
         card.pop("metrics", None)  # measured again on the new version, not carried

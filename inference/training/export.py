@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from inference.jsonsafe import finite_or_null
+from inference.training.depth_to_space import rewrite_file
 from inference.training.network import UNet3D
 from inference.training.share_weights import unshare
 from inference.training.tasks import TaskSpec
@@ -67,6 +68,8 @@ def export_model(
         do_constant_folding=True,
         dynamo=False,
     )
+    # Its up-convolutions as 1x1x1 convolutions and a reshape: the same logits, faster on the CPU.
+    rewrite_file(onnx_path)
     # The tumor database and the phantoms come at 0.21 mm; the coarse grid is `factor` times that.
     spacing = round(float(input_spacing_mm or 0.21 * spec.factor), 4)
     card = {

@@ -6,10 +6,12 @@ network of its own (no second inference at run time, unlike an ensemble), and it
 what each learned and to hold up better than either off the data they trained on.
 
 Both folders must hold the same graph (same initializer names and shapes: the same architecture
-exported the same way). The soup takes ``base``'s card (structures, layout, post-processing and
-outline refiners), its own weights (``(1 - weight) * base + weight * other`` for every float
-initializer; integer ones, such as shapes, must agree) and a ``training`` record naming both
-members, so the card says how to remake it.
+exported the same way; transposed convolutions are first written as ``depth_to_space`` writes them,
+so a network exported before that form pairs with one exported after). The soup takes ``base``'s
+card (structures, layout, post-processing and outline refiners), its own weights
+(``(1 - weight) * base + weight * other`` for every float initializer; integer ones, such as
+shapes, must agree) and a ``training`` record naming both members, so the card says how to
+remake it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from onnx import numpy_helper
 
 from inference.jsonsafe import finite_or_null
 from inference.registry import ModelCardError, file_sha256, load_card
+from inference.training.depth_to_space import as_convolutions
 from inference.training.share_weights import share_if_stored, unshare
 
 
@@ -84,8 +87,11 @@ def make_soup(
             f"{first.name}/{first.version} and {second.name}/{second.version} do not segment the same "
             "structures of the same task"
         )
-    model = onnx.load(str(base / "model.onnx"))
-    averaged = average_weights(model, onnx.load(str(other / "model.onnx")), weight)
+    model, second_model = onnx.load(str(base / "model.onnx")), onnx.load(str(other / "model.onnx"))
+    # Both in one graph form, whichever each was written in: their weights then pair by name.
+    as_convolutions(model)
+    as_convolutions(second_model)
+    averaged = average_weights(model, second_model, weight)
     onnx.checker.check_model(model)
     out.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(unshare(out / "model.onnx")))

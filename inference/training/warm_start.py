@@ -25,6 +25,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from inference.training.depth_to_space import is_rewritten, transposed_weights
 from inference.training.network import UNet3D
 
 
@@ -33,7 +34,8 @@ class WarmStartError(ValueError):
 
 
 def _folded_convolutions(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    """``module path -> (weight, bias)`` of every Conv / ConvTranspose node in the file."""
+    """``module path -> (weight, bias)`` of every Conv / ConvTranspose node in the file (a
+    transposed convolution written as a 1x1x1 convolution, ``depth_to_space``, in its own layout)."""
     graph = onnx.load(str(path)).graph
     weights = {t.name: numpy_helper.to_array(t).copy() for t in graph.initializer}
     found = {}
@@ -44,8 +46,9 @@ def _folded_convolutions(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray |
         parts = node.name.split("/")
         if len(parts) < 3:
             raise WarmStartError(f"{path.name}: cannot tell which layer node {node.name!r} is")
+        weight = weights[node.input[1]]
         bias = weights[node.input[2]] if len(node.input) > 2 else None
-        found[parts[-2]] = (weights[node.input[1]], bias)
+        found[parts[-2]] = transposed_weights(weight, bias) if is_rewritten(node, weight) else (weight, bias)
     return found
 
 

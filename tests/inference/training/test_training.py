@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -98,6 +99,9 @@ def test_onnx_export_matches_torch_on_the_same_input(tiny_model: UNet3D, tmp_pat
         logits, disagreement = tiny_model(torch.from_numpy(x))
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     ort_logits, ort_disagreement = session.run(["logits", "disagreement"], {"ct": x})
+    # Written with its up-convolutions as 1x1x1 convolutions and a reshape (``depth_to_space``).
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "model.onnx")).graph.node}
+    assert "ConvTranspose" not in ops and {"Conv", "Reshape", "Transpose"} <= ops
     assert ort_logits.shape == (2, len(TINY.structures), 16, 24, 40)
     np.testing.assert_allclose(ort_logits, logits.numpy(), rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(ort_disagreement, disagreement.numpy(), rtol=1e-3, atol=1e-3)
