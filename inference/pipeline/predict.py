@@ -20,7 +20,7 @@ import numpy as np
 from inference.pipeline.animals import find_animals
 from inference.pipeline.blur import NODULES_MAX_MM, VOXEL_SPREAD, blur_finding, blur_mm, is_blurred
 from inference.pipeline.bone_level import BoneLevel, bone_level_finding, read_bone_level
-from inference.pipeline.braincase import BraincaseFill, fill_braincase
+from inference.pipeline.braincase import BRAIN, BraincaseFill, fill_braincase
 from inference.pipeline.drift import drift_finding, drifts, measure_drift
 from inference.pipeline.geometry import (
     Geometry,
@@ -670,16 +670,28 @@ def predict_volume(
             out.uncertainty if previous is None else np.maximum(previous, out.uncertainty)
         )
     with beside(threads, "labseg-side") as side:
-        # The uncertainty map needs no labels: it is upsampled while the lesions are looked for.
-        upsampled = side.submit(
-            _full_uncertainty, list(uncertainty_by_grid.values()), geometry.canonical_shape
-        )
         organs = task_labels.get("organs")
         with timer("postprocess"):
             if orientation is not None and orientation.head_only and organs is not None:
                 drop_out_of_view(organs, groups["organs"][0].structures)
-            braincase = fill_braincase(organs, rules_hu, geometry.spacing_mm) if organs is not None else None
+            # The braincase fill turns background into brain only, and the lesion search reads its
+            # host organs and bone only (``nodule_candidates``): unless the brain hosts lesions,
+            # neither sees what the other changes, so they run side by side.
+            braincase, filling = None, None
+            hosts = {
+                int(h) for card in groups.get("tumor", []) for rule in card.detections for h in rule["hosts"]
+            }
+            if organs is not None and BRAIN in hosts:
+                braincase = fill_braincase(organs, rules_hu, geometry.spacing_mm)
+            elif organs is not None:
+                filling = side.submit(fill_braincase, organs, rules_hu, geometry.spacing_mm)
+            # The uncertainty map needs no labels: it is upsampled while the lesions are looked for.
+            upsampled = side.submit(
+                _full_uncertainty, list(uncertainty_by_grid.values()), geometry.canonical_shape
+            )
             unsearched = detect_lesions(task_labels, groups, rules_hu, geometry.spacing_mm, rules_noise, blur)
+            if filling is not None:
+                braincase = filling.result()
             if organs is not None and straightening is None:
                 settle_air_edges(organs, rules_hu, groups["organs"][0], geometry.spacing_mm, blur=blur)
             # The organ map is final here (lesions go into their own map; a straightened mouse's

@@ -112,3 +112,15 @@ def test_two_mice_in_one_field_each_brain_is_measured_in_its_own_skull() -> None
     assert np.array_equal(labels[80:], well)  # the well-drawn brain is left as it was
     assert (labels[:80] == BRAIN)[radius < SKULL_MM - 0.3].all()
     assert not (labels[:80] == BRAIN)[radius >= SKULL_MM].any()
+
+
+@pytest.mark.parametrize("opening", ["closed", "foramen", "vertebra"])
+def test_the_fill_turns_background_into_brain_and_nothing_else(opening: str) -> None:
+    # predict_volume runs the fill beside the lesion search, which reads host organs and bone
+    # only: that holds because the fill changes no voxel but background, and only into brain.
+    labels, hu, _ = _head(4.0, foramen=opening == "foramen", vertebra=opening == "vertebra")
+    before = labels.copy()
+    found = fill_braincase(labels, hu, (SPACING,) * 3)
+    changed = labels != before
+    assert found is not None and changed.any()
+    assert (before[changed] == 0).all() and (labels[changed] == BRAIN).all()
