@@ -677,21 +677,22 @@ def predict_volume(
             # The braincase fill turns background into brain only, and the lesion search reads its
             # host organs and bone only (``nodule_candidates``): unless the brain hosts lesions,
             # neither sees what the other changes, so they run side by side.
-            braincase, filling = None, None
+            filling = (
+                side.submit(fill_braincase, organs, rules_hu, geometry.spacing_mm)
+                if organs is not None
+                else None
+            )
             hosts = {
                 int(h) for card in groups.get("tumor", []) for rule in card.detections for h in rule["hosts"]
             }
-            if organs is not None and BRAIN in hosts:
-                braincase = fill_braincase(organs, rules_hu, geometry.spacing_mm)
-            elif organs is not None:
-                filling = side.submit(fill_braincase, organs, rules_hu, geometry.spacing_mm)
+            if filling is not None and BRAIN in hosts:
+                filling.result()  # the search reads the brain: it waits for the fill
             # The uncertainty map needs no labels: it is upsampled while the lesions are looked for.
             upsampled = side.submit(
                 _full_uncertainty, list(uncertainty_by_grid.values()), geometry.canonical_shape
             )
             unsearched = detect_lesions(task_labels, groups, rules_hu, geometry.spacing_mm, rules_noise, blur)
-            if filling is not None:
-                braincase = filling.result()
+            braincase = filling.result() if filling is not None else None
             if organs is not None and straightening is None:
                 settle_air_edges(organs, rules_hu, groups["organs"][0], geometry.spacing_mm, blur=blur)
             # The organ map is final here (lesions go into their own map; a straightened mouse's
