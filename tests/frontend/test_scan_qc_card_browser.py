@@ -4,6 +4,8 @@ as having no volume (``inference.pipeline.qc``'s ``cut_by_field``), and the line
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -18,8 +20,10 @@ from tests.frontend.test_pages import phantom_files, scan, user  # noqa: F401 (f
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def _signed_in_page(live_server: Any, browser: Any, member: Any) -> tuple[Any, Any, list[str]]:
-    """A browser page signed in as ``member`` and the page errors it collects."""
+@contextmanager
+def _scan_page(live_server: Any, browser: Any, member: Any, of_scan: Scan) -> Iterator[tuple[Any, list[str]]]:
+    """``of_scan``'s page opened in a browser signed in as ``member``, and the page errors it
+    collects; the browser context is closed on leaving."""
     client = Client()
     client.force_login(member)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -35,7 +39,20 @@ def _signed_in_page(live_server: Any, browser: Any, member: Any) -> tuple[Any, A
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    return context, page, errors
+    try:
+        page.goto(f"{live_server.url}/scans/{of_scan.pk}/")
+        yield page, errors
+    finally:
+        context.close()
+
+
+def _inside_its_card(line: Any) -> bool:
+    """Whether ``line`` (a locator) lies across its card (the section holding it), not past it."""
+    box = line.bounding_box()
+    card = line.locator("xpath=ancestor::section[1]").bounding_box()
+    return bool(
+        box and card and card["x"] <= box["x"] and box["x"] + box["width"] <= card["x"] + card["width"]
+    )
 
 
 def _store_manifest(of_scan: Scan, **sections: dict[str, Any]) -> None:
@@ -55,24 +72,19 @@ def test_the_scan_page_names_an_organ_cut_by_the_field(
     user: Any,  # noqa: F811 (scan and user: the fixtures imported above)
 ) -> None:
     _store_manifest(scan, qc={"status": "ok", "reasons": [], "cut_by_field": ["liver"]})
-    context, page, errors = _signed_in_page(live_server, browser, user)
-    try:
-        started = time.perf_counter()
-        page.goto(f"{live_server.url}/scans/{scan.pk}/")
+    started = time.perf_counter()
+    with _scan_page(live_server, browser, user, scan) as (page, errors):
         line = page.get_by_text("cut by the edge of the field of view")
         line.wait_for(state="visible")
         seconds = time.perf_counter() - started
         text = line.inner_text()
-        box = line.bounding_box()
-        card = line.locator("xpath=ancestor::section[1]").bounding_box()
+        inside = _inside_its_card(line)
         path = screenshot(page, "scan_qc_cut_by_field")
-    finally:
-        context.close()
 
-    print(f"cut-by-field line on screen {seconds:.2f} s after the request; screenshot {path}")
+    print(f"cut-by-field line on screen {seconds:.2f} s after the page was opened; screenshot {path}")
     assert errors == []
     assert "liver" in text
-    assert box and card and card["x"] <= box["x"] and box["x"] + box["width"] <= card["x"] + card["width"]
+    assert inside
 
 
 def test_the_scan_page_says_where_an_outline_refiner_ran(
@@ -90,16 +102,12 @@ def test_the_scan_page_says_where_an_outline_refiner_ran(
     _store_manifest(
         scan, postprocess={"refiners": [{"structure": "heart", "ran_on": "resampled", "finding": finding}]}
     )
-    context, page, errors = _signed_in_page(live_server, browser, user)
-    try:
-        page.goto(f"{live_server.url}/scans/{scan.pk}/")
+    with _scan_page(live_server, browser, user, scan) as (page, errors):
         page.get_by_text("How the scan was read").click()
         line = page.get_by_text("outline redrawn on the scan resampled")
         line.wait_for(state="visible")
         text = line.inner_text()
         path = screenshot(page, "scan_qc_refiner_resampled")
-    finally:
-        context.close()
 
     print(f"screenshot {path}")
     assert errors == []
@@ -127,22 +135,17 @@ def test_the_scan_page_shows_an_unstable_organ_and_how_alike_the_readings_were(
             "pass_agreement": {"heart": 0.55, "liver": 0.95},
         },
     )
-    context, page, errors = _signed_in_page(live_server, browser, user)
-    try:
-        started = time.perf_counter()
-        page.goto(f"{live_server.url}/scans/{scan.pk}/")
+    started = time.perf_counter()
+    with _scan_page(live_server, browser, user, scan) as (page, errors):
         shown = page.get_by_text("it does not know this anatomy well")
         shown.wait_for(state="visible")
         seconds = time.perf_counter() - started
         page.get_by_text("How the scan was read").click()
         figures = page.get_by_text("its readings agree at Dice heart 0.55, liver 0.95")
         figures.wait_for(state="visible")
-        box = figures.bounding_box()
-        card = figures.locator("xpath=ancestor::section[1]").bounding_box()
+        inside = _inside_its_card(figures)
         path = screenshot(page, "scan_qc_unstable")
-    finally:
-        context.close()
 
-    print(f"unstable reason on screen {seconds:.2f} s after the request; screenshot {path}")
+    print(f"unstable reason on screen {seconds:.2f} s after the page was opened; screenshot {path}")
     assert errors == []
-    assert box and card and card["x"] <= box["x"] and box["x"] + box["width"] <= card["x"] + card["width"]
+    assert inside
