@@ -32,6 +32,7 @@ from tests.inference.pipeline.conftest import WINDOW
 from tests.inference.pipeline.tiny_models import write_threshold_model
 
 BONES = BY_NAME["bones"].id
+BRAIN = BY_NAME["brain"].id
 LIVER = BY_NAME["liver"].id
 LUNG = BY_NAME["lung_left"].id
 HEART = BY_NAME["heart"].id
@@ -609,6 +610,44 @@ def test_the_lungs_air_edge_waits_until_the_nodules_in_them_are_found(tmp_path: 
     assert out.organ_labels is not None and out.lesion_labels is not None
     assert np.array_equal(out.organ_labels == LUNG, volume == -450.0)  # the nodule is no lung
     assert np.array_equal(out.lesion_labels == METASTASIS, nodule)  # and was found in it
+
+
+def test_a_lesion_rule_that_searches_the_brain_sees_the_braincase_filled(tmp_path: Path) -> None:
+    # A head: soft tissue (10 HU) round a 0.4 mm skull (900 HU) whose braincase is 5 mm across.
+    # The tiny organ model draws brain only above 25 HU: the brain's core (40 HU, to 4 mm), half the
+    # braincase, and a bright speck (60 HU) in the rim between core and skull, which it reads as
+    # a scrap of brain of its own. The braincase fill grows the brain over the rim; only then does
+    # the speck lie deep in the host, where the lesion rule (brain host, from 50 HU) seeds it.
+    # Before the fill the scrap is all edge and seeds nothing (``nodule_candidates``), so a search
+    # that did not wait for the fill would find nothing.
+    n, spacing = 64, 0.2
+    axis = (np.arange(n) - n / 2 + 0.5) * spacing
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    radius = np.sqrt(x**2 + y**2 + z**2)
+    volume = np.where(radius < 6.0, 10.0, -1000.0).astype(np.float32)
+    volume[(radius >= 5.0) & (radius < 5.4)] = 900.0
+    volume[radius < 4.0] = 40.0
+    speck = (x - 4.5) ** 2 + y**2 + z**2 < 0.3**2
+    volume[speck] = 60.0
+    window = {"kind": "window", "low_hu": -1000, "high_hu": 1000}
+    # Window 0-1: 10 HU -> 0.505, 40 HU -> 0.52, 900 HU -> 0.95.
+    organs = write_threshold_model(
+        tmp_path / "organs" / "1",
+        structures=(0, BRAIN, BONES),
+        thresholds=(0.5125, 0.7),
+        normalisation=window,
+    )
+    rule = {"structure": METASTASIS, "hosts": [BRAIN], "min_hu": 50, "erode_mm": 0.2, "min_volume_mm3": 0.0}
+    lesions = _tiny_lesion_model(tmp_path / "lesions" / "1", window, rule)
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+
+    out = predict_volume(volume, affine, [organs, lesions], threads=2, intensity="hu", orient="header")
+
+    assert out.braincase is not None and out.braincase.grown
+    assert out.organ_labels is not None and out.lesion_labels is not None
+    brain = out.organ_labels == BRAIN
+    assert brain[(radius >= 4.0) & (radius < 4.8) & ~speck].all()  # the rim is brain now
+    assert np.array_equal(out.lesion_labels == METASTASIS, speck)  # and the speck in it was found
 
 
 NODULE_RULE = {"structure": METASTASIS, "hosts": [LUNG], "min_hu": 0, "erode_mm": 0, "min_volume_mm3": 0}
