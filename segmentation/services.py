@@ -521,7 +521,8 @@ def _failure_message(job: InferenceJob, exc: BaseException) -> str:
     from inference.pipeline.intensity import IntensityCalibrationError
     from inference.registry import ModelCardError
 
-    # The pipeline's refusal of a scan whose values are not HU is already written for the researcher.
+    # The pipeline's refusal of a scan it cannot read as HU, or of one that holds only air, is
+    # already written for the researcher.
     if isinstance(exc, _PermanentError | IntensityCalibrationError):
         return str(exc)
     if isinstance(exc, ModelCardError):

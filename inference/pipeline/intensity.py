@@ -80,6 +80,10 @@ HU_MAX = 5000.0
 HU_AIR_RANGE = (-1150.0, -850.0)
 #: Values below this at the minimum, a spike: padding outside the reconstruction circle.
 PADDING_BELOW = -1100.0
+#: A scan whose every sampled voxel lies at or above ``HU_MIN`` and below this holds air only (in
+#: HU): no soft tissue, no lung (inflated lungs read -300 to -700 HU, ../shared/science.md). It is
+#: an empty bed or the wrong file, and is refused as such rather than as "not in HU".
+AIR_ONLY_BELOW_HU = -500.0
 
 
 class IntensityCalibrationError(ValueError):
@@ -267,7 +271,16 @@ def _survey(volume: np.ndarray) -> _Survey:
     soft-tissue peak then holds too few of them to count, and its bone none of the brightest
     0.1 %, so a scan in HU was refused (measured on a padded phantom; ``tests/inference/pipeline
     /test_intensity.py``). The animal's box keeps air round it, so both peaks stay."""
-    whole = _survey_of(_sample(volume))
+    sample = _sample(volume)
+    whole = _survey_of(sample)
+    top = float(np.max(sample))
+    if whole.p05 >= HU_MIN and top < AIR_ONLY_BELOW_HU:
+        raise IntensityCalibrationError(
+            f"This scan holds no animal: every voxel reads as air in Hounsfield units ({whole.span}, "
+            f"none above {_num(AIR_ONLY_BELOW_HU)} HU, where a mouse's lungs and soft tissue lie). "
+            "It may be a scan of the empty bed, or another file than the one meant. Check that the "
+            "animal lies in the field of view and try again."
+        )
     box = _animal_box(np.asarray(volume), whole)
     return whole if box is None else _survey_of(_sample(np.asarray(volume)[box]))
 

@@ -48,6 +48,25 @@ def test_a_scan_without_air_and_soft_tissue_peaks_fails_with_the_plain_reason(
     assert not Prediction.objects.exists()
 
 
+def test_a_scan_of_the_empty_bed_fails_as_holding_no_animal(
+    models: dict[str, ModelVersion], upload_scan: Callable[..., Scan]
+) -> None:
+    scan = upload_scan()
+    # Air in HU and its noise, nothing else (replaced after upload): a scan of the empty bed.
+    air = np.random.default_rng(0).normal(-1000.0, 20.0, tuple(scan.shape)).astype(np.float32)
+    _replace_file(scan, air)
+    [job] = services.request_segmentation(scan=scan, model_versions=[models["organs"]])
+
+    result = segment_scan_task.apply(args=[job.pk]).get()
+
+    job.refresh_from_db()
+    assert result == "failed" and job.state == InferenceJob.State.FAILED
+    assert job.attempts == 1
+    assert job.error.startswith("This scan holds no animal: every voxel reads as air")
+    assert "Check that the animal lies in the field of view" in job.error
+    assert not Prediction.objects.exists()
+
+
 def test_an_export_in_arbitrary_units_is_calibrated_and_finds_the_same_lesions(
     models: dict[str, ModelVersion], upload_scan: Callable[..., Scan]
 ) -> None:

@@ -173,6 +173,28 @@ def test_scans_without_credible_peaks_are_refused_in_plain_words(
     assert "Export the scan in HU" in message
 
 
+@pytest.mark.parametrize("noise_hu", [5.0, 60.0])
+def test_a_scan_of_air_alone_is_refused_as_holding_no_animal(phantom: Phantom, noise_hu: float) -> None:
+    # The empty bed's scan, in HU: air and its noise, nothing a mouse is made of.
+    air = np.random.default_rng(1).normal(-1000.0, noise_hu, phantom.ct.shape).astype(np.int16)
+
+    with pytest.raises(IntensityCalibrationError) as refused:
+        calibrate_intensity(air)
+
+    message = str(refused.value)
+    assert message.startswith("This scan holds no animal: every voxel reads as air")
+    assert "none above -500 HU" in message and "field of view" in message
+    assert not message.startswith(REFUSAL)  # the scan is in HU: that is not what is wrong
+
+
+def test_a_mouse_in_a_wide_field_of_air_is_still_read(phantom: Phantom) -> None:
+    # The air-only check reads the brightest voxel of the subsample, not its percentiles: a mouse
+    # that fills a small share of the field of view is still seen.
+    wide = np.pad(phantom.ct, [(120, 120), (120, 120), (0, 0)], constant_values=-1000)
+
+    assert calibrate_intensity(wide).units == "HU"
+
+
 def test_hu_mode_takes_the_values_unchecked_and_other_modes_are_rejected() -> None:
     labels = np.arange(15, dtype=np.uint8).repeat(100).reshape(10, 10, 15)
 
