@@ -29,6 +29,7 @@ import nibabel as nib
 import numpy as np
 from django.conf import settings
 
+from inference.pipeline.io import convert_hint
 from labseg.refusals import Refused
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -91,16 +92,19 @@ class VolumeStats:
 
 
 def nifti_suffix(filename: str) -> str:
-    """``.nii`` or ``.nii.gz`` for a NIfTI file name; refuses anything else."""
+    """``.nii`` or ``.nii.gz`` for a NIfTI file name; refuses anything else, saying how to convert
+    the formats scanners and tools export (``inference.pipeline.io.convert_hint``)."""
     lower = filename.lower()
     if lower.endswith(".nii.gz"):
         return ".nii.gz"
     if lower.endswith(".nii"):
         return ".nii"
-    raise ScanRejected(
+    message = (
         f"{filename!r} is not a NIfTI file name: labseg accepts single-file NIfTI scans ending in "
         ".nii or .nii.gz"
     )
+    hint = convert_hint(filename)
+    raise ScanRejected(f"{message}; {hint}" if hint else message)
 
 
 def _open_stream(path: Path, compressed: bool) -> BinaryIO:

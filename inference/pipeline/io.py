@@ -35,11 +35,42 @@ class LoadedScan:
     header: nib.Nifti1Header
 
 
+#: What a scanner or a tool exports instead of NIfTI, and how to turn it into one: said with the
+#: refusal, so that a researcher holding such a file knows the next step.
+CONVERT_HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (
+        (".dcm", ".dicom", ".ima", ".zip"),
+        "a DICOM series converts to one .nii.gz with dcm2niix (`dcm2niix -z y FOLDER`) or 3D Slicer "
+        "(load the series, then Save as .nii.gz)",
+    ),
+    (
+        (".nrrd", ".nhdr", ".mha", ".mhd", ".hdr", ".img"),
+        "3D Slicer or ITK-SNAP opens this format and saves it as .nii.gz (File > Save, NIfTI)",
+    ),
+    (
+        (".tif", ".tiff", ".bmp", ".png", ".jpg"),
+        "a stack of slice images holds no voxel size: export the reconstruction as NIfTI or DICOM "
+        "from the scanner's software, or build a .nii.gz in Fiji (File > Save As > NIfTI-1) with "
+        "the voxel size set",
+    ),
+)
+
+
+def convert_hint(filename: str) -> str | None:
+    """How to turn ``filename``, by its suffix, into the single-file NIfTI labseg reads
+    (``CONVERT_HINTS``); None for a suffix of no known format."""
+    lower = filename.lower().removesuffix(".gz")
+    return next((hint for suffixes, hint in CONVERT_HINTS if lower.endswith(suffixes)), None)
+
+
 def load_scan(path: Path) -> LoadedScan:
     """Read a 3D NIfTI (a 4D file with one volume is accepted)."""
     path = Path(path)
     if not path.is_file():
         raise ScanReadError(f"no such file: {path}")
+    hint = convert_hint(path.name)
+    if hint is not None:
+        raise ScanReadError(f"{path.name} is not a NIfTI file (.nii or .nii.gz): {hint}")
     try:
         image = _read(path)
         if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):

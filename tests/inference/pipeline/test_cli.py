@@ -158,6 +158,20 @@ def test_bad_input_exits_with_2_and_a_plain_message(tmp_path: Path) -> None:
     assert "Traceback" not in missing.stderr + unreadable.stderr + bad_task.stderr
 
 
+def test_a_dicom_file_is_refused_with_how_to_convert_it(tmp_path: Path, organ_model: ModelCard) -> None:
+    dicom = tmp_path / "IM_0001.dcm"
+    dicom.write_bytes(b"\x00" * 128 + b"DICM" + bytes(64))
+
+    refused = run_cli(
+        "segment", str(dicom), "--out", str(tmp_path / "out"), "--model", str(organ_model.folder)
+    )
+
+    assert refused.returncode == 2
+    assert "IM_0001.dcm is not a NIfTI file (.nii or .nii.gz)" in refused.stderr
+    assert "dcm2niix -z y FOLDER" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_models_command_lists_the_registry(
     models_root: Path, organ_model: ModelCard, tumor_model: ModelCard
 ) -> None:
