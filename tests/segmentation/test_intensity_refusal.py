@@ -29,12 +29,37 @@ def _replace_file(scan: Scan, volume: np.ndarray) -> None:
     nib.save(nib.Nifti1Image(volume, affine), Path(default_storage.path(scan.file.name)))
 
 
-def test_a_scan_without_air_and_soft_tissue_peaks_fails_with_the_plain_reason(
-    models: dict[str, ModelVersion], upload_scan: Callable[..., Scan]
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        # Uniform noise: no air, no soft tissue, nothing to calibrate from.
+        (
+            lambda rng, shape: rng.uniform(0, 1000, shape),
+            (
+                "The intensities of this scan are not in Hounsfield units (HU)",
+                "shows no clear peak at all",
+                "Export the scan in HU",
+            ),
+        ),
+        # Air in HU and its noise, nothing else: a scan of the empty bed.
+        (
+            lambda rng, shape: rng.normal(-1000.0, 20.0, shape),
+            (
+                "This scan holds no animal: every voxel reads as air",
+                "Check that the animal lies in the field of view",
+            ),
+        ),
+    ],
+    ids=["no peaks", "air alone"],
+)
+def test_a_scan_that_cannot_be_read_as_hu_fails_with_the_plain_reason(
+    models: dict[str, ModelVersion],
+    upload_scan: Callable[..., Scan],
+    make: Callable[[np.random.Generator, tuple[int, ...]], np.ndarray],
+    says: tuple[str, ...],
 ) -> None:
     scan = upload_scan()
-    # Uniform noise: no air, no soft tissue, nothing to calibrate from (replaced after upload).
-    _replace_file(scan, np.random.default_rng(0).uniform(0, 1000, tuple(scan.shape)).astype(np.float32))
+    _replace_file(scan, make(np.random.default_rng(0), tuple(scan.shape)).astype(np.float32))  # after upload
     [job] = services.request_segmentation(scan=scan, model_versions=[models["organs"]])
 
     result = segment_scan_task.apply(args=[job.pk]).get()
@@ -42,28 +67,9 @@ def test_a_scan_without_air_and_soft_tissue_peaks_fails_with_the_plain_reason(
     job.refresh_from_db()
     assert result == "failed" and job.state == InferenceJob.State.FAILED
     assert job.attempts == 1
-    assert job.error.startswith("The intensities of this scan are not in Hounsfield units (HU)")
-    assert "shows no clear peak at all" in job.error and "Export the scan in HU" in job.error
+    assert job.error.startswith(says[0])
+    assert all(words in job.error for words in says[1:])
     assert "IntensityCalibrationError" not in job.error and "Segmentation failed during" not in job.error
-    assert not Prediction.objects.exists()
-
-
-def test_a_scan_of_the_empty_bed_fails_as_holding_no_animal(
-    models: dict[str, ModelVersion], upload_scan: Callable[..., Scan]
-) -> None:
-    scan = upload_scan()
-    # Air in HU and its noise, nothing else (replaced after upload): a scan of the empty bed.
-    air = np.random.default_rng(0).normal(-1000.0, 20.0, tuple(scan.shape)).astype(np.float32)
-    _replace_file(scan, air)
-    [job] = services.request_segmentation(scan=scan, model_versions=[models["organs"]])
-
-    result = segment_scan_task.apply(args=[job.pk]).get()
-
-    job.refresh_from_db()
-    assert result == "failed" and job.state == InferenceJob.State.FAILED
-    assert job.attempts == 1
-    assert job.error.startswith("This scan holds no animal: every voxel reads as air")
-    assert "Check that the animal lies in the field of view" in job.error
     assert not Prediction.objects.exists()
 
 
