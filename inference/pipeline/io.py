@@ -39,9 +39,14 @@ class LoadedScan:
 #: refusal, so that a researcher holding such a file knows the next step.
 CONVERT_HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
     (
-        (".dcm", ".dicom", ".ima", ".zip"),
+        (".dcm", ".dicom", ".ima"),
         "a DICOM series converts to one .nii.gz with dcm2niix (`dcm2niix -z y FOLDER`) or 3D Slicer "
         "(load the series, then Save as .nii.gz)",
+    ),
+    (
+        (".zip", ".tar", ".tgz", ".7z", ".rar"),
+        "unpack the archive and upload the .nii.gz scans in it one by one (a DICOM series in it "
+        "converts to one .nii.gz with dcm2niix: `dcm2niix -z y FOLDER`)",
     ),
     (
         (".nrrd", ".nhdr", ".mha", ".mhd", ".hdr", ".img"),

@@ -139,6 +139,7 @@ CORPUS = [
         "not a NIfTI name", lambda: ("scan.nrrd", nifti_bytes(volume())), 400, "is not a NIfTI file name"
     ),
     BadScan("a DICOM slice", lambda: ("IM_0001.dcm", nifti_bytes(volume())), 400, "dcm2niix -z y FOLDER"),
+    BadScan("an archive", lambda: ("scans.zip", b"PK\x03\x04" + bytes(64)), 400, "unpack the archive"),
     BadScan("a slice image", lambda: ("rec_0001.tif", b"II*\x00" + bytes(64)), 400, "holds no voxel size"),
     BadScan(
         "gzip named .nii", lambda: ("scan.nii", nifti_bytes(volume())), 400, "rename it to end in .nii.gz"
