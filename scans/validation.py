@@ -29,7 +29,7 @@ import nibabel as nib
 import numpy as np
 from django.conf import settings
 
-from inference.pipeline.io import convert_hint
+from inference.formats import convert_hint
 from labseg.refusals import Refused
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -93,7 +93,7 @@ class VolumeStats:
 
 def nifti_suffix(filename: str) -> str:
     """``.nii`` or ``.nii.gz`` for a NIfTI file name; refuses anything else, saying how to convert
-    the formats scanners and tools export (``inference.pipeline.io.convert_hint``)."""
+    the formats scanners and tools export (``inference.formats.convert_hint``)."""
     lower = filename.lower()
     if lower.endswith(".nii.gz"):
         return ".nii.gz"

@@ -271,10 +271,8 @@ def _survey(volume: np.ndarray) -> _Survey:
     soft-tissue peak then holds too few of them to count, and its bone none of the brightest
     0.1 %, so a scan in HU was refused (measured on a padded phantom; ``tests/inference/pipeline
     /test_intensity.py``). The animal's box keeps air round it, so both peaks stay."""
-    sample = _sample(volume)
-    whole = _survey_of(sample)
-    top = float(np.max(sample))
-    if whole.p05 >= HU_MIN and top < AIR_ONLY_BELOW_HU:
+    whole = _survey_of(_sample(volume))
+    if whole.p05 >= HU_MIN and float(whole.content.max()) < AIR_ONLY_BELOW_HU:
         raise IntensityCalibrationError(
             f"This scan holds no animal: every voxel reads as air in Hounsfield units ({whole.span}, "
             f"none above {_num(AIR_ONLY_BELOW_HU)} HU, where a mouse's lungs and soft tissue lie). "
