@@ -6,6 +6,10 @@ accepts it (the server records who and when). The checks, each with its own reas
 
 - ``nothing_found``: the models drew nothing at all (no organ, bone or tumor): a QA phantom, an
   empty bed or a scan of something else, never an "ok" mouse without organs.
+- ``no_skeleton``: the organ model drew organs but no bone. Every slice through a mouse's head or
+  trunk holds bone (skull, spine, ribs, pelvis), so such a run is a QA phantom, a tube of water
+  or gel, or a crop of soft tissue alone, whatever organs the network drew in it (a water
+  cylinder came out as a 1,218 mm^3 "liver"): its volumes are no measurements.
 - ``volume_range``: an organ's volume outside the range of adult mice (15-40 g). The reference is
   the Digimouse atlas (one 28 g male, ``../shared/science.md``) and the published adult means the
   phantom is calibrated to; organ volume scales with body mass, so when the whole body is in view
@@ -687,6 +691,16 @@ def check_run(
                 "nothing_found",
                 "the models found nothing they know in this scan (no organ, bone or tumor): check that it "
                 "is a CT of a mouse; its volumes are not measurements",
+            )
+        )
+    elif "bones" in drawable and "bones" not in found:
+        report.reasons.append(
+            Reason(
+                "no_skeleton",
+                "the models found no bone, though every slice through a mouse's head or trunk holds some "
+                "(skull, spine, ribs, pelvis): the scan may be a QA phantom, a tube or a crop of soft tissue "
+                "alone, and the organs drawn in it are no measurements; check that it is a CT of a mouse",
+                "bones",
             )
         )
     report.reasons.extend(_volume_reasons(by_name, drawable, scale))

@@ -215,6 +215,36 @@ def test_a_scan_in_which_nothing_was_found_asks_for_review(phantom: Phantom) -> 
     assert "nothing_found" not in _codes(_check(phantom, phantom.labels))
 
 
+def test_organs_drawn_without_any_bone_ask_for_review(phantom: Phantom) -> None:
+    # A water QA cylinder in which the organ network drew a liver (as the served one draws a
+    # 1,218 mm^3 "liver" in one): a mouse's head and trunk hold bone in every slice.
+    liver = BY_NAME["liver"].id
+    labels = np.where(phantom.labels == liver, liver, 0).astype(phantom.labels.dtype)
+    water = np.where(phantom.ct > -500, 0, -1000).astype(np.int16)
+
+    report = _check(phantom, labels, water)
+
+    assert report.status == NEEDS_REVIEW
+    skeleton = [r for r in report.reasons if r.code == "no_skeleton"]
+    assert len(skeleton) == 1 and skeleton[0].structure == "bones"
+    assert "the models found no bone" in skeleton[0].message
+    assert "QA phantom" in skeleton[0].message
+    # A mouse's run has its skeleton; a run of a model that cannot draw bone (the tumor model
+    # alone) is not asked for one; nor is a run that found nothing, which has its own reason.
+    assert "no_skeleton" not in _codes(_check(phantom, phantom.labels))
+    tumor = np.where(labels == liver, TUMOR, 0).astype(labels.dtype)
+    tumor_only = check_run(
+        labels=tumor,
+        scan=water,
+        voxel_volume_mm3=SPACING_MM**3,
+        volumes=structure_volumes(tumor, SPACING_MM**3, structure_ids=[TUMOR]),
+        lesions=[],
+        structure_ids=[TUMOR],
+    )
+    assert tumor_only.status == OK, [r.message for r in tumor_only.reasons]
+    assert _codes(_check(phantom, np.zeros_like(labels), water)) == {"nothing_found"}
+
+
 def test_organs_cut_by_the_field_of_view_are_named_and_not_measured(phantom: Phantom) -> None:
     # A thorax scan whose field ends half-way down the liver: the liver is only partly scanned, so
     # its small volume is no reason, and it does not put the abdomen in view (the kidneys are not
