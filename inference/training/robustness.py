@@ -28,6 +28,12 @@ its own dtype, with its affine) and scored against the truth moved the same way:
   reconstruction, the scan blurred by a further ``BLUR_MM``; ``thick``: the 0.14 mm mouse with
   each pair of axial slices averaged into one (0.14 x 0.14 x 0.28 mm, ``THICK_SLICES``), scored
   against the truth of each pair's first slice.
+- ``holder``: the mouse inside a plastic holder tube that it touches (``HOLDER_WALL_MM``,
+  ``HOLDER_HU``); ``rod``: a bone-density calibration rod (``ROD_MM``, ``ROD_HU``) 1 mm beside it.
+- ``gut_contrast``: oral contrast, about half of the stomach and gut ``GUT_CONTRAST_HU`` brighter;
+  ``bladder_contrast``: excreted iodine, the urine ``BLADDER_CONTRAST_HU`` brighter. The models
+  learned every soft tissue darker than bone (``phantom.synth``), so these two measure a known
+  limit rather than a target.
 - ``dimbone``: bone reading dimmer, as a young mouse's less mineralised bone or a harder beam
   reads it: every voxel above ``DIM_FROM_HU`` brought ``DIM_BONE_SCALE`` of the way from there
   (vertebrae 800 -> 380 HU, long bones 1,150 -> 520).
@@ -146,6 +152,10 @@ VARIANTS: dict[str, str] = {
     "blurred": "a softer reconstruction: the scan blurred by a further 0.3 mm (Gaussian sigma)",
     "thick": "thick slices: the 0.14 mm mouse's axial slices averaged in pairs (0.14 x 0.14 x 0.28 mm)",
     "dimbone": "bone reading dimmer: every voxel above 100 HU brought to 0.4 of its height above it",
+    "holder": "inside a plastic holder tube (1 mm wall) that it touches",
+    "rod": "a bone-density calibration rod (3 mm, 900 HU) 1 mm beside the mouse",
+    "gut_contrast": "oral contrast: about half the stomach and gut 1200 HU brighter",
+    "bladder_contrast": "excreted iodine: the urine in the bladder 1500 HU brighter",
     "digimouse": "Digimouse atlas (real anatomy), whole body",
     "digimouse_torso": "Digimouse atlas (real anatomy), torso",
     "digimouse_torso_supine": "Digimouse torso rotated 180 degrees about the long axis, header unchanged",
@@ -236,6 +246,16 @@ TISSUE_RANGES_HU: dict[str, tuple[float, float]] = {
 }
 TISSUE_NOISE_HU = (10.0, 40.0)
 TISSUE_BLUR_MM = (0.1, 0.25)
+#: ``holder``: the holder tube's wall (mm) and level (HU, polycarbonate or acrylic); ``rod``: a
+#: hydroxyapatite calibration rod's level (HU, about 750 mg/cm^3) and diameter (mm).
+HOLDER_WALL_MM = 1.0
+HOLDER_HU = 110.0
+ROD_HU = 900.0
+ROD_MM = 3.0
+#: ``gut_contrast`` / ``bladder_contrast``: how far an oral agent lifts the gut's contents and an
+#: excreted iodinated agent the urine (HU; both reach thousands of HU in practice).
+GUT_CONTRAST_HU = 1200.0
+BLADDER_CONTRAST_HU = 1500.0
 #: Length of the small and large Digimouse variants against the atlas mouse's own.
 MOUSE_SIZES = {"small": 0.85, "large": 1.2}
 #: ``digimouse_torso_fine`` / ``digimouse_torso_coarse``: the atlas rendered on these voxels (mm).
@@ -259,6 +279,10 @@ TRANSFORM_KEYS = (
     "blurred_mm",
     "thick_slices",
     "dim_bone",
+    "holder_mm",
+    "rod_hu",
+    "gut_contrast_hu",
+    "bladder_contrast_hu",
 )
 
 
@@ -452,8 +476,18 @@ def widen(case: Case, factor: float, seed: int) -> Case:
     """The mouse in the middle of a field of view ``factor`` times as wide and high (x and y), the
     added air with the scan's noise: a big bore, or a rat-sized field of view. Scored everywhere,
     so whatever is drawn in the added air counts against the models."""
+    nx, ny, _ = case.ct.shape
+    wide = pad_in_plane(case, round((factor - 1) * nx / 2), round((factor - 1) * ny / 2), seed)
+    return replace(wide, meta={**case.meta, "widened": factor})
+
+
+def pad_in_plane(case: Case, px: int, py: int, seed: int) -> Case:
+    """``case`` with ``px`` and ``py`` voxels of air (with the scan's noise) added on both sides of
+    x and y, the affine moved so that the mouse stays where it was in the world."""
+    if px <= 0 and py <= 0:
+        return case
+    px, py = max(px, 0), max(py, 0)
     nx, ny, nz = case.ct.shape
-    px, py = round((factor - 1) * nx / 2), round((factor - 1) * ny / 2)
     rng = np.random.default_rng([seed, 19, 5])
     noise_hu = float(case.meta.get("scanner", {}).get("noise_hu", 0.0))
     shape = (nx + 2 * px, ny + 2 * py, nz)
@@ -462,12 +496,102 @@ def widen(case: Case, factor: float, seed: int) -> Case:
     shift = np.eye(4)
     shift[0, 3], shift[1, 3] = -px, -py
     return replace(
-        case,
-        ct=ct,
-        labels=np.pad(case.labels, ((px, px), (py, py), (0, 0))),
-        affine=case.affine @ shift,
-        meta={**case.meta, "widened": factor},
+        case, ct=ct, labels=np.pad(case.labels, ((px, px), (py, py), (0, 0))), affine=case.affine @ shift
     )
+
+
+def _laid_in(case: Case, added: np.ndarray, seed: int) -> np.ndarray:
+    """The scan with an object laid in: ``added`` (its HU above air, 0 elsewhere) blurred and made
+    noisy as the scan is, kept where it is denser than what the scan holds there (int16 HU)."""
+    scanner = case.meta.get("scanner", {})
+    sigma = [float(scanner.get("blur_mm", 0.15)) / s for s in case.spacing_mm]
+    blurred = ndimage.gaussian_filter(added.astype(np.float32), sigma, truncate=3.0)
+    where = blurred > 10.0
+    rng = np.random.default_rng([seed, 19, 9])
+    noisy = (
+        blurred[where]
+        - 1000.0
+        + rng.standard_normal(int(where.sum()), dtype=np.float32) * np.float32(scanner.get("noise_hu", 20.0))
+    )
+    ct = case.ct.astype(np.float32)
+    ct[where] = np.maximum(ct[where], noisy)
+    return int16_hu(ct)
+
+
+def _body_columns(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """The in-plane indices (x, y) of every column that holds body (above -500 HU) in any slice."""
+    xs, ys = np.nonzero((case.ct > -500).any(axis=2))
+    return xs, ys
+
+
+def holder_tube(case: Case, seed: int) -> Case:
+    """The mouse inside a plastic holder tube (``HOLDER_WALL_MM`` thick, ``HOLDER_HU``) along the
+    whole field, centred on the body's in-plane extent and touching it where it reaches furthest,
+    as an anaesthesia holder holds a mouse in many in-vivo scanners. Labels unchanged (the tube is
+    background); the field is widened where the tube would leave it."""
+    spacing = case.spacing_mm[0]
+    xs, ys = _body_columns(case)
+    centre = np.array([(xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2])
+    inner = float(np.hypot(xs - centre[0], ys - centre[1]).max()) * spacing
+    outer = inner + HOLDER_WALL_MM
+    room = min(centre[0], case.ct.shape[0] - 1 - centre[0], centre[1], case.ct.shape[1] - 1 - centre[1])
+    pad = max(0, int(np.ceil(outer / spacing - room)) + 2)
+    case = pad_in_plane(case, pad, pad, seed)
+    nx, ny, nz = case.ct.shape
+    x, y = np.meshgrid(np.arange(nx) - centre[0] - pad, np.arange(ny) - centre[1] - pad, indexing="ij")
+    radius = np.hypot(x, y) * spacing
+    wall = ((radius >= inner) & (radius < outer)).astype(np.float32) * np.float32(HOLDER_HU + 1000.0)
+    ct = _laid_in(case, np.repeat(wall[:, :, None], nz, axis=2), seed)
+    return replace(case, ct=ct, meta={**case.meta, "holder_mm": round(inner, 2)})
+
+
+def calibration_rod(case: Case, seed: int) -> Case:
+    """A bone-density calibration rod (``ROD_HU``, ``ROD_MM`` across) lying 1 mm beside the mouse
+    along the middle 60 % of the field, as labs scan one with the animal to calibrate bone mineral
+    density. Labels unchanged; the field is widened where the rod would leave it."""
+    spacing = case.spacing_mm[0]
+    xs, ys = _body_columns(case)
+    radius = ROD_MM / 2 / spacing
+    centre_x = xs.max() + (1.0 + ROD_MM / 2) / spacing
+    pad = max(0, int(np.ceil(centre_x + radius - case.ct.shape[0])) + 2)
+    case = pad_in_plane(case, pad, 0, seed)
+    nx, ny, nz = case.ct.shape
+    centre_y = (ys.min() + ys.max()) / 2
+    x, y = np.meshgrid(np.arange(nx) - centre_x - pad, np.arange(ny) - centre_y, indexing="ij")
+    rod = np.zeros(case.ct.shape, np.float32)
+    rod[np.hypot(x, y) <= radius, round(0.2 * nz) : round(0.8 * nz)] = ROD_HU + 1000.0
+    return replace(case, ct=_laid_in(case, rod, seed), meta={**case.meta, "rod_hu": ROD_HU})
+
+
+def gut_contrast(case: Case, seed: int) -> Case:
+    """Oral contrast (barium or iodine): smooth patches covering about half of the stomach and the
+    gut (the truth's) brought ``GUT_CONTRAST_HU`` above what they read, as the agent fills the
+    lumen in boluses. Labels unchanged: the organs are where they were."""
+    rng = np.random.default_rng([seed, 19, 10])
+    gut = np.isin(case.labels, [BY_NAME["stomach"].id, BY_NAME["intestine"].id])
+    sigma = [1.25 / s for s in case.spacing_mm]
+    patches = ndimage.gaussian_filter(rng.standard_normal(case.ct.shape, dtype=np.float32), sigma) > 0
+    added = np.where(gut & patches, np.float32(GUT_CONTRAST_HU), np.float32(0.0))
+    return _contrast(case, added, "gut_contrast_hu", GUT_CONTRAST_HU)
+
+
+def bladder_contrast(case: Case) -> Case:
+    """Iodinated contrast excreted into the bladder: the urine (the truth's bladder less 0.3 mm of
+    wall) ``BLADDER_CONTRAST_HU`` above what it read, as an intravenous agent leaves it within
+    minutes. Labels unchanged."""
+    bladder = case.labels == BY_NAME["bladder"].id
+    wall = max(1, round(0.3 / float(min(case.spacing_mm))))
+    urine = ndimage.binary_erosion(bladder, iterations=wall)
+    added = np.where(urine, np.float32(BLADDER_CONTRAST_HU), np.float32(0.0))
+    return _contrast(case, added, "bladder_contrast_hu", BLADDER_CONTRAST_HU)
+
+
+def _contrast(case: Case, added: np.ndarray, key: str, hu: float) -> Case:
+    """``added`` (HU) blurred as the scan is and added to it: an agent fills the lumen, the noise
+    is the scan's own."""
+    sigma = [float(case.meta.get("scanner", {}).get("blur_mm", 0.15)) / s for s in case.spacing_mm]
+    lift = ndimage.gaussian_filter(added, sigma, truncate=3.0)
+    return replace(case, ct=int16_hu(case.ct.astype(np.float32) + lift), meta={**case.meta, key: hu})
 
 
 def add_bed(case: Case, seed: int) -> Case:
@@ -722,6 +846,10 @@ def make_case(variant: str, base: Case, seed: int, source: PhantomSource, neighb
         "blurred": lambda: blur(base, BLUR_MM),
         "thick": lambda: thicken(source.at_spacing(seed, THICK_FROM_MM), THICK_SLICES),
         "dimbone": lambda: dim_bone(base, DIM_BONE_SCALE),
+        "holder": lambda: holder_tube(base, seed),
+        "rod": lambda: calibration_rod(base, seed),
+        "gut_contrast": lambda: gut_contrast(base, seed),
+        "bladder_contrast": lambda: bladder_contrast(base),
     }
     if variant not in transforms:
         raise ValueError(f"unknown variant {variant!r}; variants are {', '.join(VARIANTS)}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from inference.phantom import generate_phantom
 from inference.pipeline.blur import blur_mm
@@ -171,6 +172,75 @@ def test_bed_is_added_under_the_mouse_only(case: Case) -> None:
     assert bed_y.size and bed_y.min() > body_y.max() - 2
     # A phantom generated with a bed keeps its own.
     assert robustness.add_bed(replace_meta(plain, bed=True), seed=seed).ct is plain.ct
+
+
+def _moved_back(moved: Case, case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """``moved``'s CT and labels over ``case``'s grid (a widened field cut back to it), after
+    checking that the world positions of ``case``'s voxels did not move."""
+    offset = np.rint(np.linalg.solve(moved.affine, case.affine)[:3, 3]).astype(int)
+    assert np.allclose(moved.affine @ np.r_[offset, 1.0], case.affine @ np.r_[0.0, 0.0, 0.0, 1.0])
+    box = tuple(slice(o, o + n) for o, n in zip(offset, case.ct.shape, strict=True))
+    return moved.ct[box], moved.labels[box]
+
+
+def test_a_holder_tube_rings_the_mouse_and_touches_it(case: Case) -> None:
+    held = robustness.holder_tube(case, seed=5)
+    _, labels = _moved_back(held, case)
+    pads = [((m - n) // 2,) * 2 for m, n in zip(held.ct.shape, case.ct.shape, strict=True)]
+    body = np.pad(case.ct > -500, pads)
+
+    assert np.array_equal(labels, case.labels) and held.labels.sum() == case.labels.sum()
+    assert held.meta["holder_mm"] > 0
+    # Only the tube was added, never over the mouse; every slice has its ring of plastic.
+    raised = held.ct > np.pad(case.ct, pads, constant_values=-1000) + 300
+    assert not (raised & (held.labels > 0)).any()
+    wall = (held.ct > 0) & ~body
+    assert wall.any(axis=(0, 1)).all()
+    # The tube is round about the body (as wide in x as in y) and touches it.
+    xs, ys = np.nonzero(wall.any(axis=2))
+    assert abs((xs.max() - xs.min()) - (ys.max() - ys.min())) <= 2
+    assert (ndimage.binary_dilation(body, iterations=2) & wall).any()
+    assert np.array_equal(robustness.holder_tube(case, seed=5).ct, held.ct)
+
+
+def test_a_calibration_rod_lies_beside_the_mouse_not_in_it(case: Case) -> None:
+    rodded = robustness.calibration_rod(case, seed=5)
+    ct, labels = _moved_back(rodded, case)
+
+    assert np.array_equal(labels, case.labels) and rodded.meta["rod_hu"] == robustness.ROD_HU
+    dense = np.argwhere(rodded.ct > 600)
+    rod = dense[dense[:, 0] >= case.ct.shape[0]] if rodded.ct.shape[0] > case.ct.shape[0] else dense
+    body_x = np.flatnonzero((case.ct > -500).any(axis=(1, 2))).max()
+    beside = dense[dense[:, 0] > body_x + 0.5 / SPACING_MM]
+    assert len(beside) and len(rod)
+    # 1 mm of air between the body and the rod, and the rod spans the middle of the field only.
+    assert beside[:, 0].min() * SPACING_MM >= (body_x + 1) * SPACING_MM + 0.5
+    zs = np.unique(beside[:, 2])
+    assert zs.min() >= 0.15 * case.ct.shape[2] and zs.max() <= 0.85 * case.ct.shape[2]
+    # The mouse itself reads as before, away from the rod's blur.
+    assert np.array_equal(ct[: body_x - 2], case.ct[: body_x - 2])
+
+
+def test_contrast_agents_brighten_the_gut_and_bladder_and_leave_the_truth(case: Case) -> None:
+    gut_ids = [BY_NAME["stomach"].id, BY_NAME["intestine"].id]
+    gut = np.isin(case.labels, gut_ids)
+    oral = robustness.gut_contrast(case, seed=5)
+    lift = oral.ct.astype(np.float32) - case.ct.astype(np.float32)
+
+    assert oral.labels is case.labels and oral.meta["gut_contrast_hu"] == robustness.GUT_CONTRAST_HU
+    bright = lift > 0.5 * robustness.GUT_CONTRAST_HU
+    assert 0.2 < bright[gut].mean() < 0.8  # about half the gut, in patches
+    assert not bright[~ndimage.binary_dilation(gut, iterations=2)].any()
+    assert np.array_equal(robustness.gut_contrast(case, seed=5).ct, oral.ct)
+
+    iodine = robustness.bladder_contrast(case)
+    lift = iodine.ct.astype(np.float32) - case.ct.astype(np.float32)
+    bladder = case.labels == BY_NAME["bladder"].id
+    assert (
+        iodine.labels is case.labels and iodine.meta["bladder_contrast_hu"] == robustness.BLADDER_CONTRAST_HU
+    )
+    assert lift[bladder].max() > 0.5 * robustness.BLADDER_CONTRAST_HU
+    assert not (lift[~ndimage.binary_dilation(bladder, iterations=2)] > 1.0).any()
 
 
 def test_cupping_darkens_the_body_towards_its_centre_and_leaves_the_truth(case: Case) -> None:
