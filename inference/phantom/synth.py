@@ -30,6 +30,7 @@ channel ``c`` of a fractions array holding canonical structure id ``c`` (0 = bac
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,31 @@ def tissue_levels(rng: np.random.Generator) -> dict[int, float]:
     return means
 
 
+#: Hollow organs a contrast agent can fill, and how far it lifts their contents (HU): oral barium
+#: or iodine and excreted iodine read from a few hundred to several thousand HU.
+LUMEN_ORGANS = (ID["stomach"], ID["intestine"], ID["bladder"])
+CONTRAST_LIFT_HU = (300.0, 3000.0)
+
+
+def lumen_contrast(
+    frac: np.ndarray, present: Sequence[int], shape: tuple[int, int, int], rng: np.random.Generator
+) -> dict[int, tuple[np.ndarray, float]]:
+    """For ``synth_sample``: which hollow organs a contrast agent fills, where, and by how many HU.
+    Each present one is filled with a chance of 0.6: the stomach and gut in smooth patches (a
+    bolus fills part of the lumen), the bladder wholly (urine mixes); at least one is."""
+    filled: dict[int, tuple[np.ndarray, float]] = {}
+    organs = [sid for sid in LUMEN_ORGANS if sid in present and frac[sid].any()]
+    for sid in organs:
+        if rng.random() >= 0.6 and (filled or sid != organs[-1]):
+            continue
+        if sid == ID["bladder"]:
+            where = np.ones(shape, bool)
+        else:
+            where = _smooth_field(rng, shape, float(rng.uniform(1.0, 2.5))) > float(rng.uniform(-0.6, 0.6))
+        filled[sid] = (where, float(rng.uniform(*CONTRAST_LIFT_HU)))
+    return filled
+
+
 def lean_body_hu(means: dict[int, float], rng: np.random.Generator) -> float:
     """The level of a lean mouse's unlabelled body: near its soft organs' mean (``means`` as
     ``tissue_levels`` draws them), with no fat between them."""
@@ -499,6 +525,7 @@ def synth_sample(
     clipped: float = 0.0,
     rolled: float = 0.0,
     sizes: tuple[float, float] = (0.85, 1.15),
+    contrast: float = 0.0,
 ) -> Sample:
     """One randomised training volume from ``source`` (see the module docstring).
 
@@ -516,10 +543,18 @@ def synth_sample(
     turned a further 10-40 degrees either way about its long axis (beside the few degrees every
     volume gets; at 0, the default, none is). ``sizes`` is the range of the mouse's overall
     scale against its source (default 0.85-1.15, as every committed model was trained; a mouse
-    1.3 times the atlas' 28 g mouse in length weighs about 60 g). Same source, seed and options,
-    same arrays.
+    1.3 times the atlas' 28 g mouse in length weighs about 60 g). ``contrast`` is the chance that
+    a contrast agent fills the hollow organs' lumen (``lumen_contrast``: oral barium or iodine in
+    patches of the stomach and gut, excreted iodine in the bladder), reading far above soft tissue
+    and as bright as bone or brighter (at 0, the default, none does). Same source, seed and
+    options, same arrays.
     """
-    for name, chance in (("plain_body", plain_body), ("clipped", clipped), ("rolled", rolled)):
+    for name, chance in (
+        ("plain_body", plain_body),
+        ("clipped", clipped),
+        ("rolled", rolled),
+        ("contrast", contrast),
+    ):
         if not 0.0 <= chance <= 1.0:
             raise ValueError(f"{name} is a chance: 0 to 1, not {chance}")
     if not 0.0 < sizes[0] <= sizes[1]:
@@ -612,6 +647,10 @@ def synth_sample(
         air -= bed_share
         params["bed"] = bed_kind
 
+    contrast_rng = np.random.default_rng([seed, 41])  # its own stream: contrast=0 draws as before
+    lumen = lumen_contrast(frac, present, out_shape, contrast_rng) if contrast_rng.random() < contrast else {}
+    if lumen:
+        params["contrast_hu"] = {STRUCTURES[sid].name: round(lift, 1) for sid, (_, lift) in lumen.items()}
     means = tissue_levels(rng)
     air_hu = float(rng.uniform(*HU_RANGES["air"]))
     fat_hu = float(rng.uniform(*HU_RANGES["fat"]))
@@ -628,6 +667,9 @@ def synth_sample(
             # Gas in the gut: part of its volume far darker than its wall.
             gas = _smooth_field(rng, out_shape, 1.5) > rng.uniform(0.3, 1.5)
             tex = np.where(gas, float(rng.uniform(-900, -300)), tex)
+        if sid in lumen:
+            filled, lift = lumen[sid]
+            tex = np.where(filled, tex + lift, tex)
         image += frac[sid] * tex
     # The unlabelled body: fat- and muscle-like textures, the fat where the source says (phantom)
     # and/or where a random field puts it, plus a subcutaneous layer.

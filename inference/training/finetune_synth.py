@@ -124,6 +124,7 @@ def finetune(
     clipped: float = 0.0,
     rolled: float = 0.0,
     sizes: tuple[float, float] = (0.85, 1.15),
+    contrast: float = 0.0,
     batch: int = 2,
     workers: int = 0,
     steps_per_epoch: int = 0,
@@ -155,6 +156,7 @@ def finetune(
         clipped=clipped,
         rolled=rolled,
         sizes=sizes,
+        contrast=contrast,
     )
     val: dict[str, list[Case]] = digimouse_cases(spec)
     if (pool / "native_08000.npz").exists():
@@ -231,6 +233,7 @@ def finetune(
         "clipped": clipped,
         "rolled": rolled,
         "mouse_sizes": list(sizes),
+        "lumen_contrast": contrast,
         "command": command or "python -m inference.training.finetune_synth " + " ".join(sys.argv[1:]),
         "history": cfg.history,
     }
@@ -318,6 +321,13 @@ def main(argv: list[str] | None = None) -> None:
         "about its long axis (synth.synth_sample); 0 for 2.4.0 and earlier",
     )
     parser.add_argument(
+        "--contrast",
+        type=float,
+        default=0.0,
+        help="chance that a contrast agent fills a synthetic volume's stomach, gut or bladder, as bright "
+        "as bone or brighter (synth.synth_sample); 0 for 2.11.0 and earlier",
+    )
+    parser.add_argument(
         "--mouse-size",
         default="0.85,1.15",
         metavar="LOW,HIGH",
@@ -349,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         ("--plain-body", args.plain_body),
         ("--clipped", args.clipped),
         ("--rolled", args.rolled),
+        ("--contrast", args.contrast),
     ):
         if not 0.0 <= share <= 1.0:
             parser.error(f"{flag} is the share of volumes drawn so: give 0 to 1, not {share}")
@@ -383,6 +394,7 @@ def main(argv: list[str] | None = None) -> None:
         clipped=args.clipped,
         rolled=args.rolled,
         sizes=sizes,
+        contrast=args.contrast,
         batch=args.batch,
         workers=args.workers,
         steps_per_epoch=args.steps_per_epoch,

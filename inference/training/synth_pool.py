@@ -47,6 +47,7 @@ class SynthPool:
     clipped: float = 0.0
     rolled: float = 0.0
     sizes: tuple[float, float] = (0.85, 1.15)
+    contrast: float = 0.0
     offset: int = 0
     stride: int = 1
     cases: list[Case] = field(default_factory=list)
@@ -90,6 +91,7 @@ class SynthPool:
             clipped=self.clipped,
             rolled=self.rolled,
             sizes=self.sizes,
+            contrast=self.contrast,
         )
         return case_from_arrays(
             f"synth-{source.name}-{seed}",

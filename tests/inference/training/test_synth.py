@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from scipy import ndimage
 from inference.phantom import digimouse
 from inference.phantom.synth import (
     AIR,
+    CONTRAST_LIFT_HU,
     HU_RANGES,
     ID,
     N_IDS,
@@ -196,6 +198,44 @@ def test_clipped_exports_cut_the_values_off_and_keep_the_padding_air() -> None:
         synth_sample(source, 3, clipped=-0.1)
 
 
+def _with_hollow_organs(source: Source) -> Source:
+    """``source`` with a stomach under the liver and a bladder at the caudal end, in its body."""
+    fractions, labelled = source.fractions.copy(), source.labelled.copy()
+    shape = fractions.shape[1:]
+    for name, centre, radii in (("stomach", (15, 13, 13), (4, 3, 3)), ("bladder", (12, 13, 5), (3, 3, 2.5))):
+        organ = _ellipsoid(shape, centre, radii)
+        fractions[:, organ] = 0
+        fractions[ID[name], organ] = 255
+        labelled[ID[name]] = True
+    return replace(source, fractions=fractions, labelled=labelled)
+
+
+def test_contrast_fills_hollow_organs_far_above_soft_tissue_and_keeps_the_default_draws() -> None:
+    """``contrast`` fills the stomach, gut or bladder of some volumes with an agent as bright as
+    bone or brighter (oral barium, excreted iodine), where every other draw keeps CT's order: the
+    network must learn that bright is not always bone. The labels are the plain draw's."""
+    source = _with_hollow_organs(tiny_source())
+    assert np.array_equal(synth_sample(source, 2, contrast=0.0).ct, synth_sample(source, 2).ct)
+    a, b = synth_sample(source, 2, contrast=1.0), synth_sample(source, 2, contrast=1.0)
+    assert np.array_equal(a.ct, b.ct) and a.params == b.params
+    for seed in range(6):
+        sample, plain = synth_sample(source, seed, contrast=1.0), synth_sample(source, seed)
+        lifts = sample.params["contrast_hu"]
+        assert isinstance(lifts, dict) and lifts  # at least one organ is filled
+        assert np.array_equal(sample.fractions, plain.fractions)
+        for name, lift in lifts.items():
+            assert CONTRAST_LIFT_HU[0] <= lift <= CONTRAST_LIFT_HU[1]
+            inside = sample.fractions[ID[name]] == 255
+            if inside.any():
+                assert float((sample.ct - plain.ct)[inside].max()) > 0.5 * lift
+        unfilled = sample.fractions[[ID[n] for n in lifts]].sum(axis=0) == 0
+        far = ~ndimage.binary_dilation(~unfilled, iterations=4)
+        assert np.allclose(sample.ct[far], plain.ct[far], atol=1.0)
+    assert not any("contrast_hu" in synth_sample(source, s).params for s in range(6))
+    with pytest.raises(ValueError, match="contrast is a chance"):
+        synth_sample(source, 3, contrast=2.0)
+
+
 def _bone_angle_deg(sample_fractions: np.ndarray) -> float:
     """Where the bone rod lies round the box's centre, in degrees in the x-y plane."""
     bone = sample_fractions[ID["bones"]].astype(np.float64)
@@ -248,6 +288,7 @@ def test_mouse_size_scales_the_whole_mouse_and_keeps_the_default_draws() -> None
         (["--plain-body", "35"], "--plain-body is the share"),
         (["--clipped", "2"], "--clipped is the share"),
         (["--rolled", "-0.2"], "--rolled is the share"),
+        (["--contrast", "1.5"], "--contrast is the share"),
         (["--variety", "0.5"], "--variety widens"),
         (["--batch", "0"], "--batch is a count: give 1 or more, not 0"),
         (["--workers", "-2"], "--workers is a count: give 0 or more, not -2"),
