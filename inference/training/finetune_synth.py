@@ -246,11 +246,21 @@ def finetune(
     return out
 
 
+#: How a card's network is read (``layout``), beyond its grid: the shifted passes and the size
+#: pass (``infer.run_model``). A continued network is read as the one it continues.
+READ_SETTINGS = ("shifted_passes", "shifted_passes_over", "size_pass")
+
+
 def carry_postprocess(old: Path, new: Path) -> None:
-    """Copy ``old``'s post-processing rules and outline refiner files into ``new``'s card."""
+    """Copy ``old``'s post-processing rules, outline refiner files and read settings
+    (``READ_SETTINGS``) into ``new``'s card: a continued network is measured and served as the one
+    it continues, not without the passes that card's figures were made with."""
     old_card = json.loads((old / "model.json").read_text())
     card_path = new / "model.json"
     card = json.loads(card_path.read_text())
+    for key in READ_SETTINGS:
+        if key in old_card.get("layout", {}):
+            card.setdefault("layout", {})[key] = old_card["layout"][key]
     if "postprocess" in old_card:
         card["postprocess"] = old_card["postprocess"]
         for rule in card["postprocess"].get("refine", []):

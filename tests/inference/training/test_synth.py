@@ -409,3 +409,27 @@ def test_batches_made_by_worker_processes_train_with_seeds_of_their_own() -> Non
     # Both workers filled their own pool of 2 and refreshed it at the one-pool rate per crop.
     assert sorted(cfg.synth_drawn) == [0, 1]
     assert all(n >= 2 for n in cfg.synth_drawn.values())
+
+
+def test_a_continued_network_keeps_the_rules_and_the_passes_of_the_one_it_continues(tmp_path: Path) -> None:
+    """A fine-tune from a served card is measured and served with that card's post-processing and
+    read settings (shifted passes, size pass): without them its figures would not compare with
+    the card's own."""
+    from inference.training.finetune_synth import carry_postprocess
+
+    served = json.loads(Path("inference/models/mouse-organs/2.11.0/model.json").read_text())
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    rules = [r for r in served["postprocess"]["refine"] if "network" not in r]
+    (old / "model.json").write_text(json.dumps({**served, "postprocess": {"refine": rules}}))
+    exported = {"layout": {"kind": "3d", "divisible_by": 8, "patch_size": [64, 64, 192], "overlap": 0.25}}
+    (new / "model.json").write_text(json.dumps(exported))
+
+    carry_postprocess(old, new)
+
+    card = json.loads((new / "model.json").read_text())
+    assert card["postprocess"] == {"refine": rules}
+    for key in ("shifted_passes", "shifted_passes_over", "size_pass"):
+        assert card["layout"][key] == served["layout"][key]
+    assert card["layout"]["patch_size"] == [64, 64, 192]  # the new export's own grid stays
