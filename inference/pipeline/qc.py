@@ -6,7 +6,8 @@ accepts it (the server records who and when). The checks, each with its own reas
 
 - ``nothing_found``: the models drew nothing at all (no organ, bone or tumor): a QA phantom, an
   empty bed or a scan of something else, never an "ok" mouse without organs.
-- ``no_skeleton``: the organ model drew organs but no bone. Every slice through a mouse's head or
+- ``no_skeleton``: the organ model drew organs but no bone (a tumor alone, as in a crop of the
+  flank, is no reason). Every slice through a mouse's head or
   trunk holds bone (skull, spine, ribs, pelvis), so such a run is a QA phantom, a tube of water
   or gel, or a crop of soft tissue alone, whatever organs the network drew in it (a water
   cylinder came out as a 1,218 mm^3 "liver"): its volumes are no measurements.
@@ -693,7 +694,7 @@ def check_run(
                 "is a CT of a mouse; its volumes are not measurements",
             )
         )
-    elif "bones" in drawable and "bones" not in found:
+    elif "bones" in drawable and "bones" not in found and any(BY_NAME[n].kind != "lesion" for n in found):
         report.reasons.append(
             Reason(
                 "no_skeleton",

@@ -242,6 +242,10 @@ def test_organs_drawn_without_any_bone_ask_for_review(phantom: Phantom) -> None:
         structure_ids=[TUMOR],
     )
     assert tumor_only.status == OK, [r.message for r in tumor_only.reasons]
+    # A crop of the flank: both models ran, the tumor model found its tumor, the organ model
+    # nothing. No organ was drawn, so none is called into doubt for want of bone.
+    flank = _check(phantom, tumor, water)
+    assert "no_skeleton" not in _codes(flank)
     assert _codes(_check(phantom, np.zeros_like(labels), water)) == {"nothing_found"}
 
 
