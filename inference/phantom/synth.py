@@ -289,7 +289,7 @@ def lumen_contrast(
         if rng.random() >= 0.6 and (filled or sid != organs[-1]):
             continue
         if sid == ID["bladder"]:
-            where = np.ones(shape, bool)
+            where = np.ones((), bool)  # everywhere in the organ
         else:
             where = _smooth_field(rng, shape, float(rng.uniform(1.0, 2.5))) > float(rng.uniform(-0.6, 0.6))
         filled[sid] = (where, float(rng.uniform(*CONTRAST_LIFT_HU)))

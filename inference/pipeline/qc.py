@@ -6,11 +6,11 @@ accepts it (the server records who and when). The checks, each with its own reas
 
 - ``nothing_found``: the models drew nothing at all (no organ, bone or tumor): a QA phantom, an
   empty bed or a scan of something else, never an "ok" mouse without organs.
-- ``no_skeleton``: the organ model drew organs but no bone (a tumor alone, as in a crop of the
-  flank, is no reason). Every slice through a mouse's head or
+- ``no_skeleton``: the organ model drew organs but no bone. Every slice through a mouse's head or
   trunk holds bone (skull, spine, ribs, pelvis), so such a run is a QA phantom, a tube of water
   or gel, or a crop of soft tissue alone, whatever organs the network drew in it (a water
-  cylinder came out as a 1,218 mm^3 "liver"): its volumes are no measurements.
+  cylinder came out as a 1,218 mm^3 "liver"): its volumes are no measurements. A tumor alone,
+  as in a crop of the flank, is no reason.
 - ``volume_range``: an organ's volume outside the range of adult mice (15-40 g). The reference is
   the Digimouse atlas (one 28 g male, ``../shared/science.md``) and the published adult means the
   phantom is calibrated to; organ volume scales with body mass, so when the whole body is in view

@@ -233,7 +233,7 @@ def finetune(
         "clipped": clipped,
         "rolled": rolled,
         "mouse_sizes": list(sizes),
-        "lumen_contrast": contrast,
+        "contrast": contrast,
         "command": command or "python -m inference.training.finetune_synth " + " ".join(sys.argv[1:]),
         "history": cfg.history,
     }

@@ -500,21 +500,19 @@ def pad_in_plane(case: Case, px: int, py: int, seed: int) -> Case:
     )
 
 
-def _laid_in(case: Case, added: np.ndarray, seed: int) -> np.ndarray:
-    """The scan with an object laid in: ``added`` (its HU above air, 0 elsewhere) blurred and made
-    noisy as the scan is, kept where it is denser than what the scan holds there (int16 HU)."""
+def _laid_in(case: Case, obj: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The scan with an object laid in: ``obj`` (float32 HU, -1000 where there is none) blurred
+    and made noisy as the scan is (the noise drawn from ``rng``), kept where it is denser than what
+    the scan holds there (int16 HU)."""
     scanner = case.meta.get("scanner", {})
     sigma = [float(scanner.get("blur_mm", 0.15)) / s for s in case.spacing_mm]
-    blurred = ndimage.gaussian_filter(added.astype(np.float32), sigma, truncate=3.0)
-    where = blurred > 10.0
-    rng = np.random.default_rng([seed, 19, 9])
-    noisy = (
-        blurred[where]
-        - 1000.0
-        + rng.standard_normal(int(where.sum()), dtype=np.float32) * np.float32(scanner.get("noise_hu", 20.0))
+    blurred = ndimage.gaussian_filter(obj.astype(np.float32), sigma, truncate=3.0)
+    where = blurred > -990.0
+    noisy = blurred[where] + rng.standard_normal(int(where.sum()), dtype=np.float32) * np.float32(
+        scanner.get("noise_hu", 20.0)
     )
     ct = case.ct.astype(np.float32)
-    ct[where] = np.maximum(ct[where], noisy)
+    ct[where] = np.maximum(ct[where], np.rint(noisy))
     return int16_hu(ct)
 
 
@@ -540,8 +538,8 @@ def holder_tube(case: Case, seed: int) -> Case:
     nx, ny, nz = case.ct.shape
     x, y = np.meshgrid(np.arange(nx) - centre[0] - pad, np.arange(ny) - centre[1] - pad, indexing="ij")
     radius = np.hypot(x, y) * spacing
-    wall = ((radius >= inner) & (radius < outer)).astype(np.float32) * np.float32(HOLDER_HU + 1000.0)
-    ct = _laid_in(case, np.repeat(wall[:, :, None], nz, axis=2), seed)
+    wall = np.where((radius >= inner) & (radius < outer), np.float32(HOLDER_HU), np.float32(-1000.0))
+    ct = _laid_in(case, np.repeat(wall[:, :, None], nz, axis=2), np.random.default_rng([seed, 19, 9]))
     return replace(case, ct=ct, meta={**case.meta, "holder_mm": round(inner, 2)})
 
 
@@ -558,9 +556,10 @@ def calibration_rod(case: Case, seed: int) -> Case:
     nx, ny, nz = case.ct.shape
     centre_y = (ys.min() + ys.max()) / 2
     x, y = np.meshgrid(np.arange(nx) - centre_x - pad, np.arange(ny) - centre_y, indexing="ij")
-    rod = np.zeros(case.ct.shape, np.float32)
-    rod[np.hypot(x, y) <= radius, round(0.2 * nz) : round(0.8 * nz)] = ROD_HU + 1000.0
-    return replace(case, ct=_laid_in(case, rod, seed), meta={**case.meta, "rod_hu": ROD_HU})
+    rod = np.full(case.ct.shape, -1000.0, np.float32)
+    rod[np.hypot(x, y) <= radius, round(0.2 * nz) : round(0.8 * nz)] = ROD_HU
+    ct = _laid_in(case, rod, np.random.default_rng([seed, 19, 9]))
+    return replace(case, ct=ct, meta={**case.meta, "rod_hu": ROD_HU})
 
 
 def gut_contrast(case: Case, seed: int) -> Case:
@@ -604,16 +603,8 @@ def add_bed(case: Case, seed: int) -> Case:
     occupied = np.flatnonzero((case.ct > -500).any(axis=(0, 2)))
     bed = np.full(case.ct.shape, -1000.0, np.float32)
     paint_bed(bed, spacing, float(occupied.max() + 1) * spacing, rng)
-    scanner = case.meta.get("scanner", {})
-    blur_mm = float(scanner.get("blur_mm", 0.15))
-    ndimage.gaussian_filter(bed, sigma=blur_mm / spacing, output=bed, truncate=3.0)
-    where = bed > -990.0
-    noisy = bed[where] + rng.standard_normal(int(where.sum()), dtype=np.float32) * np.float32(
-        scanner.get("noise_hu", 20.0)
-    )
-    ct = case.ct.copy()
-    ct[where] = np.maximum(ct[where], np.rint(noisy).astype(ct.dtype))
-    return replace(case, ct=ct, meta={**case.meta, "bed_added": True})
+    # The same generator goes on to draw the bed's noise, as it always has.
+    return replace(case, ct=_laid_in(case, bed, rng), meta={**case.meta, "bed_added": True})
 
 
 def cupping(case: Case, depth_hu: float) -> Case:
