@@ -2,7 +2,8 @@
 
 One module per stage: ``io`` (load/save NIfTI), ``geometry`` (reorient/resample and their
 inverses), ``normalise``, ``runtime`` (cached ONNX Runtime sessions), ``infer`` (whole volume or
-sliding windows), ``postprocess`` (probabilities, component rules, uncertainty), ``volumes``,
+sliding windows), ``postprocess`` (probabilities, component rules, uncertainty), ``nodules``
+(lung metastases found by intensity), ``refiner`` (outline refiner networks), ``volumes``,
 ``lesions`` (allocation to organs), ``pictures`` (PNG previews), ``manifest``. ``predict_volume``
 works on arrays; ``segment_file`` on files; the command line, the worker, training evaluation and
 the tests all call these two.

@@ -37,6 +37,7 @@ from inference.pipeline.geometry import (
 )
 from inference.pipeline.infer import DEFAULT_MAX_WHOLE_VOXELS, content_box, cut_faces, run_model
 from inference.pipeline.intensity import IntensityCalibration, fill_unreadable, intensity_for
+from inference.pipeline.nodules import MIN_DIM_SHELL, detect_bright_lesions
 from inference.pipeline.noise import for_threshold_rules, noise_hu, threshold_rules_finding
 from inference.pipeline.normalise import normalise, pad_value
 from inference.pipeline.orientation import ORIENT_CHOICES, OrientationFinding, find_orientation
@@ -44,13 +45,11 @@ from inference.pipeline.parallel import beside, workers_for
 from inference.pipeline.postprocess import (
     BONES,
     DEFAULT_MIN_LESION_VOLUME_MM3,
-    MIN_DIM_SHELL,
     CleanReport,
     apply_outline_rule,
     apply_refinement,
     calibrate_uncertainty,
     clean,
-    detect_bright_lesions,
     ensemble_scores,
     label_mask,
     mark_outlines,
@@ -675,7 +674,7 @@ def predict_volume(
             if orientation is not None and orientation.head_only and organs is not None:
                 drop_out_of_view(organs, groups["organs"][0].structures)
             # The braincase fill turns background into brain only, and the lesion search reads its
-            # host organs and bone only (``nodule_candidates``): unless the brain hosts lesions,
+            # host organs and bone only (``nodules.nodule_candidates``): unless the brain hosts lesions,
             # neither sees what the other changes, so they run side by side.
             filling = (
                 side.submit(fill_braincase, organs, rules_hu, geometry.spacing_mm)

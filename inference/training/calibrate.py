@@ -22,7 +22,7 @@ its ``model.json`` under ``"postprocess"``:
   level and its neighbours' (``edges.tune_contrast_edges``), each where that beats the network's
   outline on its Dice;
 - ``detect`` (lesion model, run with an organ model): lung metastases as bright nodules in and at
-  the edge of the organ model's lungs (``pipeline.postprocess.detect_bright_lesions``), with the
+  the edge of the organ model's lungs (``pipeline.nodules.detect_bright_lesions``), with the
   threshold, rim erosion, smallest volume, chest-wall radius, dim-shell share, smoothing of noisy
   scans and peak contrast over the noise that give the best detection F0.5 (precision weighs
   twice: a false metastasis in a lab's count costs more than a missed 0.3 mm one), on the
@@ -61,11 +61,11 @@ from inference.jsonsafe import finite_or_null
 from inference.metrics import dice
 from inference.phantom import digimouse
 from inference.pipeline import predict_volume
+from inference.pipeline.nodules import nodule_candidates
 from inference.pipeline.noise import noise_hu
 from inference.pipeline.postprocess import (
     BONES,
     FACE_NEIGHBOURS,
-    nodule_candidates,
     voxels_along,
     voxels_within,
 )

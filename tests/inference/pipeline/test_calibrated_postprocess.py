@@ -12,10 +12,10 @@ from scipy import ndimage
 
 from inference.metrics import dice
 from inference.pipeline import predict_volume
+from inference.pipeline.nodules import detect_bright_lesions
 from inference.pipeline.postprocess import (
     MIXED_WITH_AIR_HU,
     calibrate_uncertainty,
-    detect_bright_lesions,
     mark_outlines,
     outline_band,
     refine_air_edge,

@@ -1,5 +1,5 @@
 """The lung-nodule rule on a noisy scan: smoothed down to the noise it was tuned at, and each
-nodule's peak held to the noise (``postprocess.nodule_candidates``, ``NoduleCandidates.kept``)."""
+nodule's peak held to the noise (``nodules.nodule_candidates``, ``NoduleCandidates.kept``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from inference.pipeline.nodules import detect_bright_lesions, quieting_sigma
 from inference.pipeline.noise import noise_hu
-from inference.pipeline.postprocess import detect_bright_lesions, quieting_sigma
 from inference.structures import BY_NAME
 
 LUNG = BY_NAME["lung_left"].id

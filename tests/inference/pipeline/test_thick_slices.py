@@ -1,5 +1,5 @@
 """The lung-nodule rule on a scan of thick slices: its reaches measured per axis in mm, and a rib's
-halo beyond the organ map's bone read as bone (``postprocess.nodule_candidates``)."""
+halo beyond the organ map's bone read as bone (``nodules.nodule_candidates``)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from inference.pipeline.nodules import detect_bright_lesions, open_by_ball
 from inference.pipeline.postprocess import (
-    detect_bright_lesions,
     diamond,
     dilate_by,
     erode_by,
-    open_by_ball,
     voxels_across,
     voxels_along,
 )

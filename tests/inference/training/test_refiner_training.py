@@ -170,6 +170,32 @@ def test_the_exported_refiner_matches_torch_and_makes_a_valid_rule(tmp_path: Pat
     assert rule["context_voxels"] == 4 and rule["margin_mm"] == pytest.approx(0.63)
 
 
+def test_a_narrower_refiner_exports_and_keeps_the_receptive_field(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    net, _ = train_refiner([_tube_case(2)], minutes=0.05, seed=0, batch=2, channels=8)
+    path = tmp_path / "refine-intestine.onnx"
+
+    export_refiner(net, path)
+
+    assert net.first.out_channels == 8 and net.last.in_channels == 8
+    assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in RefinerNet().parameters()) / 3
+    # One output voxel still depends on inputs 4 voxels away and no further (context_voxels).
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    base = np.random.default_rng(6).normal(0, 1, (1, 2, 21, 21, 21)).astype(np.float32)
+    moved = base.copy()
+    moved[0, 0, 10 + RefinerNet.context_voxels + 1, 10, 10] += 50.0
+    near = base.copy()
+    near[0, 0, 10 + RefinerNet.context_voxels, 10, 10] += 50.0
+
+    def centre(x: np.ndarray) -> float:
+        return float(session.run(None, {"scan_outline": x})[0][0, 0, 10, 10, 10])
+
+    assert centre(moved) == centre(base)
+    assert centre(near) != centre(base)
+    with pytest.raises(ValueError, match="at least one channel"):
+        RefinerNet(0)
+
+
 def test_training_without_phantoms_is_refused_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -193,6 +219,23 @@ def test_training_without_phantoms_is_refused_and_writes_nothing(
     assert not (tmp_path / "none").exists()  # not even the cache folder
 
 
+def test_a_refiner_of_no_channels_is_refused_in_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inference.training.refiner import main
+    from tests.inference.pipeline.tiny_models import write_threshold_model
+
+    card = write_threshold_model(tmp_path / "m" / "1", structures=(0, 4), thresholds=(0.3,))
+    before = (card.folder / "model.json").read_bytes()
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--model", str(card.folder), "--structure", "liver", "--channels", "0"])
+
+    assert stop.value.code == 2
+    assert "--channels must be 1 or more, not 0" in capsys.readouterr().err
+    assert (card.folder / "model.json").read_bytes() == before
+
+
 def test_a_new_refiner_keeps_its_structures_other_rules_as_stand_ins() -> None:
     liver, kidney = BY_NAME["liver"].id, BY_NAME["kidney_left"].id
     rules: list[dict] = [
@@ -206,3 +249,19 @@ def test_a_new_refiner_keeps_its_structures_other_rules_as_stand_ins() -> None:
     out = with_refiner(rules, rule)
 
     assert out == [rules[1], rule, {**rules[0], "unless_refined": True}]
+
+
+def test_a_retrained_refiner_takes_the_old_networks_turn() -> None:
+    gut, kidney, bone = BY_NAME["intestine"].id, BY_NAME["kidney_left"].id, BY_NAME["bones"].id
+    old = refiner_rule(gut, "refine-intestine.onnx", "old", 0.21)
+    rules: list[dict] = [
+        {"structure": bone, "min_hu": 450.0, "margin_mm": 1.26},
+        old,
+        {"structure": kidney, "edge_hu": -40.0, "margin_mm": 0.21},
+        {"structure": gut, "edge_hu": -30.0, "margin_mm": 0.21, "unless_refined": True},
+    ]
+    new = refiner_rule(gut, "refine-intestine.onnx", "new", 0.21)
+
+    out = with_refiner(rules, new)
+
+    assert out == [rules[0], new, rules[2], rules[3]]
